@@ -1,0 +1,338 @@
+"""One partition's log: record batches at offsets, in segments, with a time index, in the log store.
+
+A `PartitionLog` is obtained from `LogStore.open_log`. Mutations (append, truncate_suffix,
+apply_retention) are STAGED into the store's pending write batch together with the metadata that
+describes them (segment records, time-index entries, start offset), and become durable and readable
+only when `LogStore.flush()` writes that batch; a crash therefore loses whole staged operations but
+never leaves data and metadata disagreeing.
+
+Offsets: [start_offset, end_offset) is the log; everything below `durable_end_offset` is on disk
+(fsynced) and readable; [durable_end_offset, end_offset) is staged or being flushed. Reads and
+timestamp lookups see only the durable part (and never past the caller's upper bound, the high
+watermark).
+
+Segments are ranges of whole batches that retention deletes as units. The active (last) segment
+rolls when a batch would take it past `segment_bytes` or when it is `segment_ms` old.
+
+Threading: one thread at a time mutates a log and reads it (the broker's event loop); the store's
+flush runs on another thread and touches the log only under the store's staging lock.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+from typing import Callable, ContextManager, NamedTuple
+
+from rocksdict import ReadOptions, Rdict, WriteBatch
+
+from raftka.partition import keys
+from raftka.partition.batch import read_header, stamp_base_offset
+from raftka.partition.errors import (InvalidBatchError, InvalidOffsetError, LogClosedError, LogError,
+                                     OffsetOutOfRangeError)
+
+DAY_MS = 24 * 3600 * 1000
+_NO_TIMESTAMP = -(1 << 63)
+_COUNT_AT = 27
+_MAX_U64 = (1 << 64) - 1
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    """Per-log settings; -1 means unlimited for the retention limits (Kafka's defaults otherwise)."""
+
+    segment_bytes: int = 1 << 30
+    segment_ms: int = 7 * DAY_MS
+    retention_bytes: int = -1
+    retention_ms: int = 7 * DAY_MS
+
+    def __post_init__(self) -> None:
+        if self.segment_bytes <= 0 or self.segment_ms <= 0:
+            raise ValueError(f"segment_bytes and segment_ms must be positive: {self}")
+        if self.retention_bytes < -1 or self.retention_ms < -1:
+            raise ValueError(f"retention limits must be -1 (unlimited) or >= 0: {self}")
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    base_offset: int
+    last_offset: int
+    max_timestamp: int
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentInfo:
+    base_offset: int
+    end_offset: int
+    size_bytes: int
+    max_timestamp: int
+    created_ms: int
+
+
+class _Segment:
+    __slots__ = ("base", "size", "max_ts", "created_ms")
+
+    def __init__(self, base: int, size: int, max_ts: int, created_ms: int) -> None:
+        self.base = base
+        self.size = size
+        self.max_ts = max_ts
+        self.created_ms = created_ms
+
+    def packed(self) -> bytes:
+        return keys.pack_segment(self.size, self.max_ts, self.created_ms)
+
+
+class _Unflushed(NamedTuple):
+    """A batch at or past durable_end_offset, remembered until a flush makes it durable."""
+
+    base: int
+    next: int
+    size: int
+    max_ts: int
+
+
+Staging = Callable[["PartitionLog"], ContextManager[WriteBatch]]
+
+
+class PartitionLog:
+    """The log of one partition. Do not construct directly: use `LogStore.open_log`."""
+
+    def __init__(self, name: str, log_id: int, config: LogConfig, *, db: Rdict, staging: Staging,
+                 clock: Callable[[], int], create: bool) -> None:
+        self.name = name
+        self.log_id = log_id
+        self.config = config
+        self._db = db
+        self._staging = staging
+        self._clock = clock
+        self._keys = keys.LogKeys(log_id)
+        self._closed = False
+        self._unflushed: list[_Unflushed] = []
+        self._segments: list[_Segment] = []
+        self._start = self._end = 0
+        if not create:
+            self._start, self._segments = self._load()
+            self._end = self._load_end()
+        self._durable_end = self._end
+        self._low_water = self._end
+
+    def __repr__(self) -> str:
+        return (f"PartitionLog({self.name!r}, start={self._start}, durable_end={self._durable_end}, "
+                f"end={self._end}, segments={len(self._segments)})")
+
+    @property
+    def start_offset(self) -> int:
+        return self._start
+
+    @property
+    def end_offset(self) -> int:
+        return self._end
+
+    @property
+    def durable_end_offset(self) -> int:
+        return self._durable_end
+
+    def segments(self) -> list[SegmentInfo]:
+        ends = [s.base for s in self._segments[1:]] + [self._end]
+        return [SegmentInfo(s.base, end, s.size, s.max_ts, s.created_ms) for s, end in zip(self._segments, ends)]
+
+    def append(self, batch: bytes) -> AppendResult:
+        """Stage one batch at end_offset; it becomes durable and readable at the next store flush."""
+        self._check_open()
+        header = read_header(batch)
+        if header.batch_length != len(batch):
+            raise InvalidBatchError(f"append takes exactly one batch: {len(batch)} bytes given, the batch "
+                                    f"is {header.batch_length}")
+        base, now = self._end, self._clock()
+        stamped = stamp_base_offset(batch, base)
+        size, next_offset, max_ts = len(stamped), base + header.record_count, header.max_timestamp
+        segment = self._segments[-1] if self._segments else None
+        roll = (segment is None or segment.size + size > self.config.segment_bytes
+                or now - segment.created_ms >= self.config.segment_ms)
+        with self._staging(self) as wb:
+            if roll:
+                segment = _Segment(base, 0, _NO_TIMESTAMP, now)
+                self._segments.append(segment)
+            wb.put(self._keys.batch(base), stamped)
+            if max_ts > segment.max_ts:
+                segment.max_ts = max_ts
+                wb.put(self._keys.time(segment.base, max_ts), keys.pack_u64(base))
+            segment.size += size
+            wb.put(self._keys.segment(segment.base), segment.packed())
+            self._unflushed.append(_Unflushed(base, next_offset, size, max_ts))
+            self._end = next_offset
+        return AppendResult(base, next_offset - 1, max_ts)
+
+    def read(self, offset: int, max_bytes: int, *, upper_bound: int | None = None) -> bytes:
+        """Whole batches from the one holding `offset`, at most `max_bytes` (but at least one batch if any
+        is readable), ending at or before `upper_bound` (capped at durable_end_offset)."""
+        self._check_open()
+        if offset < self._start or offset > self._end:
+            raise OffsetOutOfRangeError(offset, self._start, self._end)
+        bound = self._durable_end if upper_bound is None else min(upper_bound, self._durable_end)
+        if offset >= bound:
+            return b""
+        first = self._batch_key_at_or_before(offset)
+        options = ReadOptions()
+        options.set_iterate_upper_bound(self._keys.batch(bound))
+        parts, total = [], 0
+        for value in self._db.values(from_key=first, read_opt=options):
+            if parts and total + len(value) > max_bytes:
+                break
+            parts.append(value)
+            total += len(value)
+        last = parts[-1]
+        if keys.offset_of(last[:8]) + int.from_bytes(last[_COUNT_AT:_COUNT_AT + 4], "big") > bound:
+            parts.pop()
+        return b"".join(parts)
+
+    def offset_for_timestamp(self, timestamp_ms: int, *, upper_bound: int | None = None) -> int | None:
+        """Base offset of the first durable batch below `upper_bound` whose max_timestamp >= timestamp_ms."""
+        self._check_open()
+        bound = self._durable_end if upper_bound is None else min(upper_bound, self._durable_end)
+        for segment in self._segments:
+            if segment.base >= bound:
+                return None
+            if segment.max_ts >= timestamp_ms:
+                options = ReadOptions()
+                options.set_iterate_upper_bound(self._keys.time_segment(segment.base + 1))
+                found = next(self._db.values(from_key=self._keys.time(segment.base, max(timestamp_ms, _NO_TIMESTAMP)),
+                                             read_opt=options), None)
+                if found is None:
+                    return None
+                offset = keys.offset_of(found)
+                return offset if offset < bound else None
+        return None
+
+    def truncate_suffix(self, offset: int) -> None:
+        """Remove every batch at or past `offset`, which must be a batch boundary in [start, end]."""
+        self._check_open()
+        if offset < self._start or offset > self._end:
+            raise OffsetOutOfRangeError(offset, self._start, self._end)
+        if offset == self._end:
+            return
+        unflushed_from = bisect.bisect_left(self._unflushed, offset, key=lambda u: u.base)
+        if offset >= self._durable_end:
+            boundary = unflushed_from < len(self._unflushed) and self._unflushed[unflushed_from].base == offset
+        else:
+            boundary = self._db.get(self._keys.batch(offset)) is not None
+        if not boundary:
+            raise InvalidOffsetError(f"cannot truncate {self.name} at {offset}: not a batch boundary",
+                                     offset=offset)
+        cut = bisect.bisect_left(self._segments, offset, key=lambda s: s.base)
+        kept = self._segments[cut - 1] if cut > 0 else None
+        if kept is not None:
+            kept_end = self._segments[cut].base if cut < len(self._segments) else self._end
+            kept_max_ts = self._max_timestamp_before(kept, offset)
+            kept_size = kept.size - self._bytes_between(offset, kept_end)
+        with self._staging(self) as wb:
+            wb.delete_range(self._keys.batch(offset), self._keys.batch_end)
+            if cut < len(self._segments):
+                first_cut = self._segments[cut].base
+                wb.delete_range(self._keys.segment(first_cut), self._keys.segment_end)
+                wb.delete_range(self._keys.time_segment(first_cut), self._keys.time_end)
+                del self._segments[cut:]
+            if kept is not None:
+                wb.delete_range(self._keys.time(kept.base, kept_max_ts) + b"\0",
+                                self._keys.time_segment(kept.base + 1))
+                kept.max_ts, kept.size = kept_max_ts, kept_size
+                wb.put(self._keys.segment(kept.base), kept.packed())
+            del self._unflushed[unflushed_from:]
+            self._end = offset
+            self._durable_end = min(self._durable_end, offset)
+            self._low_water = min(self._low_water, offset)
+
+    def apply_retention(self, now_ms: int) -> int:
+        """Delete whole oldest segments past retention_ms or retention_bytes; return how many.
+
+        Like Kafka: a segment expires when its max timestamp is more than retention_ms before now_ms;
+        by size, the oldest segment goes only if the log still holds >= retention_bytes without it.
+        The active segment, and any segment not yet wholly durable, is never deleted.
+        """
+        self._check_open()
+        retention_ms, retention_bytes = self.config.retention_ms, self.config.retention_bytes
+        segments = self._segments
+        total = sum(s.size for s in segments)
+        doomed = 0
+        while doomed + 1 < len(segments) and segments[doomed + 1].base <= self._durable_end:
+            oldest = segments[doomed]
+            expired = retention_ms >= 0 and now_ms - oldest.max_ts > retention_ms
+            oversize = retention_bytes >= 0 and total - oldest.size >= retention_bytes
+            if not (expired or oversize):
+                break
+            total -= oldest.size
+            doomed += 1
+        if doomed:
+            new_start = segments[doomed].base
+            with self._staging(self) as wb:
+                wb.delete_range(self._keys.batch_prefix, self._keys.batch(new_start))
+                wb.delete_range(self._keys.segment_prefix, self._keys.segment(new_start))
+                wb.delete_range(self._keys.time_prefix, self._keys.time_segment(new_start))
+                wb.put(self._keys.meta, keys.pack_meta(new_start))
+                del segments[:doomed]
+                self._start = new_start
+        return doomed
+
+    def _flush_mark(self) -> int:
+        """Called by the store, under its staging lock, as it takes the pending batch to write."""
+        self._low_water = self._end
+        return self._end
+
+    def _flush_done(self, flushed_end: int) -> None:
+        """Called by the store, under its staging lock, once the batch taken at `_flush_mark` is synced."""
+        durable = max(self._durable_end, min(flushed_end, self._low_water))
+        self._durable_end = durable
+        del self._unflushed[:bisect.bisect_left(self._unflushed, durable, key=lambda u: u.base)]
+
+    def _detach(self) -> None:
+        self._closed = True
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise LogClosedError(f"log {self.name} is closed or dropped")
+
+    def _load(self) -> tuple[int, list[_Segment]]:
+        meta = self._db.get(self._keys.meta)
+        if meta is None:
+            raise LogError(f"log {self.name} (id {self.log_id}) has no meta record")
+        options = ReadOptions()
+        options.set_iterate_upper_bound(self._keys.segment_end)
+        segments = [_Segment(keys.offset_of(k), *keys.unpack_segment(v))
+                    for k, v in self._db.items(from_key=self._keys.segment_prefix, read_opt=options)]
+        return keys.unpack_meta(meta), segments
+
+    def _load_end(self) -> int:
+        last = next(self._db.items(backwards=True, from_key=self._keys.batch(_MAX_U64)), None)
+        if last is None or not last[0].startswith(self._keys.batch_prefix):
+            return self._start
+        return read_header(last[1], verify_crc=False).next_offset
+
+    def _batch_key_at_or_before(self, offset: int) -> bytes:
+        found = next(self._db.keys(backwards=True, from_key=self._keys.batch(offset)), None)
+        if found is None or not found.startswith(self._keys.batch_prefix):
+            raise LogError(f"log {self.name}: no batch at or before durable offset {offset}")
+        return found
+
+    def _max_timestamp_before(self, segment: _Segment, offset: int) -> int:
+        """Largest max_timestamp of the segment's batches below `offset` (one exists)."""
+        best = max((u.max_ts for u in self._unflushed if segment.base <= u.base < offset), default=_NO_TIMESTAMP)
+        durable_below = min(offset, self._durable_end)
+        if segment.base < durable_below:
+            prefix = self._keys.time_segment(segment.base)
+            for key, value in self._db.items(backwards=True, from_key=self._keys.time_segment(segment.base + 1)):
+                if not key.startswith(prefix):
+                    break
+                if keys.offset_of(value) < durable_below:
+                    best = max(best, keys.timestamp_of(key))
+                    break
+        return best
+
+    def _bytes_between(self, begin: int, end: int) -> int:
+        """Bytes of the batches whose base offset lies in [begin, end)."""
+        total = sum(u.size for u in self._unflushed if begin <= u.base < end)
+        durable_end = min(end, self._durable_end)
+        if begin < durable_end:
+            options = ReadOptions()
+            options.set_iterate_upper_bound(self._keys.batch(durable_end))
+            total += sum(map(len, self._db.values(from_key=self._keys.batch(begin), read_opt=options)))
+        return total

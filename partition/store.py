@@ -1,0 +1,197 @@
+"""The log store: one RocksDB instance per broker data directory, holding every partition log.
+
+All logs share one key space (layout and its rationale: `raftka.partition.keys`) and one pending
+`WriteBatch`. Appends, truncations, retention, log creation and drops are staged into it in memory;
+`flush()` writes everything staged, across all logs, with ONE synced write, so one fsync commits many
+partitions' appends (group commit) and every operation lands atomically with the metadata that
+describes it.
+
+Threading: logs are mutated on one thread (the broker's event loop) while `flush()` runs on a worker.
+Staging and the swap of the pending batch happen under one lock; the RocksDB write happens outside
+it, so appends keep being staged during the fsync. Flushes are serialised.
+
+Invariant: a log's durable_end_offset only covers data whose write returned from a flush; if a write
+fails, the store refuses all further work (what was staged is in doubt, as with any failed fsync).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Callable
+
+from rocksdict import Options, ReadOptions, Rdict, WriteBatch, WriteOptions
+
+from raftka.partition import keys
+from raftka.partition.errors import LogClosedError, StorageFailedError
+from raftka.partition.log import LogConfig, PartitionLog
+
+log = logging.getLogger(__name__)
+
+
+def wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class LogStore:
+    def __init__(self, path: str | Path, *, sync: bool = True, clock: Callable[[], int] = wall_clock_ms) -> None:
+        options = Options(raw_mode=True)
+        options.create_if_missing(True)
+        self.path = Path(path)
+        self._db: Rdict | None = Rdict(str(self.path), options)
+        self._write_options = WriteOptions()
+        self._write_options.sync = sync
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._flush_lock = threading.Lock()
+        self._pending = WriteBatch(raw_mode=True)
+        self._dirty: set[PartitionLog] = set()
+        self._failure: BaseException | None = None
+        self._logs: dict[str, PartitionLog] = {}
+        self._catalog = self._load_catalog()
+        self._next_id = max(self._catalog.values(), default=0) + 1
+        log.info("log store opened path=%s logs=%d sync=%s", self.path, len(self._catalog), sync)
+
+    def log_names(self) -> list[str]:
+        """Names of every log in the store (created ones included even before their first flush)."""
+        return sorted(self._catalog)
+
+    def open_log(self, name: str, config: LogConfig) -> PartitionLog:
+        """The log called `name`, created empty if it does not exist; an open log gets `config`."""
+        db = self._usable()
+        existing = self._logs.get(name)
+        if existing is not None:
+            existing.config = config
+            return existing
+        log_id = self._catalog.get(name)
+        if log_id is not None:
+            partition_log = PartitionLog(name, log_id, config, db=db, staging=self._staging,
+                                         clock=self._clock, create=False)
+        else:
+            log_id = self._next_id
+            self._next_id += 1
+            partition_log = PartitionLog(name, log_id, config, db=db, staging=self._staging,
+                                         clock=self._clock, create=True)
+            with self._staging(partition_log) as wb:
+                wb.put(keys.catalog_key(name), keys.pack_id(log_id))
+                wb.put(keys.LogKeys(log_id).meta, keys.pack_meta(0))
+            self._catalog[name] = log_id
+        self._logs[name] = partition_log
+        return partition_log
+
+    def drop_log(self, name: str) -> None:
+        """Delete the log and all its data (range tombstones, durable at the next flush)."""
+        self._usable()
+        log_id = self._catalog.pop(name, None)
+        if log_id is None:
+            return
+        with self._lock:
+            self._pending.delete(keys.catalog_key(name))
+            self._pending.delete_range(*keys.log_range(log_id))
+            dropped = self._logs.pop(name, None)
+            if dropped is not None:
+                self._dirty.discard(dropped)
+                dropped._detach()
+        log.info("log dropped name=%s id=%d", name, log_id)
+
+    def flush(self) -> None:
+        """Write everything staged so far, across all logs, in one (synced) write; then advance each
+        affected log's durable end. Safe to call from any thread; concurrent calls are serialised."""
+        with self._flush_lock:
+            with self._lock:
+                db = self._usable()
+                if self._pending.is_empty():
+                    return
+                batch, self._pending = self._pending, WriteBatch(raw_mode=True)
+                marks = [(partition_log, partition_log._flush_mark()) for partition_log in self._dirty]
+                self._dirty = set()
+            try:
+                db.write(batch, self._write_options)
+            except Exception as exc:
+                self._failure = exc
+                log.critical("log store write failed path=%s; refusing further work", self.path, exc_info=True)
+                raise StorageFailedError(f"log store write failed: {exc}") from exc
+            with self._lock:
+                for partition_log, flushed_end in marks:
+                    partition_log._flush_done(flushed_end)
+
+    def close(self) -> None:
+        """Flush what is staged, then close RocksDB; every log of the store becomes unusable."""
+        if self._db is None:
+            return
+        if self._failure is None:
+            self.flush()
+        with self._flush_lock, self._lock:
+            for partition_log in self._logs.values():
+                partition_log._detach()
+            self._logs.clear()
+            db, self._db = self._db, None
+            db.close()
+        log.info("log store closed path=%s", self.path)
+
+    def __enter__(self) -> LogStore:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def _staging(self, partition_log: PartitionLog) -> _Staging:
+        return _Staging(self, partition_log)
+
+    def _usable(self) -> Rdict:
+        if self._failure is not None:
+            raise StorageFailedError(f"log store {self.path} failed earlier: {self._failure}")
+        if self._db is None:
+            raise LogClosedError(f"log store {self.path} is closed")
+        return self._db
+
+    def _load_catalog(self) -> dict[str, int]:
+        assert self._db is not None
+        version = self._db.get(keys.STORE_VERSION_KEY)
+        if version is None:
+            self._db.put(keys.STORE_VERSION_KEY, keys.STORE_VERSION.to_bytes(2, "big"), self._write_options)
+        elif int.from_bytes(version, "big") != keys.STORE_VERSION:
+            raise StorageFailedError(f"log store {self.path} has format version {int.from_bytes(version, 'big')}; "
+                                     f"this build reads {keys.STORE_VERSION}")
+        options = ReadOptions()
+        options.set_iterate_upper_bound(keys.CATALOG_END)
+        prefix = len(keys.CATALOG_PREFIX)
+        return {key[prefix:].decode(): keys.unpack_id(value)
+                for key, value in self._db.items(from_key=keys.CATALOG_PREFIX, read_opt=options)}
+
+
+class _Staging:
+    """`with store._staging(log) as wb:` stages writes and in-memory changes atomically w.r.t. flush.
+
+    If the body raises, the pending batch may hold half an operation, so the store is poisoned.
+    """
+
+    __slots__ = ("_store", "_log")
+
+    def __init__(self, store: LogStore, partition_log: PartitionLog) -> None:
+        self._store = store
+        self._log = partition_log
+
+    def __enter__(self) -> WriteBatch:
+        store = self._store
+        store._lock.acquire()
+        try:
+            store._usable()
+        except BaseException:
+            store._lock.release()
+            raise
+        return store._pending
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        store = self._store
+        if exc is not None:
+            store._failure = exc
+            log.critical("staging failed half-way in log %s; refusing further work", self._log.name)
+        else:
+            store._dirty.add(self._log)
+        store._lock.release()
