@@ -1,0 +1,198 @@
+"""Raftka's typed errors, shared by the broker (which raises them) and the client (which receives them).
+
+Every error has one machine-readable `ErrorCode` (from the v1 API) and one gRPC status code. The broker
+turns an error into a gRPC status whose trailing metadata repeats the code and, for NOT_LEADER, the
+leader hint; the client turns that status back into the same class (`from_rpc_error`). Streams that
+report per-item outcomes use the `Error` message instead (`to_proto` / `from_proto`).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import grpc
+
+from raftka.proto import api_pb2
+
+ErrorCode = api_pb2.ErrorCode
+
+METADATA_CODE = "raftka-error-code"
+METADATA_LEADER_ID = "raftka-leader-id"
+METADATA_LEADER_ADDRESS = "raftka-leader-address"
+
+
+class RaftkaError(Exception):
+    """Base class: `code` is the API's ErrorCode, `status` the gRPC status it travels as."""
+
+    code: ClassVar[int] = ErrorCode.INVALID_REQUEST
+    status: ClassVar[grpc.StatusCode] = grpc.StatusCode.INVALID_ARGUMENT
+    retriable: ClassVar[bool] = False
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
+        return ((METADATA_CODE, ErrorCode.Name(self.code)),)
+
+    def to_proto(self) -> api_pb2.Error:
+        return api_pb2.Error(code=self.code, message=self.message)
+
+
+class InvalidRequestError(RaftkaError):
+    code = ErrorCode.INVALID_REQUEST
+
+
+class InvalidTopicError(RaftkaError):
+    code = ErrorCode.INVALID_TOPIC
+
+
+class UnknownTopicError(RaftkaError):
+    code = ErrorCode.UNKNOWN_TOPIC
+    status = grpc.StatusCode.NOT_FOUND
+
+
+class UnknownPartitionError(RaftkaError):
+    code = ErrorCode.UNKNOWN_PARTITION
+    status = grpc.StatusCode.NOT_FOUND
+
+
+class TopicExistsError(RaftkaError):
+    code = ErrorCode.TOPIC_EXISTS
+    status = grpc.StatusCode.ALREADY_EXISTS
+
+
+class InvalidPartitionsError(RaftkaError):
+    code = ErrorCode.INVALID_PARTITIONS
+
+
+class InvalidReplicationFactorError(RaftkaError):
+    code = ErrorCode.INVALID_REPLICATION_FACTOR
+
+
+class InvalidConfigError(RaftkaError):
+    code = ErrorCode.INVALID_CONFIG
+
+
+class OffsetOutOfRangeError(RaftkaError):
+    code = ErrorCode.OFFSET_OUT_OF_RANGE
+    status = grpc.StatusCode.OUT_OF_RANGE
+
+
+class CorruptBatchError(RaftkaError):
+    code = ErrorCode.CORRUPT_BATCH
+    status = grpc.StatusCode.DATA_LOSS
+
+
+class InvalidBatchError(RaftkaError):
+    code = ErrorCode.INVALID_BATCH
+
+
+class BatchTooLargeError(RaftkaError):
+    code = ErrorCode.BATCH_TOO_LARGE
+    status = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class RequestTimedOutError(RaftkaError):
+    code = ErrorCode.REQUEST_TIMED_OUT
+    status = grpc.StatusCode.DEADLINE_EXCEEDED
+    retriable = True
+
+
+class NotEnoughReplicasError(RaftkaError):
+    code = ErrorCode.NOT_ENOUGH_REPLICAS
+    status = grpc.StatusCode.UNAVAILABLE
+    retriable = True
+
+
+class StorageError(RaftkaError):
+    code = ErrorCode.STORAGE_ERROR
+    status = grpc.StatusCode.INTERNAL
+
+
+class ShuttingDownError(RaftkaError):
+    code = ErrorCode.SHUTTING_DOWN
+    status = grpc.StatusCode.UNAVAILABLE
+    retriable = True
+
+
+class InternalError(RaftkaError):
+    code = ErrorCode.INTERNAL_ERROR
+    status = grpc.StatusCode.INTERNAL
+
+
+class BrokerUnavailableError(RaftkaError):
+    """Client side only: no broker could be reached (the status is whatever the transport said)."""
+
+    code = ErrorCode.NONE
+    status = grpc.StatusCode.UNAVAILABLE
+    retriable = True
+
+
+class BufferExhaustedError(RaftkaError):
+    """Client side only: the producer's buffer_memory stayed full for max_block_ms."""
+
+    code = ErrorCode.NONE
+    status = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class ClientClosedError(RaftkaError):
+    """Client side only: the producer or consumer was used after close()."""
+
+    code = ErrorCode.NONE
+    status = grpc.StatusCode.CANCELLED
+
+
+class NotLeaderError(RaftkaError):
+    """The broker does not lead the partition; `leader_id`/`leader_address` say who does, if known."""
+
+    code = ErrorCode.NOT_LEADER
+    status = grpc.StatusCode.FAILED_PRECONDITION
+    retriable = True
+
+    def __init__(self, message: str, leader_id: int = -1, leader_address: str = "") -> None:
+        super().__init__(message)
+        self.leader_id = leader_id
+        self.leader_address = leader_address
+
+    def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
+        hint = ((METADATA_LEADER_ID, str(self.leader_id)), (METADATA_LEADER_ADDRESS, self.leader_address))
+        return super().trailing_metadata() + (hint if self.leader_id >= 0 else ())
+
+    def to_proto(self) -> api_pb2.Error:
+        return api_pb2.Error(code=self.code, message=self.message, leader_id=self.leader_id,
+                             leader_address=self.leader_address)
+
+
+_BY_CODE: dict[int, type[RaftkaError]] = {
+    cls.code: cls for cls in RaftkaError.__subclasses__() if cls.code != ErrorCode.NONE
+}
+
+
+def from_proto(error: api_pb2.Error) -> RaftkaError | None:
+    """The exception an `Error` message describes, or None when it says NONE."""
+    if error.code == ErrorCode.NONE:
+        return None
+    if error.code == ErrorCode.NOT_LEADER:
+        return NotLeaderError(error.message, error.leader_id if error.leader_address else -1,
+                              error.leader_address)
+    return _BY_CODE.get(error.code, RaftkaError)(error.message)
+
+
+def from_rpc_error(exc: grpc.RpcError) -> RaftkaError:
+    """Map a failed call to the typed error the broker raised, or a transport-level one."""
+    metadata = dict(exc.trailing_metadata() or ()) if hasattr(exc, "trailing_metadata") else {}
+    details = exc.details() if hasattr(exc, "details") else str(exc)
+    name = metadata.get(METADATA_CODE)
+    if name is None:
+        status = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
+        if status in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
+            return BrokerUnavailableError(f"broker unavailable: {details}")
+        if status == grpc.StatusCode.DEADLINE_EXCEEDED:
+            return RequestTimedOutError(f"request timed out: {details}")
+        return RaftkaError(f"{status.name}: {details}")
+    code = ErrorCode.Value(name)
+    if code == ErrorCode.NOT_LEADER:
+        leader_id = int(metadata.get(METADATA_LEADER_ID, -1))
+        return NotLeaderError(details, leader_id, metadata.get(METADATA_LEADER_ADDRESS, ""))
+    return _BY_CODE.get(code, RaftkaError)(details)
