@@ -1,0 +1,258 @@
+"""The `raftka.v1.Broker` gRPC service: produce, fetch, offsets and metadata.
+
+The service moves whole record batches between clients and partition replicas; it never decodes
+records. Every failure becomes a typed `RaftkaError`, sent as a gRPC status with the error code in
+trailing metadata (unary calls) or as an `Error` message (items of a stream), so a bad request is
+answered precisely and the broker keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import AsyncIterator, Awaitable, Callable, TypeVar
+
+import grpc
+
+from raftka.cluster.config import BrokerConfig
+from raftka.cluster.metadata import MetadataStore, TopicRecord
+from raftka.cluster.metrics import BrokerMetrics
+from raftka.cluster.partitions import PartitionManager
+from raftka.errors import InternalError, InvalidRequestError, RaftkaError
+from raftka.proto import api_pb2, api_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+DEFAULT_FETCH_MAX_BYTES = 8 * 1024 * 1024
+DEFAULT_PARTITION_FETCH_MAX_BYTES = 1024 * 1024
+MAX_STREAM_IN_FLIGHT = 1024
+"""Produce requests one stream may have unanswered; the stream stops reading beyond it (back-pressure)."""
+
+
+@dataclass
+class BrokerState:
+    """What the services share: who this broker is and what it hosts."""
+
+    config: BrokerConfig
+    metadata: MetadataStore
+    partitions: PartitionManager
+    metrics: BrokerMetrics
+
+    def topic_metadata(self, record: TopicRecord) -> api_pb2.TopicMetadata:
+        me = self.config.broker_id
+        return api_pb2.TopicMetadata(
+            name=record.name, replication_factor=record.replication_factor,
+            config=record.config.as_strings(), internal=record.internal,
+            partitions=[api_pb2.PartitionMetadata(partition=p, leader_id=me, replicas=[me], in_sync_replicas=[me])
+                        for p in range(record.partitions)])
+
+
+async def unary(context: grpc.aio.ServicerContext, call: Callable[[], Awaitable[T]]) -> T:
+    """Run a unary handler, turning typed errors into a status with the error code as metadata."""
+    try:
+        return await call()
+    except RaftkaError as exc:
+        await context.abort(exc.status, exc.message, trailing_metadata=exc.trailing_metadata())
+    except Exception as exc:
+        log.exception("request failed unexpectedly")
+        error = InternalError(f"internal error: {type(exc).__name__}: {exc}")
+        await context.abort(error.status, error.message, trailing_metadata=error.trailing_metadata())
+    raise AssertionError("context.abort returned")
+
+
+def as_error(exc: BaseException) -> api_pb2.Error:
+    if isinstance(exc, RaftkaError):
+        return exc.to_proto()
+    log.error("stream item failed unexpectedly", exc_info=exc)
+    return InternalError(f"internal error: {type(exc).__name__}: {exc}").to_proto()
+
+
+class BrokerService(api_pb2_grpc.BrokerServicer):
+    def __init__(self, state: BrokerState) -> None:
+        self._state = state
+        self._metrics = state.metrics
+
+    async def Produce(self, request: api_pb2.ProduceRequest, context: grpc.aio.ServicerContext
+                      ) -> api_pb2.ProduceResponse:
+        started = time.perf_counter()
+        try:
+            return await unary(context, lambda: self._produce(request))
+        finally:
+            self._metrics.produce_latency.observe(time.perf_counter() - started)
+
+    async def ProduceStream(self, request_iterator: AsyncIterator[api_pb2.ProduceRequest],
+                            context: grpc.aio.ServicerContext) -> AsyncIterator[api_pb2.ProduceResponse]:
+        """Answer pipelined produce requests as they are acknowledged.
+
+        Each request's batches are staged, in arrival order, before the next request is read, so a
+        partition's offsets follow the stream's order; its responses follow too, because group-commit
+        rounds complete in order and wake their waiters in order.
+        """
+        out: asyncio.Queue[api_pb2.ProduceResponse | RaftkaError | None] = asyncio.Queue()
+        slots = asyncio.Semaphore(MAX_STREAM_IN_FLIGHT)
+        answering: set[asyncio.Task[None]] = set()
+
+        async def answer(request: api_pb2.ProduceRequest) -> None:
+            started = time.perf_counter()
+            try:
+                response = await self._produce(request)
+            except Exception as exc:  # noqa: BLE001 - every request gets an answer
+                response = api_pb2.ProduceResponse(correlation_id=request.correlation_id, topic=request.topic,
+                                                   partition=request.partition, error=as_error(exc))
+            finally:
+                slots.release()
+            self._metrics.produce_latency.observe(time.perf_counter() - started)
+            out.put_nowait(response)
+
+        async def read() -> None:
+            try:
+                async for request in request_iterator:
+                    await slots.acquire()
+                    task = asyncio.create_task(answer(request))
+                    answering.add(task)
+                    task.add_done_callback(answering.discard)
+            except RaftkaError as exc:
+                out.put_nowait(exc)
+                return
+            while answering:
+                await asyncio.wait(set(answering))
+            out.put_nowait(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            while (response := await out.get()) is not None:
+                if isinstance(response, RaftkaError):
+                    await context.abort(response.status, response.message,
+                                        trailing_metadata=response.trailing_metadata())
+                yield response
+        finally:
+            reader.cancel()
+
+    async def _produce(self, request: api_pb2.ProduceRequest) -> api_pb2.ProduceResponse:
+        try:
+            if request.acks not in (api_pb2.ACKS_ALL, api_pb2.ACKS_LEADER):
+                raise InvalidRequestError(f"unknown acks value {request.acks}")
+            replica = self._state.partitions.replica(request.topic, request.partition)
+            timeout_ms = request.timeout_ms or self._state.config.request_timeout_ms
+            outcome = await replica.append(request.batches, durable=request.acks == api_pb2.ACKS_ALL,
+                                           timeout_s=timeout_ms / 1000)
+        except RaftkaError as exc:
+            self._metrics.produce_requests.labels(api_pb2.ErrorCode.Name(exc.code)).inc()
+            raise
+        self._metrics.produce_requests.labels("ok").inc()
+        self._metrics.produce_bytes.inc(len(request.batches))
+        return api_pb2.ProduceResponse(correlation_id=request.correlation_id, topic=request.topic,
+                                       partition=request.partition, base_offset=outcome.base_offset,
+                                       last_offset=outcome.last_offset,
+                                       log_append_time_ms=outcome.append_time_ms)
+
+    async def Fetch(self, request: api_pb2.FetchRequest, context: grpc.aio.ServicerContext
+                    ) -> AsyncIterator[api_pb2.FetchResponse]:
+        """Long-poll: wait until min_bytes are readable or max_wait_ms passes, then stream batches.
+
+        One response per partition with data or an error; the stream ends after the last.
+        """
+        started = time.perf_counter()
+        try:
+            if not request.partitions:
+                raise InvalidRequestError("fetch request names no partition")
+            for item in request.partitions:
+                if item.offset < 0:
+                    raise InvalidRequestError(
+                        f"fetch offset {item.offset} for {item.topic}/{item.partition} is negative")
+        except RaftkaError as exc:
+            self._metrics.fetch_requests.labels(api_pb2.ErrorCode.Name(exc.code)).inc()
+            await context.abort(exc.status, exc.message, trailing_metadata=exc.trailing_metadata())
+        max_wait_s = min(request.max_wait_ms, self._state.config.max_fetch_wait_ms) / 1000
+        deadline = time.monotonic() + max_wait_s
+        total_max = request.max_bytes or DEFAULT_FETCH_MAX_BYTES
+        while True:
+            responses, size, waits = self._read_all(request, total_max)
+            remaining = deadline - time.monotonic()
+            if size >= max(request.min_bytes, 1) or remaining <= 0 or not waits:
+                break
+            await asyncio.wait(waits, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+        self._metrics.fetch_requests.labels("ok").inc()
+        self._metrics.fetch_bytes.inc(size)
+        self._metrics.fetch_latency.observe(time.perf_counter() - started)
+        for response in responses:
+            yield response
+
+    def _read_all(self, request: api_pb2.FetchRequest, total_max: int
+                  ) -> tuple[list[api_pb2.FetchResponse], int, list[asyncio.Future[None]]]:
+        """Read every partition once: the responses, their total bytes, and futures for empty ones."""
+        responses: list[api_pb2.FetchResponse] = []
+        waits: list[asyncio.Future[None]] = []
+        size = 0
+        for item in request.partitions:
+            try:
+                replica = self._state.partitions.replica(item.topic, item.partition)
+                budget = min(item.max_bytes or DEFAULT_PARTITION_FETCH_MAX_BYTES, max(total_max - size, 1))
+                result = replica.read(item.offset, budget) if size < total_max else None
+            except RaftkaError as exc:
+                responses.append(api_pb2.FetchResponse(topic=item.topic, partition=item.partition,
+                                                       error=exc.to_proto()))
+                continue
+            if result is None:
+                continue
+            if result.batches:
+                size += len(result.batches)
+                responses.append(api_pb2.FetchResponse(
+                    topic=item.topic, partition=item.partition, high_watermark=result.high_watermark,
+                    log_start_offset=result.log_start_offset, batches=result.batches))
+            else:
+                waits.append(replica.data_after(item.offset))
+                responses.append(api_pb2.FetchResponse(
+                    topic=item.topic, partition=item.partition, high_watermark=result.high_watermark,
+                    log_start_offset=result.log_start_offset))
+        return responses, size, waits
+
+    async def ListOffsets(self, request: api_pb2.ListOffsetsRequest, context: grpc.aio.ServicerContext
+                          ) -> api_pb2.ListOffsetsResponse:
+        return await unary(context, lambda: self._list_offsets(request))
+
+    async def _list_offsets(self, request: api_pb2.ListOffsetsRequest) -> api_pb2.ListOffsetsResponse:
+        results = []
+        for query in request.queries:
+            result = api_pb2.OffsetResult(topic=query.topic, partition=query.partition)
+            try:
+                replica = self._state.partitions.replica(query.topic, query.partition)
+                if query.spec == api_pb2.EARLIEST:
+                    result.offset = replica.log_start_offset
+                elif query.spec == api_pb2.LATEST:
+                    result.offset = replica.high_watermark
+                elif query.spec == api_pb2.TIMESTAMP:
+                    found = replica.offset_for_timestamp(query.timestamp_ms)
+                    result.offset = found if found is not None and found < replica.high_watermark else -1
+                else:
+                    raise InvalidRequestError(
+                        f"offset query for {query.topic}/{query.partition} has no spec "
+                        "(EARLIEST, LATEST or TIMESTAMP)")
+            except RaftkaError as exc:
+                result.error.CopyFrom(exc.to_proto())
+            results.append(result)
+        return api_pb2.ListOffsetsResponse(results=results)
+
+    async def Metadata(self, request: api_pb2.MetadataRequest, context: grpc.aio.ServicerContext
+                       ) -> api_pb2.MetadataResponse:
+        return await unary(context, lambda: self._metadata(request))
+
+    async def _metadata(self, request: api_pb2.MetadataRequest) -> api_pb2.MetadataResponse:
+        state = self._state
+        response = api_pb2.MetadataResponse(
+            cluster_id=state.metadata.cluster_id, controller_id=state.config.broker_id,
+            brokers=[api_pb2.BrokerInfo(id=state.config.broker_id, address=state.config.advertised_address)])
+        if request.topics:
+            for name in request.topics:
+                record = state.metadata.find(name)
+                if record is None:
+                    response.unknown_topics.append(name)
+                else:
+                    response.topics.append(state.topic_metadata(record))
+        else:
+            response.topics.extend(state.topic_metadata(record) for record in state.metadata.topics())
+        return response

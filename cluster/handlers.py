@@ -1,0 +1,88 @@
+"""Registering servicers so that undecodable requests get INVALID_ARGUMENT, not gRPC's UNKNOWN.
+
+The generated `add_*Servicer_to_server` functions let a protobuf DecodeError escape from gRPC's own
+deserialisation, which answers UNKNOWN with a Python exception name. Here a request that fails to
+decode becomes a `MalformedRequest` that is answered with INVALID_ARGUMENT and the error code
+INVALID_REQUEST before the servicer method runs. In a request stream, the malformed item ends the
+call with that status (there is no correlation id to answer it by).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Callable
+
+import grpc
+from google.protobuf.descriptor import ServiceDescriptor
+from google.protobuf.message import DecodeError
+from google.protobuf.message_factory import GetMessageClass
+
+from raftka.errors import InvalidRequestError
+
+
+@dataclass(frozen=True)
+class MalformedRequest:
+    error: InvalidRequestError
+
+
+def _tolerant(message_class: Any) -> Callable[[bytes], Any]:
+    def parse(data: bytes) -> Any:
+        try:
+            return message_class.FromString(data)
+        except DecodeError as exc:
+            return MalformedRequest(InvalidRequestError(
+                f"malformed {message_class.DESCRIPTOR.full_name} message: {exc}"))
+    return parse
+
+
+async def _abort(context: grpc.aio.ServicerContext, malformed: MalformedRequest) -> None:
+    error = malformed.error
+    await context.abort(error.status, error.message, trailing_metadata=error.trailing_metadata())
+
+
+async def checked_stream(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    """Yield a request stream's items, raising InvalidRequestError at the first malformed one."""
+    async for request in requests:
+        if isinstance(request, MalformedRequest):
+            raise request.error
+        yield request
+
+
+def _wrap(behavior: Callable[..., Any], client_streaming: bool, server_streaming: bool) -> Callable[..., Any]:
+    if client_streaming and server_streaming:
+        async def bidi(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            async for response in behavior(checked_stream(requests), context):
+                yield response
+        return bidi
+    if server_streaming:
+        async def streaming(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            if isinstance(request, MalformedRequest):
+                await _abort(context, request)
+            async for response in behavior(request, context):
+                yield response
+        return streaming
+
+    async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if isinstance(request, MalformedRequest):
+            await _abort(context, request)
+        return await behavior(request, context)
+    return unary
+
+
+def add_servicer(server: grpc.aio.Server, service: ServiceDescriptor, servicer: object) -> None:
+    """Register every method of `service` on `servicer` with tolerant request decoding."""
+    factories = {
+        (False, False): grpc.unary_unary_rpc_method_handler,
+        (False, True): grpc.unary_stream_rpc_method_handler,
+        (True, True): grpc.stream_stream_rpc_method_handler,
+    }
+    handlers = {}
+    for method in service.methods:
+        kind = (method.client_streaming, method.server_streaming)
+        if kind not in factories:
+            raise NotImplementedError(f"{method.full_name}: client-streaming methods are not supported")
+        handlers[method.name] = factories[kind](
+            _wrap(getattr(servicer, method.name), *kind),
+            request_deserializer=_tolerant(GetMessageClass(method.input_type)),
+            response_serializer=GetMessageClass(method.output_type).SerializeToString)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))

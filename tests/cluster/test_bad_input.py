@@ -1,0 +1,169 @@
+"""Bad requests get a precise status and error code; the broker keeps serving and loses nothing."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from raftka.errors import METADATA_CODE
+from raftka.partition.batch import decode_batch, encode_batch, split_batches
+from raftka.proto import api_pb2
+
+
+def batch(*values: bytes) -> bytes:
+    return encode_batch([(None, v, [], 1_700_000_000_000) for v in values])
+
+
+def code_of(exc: grpc.RpcError) -> str:
+    return dict(exc.trailing_metadata())[METADATA_CODE]
+
+
+def rpc_error(call, request) -> grpc.RpcError:  # type: ignore[no-untyped-def]
+    with pytest.raises(grpc.RpcError) as info:
+        result = call(request, timeout=10)
+        if hasattr(result, "__iter__"):
+            list(result)
+    return info.value
+
+
+@pytest.fixture
+def topic(stubs) -> str:  # type: ignore[no-untyped-def]
+    _, admin = stubs
+    admin.CreateTopic(api_pb2.CreateTopicRequest(name="orders", partitions=2), timeout=10)
+    return "orders"
+
+
+@pytest.mark.parametrize("name, fragment", [
+    ("", "must not be empty"),
+    ("a" * 250, "250 characters long; the limit is 249"),
+    ("bad name", "contains ' '"),
+    ("ünïcode", "contains"),
+    ("..", "not allowed"),
+    ("__consumer_offsets", "reserved"),
+])
+def test_invalid_topic_names_are_rejected_with_the_reason(stubs, name: str, fragment: str) -> None:
+    _, admin = stubs
+    error = rpc_error(admin.CreateTopic, api_pb2.CreateTopicRequest(name=name, partitions=1))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert code_of(error) == "INVALID_TOPIC"
+    assert fragment in error.details()
+
+
+def test_topic_settings_are_validated(stubs) -> None:
+    _, admin = stubs
+    cases = [
+        (api_pb2.CreateTopicRequest(name="t", partitions=-1), "INVALID_PARTITIONS"),
+        (api_pb2.CreateTopicRequest(name="t", partitions=1, replication_factor=2), "INVALID_REPLICATION_FACTOR"),
+        (api_pb2.CreateTopicRequest(name="t", partitions=1, config={"retention.msx": "1"}), "INVALID_CONFIG"),
+        (api_pb2.CreateTopicRequest(name="t", partitions=1, config={"retention.ms": "soon"}), "INVALID_CONFIG"),
+        (api_pb2.CreateTopicRequest(name="t", partitions=1, config={"segment.bytes": "10"}), "INVALID_CONFIG"),
+    ]
+    for request, code in cases:
+        assert code_of(rpc_error(admin.CreateTopic, request)) == code
+    admin.CreateTopic(api_pb2.CreateTopicRequest(name="t", partitions=1), timeout=10)
+    error = rpc_error(admin.CreateTopic, api_pb2.CreateTopicRequest(name="t", partitions=1))
+    assert error.code() == grpc.StatusCode.ALREADY_EXISTS and code_of(error) == "TOPIC_EXISTS"
+
+
+def test_unknown_topic_and_partition(stubs, topic: str) -> None:
+    broker, admin = stubs
+    error = rpc_error(broker.Produce, api_pb2.ProduceRequest(topic="nope", partition=0, batches=batch(b"x")))
+    assert error.code() == grpc.StatusCode.NOT_FOUND and code_of(error) == "UNKNOWN_TOPIC"
+    error = rpc_error(broker.Produce, api_pb2.ProduceRequest(topic=topic, partition=2, batches=batch(b"x")))
+    assert code_of(error) == "UNKNOWN_PARTITION" and "partitions 0 to 1" in error.details()
+    error = rpc_error(broker.Produce, api_pb2.ProduceRequest(topic=topic, partition=-1, batches=batch(b"x")))
+    assert code_of(error) == "UNKNOWN_PARTITION"
+    assert code_of(rpc_error(admin.DeleteTopic, api_pb2.DeleteTopicRequest(name="nope"))) == "UNKNOWN_TOPIC"
+    assert code_of(rpc_error(admin.DescribeTopic, api_pb2.DescribeTopicRequest(name="nope"))) == "UNKNOWN_TOPIC"
+
+
+def test_corrupt_empty_oversize_and_garbage_batches(stubs, topic: str) -> None:
+    broker, admin = stubs
+    good = batch(b"kept")
+    broker.Produce(api_pb2.ProduceRequest(topic=topic, partition=0, batches=good), timeout=10)
+    flipped = bytearray(batch(b"hello world"))
+    flipped[-1] ^= 0xFF
+    cases = [
+        (bytes(flipped), grpc.StatusCode.DATA_LOSS, "CORRUPT_BATCH"),
+        (good + bytes(flipped), grpc.StatusCode.DATA_LOSS, "CORRUPT_BATCH"),
+        (b"", grpc.StatusCode.INVALID_ARGUMENT, "INVALID_BATCH"),
+        (b"\x00" * 7, grpc.StatusCode.DATA_LOSS, "CORRUPT_BATCH"),
+        (b"not a record batch at all, just text" * 3, None, None),
+        (good[:-3], grpc.StatusCode.DATA_LOSS, "CORRUPT_BATCH"),
+    ]
+    for data, status, code in cases:
+        error = rpc_error(broker.Produce, api_pb2.ProduceRequest(topic=topic, partition=0, batches=data))
+        if status is not None:
+            assert (error.code(), code_of(error)) == (status, code), error.details()
+        else:
+            assert code_of(error) in ("INVALID_BATCH", "CORRUPT_BATCH"), error.details()
+    admin.CreateTopic(api_pb2.CreateTopicRequest(name="small", partitions=1,
+                                                 config={"max.message.bytes": "2048"}), timeout=10)
+    error = rpc_error(broker.Produce, api_pb2.ProduceRequest(topic="small", partition=0, batches=batch(b"x" * 4096)))
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and code_of(error) == "BATCH_TOO_LARGE"
+    assert "max.message.bytes=2048" in error.details()
+
+    fetched = b"".join(r.batches for r in broker.Fetch(api_pb2.FetchRequest(
+        partitions=[api_pb2.FetchPartition(topic=topic, partition=0, offset=0)]), timeout=10))
+    assert len(split_batches(fetched)) == 1, "only the good batch was stored"
+    assert [r.value for r in decode_batch(fetched).records] == [b"kept"]
+
+
+def test_offsets_out_of_range_and_negative(stubs, topic: str) -> None:
+    broker, _ = stubs
+    broker.Produce(api_pb2.ProduceRequest(topic=topic, partition=0, batches=batch(b"a", b"b")), timeout=10)
+    error = rpc_error(broker.Fetch, api_pb2.FetchRequest(
+        partitions=[api_pb2.FetchPartition(topic=topic, partition=0, offset=-1)]))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "negative" in error.details()
+    responses = list(broker.Fetch(api_pb2.FetchRequest(
+        partitions=[api_pb2.FetchPartition(topic=topic, partition=0, offset=99)]), timeout=10))
+    assert [r.error.code for r in responses] == [api_pb2.OFFSET_OUT_OF_RANGE]
+    assert "99" in responses[0].error.message
+    error = rpc_error(broker.Fetch, api_pb2.FetchRequest())
+    assert code_of(error) == "INVALID_REQUEST"
+    result = broker.ListOffsets(api_pb2.ListOffsetsRequest(queries=[
+        api_pb2.OffsetQuery(topic=topic, partition=0),
+        api_pb2.OffsetQuery(topic="nope", partition=0, spec=api_pb2.LATEST)]), timeout=10)
+    assert [r.error.code for r in result.results] == [api_pb2.INVALID_REQUEST, api_pb2.UNKNOWN_TOPIC]
+
+
+def test_malformed_protobuf_and_unknown_acks(broker, stubs, topic: str) -> None:
+    broker_stub, _ = stubs
+    with grpc.insecure_channel(broker.address) as channel:
+        raw = channel.unary_unary("/raftka.v1.Broker/Produce")
+        with pytest.raises(grpc.RpcError) as info:
+            raw(b"\xff\xff\xff\xff garbage", timeout=10)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert code_of(info.value) == "INVALID_REQUEST" and "malformed raftka.v1.ProduceRequest" in info.value.details()
+    error = rpc_error(broker_stub.Produce, api_pb2.ProduceRequest(topic=topic, partition=0, batches=batch(b"x"),
+                                                                   acks=7))
+    assert code_of(error) == "INVALID_REQUEST"
+
+
+def test_broker_keeps_serving_after_bad_input(broker, stubs, topic: str) -> None:
+    broker_stub, _ = stubs
+    for _ in range(3):
+        with pytest.raises(grpc.RpcError):
+            broker_stub.Produce(api_pb2.ProduceRequest(topic=topic, partition=0, batches=b"junk"), timeout=10)
+    response = broker_stub.Produce(api_pb2.ProduceRequest(topic=topic, partition=0, batches=batch(b"ok")), timeout=10)
+    assert response.base_offset == 0 and response.last_offset == 0
+    with grpc.insecure_channel(broker.address) as channel:
+        status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5).status
+    assert status == health_pb2.HealthCheckResponse.SERVING
+    assert broker.alive()
+
+
+def test_stream_reports_bad_items_without_closing(stubs, topic: str) -> None:
+    broker_stub, _ = stubs
+    requests = [
+        api_pb2.ProduceRequest(correlation_id=1, topic=topic, partition=0, batches=batch(b"a")),
+        api_pb2.ProduceRequest(correlation_id=2, topic="nope", partition=0, batches=batch(b"b")),
+        api_pb2.ProduceRequest(correlation_id=3, topic=topic, partition=0, batches=b"garbage"),
+        api_pb2.ProduceRequest(correlation_id=4, topic=topic, partition=0, batches=batch(b"c", b"d")),
+    ]
+    responses = {r.correlation_id: r for r in broker_stub.ProduceStream(iter(requests), timeout=10)}
+    assert responses[1].base_offset == 0 and responses[1].error.code == api_pb2.NONE
+    assert responses[2].error.code == api_pb2.UNKNOWN_TOPIC
+    assert responses[3].error.code in (api_pb2.INVALID_BATCH, api_pb2.CORRUPT_BATCH)
+    assert (responses[4].base_offset, responses[4].last_offset) == (1, 2)
