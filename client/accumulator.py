@@ -1,0 +1,212 @@
+"""The producer's record accumulator: records gathered into per-partition batches, bounded in memory.
+
+`send()` costs one lock, one list append and one small future object per record; everything per
+batch (encoding, compression, CRC, the network) happens once per batch in the sender thread. A batch
+is ready to send when it is full (`batch_size` bytes), older than `linger`, or a flush or close asks
+for everything.
+
+Invariants: a partition's batches leave in the order they were created, and at most `max_in_flight`
+of them are unacknowledged at once; bytes of unacknowledged records never exceed `buffer_memory`
+(an oversized single record is let through alone so it can fail with a precise broker error).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from typing import Callable, Sequence
+
+from raftka.client.records import RecordMetadata, TopicPartition
+from raftka.errors import BufferExhaustedError, RaftkaError
+
+RECORD_OVERHEAD = 24
+"""Approximate encoded bytes a record adds beyond its key, value and headers."""
+
+
+class ProducerBatch:
+    """Records bound for one partition, sent and acknowledged as one unit."""
+
+    __slots__ = ("tp", "records", "size", "created", "done", "base_offset", "error", "encoded",
+                 "attempts", "retry_at", "deadline", "callbacks")
+
+    def __init__(self, tp: TopicPartition, created: float, deadline: float) -> None:
+        self.tp = tp
+        self.records: list[tuple[bytes | None, bytes | None, Sequence[tuple[str, bytes]], int]] = []
+        self.size = 0
+        self.created = created
+        self.deadline = deadline
+        self.done = threading.Event()
+        self.base_offset = -1
+        self.error: RaftkaError | None = None
+        self.encoded: bytes | None = None
+        self.attempts = 0
+        self.retry_at = 0.0
+        self.callbacks: list[Callable[[], None]] = []
+
+    def complete(self, base_offset: int) -> None:
+        self.base_offset = base_offset
+        self._finish()
+
+    def fail(self, error: RaftkaError) -> None:
+        self.error = error
+        self._finish()
+
+    def _finish(self) -> None:
+        self.done.set()
+        for callback in self.callbacks:
+            callback()
+
+
+class RecordFuture:
+    """The outcome of one `send()`: `result()` returns its RecordMetadata or raises its error.
+
+    Mirrors `concurrent.futures.Future`'s reading side (result, exception, done,
+    add_done_callback) while costing two slots, because the producer creates one per record.
+    """
+
+    __slots__ = ("_batch", "_index")
+
+    def __init__(self, batch: ProducerBatch, index: int) -> None:
+        self._batch = batch
+        self._index = index
+
+    def done(self) -> bool:
+        return self._batch.done.is_set()
+
+    def result(self, timeout: float | None = None) -> RecordMetadata:
+        error = self.exception(timeout)
+        if error is not None:
+            raise error
+        batch = self._batch
+        return RecordMetadata(batch.tp.topic, batch.tp.partition, batch.base_offset + self._index,
+                              batch.records[self._index][3])
+
+    def exception(self, timeout: float | None = None) -> RaftkaError | None:
+        if not self._batch.done.wait(timeout):
+            raise TimeoutError(f"record not acknowledged within {timeout}s")
+        return self._batch.error
+
+    def add_done_callback(self, fn: Callable[[RecordFuture], None]) -> None:
+        """Call `fn(self)` when done: at once if it is, else from the producer's I/O thread."""
+        if self.done():
+            fn(self)
+        else:
+            self._batch.callbacks.append(lambda: fn(self))
+
+
+class RecordAccumulator:
+    def __init__(self, *, batch_size: int, linger_s: float, buffer_memory: int, max_block_s: float,
+                 max_in_flight: int, delivery_timeout_s: float) -> None:
+        self.batch_size = batch_size
+        self.linger_s = linger_s
+        self.buffer_memory = buffer_memory
+        self.max_block_s = max_block_s
+        self.max_in_flight = max_in_flight
+        self.delivery_timeout_s = delivery_timeout_s
+        self._lock = threading.Condition()
+        self._queues: dict[TopicPartition, deque[ProducerBatch]] = {}
+        self._in_flight: dict[TopicPartition, int] = {}
+        self._incomplete: set[ProducerBatch] = set()
+        self._used = 0
+        self._flushing = 0
+        self.wake: Callable[[], None] = lambda: None
+
+    def append(self, tp: TopicPartition, key: bytes | None, value: bytes | None,
+               headers: Sequence[tuple[str, bytes]], timestamp_ms: int) -> tuple[RecordFuture, bool]:
+        """Add a record; returns its future and whether this append sealed a full batch."""
+        size = RECORD_OVERHEAD + (len(key) if key else 0) + (len(value) if value else 0)
+        if headers:
+            size += sum(len(k) + len(v) + 8 for k, v in headers)
+        with self._lock:
+            if self._used + size > self.buffer_memory and self._used:
+                deadline = time.monotonic() + self.max_block_s
+                while self._used + size > self.buffer_memory and self._used:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise BufferExhaustedError(
+                            f"producer buffer full: {self._used} of buffer_memory={self.buffer_memory} bytes "
+                            f"unacknowledged for {self.max_block_s}s")
+                    self._lock.wait(remaining)
+            queue = self._queues.get(tp)
+            if queue is None:
+                queue = self._queues[tp] = deque()
+            batch = queue[-1] if queue else None
+            sealed = False
+            if batch is None or batch.encoded is not None or batch.size + size > self.batch_size and batch.records:
+                sealed = batch is not None and batch.encoded is None
+                now = time.monotonic()
+                batch = ProducerBatch(tp, now, now + self.delivery_timeout_s)
+                queue.append(batch)
+                self._incomplete.add(batch)
+            batch.records.append((key, value, headers, timestamp_ms))
+            batch.size += size
+            self._used += size
+            if sealed or batch.size >= self.batch_size:
+                self.wake()
+            return RecordFuture(batch, len(batch.records) - 1), sealed
+
+    def drain(self, now: float) -> tuple[list[ProducerBatch], float]:
+        """Batches to send now (marked in flight), and how long until the next may be ready."""
+        ready: list[ProducerBatch] = []
+        wait = self.linger_s if self.linger_s > 0 else 0.05
+        with self._lock:
+            for tp, queue in self._queues.items():
+                in_flight = self._in_flight.get(tp, 0)
+                while queue and in_flight < self.max_in_flight:
+                    batch = queue[0]
+                    if batch.retry_at > now:
+                        wait = min(wait, batch.retry_at - now)
+                        break
+                    full = len(queue) > 1 or batch.size >= self.batch_size
+                    age = now - batch.created
+                    if not (full or self._flushing or age >= self.linger_s):
+                        wait = min(wait, self.linger_s - age)
+                        break
+                    queue.popleft()
+                    in_flight += 1
+                    ready.append(batch)
+                self._in_flight[tp] = in_flight
+        return ready, max(wait, 0.0)
+
+    def requeue(self, batch: ProducerBatch, retry_at: float) -> None:
+        """Put a batch that failed retriably back at the head of its partition's queue."""
+        with self._lock:
+            batch.retry_at = retry_at
+            self._queues[batch.tp].appendleft(batch)
+            self._in_flight[batch.tp] -= 1
+        self.wake()
+
+    def finished(self, batch: ProducerBatch) -> None:
+        """A sent batch was acknowledged or failed for good: release its slot and memory."""
+        with self._lock:
+            self._in_flight[batch.tp] -= 1
+            self._release(batch)
+        self.wake()
+
+    def fail_queued(self, batch: ProducerBatch, error: RaftkaError) -> None:
+        """Fail a batch that was drained but could not be sent at all."""
+        batch.fail(error)
+        self.finished(batch)
+
+    def incomplete(self) -> list[ProducerBatch]:
+        with self._lock:
+            return list(self._incomplete)
+
+    def begin_flush(self) -> None:
+        with self._lock:
+            self._flushing += 1
+        self.wake()
+
+    def end_flush(self) -> None:
+        with self._lock:
+            self._flushing -= 1
+
+    def has_unsent(self) -> bool:
+        with self._lock:
+            return any(self._queues.values())
+
+    def _release(self, batch: ProducerBatch) -> None:
+        self._incomplete.discard(batch)
+        self._used -= batch.size
+        self._lock.notify_all()

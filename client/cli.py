@@ -1,0 +1,295 @@
+"""The `raftka` command: run brokers, manage topics, produce and consume from a shell.
+
+Every flag has an environment variable (`--bootstrap` is RAFTKA_BOOTSTRAP, `raftka broker --data-dir`
+is RAFTKA_DATA_DIR, ...), so containers are configured without a wrapper script. `--format json` turns
+every table into JSON for scripts. Errors print one line naming what went wrong and exit non-zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import logging
+import os
+import sys
+import threading
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from raftka.errors import RaftkaError
+
+DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
+
+
+def _env(name: str, default: Any = None, cast: Callable[[str], Any] = str) -> Any:
+    value = os.environ.get(f"RAFTKA_{name}")
+    return default if value is None else cast(value)
+
+
+def _client_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
+    """--bootstrap and --format, accepted before or after the subcommand."""
+    default = argparse.SUPPRESS if suppress else None
+    parser.add_argument("--bootstrap", default=default,
+                        help=f"HOST:PORT[,HOST:PORT...] of brokers (env RAFTKA_BOOTSTRAP; default {DEFAULT_BOOTSTRAP})")
+    parser.add_argument("--format", choices=("text", "json"), default=default,
+                        help="output format (env RAFTKA_FORMAT; default text)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="raftka", description="Raftka: a Raft-replicated, durable log.")
+    _client_options(parser, suppress=False)
+    parser.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"), help="env RAFTKA_LOG_LEVEL")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    broker = commands.add_parser("broker", help="run one broker in the foreground")
+    broker.add_argument("--id", type=int, default=_env("ID", None, int), help="broker id (env RAFTKA_ID)")
+    broker.add_argument("--listen", default=_env("LISTEN", "127.0.0.1:9092"),
+                        help="HOST:PORT to serve on (env RAFTKA_LISTEN; default 127.0.0.1:9092)")
+    broker.add_argument("--advertise", default=_env("ADVERTISE", ""),
+                        help="HOST:PORT clients should use, if not --listen (env RAFTKA_ADVERTISE)")
+    broker.add_argument("--data-dir", type=Path, default=_env("DATA_DIR", None, Path),
+                        help="directory for this broker's data (env RAFTKA_DATA_DIR)")
+    broker.add_argument("--metrics-port", type=int, default=_env("METRICS_PORT", None, int),
+                        help="serve Prometheus /metrics on this port (env RAFTKA_METRICS_PORT)")
+    broker.add_argument("--metrics-host", default=_env("METRICS_HOST", "127.0.0.1"),
+                        help="address for /metrics (env RAFTKA_METRICS_HOST; default 127.0.0.1)")
+
+    local = commands.add_parser("local", help="run a local development cluster in the foreground")
+    local.add_argument("--brokers", type=int, default=_env("LOCAL_BROKERS", 1, int),
+                       help="number of brokers (env RAFTKA_LOCAL_BROKERS; default 1)")
+    local.add_argument("--data-dir", type=Path, default=_env("LOCAL_DATA_DIR", Path("raftka-data"), Path),
+                       help="where the brokers keep data (env RAFTKA_LOCAL_DATA_DIR; default ./raftka-data)")
+    local.add_argument("--base-port", type=int, default=_env("LOCAL_BASE_PORT", 9092, int),
+                       help="broker i listens on base-port + i (env RAFTKA_LOCAL_BASE_PORT; default 9092)")
+
+    topic = commands.add_parser("topic", help="create, list, describe and delete topics")
+    topic_commands = topic.add_subparsers(dest="topic_command", required=True, metavar="ACTION")
+    create = topic_commands.add_parser("create", help="create a topic")
+    create.add_argument("name")
+    create.add_argument("--partitions", type=int, default=1)
+    create.add_argument("--replication-factor", type=int, default=0,
+                        help="replicas per partition (default min(3, brokers))")
+    create.add_argument("--config", action="append", default=[], metavar="KEY=VALUE",
+                        help="topic config such as retention.ms=86400000 (repeatable)")
+    for name, text in (("list", "list topics"), ("describe", "show partitions, leaders and offsets"),
+                       ("delete", "delete a topic and its records")):
+        sub = topic_commands.add_parser(name, help=text)
+        if name == "list":
+            sub.add_argument("--internal", action="store_true", help="include internal topics")
+        else:
+            sub.add_argument("name")
+    for sub in topic_commands.choices.values():
+        _client_options(sub, suppress=True)
+
+    produce = commands.add_parser("produce", help="publish stdin, one record per line")
+    produce.add_argument("topic")
+    produce.add_argument("--key-separator", help="split each line into KEY<SEP>VALUE at the first SEP")
+    produce.add_argument("--partition", type=int, help="write every record to this partition")
+    produce.add_argument("--acks", choices=("all", "leader"), default="all")
+    produce.add_argument("--compression", choices=("none", "zstd", "lz4"), default="none")
+    _client_options(produce, suppress=True)
+
+    consume = commands.add_parser("consume", help="print records to stdout")
+    consume.add_argument("topic")
+    start = consume.add_mutually_exclusive_group()
+    start.add_argument("--from-beginning", action="store_true", help="start at the earliest offset")
+    consume.add_argument("--partition", type=int, help="read only this partition")
+    consume.add_argument("--offset", type=int, help="start at this offset (needs --partition)")
+    consume.add_argument("--max-messages", type=int, help="exit after this many records")
+    consume.add_argument("--timeout-ms", type=int, help="exit when no record arrives for this long")
+    consume.add_argument("--print-key", action="store_true", help="text format: print KEY<TAB>VALUE")
+    _client_options(consume, suppress=True)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    args.bootstrap = args.bootstrap or _env("BOOTSTRAP", DEFAULT_BOOTSTRAP)
+    args.format = args.format or _env("FORMAT", "text")
+    try:
+        return COMMANDS[args.command](args)
+    except RaftkaError as exc:
+        print(f"raftka: {type(exc).__name__}: {exc.message}", file=sys.stderr)
+        return 1
+    except (ValueError, OSError) as exc:
+        print(f"raftka: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def cmd_broker(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from raftka.cluster.broker import serve
+    from raftka.cluster.config import BrokerConfig
+
+    if args.id is None or args.data_dir is None:
+        raise ValueError("raftka broker needs --id and --data-dir (or RAFTKA_ID and RAFTKA_DATA_DIR)")
+    asyncio.run(serve(BrokerConfig(broker_id=args.id, listen=args.listen, advertise=args.advertise,
+                                   data_dir=args.data_dir, metrics_port=args.metrics_port,
+                                   metrics_host=args.metrics_host)))
+    return 0
+
+
+def cmd_local(args: argparse.Namespace) -> int:
+    from raftka.client.local import run
+
+    return run(args.brokers, args.data_dir, args.base_port)
+
+
+def cmd_topic(args: argparse.Namespace) -> int:
+    from raftka.client.admin import Admin, TopicInfo
+
+    with Admin(args.bootstrap) as admin:
+        if args.topic_command == "create":
+            config = dict(_key_value(item) for item in args.config)
+            topic = admin.create_topic(args.name, args.partitions, args.replication_factor, config)
+            _emit(args, {"created": _topic_json(topic)}, f"created topic {topic.name} with "
+                  f"{len(topic.partitions)} partition(s), replication factor {topic.replication_factor}")
+        elif args.topic_command == "delete":
+            admin.delete_topic(args.name)
+            _emit(args, {"deleted": args.name}, f"deleted topic {args.name}")
+        elif args.topic_command == "list":
+            topics = admin.list_topics(include_internal=args.internal)
+            rows = [[t.name, str(len(t.partitions)), str(t.replication_factor)] for t in topics]
+            _emit(args, [_topic_json(t) for t in topics], _table(["TOPIC", "PARTITIONS", "REPLICATION"], rows))
+        else:
+            topic: TopicInfo = admin.describe_topic(args.name)
+            rows = [[str(p.partition), str(p.leader), ",".join(map(str, p.replicas)),
+                     ",".join(map(str, p.in_sync_replicas)), str(p.log_start_offset), str(p.high_watermark),
+                     str(p.size_bytes)] for p in topic.partitions]
+            config = " ".join(f"{k}={v}" for k, v in sorted(topic.config.items()))
+            text = (f"topic {topic.name}  partitions {len(topic.partitions)}  replication factor "
+                    f"{topic.replication_factor}\nconfig {config}\n"
+                    + _table(["PARTITION", "LEADER", "REPLICAS", "IN-SYNC", "START", "END", "BYTES"], rows))
+            _emit(args, _topic_json(topic), text)
+    return 0
+
+
+def cmd_produce(args: argparse.Namespace) -> int:
+    from raftka.client.producer import Producer
+
+    failures: list[RaftkaError] = []
+    lock = threading.Lock()
+    sent = 0
+
+    def check(future: Any) -> None:
+        error = future.exception()
+        if error is not None:
+            with lock:
+                failures.append(error)
+
+    with Producer(args.bootstrap, acks=args.acks, compression=args.compression) as producer:
+        for raw in sys.stdin.buffer:
+            line = raw.rstrip(b"\r\n")
+            key = None
+            if args.key_separator is not None:
+                key, sep, value = line.partition(args.key_separator.encode())
+                if not sep:
+                    key, value = None, line
+            else:
+                value = line
+            producer.send(args.topic, value, key=key, partition=args.partition).add_done_callback(check)
+            sent += 1
+            if failures:
+                break
+        producer.flush()
+    if failures:
+        print(f"raftka: {len(failures)} record(s) failed; first: {type(failures[0]).__name__}: "
+              f"{failures[0].message}", file=sys.stderr)
+        return 1
+    if args.format == "json":
+        print(json.dumps({"acknowledged": sent}))
+    return 0
+
+
+def cmd_consume(args: argparse.Namespace) -> int:
+    import time
+
+    from raftka.client.consumer import Consumer
+    from raftka.client.records import TopicPartition
+
+    if args.offset is not None and args.partition is None:
+        raise ValueError("--offset needs --partition")
+    if args.offset is not None and args.from_beginning:
+        raise ValueError("--offset and --from-beginning exclude each other")
+    reset = "earliest" if args.from_beginning else "latest"
+    out = sys.stdout
+    with Consumer(args.bootstrap, auto_offset_reset=reset) as consumer:
+        partitions = ([TopicPartition(args.topic, args.partition)] if args.partition is not None
+                      else consumer.partitions_for(args.topic))
+        consumer.assign(partitions)
+        if args.offset is not None:
+            consumer.seek(partitions[0], args.offset)
+        count, last_record = 0, time.monotonic()
+        while args.max_messages is None or count < args.max_messages:
+            wait_ms = 1000 if args.timeout_ms is None else max(0, args.timeout_ms - int((time.monotonic() - last_record) * 1000))
+            left = None if args.max_messages is None else args.max_messages - count
+            records = consumer.poll(timeout_ms=wait_ms, max_records=left)
+            if records:
+                last_record = time.monotonic()
+            elif args.timeout_ms is not None and (time.monotonic() - last_record) * 1000 >= args.timeout_ms:
+                break
+            for record in records:
+                if args.format == "json":
+                    out.write(json.dumps({"topic": record.topic, "partition": record.partition,
+                                          "offset": record.offset, "timestamp": record.timestamp,
+                                          "key": _json_bytes(record.key), "value": _json_bytes(record.value),
+                                          "headers": {k: _json_bytes(v) for k, v in record.headers}}) + "\n")
+                else:
+                    value = (record.value or b"").decode(errors="replace")
+                    if args.print_key:
+                        value = f"{(record.key or b'').decode(errors='replace')}\t{value}"
+                    out.write(value + "\n")
+            count += len(records)
+            out.flush()
+    return 0
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "broker": cmd_broker, "local": cmd_local, "topic": cmd_topic, "produce": cmd_produce, "consume": cmd_consume,
+}
+
+
+def _key_value(item: str) -> tuple[str, str]:
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise ValueError(f"--config expects KEY=VALUE, got {item!r}")
+    return key, value
+
+
+def _json_bytes(data: bytes | None) -> str | dict[str, str] | None:
+    """UTF-8 text as a string; other bytes as {"base64": ...}, so JSON output is lossless."""
+    if data is None:
+        return None
+    try:
+        return data.decode()
+    except UnicodeDecodeError:
+        return {"base64": base64.b64encode(data).decode()}
+
+
+def _topic_json(topic: Any) -> dict[str, Any]:
+    return {"name": topic.name, "replication_factor": topic.replication_factor, "config": topic.config,
+            "internal": topic.internal,
+            "partitions": [{"partition": p.partition, "leader": p.leader, "replicas": list(p.replicas),
+                            "in_sync_replicas": list(p.in_sync_replicas), "log_start_offset": p.log_start_offset,
+                            "high_watermark": p.high_watermark, "size_bytes": p.size_bytes}
+                           for p in topic.partitions]}
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
+    return "\n".join("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip()
+                     for row in [header, *rows])
+
+
+def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
+    print(json.dumps(data, indent=None) if args.format == "json" else text)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,168 @@
+"""Channels to the brokers and a cached view of the cluster's metadata.
+
+Clients start from a bootstrap list, learn the brokers and partition leaders from a Metadata call, and
+keep one gRPC channel per broker. Metadata is refreshed when a caller reports it stale (an unknown
+partition, NOT_LEADER, a broker that stopped answering). Failed calls surface as the typed errors of
+`raftka.errors`, never as raw `grpc.RpcError`.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable, Sequence, TypeVar
+
+import grpc
+
+from raftka.errors import (BrokerUnavailableError, NotLeaderError, RaftkaError, UnknownPartitionError,
+                           UnknownTopicError, from_rpc_error)
+from raftka.proto import api_pb2, api_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.enable_retries", 0),
+]
+
+
+def parse_bootstrap(bootstrap: str | Sequence[str]) -> list[str]:
+    """`"h1:p1,h2:p2"` or a list of addresses, validated as HOST:PORT."""
+    items = bootstrap.split(",") if isinstance(bootstrap, str) else list(bootstrap)
+    addresses = [item.strip() for item in items if item.strip()]
+    if not addresses:
+        raise ValueError("bootstrap names no broker; expected HOST:PORT[,HOST:PORT...]")
+    for address in addresses:
+        host, sep, port = address.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ValueError(f"bootstrap address {address!r} is not HOST:PORT")
+    return addresses
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Capped exponential backoff with full jitter (the AWS architecture blog's recommendation)."""
+
+    initial_s: float = 0.05
+    max_s: float = 2.0
+
+    def delay(self, attempt: int) -> float:
+        return random.uniform(0, min(self.max_s, self.initial_s * (2 ** attempt)))
+
+
+class ClusterConnection:
+    """Thread-safe: the producer's sender, its response readers and user threads share one."""
+
+    def __init__(self, bootstrap: str | Sequence[str], *, request_timeout_s: float = 30.0) -> None:
+        self.bootstrap = parse_bootstrap(bootstrap)
+        self.request_timeout_s = request_timeout_s
+        self._lock = threading.Lock()
+        self._channels: dict[str, grpc.Channel] = {}
+        self._metadata: api_pb2.MetadataResponse | None = None
+        self._brokers: dict[int, str] = {}
+        self._topics: dict[str, api_pb2.TopicMetadata] = {}
+
+    def channel(self, address: str) -> grpc.Channel:
+        with self._lock:
+            channel = self._channels.get(address)
+            if channel is None:
+                channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+                self._channels[address] = channel
+            return channel
+
+    def broker(self, address: str) -> api_pb2_grpc.BrokerStub:
+        return api_pb2_grpc.BrokerStub(self.channel(address))
+
+    def call(self, address: str, method: Callable[[api_pb2_grpc.BrokerStub], Callable[..., T]],
+             request: object, *, timeout_s: float | None = None) -> T:
+        """Call a unary Broker method on one broker, raising typed errors."""
+        try:
+            return method(self.broker(address))(request, timeout=timeout_s or self.request_timeout_s)
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from None
+
+    def any_broker(self, fn: Callable[[grpc.Channel], T]) -> T:
+        """Run `fn` against the known brokers in turn until one answers (transport errors only)."""
+        with self._lock:
+            addresses = list(dict.fromkeys([*self._brokers.values(), *self.bootstrap]))
+        last: RaftkaError | None = None
+        for address in addresses:
+            try:
+                return fn(self.channel(address))
+            except grpc.RpcError as exc:
+                error = from_rpc_error(exc)
+                if not isinstance(error, BrokerUnavailableError):
+                    raise error from None
+                last = error
+        raise BrokerUnavailableError(f"no broker answered (tried {', '.join(addresses)}): {last}")
+
+    def refresh(self, topics: Sequence[str] = ()) -> api_pb2.MetadataResponse:
+        """Fetch metadata (for `topics`, or all when empty) and update the cache."""
+        request = api_pb2.MetadataRequest(topics=list(topics))
+        response = self.any_broker(
+            lambda ch: api_pb2_grpc.BrokerStub(ch).Metadata(request, timeout=self.request_timeout_s))
+        with self._lock:
+            self._metadata = response
+            self._brokers = {b.id: b.address for b in response.brokers}
+            if not topics:
+                self._topics = {}
+            for name in response.unknown_topics:
+                self._topics.pop(name, None)
+            self._topics.update({t.name: t for t in response.topics})
+        return response
+
+    def topic(self, name: str, *, refresh: bool = False) -> api_pb2.TopicMetadata:
+        with self._lock:
+            topic = None if refresh else self._topics.get(name)
+        if topic is None:
+            self.refresh([name])
+            with self._lock:
+                topic = self._topics.get(name)
+        if topic is None:
+            raise UnknownTopicError(f"unknown topic {name!r}")
+        return topic
+
+    def partition_count(self, topic: str) -> int:
+        return len(self.topic(topic).partitions)
+
+    def leader(self, topic: str, partition: int, *, refresh: bool = False) -> str:
+        """The address of the partition's leader; raises NotLeaderError when it has none right now."""
+        metadata = self.topic(topic, refresh=refresh)
+        if not 0 <= partition < len(metadata.partitions):
+            raise UnknownPartitionError(
+                f"topic {topic!r} has partitions 0 to {len(metadata.partitions) - 1}; "
+                f"there is no partition {partition}")
+        leader_id = metadata.partitions[partition].leader_id
+        with self._lock:
+            address = self._brokers.get(leader_id)
+        if address is None:
+            raise NotLeaderError(f"{topic}/{partition} has no leader right now")
+        return address
+
+    def retrying(self, fn: Callable[[], T], *, deadline_s: float, backoff: Backoff = Backoff()) -> T:
+        """Run `fn`, retrying retriable errors with backoff until `deadline_s` (monotonic) passes."""
+        attempt = 0
+        while True:
+            try:
+                return fn()
+            except RaftkaError as exc:
+                if not exc.retriable or time.monotonic() >= deadline_s:
+                    raise
+                log.debug("retrying after %s: %s", type(exc).__name__, exc)
+                time.sleep(min(backoff.delay(attempt), max(0.0, deadline_s - time.monotonic())))
+                attempt += 1
+
+    def close(self) -> None:
+        with self._lock:
+            channels, self._channels = list(self._channels.values()), {}
+        for channel in channels:
+            channel.close()

@@ -1,0 +1,129 @@
+"""`Producer`: batched, pipelined, durable-by-default publishing.
+
+    with Producer("127.0.0.1:9092") as producer:
+        future = producer.send("orders", b"payload", key=b"customer-7")
+        print(future.result().offset)
+
+`acks="all"` (the default) acknowledges a record once a majority of its partition's replicas have
+fsynced it; `acks="leader"` once the leader has appended it, fsynced or not.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Mapping, Sequence
+
+from raftka.client.accumulator import RecordAccumulator, RecordFuture
+from raftka.client.connection import Backoff, ClusterConnection
+from raftka.client.partitioner import StickyPartitioner, partition_for_key
+from raftka.client.records import TopicPartition
+from raftka.client.sender import Sender
+from raftka.errors import ClientClosedError, RequestTimedOutError, UnknownPartitionError
+from raftka.partition.batch import Compression
+from raftka.proto import api_pb2
+
+ACKS = {"all": api_pb2.ACKS_ALL, "-1": api_pb2.ACKS_ALL, "leader": api_pb2.ACKS_LEADER, "1": api_pb2.ACKS_LEADER}
+
+Headers = Sequence[tuple[str, bytes]] | Mapping[str, bytes] | None
+
+
+def _as_bytes(name: str, data: bytes | str | None) -> bytes | None:
+    if data is None or isinstance(data, bytes):
+        return data
+    if isinstance(data, str):
+        return data.encode()
+    if isinstance(data, (bytearray, memoryview)):
+        return bytes(data)
+    raise TypeError(f"record {name} must be bytes, str or None, not {type(data).__name__}")
+
+
+def _as_headers(headers: Headers) -> Sequence[tuple[str, bytes]]:
+    if not headers:
+        return ()
+    items = headers.items() if isinstance(headers, Mapping) else headers
+    return [(str(k), _as_bytes("header value", v) or b"") for k, v in items]
+
+
+class Producer:
+    def __init__(self, bootstrap: str | Sequence[str], *, acks: str | int = "all", linger_ms: float = 5,
+                 batch_size: int = 256 * 1024, compression: str = "none", max_in_flight: int = 8,
+                 buffer_memory: int = 64 * 1024 * 1024, max_block_ms: int = 60_000,
+                 request_timeout_ms: int = 30_000, delivery_timeout_ms: int = 120_000,
+                 retry_backoff_ms: int = 50, retry_backoff_max_ms: int = 2_000) -> None:
+        if str(acks) not in ACKS:
+            raise ValueError(f"acks must be 'all' or 'leader', not {acks!r}")
+        if batch_size <= 0 or linger_ms < 0 or max_in_flight < 1 or buffer_memory < batch_size:
+            raise ValueError("need batch_size > 0, linger_ms >= 0, max_in_flight >= 1, buffer_memory >= batch_size")
+        try:
+            codec = Compression[compression.upper()]
+        except KeyError:
+            raise ValueError(f"compression must be one of none, zstd, lz4; not {compression!r}") from None
+        self._conn = ClusterConnection(bootstrap, request_timeout_s=request_timeout_ms / 1000)
+        self._acc = RecordAccumulator(batch_size=batch_size, linger_s=linger_ms / 1000,
+                                      buffer_memory=buffer_memory, max_block_s=max_block_ms / 1000,
+                                      max_in_flight=max_in_flight, delivery_timeout_s=delivery_timeout_ms / 1000)
+        self._partitioner = StickyPartitioner()
+        self._partition_counts: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._closed = False
+        self._sender = Sender(self._conn, self._acc, acks=ACKS[str(acks)], compression=codec,
+                              request_timeout_ms=request_timeout_ms,
+                              backoff=Backoff(retry_backoff_ms / 1000, retry_backoff_max_ms / 1000))
+        self._sender.start()
+
+    def send(self, topic: str, value: bytes | str | None, key: bytes | str | None = None,
+             headers: Headers = None, partition: int | None = None,
+             timestamp_ms: int | None = None) -> RecordFuture:
+        """Queue a record; the future resolves to its RecordMetadata once acknowledged.
+
+        Raises at once for what can never succeed (a closed producer, an unknown topic or partition,
+        a wrong type) and BufferExhaustedError if the buffer stays full for max_block_ms.
+        """
+        if self._closed:
+            raise ClientClosedError("producer is closed")
+        value = _as_bytes("value", value)
+        key = _as_bytes("key", key)
+        count = self._partition_counts.get(topic)
+        if count is None:
+            count = self._partition_counts[topic] = self._conn.partition_count(topic)
+        with self._lock:
+            if partition is None:
+                partition = partition_for_key(key, count) if key is not None else self._partitioner.partition(topic, count)
+            elif not 0 <= partition < count:
+                raise UnknownPartitionError(f"topic {topic!r} has partitions 0 to {count - 1}; "
+                                            f"there is no partition {partition}")
+            future, sealed = self._acc.append(TopicPartition(topic, partition), key, value, _as_headers(headers),
+                                              timestamp_ms if timestamp_ms is not None else int(time.time() * 1000))
+            if sealed and key is None:
+                self._partitioner.batch_sealed(topic, count, partition)
+        return future
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Send everything queued now and wait until it is acknowledged or failed."""
+        self._acc.begin_flush()
+        try:
+            deadline = None if timeout is None else time.monotonic() + timeout
+            for batch in self._acc.incomplete():
+                remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+                if not batch.done.wait(remaining):
+                    raise RequestTimedOutError(f"flush did not complete within {timeout}s")
+        finally:
+            self._acc.end_flush()
+
+    def close(self, timeout: float | None = None) -> None:
+        """Flush, then release the connections. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.flush(timeout)
+        finally:
+            self._sender.stop()
+            self._conn.close()
+
+    def __enter__(self) -> Producer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,155 @@
+"""The producer's I/O: drains ready batches and pipelines them over one ProduceStream per broker.
+
+One sender thread encodes each batch once (compression and CRC included) and writes it to the stream
+of its partition's leader; one reader thread per stream resolves batches as responses arrive. A
+retriable failure (NOT_LEADER, a broker that went away, a timeout) refreshes metadata and requeues the
+batch at the head of its partition's queue after a capped, jittered backoff, until the batch's
+delivery deadline; any other failure fails the batch's records at once.
+
+Until idempotent producers land, a retried batch may be written twice if the first attempt was in
+fact stored, and with more than one batch in flight a retry can land after a later batch.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import queue
+import threading
+import time
+from typing import Iterator
+
+import grpc
+
+from raftka.client.accumulator import ProducerBatch, RecordAccumulator
+from raftka.client.connection import Backoff, ClusterConnection
+from raftka.errors import (BrokerUnavailableError, InternalError, RaftkaError, RequestTimedOutError,
+                           from_proto, from_rpc_error)
+from raftka.partition.batch import Compression, encode_batch
+from raftka.proto import api_pb2
+
+log = logging.getLogger(__name__)
+
+_CLOSE = object()
+
+
+class BrokerStream:
+    """One ProduceStream to one broker, with the batches it has in flight."""
+
+    def __init__(self, conn: ClusterConnection, address: str, sender: Sender) -> None:
+        self.address = address
+        self._sender = sender
+        self._requests: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._in_flight: dict[int, ProducerBatch] = {}
+        self._lock = threading.Lock()
+        self._ids = itertools.count(1)
+        self.alive = True
+        self._call = conn.broker(address).ProduceStream(self._outgoing())
+        self._reader = threading.Thread(target=self._read, name=f"raftka-producer-read-{address}", daemon=True)
+        self._reader.start()
+
+    def send(self, batch: ProducerBatch, request: api_pb2.ProduceRequest) -> None:
+        with self._lock:
+            if not self.alive:
+                raise BrokerUnavailableError(f"stream to {self.address} is closed")
+            request.correlation_id = next(self._ids)
+            self._in_flight[request.correlation_id] = batch
+        self._requests.put(request)
+
+    def close(self) -> None:
+        self._requests.put(_CLOSE)
+        self._reader.join(timeout=5)
+
+    def _outgoing(self) -> Iterator[api_pb2.ProduceRequest]:
+        while (item := self._requests.get()) is not _CLOSE:
+            yield item  # type: ignore[misc]
+
+    def _read(self) -> None:
+        try:
+            for response in self._call:
+                with self._lock:
+                    batch = self._in_flight.pop(response.correlation_id, None)
+                if batch is None:
+                    log.warning("response for unknown correlation id %d from %s", response.correlation_id,
+                                self.address)
+                    continue
+                self._sender.completed(batch, response)
+            error: RaftkaError = BrokerUnavailableError(f"stream to {self.address} ended")
+        except grpc.RpcError as exc:
+            error = from_rpc_error(exc)
+        with self._lock:
+            self.alive = False
+            orphans, self._in_flight = list(self._in_flight.values()), {}
+        for batch in orphans:
+            self._sender.failed(batch, error)
+
+
+class Sender(threading.Thread):
+    def __init__(self, conn: ClusterConnection, accumulator: RecordAccumulator, *, acks: int,
+                 compression: Compression, request_timeout_ms: int, backoff: Backoff) -> None:
+        super().__init__(name="raftka-producer-sender", daemon=True)
+        self._conn = conn
+        self._acc = accumulator
+        self._acks = acks
+        self._compression = compression
+        self._request_timeout_ms = request_timeout_ms
+        self._backoff = backoff
+        self._streams: dict[str, BrokerStream] = {}
+        self._wakeup = threading.Event()
+        self._stopping = False
+        accumulator.wake = self._wakeup.set
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._wakeup.set()
+        self.join()
+        for stream in self._streams.values():
+            stream.close()
+
+    def run(self) -> None:
+        while not self._stopping:
+            batches, wait = self._acc.drain(time.monotonic())
+            for batch in batches:
+                self._send(batch)
+            if not batches:
+                self._wakeup.wait(wait)
+                self._wakeup.clear()
+
+    def _send(self, batch: ProducerBatch) -> None:
+        if time.monotonic() >= batch.deadline:
+            self._acc.fail_queued(batch, RequestTimedOutError(
+                f"batch for {batch.tp} not acknowledged within the delivery timeout "
+                f"after {batch.attempts} attempt(s)"))
+            return
+        try:
+            if batch.encoded is None:
+                batch.encoded = encode_batch(batch.records, compression=self._compression)
+            address = self._conn.leader(batch.tp.topic, batch.tp.partition, refresh=batch.attempts > 0)
+            stream = self._streams.get(address)
+            if stream is None or not stream.alive:
+                stream = self._streams[address] = BrokerStream(self._conn, address, self)
+            batch.attempts += 1
+            stream.send(batch, api_pb2.ProduceRequest(
+                topic=batch.tp.topic, partition=batch.tp.partition, batches=batch.encoded,
+                acks=self._acks, timeout_ms=self._request_timeout_ms))
+        except RaftkaError as exc:
+            self.failed(batch, exc)
+        except Exception as exc:  # noqa: BLE001 - the sender thread must outlive any one batch
+            log.exception("could not send batch for %s", batch.tp)
+            self._acc.fail_queued(batch, InternalError(f"producer could not send the batch: {exc}"))
+
+    def completed(self, batch: ProducerBatch, response: api_pb2.ProduceResponse) -> None:
+        error = from_proto(response.error)
+        if error is None:
+            batch.complete(response.base_offset)
+            self._acc.finished(batch)
+        else:
+            self.failed(batch, error)
+
+    def failed(self, batch: ProducerBatch, error: RaftkaError) -> None:
+        if error.retriable and time.monotonic() < batch.deadline and not self._stopping:
+            log.debug("retrying batch for %s after %s: %s", batch.tp, type(error).__name__, error)
+            self._acc.requeue(batch, time.monotonic() + self._backoff.delay(batch.attempts))
+            return
+        batch.fail(error)
+        self._acc.finished(batch)
