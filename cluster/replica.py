@@ -97,7 +97,7 @@ class LocalReplica:
     async def append(self, batches: bytes, *, durable: bool, timeout_s: float) -> AppendOutcome:
         spans = self.validate(batches)
         view = memoryview(batches)
-        results = [self._log.append(bytes(view[start:end])) for start, end in spans]
+        results = [self._log.append(bytes(view[start:end]), crc_verified=True) for start, end in spans]
         outcome = AppendOutcome(results[0].base_offset, results[-1].last_offset, int(time.time() * 1000))
         flushed = self._committer.durable(self._on_durable)
         if durable:
@@ -115,10 +115,10 @@ class LocalReplica:
         As in Kafka, an offset between the high watermark and the log end is not an error: it reads
         nothing yet. Only offsets before the log start or past the log end are out of range.
         """
-        hw, start = self.high_watermark, self._log.start_offset
-        if offset < start or offset > self._log.end_offset:
+        hw, start, end = self.high_watermark, self._log.start_offset, self._log.end_offset
+        if offset < start or offset > end:
             raise OffsetOutOfRangeError(
-                f"offset {offset} is out of range: the partition holds offsets {start} to {hw}")
+                f"offset {offset} is out of range: the log runs from {start} to {end} (high watermark {hw})")
         if offset >= hw:
             return ReadResult(b"", hw, start)
         try:

@@ -136,10 +136,14 @@ class PartitionLog:
         ends = [s.base for s in self._segments[1:]] + [self._end]
         return [SegmentInfo(s.base, end, s.size, s.max_ts, s.created_ms) for s, end in zip(self._segments, ends)]
 
-    def append(self, batch: bytes) -> AppendResult:
-        """Stage one batch at end_offset; it becomes durable and readable at the next store flush."""
+    def append(self, batch: bytes, *, crc_verified: bool = False) -> AppendResult:
+        """Stage one batch at end_offset; it becomes durable and readable at the next store flush.
+
+        `crc_verified=True` skips the CRC check for a caller that has just verified this very batch
+        (the broker checks a whole request before staging any of it); structure is always checked.
+        """
         self._check_open()
-        header = read_header(batch)
+        header = read_header(batch, verify_crc=not crc_verified)
         if header.batch_length != len(batch):
             raise InvalidBatchError(f"append takes exactly one batch: {len(batch)} bytes given, the batch "
                                     f"is {header.batch_length}")
