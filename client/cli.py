@@ -54,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="serve Prometheus /metrics on this port (env RAFTKA_METRICS_PORT)")
     broker.add_argument("--metrics-host", default=_env("METRICS_HOST", "127.0.0.1"),
                         help="address for /metrics (env RAFTKA_METRICS_HOST; default 127.0.0.1)")
+    broker.add_argument("--retention-check-ms", type=int, default=_env("RETENTION_CHECK_MS", 60_000, int),
+                        help="how often expired segments are deleted (env RAFTKA_RETENTION_CHECK_MS; default 60000)")
 
     local = commands.add_parser("local", help="run a local development cluster in the foreground")
     local.add_argument("--brokers", type=int, default=_env("LOCAL_BROKERS", 1, int),
@@ -131,7 +133,8 @@ def cmd_broker(args: argparse.Namespace) -> int:
         raise ValueError("raftka broker needs --id and --data-dir (or RAFTKA_ID and RAFTKA_DATA_DIR)")
     asyncio.run(serve(BrokerConfig(broker_id=args.id, listen=args.listen, advertise=args.advertise,
                                    data_dir=args.data_dir, metrics_port=args.metrics_port,
-                                   metrics_host=args.metrics_host)))
+                                   metrics_host=args.metrics_host,
+                                   retention_check_interval_s=args.retention_check_ms / 1000)))
     return 0
 
 

@@ -41,10 +41,8 @@ class AdminService(api_pb2_grpc.AdminServicer):
         validate_topic_name(request.name, allow_internal=True)
         if self._state.metadata.get(request.name).internal:
             raise InvalidTopicError(f"internal topic {request.name!r} cannot be deleted")
-        # Appends staged for the topic must reach the disk before its logs are dropped, or the
-        # flush would write them back after the drop.
-        await self._committer.durable()
         self._state.partitions.delete_topic(request.name)
+        await self._committer.durable()
         self._state.metrics.partitions.set(len(self._state.partitions.replicas()))
         return api_pb2.DeleteTopicResponse()
 

@@ -34,14 +34,19 @@ GRPC_MAX_MESSAGE_BYTES = 2 * MAX_BATCH_BYTES_LIMIT
 SHUTDOWN_GRACE_S = 5.0
 
 
-async def _enforce_retention(partitions: PartitionManager, interval_s: float) -> None:
+async def _enforce_retention(partitions: PartitionManager, committer: GroupCommitter, interval_s: float) -> None:
+    """Delete expired segments now and then; the deletions are made durable by one group commit."""
     while True:
         await asyncio.sleep(interval_s)
         now_ms = int(time.time() * 1000)
+        deleted_any = False
         for topic, partition, replica in partitions.replicas():
             deleted = replica.apply_retention(now_ms)
             if deleted:
+                deleted_any = True
                 log.info("retention deleted segments topic=%s partition=%d segments=%d", topic, partition, deleted)
+        if deleted_any:
+            await committer.durable()
 
 
 async def serve(config: BrokerConfig) -> None:
@@ -81,7 +86,7 @@ async def serve(config: BrokerConfig) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    retention = asyncio.create_task(_enforce_retention(partitions, config.retention_check_interval_s))
+    retention = asyncio.create_task(_enforce_retention(partitions, committer, config.retention_check_interval_s))
     await stop.wait()
 
     log.info("broker stopping id=%d", config.broker_id)

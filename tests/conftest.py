@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import grpc
 import pytest
@@ -27,7 +27,7 @@ def free_port() -> int:
 class BrokerProcess:
     """One broker child process; it keeps its port and data directory across restarts."""
 
-    def __init__(self, data_dir: Path, broker_id: int = 0) -> None:
+    def __init__(self, data_dir: Path, broker_id: int = 0, *extra_args: str) -> None:
         self.broker_id = broker_id
         self.data_dir = data_dir
         self.port = free_port()
@@ -35,12 +35,13 @@ class BrokerProcess:
         self.address = f"127.0.0.1:{self.port}"
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = data_dir.parent / f"broker-{broker_id}.log"
+        self.extra_args = extra_args
 
     def start(self, timeout_s: float = 30.0) -> BrokerProcess:
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "raftka", "broker", "--id", str(self.broker_id), "--listen", self.address,
-                 "--data-dir", str(self.data_dir), "--metrics-port", str(self.metrics_port)],
+                 "--data-dir", str(self.data_dir), "--metrics-port", str(self.metrics_port), *self.extra_args],
                 stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout_s
         with grpc.insecure_channel(self.address) as channel:
@@ -82,11 +83,25 @@ class BrokerProcess:
 
 
 @pytest.fixture
-def broker(tmp_path: Path) -> Iterator[BrokerProcess]:
-    process = BrokerProcess(tmp_path / "broker-0").start()
-    yield process
-    if process.alive():
-        assert process.stop() == 0, process.log()
+def start_broker(tmp_path: Path) -> Iterator[Callable[..., BrokerProcess]]:
+    """Start brokers with extra `raftka broker` flags; each is stopped (gracefully) after the test."""
+    started: list[BrokerProcess] = []
+
+    def start(*extra_args: str) -> BrokerProcess:
+        broker_id = len(started)
+        process = BrokerProcess(tmp_path / f"broker-{broker_id}", broker_id, *extra_args).start()
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        if process.alive():
+            assert process.stop() == 0, process.log()
+
+
+@pytest.fixture
+def broker(start_broker: Callable[..., BrokerProcess]) -> BrokerProcess:
+    return start_broker()
 
 
 @pytest.fixture

@@ -1,0 +1,32 @@
+"""The broker deletes whole expired segments on its own, and consumers see the new log start."""
+
+from __future__ import annotations
+
+import time
+
+from raftka import Admin, Consumer, Producer, TopicPartition
+
+
+def test_size_retention_advances_the_log_start(start_broker) -> None:
+    address = start_broker("--retention-check-ms", "200").address
+    with Admin(address) as admin:
+        admin.create_topic("short", config={"segment.bytes": 4096, "retention.bytes": 8192})
+    with Producer(address, linger_ms=0, batch_size=1024) as producer:
+        for i in range(200):
+            producer.send("short", f"{i:04d}".encode() * 64).result(timeout=10)
+    deadline = time.monotonic() + 20
+    with Admin(address) as admin:
+        while (start := admin.describe_topic("short").partitions[0].log_start_offset) == 0:
+            assert time.monotonic() < deadline, "retention never ran"
+            time.sleep(0.1)
+        partition = admin.describe_topic("short").partitions[0]
+    assert 0 < start < 200 and partition.high_watermark == 200
+    assert 8192 <= partition.size_bytes < 8192 + 2 * 4096
+    consumer = Consumer(address, auto_offset_reset="earliest")
+    consumer.assign([TopicPartition("short", 0)])
+    consumer.seek(TopicPartition("short", 0), 0)
+    records = []
+    while len(records) < 200 - start:
+        records.extend(consumer.poll(timeout_ms=1000))
+    assert records[0].offset == start and records[-1].offset == 199
+    consumer.close()
