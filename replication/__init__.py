@@ -1,0 +1,64 @@
+"""The pure Raft core (``raft.py``) and what it is made of.
+
+The multi-Raft driver needs: :class:`RaftNode`, :class:`RaftConfig`, :class:`Ready`, the message
+and entry types, :class:`Storage` (implemented by the partition log) and the errors.
+"""
+
+from raftka.replication.entries import Entry, EntryType
+from raftka.replication.errors import (
+    CompactedError,
+    ConfChangeError,
+    ConfChangeInProgressError,
+    DuplicateReadContextError,
+    LeadershipTransferError,
+    NotLeaderError,
+    ProposalDroppedError,
+    RaftError,
+    RaftSafetyError,
+    ReadyContractError,
+    SnapshotOutOfDateError,
+    UnavailableError,
+)
+from raftka.replication.membership import ConfChange, ConfChangeOp
+from raftka.replication.messages import Message, MessageType
+from raftka.replication.progress import ProgressState, ProgressView
+from raftka.replication.raft import RaftConfig, RaftNode, Role
+from raftka.replication.readindex import ReadState
+from raftka.replication.ready import Ready
+from raftka.replication.state import ConfState, HardState, Snapshot, SnapshotMetadata
+from raftka.replication.storage import MemoryStorage, Storage, bootstrap_snapshot
+
+__all__ = [
+    "CompactedError",
+    "ConfChange",
+    "ConfChangeError",
+    "ConfChangeInProgressError",
+    "ConfChangeOp",
+    "ConfState",
+    "DuplicateReadContextError",
+    "Entry",
+    "EntryType",
+    "HardState",
+    "LeadershipTransferError",
+    "MemoryStorage",
+    "Message",
+    "MessageType",
+    "NotLeaderError",
+    "ProgressState",
+    "ProgressView",
+    "ProposalDroppedError",
+    "RaftConfig",
+    "RaftError",
+    "RaftNode",
+    "RaftSafetyError",
+    "ReadState",
+    "Ready",
+    "ReadyContractError",
+    "Role",
+    "Snapshot",
+    "SnapshotMetadata",
+    "SnapshotOutOfDateError",
+    "Storage",
+    "bootstrap_snapshot",
+    "UnavailableError",
+]

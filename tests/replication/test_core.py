@@ -1,0 +1,189 @@
+"""Unit tests of the core's building blocks and of the driver-facing contract."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from raftka.replication import (
+    CompactedError,
+    Message,
+    MessageType,
+    ConfChange,
+    ConfChangeError,
+    ConfChangeOp,
+    ConfState,
+    Entry,
+    MemoryStorage,
+    NotLeaderError,
+    RaftConfig,
+    RaftNode,
+    ReadyContractError,
+    Role,
+)
+from raftka.replication.entries import EntryType
+from raftka.replication.log import RaftLog
+from raftka.replication.membership import Membership, apply_conf_change
+from raftka.replication.progress import Inflights, Progress, ProgressState
+from raftka.replication.quorum import VoteResult, committed_index, vote_result
+from raftka.replication.simcluster import SafetyChecker, SimNode
+
+
+def _single_node() -> tuple[RaftNode, MemoryStorage]:
+    storage = MemoryStorage.bootstrap(ConfState((1,)))
+    return RaftNode(RaftConfig(1), storage, random.Random(1)), storage
+
+
+def _handle(node: RaftNode, storage: MemoryStorage) -> None:
+    while (rd := node.ready()) is not None:
+        if rd.snapshot is not None:
+            storage.apply_snapshot(rd.snapshot)
+        storage.append(list(rd.entries))
+        if rd.hard_state is not None:
+            storage.set_hard_state(rd.hard_state)
+        node.advance(rd)
+
+
+def test_single_voter_commits_only_after_its_own_entry_is_durable() -> None:
+    node, storage = _single_node()
+    node.campaign()
+    assert node.role == Role.LEADER
+    _handle(node, storage)
+    index = node.propose(b"x")
+    rd = node.ready()
+    assert rd is not None and [e.index for e in rd.entries] == [index]
+    assert node.commit_index < index, "the leader must not count an entry that is not yet durable"
+    storage.append(list(rd.entries))
+    node.advance(rd)
+    assert node.commit_index == index
+
+
+def test_ready_contract_is_enforced() -> None:
+    node, storage = _single_node()
+    node.campaign()
+    rd = node.ready()
+    assert rd is not None
+    with pytest.raises(ReadyContractError):
+        node.ready()
+    with pytest.raises(ReadyContractError):
+        node.advance(rd.__class__(**{f: getattr(rd, f) for f in rd.__dataclass_fields__}))
+
+
+def test_followers_refuse_proposals_with_a_leader_hint() -> None:
+    node = RaftNode(RaftConfig(2), MemoryStorage.bootstrap(ConfState((1, 2, 3))), random.Random(2))
+    with pytest.raises(NotLeaderError) as info:
+        node.propose(b"x")
+    assert info.value.leader_id == 0
+
+
+def test_find_conflict_by_term_skips_whole_terms() -> None:
+    storage = MemoryStorage.bootstrap(ConfState((1,)))
+    storage.append([Entry(i, t) for i, t in zip(range(2, 9), [1, 1, 4, 4, 5, 5, 6])])
+    log = RaftLog(storage)
+    assert log.find_conflict_by_term(8, 3) == (3, 1)
+    assert log.find_conflict_by_term(8, 5) == (7, 5)
+    storage.create_snapshot(4, ConfState((1,)), b"")
+    storage.compact(4)
+    assert log.find_conflict_by_term(8, 3) == (3, 0), "stops where the log is compacted"
+    with pytest.raises(CompactedError):
+        log.slice(3, 5)
+
+
+def test_inflights_bound_by_count_and_bytes() -> None:
+    inflights = Inflights(max_count=3, max_bytes=100)
+    inflights.add(5, 60)
+    assert not inflights.full()
+    inflights.add(6, 50)
+    assert inflights.full()
+    inflights.free_le(5)
+    assert not inflights.full() and len(inflights) == 1
+
+
+def test_probe_backs_off_to_the_hint_and_ignores_stale_rejections() -> None:
+    pr = Progress(next_index=11, max_inflight=4, max_inflight_bytes=0)
+    assert pr.maybe_decr_to(rejected=10, match_hint=4)
+    assert pr.next == 5
+    assert not pr.maybe_decr_to(rejected=10, match_hint=2), "a stale rejection must be ignored"
+    pr.maybe_update(7)
+    pr.become_replicate()
+    assert pr.state == ProgressState.REPLICATE and pr.next == 8
+
+
+def test_quorum_arithmetic() -> None:
+    assert committed_index((1, 2, 3, 4, 5), {1: 9, 2: 7, 3: 7, 4: 3, 5: 1}.__getitem__) == 7
+    assert vote_result((1, 2, 3), {1: True, 2: False}) == VoteResult.PENDING
+    assert vote_result((1, 2, 3), {1: True, 2: False, 3: False}) == VoteResult.LOST
+    assert vote_result((1, 2, 3), {1: True, 3: True}) == VoteResult.WON
+
+
+def test_membership_changes_one_voter_at_a_time_and_reverts_on_truncation() -> None:
+    base = ConfState((1, 2, 3))
+    assert apply_conf_change(base, ConfChange(ConfChangeOp.ADD_LEARNER, 4)) == ConfState((1, 2, 3), (4,))
+    with pytest.raises(ConfChangeError):
+        apply_conf_change(base, ConfChange(ConfChangeOp.ADD_VOTER, 3))
+    with pytest.raises(ConfChangeError):
+        apply_conf_change(ConfState((1,)), ConfChange(ConfChangeOp.REMOVE, 1))
+    m = Membership(base, 1)
+    m.append([Entry(5, 2, EntryType.CONF_CHANGE, ConfChange(ConfChangeOp.REMOVE, 3).encode())])
+    assert m.current == ConfState((1, 2)) and m.at(4) == base
+    m.truncate_from(5)
+    assert m.current == base
+
+
+def test_restart_recovers_configuration_and_applied_index_from_snapshot() -> None:
+    node, storage = _single_node()
+    node.campaign()
+    _handle(node, storage)
+    node.propose_conf_change(ConfChange(ConfChangeOp.ADD_LEARNER, 2))
+    for n in range(3):
+        node.propose(b"%d" % n)
+    _handle(node, storage)
+    storage.create_snapshot(4, node.conf_state_at(4), b"sm@4")
+    storage.compact(3)
+    restarted = RaftNode(RaftConfig(1), storage, random.Random(1))
+    assert restarted.conf_state == ConfState((1,), (2,))
+    assert restarted.applied_index == 4
+    rd = restarted.ready()
+    assert rd is not None and [e.index for e in rd.committed_entries] == [5, 6]
+
+
+
+def test_leader_resends_a_lost_snapshot_after_the_transport_reports_failure() -> None:
+    """A follower behind the compacted log gets a snapshot; when the transport reports the send
+    failed, the leader probes again and resends instead of waiting forever."""
+    checker = SafetyChecker()
+    nodes = {i: SimNode(i, ConfState((1, 2, 3)), RaftConfig(i), seed=0) for i in (1, 2, 3)}
+
+    def pump(cut_off: int = 0) -> list[Message]:
+        sent: list[Message] = []
+        for _ in range(50):
+            batch = [m for n in nodes.values() if n.core and n.take_ready() for m in n.complete_ready(checker)]
+            if not batch:
+                return sent
+            sent += batch
+            for m in batch:
+                target = nodes[m.dst].core
+                if target is not None and cut_off not in (m.src, m.dst):
+                    target.step(m)
+        raise AssertionError("no quiescence")
+
+    leader = nodes[1].core
+    assert leader is not None
+    leader.campaign()
+    pump()
+    for n in range(3):
+        leader.propose(b"%d" % n)
+    pump(cut_off=3)
+    assert nodes[1].snapshot_and_compact(keep=0)
+    leader.report_unreachable(3)
+    sent = pump(cut_off=3)
+    assert [m.type for m in sent if m.dst == 3] == [MessageType.SNAPSHOT]
+    assert leader.progress()[3].state == ProgressState.SNAPSHOT
+    leader.report_snapshot(3, success=False)
+    assert leader.progress()[3].state == ProgressState.PROBE
+    leader.tick()
+    pump()
+    assert leader.progress()[3].match == leader.last_index
+    follower = nodes[3].core
+    assert follower is not None and follower.applied_index >= 5
