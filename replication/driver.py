@@ -1,0 +1,235 @@
+"""The multi-Raft driver: one asyncio loop drives every Raft group a broker hosts.
+
+Each loop round collects the Ready of every group that has work, persists all of them, makes them
+durable with ONE sync (the broker's group commit: one fsync for every group's entries and hard
+state), then sends all their messages (the transport batches them per destination broker, which
+coalesces heartbeats), applies committed entries, and advances. Rounds start as soon as a message,
+a proposal or a tick makes a group dirty, so a proposal does not wait for the next tick.
+
+Invariants (the core's Ready contract, for many groups at once):
+- no message of a round leaves before the round's writes are durable;
+- committed entries are handed to the group's applier in index order, exactly once per process
+  lifetime (after a restart the applier is told where the core resumes: `applied_index`);
+- a proposal's future resolves only when an entry with the proposal's index AND term is committed,
+  and fails when a different entry is committed at that index (leadership changed first).
+
+The driver knows nothing of topics: a group is an opaque id, a storage, and an applier.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable, Protocol, Sequence
+
+from raftka.replication.entries import Entry
+from raftka.replication.errors import ProposalDroppedError
+from raftka.replication.messages import Message
+from raftka.replication.raft import RaftConfig, RaftNode
+from raftka.replication.ready import Ready
+from raftka.replication.storage import Storage
+
+log = logging.getLogger(__name__)
+
+
+class Transport(Protocol):
+    def send(self, group: str, message: Message) -> None:
+        """Queue a message for `message.dst`; delivery is best effort (Raft tolerates loss)."""
+        ...
+
+
+Applier = Callable[[Sequence[Entry]], None]
+"""Receives a group's committed entries, in index order, after they are durable."""
+
+
+@dataclass
+class _Group:
+    group_id: str
+    node: RaftNode
+    storage: Storage
+    apply: Applier
+    pending: dict[int, tuple[int, asyncio.Future[int]]] = field(default_factory=dict)
+    idle_ticks: int = 0
+
+
+class MultiRaft:
+    def __init__(self, broker_id: int, transport: Transport, sync: Callable[[], Awaitable[None]], *,
+                 tick_interval_s: float = 0.05, quiesce_after_ticks: int = 20,
+                 rng: random.Random | None = None) -> None:
+        """`sync` makes every storage write staged so far durable (one fsync for all groups).
+
+        A group whose leader saw no proposal for `quiesce_after_ticks` ticks is asked to quiesce,
+        so idle groups stop heartbeating and cost nothing until traffic or `wake` revives them.
+        """
+        self.broker_id = broker_id
+        self._transport = transport
+        self._sync = sync
+        self._tick_interval_s = tick_interval_s
+        self._quiesce_after_ticks = quiesce_after_ticks
+        self._rng = rng or random.Random()
+        self._groups: dict[str, _Group] = {}
+        self._dirty: set[str] = set()
+        self._work = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self.rounds = 0
+
+    def add_group(self, group_id: str, storage: Storage, apply: Applier, config: RaftConfig) -> RaftNode:
+        if group_id in self._groups:
+            raise ValueError(f"group {group_id!r} is already hosted")
+        if config.id != self.broker_id:
+            raise ValueError(f"group {group_id!r}: node id {config.id} is not this broker ({self.broker_id})")
+        node = RaftNode(config, storage, random.Random(self._rng.random()))
+        self._groups[group_id] = _Group(group_id, node, storage, apply)
+        self._mark(group_id)
+        return node
+
+    def remove_group(self, group_id: str) -> None:
+        group = self._groups.pop(group_id)
+        self._dirty.discard(group_id)
+        for _, future in group.pending.values():
+            if not future.done():
+                future.set_exception(ProposalDroppedError(f"group {group_id!r} was removed from this broker"))
+
+    def node(self, group_id: str) -> RaftNode:
+        return self._groups[group_id].node
+
+    def groups(self) -> list[str]:
+        return list(self._groups)
+
+    def propose(self, group_id: str, data: bytes) -> asyncio.Future[int]:
+        """Propose `data`; the future gives the entry's index once it is committed.
+
+        Raises the core's NotLeaderError (with the leader hint) at once on a follower.
+        """
+        group = self._groups[group_id]
+        index = group.node.propose(data)
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        group.pending[index] = (group.node.term, future)
+        group.idle_ticks = 0
+        self._mark(group_id)
+        return future
+
+    def step(self, group_id: str, message: Message) -> None:
+        """Deliver a peer's message (from the transport); unknown groups are ignored and logged."""
+        group = self._groups.get(group_id)
+        if group is None:
+            log.debug("message for unhosted group=%s from=%d dropped", group_id, message.src)
+            return
+        group.node.step(message)
+        self._mark(group_id)
+
+    def wake(self, peer: int) -> None:
+        """A peer broker went down or came back: wake quiesced groups so they notice."""
+        for group_id, group in self._groups.items():
+            if peer in group.node.conf_state.members():
+                group.node.wake()
+                if not group.node.is_quiescent:
+                    self._mark(group_id)
+
+    def mark(self, group_id: str) -> None:
+        """Tell the driver a group's node was driven directly (e.g. campaign, transfer)."""
+        self._mark(group_id)
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"multi-raft-{self.broker_id}")
+
+    async def stop(self) -> None:
+        """Finish the current round, then stop driving (no cancellation mid-round)."""
+        if self._task is not None:
+            self._stopping = True
+            self._work.set()
+            await self._task
+            self._task = None
+
+    def _mark(self, group_id: str) -> None:
+        self._dirty.add(group_id)
+        self._work.set()
+
+    async def _run(self) -> None:
+        next_tick = time.monotonic() + self._tick_interval_s
+        while not self._stopping:
+            timeout = next_tick - time.monotonic()
+            if timeout > 0 and not self._dirty:
+                try:
+                    async with asyncio.timeout(timeout):
+                        await self._work.wait()
+                except TimeoutError:
+                    pass
+            else:
+                await asyncio.sleep(0)
+            if self._stopping:
+                return
+            self._work.clear()
+            if time.monotonic() >= next_tick:
+                next_tick = time.monotonic() + self._tick_interval_s
+                self._tick()
+            if self._dirty:
+                try:
+                    await self._round()
+                except Exception:  # noqa: BLE001 - one bad round must not stop every group
+                    log.exception("multi-raft round failed broker=%d", self.broker_id)
+
+    def _tick(self) -> None:
+        for group_id, group in self._groups.items():
+            node = group.node
+            if node.is_quiescent:
+                continue
+            node.tick()
+            group.idle_ticks += 1
+            if group.idle_ticks >= self._quiesce_after_ticks and not group.pending:
+                node.quiesce()
+            self._dirty.add(group_id)
+
+    async def _round(self) -> None:
+        dirty, self._dirty = self._dirty, set()
+        readies: list[tuple[_Group, Ready]] = []
+        for group_id in dirty:
+            group = self._groups.get(group_id)
+            if group is None:
+                continue
+            ready = group.node.ready()
+            if ready is not None:
+                readies.append((group, ready))
+        if not readies:
+            return
+        self.rounds += 1
+        must_sync = False
+        for group, ready in readies:
+            if ready.snapshot is not None:
+                group.storage.apply_snapshot(ready.snapshot)
+            if ready.entries:
+                group.storage.append(list(ready.entries))
+            if ready.hard_state is not None:
+                group.storage.set_hard_state(ready.hard_state)
+            must_sync = must_sync or ready.must_sync
+        if must_sync:
+            await self._sync()
+        for group, ready in readies:
+            for message in ready.messages:
+                self._transport.send(group.group_id, message)
+        for group, ready in readies:
+            if ready.committed_entries:
+                group.apply(ready.committed_entries)
+                self._settle(group, ready.committed_entries)
+            group.node.advance(ready)
+            self._dirty.add(group.group_id)
+
+    @staticmethod
+    def _settle(group: _Group, committed: Sequence[Entry]) -> None:
+        for entry in committed:
+            waiting = group.pending.pop(entry.index, None)
+            if waiting is None:
+                continue
+            term, future = waiting
+            if future.done():
+                continue
+            if entry.term == term:
+                future.set_result(entry.index)
+            else:
+                future.set_exception(ProposalDroppedError(
+                    f"entry {entry.index} of term {term} was replaced by one of term {entry.term} "
+                    "(leadership changed before it committed)"))
