@@ -1,6 +1,6 @@
 """The producer's record accumulator: records gathered into per-partition batches, bounded in memory.
 
-`send()` costs one lock, one list append and one small future object per record; everything per
+`send()` costs one lock, one tuple, one list append and one small future object per record; everything per
 batch (encoding, compression, CRC, the network) happens once per batch in the sender thread. A batch
 is ready to send when it is full (`batch_size` bytes), older than `linger`, or a flush or close asks
 for everything.
@@ -17,6 +17,7 @@ import time
 from collections import deque
 from typing import Callable, Sequence
 
+from raftka.client.partitioner import StickyPartitioner
 from raftka.client.records import RecordMetadata, TopicPartition
 from raftka.errors import BufferExhaustedError, RaftkaError
 
@@ -96,6 +97,13 @@ class RecordFuture:
 
 
 class RecordAccumulator:
+    """Thread-safe: user threads append, the sender drains, response readers finish batches.
+
+    The sticky partition of unkeyed records lives here, under the same lock as the batches, because
+    it moves exactly when an append seals a batch (as Kafka's built-in partitioner does, KIP-794);
+    one lock per `send()` instead of two.
+    """
+
     def __init__(self, *, batch_size: int, linger_s: float, buffer_memory: int, max_block_s: float,
                  max_in_flight: int, delivery_timeout_s: float) -> None:
         self.batch_size = batch_size
@@ -104,47 +112,45 @@ class RecordAccumulator:
         self.max_block_s = max_block_s
         self.max_in_flight = max_in_flight
         self.delivery_timeout_s = delivery_timeout_s
-        self._lock = threading.Condition()
+        self._lock = threading.Lock()
+        self._space = threading.Condition(self._lock)
         self._queues: dict[TopicPartition, deque[ProducerBatch]] = {}
+        self._open: dict[TopicPartition, ProducerBatch] = {}
         self._in_flight: dict[TopicPartition, int] = {}
         self._incomplete: set[ProducerBatch] = set()
+        self._sticky = StickyPartitioner()
         self._used = 0
         self._flushing = 0
         self.wake: Callable[[], None] = lambda: None
 
-    def append(self, tp: TopicPartition, key: bytes | None, value: bytes | None,
-               headers: Sequence[tuple[str, bytes]], timestamp_ms: int) -> tuple[RecordFuture, bool]:
-        """Add a record; returns its future and whether this append sealed a full batch."""
-        size = RECORD_OVERHEAD + (len(key) if key else 0) + (len(value) if value else 0)
+    def append(self, tps: Sequence[TopicPartition], partition: int | None, key: bytes | None,
+               value: bytes | None, headers: Sequence[tuple[str, bytes]], timestamp_ms: int) -> RecordFuture:
+        """Add a record to partition `tps[partition]`, or to the sticky partition when `partition` is None.
+
+        `tps` is every partition of the record's topic, in partition order.
+        """
+        size = RECORD_OVERHEAD + (len(key) if key is not None else 0) + (len(value) if value is not None else 0)
         if headers:
             size += sum(len(k) + len(v) + 8 for k, v in headers)
         with self._lock:
             if self._used + size > self.buffer_memory and self._used:
-                deadline = time.monotonic() + self.max_block_s
-                while self._used + size > self.buffer_memory and self._used:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        raise BufferExhaustedError(
-                            f"producer buffer full: {self._used} of buffer_memory={self.buffer_memory} bytes "
-                            f"unacknowledged for {self.max_block_s}s")
-                    self._lock.wait(remaining)
-            queue = self._queues.get(tp)
-            if queue is None:
-                queue = self._queues[tp] = deque()
-            batch = queue[-1] if queue else None
-            sealed = False
-            if batch is None or batch.encoded is not None or batch.size + size > self.batch_size and batch.records:
-                sealed = batch is not None and batch.encoded is None
-                now = time.monotonic()
-                batch = ProducerBatch(tp, now, now + self.delivery_timeout_s)
-                queue.append(batch)
-                self._incomplete.add(batch)
-            batch.records.append((key, value, headers, timestamp_ms))
+                self._wait_for_space(size)
+            tp = tps[partition if partition is not None else self._sticky.partition(tps[0].topic, len(tps))]
+            batch = self._open.get(tp)
+            if batch is None or batch.size + size > self.batch_size and batch.records:
+                if batch is not None and partition is None:
+                    self._sticky.batch_sealed(tp.topic, len(tps), tp.partition)
+                    tp = tps[self._sticky.partition(tp.topic, len(tps))]
+                    batch = self._open.get(tp)
+                if batch is None or batch.size + size > self.batch_size and batch.records:
+                    batch = self._new_batch(tp)
+            records = batch.records
+            records.append((key, value, headers, timestamp_ms))
             batch.size += size
             self._used += size
-            if sealed or batch.size >= self.batch_size:
+            if batch.size >= self.batch_size:
                 self.wake()
-            return RecordFuture(batch, len(batch.records) - 1), sealed
+            return RecordFuture(batch, len(records) - 1)
 
     def drain(self, now: float) -> tuple[list[ProducerBatch], float]:
         """Batches to send now (marked in flight), and how long until the next may be ready."""
@@ -164,6 +170,8 @@ class RecordAccumulator:
                         wait = min(wait, self.linger_s - age)
                         break
                     queue.popleft()
+                    if self._open.get(tp) is batch:
+                        del self._open[tp]
                     in_flight += 1
                     ready.append(batch)
                 self._in_flight[tp] = in_flight
@@ -181,7 +189,9 @@ class RecordAccumulator:
         """A sent batch was acknowledged or failed for good: release its slot and memory."""
         with self._lock:
             self._in_flight[batch.tp] -= 1
-            self._release(batch)
+            self._incomplete.discard(batch)
+            self._used -= batch.size
+            self._space.notify_all()
         self.wake()
 
     def fail_queued(self, batch: ProducerBatch, error: RaftkaError) -> None:
@@ -202,11 +212,27 @@ class RecordAccumulator:
         with self._lock:
             self._flushing -= 1
 
-    def has_unsent(self) -> bool:
-        with self._lock:
-            return any(self._queues.values())
+    def _new_batch(self, tp: TopicPartition) -> ProducerBatch:
+        """Open a batch at the tail of `tp`'s queue. The sender is woken: it computes when the new batch
+        is due (after linger, or now with linger 0), which it cannot know while asleep."""
+        now = time.monotonic()
+        batch = ProducerBatch(tp, now, now + self.delivery_timeout_s)
+        queue = self._queues.get(tp)
+        if queue is None:
+            queue = self._queues[tp] = deque()
+        queue.append(batch)
+        self._open[tp] = batch
+        self._incomplete.add(batch)
+        self.wake()
+        return batch
 
-    def _release(self, batch: ProducerBatch) -> None:
-        self._incomplete.discard(batch)
-        self._used -= batch.size
-        self._lock.notify_all()
+    def _wait_for_space(self, size: int) -> None:
+        """Block (the lock held by the caller) until `size` more bytes fit, or max_block_s passes."""
+        deadline = time.monotonic() + self.max_block_s
+        while self._used + size > self.buffer_memory and self._used:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise BufferExhaustedError(
+                    f"producer buffer full: {self._used} of buffer_memory={self.buffer_memory} bytes "
+                    f"unacknowledged for {self.max_block_s}s")
+            self._space.wait(remaining)

@@ -102,6 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
     consume.add_argument("--timeout-ms", type=int, help="exit when no record arrives for this long")
     consume.add_argument("--print-key", action="store_true", help="text format: print KEY<TAB>VALUE")
     _client_options(consume, suppress=True)
+
+    from raftka.client.bench import add_arguments as add_bench_arguments
+
+    add_bench_arguments(commands.add_parser(
+        "bench", help="measure throughput and latency (starts its own cluster unless --bootstrap)"))
     return parser
 
 
@@ -109,8 +114,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    args.bootstrap = args.bootstrap or _env("BOOTSTRAP", DEFAULT_BOOTSTRAP)
-    args.format = args.format or _env("FORMAT", "text")
+    if args.command != "bench":
+        args.bootstrap = args.bootstrap or _env("BOOTSTRAP", DEFAULT_BOOTSTRAP)
+        args.format = args.format or _env("FORMAT", "text")
     try:
         return COMMANDS[args.command](args)
     except RaftkaError as exc:
@@ -253,8 +259,15 @@ def cmd_consume(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from raftka.client.bench import run
+
+    return run(args)
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "broker": cmd_broker, "local": cmd_local, "topic": cmd_topic, "produce": cmd_produce, "consume": cmd_consume,
+    "bench": cmd_bench,
 }
 
 

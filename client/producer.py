@@ -10,13 +10,13 @@ fsynced it; `acks="leader"` once the leader has appended it, fsynced or not.
 
 from __future__ import annotations
 
-import threading
 import time
+from time import time_ns
 from typing import Mapping, Sequence
 
 from raftka.client.accumulator import RecordAccumulator, RecordFuture
 from raftka.client.connection import Backoff, ClusterConnection
-from raftka.client.partitioner import StickyPartitioner, partition_for_key
+from raftka.client.partitioner import partition_for_key
 from raftka.client.records import TopicPartition
 from raftka.client.sender import Sender
 from raftka.errors import ClientClosedError, RequestTimedOutError, UnknownPartitionError
@@ -63,9 +63,7 @@ class Producer:
         self._acc = RecordAccumulator(batch_size=batch_size, linger_s=linger_ms / 1000,
                                       buffer_memory=buffer_memory, max_block_s=max_block_ms / 1000,
                                       max_in_flight=max_in_flight, delivery_timeout_s=delivery_timeout_ms / 1000)
-        self._partitioner = StickyPartitioner()
-        self._partition_counts: dict[str, int] = {}
-        self._lock = threading.Lock()
+        self._topics: dict[str, tuple[TopicPartition, ...]] = {}
         self._closed = False
         self._sender = Sender(self._conn, self._acc, acks=ACKS[str(acks)], compression=codec,
                               request_timeout_ms=request_timeout_ms,
@@ -78,26 +76,28 @@ class Producer:
         """Queue a record; the future resolves to its RecordMetadata once acknowledged.
 
         Raises at once for what can never succeed (a closed producer, an unknown topic or partition,
-        a wrong type) and BufferExhaustedError if the buffer stays full for max_block_ms.
+        a wrong type) and BufferExhaustedError if the buffer stays full for max_block_ms. A topic's
+        partitions are looked up once and cached: this is the per-record hot path, so it does no
+        more than type checks, one lock and one append.
         """
         if self._closed:
             raise ClientClosedError("producer is closed")
-        value = _as_bytes("value", value)
-        key = _as_bytes("key", key)
-        count = self._partition_counts.get(topic)
-        if count is None:
-            count = self._partition_counts[topic] = self._conn.partition_count(topic)
-        with self._lock:
-            if partition is None:
-                partition = partition_for_key(key, count) if key is not None else self._partitioner.partition(topic, count)
-            elif not 0 <= partition < count:
-                raise UnknownPartitionError(f"topic {topic!r} has partitions 0 to {count - 1}; "
-                                            f"there is no partition {partition}")
-            future, sealed = self._acc.append(TopicPartition(topic, partition), key, value, _as_headers(headers),
-                                              timestamp_ms if timestamp_ms is not None else int(time.time() * 1000))
-            if sealed and key is None:
-                self._partitioner.batch_sealed(topic, count, partition)
-        return future
+        if value.__class__ is not bytes and value is not None:
+            value = _as_bytes("value", value)
+        if key is not None and key.__class__ is not bytes:
+            key = _as_bytes("key", key)
+        tps = self._topics.get(topic)
+        if tps is None:
+            count = self._conn.partition_count(topic)
+            tps = self._topics[topic] = tuple(TopicPartition(topic, p) for p in range(count))
+        if partition is None:
+            if key is not None:
+                partition = partition_for_key(key, len(tps))
+        elif not 0 <= partition < len(tps):
+            raise UnknownPartitionError(f"topic {topic!r} has partitions 0 to {len(tps) - 1}; "
+                                        f"there is no partition {partition}")
+        return self._acc.append(tps, partition, key, value, _as_headers(headers) if headers else (),
+                                time_ns() // 1_000_000 if timestamp_ms is None else timestamp_ms)
 
     def flush(self, timeout: float | None = None) -> None:
         """Send everything queued now and wait until it is acknowledged or failed."""

@@ -1,12 +1,18 @@
-"""The value types users see: topic-partitions, consumed records, and produce acknowledgements."""
+"""The value types users see: topic-partitions, consumed records, and produce acknowledgements.
+
+`TopicPartition` and `Record` are NamedTuples (as in kafka-python), not dataclasses: the producer
+looks a TopicPartition up for every record it sends and the consumer builds a Record for every record
+it returns, and a tuple's hashing and construction run in C, several times faster than a dataclass's.
+Both are immutable and compare by value.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 
-@dataclass(frozen=True, slots=True)
-class TopicPartition:
+class TopicPartition(NamedTuple):
     topic: str
     partition: int
 
@@ -24,8 +30,7 @@ class RecordMetadata:
     timestamp: int
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
+class Record(NamedTuple):
     """A consumed record. `timestamp` is milliseconds since the epoch, set by the producer."""
 
     topic: str
@@ -33,5 +38,5 @@ class Record:
     offset: int
     key: bytes | None
     value: bytes | None
-    headers: tuple[tuple[str, bytes], ...]
+    headers: tuple[tuple[str, bytes | None], ...]
     timestamp: int

@@ -107,13 +107,15 @@ class Sender(threading.Thread):
             stream.close()
 
     def run(self) -> None:
+        """Drain and send until stopped. The wakeup is cleared *before* draining, so a wake that
+        arrives while draining or sending is kept and cuts the next wait short, never lost."""
         while not self._stopping:
+            self._wakeup.clear()
             batches, wait = self._acc.drain(time.monotonic())
             for batch in batches:
                 self._send(batch)
             if not batches:
                 self._wakeup.wait(wait)
-                self._wakeup.clear()
 
     def _send(self, batch: ProducerBatch) -> None:
         if time.monotonic() >= batch.deadline:

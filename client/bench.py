@@ -1,0 +1,520 @@
+"""`raftka bench`: the throughput and latency figures of issue 7, through the public client API only.
+
+    scripts/bench [--quick] [--bootstrap HOST:PORT] [--output bench-results.json]
+
+Without `--bootstrap` the bench starts its own cluster of `raftka broker` processes on 127.0.0.1,
+with data on a real disk (never tmpfs: acks=all means fsynced, and fsync on tmpfs costs nothing), and
+deletes it afterwards. Every measurement is one JSON line (`RESULT_FIELDS`) appended to the output
+file as soon as it is taken, so an interrupted run keeps what it measured, and a table is printed
+at the end. Figures vary from run to run on a shared machine: compare ratios taken in one run.
+
+Workloads: windowed publish (every record acknowledged; the window is the producer's buffer), consume
+(drain what was published), sync publish (one record at a time, each awaited), end-to-end latency
+(paced sends, send time in the payload, measured at poll), failover (SIGKILL the leader while
+publishing; with one broker that includes restarting it), and the baseline: the same windowed
+publish through a minimal log replicated by pysyncobj (3 processes), the approach we chose not to take.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+from raftka.client.admin import Admin
+from raftka.client.consumer import Consumer
+from raftka.client.local import MAX_LOCAL_BROKERS, wait_serving
+from raftka.client.producer import Producer
+from raftka.client.records import TopicPartition
+
+RESULT_FIELDS = ("system", "workload", "msg_size", "msgs_per_s", "MB_per_s", "p50_ms", "p99_ms", "notes")
+MEMORY_FILESYSTEMS = frozenset({"tmpfs", "ramfs", "devtmpfs", "hugetlbfs"})
+PARTITIONS = 3
+"""Partitions of the throughput topics: one per broker of the 3-broker cluster the figures aim at."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How much each workload does; `QUICK` is a smoke run of about a minute."""
+
+    publish_count: int
+    sizes: tuple[int, ...]
+    sync_count: int
+    e2e_rate: int
+    e2e_seconds: float
+    baseline_count: int
+
+
+FULL = Plan(publish_count=200_000, sizes=(100, 1024), sync_count=5_000, e2e_rate=1_000, e2e_seconds=10.0,
+            baseline_count=200_000)
+QUICK = Plan(publish_count=20_000, sizes=(100, 1024), sync_count=500, e2e_rate=1_000, e2e_seconds=2.0,
+             baseline_count=0)
+
+
+@dataclass
+class Result:
+    system: str
+    workload: str
+    msg_size: int | None
+    msgs_per_s: float | None = None
+    MB_per_s: float | None = None
+    p50_ms: float | None = None
+    p99_ms: float | None = None
+    notes: str = ""
+
+
+class BenchError(Exception):
+    """The bench could not run (bad arguments, a cluster that would not start)."""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The bench's options, shared by scripts/bench and `raftka bench`."""
+    parser.add_argument("--bootstrap", default=argparse.SUPPRESS,
+                        help="HOST:PORT[,...] of an existing cluster; by default the bench starts its own "
+                             "(RAFTKA_BOOTSTRAP is deliberately ignored: the bench writes a lot)")
+    parser.add_argument("--brokers", type=int, default=1,
+                        help=f"brokers of the cluster the bench starts (today only {MAX_LOCAL_BROKERS})")
+    parser.add_argument("--output", type=Path, default=Path("bench-results.json"),
+                        help="JSON-lines file of results (default bench-results.json; overwritten)")
+    parser.add_argument("--quick", action="store_true",
+                        help="a smoke run of about a minute: smaller counts, no pysyncobj baseline")
+    parser.add_argument("--skip-baseline", action="store_true", help="leave out the pysyncobj baseline")
+    parser.add_argument("--data-dir", type=Path, default=None,
+                        help="parent directory for the brokers' data (must not be tmpfs; default: a "
+                             "temporary directory on disk, deleted afterwards)")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    parser = argparse.ArgumentParser(prog="bench", description="Raftka throughput and latency benchmark.")
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run every workload, write `args.output`, print the table; 0 on success, 2 on bad arguments."""
+    plan = QUICK if args.quick else FULL
+    args.bootstrap = getattr(args, "bootstrap", None)
+    try:
+        if args.bootstrap is None and not 1 <= args.brokers <= MAX_LOCAL_BROKERS:
+            raise BenchError(f"--brokers must be {MAX_LOCAL_BROKERS} until replicated partitions land; "
+                             f"{args.brokers} brokers would be {args.brokers} separate clusters")
+        results: list[Result] = []
+        args.output.write_text("")
+        with _cluster(args) as cluster:
+            for result in _workloads(cluster, plan):
+                results.append(result)
+                with args.output.open("a") as out:
+                    out.write(json.dumps(asdict(result)) + "\n")
+                print(f"bench: {result.system} {result.workload} {result.msg_size or ''} done",
+                      file=sys.stderr, flush=True)
+        if not (args.quick or args.skip_baseline):
+            for result in baseline(plan.baseline_count, plan.sizes):
+                results.append(result)
+                with args.output.open("a") as out:
+                    out.write(json.dumps(asdict(result)) + "\n")
+    except BenchError as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 2
+    print(table(results))
+    print(f"results: {args.output}")
+    return 0
+
+
+def table(results: Sequence[Result]) -> str:
+    header = ["SYSTEM", "WORKLOAD", "SIZE", "MSGS/S", "MB/S", "P50 MS", "P99 MS", "NOTES"]
+    rows = [[r.system, r.workload, _cell(r.msg_size), _cell(r.msgs_per_s, "{:,.0f}"), _cell(r.MB_per_s, "{:.1f}"),
+             _cell(r.p50_ms, "{:.2f}"), _cell(r.p99_ms, "{:.2f}"), r.notes] for r in results]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header) - 1)]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1]
+                     for row in [header, *rows]).rstrip()
+
+
+def _cell(value: float | int | None, fmt: str = "{}") -> str:
+    return "-" if value is None else fmt.format(value)
+
+
+class BenchCluster:
+    """Brokers the bench started (or none, for `--bootstrap`), able to SIGKILL and restart them."""
+
+    def __init__(self, bootstrap: str, processes: list[_BrokerProcess], filesystem: str) -> None:
+        self.bootstrap = bootstrap
+        self.processes = processes
+        self.filesystem = filesystem
+
+    @property
+    def owned(self) -> bool:
+        return bool(self.processes)
+
+
+@dataclass
+class _BrokerProcess:
+    broker_id: int
+    address: str
+    data_dir: Path
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = field(default=None)
+
+    def start(self, timeout_s: float = 30.0) -> None:
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "raftka", "broker", "--id", str(self.broker_id), "--listen", self.address,
+                 "--data-dir", str(self.data_dir)], stdout=log, stderr=subprocess.STDOUT)
+        if not wait_serving(self.address, timeout_s):
+            raise BenchError(f"broker {self.broker_id} did not start within {timeout_s}s; see {self.log_path}")
+
+    def pause(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGSTOP)
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait()
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+
+class _cluster:
+    """Context manager: the cluster to measure, started and torn down when the bench owns it."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self._args = args
+        self._root: Path | None = None
+        self._cluster: BenchCluster | None = None
+
+    def __enter__(self) -> BenchCluster:
+        if self._args.bootstrap is not None:
+            return BenchCluster(self._args.bootstrap, [], "unknown (existing cluster)")
+        parent = self._args.data_dir or _disk_directory()
+        filesystem = filesystem_type(parent)
+        if filesystem in MEMORY_FILESYSTEMS:
+            raise BenchError(f"{parent} is on {filesystem}: fsync there costs nothing; choose --data-dir on a disk")
+        self._root = Path(tempfile.mkdtemp(prefix="raftka-bench-", dir=parent))
+        processes = [_BrokerProcess(i, f"127.0.0.1:{_free_port()}", self._root / f"broker-{i}",
+                                    self._root / f"broker-{i}.log") for i in range(self._args.brokers)]
+        self._cluster = BenchCluster(",".join(p.address for p in processes), processes, filesystem)
+        for process in processes:
+            process.start()
+        return self._cluster
+
+    def __exit__(self, *exc: object) -> None:
+        if self._cluster is not None:
+            for process in self._cluster.processes:
+                process.stop()
+        if self._root is not None:
+            shutil.rmtree(self._root, ignore_errors=True)
+
+
+def filesystem_type(path: Path) -> str:
+    """The type of the filesystem `path` lives on, from the longest matching mount in /proc/mounts."""
+    target = str(path.resolve())
+    best, kind = "", "unknown"
+    try:
+        mounts = Path("/proc/mounts").read_text().splitlines()
+    except OSError:
+        return kind
+    for line in mounts:
+        parts = line.split()
+        if len(parts) < 3:
+            continue
+        mount = parts[1].replace("\\040", " ")
+        inside = target == mount or target.startswith(mount.rstrip("/") + "/")
+        if inside and len(mount) >= len(best):
+            best, kind = mount, parts[2]
+    return kind
+
+
+def _disk_directory() -> Path:
+    """The first of $TMPDIR, /var/tmp, /tmp and the working directory that is not in memory."""
+    for candidate in (os.environ.get("TMPDIR"), "/var/tmp", "/tmp", os.getcwd()):
+        if candidate and os.path.isdir(candidate) and filesystem_type(Path(candidate)) not in MEMORY_FILESYSTEMS:
+            return Path(candidate)
+    raise BenchError("found no directory on disk for the brokers' data; pass --data-dir")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _workloads(cluster: BenchCluster, plan: Plan) -> Iterator[Result]:
+    run_id = f"{os.getpid()}-{int(time.time())}"
+    setup = f"{PARTITIONS} partitions, acks=all, fsync before ack, data on {cluster.filesystem}"
+    with Admin(cluster.bootstrap) as admin:
+        topics = {size: f"bench-{run_id}-{size}" for size in plan.sizes}
+        for topic in topics.values():
+            admin.create_topic(topic, partitions=PARTITIONS)
+        for name in ("sync", "e2e", "failover"):
+            admin.create_topic(f"bench-{run_id}-{name}", partitions=1)
+    for size, topic in topics.items():
+        yield publish(cluster.bootstrap, topic, plan.publish_count, size, setup)
+    for size, topic in topics.items():
+        yield consume(cluster.bootstrap, topic, plan.publish_count, size)
+    yield sync_publish(cluster.bootstrap, f"bench-{run_id}-sync", plan.sync_count)
+    yield end_to_end(cluster.bootstrap, f"bench-{run_id}-e2e", plan.e2e_rate, plan.e2e_seconds)
+    yield failover(cluster, f"bench-{run_id}-failover")
+
+
+def publish(bootstrap: str, topic: str, count: int, size: int, setup: str) -> Result:
+    """Windowed publish: `count` unkeyed records, one `send` each, timed until all are acknowledged.
+
+    The futures are dropped, as a fire-and-forget publisher does (holding 200,000 of them mostly
+    measures the garbage collector); the topic's end offsets afterwards prove every record landed.
+    """
+    value = os.urandom(size)
+    with Producer(bootstrap) as producer:
+        send = producer.send
+        started = time.perf_counter()
+        for _ in range(count):
+            send(topic, value)
+        producer.flush()
+        elapsed = time.perf_counter() - started
+    with Consumer(bootstrap) as consumer:
+        stored = sum(consumer.end_offsets(consumer.partitions_for(topic)).values())
+    if stored != count:
+        raise BenchError(f"published {count} records to {topic} but it holds {stored}")
+    return Result("raftka", "publish", size, count / elapsed, count * size / elapsed / 1e6,
+                  notes=f"{count:,} records, unkeyed, linger 5 ms, window = 64 MiB producer buffer; {setup}")
+
+
+def consume(bootstrap: str, topic: str, count: int, size: int) -> Result:
+    """Drain `count` records from the beginning of every partition of `topic`."""
+    with Consumer(bootstrap, auto_offset_reset="earliest") as consumer:
+        consumer.assign(consumer.partitions_for(topic))
+        for tp in consumer.assignment():
+            consumer.position(tp)
+        received = 0
+        started = time.perf_counter()
+        deadline = time.monotonic() + 120
+        while received < count and time.monotonic() < deadline:
+            received += len(consumer.poll(timeout_ms=1000))
+        elapsed = time.perf_counter() - started
+    if received < count:
+        raise BenchError(f"consumed {received} of {count} records of {topic} within 120s")
+    return Result("raftka", "consume", size, received / elapsed, received * size / elapsed / 1e6,
+                  notes=f"{received:,} records from {PARTITIONS} partitions, from the beginning")
+
+
+def sync_publish(bootstrap: str, topic: str, count: int) -> Result:
+    """One record at a time, each awaited before the next: the latency of one durable write."""
+    value = os.urandom(100)
+    latencies = []
+    with Producer(bootstrap, linger_ms=0) as producer:
+        producer.send(topic, value).result(timeout=30)
+        for _ in range(count):
+            started = time.perf_counter()
+            producer.send(topic, value).result(timeout=30)
+            latencies.append(time.perf_counter() - started)
+    elapsed = sum(latencies)
+    p50, p99 = _percentiles(latencies)
+    return Result("raftka", "sync-publish", 100, count / elapsed, count * 100 / elapsed / 1e6, p50, p99,
+                  notes=f"{count:,} records, linger 0, each awaited before the next")
+
+
+def end_to_end(bootstrap: str, topic: str, rate: int, seconds: float) -> Result:
+    """Records paced at `rate`/s, their send time in the payload; latency from send to poll."""
+    count = int(rate * seconds)
+    latencies: list[float] = []
+    consumer = Consumer(bootstrap, auto_offset_reset="latest", fetch_max_wait_ms=100)
+    tp = TopicPartition(topic, 0)
+    consumer.assign([tp])
+    consumer.position(tp)
+    done = threading.Event()
+
+    def receive() -> None:
+        while len(latencies) < count and not done.is_set():
+            for record in consumer.poll(timeout_ms=100):
+                latencies.append(time.perf_counter() - struct.unpack_from(">d", record.value)[0])
+
+    receiver = threading.Thread(target=receive, name="bench-e2e-receive", daemon=True)
+    receiver.start()
+    padding = os.urandom(100 - 8)
+    with Producer(bootstrap, linger_ms=0) as producer:
+        started = time.perf_counter()
+        for i in range(count):
+            delay = started + i / rate - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            producer.send(topic, struct.pack(">d", time.perf_counter()) + padding)
+    receiver.join(timeout=30)
+    done.set()
+    receiver.join()
+    consumer.close()
+    if len(latencies) < count:
+        raise BenchError(f"end-to-end: received {len(latencies)} of {count} records")
+    p50, p99 = _percentiles(latencies)
+    return Result("raftka", "end-to-end", 100, rate, rate * 100 / 1e6, p50, p99,
+                  notes=f"{count:,} records paced at {rate}/s, linger 0; send to poll, one process")
+
+
+def failover(cluster: BenchCluster, topic: str) -> Result:
+    """SIGKILL the partition leader while publishing; time from the kill to the next acknowledged write.
+
+    The leader is frozen (SIGSTOP) 200 ms before the kill so that every acknowledgement it sent has
+    reached the producer: an acknowledgement counted afterwards can only come from the new leader.
+    """
+    if not cluster.owned:
+        return Result("raftka", "failover", 100, notes="skipped: needs a cluster the bench started")
+    value = os.urandom(100)
+    acked: list[float] = []
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def publish_loop(producer: Producer) -> None:
+        try:
+            while not stop.is_set():
+                futures = [producer.send(topic, value) for _ in range(50)]
+                for future in futures:
+                    future.result(timeout=60)
+                acked.append(time.monotonic())
+        except BaseException as exc:  # noqa: BLE001 - reported by the caller
+            errors.append(exc)
+
+    with Producer(cluster.bootstrap, linger_ms=1, retry_backoff_max_ms=100) as producer:
+        publisher = threading.Thread(target=publish_loop, args=(producer,), name="bench-failover", daemon=True)
+        publisher.start()
+        _wait_for(lambda: len(acked) >= 20 or bool(errors), 30)
+        leader = cluster.processes[0]
+        leader.pause()
+        time.sleep(0.2)
+        before = len(acked)
+        killed = time.monotonic()
+        leader.kill()
+        leader.start()
+        _wait_for(lambda: len(acked) > before or bool(errors), 60)
+        stop.set()
+        publisher.join(timeout=70)
+    if errors:
+        raise BenchError(f"failover: publishing failed: {errors[0]!r}")
+    if len(acked) <= before:
+        raise BenchError("failover: no write was acknowledged within 60s of the kill")
+    return Result("raftka", "failover", 100, p50_ms=(acked[before] - killed) * 1000,
+                  notes="one SIGKILL; p50 = kill to next ack. Single broker, no replication yet: this "
+                        "includes restarting the broker process and reopening its log")
+
+
+def _wait_for(condition: Callable[[], bool], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.001)
+
+
+def _percentiles(samples: Sequence[float]) -> tuple[float, float]:
+    """p50 and p99 in milliseconds."""
+    cuts = statistics.quantiles(samples, n=100, method="inclusive")
+    return cuts[49] * 1000, cuts[98] * 1000
+
+
+def baseline(count: int, sizes: Sequence[int], *, budget_s: float = 30.0) -> list[Result]:
+    """The windowed publish through a 3-node pysyncobj log; a note instead when pysyncobj is missing.
+
+    Each size publishes `count` records or for `budget_s`, whichever comes first (stock pysyncobj
+    manages ~10k small commands/s), and reports the rate of what was acknowledged.
+    """
+    if importlib.util.find_spec("pysyncobj") is None:
+        return [Result("pysyncobj", "publish", size, notes="skipped: pysyncobj is not installed "
+                       "(pip install -e '.[bench]')") for size in sizes]
+    ports = [_free_port() for _ in range(3)]
+    with tempfile.TemporaryDirectory(prefix="raftka-bench-syncobj-") as scratch:
+        outputs = [Path(scratch) / f"node-{i}.json" for i in range(3)]
+        nodes = []
+        for i, output in enumerate(outputs):
+            with open(output, "wb") as out:
+                nodes.append(subprocess.Popen(
+                    [sys.executable, "-c", "import sys; from raftka.client.bench import syncobj_node; "
+                     "syncobj_node(sys.argv[1:])", str(count), ",".join(map(str, sizes)), str(budget_s),
+                     *[str(p) for p in ports[i:] + ports[:i]]], stdout=out, stderr=subprocess.DEVNULL))
+        lines: list[str] = []
+        try:
+            deadline = time.monotonic() + 30 + len(sizes) * (budget_s + 15)
+            while len(lines) < len(sizes) and time.monotonic() < deadline:
+                time.sleep(0.5)
+                lines = [line for output in outputs for line in output.read_text().splitlines()
+                         if line.startswith("{") and line.endswith("}")]
+        finally:
+            for node in nodes:
+                node.kill()
+                node.wait()
+    results = [Result(**json.loads(line)) for line in lines]
+    done = {r.msg_size for r in results}
+    return results + [Result("pysyncobj", "publish", size, notes="failed: no result in time")
+                      for size in sizes if size not in done]
+
+
+def syncobj_node(argv: Sequence[str]) -> None:
+    """One pysyncobj node: COUNT SIZES BUDGET_S MY_PORT PEER_PORT...; the leader publishes and prints results.
+
+    The log is deliberately minimal (append to a list, nothing on disk): that is what wrapping the
+    library gives, and its figures are an upper bound for a design built on it.
+    """
+    from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
+
+    count, sizes, budget_s = int(argv[0]), [int(s) for s in argv[1].split(",")], float(argv[2])
+    me, *peers = [f"127.0.0.1:{port}" for port in argv[3:]]
+
+    class ReplicatedLog(SyncObj):  # type: ignore[misc]
+        def __init__(self) -> None:
+            super().__init__(me, peers, SyncObjConf(bindAddress=me, dynamicMembershipChange=False))
+            self.records: list[bytes] = []
+
+        @replicated
+        def append(self, record: bytes) -> int:
+            self.records.append(record)
+            return len(self.records)
+
+    node = ReplicatedLog()
+    while not (node.isReady() and node._getLeader() is not None):
+        time.sleep(0.05)
+    time.sleep(1)
+    if not node._isLeader():
+        while True:
+            time.sleep(3600)
+    window_size = 1_000
+    for size in sizes:
+        window = threading.Semaphore(window_size)
+        acked = [0]
+
+        def acknowledged(result: Any, error: int, window: threading.Semaphore = window, acked: list[int] = acked
+                         ) -> None:
+            if error == FAIL_REASON.SUCCESS:
+                acked[0] += 1
+            window.release()
+
+        value = os.urandom(size)
+        started = time.perf_counter()
+        stop_at = started + budget_s
+        sent = 0
+        while sent < count and time.perf_counter() < stop_at:
+            window.acquire()
+            node.append(value, callback=acknowledged)
+            sent += 1
+        for _ in range(window_size):
+            window.acquire(timeout=max(0.0, stop_at + 10 - time.perf_counter()))
+        elapsed = time.perf_counter() - started
+        print(json.dumps(asdict(Result(
+            "pysyncobj", "publish", size, acked[0] / elapsed, acked[0] * size / elapsed / 1e6,
+            notes=f"{acked[0]:,} of {count:,} records acknowledged within the {budget_s:.0f} s budget; 3 nodes "
+                  f"on 127.0.0.1, window {window_size:,}, stock config, no fsync, in-memory log"))), flush=True)

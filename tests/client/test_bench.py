@@ -1,0 +1,34 @@
+"""`scripts/bench --quick` runs end to end and writes well-formed results; timings are never asserted."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from raftka.client.bench import RESULT_FIELDS, main
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_quick_bench_writes_one_json_line_per_measurement(tmp_path: Path) -> None:
+    output = tmp_path / "results.json"
+    completed = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench"), "--quick", "--output", str(output)],
+                               capture_output=True, text=True, timeout=80)
+    assert completed.returncode == 0, completed.stderr
+    results = [json.loads(line) for line in output.read_text().splitlines()]
+    assert {(r["workload"], r["msg_size"]) for r in results} >= {
+        ("publish", 100), ("publish", 1024), ("consume", 100), ("consume", 1024), ("sync-publish", 100),
+        ("end-to-end", 100), ("failover", 100)}
+    for result in results:
+        assert tuple(result) == RESULT_FIELDS
+        assert result["system"] == "raftka"
+        for name in ("msgs_per_s", "MB_per_s", "p50_ms", "p99_ms"):
+            assert result[name] is None or result[name] >= 0
+    assert "WORKLOAD" in completed.stdout, "a readable table is printed too"
+
+
+def test_more_than_one_broker_is_refused_until_replication(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    assert main(["--brokers", "3", "--output", str(tmp_path / "out.json")]) == 2
+    assert "--brokers must be 1" in capsys.readouterr().err
