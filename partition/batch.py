@@ -217,6 +217,13 @@ def stamp_base_offset(buf: bytes | bytearray | memoryview, base_offset: int) -> 
     return b"".join((_U64.pack(base_offset), memoryview(buf)[8:]))
 
 
+def stamp_replicated(buf: bytes | bytearray | memoryview, base_offset: int, term: int) -> bytes:
+    """A copy of the batch with its base offset and Raft term set, as the leader proposes it; the CRC
+    stays valid (neither field is covered)."""
+    view = memoryview(buf)
+    return b"".join((_U64.pack(base_offset), view[8:TERM_OFFSET], _U64.pack(term), view[TERM_OFFSET + 8:]))
+
+
 def decode_batch(buf: bytes | bytearray | memoryview, *, verify_crc: bool = True) -> DecodedBatch:
     """Header and records of the one batch that `buf` starts with, records with absolute offsets."""
     header = read_header(buf, verify_crc=verify_crc)

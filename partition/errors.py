@@ -59,6 +59,23 @@ class InvalidOffsetError(LogError):
         self.offset = offset
 
 
+class EntryIndexError(LogError):
+    """Raft entries [lo, hi) were asked for outside the [first, last] the operation allows."""
+
+    grpc_status = "OUT_OF_RANGE"
+
+    def __init__(self, lo: int, hi: int, first: int, last: int) -> None:
+        super().__init__(f"raft entries [{lo}, {hi}) are outside [{first}, {last}]")
+        self.lo, self.hi, self.first, self.last = lo, hi, first, last
+
+
+class InvalidEntryError(LogError):
+    """A Raft entry cannot be appended where it is: a record entry's batch is not stamped with the
+    base offset and term of that place, or indexes are not consecutive (a leader or driver bug)."""
+
+    grpc_status = "INTERNAL"
+
+
 class LogClosedError(LogError):
     """The log was dropped, or its store closed; the object can no longer be used."""
 

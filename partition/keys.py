@@ -20,8 +20,19 @@ All integers are big-endian, so byte order is numeric order::
                                                            created_ms i64
     <id u32> 02 <segment base u64> <max_ts u64 biased>   time index: batch base_offset u64
     <id u32> 03 <batch base_offset u64>                  the batch, exactly as served
-    <id u32> 04..ff                                      free: Raft hard state, Raft-only entries,
-                                                           snapshots (the next issue)
+    <id u32> 04 <raft index u64>                         Raft entry pointer: type u8, term u64,
+                                                           base_offset u64, next_offset u64,
+                                                           size u32, then the data of raft-only
+                                                           entries (record entries keep theirs in 03)
+    <id u32> 05 <raft index u64>                         (empty) the entry is a configuration change
+    <id u32> 06 00                                       Raft hard state: term, vote, commit (u64s)
+    <id u32> 06 01                                       Raft snapshot: index u64, term u64,
+                                                           offset u64, conf length u32, conf, data
+    <id u32> 07..ff                                      free
+
+The 04..06 records exist only for logs opened as Raft logs (`raftka.partition.raft_entries`). The
+pointer with the smallest index is the sentinel at the compaction point: its term and next_offset
+answer for the last compacted entry, as MemoryStorage's `_ents[0]` does.
 
 The time index holds, per segment, one entry where the running max timestamp of the segment rises,
 keyed by that max (biased by 2**63 so that negative timestamps sort first). Entries are therefore
@@ -39,6 +50,11 @@ _ID = Struct(">I")
 _U64 = Struct(">Q")
 _SEGMENT = Struct(">Qqq")
 _TS_BIAS = 1 << 63
+MAX_U64 = (1 << 64) - 1
+_POINTER = Struct(">BQQQI")
+_HARD_STATE = Struct(">QQQ")
+_SNAPSHOT = Struct(">QQQI")
+POINTER_SIZE = _POINTER.size
 
 STORE_META = 0
 CATALOG = 1
@@ -46,6 +62,9 @@ META = 0
 SEGMENT = 1
 TIME = 2
 BATCH = 3
+ENTRY = 4
+CONF_ENTRY = 5
+RAFT_META = 6
 
 STORE_PREFIX = _ID.pack(0)
 STORE_VERSION_KEY = STORE_PREFIX + bytes([STORE_META])
@@ -74,7 +93,8 @@ class LogKeys:
     """Key builders of one log; the prefixes are computed once because appends use them every time."""
 
     __slots__ = ("meta", "segment_prefix", "segment_end", "time_prefix", "time_end", "batch_prefix",
-                 "batch_end")
+                 "batch_end", "entry_prefix", "entry_end", "conf_prefix", "conf_end", "hard_state",
+                 "snapshot")
 
     def __init__(self, log_id: int) -> None:
         prefix = _ID.pack(log_id)
@@ -85,6 +105,12 @@ class LogKeys:
         self.time_end = prefix + bytes([TIME + 1])
         self.batch_prefix = prefix + bytes([BATCH])
         self.batch_end = prefix + bytes([BATCH + 1])
+        self.entry_prefix = prefix + bytes([ENTRY])
+        self.entry_end = prefix + bytes([ENTRY + 1])
+        self.conf_prefix = prefix + bytes([CONF_ENTRY])
+        self.conf_end = prefix + bytes([CONF_ENTRY + 1])
+        self.hard_state = prefix + bytes([RAFT_META, 0])
+        self.snapshot = prefix + bytes([RAFT_META, 1])
 
     def segment(self, base_offset: int) -> bytes:
         return self.segment_prefix + _U64.pack(base_offset)
@@ -98,6 +124,12 @@ class LogKeys:
 
     def batch(self, base_offset: int) -> bytes:
         return self.batch_prefix + _U64.pack(base_offset)
+
+    def entry(self, index: int) -> bytes:
+        return self.entry_prefix + _U64.pack(index)
+
+    def conf_entry(self, index: int) -> bytes:
+        return self.conf_prefix + _U64.pack(index)
 
 
 def offset_of(key: bytes) -> int:
@@ -127,3 +159,30 @@ def pack_meta(start_offset: int) -> bytes:
 
 def unpack_meta(value: bytes) -> int:
     return _U64.unpack(value)[0]
+
+
+def pack_pointer(kind: int, term: int, base_offset: int, next_offset: int, size: int, inline: bytes) -> bytes:
+    return _POINTER.pack(kind, term, base_offset, next_offset, size) + inline
+
+
+def unpack_pointer(value: bytes) -> tuple[int, int, int, int, int]:
+    """(type, term, base_offset, next_offset, size); inline data follows at POINTER_SIZE."""
+    return _POINTER.unpack_from(value)
+
+
+def pack_hard_state(term: int, vote: int, commit: int) -> bytes:
+    return _HARD_STATE.pack(term, vote, commit)
+
+
+def unpack_hard_state(value: bytes) -> tuple[int, int, int]:
+    return _HARD_STATE.unpack(value)
+
+
+def pack_snapshot(index: int, term: int, offset: int, conf: bytes, data: bytes) -> bytes:
+    return b"".join((_SNAPSHOT.pack(index, term, offset, len(conf)), conf, data))
+
+
+def unpack_snapshot(value: bytes) -> tuple[int, int, int, bytes, bytes]:
+    index, term, offset, conf_length = _SNAPSHOT.unpack_from(value)
+    conf_end = _SNAPSHOT.size + conf_length
+    return index, term, offset, value[_SNAPSHOT.size:conf_end], value[conf_end:]

@@ -22,19 +22,18 @@ from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass
-from typing import Callable, ContextManager, NamedTuple
+from typing import Callable, ContextManager, NamedTuple, Protocol
 
 from rocksdict import ReadOptions, Rdict, WriteBatch
 
 from raftka.partition import keys
-from raftka.partition.batch import read_header, stamp_base_offset
+from raftka.partition.batch import BatchHeader, read_header, stamp_base_offset
 from raftka.partition.errors import (InvalidBatchError, InvalidOffsetError, LogClosedError, LogError,
                                      OffsetOutOfRangeError)
 
 DAY_MS = 24 * 3600 * 1000
 _NO_TIMESTAMP = -(1 << 63)
 _COUNT_AT = 27
-_MAX_U64 = (1 << 64) - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +90,21 @@ class _Unflushed(NamedTuple):
     max_ts: int
 
 
-Staging = Callable[["PartitionLog"], ContextManager[WriteBatch]]
+class FlushParticipant(Protocol):
+    """Something that stages writes into the store's pending batch and must learn when they are durable.
+
+    Under the store's staging lock, `_flush_mark()` is called as the pending batch is taken and
+    `_flush_done(mark)` once that batch is synced, with what `_flush_mark` returned.
+    """
+
+    name: str
+
+    def _flush_mark(self) -> int: ...
+
+    def _flush_done(self, mark: int) -> None: ...
+
+
+Staging = Callable[[FlushParticipant], ContextManager[WriteBatch]]
 
 
 class PartitionLog:
@@ -143,12 +156,29 @@ class PartitionLog:
         (the broker checks a whole request before staging any of it); structure is always checked.
         """
         self._check_open()
+        header = self._single_batch_header(batch, crc_verified)
+        return self._stage_append(stamp_base_offset(batch, self._end), header)
+
+    def append_stamped(self, batch: bytes, *, crc_verified: bool = False) -> AppendResult:
+        """Stage one batch whose base offset was already stamped (by the Raft leader) and store it byte
+        for byte as given; InvalidOffsetError unless that base offset is end_offset, so a leader's bug
+        cannot leave a hole or an overlap in the offsets."""
+        self._check_open()
+        header = self._single_batch_header(batch, crc_verified)
+        if header.base_offset != self._end:
+            raise InvalidOffsetError(f"batch stamped with base offset {header.base_offset} cannot be appended "
+                                     f"to {self.name} at end offset {self._end}", offset=header.base_offset)
+        return self._stage_append(bytes(batch), header)
+
+    def _single_batch_header(self, batch: bytes, crc_verified: bool) -> BatchHeader:
         header = read_header(batch, verify_crc=not crc_verified)
         if header.batch_length != len(batch):
             raise InvalidBatchError(f"append takes exactly one batch: {len(batch)} bytes given, the batch "
                                     f"is {header.batch_length}")
+        return header
+
+    def _stage_append(self, stamped: bytes, header: BatchHeader) -> AppendResult:
         base, now = self._end, self._clock()
-        stamped = stamp_base_offset(batch, base)
         size, next_offset, max_ts = len(stamped), base + header.record_count, header.max_timestamp
         segment = self._segments[-1] if self._segments else None
         roll = (segment is None or segment.size + size > self.config.segment_bytes
@@ -253,12 +283,18 @@ class PartitionLog:
         by size, the oldest segment goes only if the log still holds >= retention_bytes without it.
         The active segment, and any segment not yet wholly durable, is never deleted.
         """
+        return self.delete_segments_before(self.retention_start(now_ms))
+
+    def retention_start(self, now_ms: int, *, limit: int | None = None) -> int:
+        """The start offset `apply_retention(now_ms)` would leave (a segment base), never past `limit`
+        (a Raft log passes the end offset of its applied entries). Stages nothing."""
         self._check_open()
         retention_ms, retention_bytes = self.config.retention_ms, self.config.retention_bytes
         segments = self._segments
         total = sum(s.size for s in segments)
+        bound = self._durable_end if limit is None else min(limit, self._durable_end)
         doomed = 0
-        while doomed + 1 < len(segments) and segments[doomed + 1].base <= self._durable_end:
+        while doomed + 1 < len(segments) and segments[doomed + 1].base <= bound:
             oldest = segments[doomed]
             expired = retention_ms >= 0 and now_ms - oldest.max_ts > retention_ms
             oversize = retention_bytes >= 0 and total - oldest.size >= retention_bytes
@@ -266,8 +302,20 @@ class PartitionLog:
                 break
             total -= oldest.size
             doomed += 1
+        return segments[doomed].base if doomed else self._start
+
+    def delete_segments_before(self, new_start: int) -> int:
+        """Delete the whole segments that end at or before `new_start` (a segment base, or start_offset);
+        return how many."""
+        self._check_open()
+        segments = self._segments
+        doomed = bisect.bisect_left(segments, new_start, key=lambda s: s.base)
+        if doomed == len(segments) or segments[doomed].base != new_start:
+            if new_start == self._start:
+                return 0
+            raise InvalidOffsetError(f"cannot delete {self.name} below {new_start}: not a segment base",
+                                     offset=new_start)
         if doomed:
-            new_start = segments[doomed].base
             with self._staging(self) as wb:
                 wb.delete_range(self._keys.batch_prefix, self._keys.batch(new_start))
                 wb.delete_range(self._keys.segment_prefix, self._keys.segment(new_start))
@@ -276,6 +324,20 @@ class PartitionLog:
                 del segments[:doomed]
                 self._start = new_start
         return doomed
+
+    def reset(self, start_offset: int) -> None:
+        """Replace the whole log by an empty one starting at `start_offset` (a Raft follower installing
+        a snapshot: the records before it are gone on this replica, as after retention)."""
+        self._check_open()
+        with self._staging(self) as wb:
+            for begin, end in ((self._keys.batch_prefix, self._keys.batch_end),
+                               (self._keys.segment_prefix, self._keys.segment_end),
+                               (self._keys.time_prefix, self._keys.time_end)):
+                wb.delete_range(begin, end)
+            wb.put(self._keys.meta, keys.pack_meta(start_offset))
+            self._segments.clear()
+            self._unflushed.clear()
+            self._start = self._end = self._durable_end = self._low_water = start_offset
 
     def _flush_mark(self) -> int:
         """Called by the store, under its staging lock, as it takes the pending batch to write."""
@@ -306,7 +368,7 @@ class PartitionLog:
         return keys.unpack_meta(meta), segments
 
     def _load_end(self) -> int:
-        last = next(self._db.items(backwards=True, from_key=self._keys.batch(_MAX_U64)), None)
+        last = next(self._db.items(backwards=True, from_key=self._keys.batch(keys.MAX_U64)), None)
         if last is None or not last[0].startswith(self._keys.batch_prefix):
             return self._start
         return read_header(last[1], verify_crc=False).next_offset

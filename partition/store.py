@@ -8,7 +8,9 @@ describes it.
 
 Threading: logs are mutated on one thread (the broker's event loop) while `flush()` runs on a worker.
 Staging and the swap of the pending batch happen under one lock; the RocksDB write happens outside
-it, so appends keep being staged during the fsync. Flushes are serialised.
+it, so appends keep being staged during the fsync. Flushes are serialised. The lock is reentrant so
+that a composite operation (a Raft append: record batch plus entry pointer) can nest the stagings
+of its parts and still land in one flush, never split across two.
 
 Invariant: a log's durable_end_offset only covers data whose write returned from a flush; if a write
 fails, the store refuses all further work (what was staged is in doubt, as with any failed fsync).
@@ -27,7 +29,8 @@ from rocksdict import Options, ReadOptions, Rdict, WriteBatch, WriteOptions
 
 from raftka.partition import keys
 from raftka.partition.errors import LogClosedError, StorageFailedError
-from raftka.partition.log import LogConfig, PartitionLog
+from raftka.partition.log import FlushParticipant, LogConfig, PartitionLog
+from raftka.partition.raft_entries import RaftEntryLog
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +48,11 @@ class LogStore:
         self._write_options = WriteOptions()
         self._write_options.sync = sync
         self._clock = clock
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._flush_lock = threading.Lock()
         self._pending = WriteBatch(raw_mode=True)
-        self._dirty: set[PartitionLog] = set()
+        self._dirty: set[FlushParticipant] = set()
+        self._raft_logs: dict[str, RaftEntryLog] = {}
         self._failure: BaseException | None = None
         self._logs: dict[str, PartitionLog] = {}
         self._catalog = self._load_catalog()
@@ -82,6 +86,15 @@ class LogStore:
         self._logs[name] = partition_log
         return partition_log
 
+    def open_raft_log(self, name: str, config: LogConfig) -> RaftEntryLog:
+        """The log called `name` seen as a Raft log (see `raftka.partition.raft_entries`); created empty
+        if it does not exist. Once a log is used this way, only its RaftEntryLog may mutate it."""
+        partition_log = self.open_log(name, config)
+        raft_log = self._raft_logs.get(name)
+        if raft_log is None:
+            raft_log = self._raft_logs[name] = RaftEntryLog(partition_log, db=self._usable(), staging=self._staging)
+        return raft_log
+
     def drop_log(self, name: str) -> None:
         """Delete the log and all its data (range tombstones, durable at the next flush)."""
         self._usable()
@@ -92,6 +105,9 @@ class LogStore:
             self._pending.delete(keys.catalog_key(name))
             self._pending.delete_range(*keys.log_range(log_id))
             dropped = self._logs.pop(name, None)
+            raft_view = self._raft_logs.pop(name, None)
+            if raft_view is not None:
+                self._dirty.discard(raft_view)
             if dropped is not None:
                 self._dirty.discard(dropped)
                 dropped._detach()
@@ -118,16 +134,20 @@ class LogStore:
                 for partition_log, flushed_end in marks:
                     partition_log._flush_done(flushed_end)
 
-    def close(self) -> None:
-        """Flush what is staged, then close RocksDB; every log of the store becomes unusable."""
+    def close(self, *, flush: bool = True) -> None:
+        """Flush what is staged (unless `flush` is False: then it is lost, as in a crash), then close
+        RocksDB; every log of the store becomes unusable."""
         if self._db is None:
             return
-        if self._failure is None:
+        if flush and self._failure is None:
             self.flush()
         with self._flush_lock, self._lock:
             for partition_log in self._logs.values():
                 partition_log._detach()
             self._logs.clear()
+            self._raft_logs.clear()
+            self._pending = WriteBatch(raw_mode=True)
+            self._dirty = set()
             db, self._db = self._db, None
             db.close()
         log.info("log store closed path=%s", self.path)
@@ -139,8 +159,8 @@ class LogStore:
                  tb: TracebackType | None) -> None:
         self.close()
 
-    def _staging(self, partition_log: PartitionLog) -> _Staging:
-        return _Staging(self, partition_log)
+    def _staging(self, participant: FlushParticipant) -> _Staging:
+        return _Staging(self, participant)
 
     def _usable(self) -> Rdict:
         if self._failure is not None:
@@ -165,16 +185,17 @@ class LogStore:
 
 
 class _Staging:
-    """`with store._staging(log) as wb:` stages writes and in-memory changes atomically w.r.t. flush.
+    """`with store._staging(participant) as wb:` stages writes and in-memory changes atomically w.r.t.
+    flush (a log, or the Raft view of one).
 
     If the body raises, the pending batch may hold half an operation, so the store is poisoned.
     """
 
     __slots__ = ("_store", "_log")
 
-    def __init__(self, store: LogStore, partition_log: PartitionLog) -> None:
+    def __init__(self, store: LogStore, participant: FlushParticipant) -> None:
         self._store = store
-        self._log = partition_log
+        self._log = participant
 
     def __enter__(self) -> WriteBatch:
         store = self._store
