@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence, TypeVar
 
@@ -83,5 +84,8 @@ class Admin:
         self.close()
 
     def _admin(self, fn: Callable[[api_pb2_grpc.AdminStub], T]) -> T:
-        return self._conn.any_broker(lambda channel: fn(api_pb2_grpc.AdminStub(channel)))
+        """Call any broker; retry retriable errors (no metadata leader yet, a broker restarting)."""
+        return self._conn.retrying(
+            lambda: self._conn.any_broker(lambda channel: fn(api_pb2_grpc.AdminStub(channel))),
+            deadline_s=time.monotonic() + self._conn.request_timeout_s)
 

@@ -154,6 +154,19 @@ class ClusterConnection:
             raise NotLeaderError(f"{topic}/{partition} has no leader right now")
         return address
 
+    def learned(self, topic: str, partition: int, error: RaftkaError) -> None:
+        """Update the cache after a failed call on a partition: a NOT_LEADER hint names the new leader;
+        any other retriable error marks the topic stale, so the next lookup asks a broker again."""
+        with self._lock:
+            metadata = self._topics.get(topic)
+            if isinstance(error, NotLeaderError) and error.leader_id >= 0 and metadata is not None \
+                    and 0 <= partition < len(metadata.partitions):
+                metadata.partitions[partition].leader_id = error.leader_id
+                if error.leader_address:
+                    self._brokers[error.leader_id] = error.leader_address
+            else:
+                self._topics.pop(topic, None)
+
     def retrying(self, fn: Callable[[], T], *, deadline_s: float, backoff: Backoff = Backoff()) -> T:
         """Run `fn`, retrying retriable errors with backoff until `deadline_s` (monotonic) passes."""
         attempt = 0

@@ -160,6 +160,8 @@ class Consumer:
                 continue
             by_leader.setdefault(leader, []).append(api_pb2.FetchPartition(
                 topic=tp.topic, partition=tp.partition, offset=start, max_bytes=self._partition_max_bytes))
+        if not by_leader:
+            time.sleep(min(0.05, wait_s))
         for leader, partitions in by_leader.items():
             request = api_pb2.FetchRequest(partitions=partitions, max_bytes=self._max_bytes,
                                            min_bytes=self._min_bytes,
@@ -172,7 +174,8 @@ class Consumer:
                 if not error.retriable:
                     raise error from None
                 log.info("fetch from %s failed, refreshing metadata: %s", leader, error)
-                self._conn.refresh()
+                for item in partitions:
+                    self._conn.learned(item.topic, item.partition, error)
 
     def _take(self, response: api_pb2.FetchResponse) -> None:
         tp = TopicPartition(response.topic, response.partition)
@@ -186,7 +189,7 @@ class Consumer:
             return
         if error is not None:
             if error.retriable:
-                self._conn.topic(tp.topic, refresh=True)
+                self._conn.learned(tp.topic, tp.partition, error)
                 return
             raise error
         position = self._fetched_to.get(tp, self._positions[tp] or 0)
@@ -223,10 +226,14 @@ class Consumer:
 
         def attempt() -> int:
             leader = self._conn.leader(tp.topic, tp.partition)
-            result = self._conn.call(leader, lambda stub: stub.ListOffsets, request).results[0]
-            error = from_proto(result.error)
-            if error is not None:
-                raise error
+            try:
+                result = self._conn.call(leader, lambda stub: stub.ListOffsets, request).results[0]
+                error = from_proto(result.error)
+                if error is not None:
+                    raise error
+            except RaftkaError as exc:
+                self._conn.learned(tp.topic, tp.partition, exc)
+                raise
             return result.offset
 
         return self._conn.retrying(attempt, deadline_s=time.monotonic() + self._conn.request_timeout_s)

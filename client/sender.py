@@ -126,7 +126,7 @@ class Sender(threading.Thread):
         try:
             if batch.encoded is None:
                 batch.encoded = encode_batch(batch.records, compression=self._compression)
-            address = self._conn.leader(batch.tp.topic, batch.tp.partition, refresh=batch.attempts > 0)
+            address = self._conn.leader(batch.tp.topic, batch.tp.partition)
             stream = self._streams.get(address)
             if stream is None or not stream.alive:
                 stream = self._streams[address] = BrokerStream(self._conn, address, self)
@@ -151,6 +151,7 @@ class Sender(threading.Thread):
     def failed(self, batch: ProducerBatch, error: RaftkaError) -> None:
         if error.retriable and time.monotonic() < batch.deadline and not self._stopping:
             log.debug("retrying batch for %s after %s: %s", batch.tp, type(error).__name__, error)
+            self._conn.learned(batch.tp.topic, batch.tp.partition, error)
             self._acc.requeue(batch, time.monotonic() + self._backoff.delay(batch.attempts))
             return
         batch.fail(error)
