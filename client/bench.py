@@ -23,7 +23,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import struct
 import subprocess
@@ -37,7 +36,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 from raftka.client.admin import Admin
 from raftka.client.consumer import Consumer
-from raftka.client.local import MAX_LOCAL_BROKERS, wait_serving
+from raftka.client.local import LocalBroker, free_port, plan
 from raftka.client.producer import Producer
 from raftka.client.records import TopicPartition
 
@@ -86,8 +85,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bootstrap", default=argparse.SUPPRESS,
                         help="HOST:PORT[,...] of an existing cluster; by default the bench starts its own "
                              "(RAFTKA_BOOTSTRAP is deliberately ignored: the bench writes a lot)")
-    parser.add_argument("--brokers", type=int, default=1,
-                        help=f"brokers of the cluster the bench starts (today only {MAX_LOCAL_BROKERS})")
+    parser.add_argument("--brokers", type=int, default=3,
+                        help="brokers of the cluster the bench starts (default 3; topics get "
+                             "replication factor min(3, brokers))")
     parser.add_argument("--output", type=Path, default=Path("bench-results.json"),
                         help="JSON-lines file of results (default bench-results.json; overwritten)")
     parser.add_argument("--quick", action="store_true",
@@ -110,9 +110,8 @@ def run(args: argparse.Namespace) -> int:
     plan = QUICK if args.quick else FULL
     args.bootstrap = getattr(args, "bootstrap", None)
     try:
-        if args.bootstrap is None and not 1 <= args.brokers <= MAX_LOCAL_BROKERS:
-            raise BenchError(f"--brokers must be {MAX_LOCAL_BROKERS} until replicated partitions land; "
-                             f"{args.brokers} brokers would be {args.brokers} separate clusters")
+        if args.bootstrap is None and not 1 <= args.brokers <= 9:
+            raise BenchError(f"--brokers must be between 1 and 9, not {args.brokers}")
         results: list[Result] = []
         args.output.write_text("")
         with _cluster(args) as cluster:
@@ -151,7 +150,7 @@ def _cell(value: float | int | None, fmt: str = "{}") -> str:
 class BenchCluster:
     """Brokers the bench started (or none, for `--bootstrap`), able to SIGKILL and restart them."""
 
-    def __init__(self, bootstrap: str, processes: list[_BrokerProcess], filesystem: str) -> None:
+    def __init__(self, bootstrap: str, processes: list[LocalBroker], filesystem: str) -> None:
         self.bootstrap = bootstrap
         self.processes = processes
         self.filesystem = filesystem
@@ -159,41 +158,6 @@ class BenchCluster:
     @property
     def owned(self) -> bool:
         return bool(self.processes)
-
-
-@dataclass
-class _BrokerProcess:
-    broker_id: int
-    address: str
-    data_dir: Path
-    log_path: Path
-    process: subprocess.Popen[bytes] | None = field(default=None)
-
-    def start(self, timeout_s: float = 30.0) -> None:
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "raftka", "broker", "--id", str(self.broker_id), "--listen", self.address,
-                 "--data-dir", str(self.data_dir)], stdout=log, stderr=subprocess.STDOUT)
-        if not wait_serving(self.address, timeout_s):
-            raise BenchError(f"broker {self.broker_id} did not start within {timeout_s}s; see {self.log_path}")
-
-    def pause(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGSTOP)
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait()
-
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.kill()
 
 
 class _cluster:
@@ -212,11 +176,16 @@ class _cluster:
         if filesystem in MEMORY_FILESYSTEMS:
             raise BenchError(f"{parent} is on {filesystem}: fsync there costs nothing; choose --data-dir on a disk")
         self._root = Path(tempfile.mkdtemp(prefix="raftka-bench-", dir=parent))
-        processes = [_BrokerProcess(i, f"127.0.0.1:{_free_port()}", self._root / f"broker-{i}",
-                                    self._root / f"broker-{i}.log") for i in range(self._args.brokers)]
+        processes = plan(self._args.brokers, self._root, [free_port() for _ in range(self._args.brokers)],
+                         cluster_id="raftka-bench")
         self._cluster = BenchCluster(",".join(p.address for p in processes), processes, filesystem)
         for process in processes:
-            process.start()
+            process.spawn()
+        for process in processes:
+            try:
+                process.wait(timeout_s=60)
+            except RuntimeError as exc:
+                raise BenchError(str(exc)) from None
         return self._cluster
 
     def __exit__(self, *exc: object) -> None:
@@ -252,12 +221,6 @@ def _disk_directory() -> Path:
         if candidate and os.path.isdir(candidate) and filesystem_type(Path(candidate)) not in MEMORY_FILESYSTEMS:
             return Path(candidate)
     raise BenchError("found no directory on disk for the brokers' data; pass --data-dir")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _workloads(cluster: BenchCluster, plan: Plan) -> Iterator[Result]:
@@ -397,23 +360,28 @@ def failover(cluster: BenchCluster, topic: str) -> Result:
         publisher = threading.Thread(target=publish_loop, args=(producer,), name="bench-failover", daemon=True)
         publisher.start()
         _wait_for(lambda: len(acked) >= 20 or bool(errors), 30)
-        leader = cluster.processes[0]
+        with Admin(cluster.bootstrap) as admin:
+            leader_id = admin.describe_topic(topic).partitions[0].leader
+        leader = next(p for p in cluster.processes if p.broker_id == leader_id)
         leader.pause()
         time.sleep(0.2)
         before = len(acked)
         killed = time.monotonic()
         leader.kill()
-        leader.start()
+        if len(cluster.processes) == 1:
+            leader.start()
         _wait_for(lambda: len(acked) > before or bool(errors), 60)
         stop.set()
         publisher.join(timeout=70)
+        if not leader.alive():
+            leader.start()
     if errors:
         raise BenchError(f"failover: publishing failed: {errors[0]!r}")
     if len(acked) <= before:
         raise BenchError("failover: no write was acknowledged within 60s of the kill")
+    restart = " (one broker: includes restarting it)" if len(cluster.processes) == 1 else ""
     return Result("raftka", "failover", 100, p50_ms=(acked[before] - killed) * 1000,
-                  notes="one SIGKILL; p50 = kill to next ack. Single broker, no replication yet: this "
-                        "includes restarting the broker process and reopening its log")
+                  notes=f"one SIGKILL of the partition leader; p50 = kill to next ack{restart}")
 
 
 def _wait_for(condition: Callable[[], bool], timeout_s: float) -> None:
@@ -437,7 +405,7 @@ def baseline(count: int, sizes: Sequence[int], *, budget_s: float = 30.0) -> lis
     if importlib.util.find_spec("pysyncobj") is None:
         return [Result("pysyncobj", "publish", size, notes="skipped: pysyncobj is not installed "
                        "(pip install -e '.[bench]')") for size in sizes]
-    ports = [_free_port() for _ in range(3)]
+    ports = [free_port() for _ in range(3)]
     with tempfile.TemporaryDirectory(prefix="raftka-bench-syncobj-") as scratch:
         outputs = [Path(scratch) / f"node-{i}.json" for i in range(3)]
         nodes = []

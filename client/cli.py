@@ -34,6 +34,9 @@ def _client_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
                         help=f"HOST:PORT[,HOST:PORT...] of brokers (env RAFTKA_BOOTSTRAP; default {DEFAULT_BOOTSTRAP})")
     parser.add_argument("--format", choices=("text", "json"), default=default,
                         help="output format (env RAFTKA_FORMAT; default text)")
+    parser.add_argument("--request-timeout-ms", dest="timeout_ms", type=int, default=default,
+                        help="how long requests may take, retries included (env RAFTKA_REQUEST_TIMEOUT_MS; "
+                             "default 30000)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,6 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="HOST:PORT clients should use, if not --listen (env RAFTKA_ADVERTISE)")
     broker.add_argument("--data-dir", type=Path, default=_env("DATA_DIR", None, Path),
                         help="directory for this broker's data (env RAFTKA_DATA_DIR)")
+    broker.add_argument("--peers", default=_env("PEERS", ""),
+                        help="every broker of the cluster as ID=HOST:PORT,... including this one; "
+                             "omitted: a one-broker cluster (env RAFTKA_PEERS)")
+    broker.add_argument("--cluster-id", default=_env("CLUSTER_ID", "raftka"),
+                        help="brokers refuse Raft traffic from another cluster id (env RAFTKA_CLUSTER_ID)")
     broker.add_argument("--metrics-port", type=int, default=_env("METRICS_PORT", None, int),
                         help="serve Prometheus /metrics on this port (env RAFTKA_METRICS_PORT)")
     broker.add_argument("--metrics-host", default=_env("METRICS_HOST", "127.0.0.1"),
@@ -58,8 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="how often expired segments are deleted (env RAFTKA_RETENTION_CHECK_MS; default 60000)")
 
     local = commands.add_parser("local", help="run a local development cluster in the foreground")
-    local.add_argument("--brokers", type=int, default=_env("LOCAL_BROKERS", 1, int),
-                       help="number of brokers (env RAFTKA_LOCAL_BROKERS; default 1)")
+    local.add_argument("--brokers", type=int, default=_env("LOCAL_BROKERS", 3, int),
+                       help="number of brokers (env RAFTKA_LOCAL_BROKERS; default 3)")
     local.add_argument("--data-dir", type=Path, default=_env("LOCAL_DATA_DIR", Path("raftka-data"), Path),
                        help="where the brokers keep data (env RAFTKA_LOCAL_DATA_DIR; default ./raftka-data)")
     local.add_argument("--base-port", type=int, default=_env("LOCAL_BASE_PORT", 9092, int),
@@ -117,6 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command != "bench":
         args.bootstrap = args.bootstrap or _env("BOOTSTRAP", DEFAULT_BOOTSTRAP)
         args.format = args.format or _env("FORMAT", "text")
+        args.timeout_ms = args.timeout_ms or _env("REQUEST_TIMEOUT_MS", 30_000, int)
     try:
         return COMMANDS[args.command](args)
     except RaftkaError as exc:
@@ -133,12 +142,13 @@ def cmd_broker(args: argparse.Namespace) -> int:
     import asyncio
 
     from raftka.cluster.broker import serve
-    from raftka.cluster.config import BrokerConfig
+    from raftka.cluster.config import BrokerConfig, parse_peers
 
     if args.id is None or args.data_dir is None:
         raise ValueError("raftka broker needs --id and --data-dir (or RAFTKA_ID and RAFTKA_DATA_DIR)")
     asyncio.run(serve(BrokerConfig(broker_id=args.id, listen=args.listen, advertise=args.advertise,
-                                   data_dir=args.data_dir, metrics_port=args.metrics_port,
+                                   data_dir=args.data_dir, peers=parse_peers(args.peers),
+                                   cluster_id=args.cluster_id, metrics_port=args.metrics_port,
                                    metrics_host=args.metrics_host,
                                    retention_check_interval_s=args.retention_check_ms / 1000)))
     return 0
@@ -153,7 +163,7 @@ def cmd_local(args: argparse.Namespace) -> int:
 def cmd_topic(args: argparse.Namespace) -> int:
     from raftka.client.admin import Admin, TopicInfo
 
-    with Admin(args.bootstrap) as admin:
+    with Admin(args.bootstrap, request_timeout_ms=args.timeout_ms) as admin:
         if args.topic_command == "create":
             config = dict(_key_value(item) for item in args.config)
             topic = admin.create_topic(args.name, args.partitions, args.replication_factor, config)
@@ -192,7 +202,8 @@ def cmd_produce(args: argparse.Namespace) -> int:
             with lock:
                 failures.append(error)
 
-    with Producer(args.bootstrap, acks=args.acks, compression=args.compression) as producer:
+    with Producer(args.bootstrap, acks=args.acks, compression=args.compression,
+                  request_timeout_ms=args.timeout_ms) as producer:
         for raw in sys.stdin.buffer:
             line = raw.rstrip(b"\r\n")
             key = None
@@ -228,7 +239,7 @@ def cmd_consume(args: argparse.Namespace) -> int:
         raise ValueError("--offset and --from-beginning exclude each other")
     reset = "earliest" if args.from_beginning else "latest"
     out = sys.stdout
-    with Consumer(args.bootstrap, auto_offset_reset=reset) as consumer:
+    with Consumer(args.bootstrap, auto_offset_reset=reset, request_timeout_ms=args.timeout_ms) as consumer:
         partitions = ([TopicPartition(args.topic, args.partition)] if args.partition is not None
                       else consumer.partitions_for(args.topic))
         consumer.assign(partitions)

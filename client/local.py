@@ -1,44 +1,35 @@
-"""`raftka local`: a development cluster of broker processes on 127.0.0.1, in the foreground.
+"""Broker processes on 127.0.0.1: `raftka local`, and the same launcher for the bench and the tests.
 
-Each broker is a real `raftka broker` child process with its own data directory and log file under
-the chosen data directory, so stopping and restarting `raftka local` keeps the data. Ctrl-C (or
-SIGTERM) stops the brokers gracefully; if a broker dies, the others are stopped and the command fails.
+Each broker is a real `raftka broker` child process with its own data directory and log file, and
+every broker of a cluster names all of them in `--peers`, so `raftka local --brokers 3` is a real
+3-broker Raft cluster. Stopping and restarting `raftka local` keeps the data. Ctrl-C (or SIGTERM)
+stops the brokers gracefully; if a broker dies, the others are stopped and the command fails.
 """
 
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-MAX_LOCAL_BROKERS = 1
-"""Brokers `raftka local` can run until replication lands; each would otherwise be its own cluster."""
+DEFAULT_LOCAL_BROKERS = 3
 
 
-@dataclass(frozen=True)
-class LocalBroker:
-    broker_id: int
-    address: str
-    data_dir: Path
-    metrics_port: int
-
-    def command(self) -> list[str]:
-        return [sys.executable, "-m", "raftka", "broker", "--id", str(self.broker_id), "--listen", self.address,
-                "--data-dir", str(self.data_dir), "--metrics-port", str(self.metrics_port)]
-
-
-def plan(brokers: int, data_dir: Path, base_port: int) -> list[LocalBroker]:
-    return [LocalBroker(i, f"127.0.0.1:{base_port + i}", data_dir / f"broker-{i}", base_port + 100 + i)
-            for i in range(brokers)]
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def wait_serving(address: str, timeout_s: float) -> bool:
+    """Whether the broker at `address` reports SERVING (it has a metadata leader) within the time."""
     deadline = time.monotonic() + timeout_s
     with grpc.insecure_channel(address) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
@@ -49,17 +40,111 @@ def wait_serving(address: str, timeout_s: float) -> bool:
                     return True
             except grpc.RpcError:
                 pass
-            time.sleep(0.1)
+            time.sleep(0.05)
     return False
 
 
-def run(brokers: int, data_dir: Path, base_port: int, *, startup_timeout_s: float = 30.0) -> int:
-    if not 1 <= brokers <= MAX_LOCAL_BROKERS:
-        print(f"raftka local: --brokers must be between 1 and {MAX_LOCAL_BROKERS} until replicated partitions "
-              "land; more brokers would be separate clusters", file=sys.stderr)
+@dataclass
+class LocalBroker:
+    """One broker child process; it keeps its port and data directory across restarts."""
+
+    broker_id: int
+    address: str
+    data_dir: Path
+    peers: str = ""
+    metrics_port: int | None = None
+    cluster_id: str = "raftka-local"
+    extra_args: tuple[str, ...] = ()
+    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir.parent / f"broker-{self.broker_id}.log"
+
+    def command(self) -> list[str]:
+        command = [sys.executable, "-m", "raftka", "broker", "--id", str(self.broker_id), "--listen", self.address,
+                   "--data-dir", str(self.data_dir), "--cluster-id", self.cluster_id]
+        if self.peers:
+            command += ["--peers", self.peers]
+        if self.metrics_port is not None:
+            command += ["--metrics-port", str(self.metrics_port)]
+        return command + list(self.extra_args)
+
+    def spawn(self) -> LocalBroker:
+        """Start the process without waiting for it (a cluster's brokers need each other to serve)."""
+        self.data_dir.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
+                                            start_new_session=True)
+        return self
+
+    def wait(self, timeout_s: float = 60.0) -> LocalBroker:
+        """Wait until SERVING; raise with the log's tail if the process dies or takes too long."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if not self.alive():
+                raise RuntimeError(f"broker {self.broker_id} exited; log tail:\n{self.log()[-3000:]}")
+            if wait_serving(self.address, min(1.0, max(0.0, deadline - time.monotonic()))):
+                return self
+        raise RuntimeError(f"broker {self.broker_id} did not serve within {timeout_s}s; log tail:\n{self.log()[-3000:]}")
+
+    def start(self, timeout_s: float = 60.0) -> LocalBroker:
+        return self.spawn().wait(timeout_s)
+
+    def kill(self) -> None:
+        """SIGKILL: no flush, no clean shutdown."""
+        if self.alive():
+            assert self.process is not None
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait()
+
+    def pause(self) -> None:
+        if self.alive():
+            assert self.process is not None
+            self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self.alive():
+            assert self.process is not None
+            self.process.send_signal(signal.SIGCONT)
+
+    def stop(self, timeout_s: float = 20.0) -> int | None:
+        """SIGTERM and wait (the graceful path); SIGKILL if it does not end in time."""
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        return self.process.returncode
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def plan(brokers: int, data_dir: Path, ports: list[int], *, metrics_ports: list[int] | None = None,
+         cluster_id: str = "raftka-local", extra_args: tuple[str, ...] = ()) -> list[LocalBroker]:
+    """Brokers 1..N on 127.0.0.1 at `ports`, each naming all of them as peers."""
+    addresses = [f"127.0.0.1:{port}" for port in ports[:brokers]]
+    peers = ",".join(f"{i + 1}={address}" for i, address in enumerate(addresses))
+    return [LocalBroker(i + 1, address, data_dir / f"broker-{i + 1}", peers,
+                        metrics_ports[i] if metrics_ports else None, cluster_id, extra_args)
+            for i, address in enumerate(addresses)]
+
+
+def run(brokers: int, data_dir: Path, base_port: int, *, startup_timeout_s: float = 60.0) -> int:
+    """`raftka local`: run a cluster in the foreground until Ctrl-C."""
+    if not 1 <= brokers <= 9:
+        print(f"raftka local: --brokers must be between 1 and 9, not {brokers}", file=sys.stderr)
         return 2
-    layout = plan(brokers, data_dir.resolve(), base_port)
-    children: list[tuple[LocalBroker, subprocess.Popen[bytes]]] = []
+    data_dir = data_dir.resolve()
+    layout = plan(brokers, data_dir, [base_port + i for i in range(brokers)],
+                  metrics_ports=[base_port + 100 + i for i in range(brokers)])
     stopping = False
 
     def stop(signum: int, frame: object) -> None:
@@ -70,40 +155,33 @@ def run(brokers: int, data_dir: Path, base_port: int, *, startup_timeout_s: floa
     signal.signal(signal.SIGTERM, stop)
     try:
         for broker in layout:
-            broker.data_dir.mkdir(parents=True, exist_ok=True)
-            log_file = open(broker.data_dir / "broker.log", "ab")
-            children.append((broker, subprocess.Popen(broker.command(), stdout=log_file, stderr=subprocess.STDOUT,
-                                                      start_new_session=True)))
-            log_file.close()
-        for broker, process in children:
-            if not wait_serving(broker.address, startup_timeout_s):
-                print(f"raftka local: broker {broker.broker_id} did not start; see {broker.data_dir / 'broker.log'}",
-                      file=sys.stderr)
+            broker.spawn()
+        for broker in layout:
+            try:
+                broker.wait(startup_timeout_s)
+            except RuntimeError:
+                print(f"raftka local: broker {broker.broker_id} did not start; see {broker.log_path}", file=sys.stderr)
                 return 1
         bootstrap = ",".join(b.address for b in layout)
         print(f"Raftka local cluster: {brokers} broker(s), data in {data_dir}", flush=True)
         for broker in layout:
             print(f"  broker {broker.broker_id}: {broker.address}  metrics http://127.0.0.1:{broker.metrics_port}/metrics"
-                  f"  log {broker.data_dir / 'broker.log'}", flush=True)
+                  f"  log {broker.log_path}", flush=True)
         print(f"bootstrap: {bootstrap}", flush=True)
         print(f"try: export RAFTKA_BOOTSTRAP={bootstrap}; raftka topic create demo --partitions 3", flush=True)
         print("Ctrl-C stops the cluster.", flush=True)
         while not stopping:
-            for broker, process in children:
-                if process.poll() is not None:
-                    print(f"raftka local: broker {broker.broker_id} exited with {process.returncode}; "
-                          f"see {broker.data_dir / 'broker.log'}", file=sys.stderr)
+            for broker in layout:
+                if not broker.alive():
+                    print(f"raftka local: broker {broker.broker_id} exited; see {broker.log_path}", file=sys.stderr)
                     return 1
             time.sleep(0.2)
         return 0
     finally:
-        for _, process in children:
-            if process.poll() is None:
-                process.terminate()
-        for _, process in children:
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-        if children:
-            print("Raftka local cluster stopped.", flush=True)
+        for broker in layout:
+            if broker.alive():
+                assert broker.process is not None
+                broker.process.terminate()
+        for broker in layout:
+            broker.stop()
+        print("Raftka local cluster stopped.", flush=True)

@@ -1,49 +1,51 @@
-"""The `raftka.v1.Admin` gRPC service: create, delete, list and describe topics."""
+"""The `raftka.v1.Admin` gRPC service: create, delete, list and describe topics.
+
+Topic changes go through the metadata log, whose leader alone may propose them; any broker accepts
+them and forwards to that leader, so clients need not know which broker it is. Reads are served
+from the broker's own applied metadata.
+"""
 
 from __future__ import annotations
+
+from typing import Any, Awaitable, Callable
 
 import grpc
 
 from raftka.cluster.broker_service import BrokerState, unary
-from raftka.cluster.group_commit import GroupCommitter
 from raftka.cluster.topics import TopicConfig, validate_topic_name
-from raftka.errors import InvalidTopicError
+from raftka.errors import NotLeaderError, from_rpc_error
 from raftka.proto import api_pb2, api_pb2_grpc
 
 DEFAULT_PARTITIONS = 1
 DEFAULT_REPLICATION_FACTOR = 3
+FORWARD_TIMEOUT_S = 30.0
 
 
 class AdminService(api_pb2_grpc.AdminServicer):
-    def __init__(self, state: BrokerState, committer: GroupCommitter) -> None:
+    def __init__(self, state: BrokerState) -> None:
         self._state = state
-        self._committer = committer
+        self._channels: dict[str, grpc.aio.Channel] = {}
 
     async def CreateTopic(self, request: api_pb2.CreateTopicRequest, context: grpc.aio.ServicerContext
                           ) -> api_pb2.CreateTopicResponse:
-        return await unary(context, lambda: self._create(request))
+        return await unary(context, lambda: self._on_controller("CreateTopic", request, lambda: self._create(request)))
 
     async def _create(self, request: api_pb2.CreateTopicRequest) -> api_pb2.CreateTopicResponse:
         validate_topic_name(request.name)
         config = TopicConfig.parse(dict(request.config))
-        replication_factor = request.replication_factor or min(
-            DEFAULT_REPLICATION_FACTOR, self._state.partitions.broker_count)
-        record = self._state.partitions.create_topic(
+        replication_factor = request.replication_factor or min(DEFAULT_REPLICATION_FACTOR,
+                                                                len(self._state.config.brokers))
+        record = await self._state.controller.create_topic(
             request.name, request.partitions or DEFAULT_PARTITIONS, replication_factor, config)
-        self._state.metrics.partitions.set(len(self._state.partitions.replicas()))
         return api_pb2.CreateTopicResponse(topic=self._state.topic_metadata(record))
 
     async def DeleteTopic(self, request: api_pb2.DeleteTopicRequest, context: grpc.aio.ServicerContext
                           ) -> api_pb2.DeleteTopicResponse:
-        return await unary(context, lambda: self._delete(request))
+        return await unary(context, lambda: self._on_controller("DeleteTopic", request, lambda: self._delete(request)))
 
     async def _delete(self, request: api_pb2.DeleteTopicRequest) -> api_pb2.DeleteTopicResponse:
         validate_topic_name(request.name, allow_internal=True)
-        if self._state.metadata.get(request.name).internal:
-            raise InvalidTopicError(f"internal topic {request.name!r} cannot be deleted")
-        self._state.partitions.delete_topic(request.name)
-        await self._committer.durable()
-        self._state.metrics.partitions.set(len(self._state.partitions.replicas()))
+        await self._state.controller.delete_topic(request.name)
         return api_pb2.DeleteTopicResponse()
 
     async def ListTopics(self, request: api_pb2.ListTopicsRequest, context: grpc.aio.ServicerContext
@@ -60,12 +62,30 @@ class AdminService(api_pb2_grpc.AdminServicer):
         return await unary(context, lambda: self._describe(request))
 
     async def _describe(self, request: api_pb2.DescribeTopicRequest) -> api_pb2.DescribeTopicResponse:
+        """The topic, with offsets of the partitions this broker holds a replica of."""
         validate_topic_name(request.name, allow_internal=True)
         record = self._state.metadata.get(request.name)
         offsets = []
         for partition in range(record.partitions):
-            replica = self._state.partitions.replica(record.name, partition)
-            offsets.append(api_pb2.PartitionOffsets(
-                partition=partition, log_start_offset=replica.log_start_offset,
-                high_watermark=replica.high_watermark, size_bytes=replica.size_bytes))
+            replica = self._state.partitions.find(record.name, partition)
+            if replica is not None:
+                offsets.append(api_pb2.PartitionOffsets(
+                    partition=partition, log_start_offset=replica.log_start_offset,
+                    high_watermark=replica.high_watermark, size_bytes=replica.size_bytes))
         return api_pb2.DescribeTopicResponse(topic=self._state.topic_metadata(record), offsets=offsets)
+
+    async def _on_controller(self, method: str, request: Any, locally: Callable[[], Awaitable[Any]]) -> Any:
+        """Run a topic change here if this broker leads the metadata log, else forward it to the leader."""
+        try:
+            return await locally()
+        except NotLeaderError as exc:
+            if not exc.leader_address:
+                raise
+            address = exc.leader_address
+        channel = self._channels.get(address)
+        if channel is None:
+            channel = self._channels[address] = grpc.aio.insecure_channel(address)
+        try:
+            return await getattr(api_pb2_grpc.AdminStub(channel), method)(request, timeout=FORWARD_TIMEOUT_S)
+        except grpc.aio.AioRpcError as exc:
+            raise from_rpc_error(exc) from None

@@ -1,8 +1,12 @@
-"""The broker process: storage, services, health, reflection and metrics, started and stopped together.
+"""The broker process: storage, Raft groups, services, health, reflection and metrics, started and
+stopped together.
 
-Shutdown on SIGTERM or SIGINT is graceful: health turns NOT_SERVING, the server stops taking calls and
-gives in-flight ones a grace period, staged appends are flushed, and the store is closed, so a
-restart serves exactly what was acknowledged.
+Start-up opens the log store, hosts the metadata log (founding it on first start), and lets the
+multi-Raft driver replay it, which re-opens every partition replica this broker holds. Health turns
+SERVING once the metadata log has a leader, so `raftka local` and orchestrators wait until topic
+operations can succeed. Shutdown on SIGTERM or SIGINT is graceful: health turns NOT_SERVING, the
+server stops taking calls and gives in-flight ones a grace period, the driver finishes its round,
+staged writes are flushed, and the store is closed.
 """
 
 from __future__ import annotations
@@ -19,19 +23,23 @@ from grpc_reflection.v1alpha import reflection
 from raftka.cluster.admin_service import AdminService
 from raftka.cluster.broker_service import BrokerService, BrokerState
 from raftka.cluster.config import BrokerConfig
+from raftka.cluster.controller import METADATA_GROUP, Controller
 from raftka.cluster.group_commit import GroupCommitter
 from raftka.cluster.handlers import add_servicer
-from raftka.cluster.metadata import MetadataStore
+from raftka.cluster.metadata import MetadataState
 from raftka.cluster.metrics import BrokerMetrics
 from raftka.cluster.partitions import PartitionManager
+from raftka.cluster.placement import BrokerSlot
 from raftka.cluster.topics import MAX_BATCH_BYTES_LIMIT
 from raftka.partition.store import LogStore
-from raftka.proto import api_pb2
+from raftka.proto import api_pb2, raft_pb2
+from raftka.replication.driver import MultiRaft
+from raftka.replication.transport import RaftTransport
 
 log = logging.getLogger(__name__)
 
 GRPC_MAX_MESSAGE_BYTES = 2 * MAX_BATCH_BYTES_LIMIT
-SHUTDOWN_GRACE_S = 5.0
+SHUTDOWN_GRACE_S = 1.0
 
 
 async def _enforce_retention(partitions: PartitionManager, committer: GroupCommitter, interval_s: float) -> None:
@@ -49,6 +57,15 @@ async def _enforce_retention(partitions: PartitionManager, committer: GroupCommi
             await committer.durable()
 
 
+async def _serve_when_led(controller: Controller, health_servicer: health.aio.HealthServicer,
+                          services: list[str]) -> None:
+    while controller.leader_id < 0:
+        await asyncio.sleep(0.05)
+    for name in ("", *services):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    log.info("serving: metadata leader is broker %d", controller.leader_id)
+
+
 async def serve(config: BrokerConfig) -> None:
     """Run one broker until SIGTERM/SIGINT."""
     config.validate()
@@ -56,10 +73,20 @@ async def serve(config: BrokerConfig) -> None:
     metrics = BrokerMetrics()
     store = LogStore(config.data_dir / "log")
     committer = GroupCommitter(store, on_flushed=metrics.observe_flush)
-    metadata = MetadataStore(config.data_dir / "metadata.json")
-    partitions = PartitionManager(store, metadata, committer)
-    metrics.partitions.set(len(partitions.replicas()))
-    state = BrokerState(config, metadata, partitions, metrics)
+    driver: MultiRaft
+    transport = RaftTransport(
+        config.broker_id, config.cluster_id,
+        {broker: address for broker, address in config.brokers.items() if broker != config.broker_id},
+        lambda src, messages: [driver.step(group, message) for group, message in messages],
+        on_peer_down=lambda peer: driver.wake(peer), on_peer_up=lambda peer: driver.wake(peer))
+    driver = MultiRaft(config.broker_id, transport, committer.durable)
+    metadata = MetadataState()
+    address_of = config.brokers.get
+    partitions = PartitionManager(store, metadata, driver, lambda broker: address_of(broker, ""))
+    controller = Controller(store, driver, metadata, {b: BrokerSlot(b) for b in config.brokers},
+                            lambda broker: address_of(broker, ""))
+    state = BrokerState(config, metadata, partitions, controller, metrics)
+    metrics.partitions.set_function(lambda: len(partitions.replicas()))
 
     server = grpc.aio.server(options=[
         ("grpc.max_receive_message_length", GRPC_MAX_MESSAGE_BYTES),
@@ -67,7 +94,8 @@ async def serve(config: BrokerConfig) -> None:
         ("grpc.so_reuseport", 0),
     ])
     add_servicer(server, api_pb2.DESCRIPTOR.services_by_name["Broker"], BrokerService(state))
-    add_servicer(server, api_pb2.DESCRIPTOR.services_by_name["Admin"], AdminService(state, committer))
+    add_servicer(server, api_pb2.DESCRIPTOR.services_by_name["Admin"], AdminService(state))
+    add_servicer(server, raft_pb2.DESCRIPTOR.services_by_name["RaftTransport"], transport.servicer)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     services = [api_pb2.DESCRIPTOR.services_by_name[name].full_name for name in ("Broker", "Admin")]
@@ -75,25 +103,39 @@ async def serve(config: BrokerConfig) -> None:
     if server.add_insecure_port(config.listen) == 0:
         raise OSError(f"cannot listen on {config.listen}")
     await server.start()
-    for name in ("", *services):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    driver.start()
     if config.metrics_port is not None:
         metrics.serve(config.metrics_host, config.metrics_port)
-    log.info("broker started id=%d listen=%s advertise=%s data_dir=%s metrics_port=%s", config.broker_id,
-             config.listen, config.advertised_address, config.data_dir, config.metrics_port)
+    log.info("broker started id=%d listen=%s advertise=%s data_dir=%s brokers=%s metrics_port=%s",
+             config.broker_id, config.listen, config.advertised_address, config.data_dir, config.brokers,
+             config.metrics_port)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    retention = asyncio.create_task(_enforce_retention(partitions, committer, config.retention_check_interval_s))
+    background = [
+        asyncio.create_task(_enforce_retention(partitions, committer, config.retention_check_interval_s)),
+        asyncio.create_task(_serve_when_led(controller, health_servicer, services)),
+        asyncio.create_task(_drop_orphans_after_replay(partitions, controller)),
+    ]
     await stop.wait()
 
     log.info("broker stopping id=%d", config.broker_id)
-    retention.cancel()
+    for task in background:
+        task.cancel()
     await health_servicer.enter_graceful_shutdown()
     await server.stop(SHUTDOWN_GRACE_S)
+    await driver.stop()
+    await transport.close()
     await committer.close()
     store.close()
     log.info("broker stopped id=%d", config.broker_id)
 
+
+async def _drop_orphans_after_replay(partitions: PartitionManager, controller: Controller) -> None:
+    """Once this broker has applied the whole committed metadata log, drop logs no topic names."""
+    replica = controller.replica
+    while replica.node.applied_index < replica.node.commit_index or controller.leader_id < 0:
+        await asyncio.sleep(0.1)
+    partitions.drop_orphans({METADATA_GROUP})

@@ -17,7 +17,8 @@ from typing import AsyncIterator, Awaitable, Callable, TypeVar
 import grpc
 
 from raftka.cluster.config import BrokerConfig
-from raftka.cluster.metadata import MetadataStore, TopicRecord
+from raftka.cluster.controller import Controller
+from raftka.cluster.metadata import MetadataState, TopicRecord
 from raftka.cluster.metrics import BrokerMetrics
 from raftka.cluster.partitions import PartitionManager
 from raftka.errors import InternalError, InvalidRequestError, RaftkaError
@@ -38,17 +39,28 @@ class BrokerState:
     """What the services share: who this broker is and what it hosts."""
 
     config: BrokerConfig
-    metadata: MetadataStore
+    metadata: MetadataState
     partitions: PartitionManager
+    controller: Controller
     metrics: BrokerMetrics
 
+    def address_of(self, broker_id: int) -> str:
+        return self.config.brokers.get(broker_id, "")
+
     def topic_metadata(self, record: TopicRecord) -> api_pb2.TopicMetadata:
-        me = self.config.broker_id
-        return api_pb2.TopicMetadata(
-            name=record.name, replication_factor=record.replication_factor,
-            config=record.config.as_strings(), internal=record.internal,
-            partitions=[api_pb2.PartitionMetadata(partition=p, leader_id=me, replicas=[me], in_sync_replicas=[me])
-                        for p in range(record.partitions)])
+        """The topic as this broker sees it. A partition's leader is the one its local replica knows,
+        else the preferred leader (a hint: a wrong guess answers NOT_LEADER with the real one). Only a
+        partition's leader knows which replicas are in sync; elsewhere that list is empty."""
+        partitions = []
+        for p, replicas in enumerate(record.replicas):
+            replica = self.partitions.find(record.name, p)
+            leader = replica.leader_id if replica is not None and replica.leader_id >= 0 else replicas[0]
+            partitions.append(api_pb2.PartitionMetadata(
+                partition=p, leader_id=leader, replicas=replicas,
+                in_sync_replicas=replica.in_sync_replicas() if replica is not None else []))
+        return api_pb2.TopicMetadata(name=record.name, replication_factor=record.replication_factor,
+                                     config=record.config.as_strings(), internal=record.internal,
+                                     partitions=partitions)
 
 
 async def unary(context: grpc.aio.ServicerContext, call: Callable[[], Awaitable[T]]) -> T:
@@ -221,6 +233,7 @@ class BrokerService(api_pb2_grpc.BrokerServicer):
             result = api_pb2.OffsetResult(topic=query.topic, partition=query.partition)
             try:
                 replica = self._state.partitions.replica(query.topic, query.partition)
+                replica.require_leader()
                 if query.spec == api_pb2.EARLIEST:
                     result.offset = replica.log_start_offset
                 elif query.spec == api_pb2.LATEST:
@@ -244,8 +257,9 @@ class BrokerService(api_pb2_grpc.BrokerServicer):
     async def _metadata(self, request: api_pb2.MetadataRequest) -> api_pb2.MetadataResponse:
         state = self._state
         response = api_pb2.MetadataResponse(
-            cluster_id=state.metadata.cluster_id, controller_id=state.config.broker_id,
-            brokers=[api_pb2.BrokerInfo(id=state.config.broker_id, address=state.config.advertised_address)])
+            cluster_id=state.config.cluster_id, controller_id=state.controller.leader_id,
+            brokers=[api_pb2.BrokerInfo(id=broker, address=address)
+                     for broker, address in sorted(state.config.brokers.items())])
         if request.topics:
             for name in request.topics:
                 record = state.metadata.find(name)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
@@ -14,12 +14,28 @@ def parse_host_port(text: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def parse_peers(text: str) -> dict[int, str]:
+    """`1=HOST:PORT,2=HOST:PORT` as {broker id: address}."""
+    peers: dict[int, str] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        broker, sep, address = item.partition("=")
+        if not sep or not broker.strip().isdigit():
+            raise ValueError(f"expected ID=HOST:PORT in --peers, got {item!r}")
+        parse_host_port(address)
+        peers[int(broker)] = address.strip()
+    return peers
+
+
 @dataclass(frozen=True)
 class BrokerConfig:
     broker_id: int
     listen: str
     data_dir: Path
     advertise: str = ""
+    peers: dict[int, str] = field(default_factory=dict)
+    """The controller voters (every broker of a static cluster), including this one; empty means a
+    one-broker cluster of this broker alone."""
+    cluster_id: str = "raftka"
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"
     request_timeout_ms: int = 30_000
@@ -31,12 +47,21 @@ class BrokerConfig:
         """The address clients are told to use: --advertise, or the listen address."""
         return self.advertise or self.listen
 
+    @property
+    def brokers(self) -> dict[int, str]:
+        """Every broker of the cluster and its address."""
+        return self.peers or {self.broker_id: self.advertised_address}
+
     def validate(self) -> None:
-        if self.broker_id < 0:
-            raise ValueError(f"broker id must be >= 0, not {self.broker_id}")
+        if self.broker_id < 1:
+            raise ValueError(f"broker id must be >= 1 (0 means 'no node' to Raft), not {self.broker_id}")
         parse_host_port(self.listen)
         if self.advertise:
             parse_host_port(self.advertise)
         elif parse_host_port(self.listen)[0] in ("0.0.0.0", "::"):
             raise ValueError(f"--listen {self.listen} is a wildcard address; give --advertise HOST:PORT "
                              "so clients know where to connect")
+        if self.peers and self.broker_id not in self.peers:
+            raise ValueError(f"--peers {self.peers} does not name this broker (id {self.broker_id})")
+        if not self.cluster_id:
+            raise ValueError("cluster id must not be empty")

@@ -1,82 +1,121 @@
-"""The broker's cluster metadata: which topics exist, their partitions and configuration.
+"""Cluster metadata as a replicated state machine (KRaft-style): topics and their replica placement.
 
-Until the metadata Raft group lands, a broker is its own cluster and keeps its metadata in one JSON
-file that is replaced atomically (write, fsync, rename, fsync the directory), so a crash leaves either
-the old or the new state, never a torn one. `MetadataStore` is the seam the replicated metadata log
-will take over: callers only see `TopicRecord`s and the create/delete operations.
+The metadata log is the Raft log of the internal partition `__cluster_metadata/0`, hosted by the
+controller-eligible brokers. Each record of it is one command (JSON: create_topic, delete_topic);
+every broker applies the committed commands in log order to the same `MetadataState`, so all of them
+agree on which topics exist and where their replicas live, and a restart rebuilds the state by
+replaying the log.
 
-Each topic gets a random id at creation. Partition logs are named by topic id, not by topic name, so
-deleting a topic and creating another with the same name can never see the old topic's records.
+Invariants: `apply` is deterministic and total — a command that is no longer valid when it commits
+(a topic created twice by racing controllers, a delete of a topic already gone) changes nothing
+and reports why, so replaying the log always yields the same state. Each topic gets a random id at
+creation; partition logs are named by topic id, so a deleted and re-created topic never sees the
+old topic's records.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
-import uuid
+from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import Any, Callable
 
 from raftka.cluster.topics import TopicConfig
-from raftka.errors import TopicExistsError, UnknownTopicError
+from raftka.errors import RaftkaError, TopicExistsError, UnknownTopicError
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+METADATA_TOPIC = "__cluster_metadata"
 
 
 @dataclass(frozen=True)
 class TopicRecord:
     name: str
     topic_id: str
-    partitions: int
-    replication_factor: int
+    replicas: tuple[tuple[int, ...], ...]
+    """Replica broker ids of each partition; the first is the preferred leader."""
     config: TopicConfig = field(default_factory=TopicConfig)
     internal: bool = False
 
-    def log_name(self, partition: int) -> str:
-        """The partition log's name in the broker's LogStore."""
+    @property
+    def partitions(self) -> int:
+        return len(self.replicas)
+
+    @property
+    def replication_factor(self) -> int:
+        return len(self.replicas[0])
+
+    def group_id(self, partition: int) -> str:
+        """The partition's Raft group id, also its log's name in the broker's LogStore."""
         return f"{self.topic_id}/{partition}"
 
-    def to_json(self) -> dict:
-        return {"name": self.name, "topic_id": self.topic_id, "partitions": self.partitions,
-                "replication_factor": self.replication_factor, "config": self.config.as_strings(),
-                "internal": self.internal}
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "topic_id": self.topic_id, "replicas": [list(r) for r in self.replicas],
+                "config": self.config.as_strings(), "internal": self.internal}
 
     @classmethod
-    def from_json(cls, raw: dict) -> TopicRecord:
-        return cls(name=raw["name"], topic_id=raw["topic_id"], partitions=raw["partitions"],
-                   replication_factor=raw["replication_factor"], config=TopicConfig.parse(raw["config"]),
-                   internal=raw["internal"])
+    def from_json(cls, raw: dict[str, Any]) -> TopicRecord:
+        return cls(name=raw["name"], topic_id=raw["topic_id"], replicas=tuple(tuple(r) for r in raw["replicas"]),
+                   config=TopicConfig.parse(raw["config"]), internal=raw["internal"])
 
 
-class MetadataStore:
-    """Topics of a single-broker cluster, persisted in `<data-dir>/metadata.json`."""
+def create_topic_command(record: TopicRecord) -> bytes:
+    return json.dumps({"op": "create_topic", "topic": record.to_json()}, sort_keys=True).encode()
 
-    def __init__(self, path: Path) -> None:
-        self._path = path
+
+def delete_topic_command(name: str) -> bytes:
+    return json.dumps({"op": "delete_topic", "name": name}, sort_keys=True).encode()
+
+
+Listener = Callable[[TopicRecord], None]
+
+
+class MetadataState:
+    """The applied metadata. Mutated only by `apply` on the broker's event loop; read from anywhere."""
+
+    def __init__(self) -> None:
         self._lock = threading.Lock()
         self._topics: dict[str, TopicRecord] = {}
-        self.cluster_id = uuid.uuid4().hex
-        if path.exists():
-            raw = json.loads(path.read_text())
-            if raw.get("version") != FORMAT_VERSION:
-                raise RuntimeError(f"{path}: unsupported metadata format {raw.get('version')!r}")
-            self.cluster_id = raw["cluster_id"]
-            self._topics = {t["name"]: TopicRecord.from_json(t) for t in raw["topics"]}
+        self.applied_offset = -1
+        self.on_created: list[Listener] = []
+        self.on_deleted: list[Listener] = []
+
+    def apply(self, offset: int, command: bytes) -> RaftkaError | None:
+        """Apply the command at `offset` of the metadata log; returns why it changed nothing, if so."""
+        if offset <= self.applied_offset:
+            return None
+        self.applied_offset = offset
+        raw = json.loads(command)
+        if raw["op"] == "create_topic":
+            record = TopicRecord.from_json(raw["topic"])
+            with self._lock:
+                if record.name in self._topics:
+                    return TopicExistsError(f"topic {record.name!r} already exists")
+                self._topics[record.name] = record
+            log.info("topic created name=%s id=%s partitions=%d replicas=%s", record.name, record.topic_id,
+                     record.partitions, [list(r) for r in record.replicas])
+            for listener in self.on_created:
+                listener(record)
+        elif raw["op"] == "delete_topic":
+            with self._lock:
+                record = self._topics.pop(raw["name"], None)
+            if record is None:
+                return UnknownTopicError(f"unknown topic {raw['name']!r}")
+            log.info("topic deleted name=%s id=%s", record.name, record.topic_id)
+            for listener in self.on_deleted:
+                listener(record)
         else:
-            self._save()
-        log.info("metadata loaded path=%s cluster_id=%s topics=%d", path, self.cluster_id, len(self._topics))
+            log.error("unknown metadata command at offset %d: %r", offset, raw)
+        return None
 
     def topics(self) -> list[TopicRecord]:
         with self._lock:
             return sorted(self._topics.values(), key=lambda t: t.name)
 
     def get(self, name: str) -> TopicRecord:
-        with self._lock:
-            record = self._topics.get(name)
+        record = self.find(name)
         if record is None:
             raise UnknownTopicError(f"unknown topic {name!r}")
         return record
@@ -85,37 +124,7 @@ class MetadataStore:
         with self._lock:
             return self._topics.get(name)
 
-    def create(self, name: str, partitions: int, replication_factor: int, config: TopicConfig,
-               *, internal: bool = False) -> TopicRecord:
+    def leader_load(self) -> Counter[int]:
+        """Preferred leaderships per broker, for placing the next topic."""
         with self._lock:
-            if name in self._topics:
-                raise TopicExistsError(f"topic {name!r} already exists")
-            record = TopicRecord(name, uuid.uuid4().hex, partitions, replication_factor, config, internal)
-            self._topics[name] = record
-            self._save()
-        log.info("topic created name=%s id=%s partitions=%d", name, record.topic_id, partitions)
-        return record
-
-    def delete(self, name: str) -> TopicRecord:
-        with self._lock:
-            record = self._topics.pop(name, None)
-            if record is None:
-                raise UnknownTopicError(f"unknown topic {name!r}")
-            self._save()
-        log.info("topic deleted name=%s id=%s", name, record.topic_id)
-        return record
-
-    def _save(self) -> None:
-        body = {"version": FORMAT_VERSION, "cluster_id": self.cluster_id,
-                "topics": [t.to_json() for t in self._topics.values()]}
-        tmp = self._path.with_suffix(".tmp")
-        with open(tmp, "w") as f:
-            json.dump(body, f, indent=1, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self._path)
-        dir_fd = os.open(self._path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+            return Counter(r[0] for t in self._topics.values() for r in t.replicas)

@@ -1,25 +1,29 @@
-"""The broker's table of partition replicas, kept in step with the metadata.
+"""The broker's partition replicas, kept in step with the applied cluster metadata.
 
-Creating a topic records it in the metadata first and then opens its logs; deleting removes it from
-the metadata first and then drops its logs. A crash between the two steps leaves at most logs that
-no topic names, and start-up drops those, so a deleted topic's records never come back.
+When a create_topic command is applied, the broker opens a replica for every partition that lists
+it among its replicas; a brand-new replica bootstraps its Raft group with the topic's replica set as
+the founding voters, and the preferred leader (first replica) campaigns at once. When a delete is
+applied, the groups go and their logs are dropped. Start-up replays the metadata log, which opens
+the replicas again (their logs already exist, so nothing is bootstrapped twice), and then drops logs
+that no topic names any more (a crash between a delete and its drop).
 """
 
 from __future__ import annotations
 
 import logging
+from typing import Callable
 
-from raftka.cluster.group_commit import GroupCommitter
-from raftka.cluster.metadata import MetadataStore, TopicRecord
-from raftka.cluster.replica import LocalReplica
-from raftka.cluster.topics import TopicConfig, validate_topic_name
-from raftka.errors import (InvalidPartitionsError, InvalidReplicationFactorError, UnknownPartitionError)
+from raftka.cluster.metadata import MetadataState, TopicRecord
+from raftka.cluster.replica import RaftReplica
+from raftka.cluster.topics import TopicConfig
+from raftka.errors import NotLeaderError, UnknownPartitionError
 from raftka.partition.log import LogConfig
 from raftka.partition.store import LogStore
+from raftka.replication.driver import MultiRaft
+from raftka.replication.log_storage import PartitionStorage
+from raftka.replication.state import ConfState
 
 log = logging.getLogger(__name__)
-
-MAX_PARTITIONS = 10_000
 
 
 def log_config(config: TopicConfig) -> LogConfig:
@@ -27,56 +31,68 @@ def log_config(config: TopicConfig) -> LogConfig:
                      retention_bytes=config.retention_bytes, retention_ms=config.retention_ms)
 
 
+def open_replica(store: LogStore, driver: MultiRaft, group_id: str, voters: tuple[int, ...], config: TopicConfig,
+                 address_of: Callable[[int], str], **options: object) -> tuple[RaftReplica, bool]:
+    """The replica of `group_id` on this broker, and whether its group was founded just now."""
+    entry_log = store.open_raft_log(group_id, log_config(config))
+    founded = entry_log.last_index == 0 and entry_log.snapshot.index == 0
+    storage = (PartitionStorage.bootstrap(entry_log, ConfState(voters=tuple(sorted(voters)))) if founded
+               else PartitionStorage(entry_log))
+    replica = RaftReplica(group_id, entry_log.log, storage, driver, config,
+                          address_of, **options)  # type: ignore[arg-type]
+    return replica, founded
+
+
 class PartitionManager:
-    def __init__(self, store: LogStore, metadata: MetadataStore, committer: GroupCommitter,
-                 *, broker_count: int = 1) -> None:
+    def __init__(self, store: LogStore, metadata: MetadataState, driver: MultiRaft,
+                 address_of: Callable[[int], str]) -> None:
         self._store = store
         self._metadata = metadata
-        self._committer = committer
-        self._broker_count = broker_count
-        self._replicas: dict[tuple[str, int], LocalReplica] = {}
-        for topic in metadata.topics():
-            self._open(topic)
-        wanted = {t.log_name(p) for t in metadata.topics() for p in range(t.partitions)}
-        for name in set(store.log_names()) - wanted:
-            log.warning("dropping orphan partition log name=%s (its topic was deleted)", name)
-            store.drop_log(name)
+        self._driver = driver
+        self._address_of = address_of
+        self._replicas: dict[tuple[str, int], RaftReplica] = {}
+        metadata.on_created.append(self._host)
+        metadata.on_deleted.append(self._unhost)
 
-    @property
-    def broker_count(self) -> int:
-        return self._broker_count
-
-    def replica(self, topic: str, partition: int) -> LocalReplica:
+    def replica(self, topic: str, partition: int) -> RaftReplica:
+        """This broker's replica of the partition; NOT_LEADER (with the preferred leader) if it has none."""
         record = self._metadata.get(topic)
-        replica = self._replicas.get((record.name, partition))
-        if replica is None:
+        if not 0 <= partition < record.partitions:
             raise UnknownPartitionError(
                 f"topic {topic!r} has partitions 0 to {record.partitions - 1}; there is no partition {partition}")
+        replica = self._replicas.get((topic, partition))
+        if replica is None:
+            preferred = record.replicas[partition][0]
+            raise NotLeaderError(f"broker {self._driver.broker_id} holds no replica of {topic}/{partition}",
+                                 preferred, self._address_of(preferred))
         return replica
 
-    def replicas(self) -> list[tuple[str, int, LocalReplica]]:
+    def find(self, topic: str, partition: int) -> RaftReplica | None:
+        return self._replicas.get((topic, partition))
+
+    def replicas(self) -> list[tuple[str, int, RaftReplica]]:
         return [(topic, partition, replica) for (topic, partition), replica in self._replicas.items()]
 
-    def create_topic(self, name: str, partitions: int, replication_factor: int, config: TopicConfig,
-                     *, internal: bool = False) -> TopicRecord:
-        validate_topic_name(name, allow_internal=internal)
-        if not 1 <= partitions <= MAX_PARTITIONS:
-            raise InvalidPartitionsError(f"partitions must be between 1 and {MAX_PARTITIONS}, not {partitions}")
-        if not 1 <= replication_factor <= self._broker_count:
-            raise InvalidReplicationFactorError(
-                f"replication factor {replication_factor} is impossible with {self._broker_count} "
-                f"broker(s); it must be between 1 and {self._broker_count}")
-        record = self._metadata.create(name, partitions, replication_factor, config, internal=internal)
-        self._open(record)
-        return record
+    def drop_orphans(self, keep: set[str]) -> None:
+        """Drop logs that no applied topic names (call after the metadata log has been replayed)."""
+        wanted = keep | {t.group_id(p) for t in self._metadata.topics() for p in range(t.partitions)}
+        for name in set(self._store.log_names()) - wanted:
+            log.warning("dropping orphan partition log name=%s (its topic was deleted)", name)
+            self._store.drop_log(name)
 
-    def delete_topic(self, name: str) -> None:
-        record = self._metadata.delete(name)
-        for partition in range(record.partitions):
-            del self._replicas[(name, partition)]
-            self._store.drop_log(record.log_name(partition))
+    def _host(self, record: TopicRecord) -> None:
+        me = self._driver.broker_id
+        for partition, voters in enumerate(record.replicas):
+            if me not in voters:
+                continue
+            replica, founded = open_replica(self._store, self._driver, record.group_id(partition), voters,
+                                            record.config, self._address_of)
+            self._replicas[(record.name, partition)] = replica
+            if founded and voters[0] == me:
+                replica.campaign()
 
-    def _open(self, record: TopicRecord) -> None:
+    def _unhost(self, record: TopicRecord) -> None:
         for partition in range(record.partitions):
-            partition_log = self._store.open_log(record.log_name(partition), log_config(record.config))
-            self._replicas[(record.name, partition)] = LocalReplica(partition_log, self._committer, record.config)
+            if self._replicas.pop((record.name, partition), None) is not None:
+                self._driver.remove_group(record.group_id(partition))
+                self._store.drop_log(record.group_id(partition))

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_quick_bench_writes_one_json_line_per_measurement(tmp_path: Path) -> None:
     output = tmp_path / "results.json"
     completed = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench"), "--quick", "--output", str(output)],
-                               capture_output=True, text=True, timeout=80)
+                               capture_output=True, text=True, timeout=150)
     assert completed.returncode == 0, completed.stderr
     results = [json.loads(line) for line in output.read_text().splitlines()]
     assert {(r["workload"], r["msg_size"]) for r in results} >= {
@@ -29,6 +29,6 @@ def test_quick_bench_writes_one_json_line_per_measurement(tmp_path: Path) -> Non
     assert "WORKLOAD" in completed.stdout, "a readable table is printed too"
 
 
-def test_more_than_one_broker_is_refused_until_replication(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
-    assert main(["--brokers", "3", "--output", str(tmp_path / "out.json")]) == 2
-    assert "--brokers must be 1" in capsys.readouterr().err
+def test_an_impossible_broker_count_is_refused(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    assert main(["--brokers", "0", "--output", str(tmp_path / "out.json")]) == 2
+    assert "--brokers must be between 1 and 9" in capsys.readouterr().err

@@ -28,7 +28,7 @@ def test_topic_commands_in_text_and_json(cli_env) -> None:
     assert table[0].split() == ["TOPIC", "PARTITIONS", "REPLICATION"] and table[1].split() == ["orders", "3", "1"]
     described = json.loads(raftka("--format", "json", "topic", "describe", "orders", env=cli_env).stdout)
     assert described["config"]["retention.ms"] == "3600000"
-    assert [p["leader"] for p in described["partitions"]] == [0, 0, 0]
+    assert [p["leader"] for p in described["partitions"]] == [1, 1, 1]
     text = raftka("topic", "describe", "orders", env=cli_env).stdout
     assert "PARTITION" in text and "IN-SYNC" in text
     deleted = raftka("topic", "delete", "orders", env=cli_env)
@@ -47,7 +47,8 @@ def test_errors_are_one_clear_line_and_a_nonzero_exit(cli_env, free_port) -> Non
     assert offset.returncode == 2 and "--offset needs --partition" in offset.stderr
     no_id = raftka("broker", "--data-dir", "/tmp/x", env={k: v for k, v in cli_env.items() if k != "RAFTKA_ID"})
     assert no_id.returncode == 2 and "needs --id" in no_id.stderr
-    unreachable = raftka("topic", "list", "--bootstrap", f"127.0.0.1:{free_port()}", env=cli_env)
+    unreachable = raftka("topic", "list", "--bootstrap", f"127.0.0.1:{free_port()}", "--request-timeout-ms", "1500",
+                         env=cli_env)
     assert unreachable.returncode == 1 and "BrokerUnavailableError" in unreachable.stderr
 
 
@@ -90,15 +91,18 @@ def test_raftka_local_starts_a_cluster_users_can_produce_to(tmp_path: Path, free
             line = local.stdout.readline()
             if line.startswith("bootstrap: "):
                 bootstrap = line.split()[1]
-        assert bootstrap == f"127.0.0.1:{port}"
+        assert bootstrap == ",".join(f"127.0.0.1:{port + i}" for i in range(3)), "three brokers by default"
         env = {"RAFTKA_BOOTSTRAP": bootstrap, "PATH": "/usr/bin:/bin"}
         assert raftka("topic", "create", "demo", env=env).returncode == 0
         assert raftka("produce", "demo", env=env, stdin="hello\nworld\n").returncode == 0
         consumed = raftka("consume", "demo", "--from-beginning", "--max-messages", "2", env=env)
         assert consumed.stdout == "hello\nworld\n"
+        described = json.loads(raftka("topic", "describe", "demo", "--format", "json", env=env).stdout)
+        assert described["replication_factor"] == 3
+        assert sorted(described["partitions"][0]["replicas"]) == [1, 2, 3]
     finally:
         local.send_signal(signal.SIGINT)
         out, err = local.communicate(timeout=30)
     assert local.returncode == 0, err
     assert "Raftka local cluster stopped." in out
-    assert (tmp_path / "data" / "broker-0" / "broker.log").exists()
+    assert (tmp_path / "data" / "broker-1.log").exists()

@@ -1,0 +1,82 @@
+"""The controller: the metadata log's replica on this broker, and the commands proposed through it.
+
+The metadata log is an internal partition (`__cluster_metadata`) replicated by the controller
+voters (the brokers named by `--peers`). Each command is one record of one batch; when it commits,
+every broker's replica applies it to its `MetadataState`. A topic operation is accepted only by the
+metadata leader, which validates it, places the replicas, proposes the command and answers with the
+command's outcome once it is applied here; other brokers get NOT_LEADER with the leader's address.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Callable, Mapping
+
+from raftka.cluster.metadata import (METADATA_TOPIC, MetadataState, TopicRecord, create_topic_command,
+                                     delete_topic_command)
+from raftka.cluster.partitions import open_replica
+from raftka.cluster.placement import BrokerSlot, assign_replicas
+from raftka.cluster.replica import RaftReplica
+from raftka.cluster.topics import TopicConfig, validate_topic_name
+from raftka.errors import InvalidPartitionsError, InvalidTopicError, RaftkaError, TopicExistsError
+from raftka.partition.batch import decode_batch, encode_batch
+from raftka.partition.store import LogStore
+from raftka.replication.driver import MultiRaft
+
+METADATA_GROUP = f"{METADATA_TOPIC}/0"
+MAX_PARTITIONS = 10_000
+
+
+class Controller:
+    def __init__(self, store: LogStore, driver: MultiRaft, state: MetadataState, brokers: Mapping[int, BrokerSlot],
+                 address_of: Callable[[int], str], *, timeout_s: float = 30.0) -> None:
+        self._state = state
+        self._brokers = brokers
+        self._timeout_s = timeout_s
+        self._outcomes: dict[int, RaftkaError | None] = {}
+        voters = tuple(sorted(brokers))
+        self.replica, founded = open_replica(store, driver, METADATA_GROUP, voters, TopicConfig(
+            retention_ms=-1, retention_bytes=-1), address_of, replay=True, on_committed=self._apply)
+        if founded and len(voters) == 1:
+            self.replica.campaign()
+
+    @property
+    def leader_id(self) -> int:
+        return self.replica.leader_id
+
+    async def create_topic(self, name: str, partitions: int, replication_factor: int, config: TopicConfig,
+                           *, internal: bool = False) -> TopicRecord:
+        validate_topic_name(name, allow_internal=internal)
+        if not 1 <= partitions <= MAX_PARTITIONS:
+            raise InvalidPartitionsError(f"partitions must be between 1 and {MAX_PARTITIONS}, not {partitions}")
+        if self._state.find(name) is not None:
+            raise TopicExistsError(f"topic {name!r} already exists")
+        replicas = assign_replicas(partitions, replication_factor, list(self._brokers.values()),
+                                   self._state.leader_load())
+        record = TopicRecord(name, uuid.uuid4().hex, tuple(map(tuple, replicas)), config, internal)
+        await self._propose(create_topic_command(record))
+        return self._state.get(name)
+
+    async def delete_topic(self, name: str) -> None:
+        if self._state.get(name).internal:
+            raise InvalidTopicError(f"internal topic {name!r} cannot be deleted")
+        await self._propose(delete_topic_command(name))
+
+    async def _propose(self, command: bytes) -> None:
+        batch = encode_batch([(None, command, (), int(time.time() * 1000))])
+        outcome = await self.replica.append(batch, durable=True, timeout_s=self._timeout_s)
+        error = self._outcomes.pop(outcome.base_offset, None)
+        if error is not None:
+            raise error
+
+    def _apply(self, offset: int, batch: bytes) -> None:
+        """Apply a committed batch of commands; keep recent outcomes for the proposer to collect.
+
+        The driver applies an entry before it resolves the proposal, so `_propose` always finds the
+        outcome of its own command; outcomes of commands proposed elsewhere age out.
+        """
+        for record in decode_batch(batch, verify_crc=False).records:
+            self._outcomes[record.offset] = self._state.apply(record.offset, record.value or b"")
+            while len(self._outcomes) > 1024:
+                del self._outcomes[next(iter(self._outcomes))]

@@ -1,0 +1,184 @@
+"""Raft-replicated partitions across three real broker processes.
+
+The promise under test: a record acknowledged with acks=all survives the loss of any minority of
+brokers, and every partition keeps its order through leader changes.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+
+import pytest
+
+from raftka import Admin, Consumer, Producer, TopicPartition
+from raftka.client.local import LocalBroker
+from raftka.errors import RaftkaError, RequestTimedOutError
+
+
+def consume_all(bootstrap: str, topic: str, partitions: int, timeout_s: float = 60) -> dict[int, list]:
+    consumer = Consumer(bootstrap, auto_offset_reset="earliest", request_timeout_ms=10_000)
+    consumer.assign([TopicPartition(topic, p) for p in range(partitions)])
+    ends = consumer.end_offsets(consumer.assignment())
+    records: dict[int, list] = {p: [] for p in range(partitions)}
+    deadline = time.monotonic() + timeout_s
+    while sum(map(len, records.values())) < sum(ends.values()) and time.monotonic() < deadline:
+        for record in consumer.poll(timeout_ms=500):
+            records[record.partition].append(record)
+    consumer.close()
+    return records
+
+
+def leader_of(bootstrap: str, topic: str, partition: int, brokers: list[LocalBroker]) -> LocalBroker:
+    """The broker that says it leads the partition (asks each live broker; they know their own groups)."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        for broker in brokers:
+            if not broker.alive():
+                continue
+            try:
+                with Admin(broker.address, request_timeout_ms=2000) as admin:
+                    info = admin.describe_topic(topic).partitions[partition]
+            except RaftkaError:
+                continue
+            if info.leader == broker.broker_id and broker.broker_id in info.in_sync_replicas:
+                return broker
+        time.sleep(0.1)
+    raise AssertionError(f"no leader for {topic}/{partition}")
+
+
+def bootstrap_of(brokers: list[LocalBroker]) -> str:
+    return ",".join(b.address for b in brokers)
+
+
+def test_topics_are_replicated_with_leaders_spread(start_cluster) -> None:
+    brokers = start_cluster(3)
+    with Admin(bootstrap_of(brokers)) as admin:
+        topic = admin.create_topic("spread", partitions=6)
+        assert topic.replication_factor == 3
+        assert sorted(p.replicas[0] for p in topic.partitions) == [1, 1, 2, 2, 3, 3]
+        assert all(sorted(p.replicas) == [1, 2, 3] for p in topic.partitions)
+    for broker in brokers:
+        with Admin(broker.address) as admin:
+            assert [t.name for t in admin.list_topics()] == ["spread"], "every broker applies the metadata log"
+
+
+def test_leader_kills_lose_no_acknowledged_record(start_cluster) -> None:
+    """Producers run with acks=all while partition leaders are SIGKILLed and restarted, over and over."""
+    brokers = start_cluster(3)
+    bootstrap = bootstrap_of(brokers)
+    with Admin(bootstrap) as admin:
+        admin.create_topic("safe", partitions=2)
+    acknowledged: list[tuple[int, int, bytes]] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def produce(worker: int) -> None:
+        producer = Producer(bootstrap, linger_ms=2, batch_size=4096, delivery_timeout_ms=30_000,
+                            request_timeout_ms=5_000, max_in_flight=1)
+        i = 0
+        while not stop.is_set():
+            value = f"w{worker}-{i}".encode()
+            i += 1
+
+            def record(future, value=value) -> None:  # type: ignore[no-untyped-def]
+                if future.exception() is None:
+                    meta = future.result()
+                    with lock:
+                        acknowledged.append((meta.partition, meta.offset, value))
+            producer.send("safe", value).add_done_callback(record)
+            if i % 100 == 0:
+                time.sleep(0.01)
+        try:
+            producer.close(timeout=60)
+        except RaftkaError:
+            pass
+
+    workers = [threading.Thread(target=produce, args=(w,)) for w in range(2)]
+    for worker in workers:
+        worker.start()
+    rng = random.Random(3)
+    try:
+        for round_ in range(4):
+            time.sleep(1.0)
+            victim = leader_of(bootstrap, "safe", rng.randrange(2), brokers)
+            victim.kill()
+            time.sleep(rng.uniform(0.5, 1.5))
+            victim.start()
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join(timeout=90)
+    with lock:
+        acked = list(acknowledged)
+    assert len(acked) > 500
+    found = consume_all(bootstrap, "safe", 2)
+    by_position = {(p, r.offset): r.value for p, records in found.items() for r in records}
+    missing = [(p, o, v) for p, o, v in acked if by_position.get((p, o)) != v]
+    assert not missing, f"{len(missing)} acknowledged records lost or moved, e.g. {missing[:5]}"
+    for partition, records in found.items():
+        assert [r.offset for r in records] == list(range(len(records))), "offsets are dense and in order"
+    acked_values = [v for _, _, v in acked]
+    assert len(set(acked_values)) == len(acked_values), "no acknowledged record was written twice"
+
+
+def test_minority_cannot_acknowledge_and_majority_continues(start_cluster) -> None:
+    brokers = start_cluster(3)
+    bootstrap = bootstrap_of(brokers)
+    with Admin(bootstrap) as admin:
+        admin.create_topic("quorum")
+    with Producer(bootstrap, linger_ms=0) as producer:
+        producer.send("quorum", b"before").result(timeout=30)
+    leader = leader_of(bootstrap, "quorum", 0, brokers)
+    others = [b for b in brokers if b is not leader]
+    for broker in others:
+        broker.pause()
+    try:
+        with Producer(leader.address, linger_ms=0, delivery_timeout_ms=3_000, request_timeout_ms=1_000) as producer:
+            with pytest.raises(RequestTimedOutError):
+                producer.send("quorum", b"minority", partition=0).result(timeout=30)
+    finally:
+        for broker in others:
+            broker.resume()
+    leader.pause()
+    try:
+        majority = bootstrap_of(others)
+        with Producer(majority, linger_ms=0, delivery_timeout_ms=30_000) as producer:
+            producer.send("quorum", b"majority").result(timeout=30)
+    finally:
+        leader.resume()
+    values = [r.value for r in consume_all(bootstrap, "quorum", 1)[0]]
+    assert values[0] == b"before" and b"majority" in values
+    assert values.count(b"majority") == 1
+
+
+def test_restarted_broker_catches_up_and_metadata_survives_full_restart(start_cluster) -> None:
+    brokers = start_cluster(3)
+    bootstrap = bootstrap_of(brokers)
+    with Admin(bootstrap) as admin:
+        admin.create_topic("catchup", partitions=1)
+    down = brokers[2]
+    down.kill()
+    with Producer(bootstrap_of(brokers[:2]), linger_ms=1) as producer:
+        for i in range(2000):
+            producer.send("catchup", f"r{i}".encode())
+    down.start()
+    deadline = time.monotonic() + 30
+    while True:
+        with Admin(down.address) as admin:
+            hw = admin.describe_topic("catchup").partitions[0].high_watermark
+        if hw == 2000:
+            break
+        assert time.monotonic() < deadline, f"broker {down.broker_id} stuck at {hw}"
+        time.sleep(0.2)
+    for broker in brokers:
+        assert broker.stop() == 0, broker.log()[-2000:]
+    for broker in brokers:
+        broker.spawn()
+    for broker in brokers:
+        broker.wait()
+    with Admin(bootstrap) as admin:
+        assert [t.name for t in admin.list_topics()] == ["catchup"]
+    values = [r.value for r in consume_all(bootstrap, "catchup", 1)[0]]
+    assert values == [f"r{i}".encode() for i in range(2000)]
