@@ -6,7 +6,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence, TypeVar
 
+import grpc
+
 from raftka.client.connection import ClusterConnection
+from raftka.errors import from_rpc_error
 from raftka.proto import api_pb2, api_pb2_grpc
 
 T = TypeVar("T")
@@ -69,10 +72,48 @@ class Admin:
         return [TopicInfo.from_proto(t) for t in response.topics]
 
     def describe_topic(self, name: str) -> TopicInfo:
-        """The topic with its partitions' leaders, replicas and offsets."""
+        """The topic with its partitions' leaders, replicas, in-sync replicas and offsets.
+
+        Only a partition's leader knows which replicas are in sync and the exact high watermark, so
+        every broker is asked and each partition is reported as its own leader sees it; a partition
+        whose leader did not answer is reported as the first answering broker sees it.
+        """
         request = api_pb2.DescribeTopicRequest(name=name)
         response = self._admin(lambda stub: stub.DescribeTopic(request, timeout=self._conn.request_timeout_s))
-        return TopicInfo.from_proto(response.topic, response.offsets)
+        partitions = {p.partition: p for p in response.topic.partitions}
+        offsets = {o.partition: o for o in response.offsets}
+        for broker in self._conn.refresh([name]).brokers:
+            try:
+                answer = api_pb2_grpc.AdminStub(self._conn.channel(broker.address)).DescribeTopic(
+                    request, timeout=min(5.0, self._conn.request_timeout_s))
+            except grpc.RpcError:
+                continue
+            own = {o.partition: o for o in answer.offsets}
+            for p in answer.topic.partitions:
+                if p.leader_id == broker.id and p.in_sync_replicas:
+                    partitions[p.partition] = p
+                    if p.partition in own:
+                        offsets[p.partition] = own[p.partition]
+        topic = api_pb2.TopicMetadata()
+        topic.CopyFrom(response.topic)
+        del topic.partitions[:]
+        topic.partitions.extend(partitions[p] for p in sorted(partitions))
+        return TopicInfo.from_proto(topic, list(offsets.values()))
+
+    def elect_preferred_leaders(self, topic: str = "") -> list[api_pb2.LeaderMove]:
+        """Hand leadership back to in-sync preferred leaders (of `topic`, or all); every broker is
+        asked, since each moves the partitions it leads. Returns the transfers started."""
+        request = api_pb2.ElectPreferredLeadersRequest(topic=topic)
+        moves: list[api_pb2.LeaderMove] = []
+        for broker in self._conn.refresh([]).brokers:
+            try:
+                moves.extend(api_pb2_grpc.AdminStub(self._conn.channel(broker.address)).ElectPreferredLeaders(
+                    request, timeout=min(5.0, self._conn.request_timeout_s)).moves)
+            except grpc.RpcError as exc:
+                error = from_rpc_error(exc)
+                if not error.retriable:
+                    raise error from None
+        return moves
 
     def close(self) -> None:
         self._conn.close()

@@ -62,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="serve Prometheus /metrics on this port (env RAFTKA_METRICS_PORT)")
     broker.add_argument("--metrics-host", default=_env("METRICS_HOST", "127.0.0.1"),
                         help="address for /metrics (env RAFTKA_METRICS_HOST; default 127.0.0.1)")
+    broker.add_argument("--leader-balance-delay-ms", type=int, default=_env("LEADER_BALANCE_DELAY_MS", 30_000, int),
+                        help="hand leadership back to an in-sync preferred leader after this long "
+                             "(env RAFTKA_LEADER_BALANCE_DELAY_MS; default 30000)")
     broker.add_argument("--retention-check-ms", type=int, default=_env("RETENTION_CHECK_MS", 60_000, int),
                         help="how often expired segments are deleted (env RAFTKA_RETENTION_CHECK_MS; default 60000)")
 
@@ -83,10 +86,13 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--config", action="append", default=[], metavar="KEY=VALUE",
                         help="topic config such as retention.ms=86400000 (repeatable)")
     for name, text in (("list", "list topics"), ("describe", "show partitions, leaders and offsets"),
-                       ("delete", "delete a topic and its records")):
+                       ("delete", "delete a topic and its records"),
+                       ("elect-leaders", "hand leadership back to preferred leaders that are in sync")):
         sub = topic_commands.add_parser(name, help=text)
         if name == "list":
             sub.add_argument("--internal", action="store_true", help="include internal topics")
+        elif name == "elect-leaders":
+            sub.add_argument("name", nargs="?", default="", help="only this topic (default: all)")
         else:
             sub.add_argument("name")
     for sub in topic_commands.choices.values():
@@ -150,7 +156,8 @@ def cmd_broker(args: argparse.Namespace) -> int:
                                    data_dir=args.data_dir, peers=parse_peers(args.peers),
                                    cluster_id=args.cluster_id, metrics_port=args.metrics_port,
                                    metrics_host=args.metrics_host,
-                                   retention_check_interval_s=args.retention_check_ms / 1000)))
+                                   retention_check_interval_s=args.retention_check_ms / 1000,
+                                   leader_balance_delay_s=args.leader_balance_delay_ms / 1000)))
     return 0
 
 
@@ -172,6 +179,11 @@ def cmd_topic(args: argparse.Namespace) -> int:
         elif args.topic_command == "delete":
             admin.delete_topic(args.name)
             _emit(args, {"deleted": args.name}, f"deleted topic {args.name}")
+        elif args.topic_command == "elect-leaders":
+            moves = admin.elect_preferred_leaders(args.name)
+            rows = [[m.topic, str(m.partition), str(m.from_broker), str(m.to_broker)] for m in moves]
+            _emit(args, [{"topic": m.topic, "partition": m.partition, "from": m.from_broker, "to": m.to_broker}
+                         for m in moves], _table(["TOPIC", "PARTITION", "FROM", "TO"], rows))
         elif args.topic_command == "list":
             topics = admin.list_topics(include_internal=args.internal)
             rows = [[t.name, str(len(t.partitions)), str(t.replication_factor)] for t in topics]

@@ -12,6 +12,7 @@ from typing import Any, Awaitable, Callable
 import grpc
 
 from raftka.cluster.broker_service import BrokerState, unary
+from raftka.cluster.leadership import LeaderBalancer
 from raftka.cluster.topics import TopicConfig, validate_topic_name
 from raftka.errors import NotLeaderError, from_rpc_error
 from raftka.proto import api_pb2, api_pb2_grpc
@@ -22,8 +23,9 @@ FORWARD_TIMEOUT_S = 30.0
 
 
 class AdminService(api_pb2_grpc.AdminServicer):
-    def __init__(self, state: BrokerState) -> None:
+    def __init__(self, state: BrokerState, balancer: LeaderBalancer) -> None:
         self._state = state
+        self._balancer = balancer
         self._channels: dict[str, grpc.aio.Channel] = {}
 
     async def CreateTopic(self, request: api_pb2.CreateTopicRequest, context: grpc.aio.ServicerContext
@@ -73,6 +75,15 @@ class AdminService(api_pb2_grpc.AdminServicer):
                     partition=partition, log_start_offset=replica.log_start_offset,
                     high_watermark=replica.high_watermark, size_bytes=replica.size_bytes))
         return api_pb2.DescribeTopicResponse(topic=self._state.topic_metadata(record), offsets=offsets)
+
+    async def ElectPreferredLeaders(self, request: api_pb2.ElectPreferredLeadersRequest,
+                                    context: grpc.aio.ServicerContext) -> api_pb2.ElectPreferredLeadersResponse:
+        return await unary(context, lambda: self._elect(request))
+
+    async def _elect(self, request: api_pb2.ElectPreferredLeadersRequest) -> api_pb2.ElectPreferredLeadersResponse:
+        if request.topic:
+            self._state.metadata.get(request.topic)
+        return api_pb2.ElectPreferredLeadersResponse(moves=self._balancer.elect_preferred(request.topic))
 
     async def _on_controller(self, method: str, request: Any, locally: Callable[[], Awaitable[Any]]) -> Any:
         """Run a topic change here if this broker leads the metadata log, else forward it to the leader."""

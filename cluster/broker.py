@@ -26,6 +26,7 @@ from raftka.cluster.config import BrokerConfig
 from raftka.cluster.controller import METADATA_GROUP, Controller
 from raftka.cluster.group_commit import GroupCommitter
 from raftka.cluster.handlers import add_servicer
+from raftka.cluster.leadership import LeaderBalancer
 from raftka.cluster.metadata import MetadataState
 from raftka.cluster.metrics import BrokerMetrics
 from raftka.cluster.partitions import PartitionManager
@@ -94,7 +95,8 @@ async def serve(config: BrokerConfig) -> None:
         ("grpc.so_reuseport", 0),
     ])
     add_servicer(server, api_pb2.DESCRIPTOR.services_by_name["Broker"], BrokerService(state))
-    add_servicer(server, api_pb2.DESCRIPTOR.services_by_name["Admin"], AdminService(state))
+    balancer = LeaderBalancer(config.broker_id, metadata, partitions)
+    add_servicer(server, api_pb2.DESCRIPTOR.services_by_name["Admin"], AdminService(state, balancer))
     add_servicer(server, raft_pb2.DESCRIPTOR.services_by_name["RaftTransport"], transport.servicer)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -118,6 +120,7 @@ async def serve(config: BrokerConfig) -> None:
         asyncio.create_task(_enforce_retention(partitions, committer, config.retention_check_interval_s)),
         asyncio.create_task(_serve_when_led(controller, health_servicer, services)),
         asyncio.create_task(_drop_orphans_after_replay(partitions, controller)),
+        asyncio.create_task(balancer.run(config.leader_balance_delay_s, min(1.0, config.leader_balance_delay_s))),
     ]
     await stop.wait()
 

@@ -41,6 +41,8 @@ class BrokerConfig:
     request_timeout_ms: int = 30_000
     max_fetch_wait_ms: int = 30_000
     retention_check_interval_s: float = 60.0
+    leader_balance_delay_s: float = 30.0
+    """How long a partition's in-sync preferred leader waits before leadership is handed back to it."""
 
     @property
     def advertised_address(self) -> str:

@@ -106,6 +106,11 @@ class RaftReplica:
         return sorted(broker for broker, progress in self.node.progress().items()
                       if broker == self._driver.broker_id or (progress.recent_active and progress.match >= commit))
 
+    def transfer_leadership(self, target: int) -> None:
+        """Ask the group to make `target` leader (it campaigns at once when caught up)."""
+        self.node.transfer_leadership(target)
+        self._driver.mark(self.group_id)
+
     def campaign(self) -> None:
         """Start an election now (a new group's preferred leader does, instead of waiting a timeout)."""
         self.node.campaign()

@@ -323,3 +323,27 @@ class DescribeTopicResponse(_message.Message):
     topic: TopicMetadata
     offsets: _containers.RepeatedCompositeFieldContainer[PartitionOffsets]
     def __init__(self, topic: _Optional[_Union[TopicMetadata, _Mapping]] = ..., offsets: _Optional[_Iterable[_Union[PartitionOffsets, _Mapping]]] = ...) -> None: ...
+
+class ElectPreferredLeadersRequest(_message.Message):
+    __slots__ = ("topic",)
+    TOPIC_FIELD_NUMBER: _ClassVar[int]
+    topic: str
+    def __init__(self, topic: _Optional[str] = ...) -> None: ...
+
+class LeaderMove(_message.Message):
+    __slots__ = ("topic", "partition", "from_broker", "to_broker")
+    TOPIC_FIELD_NUMBER: _ClassVar[int]
+    PARTITION_FIELD_NUMBER: _ClassVar[int]
+    FROM_BROKER_FIELD_NUMBER: _ClassVar[int]
+    TO_BROKER_FIELD_NUMBER: _ClassVar[int]
+    topic: str
+    partition: int
+    from_broker: int
+    to_broker: int
+    def __init__(self, topic: _Optional[str] = ..., partition: _Optional[int] = ..., from_broker: _Optional[int] = ..., to_broker: _Optional[int] = ...) -> None: ...
+
+class ElectPreferredLeadersResponse(_message.Message):
+    __slots__ = ("moves",)
+    MOVES_FIELD_NUMBER: _ClassVar[int]
+    moves: _containers.RepeatedCompositeFieldContainer[LeaderMove]
+    def __init__(self, moves: _Optional[_Iterable[_Union[LeaderMove, _Mapping]]] = ...) -> None: ...

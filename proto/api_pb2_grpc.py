@@ -302,6 +302,11 @@ class AdminStub:
                 request_serializer=raftka_dot_proto_dot_api__pb2.DescribeTopicRequest.SerializeToString,
                 response_deserializer=raftka_dot_proto_dot_api__pb2.DescribeTopicResponse.FromString,
                 _registered_method=True)
+        self.ElectPreferredLeaders = channel.unary_unary(
+                '/raftka.v1.Admin/ElectPreferredLeaders',
+                request_serializer=raftka_dot_proto_dot_api__pb2.ElectPreferredLeadersRequest.SerializeToString,
+                response_deserializer=raftka_dot_proto_dot_api__pb2.ElectPreferredLeadersResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -331,6 +336,14 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ElectPreferredLeaders(self, request, context):
+        """Hand leadership back to preferred leaders (each partition's first replica) where they are in
+        sync. Each broker moves the partitions it leads; a client asks every broker.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -353,6 +366,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.DescribeTopic,
                     request_deserializer=raftka_dot_proto_dot_api__pb2.DescribeTopicRequest.FromString,
                     response_serializer=raftka_dot_proto_dot_api__pb2.DescribeTopicResponse.SerializeToString,
+            ),
+            'ElectPreferredLeaders': grpc.unary_unary_rpc_method_handler(
+                    servicer.ElectPreferredLeaders,
+                    request_deserializer=raftka_dot_proto_dot_api__pb2.ElectPreferredLeadersRequest.FromString,
+                    response_serializer=raftka_dot_proto_dot_api__pb2.ElectPreferredLeadersResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -463,6 +481,33 @@ class Admin:
             '/raftka.v1.Admin/DescribeTopic',
             raftka_dot_proto_dot_api__pb2.DescribeTopicRequest.SerializeToString,
             raftka_dot_proto_dot_api__pb2.DescribeTopicResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ElectPreferredLeaders(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/raftka.v1.Admin/ElectPreferredLeaders',
+            raftka_dot_proto_dot_api__pb2.ElectPreferredLeadersRequest.SerializeToString,
+            raftka_dot_proto_dot_api__pb2.ElectPreferredLeadersResponse.FromString,
             options,
             channel_credentials,
             insecure,

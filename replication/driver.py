@@ -28,7 +28,7 @@ from typing import Awaitable, Callable, Protocol, Sequence
 from raftka.replication.entries import Entry
 from raftka.replication.errors import ProposalDroppedError
 from raftka.replication.messages import Message
-from raftka.replication.raft import RaftConfig, RaftNode
+from raftka.replication.raft import RaftConfig, RaftNode, Role
 from raftka.replication.ready import Ready
 from raftka.replication.storage import Storage
 
@@ -123,12 +123,22 @@ class MultiRaft:
         self._mark(group_id)
 
     def wake(self, peer: int) -> None:
-        """A peer broker went down or came back: wake quiesced groups so they notice."""
+        """A peer broker went down or came back: wake the quiesced groups that must notice.
+
+        Those are the groups this broker leads that include the peer (to replicate to it, or report
+        it unreachable) and the groups the peer led (their followers must elect a new leader). Other
+        groups stay quiet: waking a follower whose leader is fine would only risk a needless election.
+        """
         for group_id, group in self._groups.items():
-            if peer in group.node.conf_state.members():
-                group.node.wake()
-                if not group.node.is_quiescent:
-                    self._mark(group_id)
+            node = group.node
+            if peer not in node.conf_state.members():
+                continue
+            if node.role == Role.LEADER:
+                node.report_unreachable(peer)
+            elif node.leader_id != peer:
+                continue
+            node.wake()
+            self._mark(group_id)
 
     def mark(self, group_id: str) -> None:
         """Tell the driver a group's node was driven directly (e.g. campaign, transfer)."""

@@ -182,3 +182,49 @@ def test_restarted_broker_catches_up_and_metadata_survives_full_restart(start_cl
         assert [t.name for t in admin.list_topics()] == ["catchup"]
     values = [r.value for r in consume_all(bootstrap, "catchup", 1)[0]]
     assert values == [f"r{i}".encode() for i in range(2000)]
+
+
+def wait_preferred_leaders(bootstrap: str, topic: str, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with Admin(bootstrap) as admin:
+            partitions = admin.describe_topic(topic).partitions
+        if all(p.leader == p.replicas[0] and p.leader in p.in_sync_replicas for p in partitions):
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_preferred_leaders_return_automatically_after_a_restart(start_cluster) -> None:
+    brokers = start_cluster(3, "--leader-balance-delay-ms", "1000")
+    bootstrap = bootstrap_of(brokers)
+    with Admin(bootstrap) as admin:
+        admin.create_topic("balanced", partitions=3)
+    assert wait_preferred_leaders(bootstrap, "balanced", 20)
+    brokers[0].kill()
+    with Producer(bootstrap_of(brokers[1:]), linger_ms=0) as producer:
+        for p in range(3):
+            producer.send("balanced", b"while broker 1 is down", partition=p).result(timeout=30)
+    brokers[0].start()
+    assert wait_preferred_leaders(bootstrap, "balanced", 30), "broker 1 leads its preferred partitions again"
+
+
+def test_elect_leaders_command_restores_preferred_leaders(start_cluster) -> None:
+    brokers = start_cluster(3, "--leader-balance-delay-ms", "3600000")
+    bootstrap = bootstrap_of(brokers)
+    with Admin(bootstrap) as admin:
+        admin.create_topic("manual", partitions=3)
+        assert wait_preferred_leaders(bootstrap, "manual", 20)
+        brokers[1].kill()
+        with Producer(bootstrap_of([brokers[0], brokers[2]]), linger_ms=0) as producer:
+            for p in range(3):
+                producer.send("manual", b"x", partition=p).result(timeout=30)
+        brokers[1].start()
+        assert not wait_preferred_leaders(bootstrap, "manual", 3), "no automatic move within the delay"
+        deadline = time.monotonic() + 20
+        moves = []
+        while not moves and time.monotonic() < deadline:
+            moves = admin.elect_preferred_leaders("manual")
+            time.sleep(0.2)
+        assert moves and all(m.to_broker == 2 for m in moves)
+    assert wait_preferred_leaders(bootstrap, "manual", 20)

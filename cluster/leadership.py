@@ -1,0 +1,63 @@
+"""Preferred-leader balance: leadership goes back to each partition's first replica.
+
+Placement spreads preferred leaders evenly, so when every preferred leader leads, load is spread.
+After a broker restarts, others lead its partitions; once its replica is back in sync, the current
+leader transfers leadership to it (Raft's TimeoutNow), automatically after `delay_s` of the
+imbalance, or at once through the Admin API. Only leaders act, so a partition moves once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from raftka.cluster.metadata import MetadataState
+from raftka.cluster.partitions import PartitionManager
+from raftka.proto import api_pb2
+
+log = logging.getLogger(__name__)
+
+
+class LeaderBalancer:
+    def __init__(self, broker_id: int, metadata: MetadataState, partitions: PartitionManager) -> None:
+        self._broker_id = broker_id
+        self._metadata = metadata
+        self._partitions = partitions
+        self._imbalanced_since: dict[tuple[str, int], float] = {}
+
+    def elect_preferred(self, topic: str = "", *, older_than_s: float = 0.0) -> list[api_pb2.LeaderMove]:
+        """Start a transfer for every partition this broker leads whose preferred leader is in sync
+        (and, with `older_than_s`, has been so for that long)."""
+        now = time.monotonic()
+        moves = []
+        seen = set()
+        for record in self._metadata.topics():
+            if topic and record.name != topic:
+                continue
+            for partition, replicas in enumerate(record.replicas):
+                replica = self._partitions.find(record.name, partition)
+                preferred = replicas[0]
+                if replica is None or replica.leader_id != self._broker_id or preferred == self._broker_id:
+                    continue
+                if preferred not in replica.in_sync_replicas():
+                    continue
+                key = (record.name, partition)
+                seen.add(key)
+                since = self._imbalanced_since.setdefault(key, now)
+                if now - since < older_than_s:
+                    continue
+                replica.transfer_leadership(preferred)
+                del self._imbalanced_since[key]
+                log.info("leadership transfer topic=%s partition=%d from=%d to=%d", record.name, partition,
+                         self._broker_id, preferred)
+                moves.append(api_pb2.LeaderMove(topic=record.name, partition=partition,
+                                                from_broker=self._broker_id, to_broker=preferred))
+        for key in set(self._imbalanced_since) - seen:
+            del self._imbalanced_since[key]
+        return moves
+
+    async def run(self, delay_s: float, interval_s: float) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            self.elect_preferred(older_than_s=delay_s)
