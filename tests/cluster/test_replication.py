@@ -10,20 +10,23 @@ import random
 import threading
 import time
 
+import grpc
 import pytest
 
 from raftka import Admin, Consumer, Producer, TopicPartition
 from raftka.client.local import LocalBroker
 from raftka.errors import RaftkaError, RequestTimedOutError
+from raftka.proto import api_pb2, api_pb2_grpc
 
 
 def consume_all(bootstrap: str, topic: str, partitions: int, timeout_s: float = 60) -> dict[int, list]:
     consumer = Consumer(bootstrap, auto_offset_reset="earliest", request_timeout_ms=10_000)
     consumer.assign([TopicPartition(topic, p) for p in range(partitions)])
     ends = consumer.end_offsets(consumer.assignment())
+    expected = sum(end - consumer.position(tp) for tp, end in ends.items())
     records: dict[int, list] = {p: [] for p in range(partitions)}
     deadline = time.monotonic() + timeout_s
-    while sum(map(len, records.values())) < sum(ends.values()) and time.monotonic() < deadline:
+    while sum(map(len, records.values())) < expected and time.monotonic() < deadline:
         for record in consumer.poll(timeout_ms=500):
             records[record.partition].append(record)
     consumer.close()
@@ -228,3 +231,39 @@ def test_elect_leaders_command_restores_preferred_leaders(start_cluster) -> None
             time.sleep(0.2)
         assert moves and all(m.to_broker == 2 for m in moves)
     assert wait_preferred_leaders(bootstrap, "manual", 20)
+
+
+def test_follower_behind_the_compacted_log_catches_up_by_snapshot(start_cluster) -> None:
+    """While a follower is down, retention deletes (and Raft compacts) what it misses; on restart it
+    installs the leader's snapshot and continues from the leader's log start."""
+    brokers = start_cluster(3, "--retention-check-ms", "200")
+    bootstrap = bootstrap_of(brokers)
+    with Admin(bootstrap) as admin:
+        admin.create_topic("compacted", config={"segment.bytes": 4096, "retention.bytes": 8192})
+    with Producer(bootstrap, linger_ms=0) as producer:
+        producer.send("compacted", b"first").result(timeout=30)
+    leader = leader_of(bootstrap, "compacted", 0, brokers)
+    follower = next(b for b in brokers if b is not leader)
+    follower.kill()
+    with Producer(bootstrap_of([b for b in brokers if b is not follower]), linger_ms=0, batch_size=1024) as producer:
+        for i in range(300):
+            producer.send("compacted", f"{i:04d}".encode() * 64).result(timeout=30)
+
+    def own_view(broker: LocalBroker) -> api_pb2.PartitionOffsets:
+        with grpc.insecure_channel(broker.address) as channel:
+            response = api_pb2_grpc.AdminStub(channel).DescribeTopic(
+                api_pb2.DescribeTopicRequest(name="compacted"), timeout=5)
+        return response.offsets[0]
+
+    deadline = time.monotonic() + 30
+    while own_view(leader).log_start_offset == 0:
+        assert time.monotonic() < deadline, "the leader's retention never ran"
+        time.sleep(0.2)
+    follower.start()
+    deadline = time.monotonic() + 30
+    while (mine := own_view(follower)).high_watermark < 301:
+        assert time.monotonic() < deadline, f"follower stuck: {mine}"
+        time.sleep(0.2)
+    assert mine.log_start_offset > 0, "the follower restarted its log from the leader's snapshot"
+    values = [r.value for r in consume_all(bootstrap, "compacted", 1)[0]]
+    assert values[-1] == b"0299" * 64
