@@ -14,7 +14,7 @@ import grpc
 from raftka.cluster.broker_service import BrokerState, unary
 from raftka.cluster.leadership import LeaderBalancer
 from raftka.cluster.topics import TopicConfig, validate_topic_name
-from raftka.errors import NotLeaderError, from_rpc_error
+from raftka.errors import BrokerUnavailableError, NotLeaderError, from_rpc_error
 from raftka.proto import api_pb2, api_pb2_grpc
 
 DEFAULT_PARTITIONS = 1
@@ -99,4 +99,8 @@ class AdminService(api_pb2_grpc.AdminServicer):
         try:
             return await getattr(api_pb2_grpc.AdminStub(channel), method)(request, timeout=FORWARD_TIMEOUT_S)
         except grpc.aio.AioRpcError as exc:
-            raise from_rpc_error(exc) from None
+            error = from_rpc_error(exc)
+            if isinstance(error, BrokerUnavailableError):
+                raise NotLeaderError(f"the metadata leader at {address} is unreachable; a new one is being "
+                                     "elected, retry") from None
+            raise error from None

@@ -267,3 +267,37 @@ def test_follower_behind_the_compacted_log_catches_up_by_snapshot(start_cluster)
     assert mine.log_start_offset > 0, "the follower restarted its log from the leader's snapshot"
     values = [r.value for r in consume_all(bootstrap, "compacted", 1)[0]]
     assert values[-1] == b"0299" * 64
+
+
+def test_topics_created_during_a_controller_failover_are_not_lost(start_cluster) -> None:
+    brokers = start_cluster(3)
+    bootstrap = bootstrap_of(brokers)
+    controller_id = -1
+    with grpc.insecure_channel(brokers[0].address) as channel:
+        while controller_id < 1:
+            controller_id = api_pb2_grpc.BrokerStub(channel).Metadata(api_pb2.MetadataRequest(), timeout=5).controller_id
+            time.sleep(0.05)
+    controller = next(b for b in brokers if b.broker_id == controller_id)
+    survivors = bootstrap_of([b for b in brokers if b is not controller])
+    created: list[str] = []
+    failures: list[str] = []
+    for i in range(30):
+        if i == 5:
+            controller.kill()
+        try:
+            with Admin(survivors if i >= 5 else bootstrap, request_timeout_ms=20_000) as admin:
+                admin.create_topic(f"t-{i}")
+            created.append(f"t-{i}")
+        except RaftkaError as exc:
+            failures.append(f"t-{i}: {type(exc).__name__}: {exc}")
+    assert len(created) >= 25, f"the survivors elect a new controller and keep accepting topics: {failures}"
+    controller.start()
+    for broker in brokers:
+        deadline = time.monotonic() + 20
+        while True:
+            with Admin(broker.address) as admin:
+                missing = set(created) - {t.name for t in admin.list_topics()}
+            if not missing:
+                break
+            assert time.monotonic() < deadline, f"broker {broker.broker_id} lost {missing}"
+            time.sleep(0.2)
