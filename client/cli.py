@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     broker.add_argument("--data-dir", type=Path, default=_env("DATA_DIR", None, Path),
                         help="directory for this broker's data (env RAFTKA_DATA_DIR)")
     broker.add_argument("--peers", default=_env("PEERS", ""),
-                        help="every broker of the cluster as ID=HOST:PORT,... including this one; "
+                        help="every broker of the cluster as ID=HOST:PORT[@RACK],... including this one; "
                              "omitted: a one-broker cluster (env RAFTKA_PEERS)")
     broker.add_argument("--cluster-id", default=_env("CLUSTER_ID", "raftka"),
                         help="brokers refuse Raft traffic from another cluster id (env RAFTKA_CLUSTER_ID)")
@@ -152,8 +152,9 @@ def cmd_broker(args: argparse.Namespace) -> int:
 
     if args.id is None or args.data_dir is None:
         raise ValueError("raftka broker needs --id and --data-dir (or RAFTKA_ID and RAFTKA_DATA_DIR)")
+    peers, racks = parse_peers(args.peers)
     asyncio.run(serve(BrokerConfig(broker_id=args.id, listen=args.listen, advertise=args.advertise,
-                                   data_dir=args.data_dir, peers=parse_peers(args.peers),
+                                   data_dir=args.data_dir, peers=peers, racks=racks,
                                    cluster_id=args.cluster_id, metrics_port=args.metrics_port,
                                    metrics_host=args.metrics_host,
                                    retention_check_interval_s=args.retention_check_ms / 1000,

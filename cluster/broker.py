@@ -84,7 +84,7 @@ async def serve(config: BrokerConfig) -> None:
     metadata = MetadataState()
     address_of = config.brokers.get
     partitions = PartitionManager(store, metadata, driver, lambda broker: address_of(broker, ""))
-    controller = Controller(store, driver, metadata, {b: BrokerSlot(b) for b in config.brokers},
+    controller = Controller(store, driver, metadata, {b: BrokerSlot(b, config.racks.get(b, "")) for b in config.brokers},
                             lambda broker: address_of(broker, ""))
     state = BrokerState(config, metadata, partitions, controller, metrics)
     metrics.partitions.set_function(lambda: len(partitions.replicas()))

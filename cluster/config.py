@@ -14,16 +14,20 @@ def parse_host_port(text: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def parse_peers(text: str) -> dict[int, str]:
-    """`1=HOST:PORT,2=HOST:PORT` as {broker id: address}."""
+def parse_peers(text: str) -> tuple[dict[int, str], dict[int, str]]:
+    """`1=HOST:PORT[@RACK],2=...` as ({broker id: address}, {broker id: rack})."""
     peers: dict[int, str] = {}
+    racks: dict[int, str] = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
-        broker, sep, address = item.partition("=")
+        broker, sep, target = item.partition("=")
+        address, _, rack = target.strip().partition("@")
         if not sep or not broker.strip().isdigit():
-            raise ValueError(f"expected ID=HOST:PORT in --peers, got {item!r}")
+            raise ValueError(f"expected ID=HOST:PORT[@RACK] in --peers, got {item!r}")
         parse_host_port(address)
-        peers[int(broker)] = address.strip()
-    return peers
+        peers[int(broker)] = address
+        if rack:
+            racks[int(broker)] = rack
+    return peers, racks
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,8 @@ class BrokerConfig:
     peers: dict[int, str] = field(default_factory=dict)
     """The controller voters (every broker of a static cluster), including this one; empty means a
     one-broker cluster of this broker alone."""
+    racks: dict[int, str] = field(default_factory=dict)
+    """Rack of each broker (from `--peers ID=HOST:PORT@RACK`); placement spreads replicas over racks."""
     cluster_id: str = "raftka"
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"

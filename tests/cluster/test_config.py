@@ -1,0 +1,41 @@
+"""Broker settings: the peers list (with racks) and the checks that refuse a broken configuration."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from raftka.cluster.config import BrokerConfig, parse_host_port, parse_peers
+
+
+def test_peers_with_and_without_racks() -> None:
+    peers, racks = parse_peers("1=10.0.0.1:9092@a, 2=10.0.0.2:9092@b,3=[::1]:9092")
+    assert peers == {1: "10.0.0.1:9092", 2: "10.0.0.2:9092", 3: "[::1]:9092"}
+    assert racks == {1: "a", 2: "b"}
+    assert parse_peers("") == ({}, {})
+    assert parse_host_port("[::1]:9092") == ("::1", 9092)
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("1:10.0.0.1:9092", "expected ID=HOST:PORT"),
+    ("x=10.0.0.1:9092", "expected ID=HOST:PORT"),
+    ("1=10.0.0.1", "expected HOST:PORT"),
+    ("1=10.0.0.1:99999", "expected HOST:PORT"),
+])
+def test_bad_peers_are_refused_with_the_reason(text: str, fragment: str) -> None:
+    with pytest.raises(ValueError, match=fragment):
+        parse_peers(text)
+
+
+def test_broker_config_checks() -> None:
+    base = dict(listen="127.0.0.1:9092", data_dir=Path("/tmp/x"))
+    with pytest.raises(ValueError, match="broker id must be >= 1"):
+        BrokerConfig(broker_id=0, **base).validate()
+    with pytest.raises(ValueError, match="does not name this broker"):
+        BrokerConfig(broker_id=4, peers={1: "h:1", 2: "h:2"}, **base).validate()
+    with pytest.raises(ValueError, match="wildcard"):
+        BrokerConfig(broker_id=1, listen="0.0.0.0:9092", data_dir=Path("/tmp/x")).validate()
+    config = BrokerConfig(broker_id=1, **base)
+    config.validate()
+    assert config.brokers == {1: "127.0.0.1:9092"}
