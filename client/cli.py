@@ -17,6 +17,7 @@ import threading
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from raftka.client.local import DEFAULT_LOCAL_BROKERS
 from raftka.errors import RaftkaError
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
@@ -69,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="how often expired segments are deleted (env RAFTKA_RETENTION_CHECK_MS; default 60000)")
 
     local = commands.add_parser("local", help="run a local development cluster in the foreground")
-    local.add_argument("--brokers", type=int, default=_env("LOCAL_BROKERS", 3, int),
+    local.add_argument("--brokers", type=int, default=_env("LOCAL_BROKERS", DEFAULT_LOCAL_BROKERS, int),
                        help="number of brokers (env RAFTKA_LOCAL_BROKERS; default 3)")
     local.add_argument("--data-dir", type=Path, default=_env("LOCAL_DATA_DIR", Path("raftka-data"), Path),
                        help="where the brokers keep data (env RAFTKA_LOCAL_DATA_DIR; default ./raftka-data)")

@@ -3,7 +3,8 @@
 Each broker is a real `raftka broker` child process with its own data directory and log file, and
 every broker of a cluster names all of them in `--peers`, so `raftka local --brokers 3` is a real
 3-broker Raft cluster. Stopping and restarting `raftka local` keeps the data. Ctrl-C (or SIGTERM)
-stops the brokers gracefully; if a broker dies, the others are stopped and the command fails.
+stops the brokers gracefully. A broker that dies (say, `kill -9` to watch a failover) is restarted
+after a second, as a supervisor would; one that keeps dying right after it starts ends the command.
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 DEFAULT_LOCAL_BROKERS = 3
+RESTART_DELAY_S = 1.0
+QUICK_DEATH_S = 10.0
+"""A broker that dies this soon after starting, three times running, is not restarted again."""
 
 
 def free_port() -> int:
@@ -170,11 +174,23 @@ def run(brokers: int, data_dir: Path, base_port: int, *, startup_timeout_s: floa
         print(f"bootstrap: {bootstrap}", flush=True)
         print(f"try: export RAFTKA_BOOTSTRAP={bootstrap}; raftka topic create demo --partitions 3", flush=True)
         print("Ctrl-C stops the cluster.", flush=True)
+        started = {broker.broker_id: time.monotonic() for broker in layout}
+        quick_deaths = {broker.broker_id: 0 for broker in layout}
         while not stopping:
             for broker in layout:
-                if not broker.alive():
-                    print(f"raftka local: broker {broker.broker_id} exited; see {broker.log_path}", file=sys.stderr)
+                if broker.alive():
+                    continue
+                code = broker.process.returncode if broker.process is not None else None
+                quick = time.monotonic() - started[broker.broker_id] < QUICK_DEATH_S
+                quick_deaths[broker.broker_id] = quick_deaths[broker.broker_id] + 1 if quick else 0
+                if quick_deaths[broker.broker_id] >= 3:
+                    print(f"raftka local: broker {broker.broker_id} keeps exiting ({code}); see {broker.log_path}",
+                          file=sys.stderr)
                     return 1
+                print(f"raftka local: broker {broker.broker_id} exited ({code}); restarting it", flush=True)
+                time.sleep(RESTART_DELAY_S)
+                broker.spawn()
+                started[broker.broker_id] = time.monotonic()
             time.sleep(0.2)
         return 0
     finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -100,9 +101,26 @@ def test_raftka_local_starts_a_cluster_users_can_produce_to(tmp_path: Path, free
         described = json.loads(raftka("topic", "describe", "demo", "--format", "json", env=env).stdout)
         assert described["replication_factor"] == 3
         assert sorted(described["partitions"][0]["replicas"]) == [1, 2, 3]
+
+        lines = [f"line {i}" for i in range(20_000)]
+        producer = subprocess.Popen([*RAFTKA, "produce", "demo"], stdin=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    text=True, env=env)
+        assert producer.stdin is not None
+        producer.stdin.write("\n".join(lines[:10_000]) + "\n")
+        producer.stdin.flush()
+        victim = subprocess.run(["pgrep", "-f", f"broker --id 2 --listen 127.0.0.1:{port + 1}"],
+                                capture_output=True, text=True).stdout.split()
+        assert len(victim) == 1
+        os.kill(int(victim[0]), signal.SIGKILL)
+        _, produce_errors = producer.communicate("\n".join(lines[10_000:]) + "\n", timeout=120)
+        assert producer.returncode == 0, produce_errors
+        consumed = raftka("consume", "demo", "--from-beginning", "--max-messages", "20002", "--timeout-ms", "30000",
+                          env=env, timeout=120)
+        assert sorted(consumed.stdout.splitlines()) == sorted(["hello", "world", *lines])
     finally:
         local.send_signal(signal.SIGINT)
         out, err = local.communicate(timeout=30)
     assert local.returncode == 0, err
+    assert "broker 2 exited (-9); restarting it" in out
     assert "Raftka local cluster stopped." in out
     assert (tmp_path / "data" / "broker-1.log").exists()
