@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Callable, Iterator
 
 import grpc
 import pytest
 
+from raftka import Consumer, Record, TopicPartition
 from raftka.client.local import LocalBroker, free_port, plan
 from raftka.proto import api_pb2_grpc
 
@@ -60,3 +62,24 @@ def cli_env(broker: LocalBroker) -> dict[str, str]:
 def free_port_fixture() -> Callable[[], int]:
     """A function returning an unused TCP port on 127.0.0.1."""
     return free_port
+
+
+def drain(bootstrap: str, topic: str, partitions: int, timeout_s: float = 60) -> dict[int, list[Record]]:
+    """Every record of the topic from each partition's log start to its end, by partition."""
+    consumer = Consumer(bootstrap, auto_offset_reset="earliest", request_timeout_ms=10_000)
+    consumer.assign([TopicPartition(topic, p) for p in range(partitions)])
+    ends = consumer.end_offsets(consumer.assignment())
+    expected = sum(end - consumer.position(tp) for tp, end in ends.items())
+    records: dict[int, list[Record]] = {p: [] for p in range(partitions)}
+    deadline = time.monotonic() + timeout_s
+    while sum(map(len, records.values())) < expected and time.monotonic() < deadline:
+        for record in consumer.poll(timeout_ms=500):
+            records[record.partition].append(record)
+    consumer.close()
+    return records
+
+
+@pytest.fixture(name="consume_all")
+def consume_all_fixture() -> Callable[..., dict[int, list[Record]]]:
+    """`consume_all(bootstrap, topic, partitions)`: the topic's records by partition."""
+    return drain

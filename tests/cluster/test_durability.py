@@ -5,24 +5,11 @@ from __future__ import annotations
 import threading
 import time
 
-from raftka import Admin, Consumer, Producer, TopicPartition
+from raftka import Admin, Producer
 from raftka.errors import RaftkaError
 
 
-def consume_all(address: str, topic: str, partitions: int) -> dict[int, list]:
-    consumer = Consumer(address, auto_offset_reset="earliest")
-    consumer.assign([TopicPartition(topic, p) for p in range(partitions)])
-    ends = consumer.end_offsets(consumer.assignment())
-    records: dict[int, list] = {p: [] for p in range(partitions)}
-    deadline = time.monotonic() + 60
-    while sum(map(len, records.values())) < sum(ends.values()) and time.monotonic() < deadline:
-        for record in consumer.poll(timeout_ms=500):
-            records[record.partition].append(record)
-    consumer.close()
-    return records
-
-
-def test_kill_9_during_produce_loses_no_acknowledged_record(broker) -> None:
+def test_kill_9_during_produce_loses_no_acknowledged_record(broker, consume_all) -> None:
     """Producers run while the broker is SIGKILLed; everything acknowledged before is there after."""
     with Admin(broker.address) as admin:
         admin.create_topic("durable", partitions=4)
@@ -75,7 +62,7 @@ def test_kill_9_during_produce_loses_no_acknowledged_record(broker) -> None:
     assert len(acked) >= 5_000
 
 
-def test_graceful_stop_and_restart_serves_the_same_data(broker) -> None:
+def test_graceful_stop_and_restart_serves_the_same_data(broker, consume_all) -> None:
     with Admin(broker.address) as admin:
         admin.create_topic("kept", partitions=2, config={"retention.ms": 86_400_000})
     with Producer(broker.address, acks="leader") as producer:

@@ -13,24 +13,10 @@ import time
 import grpc
 import pytest
 
-from raftka import Admin, Consumer, Producer, TopicPartition
+from raftka import Admin, Producer
 from raftka.client.local import LocalBroker
 from raftka.errors import RaftkaError, RequestTimedOutError
 from raftka.proto import api_pb2, api_pb2_grpc
-
-
-def consume_all(bootstrap: str, topic: str, partitions: int, timeout_s: float = 60) -> dict[int, list]:
-    consumer = Consumer(bootstrap, auto_offset_reset="earliest", request_timeout_ms=10_000)
-    consumer.assign([TopicPartition(topic, p) for p in range(partitions)])
-    ends = consumer.end_offsets(consumer.assignment())
-    expected = sum(end - consumer.position(tp) for tp, end in ends.items())
-    records: dict[int, list] = {p: [] for p in range(partitions)}
-    deadline = time.monotonic() + timeout_s
-    while sum(map(len, records.values())) < expected and time.monotonic() < deadline:
-        for record in consumer.poll(timeout_ms=500):
-            records[record.partition].append(record)
-    consumer.close()
-    return records
 
 
 def leader_of(bootstrap: str, topic: str, partition: int, brokers: list[LocalBroker]) -> LocalBroker:
@@ -67,7 +53,7 @@ def test_topics_are_replicated_with_leaders_spread(start_cluster) -> None:
             assert [t.name for t in admin.list_topics()] == ["spread"], "every broker applies the metadata log"
 
 
-def test_leader_kills_lose_no_acknowledged_record(start_cluster) -> None:
+def test_leader_kills_lose_no_acknowledged_record(start_cluster, consume_all) -> None:
     """Producers run with acks=all while partition leaders are SIGKILLed and restarted, over and over."""
     brokers = start_cluster(3)
     bootstrap = bootstrap_of(brokers)
@@ -126,7 +112,7 @@ def test_leader_kills_lose_no_acknowledged_record(start_cluster) -> None:
     assert len(set(acked_values)) == len(acked_values), "no acknowledged record was written twice"
 
 
-def test_minority_cannot_acknowledge_and_majority_continues(start_cluster) -> None:
+def test_minority_cannot_acknowledge_and_majority_continues(start_cluster, consume_all) -> None:
     brokers = start_cluster(3)
     bootstrap = bootstrap_of(brokers)
     with Admin(bootstrap) as admin:
@@ -156,7 +142,7 @@ def test_minority_cannot_acknowledge_and_majority_continues(start_cluster) -> No
     assert values.count(b"majority") == 1
 
 
-def test_restarted_broker_catches_up_and_metadata_survives_full_restart(start_cluster) -> None:
+def test_restarted_broker_catches_up_and_metadata_survives_full_restart(start_cluster, consume_all) -> None:
     brokers = start_cluster(3)
     bootstrap = bootstrap_of(brokers)
     with Admin(bootstrap) as admin:
@@ -233,7 +219,7 @@ def test_elect_leaders_command_restores_preferred_leaders(start_cluster) -> None
     assert wait_preferred_leaders(bootstrap, "manual", 20)
 
 
-def test_follower_behind_the_compacted_log_catches_up_by_snapshot(start_cluster) -> None:
+def test_follower_behind_the_compacted_log_catches_up_by_snapshot(start_cluster, consume_all) -> None:
     """While a follower is down, retention deletes (and Raft compacts) what it misses; on restart it
     installs the leader's snapshot and continues from the leader's log start."""
     brokers = start_cluster(3, "--retention-check-ms", "200")
