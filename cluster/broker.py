@@ -73,14 +73,14 @@ async def serve(config: BrokerConfig) -> None:
     config.data_dir.mkdir(parents=True, exist_ok=True)
     metrics = BrokerMetrics()
     store = LogStore(config.data_dir / "log")
-    committer = GroupCommitter(store, on_flushed=metrics.observe_flush)
+    committer = GroupCommitter(store, on_flushed=metrics.flush_latency.observe)
     driver: MultiRaft
     transport = RaftTransport(
         config.broker_id, config.cluster_id,
         {broker: address for broker, address in config.brokers.items() if broker != config.broker_id},
         lambda src, messages: [driver.step(group, message) for group, message in messages],
         on_peer_down=lambda peer: driver.wake(peer), on_peer_up=lambda peer: driver.wake(peer))
-    driver = MultiRaft(config.broker_id, transport, committer.durable)
+    driver = MultiRaft(config.broker_id, transport, committer.durable, on_round=metrics.round_groups.observe)
     metadata = MetadataState()
     address_of = config.brokers.get
     partitions = PartitionManager(store, metadata, driver, lambda broker: address_of(broker, ""))
@@ -88,6 +88,8 @@ async def serve(config: BrokerConfig) -> None:
                             lambda broker: address_of(broker, ""))
     state = BrokerState(config, metadata, partitions, controller, metrics)
     metrics.partitions.set_function(lambda: len(partitions.replicas()))
+    metrics.leaders.set_function(lambda: sum(r.leader_id == config.broker_id for _, _, r in partitions.replicas()))
+    metrics.watch_transport(transport.stats)
 
     server = grpc.aio.server(options=[
         ("grpc.max_receive_message_length", GRPC_MAX_MESSAGE_BYTES),

@@ -1,11 +1,12 @@
-"""Group commit: many partitions' staged appends become durable with one synced RocksDB write.
+"""Group commit: everything staged in the broker's log store becomes durable with one synced write.
 
-Appends are staged on the event loop thread (in memory, cheap). The committer runs one flush at a
-time in a worker thread; everything staged while a flush is running waits for the next one, so under
+Writes are staged on the event loop thread (in memory, cheap): the multi-Raft driver stages every
+group's entries and hard state of a round, retention stages deletions. The committer runs one flush
+at a time in a worker thread; whatever is staged while a flush runs waits for the next one, so under
 load each fsync covers every request that arrived during the previous fsync. At rest nothing runs.
 
 Invariant: a future returned by `durable()` resolves only after a `LogStore.flush()` that started
-after the caller's appends were staged has returned, so the appends are fsynced.
+after the caller's writes were staged has returned, so they are fsynced.
 """
 
 from __future__ import annotations
@@ -25,28 +26,22 @@ class Flushable(Protocol):
 
 
 class GroupCommitter:
-    def __init__(self, store: Flushable, *, on_flushed: Callable[[int, float], None] | None = None) -> None:
+    def __init__(self, store: Flushable, *, on_flushed: Callable[[float], None] | None = None) -> None:
+        """`on_flushed(seconds)` is told how long each flush took."""
         self._store = store
         self._on_flushed = on_flushed
         self._round: asyncio.Future[None] | None = None
-        self._listeners: set[Callable[[], None]] = set()
         self._wake = asyncio.Event()
         self._closed = False
         self._task = asyncio.get_running_loop().create_task(self._run(), name="group-commit")
 
-    def durable(self, on_durable: Callable[[], None] | None = None) -> asyncio.Future[None]:
-        """A future for the flush that will cover every append staged so far.
-
-        `on_durable` runs on the event loop right after that flush, before the future resolves; the
-        partition replicas use it to publish their new high watermark to waiting fetches.
-        """
+    def durable(self) -> asyncio.Future[None]:
+        """A future for the flush that will cover every write staged so far."""
         if self._closed:
             raise ShuttingDownError("broker is shutting down")
         if self._round is None:
             self._round = asyncio.get_running_loop().create_future()
             self._wake.set()
-        if on_durable is not None:
-            self._listeners.add(on_durable)
         return self._round
 
     async def close(self) -> None:
@@ -60,8 +55,7 @@ class GroupCommitter:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            round_, listeners = self._round, self._listeners
-            self._round, self._listeners = None, set()
+            round_, self._round = self._round, None
             if round_ is not None:
                 started = time.perf_counter()
                 try:
@@ -70,11 +64,8 @@ class GroupCommitter:
                     log.exception("group commit flush failed")
                     round_.set_exception(StorageError(f"write to disk failed: {exc}"))
                     continue
-                elapsed = time.perf_counter() - started
-                for listener in listeners:
-                    listener()
                 round_.set_result(None)
                 if self._on_flushed is not None:
-                    self._on_flushed(len(listeners), elapsed)
+                    self._on_flushed(time.perf_counter() - started)
             if self._closed and self._round is None:
                 return

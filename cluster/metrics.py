@@ -29,14 +29,23 @@ class BrokerMetrics:
         self.flush_latency = Histogram("raftka_log_flush_latency_seconds",
                                        "Duration of one group-commit write with fsync",
                                        buckets=_LATENCY_BUCKETS, registry=r)
-        self.flush_partitions = Histogram("raftka_log_flush_partitions",
-                                          "Partitions made durable by one group-commit write",
-                                          buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 1024), registry=r)
+        self.round_groups = Histogram("raftka_raft_round_groups",
+                                      "Raft groups whose writes one driver round made durable with one sync",
+                                      buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 1024), registry=r)
         self.partitions = Gauge("raftka_partitions", "Partition replicas hosted by this broker", registry=r)
+        self.leaders = Gauge("raftka_partition_leaders", "Partitions this broker leads", registry=r)
+        self.raft_messages = Gauge("raftka_raft_messages", "Raft messages exchanged with peer brokers since start",
+                                   ["direction"], registry=r)
+        self.raft_bytes = Gauge("raftka_raft_bytes", "Raft message bytes exchanged with peer brokers since start",
+                                ["direction"], registry=r)
 
-    def observe_flush(self, partitions: int, seconds: float) -> None:
-        self.flush_latency.observe(seconds)
-        self.flush_partitions.observe(partitions)
+    def watch_transport(self, stats: object) -> None:
+        """Export the transport's counters (read when scraped)."""
+        for direction in ("sent", "received", "dropped"):
+            self.raft_messages.labels(direction).set_function(
+                lambda d=direction: getattr(stats, f"{d}_messages"))
+            self.raft_bytes.labels(direction).set_function(lambda d=direction: getattr(stats, f"{d}_bytes"))
+
 
     def serve(self, host: str, port: int) -> None:
         """Serve /metrics from a daemon thread."""

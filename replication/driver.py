@@ -58,17 +58,19 @@ class _Group:
 class MultiRaft:
     def __init__(self, broker_id: int, transport: Transport, sync: Callable[[], Awaitable[None]], *,
                  tick_interval_s: float = 0.05, quiesce_after_ticks: int = 20,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, on_round: Callable[[int], None] | None = None) -> None:
         """`sync` makes every storage write staged so far durable (one fsync for all groups).
 
         A group whose leader saw no proposal for `quiesce_after_ticks` ticks is asked to quiesce,
         so idle groups stop heartbeating and cost nothing until traffic or `wake` revives them.
+        `on_round(groups)` is told how many groups each synced round made durable.
         """
         self.broker_id = broker_id
         self._transport = transport
         self._sync = sync
         self._tick_interval_s = tick_interval_s
         self._quiesce_after_ticks = quiesce_after_ticks
+        self._on_round = on_round
         self._rng = rng or random.Random()
         self._groups: dict[str, _Group] = {}
         self._dirty: set[str] = set()
@@ -218,6 +220,8 @@ class MultiRaft:
             must_sync = must_sync or ready.must_sync
         if must_sync:
             await self._sync()
+            if self._on_round is not None:
+                self._on_round(len(readies))
         for group, ready in readies:
             for message in ready.messages:
                 self._transport.send(group.group_id, message)

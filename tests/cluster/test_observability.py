@@ -50,3 +50,6 @@ def test_metrics_count_requests_bytes_and_latency(broker) -> None:
     assert samples["raftka_fetch_bytes_total"] > 1000
     assert samples["raftka_log_flush_latency_seconds_count"] >= 1
     assert samples["raftka_partitions"] == 1
+    assert samples["raftka_partition_leaders"] == 1
+    assert samples["raftka_raft_round_groups_count"] >= 1
+    assert samples['raftka_raft_messages{direction="sent"}'] == 0, "a one-broker cluster sends no Raft messages"
