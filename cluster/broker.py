@@ -35,7 +35,7 @@ from raftka.cluster.topics import MAX_BATCH_BYTES_LIMIT
 from raftka.partition.store import LogStore
 from raftka.proto import api_pb2, raft_pb2
 from raftka.replication.driver import MultiRaft
-from raftka.replication.transport import RaftTransport
+from raftka.replication.transport import PeerState, RaftTransport
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,8 @@ async def serve(config: BrokerConfig) -> None:
     address_of = config.brokers.get
     partitions = PartitionManager(store, metadata, driver, lambda broker: address_of(broker, ""))
     controller = Controller(store, driver, metadata, {b: BrokerSlot(b, config.racks.get(b, "")) for b in config.brokers},
-                            lambda broker: address_of(broker, ""))
+                            lambda broker: address_of(broker, ""),
+                            is_alive=lambda broker: transport.peer_state(broker) != PeerState.DOWN)
     state = BrokerState(config, metadata, partitions, controller, metrics)
     metrics.partitions.set_function(lambda: len(partitions.replicas()))
     metrics.leaders.set_function(lambda: sum(r.leader_id == config.broker_id for _, _, r in partitions.replicas()))

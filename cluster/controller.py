@@ -30,9 +30,12 @@ MAX_PARTITIONS = 10_000
 
 class Controller:
     def __init__(self, store: LogStore, driver: MultiRaft, state: MetadataState, brokers: Mapping[int, BrokerSlot],
-                 address_of: Callable[[int], str], *, timeout_s: float = 30.0) -> None:
+                 address_of: Callable[[int], str], *, is_alive: Callable[[int], bool] = lambda broker: True,
+                 timeout_s: float = 30.0) -> None:
+        """`is_alive(broker)` is the failure detector's view; new replicas go to live brokers."""
         self._state = state
         self._brokers = brokers
+        self._is_alive = is_alive
         self._timeout_s = timeout_s
         self._outcomes: dict[int, RaftkaError | None] = {}
         voters = tuple(sorted(brokers))
@@ -52,11 +55,17 @@ class Controller:
             raise InvalidPartitionsError(f"partitions must be between 1 and {MAX_PARTITIONS}, not {partitions}")
         if self._state.find(name) is not None:
             raise TopicExistsError(f"topic {name!r} already exists")
-        replicas = assign_replicas(partitions, replication_factor, list(self._brokers.values()),
+        replicas = assign_replicas(partitions, replication_factor, self._placeable(replication_factor),
                                    self._state.leader_load())
         record = TopicRecord(name, uuid.uuid4().hex, tuple(map(tuple, replicas)), config, internal)
         await self._propose(create_topic_command(record))
         return self._state.get(name)
+
+    def _placeable(self, replication_factor: int) -> list[BrokerSlot]:
+        """The live brokers, or every broker when too few are live for the replication factor (the
+        replicas on a dead broker catch up when it returns; refusing would be worse)."""
+        alive = [slot for broker, slot in self._brokers.items() if self._is_alive(broker)]
+        return alive if len(alive) >= replication_factor else list(self._brokers.values())
 
     async def delete_topic(self, name: str) -> None:
         if self._state.get(name).internal:

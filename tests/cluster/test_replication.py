@@ -287,3 +287,18 @@ def test_topics_created_during_a_controller_failover_are_not_lost(start_cluster)
                 break
             assert time.monotonic() < deadline, f"broker {broker.broker_id} lost {missing}"
             time.sleep(0.2)
+
+
+def test_new_replicas_go_to_live_brokers(start_cluster) -> None:
+    brokers = start_cluster(3)
+    with Admin(bootstrap_of(brokers)) as admin:
+        admin.create_topic("warm-up")
+    brokers[2].kill()
+    time.sleep(1.0)
+    with Admin(bootstrap_of(brokers[:2])) as admin:
+        topic = admin.create_topic("placed", partitions=4, replication_factor=2)
+        assert all(sorted(p.replicas) == [1, 2] for p in topic.partitions), topic.partitions
+        everywhere = admin.create_topic("wide", partitions=1, replication_factor=3)
+        assert sorted(everywhere.partitions[0].replicas) == [1, 2, 3], "too few live brokers: use them all"
+    with Producer(bootstrap_of(brokers[:2]), linger_ms=0) as producer:
+        producer.send("wide", b"two of three replicas are enough").result(timeout=30)
