@@ -17,7 +17,6 @@ from raftka.cluster.metadata import (METADATA_TOPIC, MetadataState, TopicRecord,
                                      delete_topic_command)
 from raftka.cluster.partitions import open_replica
 from raftka.cluster.placement import BrokerSlot, assign_replicas
-from raftka.cluster.replica import RaftReplica
 from raftka.cluster.topics import TopicConfig, validate_topic_name
 from raftka.errors import InvalidPartitionsError, InvalidTopicError, RaftkaError, TopicExistsError
 from raftka.partition.batch import decode_batch, encode_batch
