@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Callable, Iterator
@@ -10,8 +11,9 @@ from typing import Callable, Iterator
 import grpc
 import pytest
 
-from raftka import Consumer, Record, TopicPartition
+from raftka import Consumer, Producer, Record, TopicPartition
 from raftka.client.local import LocalBroker, free_port, plan
+from raftka.errors import RaftkaError
 from raftka.proto import api_pb2_grpc
 
 
@@ -83,3 +85,69 @@ def drain(bootstrap: str, topic: str, partitions: int, timeout_s: float = 60) ->
 def consume_all_fixture() -> Callable[..., dict[int, list[Record]]]:
     """`consume_all(bootstrap, topic, partitions)`: the topic's records by partition."""
     return drain
+
+
+class AckRecorder:
+    """Producer threads sending unique values until stopped, recording every acknowledged one as
+    (partition, offset, value): the ground truth a durability test checks the log against."""
+
+    def __init__(self, bootstrap: str, topic: str, workers: int = 2, **producer_options: object) -> None:
+        self.acknowledged: list[tuple[int, int, bytes]] = []
+        self._bootstrap, self._topic, self._options = bootstrap, topic, producer_options
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._produce, args=(w,), daemon=True) for w in range(workers)]
+        for thread in self._threads:
+            thread.start()
+
+    def wait_for(self, count: int, timeout_s: float = 60) -> None:
+        deadline = time.monotonic() + timeout_s
+        while len(self.acknowledged) < count:
+            assert time.monotonic() < deadline, f"only {len(self.acknowledged)} of {count} records acknowledged"
+            time.sleep(0.02)
+
+    def stop(self) -> list[tuple[int, int, bytes]]:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=120)
+        with self._lock:
+            return list(self.acknowledged)
+
+    def _produce(self, worker: int) -> None:
+        producer = Producer(self._bootstrap, **self._options)  # type: ignore[arg-type]
+        i = 0
+        while not self._stop.is_set():
+            value = f"w{worker}-{i}".encode()
+            i += 1
+
+            def record(future, value: bytes = value) -> None:  # type: ignore[no-untyped-def]
+                if future.exception() is None:
+                    meta = future.result()
+                    with self._lock:
+                        self.acknowledged.append((meta.partition, meta.offset, value))
+            try:
+                producer.send(self._topic, value).add_done_callback(record)
+            except RaftkaError:
+                break
+            if i % 100 == 0:
+                time.sleep(0.005)
+        try:
+            producer.close(timeout=60)
+        except RaftkaError:
+            pass
+
+
+def lost(acknowledged: list[tuple[int, int, bytes]], found: dict[int, list[Record]]) -> list[tuple[int, int, bytes]]:
+    """The acknowledged records that are not in `found` at their acknowledged position."""
+    at = {(partition, r.offset): r.value for partition, records in found.items() for r in records}
+    return [(p, o, v) for p, o, v in acknowledged if at.get((p, o)) != v]
+
+
+@pytest.fixture(name="ack_recorder")
+def ack_recorder_fixture() -> type[AckRecorder]:
+    return AckRecorder
+
+
+@pytest.fixture(name="lost")
+def lost_fixture() -> Callable[..., list[tuple[int, int, bytes]]]:
+    return lost

@@ -2,62 +2,23 @@
 
 from __future__ import annotations
 
-import threading
-import time
-
 from raftka import Admin, Producer
-from raftka.errors import RaftkaError
 
 
-def test_kill_9_during_produce_loses_no_acknowledged_record(broker, consume_all) -> None:
+def test_kill_9_during_produce_loses_no_acknowledged_record(broker, consume_all, ack_recorder, lost) -> None:
     """Producers run while the broker is SIGKILLed; everything acknowledged before is there after."""
     with Admin(broker.address) as admin:
         admin.create_topic("durable", partitions=4)
-    acknowledged: list[tuple[int, int, bytes]] = []
-    lock = threading.Lock()
-    stop = threading.Event()
-
-    def produce(worker: int) -> None:
-        producer = Producer(broker.address, linger_ms=1, batch_size=8192, delivery_timeout_ms=2_000,
-                            request_timeout_ms=2_000, max_block_ms=2_000)
-        i = 0
-        while not stop.is_set():
-            value = f"w{worker}-{i}".encode()
-            i += 1
-
-            def record(future, value=value) -> None:  # type: ignore[no-untyped-def]
-                if future.exception() is None:
-                    meta = future.result()
-                    with lock:
-                        acknowledged.append((meta.partition, meta.offset, value))
-            try:
-                producer.send("durable", value).add_done_callback(record)
-            except RaftkaError:
-                break
-            if i % 200 == 0:
-                time.sleep(0.001)
-        try:
-            producer.close(timeout=10)
-        except RaftkaError:
-            pass
-
-    workers = [threading.Thread(target=produce, args=(w,)) for w in range(3)]
-    for worker in workers:
-        worker.start()
-    while len(acknowledged) < 5_000:
-        time.sleep(0.02)
+    producers = ack_recorder(broker.address, "durable", workers=3, linger_ms=1, batch_size=8192,
+                             delivery_timeout_ms=2_000, request_timeout_ms=2_000, max_block_ms=2_000)
+    producers.wait_for(5_000)
     broker.kill()
-    stop.set()
-    for worker in workers:
-        worker.join(timeout=30)
-    with lock:
-        acked = list(acknowledged)
+    acked = producers.stop()
     broker.start()
     found = consume_all(broker.address, "durable", 4)
-    by_position = {(p, r.offset): r.value for p, records in found.items() for r in records}
-    missing = [(p, o, v) for p, o, v in acked if by_position.get((p, o)) != v]
+    missing = lost(acked, found)
     assert not missing, f"{len(missing)} acknowledged records lost, e.g. {missing[:5]}"
-    for partition, records in found.items():
+    for records in found.values():
         assert [r.offset for r in records] == list(range(len(records))), "offsets are dense and ordered"
     assert len(acked) >= 5_000
 

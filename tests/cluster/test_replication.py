@@ -7,7 +7,6 @@ brokers, and every partition keeps its order through leader changes.
 from __future__ import annotations
 
 import random
-import threading
 import time
 
 import grpc
@@ -53,60 +52,29 @@ def test_topics_are_replicated_with_leaders_spread(start_cluster) -> None:
             assert [t.name for t in admin.list_topics()] == ["spread"], "every broker applies the metadata log"
 
 
-def test_leader_kills_lose_no_acknowledged_record(start_cluster, consume_all) -> None:
+def test_leader_kills_lose_no_acknowledged_record(start_cluster, consume_all, ack_recorder, lost) -> None:
     """Producers run with acks=all while partition leaders are SIGKILLed and restarted, over and over."""
     brokers = start_cluster(3)
     bootstrap = bootstrap_of(brokers)
     with Admin(bootstrap) as admin:
         admin.create_topic("safe", partitions=2)
-    acknowledged: list[tuple[int, int, bytes]] = []
-    lock = threading.Lock()
-    stop = threading.Event()
-
-    def produce(worker: int) -> None:
-        producer = Producer(bootstrap, linger_ms=2, batch_size=4096, delivery_timeout_ms=30_000,
-                            request_timeout_ms=5_000, max_in_flight=1)
-        i = 0
-        while not stop.is_set():
-            value = f"w{worker}-{i}".encode()
-            i += 1
-
-            def record(future, value=value) -> None:  # type: ignore[no-untyped-def]
-                if future.exception() is None:
-                    meta = future.result()
-                    with lock:
-                        acknowledged.append((meta.partition, meta.offset, value))
-            producer.send("safe", value).add_done_callback(record)
-            if i % 100 == 0:
-                time.sleep(0.01)
-        try:
-            producer.close(timeout=60)
-        except RaftkaError:
-            pass
-
-    workers = [threading.Thread(target=produce, args=(w,)) for w in range(2)]
-    for worker in workers:
-        worker.start()
+    producers = ack_recorder(bootstrap, "safe", workers=2, linger_ms=2, batch_size=4096,
+                             delivery_timeout_ms=30_000, request_timeout_ms=5_000, max_in_flight=1)
     rng = random.Random(3)
     try:
-        for round_ in range(4):
+        for _ in range(4):
             time.sleep(1.0)
             victim = leader_of(bootstrap, "safe", rng.randrange(2), brokers)
             victim.kill()
             time.sleep(rng.uniform(0.5, 1.5))
             victim.start()
     finally:
-        stop.set()
-        for worker in workers:
-            worker.join(timeout=90)
-    with lock:
-        acked = list(acknowledged)
+        acked = producers.stop()
     assert len(acked) > 500
     found = consume_all(bootstrap, "safe", 2)
-    by_position = {(p, r.offset): r.value for p, records in found.items() for r in records}
-    missing = [(p, o, v) for p, o, v in acked if by_position.get((p, o)) != v]
+    missing = lost(acked, found)
     assert not missing, f"{len(missing)} acknowledged records lost or moved, e.g. {missing[:5]}"
-    for partition, records in found.items():
+    for records in found.values():
         assert [r.offset for r in records] == list(range(len(records))), "offsets are dense and in order"
     acked_values = [v for _, _, v in acked]
     assert len(set(acked_values)) == len(acked_values), "no acknowledged record was written twice"
