@@ -57,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     broker.add_argument("--peers", default=_env("PEERS", ""),
                         help="every broker of the cluster as ID=HOST:PORT[@RACK],... including this one; "
                              "omitted: a one-broker cluster (env RAFTKA_PEERS)")
+    broker.add_argument("--rack", default=_env("RACK", ""),
+                        help="this broker's rack or zone; replicas of a partition are spread over racks "
+                             "(env RAFTKA_RACK)")
     broker.add_argument("--cluster-id", default=_env("CLUSTER_ID", "raftka"),
                         help="brokers refuse Raft traffic from another cluster id (env RAFTKA_CLUSTER_ID)")
     broker.add_argument("--metrics-port", type=int, default=_env("METRICS_PORT", None, int),
@@ -155,7 +158,7 @@ def cmd_broker(args: argparse.Namespace) -> int:
         raise ValueError("raftka broker needs --id and --data-dir (or RAFTKA_ID and RAFTKA_DATA_DIR)")
     peers, racks = parse_peers(args.peers)
     asyncio.run(serve(BrokerConfig(broker_id=args.id, listen=args.listen, advertise=args.advertise,
-                                   data_dir=args.data_dir, peers=peers, racks=racks,
+                                   data_dir=args.data_dir, peers=peers, racks=racks, rack=args.rack,
                                    cluster_id=args.cluster_id, metrics_port=args.metrics_port,
                                    metrics_host=args.metrics_host,
                                    retention_check_interval_s=args.retention_check_ms / 1000,

@@ -132,12 +132,14 @@ class LocalBroker:
 
 
 def plan(brokers: int, data_dir: Path, ports: list[int], *, metrics_ports: list[int] | None = None,
-         cluster_id: str = "raftka-local", extra_args: tuple[str, ...] = ()) -> list[LocalBroker]:
-    """Brokers 1..N on 127.0.0.1 at `ports`, each naming all of them as peers."""
+         cluster_id: str = "raftka-local", extra_args: tuple[str, ...] = (),
+         racks: list[str] | None = None) -> list[LocalBroker]:
+    """Brokers 1..N on 127.0.0.1 at `ports`, each naming all of them as peers (and its `--rack`)."""
     addresses = [f"127.0.0.1:{port}" for port in ports[:brokers]]
     peers = ",".join(f"{i + 1}={address}" for i, address in enumerate(addresses))
     return [LocalBroker(i + 1, address, data_dir / f"broker-{i + 1}", peers,
-                        metrics_ports[i] if metrics_ports else None, cluster_id, extra_args)
+                        metrics_ports[i] if metrics_ports else None, cluster_id,
+                        extra_args + (("--rack", racks[i]) if racks else ()))
             for i, address in enumerate(addresses)]
 
 

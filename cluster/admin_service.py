@@ -13,6 +13,7 @@ import grpc
 
 from raftka.cluster.broker_service import BrokerState, unary
 from raftka.cluster.leadership import LeaderBalancer
+from raftka.cluster.metadata import BrokerRegistration
 from raftka.cluster.topics import TopicConfig, validate_topic_name
 from raftka.errors import BrokerUnavailableError, NotLeaderError, from_rpc_error
 from raftka.proto import api_pb2, api_pb2_grpc
@@ -84,6 +85,21 @@ class AdminService(api_pb2_grpc.AdminServicer):
         if request.topic:
             self._state.metadata.get(request.topic)
         return api_pb2.ElectPreferredLeadersResponse(moves=self._balancer.elect_preferred(request.topic))
+
+    async def RegisterBroker(self, request: api_pb2.RegisterBrokerRequest, context: grpc.aio.ServicerContext
+                             ) -> api_pb2.RegisterBrokerResponse:
+        return await unary(context, lambda: self.register(request))
+
+    async def register(self, request: api_pb2.RegisterBrokerRequest) -> api_pb2.RegisterBrokerResponse:
+        """Record a broker's address and rack in the metadata log (forwarded to its leader)."""
+        info = request.broker
+        registration = BrokerRegistration(info.id, info.address, info.rack)
+
+        async def locally() -> api_pb2.RegisterBrokerResponse:
+            await self._state.controller.register_broker(registration)
+            return api_pb2.RegisterBrokerResponse()
+
+        return await self._on_controller("RegisterBroker", request, locally)
 
     async def _on_controller(self, method: str, request: Any, locally: Callable[[], Awaitable[Any]]) -> Any:
         """Run a topic change here if this broker leads the metadata log, else forward it to the leader."""

@@ -27,11 +27,12 @@ from raftka.cluster.controller import METADATA_GROUP, Controller
 from raftka.cluster.group_commit import GroupCommitter
 from raftka.cluster.handlers import add_servicer
 from raftka.cluster.leadership import LeaderBalancer
-from raftka.cluster.metadata import MetadataState
+from raftka.cluster.metadata import BrokerRegistration, MetadataState
 from raftka.cluster.metrics import BrokerMetrics
 from raftka.cluster.partitions import PartitionManager
 from raftka.cluster.placement import BrokerSlot
 from raftka.cluster.topics import MAX_BATCH_BYTES_LIMIT
+from raftka.errors import RaftkaError
 from raftka.partition.store import LogStore
 from raftka.proto import api_pb2, raft_pb2
 from raftka.replication.driver import MultiRaft
@@ -99,7 +100,8 @@ async def serve(config: BrokerConfig) -> None:
     ])
     add_servicer(server, api_pb2.DESCRIPTOR.services_by_name["Broker"], BrokerService(state))
     balancer = LeaderBalancer(config.broker_id, metadata, partitions)
-    add_servicer(server, api_pb2.DESCRIPTOR.services_by_name["Admin"], AdminService(state, balancer))
+    admin = AdminService(state, balancer)
+    add_servicer(server, api_pb2.DESCRIPTOR.services_by_name["Admin"], admin)
     add_servicer(server, raft_pb2.DESCRIPTOR.services_by_name["RaftTransport"], transport.servicer)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -123,8 +125,11 @@ async def serve(config: BrokerConfig) -> None:
         asyncio.create_task(_enforce_retention(partitions, committer, config.retention_check_interval_s)),
         asyncio.create_task(_serve_when_led(controller, health_servicer, services)),
         asyncio.create_task(_drop_orphans_after_replay(partitions, controller)),
+        asyncio.create_task(_register(admin, state)),
         asyncio.create_task(balancer.run(config.leader_balance_delay_s, min(1.0, config.leader_balance_delay_s))),
     ]
+    for task in background:
+        task.add_done_callback(_report_failure)
     await stop.wait()
 
     log.info("broker stopping id=%d", config.broker_id)
@@ -137,6 +142,27 @@ async def serve(config: BrokerConfig) -> None:
     await committer.close()
     store.close()
     log.info("broker stopped id=%d", config.broker_id)
+
+
+def _report_failure(task: asyncio.Task[None]) -> None:
+    """A background duty that dies must say so: nothing else would notice."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("background task %s failed", task.get_name(), exc_info=task.exception())
+
+
+async def _register(admin: AdminService, state: BrokerState) -> None:
+    """Record this broker's address and rack in the metadata log, retrying until it is applied here."""
+    config = state.config
+    wanted = BrokerRegistration(config.broker_id, config.advertised_address, config.rack)
+    request = api_pb2.RegisterBrokerRequest(broker=api_pb2.BrokerInfo(
+        id=config.broker_id, address=config.advertised_address, rack=config.rack))
+    while state.metadata.brokers().get(config.broker_id) != wanted:
+        if state.controller.leader_id > 0:
+            try:
+                await admin.register(request)
+            except RaftkaError as exc:
+                log.info("broker registration will be retried: %s", exc)
+        await asyncio.sleep(0.5)
 
 
 async def _drop_orphans_after_replay(partitions: PartitionManager, controller: Controller) -> None:

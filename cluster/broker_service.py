@@ -47,6 +47,10 @@ class BrokerState:
     def address_of(self, broker_id: int) -> str:
         return self.config.brokers.get(broker_id, "")
 
+    def rack_of(self, broker_id: int) -> str:
+        registration = self.metadata.brokers().get(broker_id)
+        return registration.rack if registration is not None else self.config.racks.get(broker_id, "")
+
     def topic_metadata(self, record: TopicRecord) -> api_pb2.TopicMetadata:
         """The topic as this broker sees it. A partition's leader is the one its local replica knows,
         else the preferred leader (a hint: a wrong guess answers NOT_LEADER with the real one). Only a
@@ -258,7 +262,7 @@ class BrokerService(api_pb2_grpc.BrokerServicer):
         state = self._state
         response = api_pb2.MetadataResponse(
             cluster_id=state.config.cluster_id, controller_id=state.controller.leader_id,
-            brokers=[api_pb2.BrokerInfo(id=broker, address=address)
+            brokers=[api_pb2.BrokerInfo(id=broker, address=address, rack=state.rack_of(broker))
                      for broker, address in sorted(state.config.brokers.items())])
         if request.topics:
             for name in request.topics:

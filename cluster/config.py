@@ -40,7 +40,10 @@ class BrokerConfig:
     """The controller voters (every broker of a static cluster), including this one; empty means a
     one-broker cluster of this broker alone."""
     racks: dict[int, str] = field(default_factory=dict)
-    """Rack of each broker (from `--peers ID=HOST:PORT@RACK`); placement spreads replicas over racks."""
+    """Rack of each broker from `--peers ID=HOST:PORT@RACK`; a broker's own `--rack`, which it
+    registers in the metadata log, takes precedence. Placement spreads replicas over racks."""
+    rack: str = ""
+    """This broker's rack (`--rack`)."""
     cluster_id: str = "raftka"
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"

@@ -13,12 +13,13 @@ import time
 import uuid
 from typing import Callable, Mapping
 
-from raftka.cluster.metadata import (METADATA_TOPIC, MetadataState, TopicRecord, create_topic_command,
-                                     delete_topic_command)
+from raftka.cluster.metadata import (METADATA_TOPIC, BrokerRegistration, MetadataState, TopicRecord,
+                                     create_topic_command, delete_topic_command, register_broker_command)
 from raftka.cluster.partitions import open_replica
 from raftka.cluster.placement import BrokerSlot, assign_replicas
 from raftka.cluster.topics import TopicConfig, validate_topic_name
-from raftka.errors import InvalidPartitionsError, InvalidTopicError, RaftkaError, TopicExistsError
+from raftka.errors import (InvalidPartitionsError, InvalidRequestError, InvalidTopicError, RaftkaError,
+                           TopicExistsError)
 from raftka.partition.batch import decode_batch, encode_batch
 from raftka.partition.store import LogStore
 from raftka.replication.driver import MultiRaft
@@ -60,11 +61,21 @@ class Controller:
         await self._propose(create_topic_command(record))
         return self._state.get(name)
 
+    async def register_broker(self, registration: BrokerRegistration) -> None:
+        if registration.broker_id not in self._brokers:
+            raise InvalidRequestError(f"broker {registration.broker_id} is not in this cluster's --peers "
+                                      f"({sorted(self._brokers)})")
+        await self._propose(register_broker_command(registration))
+
     def _placeable(self, replication_factor: int) -> list[BrokerSlot]:
         """The live brokers, or every broker when too few are live for the replication factor (the
-        replicas on a dead broker catch up when it returns; refusing would be worse)."""
-        alive = [slot for broker, slot in self._brokers.items() if self._is_alive(broker)]
-        return alive if len(alive) >= replication_factor else list(self._brokers.values())
+        replicas on a dead broker catch up when it returns; refusing would be worse). A broker's
+        rack is the one it registered with (`--rack`), else the one `--peers` gives."""
+        registered = self._state.brokers()
+        slots = {broker: BrokerSlot(broker, registered[broker].rack if broker in registered else slot.rack)
+                 for broker, slot in self._brokers.items()}
+        alive = [slot for broker, slot in slots.items() if self._is_alive(broker)]
+        return alive if len(alive) >= replication_factor else list(slots.values())
 
     async def delete_topic(self, name: str) -> None:
         if self._state.get(name).internal:

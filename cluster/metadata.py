@@ -1,9 +1,9 @@
-"""Cluster metadata as a replicated state machine (KRaft-style): topics and their replica placement.
+"""Cluster metadata as a replicated state machine (KRaft-style): brokers, topics, replica placement.
 
 The metadata log is the Raft log of the internal partition `__cluster_metadata/0`, hosted by the
-controller-eligible brokers. Each record of it is one command (JSON: create_topic, delete_topic);
+controller-eligible brokers. Each record of it is one command (JSON: register_broker, create_topic, delete_topic);
 every broker applies the committed commands in log order to the same `MetadataState`, so all of them
-agree on which topics exist and where their replicas live, and a restart rebuilds the state by
+agree on which brokers registered (address, rack), which topics exist and where their replicas live, and a restart rebuilds the state by
 replaying the log.
 
 Invariants: `apply` is deterministic and total — a command that is no longer valid when it commits
@@ -61,6 +61,18 @@ class TopicRecord:
                    config=TopicConfig.parse(raw["config"]), internal=raw["internal"])
 
 
+@dataclass(frozen=True)
+class BrokerRegistration:
+    broker_id: int
+    address: str
+    rack: str = ""
+
+
+def register_broker_command(registration: BrokerRegistration) -> bytes:
+    return json.dumps({"op": "register_broker", "broker_id": registration.broker_id,
+                       "address": registration.address, "rack": registration.rack}, sort_keys=True).encode()
+
+
 def create_topic_command(record: TopicRecord) -> bytes:
     return json.dumps({"op": "create_topic", "topic": record.to_json()}, sort_keys=True).encode()
 
@@ -78,6 +90,7 @@ class MetadataState:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._topics: dict[str, TopicRecord] = {}
+        self._brokers: dict[int, BrokerRegistration] = {}
         self.applied_offset = -1
         self.on_created: list[Listener] = []
         self.on_deleted: list[Listener] = []
@@ -98,6 +111,12 @@ class MetadataState:
                      record.partitions, [list(r) for r in record.replicas])
             for listener in self.on_created:
                 listener(record)
+        elif raw["op"] == "register_broker":
+            registration = BrokerRegistration(raw["broker_id"], raw["address"], raw["rack"])
+            with self._lock:
+                self._brokers[registration.broker_id] = registration
+            log.info("broker registered id=%d address=%s rack=%s", registration.broker_id, registration.address,
+                     registration.rack)
         elif raw["op"] == "delete_topic":
             with self._lock:
                 record = self._topics.pop(raw["name"], None)
@@ -109,6 +128,10 @@ class MetadataState:
         else:
             log.error("unknown metadata command at offset %d: %r", offset, raw)
         return None
+
+    def brokers(self) -> dict[int, BrokerRegistration]:
+        with self._lock:
+            return dict(self._brokers)
 
     def topics(self) -> list[TopicRecord]:
         with self._lock:

@@ -347,3 +347,13 @@ class ElectPreferredLeadersResponse(_message.Message):
     MOVES_FIELD_NUMBER: _ClassVar[int]
     moves: _containers.RepeatedCompositeFieldContainer[LeaderMove]
     def __init__(self, moves: _Optional[_Iterable[_Union[LeaderMove, _Mapping]]] = ...) -> None: ...
+
+class RegisterBrokerRequest(_message.Message):
+    __slots__ = ("broker",)
+    BROKER_FIELD_NUMBER: _ClassVar[int]
+    broker: BrokerInfo
+    def __init__(self, broker: _Optional[_Union[BrokerInfo, _Mapping]] = ...) -> None: ...
+
+class RegisterBrokerResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...

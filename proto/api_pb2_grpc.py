@@ -307,6 +307,11 @@ class AdminStub:
                 request_serializer=raftka_dot_proto_dot_api__pb2.ElectPreferredLeadersRequest.SerializeToString,
                 response_deserializer=raftka_dot_proto_dot_api__pb2.ElectPreferredLeadersResponse.FromString,
                 _registered_method=True)
+        self.RegisterBroker = channel.unary_unary(
+                '/raftka.v1.Admin/RegisterBroker',
+                request_serializer=raftka_dot_proto_dot_api__pb2.RegisterBrokerRequest.SerializeToString,
+                response_deserializer=raftka_dot_proto_dot_api__pb2.RegisterBrokerResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -344,6 +349,13 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RegisterBroker(self, request, context):
+        """Brokers register themselves (address, rack) in the metadata log when they start.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -371,6 +383,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.ElectPreferredLeaders,
                     request_deserializer=raftka_dot_proto_dot_api__pb2.ElectPreferredLeadersRequest.FromString,
                     response_serializer=raftka_dot_proto_dot_api__pb2.ElectPreferredLeadersResponse.SerializeToString,
+            ),
+            'RegisterBroker': grpc.unary_unary_rpc_method_handler(
+                    servicer.RegisterBroker,
+                    request_deserializer=raftka_dot_proto_dot_api__pb2.RegisterBrokerRequest.FromString,
+                    response_serializer=raftka_dot_proto_dot_api__pb2.RegisterBrokerResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -508,6 +525,33 @@ class Admin:
             '/raftka.v1.Admin/ElectPreferredLeaders',
             raftka_dot_proto_dot_api__pb2.ElectPreferredLeadersRequest.SerializeToString,
             raftka_dot_proto_dot_api__pb2.ElectPreferredLeadersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RegisterBroker(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/raftka.v1.Admin/RegisterBroker',
+            raftka_dot_proto_dot_api__pb2.RegisterBrokerRequest.SerializeToString,
+            raftka_dot_proto_dot_api__pb2.RegisterBrokerResponse.FromString,
             options,
             channel_credentials,
             insecure,

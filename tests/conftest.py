@@ -22,9 +22,9 @@ def start_cluster(tmp_path: Path) -> Iterator[Callable[..., list[LocalBroker]]]:
     """Start a cluster of N brokers (extra `raftka broker` flags allowed); stopped after the test."""
     started: list[LocalBroker] = []
 
-    def start(brokers: int = 1, *extra_args: str) -> list[LocalBroker]:
+    def start(brokers: int = 1, *extra_args: str, racks: list[str] | None = None) -> list[LocalBroker]:
         layout = plan(brokers, tmp_path / f"cluster-{len(started)}", [free_port() for _ in range(brokers)],
-                      metrics_ports=[free_port() for _ in range(brokers)], extra_args=extra_args)
+                      metrics_ports=[free_port() for _ in range(brokers)], extra_args=extra_args, racks=racks)
         started.extend(layout)
         for broker in layout:
             broker.spawn()

@@ -270,3 +270,17 @@ def test_new_replicas_go_to_live_brokers(start_cluster) -> None:
         assert sorted(everywhere.partitions[0].replicas) == [1, 2, 3], "too few live brokers: use them all"
     with Producer(bootstrap_of(brokers[:2]), linger_ms=0) as producer:
         producer.send("wide", b"two of three replicas are enough").result(timeout=30)
+
+
+def test_brokers_register_their_racks_and_replicas_span_racks(start_cluster) -> None:
+    brokers = start_cluster(4, racks=["east", "east", "west", "west"])
+    racks = {1: "east", 2: "east", 3: "west", 4: "west"}
+    deadline = time.monotonic() + 20
+    with grpc.insecure_channel(brokers[0].address) as channel:
+        stub = api_pb2_grpc.BrokerStub(channel)
+        while {b.id: b.rack for b in stub.Metadata(api_pb2.MetadataRequest(), timeout=5).brokers} != racks:
+            assert time.monotonic() < deadline, "brokers did not register their racks"
+            time.sleep(0.2)
+    with Admin(bootstrap_of(brokers)) as admin:
+        topic = admin.create_topic("zoned", partitions=8, replication_factor=2)
+    assert all({racks[b] for b in p.replicas} == {"east", "west"} for p in topic.partitions), topic.partitions
