@@ -19,19 +19,17 @@ from raftka.proto import api_pb2, api_pb2_grpc
 
 
 def leader_of(bootstrap: str, topic: str, partition: int, brokers: list[LocalBroker]) -> LocalBroker:
-    """The broker that says it leads the partition (asks each live broker; they know their own groups)."""
+    """The live broker leading the partition, as the leader itself reports (Admin.describe_topic)."""
+    by_id = {broker.broker_id: broker for broker in brokers}
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        for broker in brokers:
-            if not broker.alive():
-                continue
-            try:
-                with Admin(broker.address, request_timeout_ms=2000) as admin:
-                    info = admin.describe_topic(topic).partitions[partition]
-            except RaftkaError:
-                continue
-            if info.leader == broker.broker_id and broker.broker_id in info.in_sync_replicas:
-                return broker
+        try:
+            with Admin(bootstrap, request_timeout_ms=5000) as admin:
+                info = admin.describe_topic(topic).partitions[partition]
+        except RaftkaError:
+            info = None
+        if info is not None and info.leader in info.in_sync_replicas and by_id[info.leader].alive():
+            return by_id[info.leader]
         time.sleep(0.1)
     raise AssertionError(f"no leader for {topic}/{partition}")
 
