@@ -121,6 +121,35 @@ class InternalError(RaftkaError):
     status = grpc.StatusCode.INTERNAL
 
 
+class OutOfOrderSequenceError(RaftkaError):
+    """Not written: an earlier batch of the producer is missing. Retriable: it is retried first."""
+
+    code = ErrorCode.OUT_OF_ORDER_SEQUENCE
+    status = grpc.StatusCode.FAILED_PRECONDITION
+    retriable = True
+
+
+class DuplicateSequenceError(RaftkaError):
+    """The batch was written before, longer ago than the leader's window of remembered batches."""
+
+    code = ErrorCode.DUPLICATE_SEQUENCE
+    status = grpc.StatusCode.ALREADY_EXISTS
+
+
+class UnknownProducerIdError(RaftkaError):
+    """Not written: the leader has no state for the producer (never seen, or forgotten after
+    retention, eviction or a snapshot); the producer starts a fresh id and sends again."""
+
+    code = ErrorCode.UNKNOWN_PRODUCER_ID
+    status = grpc.StatusCode.FAILED_PRECONDITION
+    retriable = True
+
+
+class ProducerFencedError(RaftkaError):
+    code = ErrorCode.PRODUCER_FENCED
+    status = grpc.StatusCode.FAILED_PRECONDITION
+
+
 class BrokerUnavailableError(RaftkaError):
     """Client side only: no broker could be reached (the status is whatever the transport said)."""
 

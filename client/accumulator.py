@@ -12,6 +12,7 @@ of them are unacknowledged at once; bytes of unacknowledged records never exceed
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections import deque
@@ -28,11 +29,13 @@ RECORD_OVERHEAD = 24
 class ProducerBatch:
     """Records bound for one partition, sent and acknowledged as one unit."""
 
-    __slots__ = ("tp", "records", "size", "created", "done", "base_offset", "error", "encoded",
-                 "attempts", "retry_at", "deadline", "callbacks")
+    __slots__ = ("tp", "number", "records", "size", "created", "done", "base_offset", "error", "encoded",
+                 "producer_id", "attempts", "retry_at", "deadline", "callbacks")
 
-    def __init__(self, tp: TopicPartition, created: float, deadline: float) -> None:
+    def __init__(self, tp: TopicPartition, number: int, created: float, deadline: float) -> None:
         self.tp = tp
+        self.number = number
+        """Creation order within the producer; a partition's batches are sent in this order."""
         self.records: list[tuple[bytes | None, bytes | None, Sequence[tuple[str, bytes]], int]] = []
         self.size = 0
         self.created = created
@@ -41,6 +44,7 @@ class ProducerBatch:
         self.base_offset = -1
         self.error: RaftkaError | None = None
         self.encoded: bytes | None = None
+        self.producer_id = -1
         self.attempts = 0
         self.retry_at = 0.0
         self.callbacks: list[Callable[[], None]] = []
@@ -120,6 +124,7 @@ class RecordAccumulator:
         self._incomplete: set[ProducerBatch] = set()
         self._sticky = StickyPartitioner()
         self._used = 0
+        self._numbers = itertools.count()
         self._flushing = 0
         self.wake: Callable[[], None] = lambda: None
 
@@ -178,10 +183,15 @@ class RecordAccumulator:
         return ready, max(wait, 0.0)
 
     def requeue(self, batch: ProducerBatch, retry_at: float) -> None:
-        """Put a batch that failed retriably back at the head of its partition's queue."""
+        """Put a batch that failed retriably back in its partition's queue, in creation order (other
+        batches sent after it may be back already), so retries keep the partition's order."""
         with self._lock:
             batch.retry_at = retry_at
-            self._queues[batch.tp].appendleft(batch)
+            queue = self._queues[batch.tp]
+            position = 0
+            while position < len(queue) and queue[position].number < batch.number:
+                position += 1
+            queue.insert(position, batch)
             self._in_flight[batch.tp] -= 1
         self.wake()
 
@@ -193,11 +203,6 @@ class RecordAccumulator:
             self._used -= batch.size
             self._space.notify_all()
         self.wake()
-
-    def fail_queued(self, batch: ProducerBatch, error: RaftkaError) -> None:
-        """Fail a batch that was drained but could not be sent at all."""
-        batch.fail(error)
-        self.finished(batch)
 
     def incomplete(self) -> list[ProducerBatch]:
         with self._lock:
@@ -216,7 +221,7 @@ class RecordAccumulator:
         """Open a batch at the tail of `tp`'s queue. The sender is woken: it computes when the new batch
         is due (after linger, or now with linger 0), which it cannot know while asleep."""
         now = time.monotonic()
-        batch = ProducerBatch(tp, now, now + self.delivery_timeout_s)
+        batch = ProducerBatch(tp, next(self._numbers), now, now + self.delivery_timeout_s)
         queue = self._queues.get(tp)
         if queue is None:
             queue = self._queues[tp] = deque()

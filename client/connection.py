@@ -180,6 +180,15 @@ class ClusterConnection:
                 time.sleep(min(backoff.delay(attempt), max(0.0, deadline_s - time.monotonic())))
                 attempt += 1
 
+    def init_producer_id(self) -> int:
+        """A new producer id from the cluster (any broker forwards to the metadata leader)."""
+        request = api_pb2.InitProducerIdRequest()
+        response = self.retrying(
+            lambda: self.any_broker(lambda ch: api_pb2_grpc.AdminStub(ch).InitProducerId(
+                request, timeout=self.request_timeout_s)),
+            deadline_s=time.monotonic() + self.request_timeout_s)
+        return response.producer_id
+
     def close(self) -> None:
         with self._lock:
             channels, self._channels = list(self._channels.values()), {}

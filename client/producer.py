@@ -6,6 +6,11 @@
 
 `acks="all"` (the default) acknowledges a record once a majority of its partition's replicas have
 fsynced it; `acks="leader"` once the leader has appended it, fsynced or not.
+
+With acks="all" the producer is idempotent unless `enable_idempotence=False`: retries never write a
+record twice nor reorder a partition's records, even across leader failovers (as Kafka's
+enable.idempotence). Idempotence needs acks="all", as in Kafka, and at most
+`IDEMPOTENCE_WINDOW` (16) batches in flight per partition, which the leader remembers.
 """
 
 from __future__ import annotations
@@ -16,11 +21,12 @@ from typing import Mapping, Sequence
 
 from raftka.client.accumulator import RecordAccumulator, RecordFuture
 from raftka.client.connection import Backoff, ClusterConnection
+from raftka.client.idempotence import Sequences
 from raftka.client.partitioner import partition_for_key
 from raftka.client.records import TopicPartition
 from raftka.client.sender import Sender
 from raftka.errors import ClientClosedError, RequestTimedOutError, UnknownPartitionError
-from raftka.partition.batch import Compression
+from raftka.partition.batch import IDEMPOTENCE_WINDOW, Compression
 from raftka.proto import api_pb2
 
 ACKS = {"all": api_pb2.ACKS_ALL, "-1": api_pb2.ACKS_ALL, "leader": api_pb2.ACKS_LEADER, "1": api_pb2.ACKS_LEADER}
@@ -50,9 +56,16 @@ class Producer:
                  batch_size: int = 256 * 1024, compression: str = "none", max_in_flight: int = 8,
                  buffer_memory: int = 64 * 1024 * 1024, max_block_ms: int = 60_000,
                  request_timeout_ms: int = 30_000, delivery_timeout_ms: int = 120_000,
-                 retry_backoff_ms: int = 50, retry_backoff_max_ms: int = 2_000) -> None:
+                 retry_backoff_ms: int = 50, retry_backoff_max_ms: int = 2_000,
+                 enable_idempotence: bool | None = None) -> None:
         if str(acks) not in ACKS:
             raise ValueError(f"acks must be 'all' or 'leader', not {acks!r}")
+        if enable_idempotence is None:
+            enable_idempotence = ACKS[str(acks)] == api_pb2.ACKS_ALL
+        if enable_idempotence and ACKS[str(acks)] != api_pb2.ACKS_ALL:
+            raise ValueError("enable_idempotence needs acks='all'")
+        if enable_idempotence and max_in_flight > IDEMPOTENCE_WINDOW:
+            raise ValueError(f"an idempotent producer allows max_in_flight <= {IDEMPOTENCE_WINDOW}, not {max_in_flight}")
         if batch_size <= 0 or linger_ms < 0 or max_in_flight < 1 or buffer_memory < batch_size:
             raise ValueError("need batch_size > 0, linger_ms >= 0, max_in_flight >= 1, buffer_memory >= batch_size")
         try:
@@ -67,7 +80,8 @@ class Producer:
         self._closed = False
         self._sender = Sender(self._conn, self._acc, acks=ACKS[str(acks)], compression=codec,
                               request_timeout_ms=request_timeout_ms,
-                              backoff=Backoff(retry_backoff_ms / 1000, retry_backoff_max_ms / 1000))
+                              backoff=Backoff(retry_backoff_ms / 1000, retry_backoff_max_ms / 1000),
+                              sequences=Sequences(self._conn.init_producer_id) if enable_idempotence else None)
         self._sender.start()
 
     def send(self, topic: str, value: bytes | str | None, key: bytes | str | None = None,

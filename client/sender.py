@@ -6,8 +6,10 @@ retriable failure (NOT_LEADER, a broker that went away, a timeout) refreshes met
 batch at the head of its partition's queue after a capped, jittered backoff, until the batch's
 delivery deadline; any other failure fails the batch's records at once.
 
-Until idempotent producers land, a retried batch may be written twice if the first attempt was in
-fact stored, and with more than one batch in flight a retry can land after a later batch.
+An idempotent producer (the default) stamps each batch with its producer id and sequence when it is
+first sent (client/idempotence.py): the leader drops a retry of a written batch and refuses a batch
+that would skip one, so retries neither duplicate nor reorder records. Without idempotence a retried
+batch may be written twice, and with more than one batch in flight a retry can land after a later one.
 """
 
 from __future__ import annotations
@@ -23,8 +25,9 @@ import grpc
 
 from raftka.client.accumulator import ProducerBatch, RecordAccumulator
 from raftka.client.connection import Backoff, ClusterConnection
-from raftka.errors import (BrokerUnavailableError, InternalError, RaftkaError, RequestTimedOutError,
-                           from_proto, from_rpc_error)
+from raftka.client.idempotence import Sequences
+from raftka.errors import (BrokerUnavailableError, DuplicateSequenceError, InternalError, OutOfOrderSequenceError,
+                           RaftkaError, RequestTimedOutError, UnknownProducerIdError, from_proto, from_rpc_error)
 from raftka.partition.batch import Compression, encode_batch
 from raftka.proto import api_pb2
 
@@ -86,7 +89,9 @@ class BrokerStream:
 
 class Sender(threading.Thread):
     def __init__(self, conn: ClusterConnection, accumulator: RecordAccumulator, *, acks: int,
-                 compression: Compression, request_timeout_ms: int, backoff: Backoff) -> None:
+                 compression: Compression, request_timeout_ms: int, backoff: Backoff,
+                 sequences: Sequences | None) -> None:
+        """`sequences` makes the producer idempotent; None sends batches without a producer id."""
         super().__init__(name="raftka-producer-sender", daemon=True)
         self._conn = conn
         self._acc = accumulator
@@ -94,6 +99,7 @@ class Sender(threading.Thread):
         self._compression = compression
         self._request_timeout_ms = request_timeout_ms
         self._backoff = backoff
+        self._sequences = sequences
         self._streams: dict[str, BrokerStream] = {}
         self._wakeup = threading.Event()
         self._stopping = False
@@ -119,13 +125,13 @@ class Sender(threading.Thread):
 
     def _send(self, batch: ProducerBatch) -> None:
         if time.monotonic() >= batch.deadline:
-            self._acc.fail_queued(batch, RequestTimedOutError(
+            self._give_up(batch, RequestTimedOutError(
                 f"batch for {batch.tp} not acknowledged within the delivery timeout "
                 f"after {batch.attempts} attempt(s)"))
             return
         try:
             if batch.encoded is None:
-                batch.encoded = encode_batch(batch.records, compression=self._compression)
+                self._encode(batch)
             address = self._conn.leader(batch.tp.topic, batch.tp.partition)
             stream = self._streams.get(address)
             if stream is None or not stream.alive:
@@ -138,12 +144,25 @@ class Sender(threading.Thread):
             self.failed(batch, exc)
         except Exception as exc:  # noqa: BLE001 - the sender thread must outlive any one batch
             log.exception("could not send batch for %s", batch.tp)
-            self._acc.fail_queued(batch, InternalError(f"producer could not send the batch: {exc}"))
+            self._give_up(batch, InternalError(f"producer could not send the batch: {exc}"))
+
+    def _encode(self, batch: ProducerBatch) -> None:
+        if self._sequences is None:
+            batch.encoded = encode_batch(batch.records, compression=self._compression)
+            return
+        producer_id, sequence = self._sequences.stamp(batch.tp, len(batch.records))
+        batch.producer_id = producer_id
+        batch.encoded = encode_batch(batch.records, compression=self._compression, producer_id=producer_id,
+                                     producer_epoch=0, base_sequence=sequence)
 
     def completed(self, batch: ProducerBatch, response: api_pb2.ProduceResponse) -> None:
         error = from_proto(response.error)
         if error is None:
             batch.complete(response.base_offset)
+            self._acc.finished(batch)
+        elif isinstance(error, DuplicateSequenceError):
+            log.warning("batch for %s was written long before this retry; its offsets are unknown", batch.tp)
+            batch.complete(-1)
             self._acc.finished(batch)
         else:
             self.failed(batch, error)
@@ -151,8 +170,33 @@ class Sender(threading.Thread):
     def failed(self, batch: ProducerBatch, error: RaftkaError) -> None:
         if error.retriable and time.monotonic() < batch.deadline and not self._stopping:
             log.debug("retrying batch for %s after %s: %s", batch.tp, type(error).__name__, error)
-            self._conn.learned(batch.tp.topic, batch.tp.partition, error)
+            if isinstance(error, (OutOfOrderSequenceError, UnknownProducerIdError)):
+                self._resequence(batch, error)
+            else:
+                self._conn.learned(batch.tp.topic, batch.tp.partition, error)
             self._acc.requeue(batch, time.monotonic() + self._backoff.delay(batch.attempts))
             return
+        if error.retriable and not self._stopping:
+            error = RequestTimedOutError(f"batch for {batch.tp} not acknowledged within the delivery timeout "
+                                         f"after {batch.attempts} attempt(s); last error: {error}")
+        self._give_up(batch, error)
+
+    def _resequence(self, batch: ProducerBatch, error: RaftkaError) -> None:
+        """The leader refused the batch without writing it. If its producer id was retired on the
+        partition (or the leader forgot the producer), stamp it afresh when it is sent again; an
+        out-of-order batch under the current id waits for the earlier batch being retried."""
+        sequences = self._sequences
+        if sequences is None:
+            return
+        if isinstance(error, UnknownProducerIdError):
+            sequences.retire(batch.tp, batch.producer_id)
+        if sequences.current(batch.tp) != batch.producer_id:
+            batch.encoded = None
+
+    def _give_up(self, batch: ProducerBatch, error: RaftkaError) -> None:
+        """Fail the batch for good. Its sequence will never be written, so later batches of the
+        partition could never follow it: the partition moves to a fresh producer id."""
+        if self._sequences is not None and batch.encoded is not None:
+            self._sequences.retire(batch.tp, batch.producer_id)
         batch.fail(error)
         self._acc.finished(batch)

@@ -1,4 +1,4 @@
-"""The `raftka.v1.Admin` gRPC service: create, delete, list and describe topics.
+"""The `raftka.v1.Admin` gRPC service: topics, leader elections, broker registration, producer ids.
 
 Topic changes go through the metadata log, whose leader alone may propose them; any broker accepts
 them and forwards to that leader, so clients need not know which broker it is. Reads are served
@@ -56,6 +56,7 @@ class AdminService(api_pb2_grpc.AdminServicer):
         return await unary(context, lambda: self._list(request))
 
     async def _list(self, request: api_pb2.ListTopicsRequest) -> api_pb2.ListTopicsResponse:
+        await self._state.catch_up_metadata()
         return api_pb2.ListTopicsResponse(topics=[
             self._state.topic_metadata(record) for record in self._state.metadata.topics()
             if request.include_internal or not record.internal])
@@ -67,6 +68,8 @@ class AdminService(api_pb2_grpc.AdminServicer):
     async def _describe(self, request: api_pb2.DescribeTopicRequest) -> api_pb2.DescribeTopicResponse:
         """The topic, with offsets of the partitions this broker holds a replica of."""
         validate_topic_name(request.name, allow_internal=True)
+        if self._state.metadata.find(request.name) is None:
+            await self._state.catch_up_metadata()
         record = self._state.metadata.get(request.name)
         offsets = []
         for partition in range(record.partitions):
@@ -100,6 +103,14 @@ class AdminService(api_pb2_grpc.AdminServicer):
             return api_pb2.RegisterBrokerResponse()
 
         return await self._on_controller("RegisterBroker", request, locally)
+
+    async def InitProducerId(self, request: api_pb2.InitProducerIdRequest, context: grpc.aio.ServicerContext
+                             ) -> api_pb2.InitProducerIdResponse:
+        async def locally() -> api_pb2.InitProducerIdResponse:
+            return api_pb2.InitProducerIdResponse(producer_id=await self._state.controller.allocate_producer_id(),
+                                                  producer_epoch=0)
+
+        return await unary(context, lambda: self._on_controller("InitProducerId", request, locally))
 
     async def _on_controller(self, method: str, request: Any, locally: Callable[[], Awaitable[Any]]) -> Any:
         """Run a topic change here if this broker leads the metadata log, else forward it to the leader."""

@@ -31,6 +31,7 @@ T = TypeVar("T")
 DEFAULT_FETCH_MAX_BYTES = 8 * 1024 * 1024
 DEFAULT_PARTITION_FETCH_MAX_BYTES = 1024 * 1024
 MAX_STREAM_IN_FLIGHT = 1024
+METADATA_READ_TIMEOUT_S = 5.0
 """Produce requests one stream may have unanswered; the stream stops reading beyond it (back-pressure)."""
 
 
@@ -43,6 +44,15 @@ class BrokerState:
     partitions: PartitionManager
     controller: Controller
     metrics: BrokerMetrics
+
+    async def catch_up_metadata(self) -> None:
+        """Apply every metadata change committed before this call (ReadIndex), so an answer given
+        afterwards includes every topic change acknowledged by any broker before the request came.
+        When no metadata leader answers in time, the local view is the best there is."""
+        try:
+            await self.controller.replica.read_barrier(METADATA_READ_TIMEOUT_S)
+        except RaftkaError as exc:
+            log.info("metadata read barrier failed; answering from the local view: %s", exc)
 
     def address_of(self, broker_id: int) -> str:
         return self.config.brokers.get(broker_id, "")
@@ -265,6 +275,8 @@ class BrokerService(api_pb2_grpc.BrokerServicer):
             brokers=[api_pb2.BrokerInfo(id=broker, address=address, rack=state.rack_of(broker))
                      for broker, address in sorted(state.config.brokers.items())])
         if request.topics:
+            if any(state.metadata.find(name) is None for name in request.topics):
+                await state.catch_up_metadata()
             for name in request.topics:
                 record = state.metadata.find(name)
                 if record is None:
@@ -274,3 +286,4 @@ class BrokerService(api_pb2_grpc.BrokerServicer):
         else:
             response.topics.extend(state.topic_metadata(record) for record in state.metadata.topics())
         return response
+

@@ -13,8 +13,9 @@ import time
 import uuid
 from typing import Callable, Mapping
 
-from raftka.cluster.metadata import (METADATA_TOPIC, BrokerRegistration, MetadataState, TopicRecord,
-                                     create_topic_command, delete_topic_command, register_broker_command)
+from raftka.cluster.metadata import (ALLOCATE_PRODUCER_ID_COMMAND, METADATA_TOPIC, BrokerRegistration,
+                                     MetadataState, TopicRecord, create_topic_command, delete_topic_command,
+                                     register_broker_command)
 from raftka.cluster.partitions import open_replica
 from raftka.cluster.placement import BrokerSlot, assign_replicas
 from raftka.cluster.topics import TopicConfig, validate_topic_name
@@ -82,12 +83,18 @@ class Controller:
             raise InvalidTopicError(f"internal topic {name!r} cannot be deleted")
         await self._propose(delete_topic_command(name))
 
-    async def _propose(self, command: bytes) -> None:
+    async def allocate_producer_id(self) -> int:
+        """A new producer id: the offset of its allocation in the metadata log, so never reused."""
+        return await self._propose(ALLOCATE_PRODUCER_ID_COMMAND)
+
+    async def _propose(self, command: bytes) -> int:
+        """Commit one command; returns its offset in the metadata log."""
         batch = encode_batch([(None, command, (), int(time.time() * 1000))])
         outcome = await self.replica.append(batch, durable=True, timeout_s=self._timeout_s)
         error = self._outcomes.pop(outcome.base_offset, None)
         if error is not None:
             raise error
+        return outcome.base_offset
 
     def _apply(self, offset: int, batch: bytes) -> None:
         """Apply a committed batch of commands; keep recent outcomes for the proposer to collect.

@@ -1,7 +1,8 @@
 """Cluster metadata as a replicated state machine (KRaft-style): brokers, topics, replica placement.
 
 The metadata log is the Raft log of the internal partition `__cluster_metadata/0`, hosted by the
-controller-eligible brokers. Each record of it is one command (JSON: register_broker, create_topic, delete_topic);
+controller-eligible brokers. Each record of it is one command (JSON: register_broker, create_topic, delete_topic,
+allocate_producer_id — whose offset in the log is the producer id it allocates, so it changes no state);
 every broker applies the committed commands in log order to the same `MetadataState`, so all of them
 agree on which brokers registered (address, rack), which topics exist and where their replicas live, and a restart rebuilds the state by
 replaying the log.
@@ -81,6 +82,9 @@ def delete_topic_command(name: str) -> bytes:
     return json.dumps({"op": "delete_topic", "name": name}, sort_keys=True).encode()
 
 
+ALLOCATE_PRODUCER_ID_COMMAND = json.dumps({"op": "allocate_producer_id"}).encode()
+
+
 Listener = Callable[[TopicRecord], None]
 
 
@@ -125,6 +129,8 @@ class MetadataState:
             log.info("topic deleted name=%s id=%s", record.name, record.topic_id)
             for listener in self.on_deleted:
                 listener(record)
+        elif raw["op"] == "allocate_producer_id":
+            log.debug("producer id allocated id=%d", offset)
         else:
             log.error("unknown metadata command at offset %d: %r", offset, raw)
         return None

@@ -12,7 +12,9 @@ Invariants:
   the end offset is exact;
 - a request's batches are validated as a whole before any is proposed, so a bad batch in a request
   leaves no trace;
-- `high_watermark` only grows while the process runs (the committed prefix never shrinks).
+- `high_watermark` only grows while the process runs (the committed prefix never shrinks);
+- an idempotent batch is written at most once: the leader checks its sequence against every batch
+  in its log (`ProducerStates`) and answers a retry with the first write's offsets, once committed.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
+from raftka.cluster.producer_state import HISTORY_BYTES, ProducerStates, WrittenBatch
 from raftka.cluster.topics import TopicConfig
 from raftka.errors import (BatchTooLargeError, CorruptBatchError, InvalidBatchError, NotEnoughReplicasError,
                            NotLeaderError, OffsetOutOfRangeError, RequestTimedOutError)
@@ -75,8 +78,13 @@ class RaftReplica:
         applied = snapshot.index if replay else max(hard_state.commit, snapshot.index)
         self._hw = storage.end_offset_at(applied)
         self._grown: asyncio.Future[None] | None = None
+        self._applied = applied
+        self._applied_moved: asyncio.Future[None] | None = None
         self._stamp_term = 0
         self._next_offset = 0
+        self._committed_producers = ProducerStates()
+        self._unscanned_history: int | None = applied
+        self._producers: ProducerStates | None = None
         self.node: RaftNode = driver.add_group(
             group_id, storage, self._apply, RaftConfig(id=driver.broker_id, election_ticks=ELECTION_TICKS,
                                                        applied=applied))
@@ -137,10 +145,16 @@ class RaftReplica:
         spans = self.validate(batches)
         self._check_leader()
         view = memoryview(batches)
+        headers = [batch_format.read_header(view[start:end], verify_crc=False) for start, end in spans]
+        if any(header.producer_id >= 0 for header in headers):
+            if len(spans) > 1:
+                raise InvalidBatchError("a batch with a producer id must be the only batch of its request")
+            written = self._leader_producers().check(headers[0])
+            if written is not None:
+                return await self._repeated(written, durable=durable, timeout_s=timeout_s)
         base = self._next_offset
         futures = []
-        for start, end in spans:
-            header = batch_format.read_header(view[start:end], verify_crc=False)
+        for (start, end), header in zip(spans, headers):
             stamped = batch_format.stamp_replicated(view[start:end], self._next_offset, self._stamp_term)
             try:
                 futures.append(self._driver.propose(self.group_id, stamped))
@@ -148,6 +162,8 @@ class RaftReplica:
                 raise self._not_leader() from None
             except raft_errors.RaftError as exc:
                 raise NotEnoughReplicasError(f"{self.group_id}: proposal refused for now: {exc}") from None
+            if header.producer_id >= 0:
+                self._leader_producers().record(batch_format.read_header(stamped, verify_crc=False))
             self._next_offset += header.record_count
         outcome = AppendOutcome(base, self._next_offset - 1, int(time.time() * 1000))
         if durable:
@@ -160,6 +176,22 @@ class RaftReplica:
             except raft_errors.RaftError as exc:
                 raise self._not_leader(f"{exc}; ") from None
         return outcome
+
+    async def _repeated(self, written: WrittenBatch, *, durable: bool, timeout_s: float) -> AppendOutcome:
+        """Answer a retried idempotent batch with its first write's offsets (once committed)."""
+        log.info("duplicate batch dropped group=%s offsets=%d-%d", self.group_id, written.base_offset,
+                 written.last_offset)
+        if durable and self._hw <= written.last_offset:
+            try:
+                async with asyncio.timeout(timeout_s):
+                    while self._hw <= written.last_offset:
+                        await self.data_after(written.last_offset)
+                        self.require_leader()
+            except TimeoutError:
+                raise RequestTimedOutError(
+                    f"the first write of this batch (offset {written.base_offset}) is not committed yet "
+                    f"after {timeout_s:.3f}s") from None
+        return AppendOutcome(written.base_offset, written.last_offset, int(time.time() * 1000))
 
     def read(self, offset: int, max_bytes: int) -> ReadResult:
         """Whole batches from the one holding `offset`, below the high watermark (leader only)."""
@@ -187,6 +219,32 @@ class RaftReplica:
             self._grown = loop.create_future()
         return self._grown
 
+    async def read_barrier(self, timeout_s: float, *, attempt_s: float = 0.5) -> None:
+        """Return once this replica has applied everything committed before the call (ReadIndex):
+        state read afterwards is at least as new as any write acknowledged before it. A read the
+        core dropped (its leader died or changed) is asked again every `attempt_s`."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        index = None
+        while index is None:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise RequestTimedOutError(f"{self.group_id}: no linearizable read within {timeout_s:.3f}s")
+            try:
+                index = await asyncio.wait_for(self._driver.read_index(self.group_id), min(attempt_s, remaining))
+            except raft_errors.NotLeaderError:
+                await asyncio.sleep(min(0.05, remaining))
+            except TimeoutError:
+                pass
+        while max(self._applied, self.node.applied_index) < index:
+            if self._applied_moved is None or self._applied_moved.done():
+                self._applied_moved = loop.create_future()
+            try:
+                await asyncio.wait_for(asyncio.shield(self._applied_moved), deadline - loop.time())
+            except TimeoutError:
+                raise RequestTimedOutError(
+                    f"{self.group_id}: index {index} not applied within {timeout_s:.3f}s") from None
+
     def offset_for_timestamp(self, timestamp_ms: int) -> int | None:
         return self._log.offset_for_timestamp(timestamp_ms, upper_bound=self._hw)
 
@@ -205,6 +263,36 @@ class RaftReplica:
                 raise NotEnoughReplicasError(
                     f"{self.group_id}: the new leader is still writing its first entry; retry shortly")
             self._stamp_term, self._next_offset = node.term, self._storage.end_offset
+            self._producers = None
+
+    def _leader_producers(self) -> ProducerStates:
+        """This leader's producer table: what it committed, then its uncommitted tail (built on first
+        use in a term, so partitions without idempotent producers never read their log for it)."""
+        if self._producers is None:
+            if self._unscanned_history is not None:
+                history = self._scan_producers(self._unscanned_history, max_bytes=HISTORY_BYTES)
+                history.extend(self._committed_producers)
+                self._committed_producers, self._unscanned_history = history, None
+            self._producers = self._committed_producers.copy()
+            self._producers.extend(self._scan_producers(self.node.last_index, after=self._applied))
+        return self._producers
+
+    def _scan_producers(self, last: int, *, after: int = 0, max_bytes: int | None = None) -> ProducerStates:
+        """The idempotent batches of log entries (after, last], newest first until `max_bytes`."""
+        entries: list[Entry] = []
+        size, hi = 0, last + 1
+        lo_bound = max(after + 1, self._storage.first_index())
+        while hi > lo_bound and (max_bytes is None or size < max_bytes):
+            lo = max(lo_bound, hi - 64)
+            chunk = self._storage.entries(lo, hi)
+            entries[:0] = chunk
+            size += sum(len(entry.data) for entry in chunk)
+            hi = lo
+        states = ProducerStates()
+        for entry in entries:
+            if entry.type == EntryType.NORMAL:
+                states.record(batch_format.read_header(entry.data, verify_crc=False))
+        return states
 
     def _not_leader(self, prefix: str = "") -> NotLeaderError:
         leader = self.leader_id
@@ -219,6 +307,7 @@ class RaftReplica:
             if entry.type != EntryType.NORMAL:
                 continue
             header = batch_format.read_header(entry.data, verify_crc=False)
+            self._committed_producers.record(header)
             if self._on_committed is not None:
                 self._on_committed(header.base_offset, entry.data)
             hw = header.next_offset
@@ -227,3 +316,8 @@ class RaftReplica:
             grown, self._grown = self._grown, None
             if grown is not None and not grown.done():
                 grown.set_result(None)
+        if entries:
+            self._applied = entries[-1].index
+            moved, self._applied_moved = self._applied_moved, None
+            if moved is not None and not moved.done():
+                moved.set_result(None)

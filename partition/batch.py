@@ -18,9 +18,10 @@ Header (61 bytes, every integer big-endian, fixed width)::
      27   4  record_count     u32  >= 1; record i has offset base_offset + i
      31   8  first_timestamp  i64  ms since the epoch of record 0
      39   8  max_timestamp    i64  largest record timestamp (feeds the time index)
-     47   8  producer_id      i64  -1 = none (idempotence comes later)
+     47   8  producer_id      i64  -1 = none (not idempotent)
      55   2  producer_epoch   i16  -1 = none
-     57   4  base_sequence    i32  -1 = none
+     57   4  base_sequence    i32  -1 = none; else the sequence of record 0 among the producer's
+                                   records on this partition (dense, from 0)
 
 The CRC covers everything after itself, so the fields the broker writes (base_offset, term) can be
 patched in O(1) without recomputing it, and a consumer can still verify the producer's bytes end to
@@ -66,6 +67,10 @@ MAGIC = 1
 HEADER_SIZE = 61
 CRC_START = 25
 TERM_OFFSET = 12
+
+IDEMPOTENCE_WINDOW = 16
+"""Batches of each producer a partition leader remembers to recognise retries; an idempotent
+producer keeps at most this many batches per partition in flight."""
 
 _HEADER = Struct(">QIQBIHIqqqhi")
 _PREFIX = Struct(">QIQBI")

@@ -28,6 +28,10 @@ class ErrorCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     STORAGE_ERROR: _ClassVar[ErrorCode]
     SHUTTING_DOWN: _ClassVar[ErrorCode]
     INTERNAL_ERROR: _ClassVar[ErrorCode]
+    OUT_OF_ORDER_SEQUENCE: _ClassVar[ErrorCode]
+    DUPLICATE_SEQUENCE: _ClassVar[ErrorCode]
+    UNKNOWN_PRODUCER_ID: _ClassVar[ErrorCode]
+    PRODUCER_FENCED: _ClassVar[ErrorCode]
 
 class Acks(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -59,6 +63,10 @@ NOT_ENOUGH_REPLICAS: ErrorCode
 STORAGE_ERROR: ErrorCode
 SHUTTING_DOWN: ErrorCode
 INTERNAL_ERROR: ErrorCode
+OUT_OF_ORDER_SEQUENCE: ErrorCode
+DUPLICATE_SEQUENCE: ErrorCode
+UNKNOWN_PRODUCER_ID: ErrorCode
+PRODUCER_FENCED: ErrorCode
 ACKS_ALL: Acks
 ACKS_LEADER: Acks
 OFFSET_SPEC_UNSPECIFIED: OffsetSpec
@@ -357,3 +365,15 @@ class RegisterBrokerRequest(_message.Message):
 class RegisterBrokerResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class InitProducerIdRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class InitProducerIdResponse(_message.Message):
+    __slots__ = ("producer_id", "producer_epoch")
+    PRODUCER_ID_FIELD_NUMBER: _ClassVar[int]
+    PRODUCER_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    producer_id: int
+    producer_epoch: int
+    def __init__(self, producer_id: _Optional[int] = ..., producer_epoch: _Optional[int] = ...) -> None: ...

@@ -312,6 +312,11 @@ class AdminStub:
                 request_serializer=raftka_dot_proto_dot_api__pb2.RegisterBrokerRequest.SerializeToString,
                 response_deserializer=raftka_dot_proto_dot_api__pb2.RegisterBrokerResponse.FromString,
                 _registered_method=True)
+        self.InitProducerId = channel.unary_unary(
+                '/raftka.v1.Admin/InitProducerId',
+                request_serializer=raftka_dot_proto_dot_api__pb2.InitProducerIdRequest.SerializeToString,
+                response_deserializer=raftka_dot_proto_dot_api__pb2.InitProducerIdResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -356,6 +361,14 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def InitProducerId(self, request, context):
+        """A producer id for an idempotent producer: unique in the cluster, never reused (it is the offset
+        of the allocating command in the metadata log).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -388,6 +401,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.RegisterBroker,
                     request_deserializer=raftka_dot_proto_dot_api__pb2.RegisterBrokerRequest.FromString,
                     response_serializer=raftka_dot_proto_dot_api__pb2.RegisterBrokerResponse.SerializeToString,
+            ),
+            'InitProducerId': grpc.unary_unary_rpc_method_handler(
+                    servicer.InitProducerId,
+                    request_deserializer=raftka_dot_proto_dot_api__pb2.InitProducerIdRequest.FromString,
+                    response_serializer=raftka_dot_proto_dot_api__pb2.InitProducerIdResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -552,6 +570,33 @@ class Admin:
             '/raftka.v1.Admin/RegisterBroker',
             raftka_dot_proto_dot_api__pb2.RegisterBrokerRequest.SerializeToString,
             raftka_dot_proto_dot_api__pb2.RegisterBrokerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def InitProducerId(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/raftka.v1.Admin/InitProducerId',
+            raftka_dot_proto_dot_api__pb2.InitProducerIdRequest.SerializeToString,
+            raftka_dot_proto_dot_api__pb2.InitProducerIdResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -11,7 +11,9 @@ Invariants (the core's Ready contract, for many groups at once):
 - committed entries are handed to the group's applier in index order, exactly once per process
   lifetime (after a restart the applier is told where the core resumes: `applied_index`);
 - a proposal's future resolves only when an entry with the proposal's index AND term is committed,
-  and fails when a different entry is committed at that index (leadership changed first).
+  and fails when a different entry is committed at that index (leadership changed first);
+- a read's future resolves with its ReadIndex; the reader serves it once its state machine has
+  applied that index. The core drops reads across leadership changes, so callers bound the wait.
 
 The driver knows nothing of topics: a group is an opaque id, a storage, and an applier.
 """
@@ -52,6 +54,7 @@ class _Group:
     storage: Storage
     apply: Applier
     pending: dict[int, tuple[int, asyncio.Future[int]]] = field(default_factory=dict)
+    reads: dict[bytes, asyncio.Future[int]] = field(default_factory=dict)
     idle_ticks: int = 0
 
 
@@ -77,6 +80,7 @@ class MultiRaft:
         self._work = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._read_ids = 0
         self.rounds = 0
 
     def add_group(self, group_id: str, storage: Storage, apply: Applier, config: RaftConfig) -> RaftNode:
@@ -92,7 +96,7 @@ class MultiRaft:
     def remove_group(self, group_id: str) -> None:
         group = self._groups.pop(group_id)
         self._dirty.discard(group_id)
-        for _, future in group.pending.values():
+        for future in [*(f for _, f in group.pending.values()), *group.reads.values()]:
             if not future.done():
                 future.set_exception(ProposalDroppedError(f"group {group_id!r} was removed from this broker"))
 
@@ -112,6 +116,20 @@ class MultiRaft:
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         group.pending[index] = (group.node.term, future)
         group.idle_ticks = 0
+        self._mark(group_id)
+        return future
+
+    def read_index(self, group_id: str) -> asyncio.Future[int]:
+        """Start a linearizable read (ReadIndex); the future gives the index the reader must see
+        applied. Raises the core's NotLeaderError when the group knows no leader. The future never
+        resolves if leadership changes meanwhile: wait on it with a timeout."""
+        group = self._groups[group_id]
+        self._read_ids += 1
+        context = self._read_ids.to_bytes(8, "big")
+        group.node.read_index(context)
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        future.add_done_callback(lambda _: group.reads.pop(context, None))
+        group.reads[context] = future
         self._mark(group_id)
         return future
 
@@ -229,6 +247,10 @@ class MultiRaft:
             if ready.committed_entries:
                 group.apply(ready.committed_entries)
                 self._settle(group, ready.committed_entries)
+            for read in ready.read_states:
+                future = group.reads.get(read.context)
+                if future is not None and not future.done():
+                    future.set_result(read.index)
             group.node.advance(ready)
             self._dirty.add(group.group_id)
 

@@ -11,7 +11,7 @@ from typing import Callable, Iterator
 import grpc
 import pytest
 
-from raftka import Consumer, Producer, Record, TopicPartition
+from raftka import Admin, Consumer, Producer, Record, TopicPartition
 from raftka.client.local import LocalBroker, free_port, plan
 from raftka.errors import RaftkaError
 from raftka.proto import api_pb2_grpc
@@ -141,6 +141,28 @@ def lost(acknowledged: list[tuple[int, int, bytes]], found: dict[int, list[Recor
     """The acknowledged records that are not in `found` at their acknowledged position."""
     at = {(partition, r.offset): r.value for partition, records in found.items() for r in records}
     return [(p, o, v) for p, o, v in acknowledged if at.get((p, o)) != v]
+
+
+def find_leader(bootstrap: str, topic: str, partition: int, brokers: list[LocalBroker]) -> LocalBroker:
+    """The live broker leading the partition, as the leader itself reports (Admin.describe_topic)."""
+    by_id = {broker.broker_id: broker for broker in brokers}
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            with Admin(bootstrap, request_timeout_ms=5000) as admin:
+                info = admin.describe_topic(topic).partitions[partition]
+        except RaftkaError:
+            info = None
+        if info is not None and info.leader in info.in_sync_replicas and by_id[info.leader].alive():
+            return by_id[info.leader]
+        time.sleep(0.1)
+    raise AssertionError(f"no leader for {topic}/{partition}")
+
+
+@pytest.fixture(name="leader_of")
+def leader_of_fixture() -> Callable[..., LocalBroker]:
+    """`leader_of(bootstrap, topic, partition, brokers)`: the live broker leading the partition."""
+    return find_leader
 
 
 @pytest.fixture(name="ack_recorder")

@@ -18,22 +18,6 @@ from raftka.errors import RaftkaError, RequestTimedOutError
 from raftka.proto import api_pb2, api_pb2_grpc
 
 
-def leader_of(bootstrap: str, topic: str, partition: int, brokers: list[LocalBroker]) -> LocalBroker:
-    """The live broker leading the partition, as the leader itself reports (Admin.describe_topic)."""
-    by_id = {broker.broker_id: broker for broker in brokers}
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            with Admin(bootstrap, request_timeout_ms=5000) as admin:
-                info = admin.describe_topic(topic).partitions[partition]
-        except RaftkaError:
-            info = None
-        if info is not None and info.leader in info.in_sync_replicas and by_id[info.leader].alive():
-            return by_id[info.leader]
-        time.sleep(0.1)
-    raise AssertionError(f"no leader for {topic}/{partition}")
-
-
 def bootstrap_of(brokers: list[LocalBroker]) -> str:
     return ",".join(b.address for b in brokers)
 
@@ -50,7 +34,7 @@ def test_topics_are_replicated_with_leaders_spread(start_cluster) -> None:
             assert [t.name for t in admin.list_topics()] == ["spread"], "every broker applies the metadata log"
 
 
-def test_leader_kills_lose_no_acknowledged_record(start_cluster, consume_all, ack_recorder, lost) -> None:
+def test_leader_kills_lose_no_acknowledged_record(start_cluster, consume_all, ack_recorder, lost, leader_of) -> None:
     """Producers run with acks=all while partition leaders are SIGKILLed and restarted, over and over."""
     brokers = start_cluster(3)
     bootstrap = bootstrap_of(brokers)
@@ -78,7 +62,7 @@ def test_leader_kills_lose_no_acknowledged_record(start_cluster, consume_all, ac
     assert len(set(acked_values)) == len(acked_values), "no acknowledged record was written twice"
 
 
-def test_minority_cannot_acknowledge_and_majority_continues(start_cluster, consume_all) -> None:
+def test_minority_cannot_acknowledge_and_majority_continues(start_cluster, consume_all, leader_of) -> None:
     brokers = start_cluster(3)
     bootstrap = bootstrap_of(brokers)
     with Admin(bootstrap) as admin:
@@ -185,7 +169,7 @@ def test_elect_leaders_command_restores_preferred_leaders(start_cluster) -> None
     assert wait_preferred_leaders(bootstrap, "manual", 20)
 
 
-def test_follower_behind_the_compacted_log_catches_up_by_snapshot(start_cluster, consume_all) -> None:
+def test_follower_behind_the_compacted_log_catches_up_by_snapshot(start_cluster, consume_all, leader_of) -> None:
     """While a follower is down, retention deletes (and Raft compacts) what it misses; on restart it
     installs the leader's snapshot and continues from the leader's log start."""
     brokers = start_cluster(3, "--retention-check-ms", "200")
@@ -282,3 +266,26 @@ def test_brokers_register_their_racks_and_replicas_span_racks(start_cluster) -> 
     with Admin(bootstrap_of(brokers)) as admin:
         topic = admin.create_topic("zoned", partitions=8, replication_factor=2)
     assert all({racks[b] for b in p.replicas} == {"east", "west"} for p in topic.partitions), topic.partitions
+
+
+
+def test_a_created_topic_is_known_to_every_broker_at_once(start_cluster) -> None:
+    """Metadata reads are linearizable: once a creation is acknowledged, no broker calls the topic
+    unknown, not even one that was frozen while it was created and is asked before it catches up."""
+    brokers = start_cluster(3)
+    for i in range(5):
+        with grpc.insecure_channel(brokers[0].address) as channel:
+            controller = api_pb2_grpc.BrokerStub(channel).Metadata(api_pb2.MetadataRequest(), timeout=30).controller_id
+        lagging = next(b for b in brokers if b.broker_id != controller)
+        lagging.pause()
+        try:
+            with Admin(bootstrap_of([b for b in brokers if b is not lagging])) as admin:
+                admin.create_topic(f"fresh-{i}", partitions=2)
+        finally:
+            lagging.resume()
+        with grpc.insecure_channel(lagging.address) as channel:
+            response = api_pb2_grpc.BrokerStub(channel).Metadata(
+                api_pb2.MetadataRequest(topics=[f"fresh-{i}"]), timeout=30)
+        assert [t.name for t in response.topics] == [f"fresh-{i}"]
+        with Admin(lagging.address) as admin:
+            assert f"fresh-{i}" in [t.name for t in admin.list_topics()]

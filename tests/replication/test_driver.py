@@ -162,3 +162,24 @@ def test_idle_groups_quiesce_and_stop_costing_rounds() -> None:
         await cluster.net.drivers[leader].propose("g0", b"wake up")
         await cluster.stop()
     run(scenario())
+
+
+def test_read_index_on_a_follower_covers_every_write_committed_before_it() -> None:
+    async def scenario() -> None:
+        cluster = Cluster(groups=1)
+        cluster.start()
+        leader = await cluster.wait_leader("g0")
+        committed = await cluster.net.drivers[leader].propose("g0", b"acknowledged")
+        follower = next(b for b in BROKERS if b != leader)
+        index = await asyncio.wait_for(cluster.net.drivers[follower].read_index("g0"), 5)
+        assert index >= committed
+        await cluster.stop()
+    run(scenario())
+
+
+def test_read_index_without_a_known_leader_is_refused() -> None:
+    async def scenario() -> None:
+        cluster = Cluster(groups=1)
+        with pytest.raises(NotLeaderError):
+            cluster.net.drivers[1].read_index("g0")
+    run(scenario())
