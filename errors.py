@@ -150,6 +150,43 @@ class ProducerFencedError(RaftkaError):
     status = grpc.StatusCode.FAILED_PRECONDITION
 
 
+class NotCoordinatorError(RaftkaError):
+    """The broker does not coordinate the group (any more); find the coordinator again and retry."""
+
+    code = ErrorCode.NOT_COORDINATOR
+    status = grpc.StatusCode.FAILED_PRECONDITION
+    retriable = True
+
+
+class UnknownMemberIdError(RaftkaError):
+    """The coordinator does not know the member (expired or fenced); it must rejoin owning nothing."""
+
+    code = ErrorCode.UNKNOWN_MEMBER_ID
+    status = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class GroupNotEmptyError(RaftkaError):
+    code = ErrorCode.GROUP_NOT_EMPTY
+    status = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class UnknownGroupError(RaftkaError):
+    code = ErrorCode.UNKNOWN_GROUP
+    status = grpc.StatusCode.NOT_FOUND
+
+
+class NotPartitionOwnerError(RaftkaError):
+    """A commit for a partition the member no longer owns (it was revoked or the member expired)."""
+
+    code = ErrorCode.NOT_PARTITION_OWNER
+    status = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class InstanceIdInUseError(RaftkaError):
+    code = ErrorCode.INSTANCE_ID_IN_USE
+    status = grpc.StatusCode.ALREADY_EXISTS
+
+
 class BrokerUnavailableError(RaftkaError):
     """Client side only: no broker could be reached (the status is whatever the transport said)."""
 

@@ -606,3 +606,354 @@ class Admin:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class GroupsStub:
+    """Consumer groups. The coordinator of group G is the leader of partition murmur2(G) mod N of the
+    internal topic __consumer_offsets, which holds the group's committed offsets and membership.
+    Membership is incremental and cooperative (in the spirit of Kafka's KIP-848): members heartbeat
+    with the partitions they own; the coordinator answers with the partitions each may own now, and
+    hands a partition to a new owner only after its previous owner reported it released (or expired).
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.FindCoordinator = channel.unary_unary(
+                '/raftka.v1.Groups/FindCoordinator',
+                request_serializer=raftka_dot_proto_dot_api__pb2.FindCoordinatorRequest.SerializeToString,
+                response_deserializer=raftka_dot_proto_dot_api__pb2.FindCoordinatorResponse.FromString,
+                _registered_method=True)
+        self.Heartbeat = channel.unary_unary(
+                '/raftka.v1.Groups/Heartbeat',
+                request_serializer=raftka_dot_proto_dot_api__pb2.GroupHeartbeatRequest.SerializeToString,
+                response_deserializer=raftka_dot_proto_dot_api__pb2.GroupHeartbeatResponse.FromString,
+                _registered_method=True)
+        self.CommitOffsets = channel.unary_unary(
+                '/raftka.v1.Groups/CommitOffsets',
+                request_serializer=raftka_dot_proto_dot_api__pb2.CommitOffsetsRequest.SerializeToString,
+                response_deserializer=raftka_dot_proto_dot_api__pb2.CommitOffsetsResponse.FromString,
+                _registered_method=True)
+        self.FetchOffsets = channel.unary_unary(
+                '/raftka.v1.Groups/FetchOffsets',
+                request_serializer=raftka_dot_proto_dot_api__pb2.FetchOffsetsRequest.SerializeToString,
+                response_deserializer=raftka_dot_proto_dot_api__pb2.FetchOffsetsResponse.FromString,
+                _registered_method=True)
+        self.ListGroups = channel.unary_unary(
+                '/raftka.v1.Groups/ListGroups',
+                request_serializer=raftka_dot_proto_dot_api__pb2.ListGroupsRequest.SerializeToString,
+                response_deserializer=raftka_dot_proto_dot_api__pb2.ListGroupsResponse.FromString,
+                _registered_method=True)
+        self.DescribeGroup = channel.unary_unary(
+                '/raftka.v1.Groups/DescribeGroup',
+                request_serializer=raftka_dot_proto_dot_api__pb2.DescribeGroupRequest.SerializeToString,
+                response_deserializer=raftka_dot_proto_dot_api__pb2.DescribeGroupResponse.FromString,
+                _registered_method=True)
+        self.DeleteGroup = channel.unary_unary(
+                '/raftka.v1.Groups/DeleteGroup',
+                request_serializer=raftka_dot_proto_dot_api__pb2.DeleteGroupRequest.SerializeToString,
+                response_deserializer=raftka_dot_proto_dot_api__pb2.DeleteGroupResponse.FromString,
+                _registered_method=True)
+
+
+class GroupsServicer:
+    """Consumer groups. The coordinator of group G is the leader of partition murmur2(G) mod N of the
+    internal topic __consumer_offsets, which holds the group's committed offsets and membership.
+    Membership is incremental and cooperative (in the spirit of Kafka's KIP-848): members heartbeat
+    with the partitions they own; the coordinator answers with the partitions each may own now, and
+    hands a partition to a new owner only after its previous owner reported it released (or expired).
+    """
+
+    def FindCoordinator(self, request, context):
+        """Any broker answers with the group's coordinator (creating __consumer_offsets on first use).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Heartbeat(self, request, context):
+        """Join (empty member_id), stay (member_id), or leave (leave=true). Coordinator only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CommitOffsets(self, request, context):
+        """Coordinator only. A group member may commit only partitions it owns; a request without a
+        member_id (manual assignment, admin resets) is accepted only while the group has no members.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FetchOffsets(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListGroups(self, request, context):
+        """Each broker lists the groups it coordinates; clients ask every broker.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DescribeGroup(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteGroup(self, request, context):
+        """Refused while the group has members.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_GroupsServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'FindCoordinator': grpc.unary_unary_rpc_method_handler(
+                    servicer.FindCoordinator,
+                    request_deserializer=raftka_dot_proto_dot_api__pb2.FindCoordinatorRequest.FromString,
+                    response_serializer=raftka_dot_proto_dot_api__pb2.FindCoordinatorResponse.SerializeToString,
+            ),
+            'Heartbeat': grpc.unary_unary_rpc_method_handler(
+                    servicer.Heartbeat,
+                    request_deserializer=raftka_dot_proto_dot_api__pb2.GroupHeartbeatRequest.FromString,
+                    response_serializer=raftka_dot_proto_dot_api__pb2.GroupHeartbeatResponse.SerializeToString,
+            ),
+            'CommitOffsets': grpc.unary_unary_rpc_method_handler(
+                    servicer.CommitOffsets,
+                    request_deserializer=raftka_dot_proto_dot_api__pb2.CommitOffsetsRequest.FromString,
+                    response_serializer=raftka_dot_proto_dot_api__pb2.CommitOffsetsResponse.SerializeToString,
+            ),
+            'FetchOffsets': grpc.unary_unary_rpc_method_handler(
+                    servicer.FetchOffsets,
+                    request_deserializer=raftka_dot_proto_dot_api__pb2.FetchOffsetsRequest.FromString,
+                    response_serializer=raftka_dot_proto_dot_api__pb2.FetchOffsetsResponse.SerializeToString,
+            ),
+            'ListGroups': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListGroups,
+                    request_deserializer=raftka_dot_proto_dot_api__pb2.ListGroupsRequest.FromString,
+                    response_serializer=raftka_dot_proto_dot_api__pb2.ListGroupsResponse.SerializeToString,
+            ),
+            'DescribeGroup': grpc.unary_unary_rpc_method_handler(
+                    servicer.DescribeGroup,
+                    request_deserializer=raftka_dot_proto_dot_api__pb2.DescribeGroupRequest.FromString,
+                    response_serializer=raftka_dot_proto_dot_api__pb2.DescribeGroupResponse.SerializeToString,
+            ),
+            'DeleteGroup': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteGroup,
+                    request_deserializer=raftka_dot_proto_dot_api__pb2.DeleteGroupRequest.FromString,
+                    response_serializer=raftka_dot_proto_dot_api__pb2.DeleteGroupResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'raftka.v1.Groups', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('raftka.v1.Groups', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Groups:
+    """Consumer groups. The coordinator of group G is the leader of partition murmur2(G) mod N of the
+    internal topic __consumer_offsets, which holds the group's committed offsets and membership.
+    Membership is incremental and cooperative (in the spirit of Kafka's KIP-848): members heartbeat
+    with the partitions they own; the coordinator answers with the partitions each may own now, and
+    hands a partition to a new owner only after its previous owner reported it released (or expired).
+    """
+
+    @staticmethod
+    def FindCoordinator(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/raftka.v1.Groups/FindCoordinator',
+            raftka_dot_proto_dot_api__pb2.FindCoordinatorRequest.SerializeToString,
+            raftka_dot_proto_dot_api__pb2.FindCoordinatorResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Heartbeat(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/raftka.v1.Groups/Heartbeat',
+            raftka_dot_proto_dot_api__pb2.GroupHeartbeatRequest.SerializeToString,
+            raftka_dot_proto_dot_api__pb2.GroupHeartbeatResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CommitOffsets(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/raftka.v1.Groups/CommitOffsets',
+            raftka_dot_proto_dot_api__pb2.CommitOffsetsRequest.SerializeToString,
+            raftka_dot_proto_dot_api__pb2.CommitOffsetsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FetchOffsets(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/raftka.v1.Groups/FetchOffsets',
+            raftka_dot_proto_dot_api__pb2.FetchOffsetsRequest.SerializeToString,
+            raftka_dot_proto_dot_api__pb2.FetchOffsetsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListGroups(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/raftka.v1.Groups/ListGroups',
+            raftka_dot_proto_dot_api__pb2.ListGroupsRequest.SerializeToString,
+            raftka_dot_proto_dot_api__pb2.ListGroupsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DescribeGroup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/raftka.v1.Groups/DescribeGroup',
+            raftka_dot_proto_dot_api__pb2.DescribeGroupRequest.SerializeToString,
+            raftka_dot_proto_dot_api__pb2.DescribeGroupResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteGroup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/raftka.v1.Groups/DeleteGroup',
+            raftka_dot_proto_dot_api__pb2.DeleteGroupRequest.SerializeToString,
+            raftka_dot_proto_dot_api__pb2.DeleteGroupResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
