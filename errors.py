@@ -182,11 +182,6 @@ class NotPartitionOwnerError(RaftkaError):
     status = grpc.StatusCode.FAILED_PRECONDITION
 
 
-class InstanceIdInUseError(RaftkaError):
-    code = ErrorCode.INSTANCE_ID_IN_USE
-    status = grpc.StatusCode.ALREADY_EXISTS
-
-
 class BrokerUnavailableError(RaftkaError):
     """Client side only: no broker could be reached (the status is whatever the transport said)."""
 

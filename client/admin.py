@@ -1,4 +1,5 @@
-"""`Admin`: create, delete, list and describe topics."""
+"""`Admin`: topics (create, delete, list, describe, leader elections) and consumer groups (list,
+describe with lag, delete, reset offsets)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ from typing import Callable, Mapping, Sequence, TypeVar
 import grpc
 
 from raftka.client.connection import ClusterConnection
-from raftka.errors import from_rpc_error
+from raftka.client.membership import GroupCoordinatorClient, from_group_partitions
+from raftka.client.records import TopicPartition
+from raftka.errors import GroupNotEmptyError, OffsetOutOfRangeError, from_rpc_error
 from raftka.proto import api_pb2, api_pb2_grpc
 
 T = TypeVar("T")
@@ -45,6 +48,45 @@ class TopicInfo:
                 p.partition, p.leader_id, tuple(p.replicas), tuple(p.in_sync_replicas),
                 o.log_start_offset if o else None, o.high_watermark if o else None, o.size_bytes if o else None))
         return cls(topic.name, topic.replication_factor, tuple(partitions), dict(topic.config), topic.internal)
+
+
+@dataclass(frozen=True)
+class GroupMemberInfo:
+    member_id: str
+    instance_id: str
+    client_id: str
+    assignment: frozenset[TopicPartition]
+    """The member's target assignment."""
+    owned: frozenset[TopicPartition]
+    """What it holds now (differs from the target while partitions move)."""
+    topics: tuple[str, ...]
+    pattern: str
+
+
+@dataclass(frozen=True)
+class PartitionLag:
+    tp: TopicPartition
+    committed: int | None
+    log_end_offset: int
+    owner: str | None
+    """The member id holding the partition, if any."""
+
+    @property
+    def lag(self) -> int | None:
+        return None if self.committed is None else max(0, self.log_end_offset - self.committed)
+
+
+@dataclass(frozen=True)
+class GroupInfo:
+    group_id: str
+    state: str
+    coordinator: int
+    assignor: str
+    members: tuple[GroupMemberInfo, ...]
+    partitions: tuple[PartitionLag, ...]
+
+
+RESET_SPECS = ("earliest", "latest", "offset", "datetime", "shift")
 
 
 class Admin:
@@ -114,6 +156,83 @@ class Admin:
                 if not error.retriable:
                     raise error from None
         return moves
+
+    def list_groups(self) -> list[api_pb2.GroupSummary]:
+        """Every group with members or committed offsets (each broker reports the groups it coordinates)."""
+        groups: dict[str, api_pb2.GroupSummary] = {}
+        for broker in self._conn.refresh([]).brokers:
+            try:
+                answer = api_pb2_grpc.GroupsStub(self._conn.channel(broker.address)).ListGroups(
+                    api_pb2.ListGroupsRequest(), timeout=min(5.0, self._conn.request_timeout_s))
+            except grpc.RpcError as exc:
+                if not from_rpc_error(exc).retriable:
+                    raise from_rpc_error(exc) from None
+                continue
+            groups.update((g.group_id, g) for g in answer.groups)
+        return [groups[g] for g in sorted(groups)]
+
+    def describe_group(self, group_id: str) -> GroupInfo:
+        """Members and their assignments, and per partition the committed offset, the log end offset
+        and the lag (partitions of subscribed topics, and any with a committed offset)."""
+        response = GroupCoordinatorClient(self._conn, group_id).call(
+            lambda stub: stub.DescribeGroup, api_pb2.DescribeGroupRequest(group_id=group_id))
+        members = tuple(GroupMemberInfo(m.member_id, m.instance_id, m.client_id, from_group_partitions(m.assignment),
+                                        from_group_partitions(m.owned), tuple(m.topics), m.pattern)
+                        for m in response.members)
+        committed = {TopicPartition(o.topic, o.partition): o.offset for o in response.offsets}
+        owners = {tp: m.member_id for m in members for tp in m.owned}
+        tps = set(committed) | set(owners) | {tp for m in members for tp in m.assignment}
+        partitions = tuple(PartitionLag(tp, committed.get(tp), self._conn.list_offset(tp.topic, tp.partition,
+                                                                                        api_pb2.LATEST),
+                                        owners.get(tp)) for tp in sorted(tps))
+        summary = response.summary
+        return GroupInfo(group_id, summary.state, summary.coordinator_id, response.assignor, members, partitions)
+
+    def delete_group(self, group_id: str) -> None:
+        """Delete a group's offsets; refused (GroupNotEmptyError) while it has members."""
+        GroupCoordinatorClient(self._conn, group_id).call(
+            lambda stub: stub.DeleteGroup, api_pb2.DeleteGroupRequest(group_id=group_id))
+
+    def reset_offsets(self, group_id: str, topic: str, spec: str, value: int | None = None, *,
+                      execute: bool = False) -> dict[TopicPartition, tuple[int | None, int]]:
+        """Plan (and with `execute`, commit) new committed offsets for every partition of `topic`:
+        `spec` is earliest, latest, offset (value = the offset), datetime (value = ms since the
+        epoch; the first offset at or after it) or shift (value = records to move, + or -). Targets
+        are clamped to each partition's range. Returns {tp: (current committed, new)}. Executing is
+        refused while the group has members, as in Kafka."""
+        if spec not in RESET_SPECS:
+            raise ValueError(f"reset spec must be one of {', '.join(RESET_SPECS)}, not {spec!r}")
+        if spec in ("offset", "datetime", "shift") and value is None:
+            raise ValueError(f"reset to {spec} needs a value")
+        coordinator = GroupCoordinatorClient(self._conn, group_id)
+        tps = [TopicPartition(topic, p) for p in range(self._conn.partition_count(topic))]
+        current = {tp: o.offset for tp, o in coordinator.committed(tps).items()}
+        plan: dict[TopicPartition, tuple[int | None, int]] = {}
+        for tp in tps:
+            earliest = self._conn.list_offset(topic, tp.partition, api_pb2.EARLIEST)
+            latest = self._conn.list_offset(topic, tp.partition, api_pb2.LATEST)
+            if spec == "earliest":
+                target = earliest
+            elif spec == "latest":
+                target = latest
+            elif spec == "offset":
+                target = value  # type: ignore[assignment]
+            elif spec == "datetime":
+                found = self._conn.list_offset(topic, tp.partition, api_pb2.TIMESTAMP, value or 0)
+                target = latest if found < 0 else found
+            else:
+                base = current.get(tp)
+                if base is None:
+                    raise OffsetOutOfRangeError(f"{tp} has no committed offset to shift")
+                target = base + (value or 0)
+            plan[tp] = (current.get(tp), min(max(target, earliest), latest))
+        if execute:
+            try:
+                coordinator.commit({tp: (new, "") for tp, (_, new) in plan.items()})
+            except GroupNotEmptyError as exc:
+                raise GroupNotEmptyError(f"cannot reset offsets of group {group_id!r}: {exc.message}; stop its "
+                                         "consumers first") from None
+        return plan
 
     def close(self) -> None:
         self._conn.close()

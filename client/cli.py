@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "(env RAFTKA_LEADER_BALANCE_DELAY_MS; default 30000)")
     broker.add_argument("--retention-check-ms", type=int, default=_env("RETENTION_CHECK_MS", 60_000, int),
                         help="how often expired segments are deleted (env RAFTKA_RETENTION_CHECK_MS; default 60000)")
+    broker.add_argument("--offsets-partitions", type=int, default=_env("OFFSETS_PARTITIONS", 8, int),
+                        help="partitions of __consumer_offsets, the consumer groups' topic, when it is created "
+                             "(env RAFTKA_OFFSETS_PARTITIONS; default 8)")
 
     local = commands.add_parser("local", help="run a local development cluster in the foreground")
     local.add_argument("--brokers", type=int, default=_env("LOCAL_BROKERS", DEFAULT_LOCAL_BROKERS, int),
@@ -100,6 +103,26 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             sub.add_argument("name")
     for sub in topic_commands.choices.values():
+        _client_options(sub, suppress=True)
+
+    group = commands.add_parser("group", help="list, describe, delete consumer groups and reset their offsets")
+    group_commands = group.add_subparsers(dest="group_command", required=True, metavar="ACTION")
+    group_commands.add_parser("list", help="list consumer groups")
+    group_commands.add_parser("describe", help="members, assignment, committed offsets and lag").add_argument("group")
+    group_commands.add_parser("delete", help="delete a group without members").add_argument("group")
+    reset = group_commands.add_parser("reset-offsets", help="move a group's committed offsets on a topic "
+                                      "(a dry run unless --execute)")
+    reset.add_argument("group")
+    reset.add_argument("--topic", required=True)
+    target = reset.add_mutually_exclusive_group(required=True)
+    target.add_argument("--to-earliest", action="store_true")
+    target.add_argument("--to-latest", action="store_true")
+    target.add_argument("--to-offset", type=int, metavar="N")
+    target.add_argument("--to-datetime", metavar="ISO8601", help="e.g. 2026-11-23T10:00:00Z (no zone: UTC)")
+    target.add_argument("--shift-by", type=int, metavar="N", help="move each committed offset by N (+ or -)")
+    reset.add_argument("--execute", action="store_true", help="commit the new offsets (refused while the group "
+                       "has members)")
+    for sub in group_commands.choices.values():
         _client_options(sub, suppress=True)
 
     produce = commands.add_parser("produce", help="publish stdin, one record per line")
@@ -162,7 +185,8 @@ def cmd_broker(args: argparse.Namespace) -> int:
                                    cluster_id=args.cluster_id, metrics_port=args.metrics_port,
                                    metrics_host=args.metrics_host,
                                    retention_check_interval_s=args.retention_check_ms / 1000,
-                                   leader_balance_delay_s=args.leader_balance_delay_ms / 1000)))
+                                   leader_balance_delay_s=args.leader_balance_delay_ms / 1000,
+                                   offsets_partitions=args.offsets_partitions)))
     return 0
 
 
@@ -204,6 +228,72 @@ def cmd_topic(args: argparse.Namespace) -> int:
                     + _table(["PARTITION", "LEADER", "REPLICAS", "IN-SYNC", "START", "END", "BYTES"], rows))
             _emit(args, _topic_json(topic), text)
     return 0
+
+
+def cmd_group(args: argparse.Namespace) -> int:
+    from raftka.client.admin import Admin
+
+    with Admin(args.bootstrap, request_timeout_ms=args.timeout_ms) as admin:
+        if args.group_command == "list":
+            groups = admin.list_groups()
+            _emit(args, [{"group": g.group_id, "state": g.state, "members": g.members,
+                          "coordinator": g.coordinator_id} for g in groups],
+                  _table(["GROUP", "STATE", "MEMBERS", "COORDINATOR"],
+                         [[g.group_id, g.state, str(g.members), str(g.coordinator_id)] for g in groups]))
+        elif args.group_command == "describe":
+            info = admin.describe_group(args.group)
+            rows = [[p.tp.topic, str(p.tp.partition), _dash(p.committed), str(p.log_end_offset), _dash(p.lag),
+                     p.owner or "-"] for p in info.partitions]
+            members = [[m.member_id, m.instance_id or "-", m.client_id or "-",
+                        " ".join(f"{tp.topic}/{tp.partition}" for tp in sorted(m.owned)) or "-"]
+                       for m in info.members]
+            text = (f"group {info.group_id}  state {info.state}  coordinator {info.coordinator}  "
+                    f"assignor {info.assignor or '-'}\n"
+                    + _table(["TOPIC", "PARTITION", "COMMITTED", "END", "LAG", "OWNER"], rows) + "\n\n"
+                    + _table(["MEMBER", "INSTANCE", "CLIENT", "OWNS"], members))
+            _emit(args, {"group": info.group_id, "state": info.state, "coordinator": info.coordinator,
+                         "assignor": info.assignor,
+                         "members": [{"member_id": m.member_id, "instance_id": m.instance_id,
+                                      "client_id": m.client_id, "topics": list(m.topics), "pattern": m.pattern,
+                                      "assignment": [list(tp) for tp in sorted(m.assignment)],
+                                      "owned": [list(tp) for tp in sorted(m.owned)]} for m in info.members],
+                         "partitions": [{"topic": p.tp.topic, "partition": p.tp.partition, "committed": p.committed,
+                                         "log_end_offset": p.log_end_offset, "lag": p.lag, "owner": p.owner}
+                                        for p in info.partitions]}, text)
+        elif args.group_command == "delete":
+            admin.delete_group(args.group)
+            _emit(args, {"deleted": args.group}, f"deleted group {args.group}")
+        else:
+            spec, value = _reset_target(args)
+            plan = admin.reset_offsets(args.group, args.topic, spec, value, execute=args.execute)
+            rows = [[tp.topic, str(tp.partition), _dash(old), str(new)] for tp, (old, new) in sorted(plan.items())]
+            verdict = "committed" if args.execute else "dry run: add --execute to commit"
+            _emit(args, {"executed": args.execute, "offsets": [
+                {"topic": tp.topic, "partition": tp.partition, "current": old, "new": new}
+                for tp, (old, new) in sorted(plan.items())]},
+                _table(["TOPIC", "PARTITION", "CURRENT", "NEW"], rows) + f"\n({verdict})")
+    return 0
+
+
+def _reset_target(args: argparse.Namespace) -> tuple[str, int | None]:
+    from datetime import datetime, timezone
+
+    if args.to_earliest:
+        return "earliest", None
+    if args.to_latest:
+        return "latest", None
+    if args.to_offset is not None:
+        return "offset", args.to_offset
+    if args.shift_by is not None:
+        return "shift", args.shift_by
+    moment = datetime.fromisoformat(args.to_datetime.replace("Z", "+00:00"))
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return "datetime", int(moment.timestamp() * 1000)
+
+
+def _dash(value: int | None) -> str:
+    return "-" if value is None else str(value)
 
 
 def cmd_produce(args: argparse.Namespace) -> int:
@@ -294,7 +384,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
-    "broker": cmd_broker, "local": cmd_local, "topic": cmd_topic, "produce": cmd_produce, "consume": cmd_consume,
+    "broker": cmd_broker, "local": cmd_local, "topic": cmd_topic, "group": cmd_group, "produce": cmd_produce,
+    "consume": cmd_consume,
     "bench": cmd_bench,
 }
 

@@ -18,7 +18,7 @@ from typing import Callable, Sequence, TypeVar
 import grpc
 
 from raftka.errors import (BrokerUnavailableError, NotLeaderError, RaftkaError, UnknownPartitionError,
-                           UnknownTopicError, from_rpc_error)
+                           UnknownTopicError, from_proto, from_rpc_error)
 from raftka.proto import api_pb2, api_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -179,6 +179,26 @@ class ClusterConnection:
                 log.debug("retrying after %s: %s", type(exc).__name__, exc)
                 time.sleep(min(backoff.delay(attempt), max(0.0, deadline_s - time.monotonic())))
                 attempt += 1
+
+    def list_offset(self, topic: str, partition: int, spec: int, timestamp_ms: int = 0) -> int:
+        """EARLIEST, LATEST or TIMESTAMP offset of a partition, from its leader (retried, following
+        leadership); -1 for a timestamp after every record."""
+        request = api_pb2.ListOffsetsRequest(queries=[api_pb2.OffsetQuery(
+            topic=topic, partition=partition, spec=spec, timestamp_ms=timestamp_ms)])
+
+        def attempt() -> int:
+            leader = self.leader(topic, partition)
+            try:
+                result = self.call(leader, lambda stub: stub.ListOffsets, request).results[0]
+                error = from_proto(result.error)
+                if error is not None:
+                    raise error
+            except RaftkaError as exc:
+                self.learned(topic, partition, exc)
+                raise
+            return result.offset
+
+        return self.retrying(attempt, deadline_s=time.monotonic() + self.request_timeout_s)
 
     def init_producer_id(self) -> int:
         """A new producer id from the cluster (any broker forwards to the metadata leader)."""

@@ -31,7 +31,7 @@ class AdminService(api_pb2_grpc.AdminServicer):
 
     async def CreateTopic(self, request: api_pb2.CreateTopicRequest, context: grpc.aio.ServicerContext
                           ) -> api_pb2.CreateTopicResponse:
-        return await unary(context, lambda: self._on_controller("CreateTopic", request, lambda: self._create(request)))
+        return await unary(context, lambda: self.on_controller("CreateTopic", request, lambda: self._create(request)))
 
     async def _create(self, request: api_pb2.CreateTopicRequest) -> api_pb2.CreateTopicResponse:
         validate_topic_name(request.name)
@@ -44,7 +44,7 @@ class AdminService(api_pb2_grpc.AdminServicer):
 
     async def DeleteTopic(self, request: api_pb2.DeleteTopicRequest, context: grpc.aio.ServicerContext
                           ) -> api_pb2.DeleteTopicResponse:
-        return await unary(context, lambda: self._on_controller("DeleteTopic", request, lambda: self._delete(request)))
+        return await unary(context, lambda: self.on_controller("DeleteTopic", request, lambda: self._delete(request)))
 
     async def _delete(self, request: api_pb2.DeleteTopicRequest) -> api_pb2.DeleteTopicResponse:
         validate_topic_name(request.name, allow_internal=True)
@@ -102,7 +102,7 @@ class AdminService(api_pb2_grpc.AdminServicer):
             await self._state.controller.register_broker(registration)
             return api_pb2.RegisterBrokerResponse()
 
-        return await self._on_controller("RegisterBroker", request, locally)
+        return await self.on_controller("RegisterBroker", request, locally)
 
     async def InitProducerId(self, request: api_pb2.InitProducerIdRequest, context: grpc.aio.ServicerContext
                              ) -> api_pb2.InitProducerIdResponse:
@@ -110,10 +110,12 @@ class AdminService(api_pb2_grpc.AdminServicer):
             return api_pb2.InitProducerIdResponse(producer_id=await self._state.controller.allocate_producer_id(),
                                                   producer_epoch=0)
 
-        return await unary(context, lambda: self._on_controller("InitProducerId", request, locally))
+        return await unary(context, lambda: self.on_controller("InitProducerId", request, locally))
 
-    async def _on_controller(self, method: str, request: Any, locally: Callable[[], Awaitable[Any]]) -> Any:
-        """Run a topic change here if this broker leads the metadata log, else forward it to the leader."""
+    async def on_controller(self, method: str, request: Any, locally: Callable[[], Awaitable[Any]],
+                             stub: Callable[[grpc.aio.Channel], Any] = api_pb2_grpc.AdminStub) -> Any:
+        """Run a metadata change here if this broker leads the metadata log, else forward the call
+        (`stub(channel).<method>`) to the leader."""
         try:
             return await locally()
         except NotLeaderError as exc:
@@ -124,7 +126,7 @@ class AdminService(api_pb2_grpc.AdminServicer):
         if channel is None:
             channel = self._channels[address] = grpc.aio.insecure_channel(address)
         try:
-            return await getattr(api_pb2_grpc.AdminStub(channel), method)(request, timeout=FORWARD_TIMEOUT_S)
+            return await getattr(stub(channel), method)(request, timeout=FORWARD_TIMEOUT_S)
         except grpc.aio.AioRpcError as exc:
             error = from_rpc_error(exc)
             if isinstance(error, BrokerUnavailableError):

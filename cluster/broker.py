@@ -24,7 +24,9 @@ from raftka.cluster.admin_service import AdminService
 from raftka.cluster.broker_service import BrokerService, BrokerState
 from raftka.cluster.config import BrokerConfig
 from raftka.cluster.controller import METADATA_GROUP, Controller
+from raftka.cluster.coordinator import GroupCoordinator
 from raftka.cluster.group_commit import GroupCommitter
+from raftka.cluster.groups_service import GroupsService
 from raftka.cluster.handlers import add_servicer
 from raftka.cluster.leadership import LeaderBalancer
 from raftka.cluster.metadata import BrokerRegistration, MetadataState
@@ -85,6 +87,8 @@ async def serve(config: BrokerConfig) -> None:
     metadata = MetadataState()
     address_of = config.brokers.get
     partitions = PartitionManager(store, metadata, driver, lambda broker: address_of(broker, ""))
+    coordinator = GroupCoordinator(config.broker_id, metadata, partitions,
+                                   timeout_s=config.request_timeout_ms / 1000)
     controller = Controller(store, driver, metadata, {b: BrokerSlot(b, config.racks.get(b, "")) for b in config.brokers},
                             lambda broker: address_of(broker, ""),
                             is_alive=lambda broker: transport.peer_state(broker) != PeerState.DOWN)
@@ -102,10 +106,11 @@ async def serve(config: BrokerConfig) -> None:
     balancer = LeaderBalancer(config.broker_id, metadata, partitions)
     admin = AdminService(state, balancer)
     add_servicer(server, api_pb2.DESCRIPTOR.services_by_name["Admin"], admin)
+    add_servicer(server, api_pb2.DESCRIPTOR.services_by_name["Groups"], GroupsService(state, coordinator, admin))
     add_servicer(server, raft_pb2.DESCRIPTOR.services_by_name["RaftTransport"], transport.servicer)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    services = [api_pb2.DESCRIPTOR.services_by_name[name].full_name for name in ("Broker", "Admin")]
+    services = [api_pb2.DESCRIPTOR.services_by_name[name].full_name for name in ("Broker", "Admin", "Groups")]
     reflection.enable_server_reflection([*services, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
     if server.add_insecure_port(config.listen) == 0:
         raise OSError(f"cannot listen on {config.listen}")
@@ -126,6 +131,7 @@ async def serve(config: BrokerConfig) -> None:
         asyncio.create_task(_serve_when_led(controller, health_servicer, services)),
         asyncio.create_task(_drop_orphans_after_replay(partitions, controller)),
         asyncio.create_task(_register(admin, state)),
+        asyncio.create_task(coordinator.run()),
         asyncio.create_task(balancer.run(config.leader_balance_delay_s, min(1.0, config.leader_balance_delay_s))),
     ]
     for task in background:

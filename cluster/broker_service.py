@@ -21,7 +21,7 @@ from raftka.cluster.controller import Controller
 from raftka.cluster.metadata import MetadataState, TopicRecord
 from raftka.cluster.metrics import BrokerMetrics
 from raftka.cluster.partitions import PartitionManager
-from raftka.errors import InternalError, InvalidRequestError, RaftkaError
+from raftka.errors import InternalError, InvalidRequestError, InvalidTopicError, RaftkaError
 from raftka.proto import api_pb2, api_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -162,6 +162,8 @@ class BrokerService(api_pb2_grpc.BrokerServicer):
         try:
             if request.acks not in (api_pb2.ACKS_ALL, api_pb2.ACKS_LEADER):
                 raise InvalidRequestError(f"unknown acks value {request.acks}")
+            if self._state.metadata.get(request.topic).internal:
+                raise InvalidTopicError(f"topic {request.topic!r} is internal; only the brokers write to it")
             replica = self._state.partitions.replica(request.topic, request.partition)
             timeout_ms = request.timeout_ms or self._state.config.request_timeout_ms
             outcome = await replica.append(request.batches, durable=request.acks == api_pb2.ACKS_ALL,

@@ -52,6 +52,8 @@ class BrokerConfig:
     retention_check_interval_s: float = 60.0
     leader_balance_delay_s: float = 30.0
     """How long a partition's in-sync preferred leader waits before leadership is handed back to it."""
+    offsets_partitions: int = 8
+    """Partitions of `__consumer_offsets` when this broker creates it (the topic's count is what counts)."""
 
     @property
     def advertised_address(self) -> str:
@@ -76,3 +78,5 @@ class BrokerConfig:
             raise ValueError(f"--peers {self.peers} does not name this broker (id {self.broker_id})")
         if not self.cluster_id:
             raise ValueError("cluster id must not be empty")
+        if not 1 <= self.offsets_partitions <= 1000:
+            raise ValueError(f"offsets partitions must be between 1 and 1000, not {self.offsets_partitions}")

@@ -25,6 +25,8 @@ from raftka.replication.state import ConfState
 
 log = logging.getLogger(__name__)
 
+StateMachineFactory = Callable[[int], Callable[[int, bytes], None]]
+
 
 def log_config(config: TopicConfig) -> LogConfig:
     return LogConfig(segment_bytes=config.segment_bytes, segment_ms=config.segment_ms,
@@ -51,8 +53,15 @@ class PartitionManager:
         self._driver = driver
         self._address_of = address_of
         self._replicas: dict[tuple[str, int], RaftReplica] = {}
+        self._state_machines: dict[str, StateMachineFactory] = {}
         metadata.on_created.append(self._host)
         metadata.on_deleted.append(self._unhost)
+
+    def attach(self, topic: str, factory: StateMachineFactory) -> None:
+        """Make the replicas of internal topic `topic` feed a state machine: `factory(partition)`
+        returns the callback that applies the partition's committed batches, from the start of its
+        log after every restart. Call before the metadata log is replayed."""
+        self._state_machines[topic] = factory
 
     def replica(self, topic: str, partition: int) -> RaftReplica:
         """This broker's replica of the partition; NOT_LEADER (with the preferred leader) if it has none."""
@@ -85,8 +94,10 @@ class PartitionManager:
         for partition, voters in enumerate(record.replicas):
             if me not in voters:
                 continue
+            factory = self._state_machines.get(record.name)
+            options = {} if factory is None else {"replay": True, "on_committed": factory(partition)}
             replica, founded = open_replica(self._store, self._driver, record.group_id(partition), voters,
-                                            record.config, self._address_of)
+                                            record.config, self._address_of, **options)
             self._replicas[(record.name, partition)] = replica
             if founded and voters[0] == me:
                 replica.campaign()

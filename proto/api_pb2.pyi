@@ -37,7 +37,6 @@ class ErrorCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     GROUP_NOT_EMPTY: _ClassVar[ErrorCode]
     UNKNOWN_GROUP: _ClassVar[ErrorCode]
     NOT_PARTITION_OWNER: _ClassVar[ErrorCode]
-    INSTANCE_ID_IN_USE: _ClassVar[ErrorCode]
 
 class Acks(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -78,7 +77,6 @@ UNKNOWN_MEMBER_ID: ErrorCode
 GROUP_NOT_EMPTY: ErrorCode
 UNKNOWN_GROUP: ErrorCode
 NOT_PARTITION_OWNER: ErrorCode
-INSTANCE_ID_IN_USE: ErrorCode
 ACKS_ALL: Acks
 ACKS_LEADER: Acks
 OFFSET_SPEC_UNSPECIFIED: OffsetSpec
@@ -413,7 +411,7 @@ class GroupPartitions(_message.Message):
     def __init__(self, topic: _Optional[str] = ..., partitions: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class GroupHeartbeatRequest(_message.Message):
-    __slots__ = ("group_id", "member_id", "instance_id", "topics", "pattern", "owned", "session_timeout_ms", "assignor", "leave", "client_id")
+    __slots__ = ("group_id", "member_id", "instance_id", "topics", "pattern", "owned", "session_timeout_ms", "assignor", "leave", "client_id", "member_epoch")
     GROUP_ID_FIELD_NUMBER: _ClassVar[int]
     MEMBER_ID_FIELD_NUMBER: _ClassVar[int]
     INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
@@ -424,6 +422,7 @@ class GroupHeartbeatRequest(_message.Message):
     ASSIGNOR_FIELD_NUMBER: _ClassVar[int]
     LEAVE_FIELD_NUMBER: _ClassVar[int]
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    MEMBER_EPOCH_FIELD_NUMBER: _ClassVar[int]
     group_id: str
     member_id: str
     instance_id: str
@@ -434,19 +433,22 @@ class GroupHeartbeatRequest(_message.Message):
     assignor: str
     leave: bool
     client_id: str
-    def __init__(self, group_id: _Optional[str] = ..., member_id: _Optional[str] = ..., instance_id: _Optional[str] = ..., topics: _Optional[_Iterable[str]] = ..., pattern: _Optional[str] = ..., owned: _Optional[_Iterable[_Union[GroupPartitions, _Mapping]]] = ..., session_timeout_ms: _Optional[int] = ..., assignor: _Optional[str] = ..., leave: _Optional[bool] = ..., client_id: _Optional[str] = ...) -> None: ...
+    member_epoch: int
+    def __init__(self, group_id: _Optional[str] = ..., member_id: _Optional[str] = ..., instance_id: _Optional[str] = ..., topics: _Optional[_Iterable[str]] = ..., pattern: _Optional[str] = ..., owned: _Optional[_Iterable[_Union[GroupPartitions, _Mapping]]] = ..., session_timeout_ms: _Optional[int] = ..., assignor: _Optional[str] = ..., leave: _Optional[bool] = ..., client_id: _Optional[str] = ..., member_epoch: _Optional[int] = ...) -> None: ...
 
 class GroupHeartbeatResponse(_message.Message):
-    __slots__ = ("member_id", "assignment", "heartbeat_interval_ms", "group_epoch")
+    __slots__ = ("member_id", "assignment", "heartbeat_interval_ms", "group_epoch", "member_epoch")
     MEMBER_ID_FIELD_NUMBER: _ClassVar[int]
     ASSIGNMENT_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
     GROUP_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    MEMBER_EPOCH_FIELD_NUMBER: _ClassVar[int]
     member_id: str
     assignment: _containers.RepeatedCompositeFieldContainer[GroupPartitions]
     heartbeat_interval_ms: int
     group_epoch: int
-    def __init__(self, member_id: _Optional[str] = ..., assignment: _Optional[_Iterable[_Union[GroupPartitions, _Mapping]]] = ..., heartbeat_interval_ms: _Optional[int] = ..., group_epoch: _Optional[int] = ...) -> None: ...
+    member_epoch: int
+    def __init__(self, member_id: _Optional[str] = ..., assignment: _Optional[_Iterable[_Union[GroupPartitions, _Mapping]]] = ..., heartbeat_interval_ms: _Optional[int] = ..., group_epoch: _Optional[int] = ..., member_epoch: _Optional[int] = ...) -> None: ...
 
 class CommittedOffset(_message.Message):
     __slots__ = ("topic", "partition", "offset", "metadata", "commit_time_ms", "error")
