@@ -10,6 +10,7 @@ after a second, as a supervisor would; one that keeps dying right after it start
 from __future__ import annotations
 
 import signal
+import random
 import socket
 import subprocess
 import sys
@@ -27,9 +28,28 @@ QUICK_DEATH_S = 10.0
 
 
 def free_port() -> int:
+    """A port free now, chosen below the kernel's ephemeral range (usually from 32768): a port the
+    kernel handed out for bind(0) can be taken by any outgoing connection before the broker binds
+    it, and with many clients running that race is lost often enough to fail a test run."""
+    low = _ephemeral_low()
+    for _ in range(100):
+        port = random.randrange(max(1024, low - 12_000), low)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 def wait_serving(address: str, timeout_s: float) -> bool:
