@@ -9,18 +9,19 @@
         async for record in consumer:
             ...
 
-The I/O stays in the client's own threads (the producer's sender, gRPC's); these classes only turn
-its completions into asyncio futures on the caller's loop, so `send` costs the event loop the same
-as the threaded `send` plus one future. Nothing blocks the loop: a full buffer is waited out with
-`asyncio.sleep` (up to `max_block_ms`, then BufferExhaustedError as in the threaded producer), and
-polls and flushes run in the loop's default executor. A consumer is used by one task at a time.
+The I/O stays in the client's own threads (the producer's sender, the consumer's fetchers, gRPC's);
+these classes only turn its completions into asyncio futures on the caller's loop, so `send` costs
+the event loop the same as the threaded `send` plus one future. Nothing blocks the loop: a full
+buffer is waited out with `asyncio.sleep` (up to `max_block_ms`, then BufferExhaustedError as in the
+threaded producer), and polls, flushes and closes (which join the consumer's fetch threads) run in
+the loop's default executor. A consumer is used by one task at a time.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-from typing import Any, AsyncIterator, Iterable, Sequence
+from typing import Any, AsyncIterator, Iterable, Mapping, Sequence
 
 from raftka.client.accumulator import RecordFuture
 from raftka.client.consumer import Consumer
@@ -111,9 +112,28 @@ class AIOConsumer:
     def partitions_for(self, topic: str) -> list[TopicPartition]:
         return self._consumer.partitions_for(topic)
 
+    def pause(self, *tps: TopicPartition) -> None:
+        self._consumer.pause(*tps)
+
+    def resume(self, *tps: TopicPartition) -> None:
+        self._consumer.resume(*tps)
+
+    def paused(self) -> set[TopicPartition]:
+        return self._consumer.paused()
+
     async def poll(self, timeout_ms: int = 1000, max_records: int | None = None) -> list[Record]:
         return await asyncio.get_running_loop().run_in_executor(
             None, functools.partial(self._consumer.poll, timeout_ms, max_records))
+
+    async def commit(self, offsets: Mapping[TopicPartition, int] | None = None, *, metadata: str = "") -> None:
+        await asyncio.get_running_loop().run_in_executor(
+            None, functools.partial(self._consumer.commit, offsets, metadata=metadata))
+
+    async def committed(self, tps: Iterable[TopicPartition]) -> dict[TopicPartition, int | None]:
+        return await asyncio.get_running_loop().run_in_executor(None, self._consumer.committed, list(tps))
+
+    def assignment(self) -> set[TopicPartition]:
+        return self._consumer.assignment()
 
     async def __aiter__(self) -> AsyncIterator[Record]:
         while True:
@@ -121,7 +141,7 @@ class AIOConsumer:
                 yield record
 
     async def close(self) -> None:
-        self._consumer.close()
+        await asyncio.get_running_loop().run_in_executor(None, self._consumer.close)
 
     async def __aenter__(self) -> AIOConsumer:
         return self

@@ -11,8 +11,10 @@ at the end. Figures vary from run to run on a shared machine: compare ratios tak
 Workloads: windowed publish (every record acknowledged; the window is the producer's buffer), consume
 (drain what was published), sync publish (one record at a time, each awaited), end-to-end latency
 (paced sends, send time in the payload, measured at poll), failover (SIGKILL the leader while
-publishing; with one broker that includes restarting it), and the baseline: the same windowed
-publish through a minimal log replicated by pysyncobj (3 processes), the approach we chose not to take.
+publishing; with one broker that includes restarting it), consumer groups (time for a joining member
+to receive partitions, records read again per rebalance, and commit latency), and the baseline: the
+same windowed publish through a minimal log replicated by pysyncobj (3 processes), the approach we
+chose not to take.
 """
 
 from __future__ import annotations
@@ -56,12 +58,14 @@ class Plan:
     e2e_rate: int
     e2e_seconds: float
     baseline_count: int
+    rebalances: int
+    commits: int
 
 
 FULL = Plan(publish_count=200_000, sizes=(100, 1024), sync_count=5_000, e2e_rate=1_000, e2e_seconds=10.0,
-            baseline_count=200_000)
+            baseline_count=200_000, rebalances=10, commits=2_000)
 QUICK = Plan(publish_count=20_000, sizes=(100, 1024), sync_count=500, e2e_rate=1_000, e2e_seconds=2.0,
-             baseline_count=0)
+             baseline_count=0, rebalances=2, commits=200)
 
 
 @dataclass
@@ -232,12 +236,14 @@ def _workloads(cluster: BenchCluster, plan: Plan) -> Iterator[Result]:
             admin.create_topic(topic, partitions=PARTITIONS)
         for name in ("sync", "e2e", "failover"):
             admin.create_topic(f"bench-{run_id}-{name}", partitions=1)
+        admin.create_topic(f"bench-{run_id}-group", partitions=GROUP_PARTITIONS)
     for size, topic in topics.items():
         yield publish(cluster.bootstrap, topic, plan.publish_count, size, setup)
     for size, topic in topics.items():
         yield consume(cluster.bootstrap, topic, plan.publish_count, size)
     yield sync_publish(cluster.bootstrap, f"bench-{run_id}-sync", plan.sync_count)
     yield end_to_end(cluster.bootstrap, f"bench-{run_id}-e2e", plan.e2e_rate, plan.e2e_seconds)
+    yield from consumer_group(cluster.bootstrap, f"bench-{run_id}-group", plan.rebalances, plan.commits)
     yield failover(cluster, f"bench-{run_id}-failover")
 
 
@@ -331,6 +337,55 @@ def end_to_end(bootstrap: str, topic: str, rate: int, seconds: float) -> Result:
     p50, p99 = _percentiles(latencies)
     return Result("raftka", "end-to-end", 100, rate, rate * 100 / 1e6, p50, p99,
                   notes=f"{count:,} records paced at {rate}/s, linger 0; send to poll, one process")
+
+
+GROUP_PARTITIONS = 6
+
+
+def consumer_group(bootstrap: str, topic: str, rebalances: int, commits: int) -> Iterator[Result]:
+    """A member keeps consuming while a second one joins and leaves `rebalances` times: how long the
+    joiner waits for its partitions, and how many records the two read twice (auto-commit on
+    revocation should make that zero). Then the latency of synchronous commits."""
+    with Producer(bootstrap, linger_ms=1) as producer:
+        for i in range(GROUP_PARTITIONS * 200):
+            producer.send(topic, b"x" * 100, partition=i % GROUP_PARTITIONS)
+    group = f"{topic}-members"
+    seen: set[tuple[int, int]] = set()
+    repeated = 0
+    joins = []
+    options = dict(group_id=group, topics=[topic], auto_offset_reset="earliest", session_timeout_ms=10_000)
+
+    def read(consumer: Consumer) -> None:
+        nonlocal repeated
+        for record in consumer.poll(timeout_ms=20, max_records=20):
+            key = (record.partition, record.offset)
+            repeated += key in seen
+            seen.add(key)
+
+    with Consumer(bootstrap, **options) as steady:  # type: ignore[arg-type]
+        _wait_for(lambda: read(steady) is None and len(steady.assignment()) == GROUP_PARTITIONS, 30)
+        for _ in range(rebalances):
+            started = time.perf_counter()
+            with Consumer(bootstrap, **options) as joiner:  # type: ignore[arg-type]
+                _wait_for(lambda: read(steady) is None and read(joiner) is None and bool(joiner.assignment()), 30)
+                joins.append(time.perf_counter() - started)
+                for _ in range(10):
+                    read(steady)
+                    read(joiner)
+            _wait_for(lambda: read(steady) is None and len(steady.assignment()) == GROUP_PARTITIONS, 30)
+        p50, p99 = _percentiles(joins * 2 if len(joins) == 1 else joins)
+        yield Result("raftka", "group-join", None, None, None, p50, p99,
+                     notes=f"{rebalances} joins of a 2nd member to a 6-partition group; {repeated} records read "
+                           "twice in all")
+        tp = TopicPartition(topic, 0)
+        latencies = []
+        for i in range(commits):
+            started = time.perf_counter()
+            steady.commit({tp: i})
+            latencies.append(time.perf_counter() - started)
+        p50, p99 = _percentiles(latencies)
+        yield Result("raftka", "commit", None, commits / sum(latencies), None, p50, p99,
+                     notes=f"{commits:,} synchronous commits of one partition, each awaited")
 
 
 def failover(cluster: BenchCluster, topic: str) -> Result:

@@ -142,6 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     consume.add_argument("--max-messages", type=int, help="exit after this many records")
     consume.add_argument("--timeout-ms", type=int, help="exit when no record arrives for this long")
     consume.add_argument("--print-key", action="store_true", help="text format: print KEY<TAB>VALUE")
+    consume.add_argument("--group", help="consume as a member of this consumer group (partitions shared with "
+                         "its other members; offsets committed, so a restart resumes)")
     _client_options(consume, suppress=True)
 
     from raftka.client.bench import add_arguments as add_bench_arguments
@@ -344,14 +346,19 @@ def cmd_consume(args: argparse.Namespace) -> int:
         raise ValueError("--offset needs --partition")
     if args.offset is not None and args.from_beginning:
         raise ValueError("--offset and --from-beginning exclude each other")
+    if args.group and (args.partition is not None or args.offset is not None):
+        raise ValueError("--group shares the topic's partitions among the group; it excludes --partition "
+                         "and --offset (use `raftka group reset-offsets` to move the group)")
     reset = "earliest" if args.from_beginning else "latest"
     out = sys.stdout
-    with Consumer(args.bootstrap, auto_offset_reset=reset, request_timeout_ms=args.timeout_ms) as consumer:
-        partitions = ([TopicPartition(args.topic, args.partition)] if args.partition is not None
-                      else consumer.partitions_for(args.topic))
-        consumer.assign(partitions)
-        if args.offset is not None:
-            consumer.seek(partitions[0], args.offset)
+    group = {"group_id": args.group, "topics": [args.topic], "client_id": "raftka-cli"} if args.group else {}
+    with Consumer(args.bootstrap, auto_offset_reset=reset, request_timeout_ms=args.timeout_ms, **group) as consumer:
+        if not args.group:
+            partitions = ([TopicPartition(args.topic, args.partition)] if args.partition is not None
+                          else consumer.partitions_for(args.topic))
+            consumer.assign(partitions)
+            if args.offset is not None:
+                consumer.seek(partitions[0], args.offset)
         count, last_record = 0, time.monotonic()
         while args.max_messages is None or count < args.max_messages:
             wait_ms = 1000 if args.timeout_ms is None else max(0, args.timeout_ms - int((time.monotonic() - last_record) * 1000))

@@ -1,98 +1,135 @@
-"""`Consumer`: reads assigned partitions from any offset, in order within each partition.
+"""`Consumer`: reads partitions from any offset, in order within each partition; alone or in a group.
 
     consumer = Consumer("127.0.0.1:9092", auto_offset_reset="earliest")
     consumer.assign([TopicPartition("orders", 0)])
     for record in consumer:
         print(record.offset, record.value)
 
+    consumer = Consumer("127.0.0.1:9092", group_id="billing", topics=["orders"])
+    for record in consumer:          # partitions come from the group; offsets are committed
+        handle(record)
+
+In a group (`group_id` with `topics` or `pattern`), the group's coordinator decides which partitions
+this consumer owns (raftka.client.membership); `poll()` applies its decisions between batches:
+revoked partitions are committed (with auto-commit) and handed to `on_revoked` before they are
+released, new ones start from their committed offset (else `auto_offset_reset`) and are handed to
+`on_assigned`. Auto-commit (default every 5 s) commits the positions of what earlier polls returned,
+at the start of a poll, on revocation and on close: records are processed at least once.
+
 A partition's position is the offset of the next record `poll()` will return. Without a `seek`, the
-first poll resolves it from `auto_offset_reset` ("earliest", "latest" or "error"). Fetches long-poll
-on the brokers, so an idle consumer costs one open request per broker, not a busy loop.
+first poll resolves it from `auto_offset_reset` ("earliest", "latest" or "error"). Fetching happens in
+the background (`raftka.client.fetcher`): each leader broker's partitions are long-polled by a thread
+of their own and up to `prefetch_bytes` per partition is decoded ahead of `poll()`, so an idle
+consumer costs one open request per broker and a busy one rarely waits. `pause` stops fetching and
+returning a partition's records, keeping what is buffered for `resume`.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
-from collections import deque
-from itertools import repeat
-from typing import Callable, Iterable, Iterator, Sequence
-
-import grpc
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 from raftka.client.connection import ClusterConnection
+from raftka.client.fetcher import FetchConfig, Fetcher
+from raftka.client.membership import AssignmentChange, GroupCoordinatorClient, GroupMembership
 from raftka.client.records import Record, TopicPartition
-from raftka.errors import (ClientClosedError, CorruptBatchError, OffsetOutOfRangeError, RaftkaError,
-                           from_proto, from_rpc_error)
-from raftka.partition import errors as batch_errors
-from raftka.partition import batch as batch_format
-from raftka.partition.batch import decode_batch, split_batches
+from raftka.errors import ClientClosedError, RaftkaError
 from raftka.proto import api_pb2
 
 log = logging.getLogger(__name__)
 
 RESETS = ("earliest", "latest", "error")
+RESET_SPECS = {"earliest": api_pb2.EARLIEST, "latest": api_pb2.LATEST}
+GROUP_POLL_SLICE_S = 0.2
+"""A group consumer waiting in poll() looks for assignment changes at least this often."""
 
-
-_new_tuple = tuple.__new__
-
-
-def _client_records(tp: TopicPartition, records: list[batch_format.Record]) -> Iterator[Record]:
-    """The decoder's records as client Records, built by C-level transposes instead of a Python
-    call per record (the per-record cost is what bounds a Python consumer's throughput)."""
-    offsets, timestamps, keys, values, headers = zip(*records)
-    return map(_new_tuple, repeat(Record), zip(repeat(tp.topic), repeat(tp.partition), offsets, keys, values,
-                                                headers, timestamps))
+Rebalance = Callable[[set[TopicPartition]], None]
 
 
 class Consumer:
     def __init__(self, bootstrap: str | Sequence[str], *, auto_offset_reset: str = "latest",
                  fetch_max_wait_ms: int = 500, fetch_min_bytes: int = 1,
                  fetch_max_bytes: int = 16 * 1024 * 1024, max_partition_fetch_bytes: int = 4 * 1024 * 1024,
-                 request_timeout_ms: int = 30_000) -> None:
+                 prefetch_bytes: int = 8 * 1024 * 1024, request_timeout_ms: int = 30_000,
+                 group_id: str | None = None, topics: Sequence[str] | None = None, pattern: str | None = None,
+                 group_instance_id: str | None = None, client_id: str = "", assignor: str = "sticky",
+                 enable_auto_commit: bool = True, auto_commit_interval_ms: int = 5_000,
+                 session_timeout_ms: int = 45_000, max_poll_interval_ms: int = 300_000,
+                 on_assigned: Rebalance | None = None, on_revoked: Rebalance | None = None,
+                 on_lost: Rebalance | None = None) -> None:
+        """`group_id` alone lets a manually assigned consumer commit offsets; with `topics` (names) or
+        `pattern` (a regular expression over topic names, following topics created later) the
+        consumer joins the group. `group_instance_id` makes it a static member: restarted within
+        `session_timeout_ms`, it gets its partitions back without a rebalance. A consumer that does
+        not poll for `max_poll_interval_ms` leaves the group (its partitions move; it rejoins at its
+        next poll). `on_lost` (default: `on_revoked`) is told of partitions taken away without a
+        chance to commit."""
         if auto_offset_reset not in RESETS:
             raise ValueError(f"auto_offset_reset must be one of {', '.join(RESETS)}, not {auto_offset_reset!r}")
+        if (topics or pattern) and not group_id:
+            raise ValueError("subscribing to topics or a pattern needs a group_id")
+        if topics and pattern:
+            raise ValueError("give topics or a pattern, not both")
         self._conn = ClusterConnection(bootstrap, request_timeout_s=request_timeout_ms / 1000)
-        self._reset = auto_offset_reset
-        self._max_wait_ms = fetch_max_wait_ms
-        self._min_bytes = fetch_min_bytes
-        self._max_bytes = fetch_max_bytes
-        self._partition_max_bytes = max_partition_fetch_bytes
-        self._positions: dict[TopicPartition, int | None] = {}
-        self._fetched_to: dict[TopicPartition, int] = {}
-        self._buffer: deque[tuple[TopicPartition, list[Record]]] = deque()
+        config = FetchConfig(max_wait_ms=fetch_max_wait_ms, min_bytes=fetch_min_bytes, max_bytes=fetch_max_bytes,
+                             partition_max_bytes=max_partition_fetch_bytes, prefetch_bytes=prefetch_bytes)
+        spec = RESET_SPECS.get(auto_offset_reset)
+        self._fetcher = Fetcher(self._conn, config,
+                                None if spec is None else functools.partial(self._list_offset, spec=spec))
         self._closed = False
+        self._group = GroupCoordinatorClient(self._conn, group_id) if group_id else None
+        self._membership: GroupMembership | None = None
+        self._owned: frozenset[TopicPartition] = frozenset()
+        self._on_assigned, self._on_revoked, self._on_lost = on_assigned, on_revoked, on_lost or on_revoked
+        self._auto_commit_s = auto_commit_interval_ms / 1000 if enable_auto_commit and group_id else None
+        self._next_auto_commit = time.monotonic() + (self._auto_commit_s or 0)
+        self._committed: dict[TopicPartition, int] = {}
+        self._async_commits: ThreadPoolExecutor | None = None
+        if self._group is not None and (topics or pattern):
+            self._membership = GroupMembership(
+                self._group, topics=list(topics or ()), pattern=pattern or "", instance_id=group_instance_id or "",
+                client_id=client_id, assignor=assignor, session_timeout_ms=session_timeout_ms,
+                max_poll_interval_ms=max_poll_interval_ms)
+            self._membership.start()
 
     def assign(self, partitions: Iterable[TopicPartition | tuple[str, int]]) -> None:
-        """Read exactly these partitions (replacing any earlier assignment)."""
-        wanted = [p if isinstance(p, TopicPartition) else TopicPartition(*p) for p in partitions]
-        for tp in wanted:
-            self._conn.leader(tp.topic, tp.partition)
-        self._positions = {tp: self._positions.get(tp) for tp in wanted}
-        self._drop_buffered(lambda tp: tp not in self._positions)
+        """Read exactly these partitions (replacing any earlier assignment); partitions that stay
+        assigned keep their position and buffered records."""
+        if self._membership is not None:
+            raise ValueError("a subscribed consumer gets its partitions from its group; assign() is for "
+                             "consumers without topics or pattern")
+        wanted = dict.fromkeys(p if isinstance(p, TopicPartition) else TopicPartition(*p) for p in partitions)
+        self._fetcher.add(dict.fromkeys(wanted))
+        self._fetcher.remove(self._fetcher.assignment() - wanted.keys())
 
     def assignment(self) -> set[TopicPartition]:
-        return set(self._positions)
+        return self._fetcher.assignment()
 
     def partitions_for(self, topic: str) -> list[TopicPartition]:
         return [TopicPartition(topic, p) for p in range(self._conn.partition_count(topic))]
 
     def seek(self, tp: TopicPartition, offset: int) -> None:
         """Make `offset` the next record poll() returns for `tp`."""
-        if tp not in self._positions:
-            raise ValueError(f"{tp} is not assigned to this consumer")
         if offset < 0:
             raise ValueError(f"offset must be >= 0, not {offset}")
-        self._positions[tp] = offset
-        self._drop_buffered(lambda t: t == tp)
+        self._fetcher.seek(tp, offset)
 
     def seek_to_beginning(self, *tps: TopicPartition) -> None:
-        for tp in tps or tuple(self._positions):
+        for tp in tps or tuple(self._fetcher.assignment()):
             self.seek(tp, self._list_offset(tp, api_pb2.EARLIEST))
 
     def seek_to_end(self, *tps: TopicPartition) -> None:
-        for tp in tps or tuple(self._positions):
+        for tp in tps or tuple(self._fetcher.assignment()):
             self.seek(tp, self._list_offset(tp, api_pb2.LATEST))
+
+    def seek_to_timestamp(self, tp: TopicPartition, timestamp_ms: int) -> None:
+        """Make the first batch with records at or after `timestamp_ms` the next poll() returns
+        (the partition's end when there is none yet)."""
+        offset = self.offset_for_time(tp, timestamp_ms)
+        self.seek(tp, self._list_offset(tp, api_pb2.LATEST) if offset is None else offset)
 
     def offset_for_time(self, tp: TopicPartition, timestamp_ms: int) -> int | None:
         """Base offset of the first batch with records at or after `timestamp_ms`, or None."""
@@ -100,44 +137,89 @@ class Consumer:
         return None if offset < 0 else offset
 
     def position(self, tp: TopicPartition) -> int:
-        if tp not in self._positions:
-            raise ValueError(f"{tp} is not assigned to this consumer")
-        position = self._positions[tp]
-        return self._resolve(tp) if position is None else position
+        return self._fetcher.position(tp)
 
     def end_offsets(self, tps: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
         return {tp: self._list_offset(tp, api_pb2.LATEST) for tp in tps}
 
+    def pause(self, *tps: TopicPartition) -> None:
+        """Stop fetching these partitions and returning their records; what is buffered stays."""
+        self._fetcher.pause(tps)
+
+    def resume(self, *tps: TopicPartition) -> None:
+        self._fetcher.resume(tps)
+
+    def paused(self) -> set[TopicPartition]:
+        return self._fetcher.paused()
+
     def poll(self, timeout_ms: int = 1000, max_records: int | None = None) -> list[Record]:
-        """Records after each partition's position, waiting up to timeout_ms for some to arrive."""
+        """Records after each partition's position: those already fetched at once, otherwise waiting up
+        to timeout_ms for some to arrive. In a group, also applies assignment changes and auto-commits."""
         if self._closed:
             raise ClientClosedError("consumer is closed")
-        if not self._positions:
-            raise ValueError("no partition is assigned; call assign() first")
+        membership = self._membership
+        if membership is None:
+            if not self._fetcher.assignment():
+                raise ValueError("no partition is assigned; call assign() first")
+            self._maybe_auto_commit()
+            return self._fetcher.poll(timeout_ms / 1000, max_records)
         deadline = time.monotonic() + timeout_ms / 1000
-        while not self._buffer:
-            self._fetch(max(0.0, deadline - time.monotonic()))
-            if time.monotonic() >= deadline:
-                break
-        records: list[Record] = []
-        while self._buffer and (max_records is None or len(records) < max_records):
-            tp, chunk = self._buffer[0]
-            take = len(chunk) if max_records is None else min(len(chunk), max_records - len(records))
-            records.extend(chunk[:take])
-            if take == len(chunk):
-                self._buffer.popleft()
-            else:
-                del chunk[:take]
-            self._positions[tp] = records[-1].offset + 1
-        return records
+        while True:
+            membership.polled()
+            self._reconcile(membership)
+            self._maybe_auto_commit()
+            remaining = deadline - time.monotonic()
+            records = self._fetcher.poll(max(0.0, min(remaining, GROUP_POLL_SLICE_S)), max_records)
+            if records or remaining <= GROUP_POLL_SLICE_S:
+                return records
+
+    def commit(self, offsets: Mapping[TopicPartition, int] | None = None, *, metadata: str = "",
+               asynchronous: bool = False) -> Future[None] | None:
+        """Commit offsets (the next record to read, per partition; by default the positions of every
+        partition read so far) to the group. Synchronous by default, raising the refusal (e.g.
+        NotPartitionOwnerError for a partition revoked meanwhile); `asynchronous=True` returns a
+        Future instead, and async commits are sent in order."""
+        if self._group is None:
+            raise ValueError("committing needs a group_id")
+        wanted = dict(self._fetcher.positions() if offsets is None else offsets)
+        if not asynchronous:
+            self._commit(wanted, metadata)
+            return None
+        if self._async_commits is None:
+            self._async_commits = ThreadPoolExecutor(max_workers=1, thread_name_prefix="raftka-commit")
+        return self._async_commits.submit(self._commit, wanted, metadata)
+
+    def committed(self, tps: Iterable[TopicPartition]) -> dict[TopicPartition, int | None]:
+        """The group's committed offsets of these partitions (None where nothing was committed)."""
+        if self._group is None:
+            raise ValueError("committed offsets belong to a group; give a group_id")
+        wanted = list(tps)
+        found = self._group.committed(wanted)
+        return {tp: found[tp].offset if tp in found else None for tp in wanted}
 
     def __iter__(self) -> Iterator[Record]:
         while not self._closed:
             yield from self.poll()
 
     def close(self) -> None:
+        """Commit (with auto-commit), hand the partitions back to the group, and stop."""
+        if self._closed:
+            return
         self._closed = True
-        self._conn.close()
+        try:
+            if self._membership is not None and self._owned:
+                self._commit_quietly(self._owned)
+                if self._on_revoked is not None:
+                    self._on_revoked(set(self._owned))
+            elif self._auto_commit_s is not None:
+                self._commit_quietly(self._fetcher.assignment())
+        finally:
+            if self._membership is not None:
+                self._membership.close()
+            if self._async_commits is not None:
+                self._async_commits.shutdown(wait=True)
+            self._fetcher.close()
+            self._conn.close()
 
     def __enter__(self) -> Consumer:
         return self
@@ -145,100 +227,76 @@ class Consumer:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _fetch(self, wait_s: float) -> None:
-        by_leader: dict[str, list[api_pb2.FetchPartition]] = {}
-        for tp in self._positions:
-            start = self._fetched_to.get(tp)
-            if start is None:
-                position = self._positions[tp]
-                start = self._resolve(tp) if position is None else position
-            try:
-                leader = self._conn.leader(tp.topic, tp.partition)
-            except RaftkaError as exc:
-                if not exc.retriable:
-                    raise
-                continue
-            by_leader.setdefault(leader, []).append(api_pb2.FetchPartition(
-                topic=tp.topic, partition=tp.partition, offset=start, max_bytes=self._partition_max_bytes))
-        if not by_leader:
-            time.sleep(min(0.05, wait_s))
-        for leader, partitions in by_leader.items():
-            request = api_pb2.FetchRequest(partitions=partitions, max_bytes=self._max_bytes,
-                                           min_bytes=self._min_bytes,
-                                           max_wait_ms=0 if self._buffer else int(wait_s * 1000))
-            try:
-                for response in self._conn.broker(leader).Fetch(request, timeout=wait_s + self._conn.request_timeout_s):
-                    self._take(response)
-            except grpc.RpcError as exc:
-                error = from_rpc_error(exc)
-                if not error.retriable:
-                    raise error from None
-                log.info("fetch from %s failed, refreshing metadata: %s", leader, error)
-                for item in partitions:
-                    self._conn.learned(item.topic, item.partition, error)
-
-    def _take(self, response: api_pb2.FetchResponse) -> None:
-        tp = TopicPartition(response.topic, response.partition)
-        if tp not in self._positions:
-            return
-        error = from_proto(response.error)
-        if isinstance(error, OffsetOutOfRangeError) and self._reset != "error":
-            log.warning("offset of %s out of range (%s); resetting to %s", tp, error.message, self._reset)
-            self._positions[tp] = None
-            self._fetched_to.pop(tp, None)
-            return
-        if error is not None:
-            if error.retriable:
-                self._conn.learned(tp.topic, tp.partition, error)
-                return
-            raise error
-        position = self._fetched_to.get(tp, self._positions[tp] or 0)
-        data = response.batches
-        try:
-            spans = split_batches(data)
-        except batch_errors.BatchError as exc:
-            raise CorruptBatchError(f"fetch from {tp} returned a bad batch: {exc}") from None
-        chunk: list[Record] = []
-        view = memoryview(data)
-        for start, end in spans:
-            batch = decode_batch(view[start:end])
-            records = batch.records
-            if batch.header.base_offset < position:
-                records = records[position - batch.header.base_offset:]
-            if records:
-                chunk.extend(_client_records(tp, records))
-            position = max(position, batch.header.next_offset)
-        if chunk:
-            self._buffer.append((tp, chunk))
-        self._fetched_to[tp] = position
-
-    def _resolve(self, tp: TopicPartition) -> int:
-        """The starting position from auto_offset_reset."""
-        if self._reset == "error":
-            raise OffsetOutOfRangeError(f"{tp} has no position and auto_offset_reset is 'error'; seek first")
-        offset = self._list_offset(tp, api_pb2.EARLIEST if self._reset == "earliest" else api_pb2.LATEST)
-        self._positions[tp] = offset
-        return offset
-
     def _list_offset(self, tp: TopicPartition, spec: int, timestamp_ms: int = 0) -> int:
-        request = api_pb2.ListOffsetsRequest(queries=[api_pb2.OffsetQuery(
-            topic=tp.topic, partition=tp.partition, spec=spec, timestamp_ms=timestamp_ms)])
+        return self._conn.list_offset(tp.topic, tp.partition, spec, timestamp_ms)
 
-        def attempt() -> int:
-            leader = self._conn.leader(tp.topic, tp.partition)
+    def _reconcile(self, membership: GroupMembership) -> None:
+        """Apply the coordinator's latest decision: release revoked partitions, take new ones."""
+        if membership.error is not None:
+            error, membership.error = membership.error, None
+            raise error
+        change = membership.take_change()
+        if change is None:
+            return
+        if change.lost:
+            lost, self._owned = self._owned, frozenset()
+            self._fetcher.remove(lost)
+            log.warning("group %s: lost %d partition(s) without committing", membership.coordinator.group_id,
+                        len(lost))
+            if lost and self._on_lost is not None:
+                self._on_lost(set(lost))
+            membership.rejoin()
+            return
+        revoked = self._owned - change.partitions
+        added = change.partitions - self._owned
+        if revoked:
+            self._commit_quietly(revoked)
+            if self._on_revoked is not None:
+                self._on_revoked(set(revoked))
+            self._fetcher.remove(revoked)
+        if added:
             try:
-                result = self._conn.call(leader, lambda stub: stub.ListOffsets, request).results[0]
-                error = from_proto(result.error)
-                if error is not None:
-                    raise error
+                committed = self.committed(sorted(added))
             except RaftkaError as exc:
-                self._conn.learned(tp.topic, tp.partition, exc)
-                raise
-            return result.offset
+                log.info("group %s: committed offsets unavailable, retrying the assignment: %s",
+                         membership.coordinator.group_id, exc)
+                self._owned = self._owned - revoked
+                membership.applied(self._owned, -1)
+                membership.defer(AssignmentChange(change.partitions, change.member_epoch))
+                return
+            self._committed.update((tp, o) for tp, o in committed.items() if o is not None)
+            self._fetcher.add(committed)
+        self._owned = change.partitions
+        membership.applied(self._owned, change.member_epoch)
+        log.info("group %s: assignment applied epoch=%d owned=%d revoked=%d added=%d",
+                 membership.coordinator.group_id, change.member_epoch, len(self._owned), len(revoked), len(added))
+        if added and self._on_assigned is not None:
+            self._on_assigned(set(added))
 
-        return self._conn.retrying(attempt, deadline_s=time.monotonic() + self._conn.request_timeout_s)
+    def _maybe_auto_commit(self) -> None:
+        if self._auto_commit_s is None or time.monotonic() < self._next_auto_commit:
+            return
+        self._next_auto_commit = time.monotonic() + self._auto_commit_s
+        self._commit_quietly(self._owned if self._membership is not None else self._fetcher.assignment())
 
-    def _drop_buffered(self, which: Callable[[TopicPartition], bool]) -> None:
-        self._buffer = deque(item for item in self._buffer if not which(item[0]))
-        for tp in [tp for tp in self._fetched_to if which(tp) or tp not in self._positions]:
-            del self._fetched_to[tp]
+    def _commit_quietly(self, tps: Iterable[TopicPartition]) -> None:
+        """Auto-commit the positions of `tps` that moved since their last commit; a failure is logged
+        (the records will be read again, never skipped)."""
+        if self._group is None or self._auto_commit_s is None:
+            return
+        if self._membership is not None and not self._membership.member_id:
+            return
+        positions = self._fetcher.positions()
+        moved = {tp: positions[tp] for tp in tps if tp in positions and self._committed.get(tp) != positions[tp]}
+        if not moved:
+            return
+        try:
+            self._commit(moved, "")
+        except RaftkaError as exc:
+            log.warning("auto-commit of %d partition(s) failed: %s", len(moved), exc)
+
+    def _commit(self, offsets: Mapping[TopicPartition, int], metadata: str) -> None:
+        assert self._group is not None
+        member_id = self._membership.member_id if self._membership is not None else ""
+        self._group.commit({tp: (offset, metadata) for tp, offset in offsets.items()}, member_id)
+        self._committed.update(offsets)

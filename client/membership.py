@@ -139,6 +139,12 @@ class GroupMembership(threading.Thread):
             change, self._change = self._change, None
             return change
 
+    def defer(self, change: AssignmentChange) -> None:
+        """Offer `change` again at the next poll (applying it failed), unless a newer one arrived."""
+        with self._lock:
+            if self._change is None:
+                self._change = change
+
     def applied(self, owned: frozenset[TopicPartition], member_epoch: int) -> None:
         """The consumer now owns `owned`, per the assignment of `member_epoch`; tell the coordinator
         at once, so released partitions move without waiting a heartbeat interval."""

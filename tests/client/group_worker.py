@@ -1,0 +1,54 @@
+"""A group consumer in its own process, for tests that SIGKILL consumers.
+
+Prints one JSON line per record it processed ({"p", "o", "v"}) and one per commit ({"commit": {p: o}}),
+committing synchronously after each processed poll. Usage:
+    python group_worker.py BOOTSTRAP TOPIC GROUP [--instance ID] [--session-ms N] [--slow-ms N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from raftka import Consumer, TopicPartition
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("bootstrap")
+    parser.add_argument("topic")
+    parser.add_argument("group")
+    parser.add_argument("--instance", default="")
+    parser.add_argument("--session-ms", type=int, default=6_000)
+    parser.add_argument("--slow-ms", type=int, default=0, help="sleep this long per poll (slow processing)")
+    args = parser.parse_args()
+    out = sys.stdout
+    consumer = Consumer(args.bootstrap, group_id=args.group, topics=[args.topic], auto_offset_reset="earliest",
+                        group_instance_id=args.instance or None, session_timeout_ms=args.session_ms,
+                        enable_auto_commit=False, fetch_max_wait_ms=200,
+                        on_revoked=lambda tps: out.write(json.dumps({"revoked": sorted(p for _, p in tps)}) + "\n"))
+    try:
+        while True:
+            records = consumer.poll(timeout_ms=200, max_records=50)
+            for record in records:
+                out.write(json.dumps({"p": record.partition, "o": record.offset, "v": record.value.decode()}) + "\n")
+            out.flush()
+            if args.slow_ms:
+                time.sleep(args.slow_ms / 1000)
+            if records:
+                positions = {r.partition: r.offset + 1 for r in records}
+                consumer.commit({TopicPartition(args.topic, p): o for p, o in positions.items()})
+                out.write(json.dumps({"commit": positions}) + "\n")
+                out.flush()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        consumer.close()
+        out.write(json.dumps({"closed": True}) + "\n")
+        out.flush()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,187 @@
+"""The consumer's prefetching fetcher against real brokers: one long-poll per leader, exact positions
+through seek, pause and reassignment, leader failover, and a prompt close."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import urllib.request
+
+from raftka import Admin, Consumer, Producer, Record, TopicPartition
+from raftka.aio import AIOConsumer
+from raftka.client.local import LocalBroker
+
+
+def bootstrap_of(brokers: list[LocalBroker]) -> str:
+    return ",".join(b.address for b in brokers)
+
+
+def fetch_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("raftka-fetch-")]
+
+
+def completed_fetches(broker: LocalBroker) -> float:
+    body = urllib.request.urlopen(f"http://127.0.0.1:{broker.metrics_port}/metrics", timeout=5).read().decode()
+    return sum(float(line.split(" ")[1]) for line in body.splitlines()
+               if line.startswith("raftka_fetch_requests_total{"))
+
+
+def produce(bootstrap: str, topic: str, partition: int, values: list[bytes]) -> None:
+    with Producer(bootstrap, linger_ms=2) as producer:
+        futures = [producer.send(topic, value, partition=partition) for value in values]
+    for future in futures:
+        future.result(timeout=30)
+
+
+def poll_until(consumer: Consumer, count: int, timeout_s: float = 60, **options: int) -> list[Record]:
+    records: list[Record] = []
+    deadline = time.monotonic() + timeout_s
+    while len(records) < count and time.monotonic() < deadline:
+        records.extend(consumer.poll(timeout_ms=500, **options))
+    return records
+
+
+def test_a_partition_is_not_held_back_by_another_leaders_long_poll(start_cluster) -> None:
+    brokers = start_cluster(3)
+    bootstrap = bootstrap_of(brokers)
+    with Admin(bootstrap) as admin:
+        admin.create_topic("spread", partitions=6)
+        partitions = admin.describe_topic("spread").partitions
+    quiet = partitions[0]
+    busy = next(p for p in partitions if p.leader != quiet.leader)
+    quiet_leader = next(b for b in brokers if b.broker_id == quiet.leader)
+    consumer = Consumer(bootstrap, auto_offset_reset="latest", fetch_max_wait_ms=20_000)
+    consumer.assign([TopicPartition("spread", quiet.partition), TopicPartition("spread", busy.partition)])
+    for tp in consumer.assignment():
+        consumer.position(tp)
+    fetches_before = completed_fetches(quiet_leader)
+    produce(bootstrap, "spread", busy.partition, [b"a", b"b", b"c"])
+    records = poll_until(consumer, 3, timeout_s=10)
+    assert [(r.partition, r.value) for r in records] == [(busy.partition, v) for v in (b"a", b"b", b"c")]
+    assert completed_fetches(quiet_leader) == fetches_before, \
+        "the records came while the quiet leader's long-poll was still outstanding"
+    consumer.close()
+
+
+def test_seek_drops_buffered_and_in_flight_records(broker) -> None:
+    with Admin(broker.address) as admin:
+        admin.create_topic("seeking")
+    tp = TopicPartition("seeking", 0)
+    produce(broker.address, "seeking", 0, [str(i).encode() for i in range(100)])
+    consumer = Consumer(broker.address, auto_offset_reset="earliest", fetch_max_wait_ms=20_000)
+    consumer.assign([tp])
+    assert [r.offset for r in consumer.poll(timeout_ms=5000, max_records=10)] == list(range(10))
+    consumer.seek(tp, 50)
+    assert consumer.position(tp) == 50
+    records = poll_until(consumer, 50)
+    assert [r.offset for r in records] == list(range(50, 100))
+    assert [r.value for r in records] == [str(i).encode() for i in range(50, 100)]
+    assert consumer.position(tp) == 100
+    assert consumer.poll(timeout_ms=200) == [], "a long-poll at the end is now outstanding"
+    consumer.seek(tp, 3)
+    assert [r.offset for r in consumer.poll(timeout_ms=10_000, max_records=5)] == [3, 4, 5, 6, 7], \
+        "the seek interrupted the long-poll at the old position"
+    assert consumer.position(tp) == 8
+    consumer.close()
+
+
+def test_pause_keeps_buffered_records_for_resume(broker) -> None:
+    with Admin(broker.address) as admin:
+        admin.create_topic("pausing", partitions=2)
+    first, second = TopicPartition("pausing", 0), TopicPartition("pausing", 1)
+    for partition in (0, 1):
+        produce(broker.address, "pausing", partition, [f"{partition}-{i}".encode() for i in range(200)])
+    consumer = Consumer(broker.address, auto_offset_reset="earliest")
+    consumer.assign([first, second])
+    taken = poll_until(consumer, 1, max_records=1)
+    consumer.pause(first)
+    assert consumer.paused() == {first}
+    records = taken + poll_until(consumer, 200 - sum(r.partition == 1 for r in taken), timeout_s=10)
+    assert [r.value for r in records if r.partition == 1] == [f"1-{i}".encode() for i in range(200)]
+    before = [r for r in records if r.partition == 0]
+    assert consumer.position(first) == len(before), "a paused partition keeps its position"
+    assert consumer.poll(timeout_ms=300) == [], "nothing of a paused partition is returned"
+    consumer.resume(first)
+    assert consumer.paused() == set()
+    after = poll_until(consumer, 200 - len(before))
+    assert [r.value for r in before + after] == [f"0-{i}".encode() for i in range(200)]
+    consumer.close()
+
+
+def test_reassignment_drops_removed_partitions_and_keeps_the_others(broker) -> None:
+    with Admin(broker.address) as admin:
+        admin.create_topic("moving", partitions=2)
+    for partition in (0, 1):
+        produce(broker.address, "moving", partition, [f"{partition}-{i}".encode() for i in range(100)])
+    kept, dropped = TopicPartition("moving", 1), TopicPartition("moving", 0)
+    consumer = Consumer(broker.address, auto_offset_reset="earliest")
+    consumer.assign([dropped, kept])
+    taken = poll_until(consumer, 1, max_records=1)
+    consumer.assign([kept])
+    assert consumer.assignment() == {kept}
+    records = taken + poll_until(consumer, 100 - sum(r.partition == 1 for r in taken), timeout_s=10)
+    assert [r.value for r in records if r.partition == 1] == [f"1-{i}".encode() for i in range(100)]
+    assert all(r.partition == 1 for r in records[len(taken):]), "no record of a removed partition"
+    consumer.close()
+
+
+def test_consuming_continues_exactly_once_through_a_leader_kill(start_cluster, leader_of) -> None:
+    brokers = start_cluster(3)
+    bootstrap = bootstrap_of(brokers)
+    with Admin(bootstrap) as admin:
+        admin.create_topic("failover", partitions=3)
+    per_batch = 2000
+    for partition in range(3):
+        produce(bootstrap, "failover", partition, [f"{partition}-{i}".encode() for i in range(per_batch)])
+    consumer = Consumer(bootstrap, auto_offset_reset="earliest", max_partition_fetch_bytes=4096,
+                        prefetch_bytes=8192, request_timeout_ms=10_000)
+    consumer.assign(consumer.partitions_for("failover"))
+    records = poll_until(consumer, 500)
+    victim = leader_of(bootstrap, "failover", 0, brokers)
+    victim.kill()
+    for partition in range(3):
+        produce(bootstrap, "failover", partition,
+                [f"{partition}-{i}".encode() for i in range(per_batch, 2 * per_batch)])
+    records += poll_until(consumer, 6 * per_batch - len(records) - 1000, timeout_s=120)
+    victim.start()
+    records += poll_until(consumer, 6 * per_batch - len(records), timeout_s=120)
+    consumer.close()
+    for partition in range(3):
+        mine = [r for r in records if r.partition == partition]
+        assert [r.offset for r in mine] == list(range(2 * per_batch))
+        assert [r.value for r in mine] == [f"{partition}-{i}".encode() for i in range(2 * per_batch)]
+
+
+def test_close_cancels_outstanding_long_polls(broker) -> None:
+    with Admin(broker.address) as admin:
+        admin.create_topic("idle", partitions=2)
+    consumer = Consumer(broker.address, auto_offset_reset="latest", fetch_max_wait_ms=20_000,
+                        request_timeout_ms=5_000)
+    consumer.assign(consumer.partitions_for("idle"))
+    assert consumer.poll(timeout_ms=300) == []
+    assert fetch_threads(), "a fetch thread is long-polling"
+    consumer.close()
+    assert fetch_threads() == []
+
+
+def test_aio_consumer_pauses_and_resumes(broker) -> None:
+    with Admin(broker.address) as admin:
+        admin.create_topic("aio-pause")
+    tp = TopicPartition("aio-pause", 0)
+    produce(broker.address, "aio-pause", 0, [b"x", b"y"])
+
+    async def scenario() -> None:
+        async with AIOConsumer(broker.address, auto_offset_reset="earliest") as consumer:
+            consumer.assign([tp])
+            consumer.pause(tp)
+            assert consumer.paused() == {tp}
+            assert await consumer.poll(timeout_ms=300) == []
+            consumer.resume(tp)
+            records: list[Record] = []
+            while len(records) < 2:
+                records += await consumer.poll(timeout_ms=500)
+            assert [r.value for r in records] == [b"x", b"y"]
+        assert fetch_threads() == []
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))

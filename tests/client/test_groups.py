@@ -1,0 +1,252 @@
+"""Consumer groups end to end: real brokers, consumers in their own processes where they get killed."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from raftka import Admin, Consumer, Producer, TopicPartition
+
+WORKER = Path(__file__).with_name("group_worker.py")
+
+
+class Worker:
+    """A group_worker.py process and the lines it printed so far."""
+
+    def __init__(self, bootstrap: str, topic: str, group: str, *args: str) -> None:
+        self.process = subprocess.Popen([sys.executable, str(WORKER), bootstrap, topic, group, *args],
+                                        stdout=subprocess.PIPE, text=True)
+        self.lines: list[dict] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.append(json.loads(line))
+
+    def processed(self) -> list[tuple[int, int]]:
+        return [(line["p"], line["o"]) for line in list(self.lines) if "p" in line]
+
+    def last_commits(self) -> dict[int, int]:
+        commits: dict[int, int] = {}
+        for line in list(self.lines):
+            if "commit" in line:
+                commits.update((int(p), o) for p, o in line["commit"].items())
+        return commits
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGINT)
+        assert self.process.wait(timeout=60) == 0
+        self._reader.join(timeout=10)
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait(timeout=30)
+        self._reader.join(timeout=10)
+
+
+def produce(bootstrap: str, topic: str, count: int, start: int = 0) -> list[tuple[int, int]]:
+    acked = []
+    with Producer(bootstrap, linger_ms=2) as producer:
+        futures = [producer.send(topic, str(i).encode(), key=str(i).encode()) for i in range(start, start + count)]
+        for future in futures:
+            meta = future.result(timeout=60)
+            acked.append((meta.partition, meta.offset))
+    return acked
+
+
+def wait_until(condition, timeout_s: float = 60, what: str = "condition") -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def test_members_come_and_go_and_a_killed_one_loses_nothing(start_cluster) -> None:
+    """Three consumers on six partitions; one joins late, one leaves, one is SIGKILLed: every record
+    is processed, in order within each partition, and only the killed member's uncommitted records
+    are processed twice."""
+    brokers = start_cluster(3)
+    bootstrap = ",".join(b.address for b in brokers)
+    with Admin(bootstrap) as admin:
+        admin.create_topic("jobs", partitions=6)
+    acked = produce(bootstrap, "jobs", 600)
+    first, leaving = Worker(bootstrap, "jobs", "crew"), Worker(bootstrap, "jobs", "crew")
+    wait_until(lambda: len(first.processed()) + len(leaving.processed()) >= 150, what="first records")
+    victim = Worker(bootstrap, "jobs", "crew")
+    acked += produce(bootstrap, "jobs", 600, start=600)
+    wait_until(lambda: len(victim.processed()) > 0, what="the third member's records")
+    leaving.stop()
+    acked += produce(bootstrap, "jobs", 600, start=1200)
+    wait_until(lambda: len(victim.processed()) > 20, what="more records for the victim")
+    victim.kill()
+    late = Worker(bootstrap, "jobs", "crew")
+    acked += produce(bootstrap, "jobs", 600, start=1800)
+    workers = [first, leaving, victim, late]
+    wait_until(lambda: set(acked) <= {pair for w in workers for pair in w.processed()}, timeout_s=90,
+               what="every record to be processed")
+    first.stop()
+    late.stop()
+    seen: dict[tuple[int, int], int] = {}
+    for worker in workers:
+        by_partition: dict[int, list[int]] = {}
+        for partition, offset in worker.processed():
+            by_partition.setdefault(partition, []).append(offset)
+            seen[(partition, offset)] = seen.get((partition, offset), 0) + 1
+        for offsets in by_partition.values():
+            assert all(a < b for a, b in zip(offsets, offsets[1:])), "a member reads a partition in order, once"
+    victim_seen = set(victim.processed())
+    victim_commits = victim.last_commits()
+    duplicates = [pair for pair, count in seen.items() if count > 1]
+    for partition, offset in duplicates:
+        assert (partition, offset) in victim_seen, f"{partition}/{offset} was processed twice by live members"
+        assert offset >= victim_commits.get(partition, 0), f"{partition}/{offset} was committed, then redelivered"
+
+
+def drain_group(consumer: Consumer, until: int, timeout_s: float = 60) -> list:  # type: ignore[type-arg]
+    """Poll until `until` records arrived (and return them)."""
+    records: list = []  # type: ignore[type-arg]
+    deadline = time.monotonic() + timeout_s
+    while len(records) < until:
+        assert time.monotonic() < deadline, f"only {len(records)} of {until} records arrived"
+        records += consumer.poll(timeout_ms=200)
+    return records
+
+
+def test_killing_the_coordinator_loses_no_committed_offset(start_cluster) -> None:
+    brokers = start_cluster(3)
+    bootstrap = ",".join(b.address for b in brokers)
+    with Admin(bootstrap) as admin:
+        admin.create_topic("ledger", partitions=3)
+    produce(bootstrap, "ledger", 300)
+    worker = Worker(bootstrap, "ledger", "auditors")
+    wait_until(lambda: len(worker.processed()) >= 300, what="the first records")
+    with Admin(bootstrap) as admin:
+        wait_until(lambda: sum(p.committed or 0 for p in admin.describe_group("auditors").partitions) == 300,
+                   what="commits")
+        coordinator = admin.describe_group("auditors").coordinator
+    victim = next(b for b in brokers if b.broker_id == coordinator)
+    victim.kill()
+    survivors = ",".join(b.address for b in brokers if b is not victim)
+    produce(survivors, "ledger", 300, start=300)
+    wait_until(lambda: len(worker.processed()) >= 600, what="records after the failover")
+    worker.stop()
+    assert sorted(worker.processed()) == sorted(set(worker.processed())), "nothing was read twice"
+    with Admin(survivors) as admin:
+        info = admin.describe_group("auditors")
+        assert info.coordinator != coordinator
+        assert sum(p.committed or 0 for p in info.partitions) == 600
+    victim.start()
+
+
+def test_a_consumer_past_its_poll_interval_loses_only_its_own_partitions(start_cluster) -> None:
+    broker = start_cluster(1)[0]
+    with Admin(broker.address) as admin:
+        admin.create_topic("tasks", partitions=4)
+    revoked_from_steady: list[set[TopicPartition]] = []
+    steady = Consumer(broker.address, group_id="workers", topics=["tasks"], auto_offset_reset="earliest",
+                      session_timeout_ms=6_000, on_revoked=revoked_from_steady.append)
+    stuck = Consumer(broker.address, group_id="workers", topics=["tasks"], auto_offset_reset="earliest",
+                     session_timeout_ms=6_000, max_poll_interval_ms=1_500)
+    try:
+        wait_until(lambda: (steady.poll(timeout_ms=100) is not None and stuck.poll(timeout_ms=100) is not None
+                            and len(steady.assignment()) == 2 and len(stuck.assignment()) == 2),
+                   what="an even split")
+        revoked_from_steady.clear()
+        mine = steady.assignment()
+        wait_until(lambda: steady.poll(timeout_ms=100) is not None and len(steady.assignment()) == 4,
+                   what="the stuck consumer's partitions to move")
+        assert mine <= steady.assignment() and not revoked_from_steady, "the steady consumer kept its own"
+        produce(broker.address, "tasks", 40)
+        assert len(drain_group(steady, 40)) == 40
+        wait_until(lambda: stuck.poll(timeout_ms=100) is not None and steady.poll(timeout_ms=100) is not None
+                   and len(stuck.assignment()) == 2, what="the stuck consumer to rejoin")
+    finally:
+        stuck.close()
+        steady.close()
+
+
+def test_reset_offsets_replays_exactly_the_range_asked_for(start_cluster) -> None:
+    broker = start_cluster(1)[0]
+    with Admin(broker.address) as admin:
+        admin.create_topic("audit", partitions=1)
+    produce(broker.address, "audit", 100)
+    with Consumer(broker.address, group_id="replay", topics=["audit"], auto_offset_reset="earliest") as consumer:
+        assert len(drain_group(consumer, 100)) == 100
+    with Admin(broker.address) as admin:
+        assert admin.describe_group("replay").partitions[0].committed == 100
+        admin.reset_offsets("replay", "audit", "offset", 40, execute=True)
+    with Consumer(broker.address, group_id="replay", topics=["audit"], auto_offset_reset="latest") as consumer:
+        records = drain_group(consumer, 60)
+        assert [r.offset for r in records] == list(range(40, 100))
+        assert consumer.poll(timeout_ms=300) == []
+
+
+def test_pattern_subscriptions_follow_new_topics_and_static_members_come_back(start_cluster) -> None:
+    broker = start_cluster(1)[0]
+    with Admin(broker.address) as admin:
+        admin.create_topic("logs-web", partitions=2)
+        pattern = Consumer(broker.address, group_id="shippers", pattern=r"logs-.*", auto_offset_reset="earliest")
+        try:
+            produce(broker.address, "logs-web", 10)
+            assert len(drain_group(pattern, 10)) == 10
+            admin.create_topic("logs-db", partitions=2)
+            admin.create_topic("metrics", partitions=1)
+            produce(broker.address, "logs-db", 10)
+            produce(broker.address, "metrics", 5)
+            records = drain_group(pattern, 10)
+            assert {r.topic for r in records} == {"logs-db"}
+        finally:
+            pattern.close()
+    options = dict(group_id="pods", topics=["logs-web"], group_instance_id="pod-0", session_timeout_ms=10_000)
+    other = Consumer(broker.address, group_id="pods", topics=["logs-web"], group_instance_id="pod-1",
+                     session_timeout_ms=10_000)
+    pod = Consumer(broker.address, **options)  # type: ignore[arg-type]
+    try:
+        wait_until(lambda: pod.poll(timeout_ms=100) is not None and other.poll(timeout_ms=100) is not None
+                   and len(pod.assignment()) == 1 and len(other.assignment()) == 1, what="an even split")
+        before = pod.assignment()
+        pod.close()
+        for _ in range(10):
+            other.poll(timeout_ms=100)
+        assert len(other.assignment()) == 1, "a static member's partition waits for it"
+        pod = Consumer(broker.address, **options)  # type: ignore[arg-type]
+        wait_until(lambda: pod.poll(timeout_ms=100) is not None and pod.assignment() == before,
+                   what="the restarted static member to get its partition back")
+    finally:
+        pod.close()
+        other.close()
+
+
+def test_cli_consumes_as_a_group_and_describes_its_lag(start_cluster) -> None:
+    broker = start_cluster(1)[0]
+    with Admin(broker.address) as admin:
+        admin.create_topic("cli-events", partitions=2)
+    produce(broker.address, "cli-events", 20)
+    env = {"RAFTKA_BOOTSTRAP": broker.address}
+    import os
+    env = {**os.environ, **env}
+    run = lambda *args: subprocess.run([sys.executable, "-m", "raftka", *args], env=env, capture_output=True,  # noqa: E731
+                                       text=True, timeout=120)
+    consumed = run("consume", "cli-events", "--group", "cli", "--from-beginning", "--max-messages", "20")
+    assert consumed.returncode == 0, consumed.stderr
+    assert sorted(consumed.stdout.split(), key=int) == [str(i) for i in range(20)]
+    described = run("group", "describe", "cli", "--format", "json")
+    assert described.returncode == 0, described.stderr
+    info = json.loads(described.stdout)
+    assert info["state"] == "empty" and {p["lag"] for p in info["partitions"]} == {0}
+    listed = run("group", "list")
+    assert "cli" in listed.stdout
+    again = run("consume", "cli-events", "--group", "cli", "--timeout-ms", "1500")
+    assert again.returncode == 0 and again.stdout == "", "a group resumes from its committed offsets"
+    dry = run("group", "reset-offsets", "cli", "--topic", "cli-events", "--to-earliest")
+    assert "dry run" in dry.stdout
+    assert run("group", "reset-offsets", "cli", "--topic", "cli-events", "--to-earliest", "--execute").returncode == 0
+    assert run("group", "delete", "cli").returncode == 0
+    assert "cli" not in run("group", "list").stdout
