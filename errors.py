@@ -182,6 +182,14 @@ class NotPartitionOwnerError(RaftkaError):
     status = grpc.StatusCode.FAILED_PRECONDITION
 
 
+class UnreleasedInstanceIdError(RaftkaError):
+    """Another live member holds the static instance id; retried until it leaves or expires."""
+
+    code = ErrorCode.UNRELEASED_INSTANCE_ID
+    status = grpc.StatusCode.FAILED_PRECONDITION
+    retriable = True
+
+
 class BrokerUnavailableError(RaftkaError):
     """Client side only: no broker could be reached (the status is whatever the transport said)."""
 

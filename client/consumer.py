@@ -34,9 +34,9 @@ from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 from raftka.client.connection import ClusterConnection
 from raftka.client.fetcher import FetchConfig, Fetcher
-from raftka.client.membership import AssignmentChange, GroupCoordinatorClient, GroupMembership
+from raftka.client.membership import GroupCoordinatorClient, GroupMembership
 from raftka.client.records import Record, TopicPartition
-from raftka.errors import ClientClosedError, RaftkaError
+from raftka.errors import ClientClosedError, RaftkaError, UnknownMemberIdError
 from raftka.proto import api_pb2
 
 log = logging.getLogger(__name__)
@@ -87,7 +87,7 @@ class Consumer:
         self._auto_commit_s = auto_commit_interval_ms / 1000 if enable_auto_commit and group_id else None
         self._next_auto_commit = time.monotonic() + (self._auto_commit_s or 0)
         self._committed: dict[TopicPartition, int] = {}
-        self._async_commits: ThreadPoolExecutor | None = None
+        self._commits: ThreadPoolExecutor | None = None
         if self._group is not None and (topics or pattern):
             self._membership = GroupMembership(
                 self._group, topics=list(topics or ()), pattern=pattern or "", instance_id=group_instance_id or "",
@@ -178,16 +178,14 @@ class Consumer:
         """Commit offsets (the next record to read, per partition; by default the positions of every
         partition read so far) to the group. Synchronous by default, raising the refusal (e.g.
         NotPartitionOwnerError for a partition revoked meanwhile); `asynchronous=True` returns a
-        Future instead, and async commits are sent in order."""
+        Future instead. All commits of a consumer are sent in the order they were made."""
         if self._group is None:
             raise ValueError("committing needs a group_id")
-        wanted = dict(self._fetcher.positions() if offsets is None else offsets)
-        if not asynchronous:
-            self._commit(wanted, metadata)
-            return None
-        if self._async_commits is None:
-            self._async_commits = ThreadPoolExecutor(max_workers=1, thread_name_prefix="raftka-commit")
-        return self._async_commits.submit(self._commit, wanted, metadata)
+        future = self._submit_commit(dict(self._fetcher.positions() if offsets is None else offsets), metadata)
+        if asynchronous:
+            return future
+        future.result()
+        return None
 
     def committed(self, tps: Iterable[TopicPartition]) -> dict[TopicPartition, int | None]:
         """The group's committed offsets of these partitions (None where nothing was committed)."""
@@ -216,8 +214,8 @@ class Consumer:
         finally:
             if self._membership is not None:
                 self._membership.close()
-            if self._async_commits is not None:
-                self._async_commits.shutdown(wait=True)
+            if self._commits is not None:
+                self._commits.shutdown(wait=True)
             self._fetcher.close()
             self._conn.close()
 
@@ -231,47 +229,68 @@ class Consumer:
         return self._conn.list_offset(tp.topic, tp.partition, spec, timestamp_ms)
 
     def _reconcile(self, membership: GroupMembership) -> None:
-        """Apply the coordinator's latest decision: release revoked partitions, take new ones."""
+        """Apply the coordinator's latest decision: release revoked partitions, take new ones.
+
+        Exception-safe: if taking the new partitions fails (their committed offsets or metadata are
+        unavailable for now), what was released stays released and the rest of the change is
+        offered again at the next poll. An exception from a rebalance callback is raised once the
+        change is applied, so the consumer's state never depends on user code succeeding."""
         if membership.error is not None:
             error, membership.error = membership.error, None
             raise error
         change = membership.take_change()
         if change is None:
             return
+        failures: list[BaseException] = []
         if change.lost:
             lost, self._owned = self._owned, frozenset()
             self._fetcher.remove(lost)
             log.warning("group %s: lost %d partition(s) without committing", membership.coordinator.group_id,
                         len(lost))
-            if lost and self._on_lost is not None:
-                self._on_lost(set(lost))
             membership.rejoin()
+            if lost:
+                self._callback(self._on_lost, lost, failures)
+            self._raise_first(failures)
             return
         revoked = self._owned - change.partitions
         added = change.partitions - self._owned
         if revoked:
             self._commit_quietly(revoked)
-            if self._on_revoked is not None:
-                self._on_revoked(set(revoked))
+            self._callback(self._on_revoked, revoked, failures)
             self._fetcher.remove(revoked)
+            self._owned -= revoked
         if added:
             try:
                 committed = self.committed(sorted(added))
+                self._fetcher.add(committed)
             except RaftkaError as exc:
-                log.info("group %s: committed offsets unavailable, retrying the assignment: %s",
-                         membership.coordinator.group_id, exc)
-                self._owned = self._owned - revoked
-                membership.applied(self._owned, -1)
-                membership.defer(AssignmentChange(change.partitions, change.member_epoch))
+                log.info("group %s: cannot take %d partition(s) yet, retrying: %s",
+                         membership.coordinator.group_id, len(added), exc)
+                membership.defer(change)
+                self._raise_first(failures)
                 return
             self._committed.update((tp, o) for tp, o in committed.items() if o is not None)
-            self._fetcher.add(committed)
         self._owned = change.partitions
-        membership.applied(self._owned, change.member_epoch)
+        membership.applied(self._owned, change.member_epoch, change.generation)
         log.info("group %s: assignment applied epoch=%d owned=%d revoked=%d added=%d",
                  membership.coordinator.group_id, change.member_epoch, len(self._owned), len(revoked), len(added))
-        if added and self._on_assigned is not None:
-            self._on_assigned(set(added))
+        if added:
+            self._callback(self._on_assigned, added, failures)
+        self._raise_first(failures)
+
+    @staticmethod
+    def _callback(callback: Rebalance | None, tps: frozenset[TopicPartition], failures: list[BaseException]) -> None:
+        if callback is None:
+            return
+        try:
+            callback(set(tps))
+        except Exception as exc:  # noqa: BLE001 - raised by poll() once the rebalance step is done
+            failures.append(exc)
+
+    @staticmethod
+    def _raise_first(failures: list[BaseException]) -> None:
+        if failures:
+            raise failures[0]
 
     def _maybe_auto_commit(self) -> None:
         if self._auto_commit_s is None or time.monotonic() < self._next_auto_commit:
@@ -291,12 +310,25 @@ class Consumer:
         if not moved:
             return
         try:
-            self._commit(moved, "")
+            self._submit_commit(moved, "").result()
         except RaftkaError as exc:
             log.warning("auto-commit of %d partition(s) failed: %s", len(moved), exc)
 
-    def _commit(self, offsets: Mapping[TopicPartition, int], metadata: str) -> None:
-        assert self._group is not None
-        member_id = self._membership.member_id if self._membership is not None else ""
-        self._group.commit({tp: (offset, metadata) for tp, offset in offsets.items()}, member_id)
-        self._committed.update(offsets)
+    def _submit_commit(self, offsets: dict[TopicPartition, int], metadata: str) -> Future[None]:
+        """Queue a commit on the consumer's one commit thread, so commits land in the order made. The
+        member id is taken now: a commit made as one member is never sent as another."""
+        group = self._group
+        assert group is not None
+        member_id = ""
+        if self._membership is not None:
+            member_id = self._membership.member_id
+            if not member_id:
+                raise UnknownMemberIdError(f"this consumer is not a member of group {group.group_id!r} right now "
+                                           "(it is joining or rejoining); its partitions are not its to commit")
+        if self._commits is None:
+            self._commits = ThreadPoolExecutor(max_workers=1, thread_name_prefix="raftka-commit")
+
+        def commit() -> None:
+            group.commit({tp: (offset, metadata) for tp, offset in offsets.items()}, member_id)
+            self._committed.update(offsets)
+        return self._commits.submit(commit)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping, Sequence, TypeVar
 
@@ -36,10 +37,12 @@ T = TypeVar("T")
 class AssignmentChange:
     """What `poll()` must apply: the partitions the consumer may own from now on. `lost` means the
     consumer is no longer a member (expired, fenced, or left after max_poll_interval): its
-    partitions are already someone else's, so it must drop them without committing."""
+    partitions are already someone else's, so it must drop them without committing. `generation`
+    counts memberships: a change from an earlier one is never reported as applied."""
 
     partitions: frozenset[TopicPartition]
     member_epoch: int
+    generation: int
     lost: bool = False
 
 
@@ -121,14 +124,22 @@ class GroupMembership(threading.Thread):
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stopping = False
-        self.member_id = ""
+        self._member_id = uuid.uuid4().hex
+        self._joined = False
+        self._generation = 0
         self._owned: frozenset[TopicPartition] = frozenset()
         self._applied_epoch = 0
         self._change: AssignmentChange | None = None
-        self._last_poll = time.monotonic()
+        self._last_poll = self._last_heartbeat = time.monotonic()
         self._interval_s = 1.0
         self.error: RaftkaError | None = None
         """A non-retriable refusal (bad subscription, ...), raised by the consumer's next poll."""
+
+    @property
+    def member_id(self) -> str:
+        """This consumer's member id while it is a member of the group, else empty."""
+        with self._lock:
+            return self._member_id if self._joined else ""
 
     def polled(self) -> None:
         with self._lock:
@@ -142,13 +153,16 @@ class GroupMembership(threading.Thread):
     def defer(self, change: AssignmentChange) -> None:
         """Offer `change` again at the next poll (applying it failed), unless a newer one arrived."""
         with self._lock:
-            if self._change is None:
+            if self._change is None and change.generation == self._generation:
                 self._change = change
 
-    def applied(self, owned: frozenset[TopicPartition], member_epoch: int) -> None:
+    def applied(self, owned: frozenset[TopicPartition], member_epoch: int, generation: int) -> None:
         """The consumer now owns `owned`, per the assignment of `member_epoch`; tell the coordinator
-        at once, so released partitions move without waiting a heartbeat interval."""
+        at once, so released partitions move without waiting a heartbeat interval. Ignored when the
+        membership it was granted in has been lost meanwhile."""
         with self._lock:
+            if generation != self._generation:
+                return
             self._owned, self._applied_epoch = owned, member_epoch
         self._wake.set()
 
@@ -163,22 +177,29 @@ class GroupMembership(threading.Thread):
                                       deadline_s=time.monotonic() + 5)
             except RaftkaError as exc:
                 log.info("leaving group %s failed (its session will expire): %s", self.coordinator.group_id, exc)
-            self.member_id = ""
+            with self._lock:
+                self._joined = False
 
     def run(self) -> None:
         attempt = 0
         while not self._stopping:
-            if self.member_id and time.monotonic() - self._last_poll > self._max_poll_interval_s:
-                self._leave_for_poll_timeout()
-            elif not self.member_id and self._change is not None and self._change.lost:
+            now = time.monotonic()
+            joined, lost = self._joined, self._change is not None and self._change.lost
+            if lost:
                 pass
+            elif joined and now - self._last_poll > self._max_poll_interval_s:
+                self._leave_for_poll_timeout()
+            elif joined and now - self._last_heartbeat > self._session_timeout_ms / 1000:
+                log.warning("group %s: no heartbeat got through for the session timeout; the coordinator has "
+                            "dropped this member, so its partitions are given up", self.coordinator.group_id)
+                self._lose()
             else:
                 try:
                     self._heartbeat()
                     attempt = 0
                 except UnknownMemberIdError as exc:
                     log.warning("group %s: member %s is unknown to the coordinator (%s); rejoining",
-                                self.coordinator.group_id, self.member_id, exc)
+                                self.coordinator.group_id, self._member_id, exc)
                     self._lose()
                 except RaftkaError as exc:
                     if not exc.retriable:
@@ -198,17 +219,20 @@ class GroupMembership(threading.Thread):
                                          deadline_s=time.monotonic() + self._session_timeout_ms / 1000)
         assignment = from_group_partitions(response.assignment)
         with self._lock:
-            self.member_id = response.member_id
+            if request.member_id != self._member_id:
+                return
+            self._joined = True
+            self._last_heartbeat = time.monotonic()
             self._interval_s = max(0.05, response.heartbeat_interval_ms / 1000)
             if response.member_epoch != self._applied_epoch or assignment != self._owned:
-                self._change = AssignmentChange(assignment, response.member_epoch)
+                self._change = AssignmentChange(assignment, response.member_epoch, self._generation)
             else:
                 self._change = None
 
     def _request(self, *, leave: bool) -> api_pb2.GroupHeartbeatRequest:
         with self._lock:
             return api_pb2.GroupHeartbeatRequest(
-                group_id=self.coordinator.group_id, member_id=self.member_id, instance_id=self._instance_id,
+                group_id=self.coordinator.group_id, member_id=self._member_id, instance_id=self._instance_id,
                 topics=self._topics, pattern=self._pattern, owned=as_group_partitions(self._owned),
                 session_timeout_ms=self._session_timeout_ms, assignor=self._assignor, leave=leave,
                 client_id=self._client_id, member_epoch=self._applied_epoch)
@@ -224,16 +248,20 @@ class GroupMembership(threading.Thread):
         self._lose()
 
     def _lose(self) -> None:
-        """No longer a member: the consumer drops its partitions at its next poll, then rejoins."""
+        """No longer a member: the consumer drops its partitions at its next poll, then rejoins as a
+        new member (a new id, a new generation)."""
         with self._lock:
-            self.member_id = ""
-            self._change = AssignmentChange(frozenset(), 0, lost=True)
+            self._generation += 1
+            self._joined = False
+            self._member_id = uuid.uuid4().hex
+            self._change = AssignmentChange(frozenset(), 0, self._generation, lost=True)
             self._owned, self._applied_epoch = frozenset(), 0
 
     def rejoin(self) -> None:
         """Called by the consumer once it has dropped a lost assignment (and is polling again)."""
         with self._lock:
-            self._last_poll = time.monotonic()
+            self._last_poll = self._last_heartbeat = time.monotonic()
+            self._owned, self._applied_epoch = frozenset(), 0
             if self._change is not None and self._change.lost:
                 self._change = None
         self._wake.set()

@@ -20,7 +20,10 @@ Invariants:
   offset resets) only while the group has no members;
 - a member not heard from for its session timeout is removed and its partitions freed; a static
   member (instance id) that leaves keeps its partitions reserved until then, so a restarting pod
-  gets them back without a rebalance.
+  gets them back without a rebalance; a second live member with the same instance id is refused;
+- member ids are chosen by the members, so a join retried after a lost response is the same member;
+- a request acts only on the group object of the current term: objects of an earlier term, or of a
+  deleted group, are retired (`dead`) and every request holding one fails with NOT_COORDINATOR.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ from raftka.cluster.partitions import PartitionManager
 from raftka.cluster.replica import RaftReplica
 from raftka.errors import (GroupNotEmptyError, InvalidRequestError, NotCoordinatorError, NotPartitionOwnerError,
                            RaftkaError, UnknownGroupError, UnknownMemberIdError, UnknownPartitionError,
-                           UnknownTopicError)
+                           UnknownTopicError, UnreleasedInstanceIdError)
 from raftka.partition.batch import encode_batch
 from raftka.proto import api_pb2
 from raftka.replication.raft import Role
@@ -53,7 +56,11 @@ log = logging.getLogger(__name__)
 DEFAULT_SESSION_TIMEOUT_MS = 45_000
 MIN_SESSION_TIMEOUT_MS = 1_000
 MAX_SESSION_TIMEOUT_MS = 300_000
-MAX_HEARTBEAT_INTERVAL_MS = 3_000
+MAX_HEARTBEAT_INTERVAL_MS = 1_000
+"""A member learns of a rebalance at its next heartbeat, so this bounds the first step of every move."""
+RECONCILING_HEARTBEAT_INTERVAL_MS = 200
+"""While partitions move, members heartbeat this often: each step of a move (revoke, release,
+grant) is learnt at a heartbeat, and the coordinator cannot push."""
 MAX_GROUP_ID_LENGTH = 255
 MAX_COMMIT_METADATA = 4096
 SWEEP_INTERVAL_S = 0.25
@@ -88,6 +95,8 @@ class _Group:
     persisted: bytes = b""
     targeted_for: object = None
     """The inputs (members, subscriptions, topics) the current targets were computed from."""
+    dead: bool = False
+    """Replaced (new term, deletion): a request still holding this object must not act on it."""
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     @property
@@ -112,15 +121,14 @@ class GroupCoordinator:
         group_log = self._logs[partition] = GroupLog(partition)
         return group_log.apply
 
-    def coordinator_of(self, group_id: str) -> int:
-        """The broker id that leads the group's partition, as far as this broker knows (-1: none)."""
+    def coordinator_of(self, group_id: str) -> tuple[int | None, tuple[int, ...]]:
+        """The group's partition: the leader this broker's replica knows (-1: none right now; None:
+        this broker holds no replica, so it cannot know) and the partition's replicas."""
         validate_group_id(group_id)
         record = self._metadata.get(OFFSETS_TOPIC)
         partition = group_partition(group_id, record.partitions)
         replica = self._partitions.find(OFFSETS_TOPIC, partition)
-        if replica is not None:
-            return replica.leader_id
-        return record.replicas[partition][0]
+        return (None if replica is None else replica.leader_id), record.replicas[partition]
 
     async def heartbeat(self, request: api_pb2.GroupHeartbeatRequest) -> api_pb2.GroupHeartbeatResponse:
         group = await self._group(request.group_id)
@@ -146,10 +154,12 @@ class GroupCoordinator:
             group.members[member.member_id] = dataclasses.replace(member, held=frozenset(held), epoch=epoch,
                                                                   granted=frozenset(granted))
             await self._persist(group)
-            session_ms = member.session_timeout_ms
+            interval_ms = min(MAX_HEARTBEAT_INTERVAL_MS, member.session_timeout_ms // 3)
+            if group.state != "stable":
+                interval_ms = min(interval_ms, RECONCILING_HEARTBEAT_INTERVAL_MS)
             return api_pb2.GroupHeartbeatResponse(
                 member_id=member.member_id, assignment=as_group_partitions(granted), group_epoch=group.epoch,
-                member_epoch=epoch, heartbeat_interval_ms=min(MAX_HEARTBEAT_INTERVAL_MS, session_ms // 3))
+                member_epoch=epoch, heartbeat_interval_ms=interval_ms)
 
     async def commit(self, request: api_pb2.CommitOffsetsRequest) -> api_pb2.CommitOffsetsResponse:
         group = await self._group(request.group_id)
@@ -180,7 +190,7 @@ class GroupCoordinator:
             return api_pb2.CommitOffsetsResponse(offsets=answers)
 
     async def fetch_offsets(self, request: api_pb2.FetchOffsetsRequest) -> api_pb2.FetchOffsetsResponse:
-        group = await self._group(request.group_id)
+        group = await self._group(request.group_id, cache=False)
         committed = self._committed(group)
         wanted = sorted(_partitions_of(request.partitions)) if request.partitions else sorted(committed)
         answers = []
@@ -193,7 +203,7 @@ class GroupCoordinator:
         return api_pb2.FetchOffsetsResponse(offsets=answers)
 
     async def describe(self, group_id: str) -> api_pb2.DescribeGroupResponse:
-        group = await self._group(group_id)
+        group = await self._group(group_id, cache=False)
         committed = self._committed(group)
         if not group.members and not committed:
             raise UnknownGroupError(f"unknown group {group_id!r}")
@@ -207,7 +217,7 @@ class GroupCoordinator:
                                              group_epoch=group.epoch, members=members, offsets=offsets)
 
     async def delete(self, group_id: str) -> None:
-        group = await self._group(group_id)
+        group = await self._group(group_id, cache=False)
         async with group.lock:
             self._check_term(group)
             self._expire(group, time.monotonic())
@@ -216,7 +226,7 @@ class GroupCoordinator:
             if group_id not in self._log_of(group).groups:
                 raise UnknownGroupError(f"unknown group {group_id!r}")
             await self._append(group, delete_command(group_id))
-            self._groups.pop(group_id, None)
+            self._forget(group)
 
     def list_groups(self) -> list[api_pb2.GroupSummary]:
         """Groups of the partitions this broker leads (each broker answers for its own)."""
@@ -230,8 +240,7 @@ class GroupCoordinator:
                 active = self._groups.get(group_id)
                 if active is not None and active.term == replica.node.term:
                     summaries.append(self._summary(active))
-                else:
-                    record = group_log.groups[group_id]
+                elif (record := group_log.groups.get(group_id)) is not None:
                     summaries.append(api_pb2.GroupSummary(
                         group_id=group_id, state="empty" if not record.members else "stable",
                         members=len(record.members), coordinator_id=self._broker_id))
@@ -245,8 +254,7 @@ class GroupCoordinator:
             for group_id, group in list(self._groups.items()):
                 node = group.replica.node
                 if node.role != Role.LEADER or node.term != group.term:
-                    if self._groups.get(group_id) is group:
-                        del self._groups[group_id]
+                    self._forget(group)
                     continue
                 if group.lock.locked() or not self._expired(group, now):
                     continue
@@ -259,7 +267,10 @@ class GroupCoordinator:
                     except RaftkaError as exc:
                         log.info("group sweep failed group=%s: %s", group_id, exc)
 
-    async def _group(self, group_id: str) -> _Group:
+    async def _group(self, group_id: str, *, cache: bool = True) -> _Group:
+        """The group as of this leadership term (loaded after a read barrier). Reads of groups not
+        loaded yet (`cache=False`) do not keep the object, so asking about arbitrary ids cannot grow
+        the cache."""
         validate_group_id(group_id)
         record = self._metadata.find(OFFSETS_TOPIC)
         if record is None:
@@ -286,15 +297,22 @@ class GroupCoordinator:
         group = _Group(group_id, replica, term, members, saved.assignor if saved is not None else "",
                        saved.epoch if saved is not None else 0, {m: now for m in members})
         group.persisted = self._members_blob(group)
-        self._groups[group_id] = group
+        if cache:
+            self._groups[group_id] = group
         log.info("group loaded group=%s term=%d members=%d", group_id, term, len(members))
         return group
 
     def _check_term(self, group: _Group) -> None:
         node = group.replica.node
-        if node.role != Role.LEADER or node.term != group.term:
-            self._groups.pop(group.group_id, None)
+        if group.dead or node.role != Role.LEADER or node.term != group.term:
+            self._forget(group)
             raise NotCoordinatorError(f"broker {self._broker_id} no longer coordinates group {group.group_id!r}")
+
+    def _forget(self, group: _Group) -> None:
+        """Retire this object (only this one: a newer object of the same group may be cached)."""
+        group.dead = True
+        if self._groups.get(group.group_id) is group:
+            del self._groups[group.group_id]
 
     def _member(self, group: _Group, request: api_pb2.GroupHeartbeatRequest) -> MemberRecord:
         """The member the heartbeat is from: a new one, a static one coming back, or a known one."""
@@ -311,25 +329,14 @@ class GroupCoordinator:
                 raise InvalidRequestError(f"subscription pattern {request.pattern!r} is invalid: {exc}") from None
         elif not request.topics and not request.leave:
             raise InvalidRequestError("a group member must subscribe to topics or a pattern")
-        if request.member_id:
-            member = group.members.get(request.member_id)
-            if member is None:
+        if len(request.member_id) > MAX_GROUP_ID_LENGTH:
+            raise InvalidRequestError(f"member id is longer than {MAX_GROUP_ID_LENGTH} characters")
+        member = group.members.get(request.member_id) if request.member_id else None
+        if member is None:
+            if request.member_id and request.member_epoch != 0:
                 raise UnknownMemberIdError(f"group {group.group_id!r} has no member {request.member_id!r} "
                                            "(it expired or was replaced); rejoin")
-        else:
-            static = [m for m in group.members.values() if request.instance_id and m.instance_id == request.instance_id]
-            if static:
-                old = static[0]
-                del group.members[old.member_id]
-                group.last_seen.pop(old.member_id, None)
-                member = dataclasses.replace(old, member_id=uuid.uuid4().hex)
-                log.info("static member rejoined group=%s instance=%s member=%s replaces=%s", group.group_id,
-                         request.instance_id, member.member_id, old.member_id)
-            else:
-                member = MemberRecord(uuid.uuid4().hex, request.instance_id, request.client_id, (), "", session,
-                                      frozenset(), frozenset(), frozenset())
-                log.info("member joined group=%s member=%s client=%s", group.group_id, member.member_id,
-                         request.client_id)
+            member = self._join(group, request, session)
         if request.leave:
             return member
         member = dataclasses.replace(member, topics=tuple(sorted(set(request.topics))), pattern=request.pattern,
@@ -337,6 +344,25 @@ class GroupCoordinator:
                                      left=False)
         group.members[member.member_id] = member
         return member
+
+    def _join(self, group: _Group, request: api_pb2.GroupHeartbeatRequest, session: int) -> MemberRecord:
+        """A new member, or a static member coming back for the partitions it left reserved."""
+        member_id = request.member_id or uuid.uuid4().hex
+        static = [m for m in group.members.values() if request.instance_id and m.instance_id == request.instance_id]
+        if not static:
+            log.info("member joined group=%s member=%s client=%s", group.group_id, member_id, request.client_id)
+            return MemberRecord(member_id, request.instance_id, request.client_id, (), "", session,
+                                frozenset(), frozenset(), frozenset())
+        old = static[0]
+        if not old.left:
+            raise UnreleasedInstanceIdError(
+                f"member {old.member_id} of group {group.group_id!r} still uses instance id "
+                f"{request.instance_id!r}; retry once it has left or its session has expired")
+        del group.members[old.member_id]
+        group.last_seen.pop(old.member_id, None)
+        log.info("static member rejoined group=%s instance=%s member=%s replaces=%s", group.group_id,
+                 request.instance_id, member_id, old.member_id)
+        return dataclasses.replace(old, member_id=member_id)
 
     def _leave(self, group: _Group, member: MemberRecord) -> None:
         if member.instance_id:

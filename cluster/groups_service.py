@@ -15,10 +15,11 @@ from raftka.cluster.broker_service import BrokerState, unary
 from raftka.cluster.coordinator import GroupCoordinator, validate_group_id
 from raftka.cluster.group_log import OFFSETS_TOPIC
 from raftka.cluster.topics import TopicConfig
-from raftka.errors import NotCoordinatorError, TopicExistsError
+from raftka.errors import NotCoordinatorError, RaftkaError, TopicExistsError, from_rpc_error
 from raftka.proto import api_pb2, api_pb2_grpc
 
 OFFSETS_REPLICATION_FACTOR = 3
+FORWARD_TIMEOUT_S = 5.0
 OFFSETS_CONFIG = TopicConfig(retention_ms=-1, retention_bytes=-1)
 """Kept whole: without log compaction yet, deleting old segments would lose live offsets."""
 
@@ -28,6 +29,7 @@ class GroupsService(api_pb2_grpc.GroupsServicer):
         self._state = state
         self._coordinator = coordinator
         self._admin = admin
+        self._channels: dict[str, grpc.aio.Channel] = {}
 
     async def FindCoordinator(self, request: api_pb2.FindCoordinatorRequest, context: grpc.aio.ServicerContext
                               ) -> api_pb2.FindCoordinatorResponse:
@@ -41,12 +43,29 @@ class GroupsService(api_pb2_grpc.GroupsServicer):
             await self._admin.on_controller("FindCoordinator", request, self._create_offsets_topic,
                                             stub=api_pb2_grpc.GroupsStub)
             await self._state.catch_up_metadata()
-        coordinator = self._coordinator.coordinator_of(request.group_id)
-        address = self._state.address_of(coordinator) if coordinator > 0 else ""
+        leader, replicas = self._coordinator.coordinator_of(request.group_id)
+        if leader is None:
+            return await self._ask_replicas(request, replicas)
+        address = self._state.address_of(leader) if leader > 0 else ""
         if not address:
             raise NotCoordinatorError(f"group {request.group_id!r} has no coordinator right now (its "
                                       f"{OFFSETS_TOPIC} partition is electing a leader); retry")
-        return api_pb2.FindCoordinatorResponse(coordinator_id=coordinator, coordinator_address=address)
+        return api_pb2.FindCoordinatorResponse(coordinator_id=leader, coordinator_address=address)
+
+    async def _ask_replicas(self, request: api_pb2.FindCoordinatorRequest,
+                            replicas: tuple[int, ...]) -> api_pb2.FindCoordinatorResponse:
+        """Only the group partition's replicas know its leader: ask them in turn (skipping those down)."""
+        last: RaftkaError = NotCoordinatorError(f"no replica of group {request.group_id!r}'s partition answered")
+        for broker in replicas:
+            address = self._state.address_of(broker)
+            channel = self._channels.get(address)
+            if channel is None:
+                channel = self._channels[address] = grpc.aio.insecure_channel(address)
+            try:
+                return await api_pb2_grpc.GroupsStub(channel).FindCoordinator(request, timeout=FORWARD_TIMEOUT_S)
+            except grpc.aio.AioRpcError as exc:
+                last = from_rpc_error(exc)
+        raise NotCoordinatorError(f"cannot locate the coordinator of group {request.group_id!r}: {last.message}")
 
     async def _create_offsets_topic(self) -> api_pb2.FindCoordinatorResponse:
         """On the metadata leader: create the topic (a concurrent creation is as good)."""

@@ -37,6 +37,7 @@ class ErrorCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     GROUP_NOT_EMPTY: _ClassVar[ErrorCode]
     UNKNOWN_GROUP: _ClassVar[ErrorCode]
     NOT_PARTITION_OWNER: _ClassVar[ErrorCode]
+    UNRELEASED_INSTANCE_ID: _ClassVar[ErrorCode]
 
 class Acks(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -77,6 +78,7 @@ UNKNOWN_MEMBER_ID: ErrorCode
 GROUP_NOT_EMPTY: ErrorCode
 UNKNOWN_GROUP: ErrorCode
 NOT_PARTITION_OWNER: ErrorCode
+UNRELEASED_INSTANCE_ID: ErrorCode
 ACKS_ALL: Acks
 ACKS_LEADER: Acks
 OFFSET_SPEC_UNSPECIFIED: OffsetSpec

@@ -675,7 +675,7 @@ class GroupsServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Heartbeat(self, request, context):
-        """Join (empty member_id), stay (member_id), or leave (leave=true). Coordinator only.
+        """Join (a new member_id with member_epoch 0), stay, or leave (leave=true). Coordinator only.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -13,6 +13,7 @@ import sys
 import time
 
 from raftka import Consumer, TopicPartition
+from raftka.errors import RaftkaError
 
 
 def main() -> None:
@@ -21,14 +22,15 @@ def main() -> None:
     parser.add_argument("topic")
     parser.add_argument("group")
     parser.add_argument("--instance", default="")
-    parser.add_argument("--session-ms", type=int, default=6_000)
+    parser.add_argument("--session-ms", type=int, default=10_000)
     parser.add_argument("--slow-ms", type=int, default=0, help="sleep this long per poll (slow processing)")
     args = parser.parse_args()
     out = sys.stdout
     consumer = Consumer(args.bootstrap, group_id=args.group, topics=[args.topic], auto_offset_reset="earliest",
                         group_instance_id=args.instance or None, session_timeout_ms=args.session_ms,
                         enable_auto_commit=False, fetch_max_wait_ms=200,
-                        on_revoked=lambda tps: out.write(json.dumps({"revoked": sorted(p for _, p in tps)}) + "\n"))
+                        on_revoked=lambda tps: out.write(json.dumps({"revoked": sorted(p for _, p in tps)}) + "\n"),
+                        on_assigned=lambda tps: out.write(json.dumps({"assigned": sorted(p for _, p in tps)}) + "\n"))
     try:
         while True:
             records = consumer.poll(timeout_ms=200, max_records=50)
@@ -39,8 +41,12 @@ def main() -> None:
                 time.sleep(args.slow_ms / 1000)
             if records:
                 positions = {r.partition: r.offset + 1 for r in records}
-                consumer.commit({TopicPartition(args.topic, p): o for p, o in positions.items()})
-                out.write(json.dumps({"commit": positions}) + "\n")
+                try:
+                    consumer.commit({TopicPartition(args.topic, p): o for p, o in positions.items()})
+                except RaftkaError as exc:
+                    out.write(json.dumps({"commit_failed": str(exc)}) + "\n")
+                else:
+                    out.write(json.dumps({"commit": positions}) + "\n")
                 out.flush()
     except KeyboardInterrupt:
         pass

@@ -33,6 +33,9 @@ class Worker:
     def processed(self) -> list[tuple[int, int]]:
         return [(line["p"], line["o"]) for line in list(self.lines) if "p" in line]
 
+    def assigned(self) -> bool:
+        return any("assigned" in line for line in list(self.lines))
+
     def last_commits(self) -> dict[int, int]:
         commits: dict[int, int] = {}
         for line in list(self.lines):
@@ -80,6 +83,7 @@ def test_members_come_and_go_and_a_killed_one_loses_nothing(start_cluster) -> No
     first, leaving = Worker(bootstrap, "jobs", "crew"), Worker(bootstrap, "jobs", "crew")
     wait_until(lambda: len(first.processed()) + len(leaving.processed()) >= 150, what="first records")
     victim = Worker(bootstrap, "jobs", "crew")
+    wait_until(victim.assigned, what="the third member's partitions")
     acked += produce(bootstrap, "jobs", 600, start=600)
     wait_until(lambda: len(victim.processed()) > 0, what="the third member's records")
     leaving.stop()
@@ -87,6 +91,7 @@ def test_members_come_and_go_and_a_killed_one_loses_nothing(start_cluster) -> No
     wait_until(lambda: len(victim.processed()) > 20, what="more records for the victim")
     victim.kill()
     late = Worker(bootstrap, "jobs", "crew")
+    wait_until(late.assigned, what="the late member's partitions")
     acked += produce(bootstrap, "jobs", 600, start=1800)
     workers = [first, leaving, victim, late]
     wait_until(lambda: set(acked) <= {pair for w in workers for pair in w.processed()}, timeout_s=90,

@@ -10,7 +10,7 @@ from raftka import Admin, TopicPartition
 from raftka.client.connection import ClusterConnection
 from raftka.client.membership import GroupCoordinatorClient, as_group_partitions, from_group_partitions
 from raftka.errors import (GroupNotEmptyError, InvalidRequestError, NotPartitionOwnerError, UnknownGroupError,
-                           UnknownMemberIdError)
+                           UnknownMemberIdError, UnreleasedInstanceIdError)
 from raftka.proto import api_pb2
 
 
@@ -205,3 +205,21 @@ def test_bad_group_requests_get_precise_errors(cluster) -> None:
     with Producer(bootstrap, linger_ms=0) as producer:
         with pytest.raises(InvalidTopicError, match="internal"):
             producer.send("__consumer_offsets", b"forged", partition=0).result(timeout=30)
+
+
+def test_joins_are_retry_safe_and_a_live_static_id_is_not_taken_over(cluster) -> None:
+    _, bootstrap, conn = cluster
+    client = GroupCoordinatorClient(conn, "g8")
+    first = Member(client, ["events"], "pod-a")
+    first.member_id = "member-one"
+    first.heartbeat(apply=False)
+    first.heartbeat()
+    info = client.call(lambda stub: stub.DescribeGroup, api_pb2.DescribeGroupRequest(group_id="g8"))
+    assert [m.member_id for m in info.members] == ["member-one"], "a retried join is the same member"
+    impatient = ClusterConnection(bootstrap, request_timeout_s=2)
+    twin = Member(GroupCoordinatorClient(impatient, "g8"), ["events"], "pod-a")
+    twin.member_id = "member-two"
+    with pytest.raises(UnreleasedInstanceIdError):
+        twin.heartbeat()
+    impatient.close()
+    assert first.heartbeat() == first.owned and len(first.owned) == 6
