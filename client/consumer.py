@@ -36,7 +36,8 @@ from raftka.client.connection import ClusterConnection
 from raftka.client.fetcher import FetchConfig, Fetcher
 from raftka.client.membership import GroupCoordinatorClient, GroupMembership
 from raftka.client.records import Record, TopicPartition
-from raftka.errors import ClientClosedError, RaftkaError, UnknownMemberIdError
+from raftka.errors import (ClientClosedError, RaftkaError, UnknownMemberIdError, UnknownPartitionError,
+                           UnknownTopicError)
 from raftka.proto import api_pb2
 
 log = logging.getLogger(__name__)
@@ -169,7 +170,11 @@ class Consumer:
             self._reconcile(membership)
             self._maybe_auto_commit()
             remaining = deadline - time.monotonic()
-            records = self._fetcher.poll(max(0.0, min(remaining, GROUP_POLL_SLICE_S)), max_records)
+            try:
+                records = self._fetcher.poll(max(0.0, min(remaining, GROUP_POLL_SLICE_S)), max_records)
+            except (UnknownTopicError, UnknownPartitionError) as exc:
+                log.info("group %s: %s; the group will revoke it", membership.coordinator.group_id, exc)
+                records = []
             if records or remaining <= GROUP_POLL_SLICE_S:
                 return records
 

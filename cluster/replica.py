@@ -232,7 +232,8 @@ class RaftReplica:
                 raise RequestTimedOutError(f"{self.group_id}: no linearizable read within {timeout_s:.3f}s")
             try:
                 index = await asyncio.wait_for(self._driver.read_index(self.group_id), min(attempt_s, remaining))
-            except raft_errors.NotLeaderError:
+            except raft_errors.RaftError as exc:
+                log.debug("read barrier of %s retrying: %s", self.group_id, exc)
                 await asyncio.sleep(min(0.05, remaining))
             except TimeoutError:
                 pass

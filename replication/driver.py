@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -81,6 +82,9 @@ class MultiRaft:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._read_ids = 0
+        self._read_prefix = broker_id.to_bytes(4, "big") + os.urandom(4)
+        """Read contexts travel to the group's leader and must be unique among all its outstanding
+        reads: every broker (and every incarnation of it) gets its own prefix."""
         self.rounds = 0
 
     def add_group(self, group_id: str, storage: Storage, apply: Applier, config: RaftConfig) -> RaftNode:
@@ -125,7 +129,7 @@ class MultiRaft:
         resolves if leadership changes meanwhile: wait on it with a timeout."""
         group = self._groups[group_id]
         self._read_ids += 1
-        context = self._read_ids.to_bytes(8, "big")
+        context = self._read_prefix + self._read_ids.to_bytes(8, "big")
         group.node.read_index(context)
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         future.add_done_callback(lambda _: group.reads.pop(context, None))

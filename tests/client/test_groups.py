@@ -255,3 +255,20 @@ def test_cli_consumes_as_a_group_and_describes_its_lag(start_cluster) -> None:
     assert run("group", "reset-offsets", "cli", "--topic", "cli-events", "--to-earliest", "--execute").returncode == 0
     assert run("group", "delete", "cli").returncode == 0
     assert "cli" not in run("group", "list").stdout
+
+
+def test_deleting_a_subscribed_topic_does_not_break_the_consumer(start_cluster) -> None:
+    broker = start_cluster(1)[0]
+    with Admin(broker.address) as admin:
+        admin.create_topic("feed-a", partitions=1)
+        admin.create_topic("feed-b", partitions=1)
+        with Consumer(broker.address, group_id="readers", pattern=r"feed-.*", auto_offset_reset="earliest") as consumer:
+            produce(broker.address, "feed-a", 5)
+            produce(broker.address, "feed-b", 5)
+            assert len(drain_group(consumer, 10)) == 10
+            admin.delete_topic("feed-a")
+            produce(broker.address, "feed-b", 5, start=5)
+            records = drain_group(consumer, 5)
+            assert {r.topic for r in records} == {"feed-b"}
+            wait_until(lambda: consumer.poll(timeout_ms=100) is not None
+                       and consumer.assignment() == {TopicPartition("feed-b", 0)}, what="the deleted topic's revocation")

@@ -183,3 +183,20 @@ def test_read_index_without_a_known_leader_is_refused() -> None:
         with pytest.raises(NotLeaderError):
             cluster.net.drivers[1].read_index("g0")
     run(scenario())
+
+
+def test_reads_from_different_brokers_never_collide_at_the_leader() -> None:
+    """Read contexts travel to the leader; each broker's first read must not look like another's."""
+    async def scenario() -> None:
+        cluster = Cluster(groups=1)
+        cluster.start()
+        leader = await cluster.wait_leader("g0")
+        await cluster.net.drivers[leader].propose("g0", b"x")
+        followers = [b for b in BROKERS if b != leader]
+        forwarded = [cluster.net.drivers[b].read_index("g0") for b in followers]
+        await asyncio.sleep(0.05)
+        local = cluster.net.drivers[leader].read_index("g0")
+        indexes = await asyncio.wait_for(asyncio.gather(local, *forwarded), 5)
+        assert len(set(indexes)) == 1
+        await cluster.stop()
+    run(scenario())
