@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import threading
 import time
 from pathlib import Path
@@ -157,6 +158,23 @@ def find_leader(bootstrap: str, topic: str, partition: int, brokers: list[LocalB
             return by_id[info.leader]
         time.sleep(0.1)
     raise AssertionError(f"no leader for {topic}/{partition}")
+
+
+def kill_leaders(bootstrap: str, topic: str, partitions: int, brokers: list[LocalBroker], *, rounds: int = 4,
+                 seed: int = 3, down_s: tuple[float, float] = (0.5, 1.5)) -> None:
+    """SIGKILL the leader of a random partition of `topic`, then restart it, `rounds` times, a second apart."""
+    rng = random.Random(seed)
+    for _ in range(rounds):
+        time.sleep(1.0)
+        victim = find_leader(bootstrap, topic, rng.randrange(partitions), brokers)
+        victim.kill()
+        time.sleep(rng.uniform(*down_s))
+        victim.start()
+
+
+@pytest.fixture(name="kill_leaders")
+def kill_leaders_fixture() -> Callable[..., None]:
+    return kill_leaders
 
 
 @pytest.fixture(name="leader_of")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -234,9 +235,7 @@ def test_cli_consumes_as_a_group_and_describes_its_lag(start_cluster) -> None:
     with Admin(broker.address) as admin:
         admin.create_topic("cli-events", partitions=2)
     produce(broker.address, "cli-events", 20)
-    env = {"RAFTKA_BOOTSTRAP": broker.address}
-    import os
-    env = {**os.environ, **env}
+    env = {**os.environ, "RAFTKA_BOOTSTRAP": broker.address}
     run = lambda *args: subprocess.run([sys.executable, "-m", "raftka", *args], env=env, capture_output=True,  # noqa: E731
                                        text=True, timeout=120)
     consumed = run("consume", "cli-events", "--group", "cli", "--from-beginning", "--max-messages", "20")

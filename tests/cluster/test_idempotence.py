@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import random
-import time
 
 import grpc
 import pytest
@@ -92,7 +90,7 @@ def test_retries_are_recognised_after_a_failover_and_a_full_restart(start_cluste
 
 
 def test_idempotent_producers_write_each_record_once_in_order_through_leader_kills(
-        start_cluster, leader_of, consume_all, ack_recorder, lost) -> None:
+        start_cluster, kill_leaders, consume_all, ack_recorder, lost) -> None:
     """Several batches in flight per partition while leaders are SIGKILLed: every record in the log
     appears once, acknowledged or not, and each producer's records keep their send order."""
     brokers = start_cluster(3)
@@ -101,14 +99,8 @@ def test_idempotent_producers_write_each_record_once_in_order_through_leader_kil
         admin.create_topic("exactly", partitions=2)
     producers = ack_recorder(bootstrap, "exactly", workers=2, linger_ms=2, batch_size=2048, max_in_flight=5,
                              delivery_timeout_ms=60_000, request_timeout_ms=5_000)
-    rng = random.Random(11)
     try:
-        for _ in range(4):
-            time.sleep(1.0)
-            victim = leader_of(bootstrap, "exactly", rng.randrange(2), brokers)
-            victim.kill()
-            time.sleep(rng.uniform(0.3, 1.0))
-            victim.start()
+        kill_leaders(bootstrap, "exactly", 2, brokers, seed=11, down_s=(0.3, 1.0))
     finally:
         acked = producers.stop()
     assert len(acked) > 500

@@ -6,7 +6,6 @@ brokers, and every partition keeps its order through leader changes.
 
 from __future__ import annotations
 
-import random
 import time
 
 import grpc
@@ -34,7 +33,7 @@ def test_topics_are_replicated_with_leaders_spread(start_cluster) -> None:
             assert [t.name for t in admin.list_topics()] == ["spread"], "every broker applies the metadata log"
 
 
-def test_leader_kills_lose_no_acknowledged_record(start_cluster, consume_all, ack_recorder, lost, leader_of) -> None:
+def test_leader_kills_lose_no_acknowledged_record(start_cluster, consume_all, ack_recorder, lost, kill_leaders) -> None:
     """Producers run with acks=all while partition leaders are SIGKILLed and restarted, over and over."""
     brokers = start_cluster(3)
     bootstrap = bootstrap_of(brokers)
@@ -42,14 +41,8 @@ def test_leader_kills_lose_no_acknowledged_record(start_cluster, consume_all, ac
         admin.create_topic("safe", partitions=2)
     producers = ack_recorder(bootstrap, "safe", workers=2, linger_ms=2, batch_size=4096,
                              delivery_timeout_ms=30_000, request_timeout_ms=5_000, max_in_flight=1)
-    rng = random.Random(3)
     try:
-        for _ in range(4):
-            time.sleep(1.0)
-            victim = leader_of(bootstrap, "safe", rng.randrange(2), brokers)
-            victim.kill()
-            time.sleep(rng.uniform(0.5, 1.5))
-            victim.start()
+        kill_leaders(bootstrap, "safe", 2, brokers)
     finally:
         acked = producers.stop()
     assert len(acked) > 500
