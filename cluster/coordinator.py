@@ -40,7 +40,7 @@ from typing import Callable
 from raftka.client.partitioner import murmur2
 from raftka.cluster.assignors import ASSIGNORS, MemberSpec, assign
 from raftka.cluster.group_log import (OFFSETS_TOPIC, CommittedOffset, GroupLog, MemberRecord, TopicPartition,
-                                      delete_command, members_command, offsets_command)
+                                      delete_command, forget_command, members_command, offsets_command)
 from raftka.cluster.metadata import MetadataState
 from raftka.cluster.partitions import PartitionManager
 from raftka.cluster.replica import RaftReplica
@@ -64,6 +64,8 @@ grant) is learnt at a heartbeat, and the coordinator cannot push."""
 MAX_GROUP_ID_LENGTH = 255
 MAX_COMMIT_METADATA = 4096
 SWEEP_INTERVAL_S = 0.25
+PURGE_EVERY_SWEEPS = 20
+"""Offsets of deleted topics are removed within about this many sweeps (5 s)."""
 
 
 def group_partition(group_id: str, partitions: int) -> int:
@@ -247,9 +249,14 @@ class GroupCoordinator:
         return summaries
 
     async def run(self) -> None:
-        """Expire silent members, and forget groups whose partition this broker no longer leads."""
+        """Expire silent members, forget groups whose partition this broker no longer leads, and now
+        and then clean up offsets of deleted topics."""
+        sweeps = 0
         while True:
             await asyncio.sleep(SWEEP_INTERVAL_S)
+            sweeps += 1
+            if sweeps % PURGE_EVERY_SWEEPS == 0:
+                await self._purge_deleted_topics()
             now = time.monotonic()
             for group_id, group in list(self._groups.items()):
                 node = group.replica.node
@@ -266,6 +273,31 @@ class GroupCoordinator:
                         await self._persist(group)
                     except RaftkaError as exc:
                         log.info("group sweep failed group=%s: %s", group_id, exc)
+
+    async def _purge_deleted_topics(self) -> None:
+        """Remove committed offsets of topics that no longer exist (or exist anew under another id)
+        from the groups this broker coordinates; a group left with neither offsets nor members goes."""
+        live = {t.name: t.topic_id for t in self._metadata.topics()}
+        for partition, group_log in list(self._logs.items()):
+            replica = self._partitions.find(OFFSETS_TOPIC, partition)
+            if replica is None or replica.node.role != Role.LEADER:
+                continue
+            for group_id, record in list(group_log.groups.items()):
+                stale = [(tp, c.topic_id) for tp, c in record.offsets.items() if live.get(tp[0]) != c.topic_id]
+                if not stale:
+                    continue
+                try:
+                    group = await self._group(group_id, cache=False)
+                    async with group.lock:
+                        self._check_term(group)
+                        if group.members or len(stale) < len(record.offsets):
+                            await self._append(group, forget_command(group_id, stale))
+                        else:
+                            await self._append(group, delete_command(group_id))
+                            self._forget(group)
+                    log.info("offsets of deleted topics removed group=%s partitions=%d", group_id, len(stale))
+                except RaftkaError as exc:
+                    log.info("offset clean-up deferred group=%s: %s", group_id, exc)
 
     async def _group(self, group_id: str, *, cache: bool = True) -> _Group:
         """The group as of this leadership term (loaded after a read barrier). Reads of groups not

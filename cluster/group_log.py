@@ -7,6 +7,8 @@ Each record of the partition is one JSON command about one group:
 - `members`: the group's whole membership after a change — per member its subscription, its target
   assignment and the partitions it *holds* (may own: granted to it or still reported by it) — so a
   new coordinator knows which partitions are still taken after a failover;
+- `forget`: offsets of topics that were deleted (each with the topic id it was committed for, so a
+  commit for a new topic of the same name is kept);
 - `delete`: the group is gone (offsets and members).
 
 Every replica applies the committed records in log order (`apply`), so any replica that becomes the
@@ -96,6 +98,11 @@ def members_command(group_id: str, epoch: int, assignor: str, members: Iterable[
                        "members": [m.to_json() for m in members]}).encode()
 
 
+def forget_command(group_id: str, offsets: Iterable[tuple[TopicPartition, str]]) -> bytes:
+    return json.dumps({"op": "forget", "group": group_id,
+                       "offsets": [[topic, partition, topic_id] for (topic, partition), topic_id in offsets]}).encode()
+
+
 def delete_command(group_id: str) -> bytes:
     return json.dumps({"op": "delete", "group": group_id}).encode()
 
@@ -126,6 +133,11 @@ class GroupLog:
         if op == "offsets":
             for topic, partition, offset, metadata, commit_time_ms, topic_id in raw["offsets"]:
                 group.offsets[(topic, partition)] = CommittedOffset(offset, metadata, commit_time_ms, topic_id)
+        elif op == "forget":
+            for topic, partition, topic_id in raw["offsets"]:
+                committed = group.offsets.get((topic, partition))
+                if committed is not None and committed.topic_id == topic_id:
+                    del group.offsets[(topic, partition)]
         elif op == "members":
             group.members = {m["member_id"]: MemberRecord.from_json(m) for m in raw["members"]}
             group.epoch, group.assignor = raw["epoch"], raw["assignor"]

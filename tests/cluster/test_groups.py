@@ -223,3 +223,21 @@ def test_joins_are_retry_safe_and_a_live_static_id_is_not_taken_over(cluster) ->
         twin.heartbeat()
     impatient.close()
     assert first.heartbeat() == first.owned and len(first.owned) == 6
+
+
+def test_offsets_of_deleted_topics_are_cleaned_up(cluster) -> None:
+    _, bootstrap, conn = cluster
+    with Admin(bootstrap) as admin:
+        admin.create_topic("short-lived", partitions=2)
+        only_deleted, mixed = GroupCoordinatorClient(conn, "g9"), GroupCoordinatorClient(conn, "g10")
+        only_deleted.commit({TopicPartition("short-lived", 0): (5, "")})
+        mixed.commit({TopicPartition("short-lived", 1): (6, ""), TopicPartition("events", 0): (7, "")})
+        admin.delete_topic("short-lived")
+        deadline = time.monotonic() + 30
+        while "g9" in [g.group_id for g in admin.list_groups()]:
+            assert time.monotonic() < deadline, "a group with only offsets of a deleted topic stayed"
+            time.sleep(0.5)
+        assert [(p.tp, p.committed) for p in admin.describe_group("g10").partitions] == [
+            (TopicPartition("events", 0), 7)]
+        admin.create_topic("short-lived", partitions=2)
+        assert mixed.committed([TopicPartition("short-lived", 1)]) == {}, "a new topic starts without offsets"
