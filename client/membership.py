@@ -46,10 +46,11 @@ class AssignmentChange:
     lost: bool = False
 
 
-def as_group_partitions(tps: Iterable[TopicPartition]) -> list[api_pb2.GroupPartitions]:
+def as_group_partitions(tps: Iterable[tuple[str, int]]) -> list[api_pb2.GroupPartitions]:
+    """(topic, partition) pairs as the API's per-topic lists (shared with the broker's coordinator)."""
     by_topic: dict[str, list[int]] = {}
-    for tp in sorted(tps):
-        by_topic.setdefault(tp.topic, []).append(tp.partition)
+    for topic, partition in sorted(tps):
+        by_topic.setdefault(topic, []).append(partition)
     return [api_pb2.GroupPartitions(topic=topic, partitions=partitions) for topic, partitions in by_topic.items()]
 
 

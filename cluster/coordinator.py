@@ -37,6 +37,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Callable
 
+from raftka.client.membership import as_group_partitions, from_group_partitions
 from raftka.client.partitioner import murmur2
 from raftka.cluster.assignors import ASSIGNORS, MemberSpec, assign
 from raftka.cluster.group_log import (OFFSETS_TOPIC, CommittedOffset, GroupLog, MemberRecord, TopicPartition,
@@ -70,17 +71,6 @@ PURGE_EVERY_SWEEPS = 20
 
 def group_partition(group_id: str, partitions: int) -> int:
     return (murmur2(group_id.encode()) & 0x7FFFFFFF) % partitions
-
-
-def _partitions_of(items: object) -> set[TopicPartition]:
-    return {(g.topic, p) for g in items for p in g.partitions}  # type: ignore[attr-defined]
-
-
-def as_group_partitions(tps: set[TopicPartition] | frozenset[TopicPartition]) -> list[api_pb2.GroupPartitions]:
-    by_topic: dict[str, list[int]] = {}
-    for topic, partition in sorted(tps):
-        by_topic.setdefault(topic, []).append(partition)
-    return [api_pb2.GroupPartitions(topic=topic, partitions=ps) for topic, ps in by_topic.items()]
 
 
 @dataclass
@@ -148,7 +138,7 @@ class GroupCoordinator:
                 group.assignor = request.assignor or "sticky"
             self._retarget(group)
             member = group.members[member.member_id]
-            reported = _partitions_of(request.owned) & member.held
+            reported = from_group_partitions(request.owned) & member.held
             granted = self._grantable(group, member)
             reconciled = request.member_epoch == member.epoch
             held = granted | reported if reconciled else granted | member.held
@@ -194,7 +184,7 @@ class GroupCoordinator:
     async def fetch_offsets(self, request: api_pb2.FetchOffsetsRequest) -> api_pb2.FetchOffsetsResponse:
         group = await self._group(request.group_id, cache=False)
         committed = self._committed(group)
-        wanted = sorted(_partitions_of(request.partitions)) if request.partitions else sorted(committed)
+        wanted = sorted(from_group_partitions(request.partitions)) if request.partitions else sorted(committed)
         answers = []
         for topic, partition in wanted:
             found = committed.get((topic, partition))

@@ -172,6 +172,21 @@ def kill_leaders(bootstrap: str, topic: str, partitions: int, brokers: list[Loca
         victim.start()
 
 
+def restart_cluster(brokers: list[LocalBroker]) -> None:
+    """Stop every broker gracefully (each must exit 0), then start them all again and wait for them."""
+    for broker in brokers:
+        assert broker.stop() == 0, broker.log()[-2000:]
+    for broker in brokers:
+        broker.spawn()
+    for broker in brokers:
+        broker.wait()
+
+
+@pytest.fixture(name="restart_cluster")
+def restart_cluster_fixture() -> Callable[[list[LocalBroker]], None]:
+    return restart_cluster
+
+
 @pytest.fixture(name="kill_leaders")
 def kill_leaders_fixture() -> Callable[..., None]:
     return kill_leaders

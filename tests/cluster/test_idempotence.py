@@ -62,7 +62,8 @@ def test_leader_drops_retries_and_refuses_gaps(start_cluster, leader_of, consume
     assert [r.value for r in consume_all(bootstrap, "once", 1)[0]] == [b"a", b"b", b"c"]
 
 
-def test_retries_are_recognised_after_a_failover_and_a_full_restart(start_cluster, leader_of, consume_all) -> None:
+def test_retries_are_recognised_after_a_failover_and_a_full_restart(start_cluster, leader_of, consume_all,
+                                                                     restart_cluster) -> None:
     brokers = start_cluster(3)
     bootstrap = ",".join(b.address for b in brokers)
     with Admin(bootstrap) as admin:
@@ -77,12 +78,7 @@ def test_retries_are_recognised_after_a_failover_and_a_full_restart(start_cluste
     assert produce(new.address, "failover", idempotent(pid, 2, b"v2")).base_offset == 2
     assert error_code(new.address, "failover", idempotent(pid, 4, b"v4")) == "OUT_OF_ORDER_SEQUENCE"
     old.start()
-    for broker in brokers:
-        assert broker.stop() == 0, broker.log()[-2000:]
-    for broker in brokers:
-        broker.spawn()
-    for broker in brokers:
-        broker.wait()
+    restart_cluster(brokers)
     leader = leader_of(bootstrap, "failover", 0, brokers)
     assert produce(leader.address, "failover", idempotent(pid, 1, b"v1")).base_offset == 1
     assert produce(leader.address, "failover", idempotent(pid, 3, b"v3")).base_offset == 3

@@ -85,7 +85,8 @@ def test_minority_cannot_acknowledge_and_majority_continues(start_cluster, consu
     assert values.count(b"majority") == 1
 
 
-def test_restarted_broker_catches_up_and_metadata_survives_full_restart(start_cluster, consume_all) -> None:
+def test_restarted_broker_catches_up_and_metadata_survives_full_restart(start_cluster, consume_all,
+                                                                       restart_cluster) -> None:
     brokers = start_cluster(3)
     bootstrap = bootstrap_of(brokers)
     with Admin(bootstrap) as admin:
@@ -104,12 +105,7 @@ def test_restarted_broker_catches_up_and_metadata_survives_full_restart(start_cl
             break
         assert time.monotonic() < deadline, f"broker {down.broker_id} stuck at {hw}"
         time.sleep(0.2)
-    for broker in brokers:
-        assert broker.stop() == 0, broker.log()[-2000:]
-    for broker in brokers:
-        broker.spawn()
-    for broker in brokers:
-        broker.wait()
+    restart_cluster(brokers)
     with Admin(bootstrap) as admin:
         assert [t.name for t in admin.list_topics()] == ["catchup"]
     values = [r.value for r in consume_all(bootstrap, "catchup", 1)[0]]
