@@ -346,6 +346,8 @@ def cmd_consume(args: argparse.Namespace) -> int:
         raise ValueError("--offset needs --partition")
     if args.offset is not None and args.from_beginning:
         raise ValueError("--offset and --from-beginning exclude each other")
+    if args.group is not None and not args.group.strip():
+        raise ValueError("--group needs a group name")
     if args.group and (args.partition is not None or args.offset is not None):
         raise ValueError("--group shares the topic's partitions among the group; it excludes --partition "
                          "and --offset (use `raftka group reset-offsets` to move the group)")

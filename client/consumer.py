@@ -277,7 +277,7 @@ class Consumer:
             self._committed.update((tp, o) for tp, o in committed.items() if o is not None)
         self._owned = change.partitions
         membership.applied(self._owned, change.member_epoch, change.generation)
-        log.info("group %s: assignment applied epoch=%d owned=%d revoked=%d added=%d",
+        log.debug("group %s: assignment applied epoch=%d owned=%d revoked=%d added=%d",
                  membership.coordinator.group_id, change.member_epoch, len(self._owned), len(revoked), len(added))
         if added:
             self._callback(self._on_assigned, added, failures)

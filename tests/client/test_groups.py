@@ -252,6 +252,8 @@ def test_cli_consumes_as_a_group_and_describes_its_lag(start_cluster) -> None:
     dry = run("group", "reset-offsets", "cli", "--topic", "cli-events", "--to-earliest")
     assert "dry run" in dry.stdout
     assert run("group", "reset-offsets", "cli", "--topic", "cli-events", "--to-earliest", "--execute").returncode == 0
+    empty = run("consume", "cli-events", "--group", " ")
+    assert empty.returncode != 0 and "--group needs a group name" in empty.stderr
     assert run("group", "delete", "cli").returncode == 0
     assert "cli" not in run("group", "list").stdout
 
