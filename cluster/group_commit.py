@@ -2,8 +2,14 @@
 
 Writes are staged on the event loop thread (in memory, cheap): the multi-Raft driver stages every
 group's entries and hard state of a round, retention stages deletions. The committer runs one flush
-at a time in a worker thread; whatever is staged while a flush runs waits for the next one, so under
-load each fsync covers every request that arrived during the previous fsync. At rest nothing runs.
+at a time, on the loop itself; whatever arrives during a flush waits in gRPC's buffers and goes into
+the next one, so under load each fsync covers every request that arrived during the previous fsync.
+At rest nothing runs.
+
+Why on the loop and not in a worker thread: the RocksDB write holds the GIL either way, the fsync
+releases it (`LogStore.flush`), and the hop to a worker and back cost about 0.2 ms per round. Measured
+on the bench's 3-broker cluster (three alternating runs each): sync publish p50 3.0-3.2 ms inline
+against 3.6-3.7 ms in a worker, windowed publish 368-385k against 331-355k records/s.
 
 Invariant: a future returned by `durable()` resolves only after a `LogStore.flush()` that started
 after the caller's writes were staged has returned, so they are fsynced.
@@ -51,7 +57,6 @@ class GroupCommitter:
         await self._task
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             await self._wake.wait()
             self._wake.clear()
@@ -59,7 +64,7 @@ class GroupCommitter:
             if round_ is not None:
                 started = time.perf_counter()
                 try:
-                    await loop.run_in_executor(None, self._store.flush)
+                    self._store.flush()
                 except Exception as exc:  # noqa: BLE001 - every waiter must learn the write failed
                     log.exception("group commit flush failed")
                     round_.set_exception(StorageError(f"write to disk failed: {exc}"))
