@@ -87,7 +87,7 @@ class RaftReplica:
         self._producers: ProducerStates | None = None
         self.node: RaftNode = driver.add_group(
             group_id, storage, self._apply, RaftConfig(id=driver.broker_id, election_ticks=ELECTION_TICKS,
-                                                       applied=applied))
+                                                       applied=applied, broadcast_commit=on_committed is not None))
 
     @property
     def high_watermark(self) -> int:

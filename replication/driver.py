@@ -1,13 +1,14 @@
 """The multi-Raft driver: one asyncio loop drives every Raft group a broker hosts.
 
-Each loop round collects the Ready of every group that has work, persists all of them, makes them
-durable with ONE sync (the broker's group commit: one fsync for every group's entries and hard
-state), then sends all their messages (the transport batches them per destination broker, which
+Each loop round collects the Ready of every group that has work, sends the leaders' early appends,
+persists all of them, makes them durable with ONE sync (the broker's group commit: one fsync for
+every group's entries and hard state), then sends all their other messages (the transport batches them per destination broker, which
 coalesces heartbeats), applies committed entries, and advances. Rounds start as soon as a message,
 a proposal or a tick makes a group dirty, so a proposal does not wait for the next tick.
 
 Invariants (the core's Ready contract, for many groups at once):
-- no message of a round leaves before the round's writes are durable;
+- no message of a round leaves before the round's writes are durable, except ``early_messages``
+  (a leader's appends, queued before the sync so that its fsync overlaps its followers');
 - committed entries are handed to the group's applier in index order, exactly once per process
   lifetime (after a restart the applier is told where the core resumes: `applied_index`);
 - a proposal's future resolves only when an entry with the proposal's index AND term is committed,
@@ -232,6 +233,9 @@ class MultiRaft:
             return
         self.rounds += 1
         must_sync = False
+        for group, ready in readies:
+            for message in ready.early_messages:
+                self._transport.send(group.group_id, message)
         for group, ready in readies:
             if ready.snapshot is not None:
                 group.storage.apply_snapshot(ready.snapshot)

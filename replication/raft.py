@@ -24,7 +24,8 @@ Design note: where Raftka departs from the Raft paper (Ongaro & Ousterhout, 2014
    do not need an fsync (``Ready.must_sync``).
 4. **The leader counts itself only once its entries are durable** (on ``advance``), so "a majority
    has the entry on disk" is literally what commit means; followers acknowledge only after their
-   Ready is persisted. The driver persists before sending (no parallel leader fsync).
+   Ready is persisted. So a leader's appends may leave before its own write of them is durable
+   (thesis §10.2.1, ``Ready.early_messages``): its fsync overlaps its followers'.
 5. **Heartbeats are their own message**, not empty AppendEntries: they carry
    ``min(commit, follower match)`` so they never need a log-matching check, and they carry the
    ReadIndex context.
@@ -119,6 +120,12 @@ class RaftConfig:
     max_inflight_bytes: int = 0
     max_apply_bytes: int = 64 << 20
     applied: int = 0
+    broadcast_commit: bool = True
+    """Tell followers at once when the commit index moves (an empty append each). When False they
+    learn it from the next append or heartbeat, up to ``heartbeat_ticks`` later: under a steady load
+    it rides on the appends anyway, and a lone write saves a message and a reply per follower. Turn
+    it off only for groups whose followers need not apply promptly (a partition's followers serve
+    no reads; the metadata log's do)."""
 
     def __post_init__(self) -> None:
         if self.id <= 0:
@@ -390,14 +397,16 @@ class RaftNode:
             or hs.term != self._hard_state.term
             or hs.vote != self._hard_state.vote
         )
+        early, late = _split_early(self._msgs, self._hard_state.term)
         rd = Ready(
-            hs if hs_changed else None,
-            entries,
-            snapshot,
-            committed,
-            tuple(self._msgs),
-            tuple(self._read_states),
-            must_sync,
+            hard_state=hs if hs_changed else None,
+            entries=entries,
+            snapshot=snapshot,
+            committed_entries=committed,
+            messages=late,
+            early_messages=early,
+            read_states=tuple(self._read_states),
+            must_sync=must_sync,
         )
         self._msgs = []
         self._read_states = []
@@ -728,7 +737,8 @@ class RaftNode:
         if idx <= self._log.committed or self._log.term(idx) != self._term:
             return
         self._log.commit_to(idx)
-        self._needs_append.update(i for i in self._progress if i != self.id)
+        if self._cfg.broadcast_commit:
+            self._needs_append.update(i for i in self._progress if i != self.id)
         if self._reads_awaiting_commit:
             waiting, self._reads_awaiting_commit = self._reads_awaiting_commit, []
             for context, requester in waiting:
@@ -814,3 +824,11 @@ class RaftNode:
 
     def _send(self, m: Message) -> None:
         self._msgs.append(m)
+
+
+def _split_early(messages: list[Message], durable_term: int) -> tuple[tuple[Message, ...], tuple[Message, ...]]:
+    """(AppendEntries of the durable term, everything else): see ``Ready.early_messages``."""
+    early = [m for m in messages if m.type == MT.APPEND and m.term == durable_term]
+    if not early:
+        return (), tuple(messages)
+    return tuple(early), tuple(m for m in messages if m.type != MT.APPEND or m.term != durable_term)

@@ -154,6 +154,7 @@ class SimNode:
         self.core: RaftNode | None = None
         self.pending: Ready | None = None
         self.pending_due = 0
+        self.early_sent = False
         self.restarts = 0
         self.sm_index = 0
         self.sm_state = GENESIS
@@ -181,12 +182,22 @@ class SimNode:
     def take_ready(self) -> Ready | None:
         assert self.core is not None and self.pending is None
         self.pending = self.core.ready()
+        self.early_sent = False
         return self.pending
 
+    def send_early(self) -> tuple[Message, ...]:
+        """The pending Ready's early messages, to send while its write is still in flight (a crash
+        before ``complete_ready`` then loses the write but not the messages)."""
+        assert self.pending is not None and not self.early_sent
+        self.early_sent = True
+        return self.pending.early_messages
+
     def complete_ready(self, checker: SafetyChecker, on_apply: Callable[[SimNode, Entry], None] | None = None) -> tuple[Message, ...]:
-        """Persist the pending Ready, then apply it and advance; returns the messages to send."""
+        """Persist the pending Ready, then apply it and advance; returns the messages to send
+        (its early ones first, unless ``send_early`` already returned them)."""
         assert self.core is not None and self.pending is not None
         rd, self.pending = self.pending, None
+        outgoing = rd.messages if self.early_sent else rd.early_messages + rd.messages
         prev_commit = self.storage.hard_state.commit
         if rd.snapshot is not None:
             self._persist_snapshot(rd.snapshot, checker)
@@ -209,7 +220,7 @@ class SimNode:
         for rs in rd.read_states:
             checker.on_read_released(self, rs.index, rs.context)
         self.core.advance(rd)
-        return rd.messages
+        return outgoing
 
     def _persist_snapshot(self, snap: Snapshot, checker: SafetyChecker) -> None:
         self.storage.apply_snapshot(snap)

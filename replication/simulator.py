@@ -124,6 +124,7 @@ class Simulation:
         voters = tuple(range(1, params.nodes + 1))
         inflight = self.rng.choice([1, 1, 2, 4, 64])
         msg_bytes = self.rng.choice([64, 64, 256, 1 << 20])
+        broadcast_commit = self.rng.random() < 0.5
         self.nodes: dict[int, SimNode] = {}
         for i in range(1, params.nodes + params.spares + 1):
             config = RaftConfig(
@@ -133,10 +134,12 @@ class Simulation:
                 max_msg_bytes=msg_bytes,
                 max_inflight_msgs=inflight,
                 max_inflight_bytes=inflight * msg_bytes,
+                broadcast_commit=broadcast_commit,
             )
             conf = ConfState(voters) if i <= params.nodes else ConfState()
             self.nodes[i] = SimNode(i, conf, config, seed)
-        self._log(f"faults {self.faults}; inflight={inflight} max_msg_bytes={msg_bytes}")
+        self._log(f"faults {self.faults}; inflight={inflight} max_msg_bytes={msg_bytes} "
+                  f"broadcast_commit={broadcast_commit}")
 
     # ------------------------------------------------------------------ the run
 
@@ -249,6 +252,8 @@ class Simulation:
                     self._send(m)
             if n.take_ready() is None:
                 return
+            for m in n.send_early():
+                self._send(m)
             slow = not self.healed and self.rng.random() < self.faults.slow_persist
             n.pending_due = self.now + (self.rng.randint(1, 3) if slow else 0)
 

@@ -59,6 +59,49 @@ def test_single_voter_commits_only_after_its_own_entry_is_durable() -> None:
     assert node.commit_index == index
 
 
+def test_leader_appends_leave_before_its_write_but_acknowledgements_wait_for_theirs() -> None:
+    """Thesis §10.2.1: a leader's appends may overlap its own fsync; a follower's acknowledgement
+    (a promise that the entries are on its disk) may not."""
+    checker = SafetyChecker()
+    nodes = {i: SimNode(i, ConfState((1, 2, 3)), RaftConfig(i), seed=0) for i in (1, 2, 3)}
+    leader = nodes[1].core
+    assert leader is not None
+    leader.campaign()
+    for _ in range(20):
+        batch = [m for n in nodes.values() if n.core and n.take_ready() for m in n.complete_ready(checker)]
+        for m in batch:
+            core = nodes[m.dst].core
+            assert core is not None
+            core.step(m)
+    assert leader.role == Role.LEADER
+    index = leader.propose(b"x")
+    rd = nodes[1].take_ready()
+    assert rd is not None and [e.index for e in rd.entries] == [index]
+    early = nodes[1].send_early()
+    assert sorted(m.dst for m in early) == [2, 3]
+    assert all(m.type == MessageType.APPEND and m.entries[-1].index == index for m in early)
+    assert not any(m.type == MessageType.APPEND for m in rd.messages)
+    follower = nodes[2].core
+    assert follower is not None
+    follower.step(next(m for m in early if m.dst == 2))
+    answer = nodes[2].take_ready()
+    assert answer is not None and [e.index for e in answer.entries] == [index]
+    assert answer.early_messages == ()
+    assert [m.type for m in answer.messages] == [MessageType.APPEND_RESP]
+
+
+def test_appends_of_a_term_not_yet_durable_wait_for_the_sync() -> None:
+    """A lone voter wins its election without a round trip, so its first appends (to a learner) can
+    carry a term its disk does not hold yet; sent early, a crash would let it lead that term twice."""
+    node = RaftNode(RaftConfig(1), MemoryStorage.bootstrap(ConfState((1,), learners=(2,))), random.Random(1))
+    node.campaign()
+    assert node.role == Role.LEADER
+    rd = node.ready()
+    assert rd is not None and rd.hard_state is not None and rd.hard_state.term == node.term
+    assert rd.early_messages == ()
+    assert any(m.type == MessageType.APPEND and m.dst == 2 for m in rd.messages)
+
+
 def test_ready_contract_is_enforced() -> None:
     node, storage = _single_node()
     node.campaign()

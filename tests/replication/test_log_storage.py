@@ -191,6 +191,7 @@ class Broker:
         rd = self.node.ready()
         if rd is None:
             return False
+        outbox.extend(rd.early_messages)
         if rd.snapshot is not None:
             self.storage.apply_snapshot(rd.snapshot)
         if rd.entries:
