@@ -11,6 +11,11 @@ With acks="all" the producer is idempotent unless `enable_idempotence=False`: re
 record twice nor reorder a partition's records, even across leader failovers (as Kafka's
 enable.idempotence). Idempotence needs acks="all", as in Kafka, and at most
 `IDEMPOTENCE_WINDOW` (16) batches in flight per partition, which the leader remembers.
+
+Batching: a partition's records go out together once the batch is full (`batch_size`), or once it is
+`linger_ms` old and the partition has no batch in flight; full batches pipeline up to `max_in_flight`.
+So with `linger_ms=0` a lone record leaves at once, and records sent while it is on its way share
+the next request.
 """
 
 from __future__ import annotations
