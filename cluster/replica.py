@@ -41,6 +41,11 @@ from raftka.replication.raft import RaftConfig, RaftNode, Role
 log = logging.getLogger(__name__)
 
 ELECTION_TICKS = 10
+HEARTBEAT_TICKS = 2
+"""Ticks are the driver's 50 ms: a leader heartbeats every 100 ms and followers wait 500-1000 ms.
+Every heartbeat round costs each broker a message and a reply per group that is not quiescent, and
+a write that overlaps one waits for it: every tick instead of every other cost 0.3 ms at sync
+publish p99 (3.88 against 3.58 ms, mean of four alternating runs each)."""
 
 
 @dataclass(frozen=True)
@@ -85,9 +90,9 @@ class RaftReplica:
         self._committed_producers = ProducerStates()
         self._unscanned_history: int | None = applied
         self._producers: ProducerStates | None = None
-        self.node: RaftNode = driver.add_group(
-            group_id, storage, self._apply, RaftConfig(id=driver.broker_id, election_ticks=ELECTION_TICKS,
-                                                       applied=applied, broadcast_commit=on_committed is not None))
+        self.node: RaftNode = driver.add_group(group_id, storage, self._apply, RaftConfig(
+            id=driver.broker_id, election_ticks=ELECTION_TICKS, heartbeat_ticks=HEARTBEAT_TICKS, applied=applied,
+            broadcast_commit=on_committed is not None))
 
     @property
     def high_watermark(self) -> int:
