@@ -1,9 +1,10 @@
 """The multi-Raft driver: one asyncio loop drives every Raft group a broker hosts.
 
-Each loop round collects the Ready of every group that has work, sends the leaders' early appends,
-persists all of them, makes them durable with ONE sync (the broker's group commit: one fsync for
-every group's entries and hard state), then sends all their other messages (the transport batches them per destination broker, which
-coalesces heartbeats), applies committed entries, and advances. Rounds start as soon as a message,
+Each loop round collects the Ready of every group that has work, stages all their writes (storage
+checks each entry as it stages it, so an entry it refuses never leaves), queues the leaders' early
+appends, makes the writes durable with ONE sync (the broker's group commit: one fsync for every
+group's entries and hard state), then sends all their other messages (the transport batches them
+per destination broker, which coalesces heartbeats), applies committed entries, and advances. Rounds start as soon as a message,
 a proposal or a tick makes a group dirty, so a proposal does not wait for the next tick.
 
 Invariants (the core's Ready contract, for many groups at once):
@@ -234,9 +235,6 @@ class MultiRaft:
         self.rounds += 1
         must_sync = False
         for group, ready in readies:
-            for message in ready.early_messages:
-                self._transport.send(group.group_id, message)
-        for group, ready in readies:
             if ready.snapshot is not None:
                 group.storage.apply_snapshot(ready.snapshot)
             if ready.entries:
@@ -244,6 +242,9 @@ class MultiRaft:
             if ready.hard_state is not None:
                 group.storage.set_hard_state(ready.hard_state)
             must_sync = must_sync or ready.must_sync
+        for group, ready in readies:
+            for message in ready.early_messages:
+                self._transport.send(group.group_id, message)
         if must_sync:
             await self._sync()
             if self._on_round is not None:

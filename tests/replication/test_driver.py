@@ -26,6 +26,7 @@ class Loopback:
         self.drivers: dict[int, MultiRaft] = {}
         self.down: set[int] = set()
         self.sent = 0
+        self.log: list[tuple[int, str, Message]] = []
 
     def for_broker(self, broker: int) -> "Loopback.Endpoint":
         return Loopback.Endpoint(self, broker)
@@ -37,6 +38,7 @@ class Loopback:
         def send(self, group: str, message: Message) -> None:
             net = self.net
             net.sent += 1
+            net.log.append((self.broker, group, message))
             if self.broker in net.down or message.dst in net.down:
                 return
             asyncio.get_running_loop().call_soon(net.drivers[message.dst].step, group, message)
@@ -47,6 +49,7 @@ class Cluster:
         self.net = Loopback()
         self.syncs = {b: 0 for b in BROKERS}
         self.applied: dict[tuple[int, str], list[bytes]] = {}
+        self.storages: dict[tuple[int, str], MemoryStorage] = {}
         rng = random.Random(7)
         for broker in BROKERS:
             async def sync(broker: int = broker) -> None:
@@ -60,6 +63,7 @@ class Cluster:
                 storage.set_hard_state(HardState(term=1, commit=1))
                 key = (broker, f"g{g}")
                 self.applied[key] = []
+                self.storages[key] = storage
                 driver.add_group(f"g{g}", storage,
                                  lambda entries, key=key: self.applied[key].extend(e.data for e in entries if e.data),
                                  RaftConfig(id=broker, election_ticks=10, applied=1))
@@ -106,6 +110,31 @@ def test_proposals_commit_in_order_on_every_broker() -> None:
             for broker in BROKERS:
                 assert cluster.applied[(broker, f"g{g}")] == expected
         assert sum(cluster.syncs.values()) < 20 * 5 * 3, "one sync covers many groups' writes"
+        await cluster.stop()
+    run(scenario())
+
+
+def test_an_entry_the_leaders_storage_refuses_never_reaches_a_follower() -> None:
+    """Early appends leave before the fsync, but only after storage has checked and staged the
+    entries: a refused entry stops the leader's round, not its followers'."""
+    async def scenario() -> None:
+        cluster = Cluster(groups=1)
+        cluster.start()
+        leader = await cluster.wait_leader("g0")
+        await cluster.net.drivers[leader].propose("g0", b"fine")
+        storage = cluster.storages[(leader, "g0")]
+        append = storage.append
+
+        def refuse(entries):  # type: ignore[no-untyped-def]
+            if any(e.data == b"poison" for e in entries):
+                raise ValueError("refused by storage")
+            append(entries)
+        storage.append = refuse  # type: ignore[method-assign]
+        cluster.net.drivers[leader].propose("g0", b"poison")
+        await asyncio.sleep(0.2)
+        carried = [m for src, _, m in cluster.net.log if src == leader and any(e.data == b"poison" for e in m.entries)]
+        assert carried == []
+        assert all(b"poison" not in cluster.applied[(b, "g0")] for b in BROKERS)
         await cluster.stop()
     run(scenario())
 
