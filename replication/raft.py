@@ -828,7 +828,8 @@ class RaftNode:
 
 def _split_early(messages: list[Message], durable_term: int) -> tuple[tuple[Message, ...], tuple[Message, ...]]:
     """(AppendEntries of the durable term, everything else): see ``Ready.early_messages``."""
-    early = [m for m in messages if m.type == MT.APPEND and m.term == durable_term]
-    if not early:
-        return (), tuple(messages)
-    return tuple(early), tuple(m for m in messages if m.type != MT.APPEND or m.term != durable_term)
+    early: list[Message] = []
+    late: list[Message] = []
+    for m in messages:
+        (early if m.type == MT.APPEND and m.term == durable_term else late).append(m)
+    return tuple(early), tuple(late)

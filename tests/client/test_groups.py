@@ -72,6 +72,12 @@ def wait_until(condition, timeout_s: float = 60, what: str = "condition") -> Non
         time.sleep(0.1)
 
 
+def poll_until(consumers, condition, what: str) -> None:  # type: ignore[no-untyped-def]
+    """Keep every consumer polling (a group member must, to stay in and to apply its assignment)
+    until `condition()` holds."""
+    wait_until(lambda: all(c.poll(timeout_ms=100) is not None for c in consumers) and condition(), what=what)
+
+
 def test_members_come_and_go_and_a_killed_one_loses_nothing(start_cluster) -> None:
     """Three consumers on six partitions; one joins late, one leaves, one is SIGKILLed: every record
     is processed, in order within each partition, and only the killed member's uncommitted records
@@ -161,18 +167,15 @@ def test_a_consumer_past_its_poll_interval_loses_only_its_own_partitions(start_c
     stuck = Consumer(broker.address, group_id="workers", topics=["tasks"], auto_offset_reset="earliest",
                      session_timeout_ms=6_000, max_poll_interval_ms=1_500)
     try:
-        wait_until(lambda: (steady.poll(timeout_ms=100) is not None and stuck.poll(timeout_ms=100) is not None
-                            and len(steady.assignment()) == 2 and len(stuck.assignment()) == 2),
-                   what="an even split")
+        poll_until([steady, stuck], lambda: len(steady.assignment()) == 2 and len(stuck.assignment()) == 2,
+                   "an even split")
         revoked_from_steady.clear()
         mine = steady.assignment()
-        wait_until(lambda: steady.poll(timeout_ms=100) is not None and len(steady.assignment()) == 4,
-                   what="the stuck consumer's partitions to move")
+        poll_until([steady], lambda: len(steady.assignment()) == 4, "the stuck consumer's partitions to move")
         assert mine <= steady.assignment() and not revoked_from_steady, "the steady consumer kept its own"
         produce(broker.address, "tasks", 40)
         assert len(drain_group(steady, 40)) == 40
-        wait_until(lambda: stuck.poll(timeout_ms=100) is not None and steady.poll(timeout_ms=100) is not None
-                   and len(stuck.assignment()) == 2, what="the stuck consumer to rejoin")
+        poll_until([stuck, steady], lambda: len(stuck.assignment()) == 2, "the stuck consumer to rejoin")
     finally:
         stuck.close()
         steady.close()
@@ -215,16 +218,15 @@ def test_pattern_subscriptions_follow_new_topics_and_static_members_come_back(st
                      session_timeout_ms=10_000)
     pod = Consumer(broker.address, **options)  # type: ignore[arg-type]
     try:
-        wait_until(lambda: pod.poll(timeout_ms=100) is not None and other.poll(timeout_ms=100) is not None
-                   and len(pod.assignment()) == 1 and len(other.assignment()) == 1, what="an even split")
+        poll_until([pod, other], lambda: len(pod.assignment()) == 1 and len(other.assignment()) == 1,
+                   "an even split")
         before = pod.assignment()
         pod.close()
         for _ in range(10):
             other.poll(timeout_ms=100)
         assert len(other.assignment()) == 1, "a static member's partition waits for it"
         pod = Consumer(broker.address, **options)  # type: ignore[arg-type]
-        wait_until(lambda: pod.poll(timeout_ms=100) is not None and pod.assignment() == before,
-                   what="the restarted static member to get its partition back")
+        poll_until([pod], lambda: pod.assignment() == before, "the restarted static member to get its partition back")
     finally:
         pod.close()
         other.close()
@@ -271,5 +273,5 @@ def test_deleting_a_subscribed_topic_does_not_break_the_consumer(start_cluster) 
             produce(broker.address, "feed-b", 5, start=5)
             records = drain_group(consumer, 5)
             assert {r.topic for r in records} == {"feed-b"}
-            wait_until(lambda: consumer.poll(timeout_ms=100) is not None
-                       and consumer.assignment() == {TopicPartition("feed-b", 0)}, what="the deleted topic's revocation")
+            poll_until([consumer], lambda: consumer.assignment() == {TopicPartition("feed-b", 0)},
+                       "the deleted topic's revocation")

@@ -35,6 +35,21 @@ def _single_node() -> tuple[RaftNode, MemoryStorage]:
     return RaftNode(RaftConfig(1), storage, random.Random(1)), storage
 
 
+def _stabilize(nodes: dict[int, SimNode], checker: SafetyChecker, cut_off: int = 0) -> list[Message]:
+    """Process every Ready and deliver every message (none to or from `cut_off`) until quiet."""
+    sent: list[Message] = []
+    for _ in range(50):
+        batch = [m for n in nodes.values() if n.core and n.take_ready() for m in n.complete_ready(checker)]
+        if not batch:
+            return sent
+        sent += batch
+        for m in batch:
+            target = nodes[m.dst].core
+            if target is not None and cut_off not in (m.src, m.dst):
+                target.step(m)
+    raise AssertionError("no quiescence")
+
+
 def _handle(node: RaftNode, storage: MemoryStorage) -> None:
     while (rd := node.ready()) is not None:
         if rd.snapshot is not None:
@@ -67,12 +82,7 @@ def test_leader_appends_leave_before_its_write_but_acknowledgements_wait_for_the
     leader = nodes[1].core
     assert leader is not None
     leader.campaign()
-    for _ in range(20):
-        batch = [m for n in nodes.values() if n.core and n.take_ready() for m in n.complete_ready(checker)]
-        for m in batch:
-            core = nodes[m.dst].core
-            assert core is not None
-            core.step(m)
+    _stabilize(nodes, checker)
     assert leader.role == Role.LEADER
     index = leader.propose(b"x")
     rd = nodes[1].take_ready()
@@ -197,36 +207,22 @@ def test_leader_resends_a_lost_snapshot_after_the_transport_reports_failure() ->
     failed, the leader probes again and resends instead of waiting forever."""
     checker = SafetyChecker()
     nodes = {i: SimNode(i, ConfState((1, 2, 3)), RaftConfig(i), seed=0) for i in (1, 2, 3)}
-
-    def pump(cut_off: int = 0) -> list[Message]:
-        sent: list[Message] = []
-        for _ in range(50):
-            batch = [m for n in nodes.values() if n.core and n.take_ready() for m in n.complete_ready(checker)]
-            if not batch:
-                return sent
-            sent += batch
-            for m in batch:
-                target = nodes[m.dst].core
-                if target is not None and cut_off not in (m.src, m.dst):
-                    target.step(m)
-        raise AssertionError("no quiescence")
-
     leader = nodes[1].core
     assert leader is not None
     leader.campaign()
-    pump()
+    _stabilize(nodes, checker)
     for n in range(3):
         leader.propose(b"%d" % n)
-    pump(cut_off=3)
+    _stabilize(nodes, checker, cut_off=3)
     assert nodes[1].snapshot_and_compact(keep=0)
     leader.report_unreachable(3)
-    sent = pump(cut_off=3)
+    sent = _stabilize(nodes, checker, cut_off=3)
     assert [m.type for m in sent if m.dst == 3] == [MessageType.SNAPSHOT]
     assert leader.progress()[3].state == ProgressState.SNAPSHOT
     leader.report_snapshot(3, success=False)
     assert leader.progress()[3].state == ProgressState.PROBE
     leader.tick()
-    pump()
+    _stabilize(nodes, checker)
     assert leader.progress()[3].match == leader.last_index
     follower = nodes[3].core
     assert follower is not None and follower.applied_index >= 5
