@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="HOST:PORT to serve on (env RAFTKA_LISTEN; default 127.0.0.1:9092)")
     broker.add_argument("--advertise", default=_env("ADVERTISE", ""),
                         help="HOST:PORT clients should use, if not --listen (env RAFTKA_ADVERTISE)")
+    broker.add_argument("--raft-listen", default=_env("RAFT_LISTEN", ""),
+                        help="HOST:PORT for inter-broker Raft connections (env RAFTKA_RAFT_LISTEN; default the "
+                             "--listen host and any free port, which peers learn over gRPC)")
     broker.add_argument("--data-dir", type=Path, default=_env("DATA_DIR", None, Path),
                         help="directory for this broker's data (env RAFTKA_DATA_DIR)")
     broker.add_argument("--peers", default=_env("PEERS", ""),
@@ -183,7 +186,7 @@ def cmd_broker(args: argparse.Namespace) -> int:
         raise ValueError("raftka broker needs --id and --data-dir (or RAFTKA_ID and RAFTKA_DATA_DIR)")
     peers, racks = parse_peers(args.peers)
     asyncio.run(serve(BrokerConfig(broker_id=args.id, listen=args.listen, advertise=args.advertise,
-                                   data_dir=args.data_dir, peers=peers, racks=racks, rack=args.rack,
+                                   raft_listen=args.raft_listen, data_dir=args.data_dir, peers=peers, racks=racks, rack=args.rack,
                                    cluster_id=args.cluster_id, metrics_port=args.metrics_port,
                                    metrics_host=args.metrics_host,
                                    retention_check_interval_s=args.retention_check_ms / 1000,

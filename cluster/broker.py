@@ -108,6 +108,8 @@ async def serve(config: BrokerConfig) -> None:
     add_servicer(server, api_pb2.DESCRIPTOR.services_by_name["Admin"], admin)
     add_servicer(server, api_pb2.DESCRIPTOR.services_by_name["Groups"], GroupsService(state, coordinator, admin))
     add_servicer(server, raft_pb2.DESCRIPTOR.services_by_name["RaftTransport"], transport.servicer)
+    raft_host, raft_port, raft_advertised = config.raft_bind
+    await transport.listen(raft_host, raft_port, advertise_host=raft_advertised)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     services = [api_pb2.DESCRIPTOR.services_by_name[name].full_name for name in ("Broker", "Admin", "Groups")]
@@ -118,8 +120,8 @@ async def serve(config: BrokerConfig) -> None:
     driver.start()
     if config.metrics_port is not None:
         metrics.serve(config.metrics_host, config.metrics_port)
-    log.info("broker started id=%d listen=%s advertise=%s data_dir=%s brokers=%s metrics_port=%s",
-             config.broker_id, config.listen, config.advertised_address, config.data_dir, config.brokers,
+    log.info("broker started id=%d listen=%s advertise=%s raft=%s data_dir=%s brokers=%s metrics_port=%s",
+             config.broker_id, config.listen, config.advertised_address, transport.address, config.data_dir, config.brokers,
              config.metrics_port)
 
     stop = asyncio.Event()

@@ -6,6 +6,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
+_WILDCARDS = ("0.0.0.0", "::")
+
+
 def parse_host_port(text: str) -> tuple[str, int]:
     """Split `HOST:PORT` (IPv6 as `[::1]:PORT`), raising ValueError with a readable message."""
     host, sep, port = text.rpartition(":")
@@ -36,6 +39,9 @@ class BrokerConfig:
     listen: str
     data_dir: Path
     advertise: str = ""
+    raft_listen: str = ""
+    """HOST:PORT of the inter-broker Raft listener (`--raft-listen`); empty means the --listen host
+    and any free port. Peers ask for it over gRPC, so a port chosen at start-up is fine."""
     peers: dict[int, str] = field(default_factory=dict)
     """The controller voters (every broker of a static cluster), including this one; empty means a
     one-broker cluster of this broker alone."""
@@ -61,6 +67,13 @@ class BrokerConfig:
         return self.advertise or self.listen
 
     @property
+    def raft_bind(self) -> tuple[str, int, str]:
+        """(host, port, host advertised to peers) of the Raft listener."""
+        host, port = parse_host_port(self.raft_listen) if self.raft_listen else (parse_host_port(self.listen)[0], 0)
+        advertised = parse_host_port(self.advertised_address)[0] if host in _WILDCARDS else host
+        return host, port, advertised
+
+    @property
     def brokers(self) -> dict[int, str]:
         """Every broker of the cluster and its address."""
         return self.peers or {self.broker_id: self.advertised_address}
@@ -71,9 +84,11 @@ class BrokerConfig:
         parse_host_port(self.listen)
         if self.advertise:
             parse_host_port(self.advertise)
-        elif parse_host_port(self.listen)[0] in ("0.0.0.0", "::"):
+        elif parse_host_port(self.listen)[0] in _WILDCARDS:
             raise ValueError(f"--listen {self.listen} is a wildcard address; give --advertise HOST:PORT "
                              "so clients know where to connect")
+        if self.raft_listen:
+            parse_host_port(self.raft_listen)
         if self.peers and self.broker_id not in self.peers:
             raise ValueError(f"--peers {self.peers} does not name this broker (id {self.broker_id})")
         if not self.cluster_id:

@@ -24,29 +24,33 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17raftka/proto/raft.proto\x12\x0eraftka.raft.v1\"z\n\x0cMessageBatch\x12\x12\n\ncluster_id\x18\x01 \x01(\t\x12\x13\n\x0b\x66rom_broker\x18\x02 \x01(\x04\x12\x11\n\tto_broker\x18\x03 \x01(\x04\x12.\n\x08messages\x18\x04 \x03(\x0b\x32\x1c.raftka.raft.v1.GroupMessage\"K\n\x0cGroupMessage\x12\r\n\x05group\x18\x01 \x01(\t\x12,\n\x07message\x18\x02 \x01(\x0b\x32\x1b.raftka.raft.v1.RaftMessage\"\x18\n\x03\x41\x63k\x12\x11\n\tbroker_id\x18\x01 \x01(\x04\"\xbb\x02\n\x0bRaftMessage\x12)\n\x04type\x18\x01 \x01(\x0e\x32\x1b.raftka.raft.v1.MessageType\x12\x0b\n\x03src\x18\x02 \x01(\x04\x12\x0b\n\x03\x64st\x18\x03 \x01(\x04\x12\x0c\n\x04term\x18\x04 \x01(\x04\x12\x10\n\x08log_term\x18\x05 \x01(\x04\x12\r\n\x05index\x18\x06 \x01(\x04\x12&\n\x07\x65ntries\x18\x07 \x03(\x0b\x32\x15.raftka.raft.v1.Entry\x12\x0e\n\x06\x63ommit\x18\x08 \x01(\x04\x12\x0e\n\x06reject\x18\t \x01(\x08\x12\x13\n\x0breject_hint\x18\n \x01(\x04\x12*\n\x08snapshot\x18\x0b \x01(\x0b\x32\x18.raftka.raft.v1.Snapshot\x12\x0f\n\x07\x63ontext\x18\x0c \x01(\x0c\x12\r\n\x05\x66orce\x18\r \x01(\x08\x12\x0f\n\x07quiesce\x18\x0e \x01(\x08\"[\n\x05\x45ntry\x12\r\n\x05index\x18\x01 \x01(\x04\x12\x0c\n\x04term\x18\x02 \x01(\x04\x12\'\n\x04type\x18\x03 \x01(\x0e\x32\x19.raftka.raft.v1.EntryType\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"W\n\x08Snapshot\x12\r\n\x05index\x18\x01 \x01(\x04\x12\x0c\n\x04term\x18\x02 \x01(\x04\x12\x0e\n\x06voters\x18\x03 \x03(\x04\x12\x10\n\x08learners\x18\x04 \x03(\x04\x12\x0c\n\x04\x64\x61ta\x18\x05 \x01(\x0c*\x85\x03\n\x0bMessageType\x12\x1c\n\x18MESSAGE_TYPE_UNSPECIFIED\x10\x00\x12\x19\n\x15MESSAGE_TYPE_PRE_VOTE\x10\x01\x12\x1e\n\x1aMESSAGE_TYPE_PRE_VOTE_RESP\x10\x02\x12\x15\n\x11MESSAGE_TYPE_VOTE\x10\x03\x12\x1a\n\x16MESSAGE_TYPE_VOTE_RESP\x10\x04\x12\x17\n\x13MESSAGE_TYPE_APPEND\x10\x05\x12\x1c\n\x18MESSAGE_TYPE_APPEND_RESP\x10\x06\x12\x1a\n\x16MESSAGE_TYPE_HEARTBEAT\x10\x07\x12\x1f\n\x1bMESSAGE_TYPE_HEARTBEAT_RESP\x10\x08\x12\x19\n\x15MESSAGE_TYPE_SNAPSHOT\x10\t\x12\x1c\n\x18MESSAGE_TYPE_TIMEOUT_NOW\x10\n\x12\x1b\n\x17MESSAGE_TYPE_READ_INDEX\x10\x0b\x12 \n\x1cMESSAGE_TYPE_READ_INDEX_RESP\x10\x0c*S\n\tEntryType\x12\x15\n\x11\x45NTRY_TYPE_NORMAL\x10\x00\x12\x13\n\x0f\x45NTRY_TYPE_NOOP\x10\x01\x12\x1a\n\x16\x45NTRY_TYPE_CONF_CHANGE\x10\x02\x32R\n\rRaftTransport\x12\x41\n\x08\x45xchange\x12\x1c.raftka.raft.v1.MessageBatch\x1a\x13.raftka.raft.v1.Ack(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17raftka/proto/raft.proto\x12\x0eraftka.raft.v1\"M\n\x0f\x45ndpointRequest\x12\x12\n\ncluster_id\x18\x01 \x01(\t\x12\x13\n\x0b\x66rom_broker\x18\x02 \x01(\x04\x12\x11\n\tto_broker\x18\x03 \x01(\x04\"#\n\x10\x45ndpointResponse\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\"z\n\x0cMessageBatch\x12\x12\n\ncluster_id\x18\x01 \x01(\t\x12\x13\n\x0b\x66rom_broker\x18\x02 \x01(\x04\x12\x11\n\tto_broker\x18\x03 \x01(\x04\x12.\n\x08messages\x18\x04 \x03(\x0b\x32\x1c.raftka.raft.v1.GroupMessage\"K\n\x0cGroupMessage\x12\r\n\x05group\x18\x01 \x01(\t\x12,\n\x07message\x18\x02 \x01(\x0b\x32\x1b.raftka.raft.v1.RaftMessage\"9\n\x03\x41\x63k\x12\x11\n\tbroker_id\x18\x01 \x01(\x04\x12\x0f\n\x07refusal\x18\x02 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\"\xbb\x02\n\x0bRaftMessage\x12)\n\x04type\x18\x01 \x01(\x0e\x32\x1b.raftka.raft.v1.MessageType\x12\x0b\n\x03src\x18\x02 \x01(\x04\x12\x0b\n\x03\x64st\x18\x03 \x01(\x04\x12\x0c\n\x04term\x18\x04 \x01(\x04\x12\x10\n\x08log_term\x18\x05 \x01(\x04\x12\r\n\x05index\x18\x06 \x01(\x04\x12&\n\x07\x65ntries\x18\x07 \x03(\x0b\x32\x15.raftka.raft.v1.Entry\x12\x0e\n\x06\x63ommit\x18\x08 \x01(\x04\x12\x0e\n\x06reject\x18\t \x01(\x08\x12\x13\n\x0breject_hint\x18\n \x01(\x04\x12*\n\x08snapshot\x18\x0b \x01(\x0b\x32\x18.raftka.raft.v1.Snapshot\x12\x0f\n\x07\x63ontext\x18\x0c \x01(\x0c\x12\r\n\x05\x66orce\x18\r \x01(\x08\x12\x0f\n\x07quiesce\x18\x0e \x01(\x08\"[\n\x05\x45ntry\x12\r\n\x05index\x18\x01 \x01(\x04\x12\x0c\n\x04term\x18\x02 \x01(\x04\x12\'\n\x04type\x18\x03 \x01(\x0e\x32\x19.raftka.raft.v1.EntryType\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"W\n\x08Snapshot\x12\r\n\x05index\x18\x01 \x01(\x04\x12\x0c\n\x04term\x18\x02 \x01(\x04\x12\x0e\n\x06voters\x18\x03 \x03(\x04\x12\x10\n\x08learners\x18\x04 \x03(\x04\x12\x0c\n\x04\x64\x61ta\x18\x05 \x01(\x0c*\x85\x03\n\x0bMessageType\x12\x1c\n\x18MESSAGE_TYPE_UNSPECIFIED\x10\x00\x12\x19\n\x15MESSAGE_TYPE_PRE_VOTE\x10\x01\x12\x1e\n\x1aMESSAGE_TYPE_PRE_VOTE_RESP\x10\x02\x12\x15\n\x11MESSAGE_TYPE_VOTE\x10\x03\x12\x1a\n\x16MESSAGE_TYPE_VOTE_RESP\x10\x04\x12\x17\n\x13MESSAGE_TYPE_APPEND\x10\x05\x12\x1c\n\x18MESSAGE_TYPE_APPEND_RESP\x10\x06\x12\x1a\n\x16MESSAGE_TYPE_HEARTBEAT\x10\x07\x12\x1f\n\x1bMESSAGE_TYPE_HEARTBEAT_RESP\x10\x08\x12\x19\n\x15MESSAGE_TYPE_SNAPSHOT\x10\t\x12\x1c\n\x18MESSAGE_TYPE_TIMEOUT_NOW\x10\n\x12\x1b\n\x17MESSAGE_TYPE_READ_INDEX\x10\x0b\x12 \n\x1cMESSAGE_TYPE_READ_INDEX_RESP\x10\x0c*S\n\tEntryType\x12\x15\n\x11\x45NTRY_TYPE_NORMAL\x10\x00\x12\x13\n\x0f\x45NTRY_TYPE_NOOP\x10\x01\x12\x1a\n\x16\x45NTRY_TYPE_CONF_CHANGE\x10\x02\x32^\n\rRaftTransport\x12M\n\x08\x45ndpoint\x12\x1f.raftka.raft.v1.EndpointRequest\x1a .raftka.raft.v1.EndpointResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'raftka.proto.raft_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_MESSAGETYPE']._serialized_start=771
-  _globals['_MESSAGETYPE']._serialized_end=1160
-  _globals['_ENTRYTYPE']._serialized_start=1162
-  _globals['_ENTRYTYPE']._serialized_end=1245
-  _globals['_MESSAGEBATCH']._serialized_start=43
-  _globals['_MESSAGEBATCH']._serialized_end=165
-  _globals['_GROUPMESSAGE']._serialized_start=167
-  _globals['_GROUPMESSAGE']._serialized_end=242
-  _globals['_ACK']._serialized_start=244
-  _globals['_ACK']._serialized_end=268
-  _globals['_RAFTMESSAGE']._serialized_start=271
-  _globals['_RAFTMESSAGE']._serialized_end=586
-  _globals['_ENTRY']._serialized_start=588
-  _globals['_ENTRY']._serialized_end=679
-  _globals['_SNAPSHOT']._serialized_start=681
-  _globals['_SNAPSHOT']._serialized_end=768
-  _globals['_RAFTTRANSPORT']._serialized_start=1247
-  _globals['_RAFTTRANSPORT']._serialized_end=1329
+  _globals['_MESSAGETYPE']._serialized_start=920
+  _globals['_MESSAGETYPE']._serialized_end=1309
+  _globals['_ENTRYTYPE']._serialized_start=1311
+  _globals['_ENTRYTYPE']._serialized_end=1394
+  _globals['_ENDPOINTREQUEST']._serialized_start=43
+  _globals['_ENDPOINTREQUEST']._serialized_end=120
+  _globals['_ENDPOINTRESPONSE']._serialized_start=122
+  _globals['_ENDPOINTRESPONSE']._serialized_end=157
+  _globals['_MESSAGEBATCH']._serialized_start=159
+  _globals['_MESSAGEBATCH']._serialized_end=281
+  _globals['_GROUPMESSAGE']._serialized_start=283
+  _globals['_GROUPMESSAGE']._serialized_end=358
+  _globals['_ACK']._serialized_start=360
+  _globals['_ACK']._serialized_end=417
+  _globals['_RAFTMESSAGE']._serialized_start=420
+  _globals['_RAFTMESSAGE']._serialized_end=735
+  _globals['_ENTRY']._serialized_start=737
+  _globals['_ENTRY']._serialized_end=828
+  _globals['_SNAPSHOT']._serialized_start=830
+  _globals['_SNAPSHOT']._serialized_end=917
+  _globals['_RAFTTRANSPORT']._serialized_start=1396
+  _globals['_RAFTTRANSPORT']._serialized_end=1490
 # @@protoc_insertion_point(module_scope)

@@ -45,6 +45,22 @@ ENTRY_TYPE_NORMAL: EntryType
 ENTRY_TYPE_NOOP: EntryType
 ENTRY_TYPE_CONF_CHANGE: EntryType
 
+class EndpointRequest(_message.Message):
+    __slots__ = ("cluster_id", "from_broker", "to_broker")
+    CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
+    FROM_BROKER_FIELD_NUMBER: _ClassVar[int]
+    TO_BROKER_FIELD_NUMBER: _ClassVar[int]
+    cluster_id: str
+    from_broker: int
+    to_broker: int
+    def __init__(self, cluster_id: _Optional[str] = ..., from_broker: _Optional[int] = ..., to_broker: _Optional[int] = ...) -> None: ...
+
+class EndpointResponse(_message.Message):
+    __slots__ = ("address",)
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    address: str
+    def __init__(self, address: _Optional[str] = ...) -> None: ...
+
 class MessageBatch(_message.Message):
     __slots__ = ("cluster_id", "from_broker", "to_broker", "messages")
     CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
@@ -66,10 +82,14 @@ class GroupMessage(_message.Message):
     def __init__(self, group: _Optional[str] = ..., message: _Optional[_Union[RaftMessage, _Mapping]] = ...) -> None: ...
 
 class Ack(_message.Message):
-    __slots__ = ("broker_id",)
+    __slots__ = ("broker_id", "refusal", "detail")
     BROKER_ID_FIELD_NUMBER: _ClassVar[int]
+    REFUSAL_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
     broker_id: int
-    def __init__(self, broker_id: _Optional[int] = ...) -> None: ...
+    refusal: str
+    detail: str
+    def __init__(self, broker_id: _Optional[int] = ..., refusal: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
 
 class RaftMessage(_message.Message):
     __slots__ = ("type", "src", "dst", "term", "log_term", "index", "entries", "commit", "reject", "reject_hint", "snapshot", "context", "force", "quiesce")

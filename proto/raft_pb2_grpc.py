@@ -34,21 +34,20 @@ class RaftTransportStub:
         Args:
             channel: A grpc.Channel.
         """
-        self.Exchange = channel.stream_stream(
-                '/raftka.raft.v1.RaftTransport/Exchange',
-                request_serializer=raftka_dot_proto_dot_raft__pb2.MessageBatch.SerializeToString,
-                response_deserializer=raftka_dot_proto_dot_raft__pb2.Ack.FromString,
+        self.Endpoint = channel.unary_unary(
+                '/raftka.raft.v1.RaftTransport/Endpoint',
+                request_serializer=raftka_dot_proto_dot_raft__pb2.EndpointRequest.SerializeToString,
+                response_deserializer=raftka_dot_proto_dot_raft__pb2.EndpointResponse.FromString,
                 _registered_method=True)
 
 
 class RaftTransportServicer:
     """Missing associated documentation comment in .proto file."""
 
-    def Exchange(self, request_iterator, context):
-        """Opened by the sending broker. Its first batch (possibly empty) is validated before anything is
-        delivered; the receiver answers it with one Ack and then sends nothing more until the stream
-        ends. Within one stream, batches are delivered in order, so messages of one group from one
-        sender arrive in the order they were sent.
+    def Endpoint(self, request, context):
+        """Where this broker accepts Raft connections. Refused with PERMISSION_DENIED (another cluster)
+        or FAILED_PRECONDITION (another broker id), with the refusal name in the trailing metadata
+        `raftka-raft-refusal`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -57,10 +56,10 @@ class RaftTransportServicer:
 
 def add_RaftTransportServicer_to_server(servicer, server):
     rpc_method_handlers = {
-            'Exchange': grpc.stream_stream_rpc_method_handler(
-                    servicer.Exchange,
-                    request_deserializer=raftka_dot_proto_dot_raft__pb2.MessageBatch.FromString,
-                    response_serializer=raftka_dot_proto_dot_raft__pb2.Ack.SerializeToString,
+            'Endpoint': grpc.unary_unary_rpc_method_handler(
+                    servicer.Endpoint,
+                    request_deserializer=raftka_dot_proto_dot_raft__pb2.EndpointRequest.FromString,
+                    response_serializer=raftka_dot_proto_dot_raft__pb2.EndpointResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -74,7 +73,7 @@ class RaftTransport:
     """Missing associated documentation comment in .proto file."""
 
     @staticmethod
-    def Exchange(request_iterator,
+    def Endpoint(request,
             target,
             options=(),
             channel_credentials=None,
@@ -84,12 +83,12 @@ class RaftTransport:
             wait_for_ready=None,
             timeout=None,
             metadata=None):
-        return grpc.experimental.stream_stream(
-            request_iterator,
+        return grpc.experimental.unary_unary(
+            request,
             target,
-            '/raftka.raft.v1.RaftTransport/Exchange',
-            raftka_dot_proto_dot_raft__pb2.MessageBatch.SerializeToString,
-            raftka_dot_proto_dot_raft__pb2.Ack.FromString,
+            '/raftka.raft.v1.RaftTransport/Endpoint',
+            raftka_dot_proto_dot_raft__pb2.EndpointRequest.SerializeToString,
+            raftka_dot_proto_dot_raft__pb2.EndpointResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -39,3 +39,19 @@ def test_broker_config_checks() -> None:
     config = BrokerConfig(broker_id=1, **base)
     config.validate()
     assert config.brokers == {1: "127.0.0.1:9092"}
+    with pytest.raises(ValueError, match="expected HOST:PORT"):
+        BrokerConfig(broker_id=1, raft_listen="nowhere", **base).validate()
+
+
+@pytest.mark.parametrize("listen, advertise, raft_listen, bind", [
+    ("127.0.0.1:9092", "", "", ("127.0.0.1", 0, "127.0.0.1")),
+    ("0.0.0.0:9092", "broker-1.raftka:9092", "", ("0.0.0.0", 0, "broker-1.raftka")),
+    ("0.0.0.0:9092", "broker-1.raftka:9092", "0.0.0.0:9093", ("0.0.0.0", 9093, "broker-1.raftka")),
+    ("10.0.0.1:9092", "", "10.0.1.1:7000", ("10.0.1.1", 7000, "10.0.1.1")),
+])
+def test_raft_listener_defaults_to_the_listen_host_and_is_advertised_by_name(
+        listen: str, advertise: str, raft_listen: str, bind: tuple[str, int, str]) -> None:
+    config = BrokerConfig(broker_id=1, listen=listen, advertise=advertise, raft_listen=raft_listen,
+                          data_dir=Path("/tmp/x"))
+    config.validate()
+    assert config.raft_bind == bind

@@ -1,4 +1,4 @@
-"""The inter-broker transport over real gRPC on 127.0.0.1: batching, order, loss, refusals, recovery."""
+"""The inter-broker transport over real TCP and gRPC on 127.0.0.1: batching, order, loss, refusals, recovery."""
 
 from __future__ import annotations
 
@@ -15,8 +15,7 @@ from raftka.replication.codec import encode_batch, message_to_proto
 from raftka.replication.entries import Entry
 from raftka.replication.messages import Message, MessageType
 from raftka.replication.transport import (
-    EXCHANGE_METHOD,
-    REFUSAL_METADATA,
+    FRAME_HEADER,
     PeerState,
     RaftTransport,
     TransportOptions,
@@ -27,7 +26,11 @@ SERVICE = raft_pb2.DESCRIPTOR.services_by_name["RaftTransport"]
 
 
 class Broker:
-    """One transport with its own in-process grpc.aio server; the server can be stopped and restarted."""
+    """One transport with its own in-process gRPC server (for Endpoint) and Raft listener.
+
+    ``stop`` closes both and replaces the transport with a fresh one, so ``serve`` brings the same
+    broker id and gRPC address back, as a restarted broker would (on a new Raft port).
+    """
 
     def __init__(self, broker_id: int, port: int, cluster_id: str = "c1",
                  options: TransportOptions = FAST) -> None:
@@ -38,18 +41,20 @@ class Broker:
         self.received: list[tuple[int, list[tuple[str, Message]]]] = []
         self.downs: list[int] = []
         self.ups: list[int] = []
+        self.peers: dict[int, str] = {}
         self.server: grpc.aio.Server | None = None
 
     def connect(self, peers: list[Broker]) -> RaftTransport:
-        self.transport = RaftTransport(self.id, self.cluster_id, {p.id: p.address for p in peers},
+        self.peers = {p.id: p.address for p in peers}
+        self.transport = RaftTransport(self.id, self.cluster_id, self.peers,
                                        lambda src, items: self.received.append((src, items)),
                                        on_peer_down=self.downs.append, on_peer_up=self.ups.append,
                                        options=self.options)
         return self.transport
 
     async def serve(self) -> None:
-        self.server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 << 20),
-                                               ("grpc.so_reuseport", 0)])
+        await self.transport.listen("127.0.0.1")
+        self.server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
         add_servicer(self.server, SERVICE, self.transport.servicer)
         assert self.server.add_insecure_port(self.address) != 0
         await self.server.start()
@@ -58,6 +63,10 @@ class Broker:
         assert self.server is not None
         await self.server.stop(0)
         self.server = None
+        await self.transport.close()
+        self.transport = RaftTransport(self.id, self.cluster_id, self.peers,
+                                       lambda src, items: self.received.append((src, items)),
+                                       options=self.options)
 
     def messages(self) -> list[tuple[int, str, Message]]:
         return [(src, group, m) for src, items in self.received for group, m in items]
@@ -183,6 +192,41 @@ def test_down_peer_drops_messages_reports_and_resumes_when_back(free_port: Calla
     run(scenario, free_port, "c1", "c1")
 
 
+def test_a_peer_that_accepts_but_stops_answering_is_reported_down(free_port: Callable[[], int]) -> None:
+    """A frozen broker's kernel still accepts bytes and TCP keepalives; only its unanswered pings
+    show it is gone, and then the groups it leads can be woken to elect."""
+    async def scenario() -> None:
+        accepted: list[asyncio.StreamWriter] = []
+
+        async def frozen(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.readexactly(FRAME_HEADER.unpack(await reader.readexactly(FRAME_HEADER.size))[0])
+            writer.write(frame(raft_pb2.Ack(broker_id=2).SerializeToString()))
+            accepted.append(writer)
+
+        server = await asyncio.start_server(frozen, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+
+        async def resolve(peer_id: int, address: str) -> str:
+            return f"127.0.0.1:{port}"
+
+        downs: list[int] = []
+        transport = RaftTransport(1, "c1", {2: "unused:1"}, lambda src, items: None, on_peer_down=downs.append,
+                                  options=TransportOptions(ping_interval_s=0.1, ping_timeout_s=0.2),
+                                  resolve=resolve)
+        try:
+            transport.send("g", heartbeat(1, 2, 0))
+            await until(lambda: transport.peer_state(2) is PeerState.UP)
+            await until(lambda: downs == [2], timeout_s=3)
+            assert transport.stats.sent_messages == 1
+        finally:
+            await transport.close()
+            for writer in accepted:
+                writer.close()
+            server.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 20))
+
+
 def test_peers_can_be_removed_and_readdressed(free_port: Callable[[], int]) -> None:
     async def scenario(a: Broker, b: Broker, c: Broker) -> None:
         await b.serve()
@@ -212,45 +256,51 @@ def test_a_broker_of_another_cluster_is_refused(free_port: Callable[[], int]) ->
     run(scenario, free_port, "other", "c1")
 
 
-async def _raw_exchange(address: str, requests: list[bytes]) -> grpc.aio.AioRpcError:
-    """Send raw request bytes on one Exchange stream and return the error it ends with."""
-    async with grpc.aio.insecure_channel(address) as channel:
-        call = channel.stream_stream(EXCHANGE_METHOD, request_serializer=lambda b: b,
-                                     response_deserializer=raft_pb2.Ack.FromString)()
-        for request in requests:
-            await call.write(request)
-        await call.done_writing()
-        with pytest.raises(grpc.aio.AioRpcError) as info:
-            async for _ in call:
-                pass
-        return info.value
+async def _raw_exchange(address: str, frames: list[bytes]) -> list[raft_pb2.Ack]:
+    """Send raw frames on one Raft connection, end our side, and return the Acks read until the
+    receiver closes."""
+    host, port = address.rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(b"".join(frames))
+    writer.write_eof()
+    acks = []
+    try:
+        while header := await reader.read(FRAME_HEADER.size):
+            (size,) = FRAME_HEADER.unpack(header)
+            acks.append(raft_pb2.Ack.FromString(await reader.readexactly(size)))
+    finally:
+        writer.close()
+    return acks
+
+
+def frame(payload: bytes) -> bytes:
+    return FRAME_HEADER.pack(len(payload)) + payload
 
 
 GOOD = encode_batch("c1", 1, 2, [("g", heartbeat(1, 2, 0))]).SerializeToString()
 
 
-@pytest.mark.parametrize("requests, status, refusal", [
-    ([encode_batch("c2", 1, 2, [("g", heartbeat(1, 2, 0))]).SerializeToString()],
-     grpc.StatusCode.PERMISSION_DENIED, "CLUSTER_MISMATCH"),
-    ([encode_batch("c1", 1, 3, [("g", heartbeat(1, 3, 0))]).SerializeToString()],
-     grpc.StatusCode.FAILED_PRECONDITION, "BROKER_MISMATCH"),
-    ([b"\xff\xff\xff\xff"], grpc.StatusCode.INVALID_ARGUMENT, "MALFORMED"),
-    ([raft_pb2.MessageBatch(cluster_id="c1", from_broker=1, to_broker=2, messages=[
-        raft_pb2.GroupMessage(group="g", message=raft_pb2.RaftMessage(type=42))]).SerializeToString()],
-     grpc.StatusCode.INVALID_ARGUMENT, "MALFORMED"),
-    ([GOOD, encode_batch("c1", 3, 2, [("g", heartbeat(3, 2, 0))]).SerializeToString()],
-     grpc.StatusCode.INVALID_ARGUMENT, "MALFORMED"),
-    ([GOOD, b"\x0a\xff"], grpc.StatusCode.INVALID_ARGUMENT, "MALFORMED"),
+@pytest.mark.parametrize("frames, refusal", [
+    ([frame(encode_batch("c2", 1, 2, [("g", heartbeat(1, 2, 0))]).SerializeToString())], "CLUSTER_MISMATCH"),
+    ([frame(encode_batch("c1", 1, 3, [("g", heartbeat(1, 3, 0))]).SerializeToString())], "BROKER_MISMATCH"),
+    ([frame(b"\xff\xff\xff\xff")], "MALFORMED"),
+    ([frame(raft_pb2.MessageBatch(cluster_id="c1", from_broker=1, to_broker=2, messages=[
+        raft_pb2.GroupMessage(group="g", message=raft_pb2.RaftMessage(type=42))]).SerializeToString())], "MALFORMED"),
+    ([frame(GOOD), frame(encode_batch("c1", 3, 2, [("g", heartbeat(3, 2, 0))]).SerializeToString())], "MALFORMED"),
+    ([frame(GOOD), frame(b"\x0a\xff")], "MALFORMED"),
+    ([FRAME_HEADER.pack(65 << 20)], "MALFORMED"),
+    ([frame(GOOD), FRAME_HEADER.pack(100) + b"cut short"], "MALFORMED"),
 ])
 def test_refused_batches_are_never_delivered_and_the_server_keeps_serving(
-        free_port: Callable[[], int], requests: list[bytes], status: grpc.StatusCode, refusal: str) -> None:
+        free_port: Callable[[], int], frames: list[bytes], refusal: str) -> None:
     async def scenario(a: Broker, b: Broker) -> None:
         await b.serve()
-        error = await _raw_exchange(b.address, requests)
-        assert error.code() == status
-        assert dict(error.trailing_metadata())[REFUSAL_METADATA] == refusal
+        good_first = frames[0] == frame(GOOD)
+        acks = await _raw_exchange(b.transport.address, frames)
+        assert [ack.refusal for ack in acks] == ([""] if good_first else []) + [refusal]
+        assert all(ack.broker_id == 2 for ack in acks)
         assert b.transport.stats.refused_streams == 1
-        assert len(b.received) == (1 if requests[0] is GOOD else 0)
+        assert len(b.received) == (1 if good_first else 0)
         a.transport.send("g", heartbeat(1, 2, 7))
         await until(lambda: b.messages()[-1:] and b.messages()[-1][2].commit == 7)
 
