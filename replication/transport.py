@@ -374,27 +374,36 @@ class RaftTransport:
 
     async def _watch(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: _Peer) -> str:
         """Beside the writer: ping a quiet receiver and return why the connection is over (the
-        receiver closed it, or left a ping unanswered), waking the writer. The receiver sends
-        nothing but Acks, one per ping."""
+        receiver closed it, or left a ping unanswered), waking the writer.
+
+        The receiver sends nothing but Acks, one per ping. One task reads them for the life of the
+        connection and is never cancelled mid-frame, so a late answer cannot desynchronise the framing.
+        """
+        loop = asyncio.get_running_loop()
         ping = encode_batch(self.cluster_id, self.broker_id, peer.id, ()).SerializeToString()
-        options = self.options
+        interval, timeout = self.options.ping_interval_s, self.options.ping_timeout_s
+        heard = loop.time()
+
+        async def read_acks() -> NoReturn:
+            nonlocal heard
+            while True:
+                await _read_frame(reader, MAX_ACK_BYTES)
+                heard = loop.time()
+
+        acks = asyncio.create_task(read_acks())
         try:
             while True:
-                try:
-                    async with asyncio.timeout(options.ping_interval_s):
-                        await _read_frame(reader, MAX_ACK_BYTES)
-                    continue
-                except TimeoutError:
-                    pass
-                _write_frame(writer, ping)
-                try:
-                    async with asyncio.timeout(options.ping_timeout_s):
-                        await _read_frame(reader, MAX_ACK_BYTES)
-                except TimeoutError:
-                    return f"no answer to a ping within {options.ping_timeout_s:.1f} s"
-        except (OSError, asyncio.IncompleteReadError, FrameTooLargeError) as exc:
-            return f"the peer closed the connection ({type(exc).__name__})"
+                done, _ = await asyncio.wait({acks}, timeout=max(0.0, heard + interval - loop.time()))
+                if not done and loop.time() - heard >= interval:
+                    pinged = loop.time()
+                    _write_frame(writer, ping)
+                    done, _ = await asyncio.wait({acks}, timeout=timeout)
+                    if not done and heard < pinged:
+                        return f"no answer to a ping within {timeout:.1f} s"
+                if done:
+                    return f"the peer closed the connection ({type(acks.exception()).__name__})"
         finally:
+            acks.cancel()
             peer.wakeup.set()
 
     def _tune(self, writer: asyncio.StreamWriter) -> None:

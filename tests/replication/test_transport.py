@@ -227,6 +227,19 @@ def test_a_peer_that_accepts_but_stops_answering_is_reported_down(free_port: Cal
     asyncio.run(asyncio.wait_for(scenario(), 20))
 
 
+def test_a_quiet_connection_to_a_live_peer_stays_up_across_many_pings(free_port: Callable[[], int]) -> None:
+    async def scenario(a: Broker, b: Broker) -> None:
+        await b.serve()
+        a.transport.send("g", heartbeat(1, 2, 0))
+        await until(lambda: len(b.received) == 1)
+        await asyncio.sleep(0.6)
+        a.transport.send("g", heartbeat(1, 2, 1))
+        await until(lambda: len(b.received) == 2)
+        assert a.downs == [] and a.ups == [2] and a.transport.peer_state(2) is PeerState.UP
+
+    run(scenario, free_port, "c1", "c1", options=TransportOptions(ping_interval_s=0.05, ping_timeout_s=0.2))
+
+
 def test_peers_can_be_removed_and_readdressed(free_port: Callable[[], int]) -> None:
     async def scenario(a: Broker, b: Broker, c: Broker) -> None:
         await b.serve()
