@@ -21,6 +21,7 @@ from raftka.cluster.controller import Controller
 from raftka.cluster.metadata import MetadataState, TopicRecord
 from raftka.cluster.metrics import BrokerMetrics
 from raftka.cluster.partitions import PartitionManager
+from raftka.cluster.topics import MAX_BATCH_BYTES_LIMIT
 from raftka.errors import InternalError, InvalidRequestError, InvalidTopicError, RaftkaError
 from raftka.proto import api_pb2, api_pb2_grpc
 
@@ -30,6 +31,9 @@ T = TypeVar("T")
 
 DEFAULT_FETCH_MAX_BYTES = 8 * 1024 * 1024
 DEFAULT_PARTITION_FETCH_MAX_BYTES = 1024 * 1024
+STREAM_FETCH_MAX_BYTES = MAX_BATCH_BYTES_LIMIT - (1 << 20)
+"""One FetchStream response is one gRPC message: its cap, plus the one batch a read may return past
+it, stays under the broker's message limit (twice the largest batch)."""
 MAX_STREAM_IN_FLIGHT = 1024
 METADATA_READ_TIMEOUT_S = 5.0
 """Produce requests one stream may have unanswered; the stream stops reading beyond it (back-pressure)."""
@@ -185,6 +189,56 @@ class BrokerService(api_pb2_grpc.BrokerServicer):
         One response per partition with data or an error; the stream ends after the last.
         """
         started = time.perf_counter()
+        await self._check_fetch(request, context)
+        for response in await self._long_poll(request, request.max_bytes or DEFAULT_FETCH_MAX_BYTES, None, started):
+            yield response
+
+    async def FetchStream(self, requests: AsyncIterator[api_pb2.FetchRequest], context: grpc.aio.ServicerContext
+                          ) -> AsyncIterator[api_pb2.FetchStreamResponse]:
+        """Fetch, one request after another on one stream; a newer request cuts the current wait short.
+
+        A reader task queues requests as they arrive and resolves `newer`, the future the current
+        long-poll also waits on, so the waiting request is answered at once with what it has.
+        """
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[api_pb2.FetchRequest | RaftkaError | None] = asyncio.Queue()
+        newer: asyncio.Future[None] = loop.create_future()
+
+        def arrived(item: api_pb2.FetchRequest | RaftkaError | None) -> None:
+            queue.put_nowait(item)
+            if not newer.done():
+                newer.set_result(None)
+
+        async def read() -> None:
+            try:
+                async for request in requests:
+                    arrived(request)
+            except RaftkaError as exc:
+                arrived(exc)
+                return
+            arrived(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            while (request := await queue.get()) is not None:
+                if isinstance(request, RaftkaError):
+                    await context.abort(request.status, request.message,
+                                        trailing_metadata=request.trailing_metadata())
+                started = time.perf_counter()
+                newer = loop.create_future()
+                if not queue.empty():
+                    newer.set_result(None)
+                responses: list[api_pb2.FetchResponse] = []
+                if request.partitions:
+                    await self._check_fetch(request, context)
+                    total_max = min(request.max_bytes or DEFAULT_FETCH_MAX_BYTES, STREAM_FETCH_MAX_BYTES)
+                    responses = await self._long_poll(request, total_max, newer, started)
+                yield api_pb2.FetchStreamResponse(correlation_id=request.correlation_id, partitions=responses)
+        finally:
+            reader.cancel()
+
+    async def _check_fetch(self, request: api_pb2.FetchRequest, context: grpc.aio.ServicerContext) -> None:
+        """End the call with INVALID_ARGUMENT if the request cannot be served as a whole."""
         try:
             if not request.partitions:
                 raise InvalidRequestError("fetch request names no partition")
@@ -195,20 +249,23 @@ class BrokerService(api_pb2_grpc.BrokerServicer):
         except RaftkaError as exc:
             self._metrics.fetch_requests.labels(api_pb2.ErrorCode.Name(exc.code)).inc()
             await context.abort(exc.status, exc.message, trailing_metadata=exc.trailing_metadata())
+
+    async def _long_poll(self, request: api_pb2.FetchRequest, total_max: int, interrupt: asyncio.Future[None] | None,
+                         started: float) -> list[api_pb2.FetchResponse]:
+        """Read until min_bytes are readable, max_wait_ms passes or `interrupt` resolves."""
         max_wait_s = min(request.max_wait_ms, self._state.config.max_fetch_wait_ms) / 1000
         deadline = time.monotonic() + max_wait_s
-        total_max = request.max_bytes or DEFAULT_FETCH_MAX_BYTES
         while True:
             responses, size, waits = self._read_all(request, total_max)
             remaining = deadline - time.monotonic()
-            if size >= max(request.min_bytes, 1) or remaining <= 0 or not waits:
+            if size >= max(request.min_bytes, 1) or remaining <= 0 or not waits or (interrupt and interrupt.done()):
                 break
-            await asyncio.wait(waits, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait([*waits, interrupt] if interrupt else waits, timeout=remaining,
+                               return_when=asyncio.FIRST_COMPLETED)
         self._metrics.fetch_requests.labels("ok").inc()
         self._metrics.fetch_bytes.inc(size)
         self._metrics.fetch_latency.observe(time.perf_counter() - started)
-        for response in responses:
-            yield response
+        return responses
 
     def _read_all(self, request: api_pb2.FetchRequest, total_max: int
                   ) -> tuple[list[api_pb2.FetchResponse], int, list[asyncio.Future[None]]]:

