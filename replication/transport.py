@@ -53,6 +53,8 @@ REFUSAL_METADATA = "raftka-raft-refusal"
 FRAME_HEADER = struct.Struct(">I")
 """Every frame is this big-endian length, then that many bytes of one protobuf message."""
 MAX_ACK_BYTES = 4096
+MAX_HELLO_BYTES = 4096
+"""A connection's first batch is a sender's empty hello; anything bigger is refused."""
 
 OnReceive = Callable[[int, list[tuple[str, Message]]], None]
 PeerHook = Callable[[int], None]
@@ -138,6 +140,8 @@ class TransportStats:
     dropped_bytes: int = 0
     refused_streams: int = 0
     """Incoming connections (and Endpoint calls) this broker refused: wrong cluster or broker, malformed."""
+    refused_by_peers: int = 0
+    """Our connections (and Endpoint calls) a peer refused."""
 
 
 class PeerState(enum.Enum):
@@ -293,10 +297,8 @@ class RaftTransport:
                 await self._session(peer)
             except StreamEndedError as exc:
                 refused = exc.refusal is not None
+                self.stats.refused_by_peers += refused
                 (log.error if refused else log.warning)("raft transport: %s", exc)
-            except TimeoutError:
-                log.warning("raft transport: broker %d at %s did not accept a connection within %.1f s", peer.id,
-                            peer.address, self.options.connect_timeout_s)
             except (OSError, asyncio.IncompleteReadError, DecodeError, FrameTooLargeError) as exc:
                 log.warning("raft transport: connection to broker %d failed: %s: %s", peer.id,
                             type(exc).__name__, exc)
@@ -312,29 +314,37 @@ class RaftTransport:
 
     async def _session(self, peer: _Peer) -> None:
         """One connection to ``peer`` until it fails (always ends by raising)."""
-        async with asyncio.timeout(self.options.connect_timeout_s):
-            host, port = parse_host_port(await self._resolve(peer.id, peer.address))
-            reader, writer = await asyncio.open_connection(host, port)
+        timeout = self.options.connect_timeout_s
+        try:
+            async with asyncio.timeout(timeout):
+                host, port = parse_host_port(await self._resolve(peer.id, peer.address))
+                reader, writer = await asyncio.open_connection(host, port)
+        except TimeoutError:
+            raise StreamEndedError(peer.id, f"{peer.address} did not accept a connection within {timeout:.1f} s") from None
         try:
             self._tune(writer)
-            _write_frame(writer, encode_batch(self.cluster_id, self.broker_id, peer.id, ()).SerializeToString())
-            async with asyncio.timeout(self.options.connect_timeout_s):
-                ack = raft_pb2.Ack.FromString(await _read_frame(reader, MAX_ACK_BYTES))
+            link = _Link(writer)
+            link.write(encode_batch(self.cluster_id, self.broker_id, peer.id, ()).SerializeToString())
+            try:
+                async with asyncio.timeout(timeout):
+                    ack = raft_pb2.Ack.FromString(await _read_frame(reader, MAX_ACK_BYTES))
+            except TimeoutError:
+                raise StreamEndedError(peer.id, f"no answer to the first batch within {timeout:.1f} s") from None
             if ack.refusal:
                 raise StreamEndedError(peer.id, ack.detail, ack.refusal)
             peer.state = PeerState.UP
             peer.failures = 0
             log.info("raft transport: connection to broker %d at %s:%d accepted", peer.id, host, port)
             self._report(peer, True)
-            watcher = asyncio.create_task(self._watch(reader, writer, peer))
+            watcher = asyncio.create_task(self._watch(reader, link, peer))
             try:
-                await self._pump(peer, writer, watcher)
+                await self._pump(peer, link, watcher)
             finally:
                 watcher.cancel()
         finally:
             writer.close()
 
-    async def _pump(self, peer: _Peer, writer: asyncio.StreamWriter, watcher: asyncio.Task[str]) -> NoReturn:
+    async def _pump(self, peer: _Peer, link: _Link, watcher: asyncio.Task[str]) -> NoReturn:
         cap = self.options.max_batch_bytes
         while True:
             while not peer.queue and not watcher.done():
@@ -350,10 +360,12 @@ class RaftTransport:
             peer.queued_bytes -= size
             payload = encode_batch(self.cluster_id, self.broker_id, peer.id, items).SerializeToString()
             try:
-                _write_frame(writer, payload)
-                await writer.drain()
-            except BaseException:
+                link.write(payload)
+                await link.writer.drain()
+            except BaseException as exc:
                 self._drop(len(items), size)
+                if isinstance(exc, OSError) and watcher.done() and not watcher.cancelled():
+                    raise StreamEndedError(peer.id, watcher.result()) from None
                 raise
             self.stats.sent_messages += len(items)
             self.stats.sent_batches += 1
@@ -372,12 +384,16 @@ class RaftTransport:
                                        refusal) from None
         return response.address
 
-    async def _watch(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: _Peer) -> str:
+    async def _watch(self, reader: asyncio.StreamReader, link: _Link, peer: _Peer) -> str:
         """Beside the writer: ping a quiet receiver and return why the connection is over (the
-        receiver closed it, or left a ping unanswered), waking the writer.
+        receiver closed or refused it, or stopped taking bytes and answering), waking the writer.
 
-        The receiver sends nothing but Acks, one per ping. One task reads them for the life of the
-        connection and is never cancelled mid-frame, so a late answer cannot desynchronise the framing.
+        The receiver sends nothing but Acks, one per ping, or a refusal. One task reads them for the
+        life of the connection and is never cancelled mid-frame, so a late answer cannot
+        desynchronise the framing. An unanswered ping condemns the connection only if the kernel
+        also took none of our bytes meanwhile: a ping queued behind a large backlog on a slow link
+        waits its turn. A condemned connection is aborted, which also frees a writer stuck in
+        ``drain`` and discards what the peer never read (nothing of it is delivered later).
         """
         loop = asyncio.get_running_loop()
         ping = encode_batch(self.cluster_id, self.broker_id, peer.id, ()).SerializeToString()
@@ -387,66 +403,104 @@ class RaftTransport:
         async def read_acks() -> NoReturn:
             nonlocal heard
             while True:
-                await _read_frame(reader, MAX_ACK_BYTES)
+                ack = raft_pb2.Ack.FromString(await _read_frame(reader, MAX_ACK_BYTES))
+                if ack.refusal:
+                    raise StreamEndedError(peer.id, ack.detail, ack.refusal)
                 heard = loop.time()
 
         acks = asyncio.create_task(read_acks())
+        reason = ""
         try:
-            while True:
+            while not reason:
                 done, _ = await asyncio.wait({acks}, timeout=max(0.0, heard + interval - loop.time()))
                 if not done and loop.time() - heard >= interval:
                     pinged = loop.time()
-                    _write_frame(writer, ping)
-                    done, _ = await asyncio.wait({acks}, timeout=timeout)
-                    if not done and heard < pinged:
-                        return f"no answer to a ping within {timeout:.1f} s"
+                    link.write(ping)
+                    taken = link.taken()
+                    while not done and heard < pinged:
+                        done, _ = await asyncio.wait({acks}, timeout=timeout)
+                        if not done and heard < pinged:
+                            if link.taken() == taken:
+                                reason = f"no answer to a ping within {timeout:.1f} s"
+                                break
+                            taken = link.taken()
                 if done:
-                    return f"the peer closed the connection ({type(acks.exception()).__name__})"
+                    exc = acks.exception()
+                    if isinstance(exc, StreamEndedError):
+                        raise exc
+                    reason = f"the peer closed the connection ({type(exc).__name__})"
+            return reason
         finally:
             acks.cancel()
+            link.writer.transport.abort()
             peer.wakeup.set()
 
     def _tune(self, writer: asyncio.StreamWriter) -> None:
         sock = writer.get_extra_info("socket")
         idle = self.options.tcp_keepalive_s
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 2)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, 3 * idle * 1000)
+        for name, value in (("TCP_KEEPIDLE", idle), ("TCP_KEEPINTVL", 2), ("TCP_KEEPCNT", 3),
+                            ("TCP_USER_TIMEOUT", 3 * idle * 1000)):
+            if hasattr(socket, name):  # Linux has them all; other systems some
+                sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """Serve one peer's connection: validate, acknowledge, then deliver its batches in order."""
+        """Serve one peer's connection: validate, acknowledge, then deliver its batches in order.
+
+        Until its first batch is accepted a connection is a stranger's: that batch must come within
+        ``connect_timeout_s`` and be at most ``MAX_HELLO_BYTES`` (our senders' first batch is empty).
+        """
         self._incoming.add(writer)
         peer = writer.get_extra_info("peername")
         sender: int | None = None
         try:
             self._tune(writer)
+            try:
+                async with asyncio.timeout(self.options.connect_timeout_s):
+                    payload = await _read_frame(reader, MAX_HELLO_BYTES)
+            except TimeoutError:
+                raise _Refused(Refusal.MALFORMED, f"no first batch within {self.options.connect_timeout_s:.1f} s") from None
+            except FrameTooLargeError as exc:
+                raise _Refused(Refusal.MALFORMED, f"first batch: {exc}") from None
             while True:
+                sender, messages = self._check(sender, payload, writer)
+                self._deliver(sender, messages, payload)
                 try:
                     payload = await _read_frame(reader, self.options.max_message_bytes)
-                except asyncio.IncompleteReadError as exc:
-                    if exc.partial:
-                        raise _Refused(Refusal.MALFORMED, "connection ended inside a frame") from None
-                    return
                 except FrameTooLargeError as exc:
                     raise _Refused(Refusal.MALFORMED, str(exc)) from None
-                sender, messages = self._check(sender, payload, writer)
-                if messages:
-                    self.stats.received_messages += len(messages)
-                    self.stats.received_batches += 1
-                    self.stats.received_bytes += len(payload)
-                    self._on_receive(sender, messages)
         except _Refused as refused:
             self.stats.refused_streams += 1
             log.error("raft transport: refused connection from %s: %s: %s", peer, refused.refusal.name, refused.detail)
             _write_frame(writer, raft_pb2.Ack(broker_id=self.broker_id, refusal=refused.refusal.name,
                                               detail=refused.detail).SerializeToString())
-        except (OSError, asyncio.IncompleteReadError) as exc:
+            await self._linger(reader, writer)
+        except asyncio.IncompleteReadError as exc:
+            if exc.partial:
+                log.info("raft transport: connection from broker %s (%s) ended inside a frame", sender, peer)
+        except OSError as exc:
             log.info("raft transport: connection from broker %s (%s) ended: %s", sender, peer, exc)
         finally:
             self._incoming.discard(writer)
             writer.close()
+
+    def _deliver(self, sender: int, messages: list[tuple[str, Message]], payload: bytes) -> None:
+        if messages:
+            self.stats.received_messages += len(messages)
+            self.stats.received_batches += 1
+            self.stats.received_bytes += len(payload)
+            self._on_receive(sender, messages)
+
+    async def _linger(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """After a refusal: end our side, then discard what the peer still sends until it closes
+        (bounded), because closing with unread bytes resets the connection and loses the refusal."""
+        try:
+            writer.write_eof()
+            async with asyncio.timeout(self.options.connect_timeout_s):
+                while await reader.read(1 << 16):
+                    pass
+        except (OSError, TimeoutError):
+            pass
 
     def _check(self, sender: int | None, payload: bytes,
                writer: asyncio.StreamWriter) -> tuple[int, list[tuple[str, Message]]]:
@@ -472,6 +526,22 @@ class RaftTransport:
         if sender is None or not messages:
             _write_frame(writer, raft_pb2.Ack(broker_id=self.broker_id).SerializeToString())
         return batch.from_broker, messages
+
+
+class _Link:
+    """Our end of one connection: writes whole frames and knows how many bytes the kernel took."""
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self.writer = writer
+        self._written = 0
+
+    def write(self, payload: bytes) -> None:
+        _write_frame(self.writer, payload)
+        self._written += FRAME_HEADER.size + len(payload)
+
+    def taken(self) -> int:
+        """Bytes written so far that left asyncio's buffer for the kernel's."""
+        return self._written - self.writer.transport.get_write_buffer_size()
 
 
 class RaftEndpointServicer:

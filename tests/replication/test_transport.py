@@ -227,6 +227,47 @@ def test_a_peer_that_accepts_but_stops_answering_is_reported_down(free_port: Cal
     asyncio.run(asyncio.wait_for(scenario(), 20))
 
 
+def test_a_peer_that_stops_reading_under_load_is_reported_down(free_port: Callable[[], int]) -> None:
+    """A frozen peer stops reading, the socket buffers fill and the writer blocks in drain; the
+    unanswered ping must still end the connection rather than wait for TCP's own timeout."""
+    async def scenario() -> None:
+        accepted: list[asyncio.StreamWriter] = []
+
+        async def frozen(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.readexactly(FRAME_HEADER.unpack(await reader.readexactly(FRAME_HEADER.size))[0])
+            writer.write(frame(raft_pb2.Ack(broker_id=2).SerializeToString()))
+            accepted.append(writer)
+            reader._transport.pause_reading()  # type: ignore[attr-defined]
+
+        server = await asyncio.start_server(frozen, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+
+        async def resolve(peer_id: int, address: str) -> str:
+            return f"127.0.0.1:{port}"
+
+        downs: list[int] = []
+        transport = RaftTransport(1, "c1", {2: "unused:1"}, lambda src, items: None, on_peer_down=downs.append,
+                                  options=TransportOptions(ping_interval_s=0.1, ping_timeout_s=0.3),
+                                  resolve=resolve)
+        try:
+            transport.send("g", heartbeat(1, 2, 0))
+            await until(lambda: transport.peer_state(2) is PeerState.UP)
+            data = bytes(256 << 10)
+            for i in range(400):
+                if downs:
+                    break
+                transport.send("g", Message(MessageType.APPEND, 1, 2, 1, index=i, entries=[Entry(i + 1, 1, data=data)]))
+                await asyncio.sleep(0.01)
+            await until(lambda: downs == [2], timeout_s=5)
+        finally:
+            await transport.close()
+            for writer in accepted:
+                writer.close()
+            server.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))
+
+
 def test_a_quiet_connection_to_a_live_peer_stays_up_across_many_pings(free_port: Callable[[], int]) -> None:
     async def scenario(a: Broker, b: Broker) -> None:
         await b.serve()
@@ -302,7 +343,8 @@ GOOD = encode_batch("c1", 1, 2, [("g", heartbeat(1, 2, 0))]).SerializeToString()
     ([frame(GOOD), frame(encode_batch("c1", 3, 2, [("g", heartbeat(3, 2, 0))]).SerializeToString())], "MALFORMED"),
     ([frame(GOOD), frame(b"\x0a\xff")], "MALFORMED"),
     ([FRAME_HEADER.pack(65 << 20)], "MALFORMED"),
-    ([frame(GOOD), FRAME_HEADER.pack(100) + b"cut short"], "MALFORMED"),
+    ([frame(bytes(5000))], "MALFORMED"),
+    ([frame(GOOD), FRAME_HEADER.pack(65 << 20)], "MALFORMED"),
 ])
 def test_refused_batches_are_never_delivered_and_the_server_keeps_serving(
         free_port: Callable[[], int], frames: list[bytes], refusal: str) -> None:
@@ -316,6 +358,35 @@ def test_refused_batches_are_never_delivered_and_the_server_keeps_serving(
         assert len(b.received) == (1 if good_first else 0)
         a.transport.send("g", heartbeat(1, 2, 7))
         await until(lambda: b.messages()[-1:] and b.messages()[-1][2].commit == 7)
+
+    run(scenario, free_port, "c1", "c1")
+
+
+def test_a_connection_that_ends_inside_a_frame_delivers_nothing_of_it_and_is_no_refusal(
+        free_port: Callable[[], int]) -> None:
+    async def scenario(a: Broker, b: Broker) -> None:
+        await b.serve()
+        acks = await _raw_exchange(b.transport.address, [frame(GOOD), FRAME_HEADER.pack(100) + b"cut short"])
+        assert [ack.refusal for ack in acks] == [""]
+        assert len(b.received) == 1 and b.transport.stats.refused_streams == 0
+
+    run(scenario, free_port, "c1", "c1")
+
+
+def test_a_refusal_after_the_first_batch_reaches_the_sender(free_port: Callable[[], int]) -> None:
+    """The receiver takes frames of at most 64 KiB; the sender's 100 KiB append is refused, and the
+    sender learns why (and backs off as after any refusal) instead of seeing a reset."""
+    async def scenario(a: Broker, b: Broker) -> None:
+        await b.transport.close()
+        b.options = TransportOptions(max_message_bytes=64 << 10)
+        b.connect([a])
+        await b.serve()
+        a.transport.send("g", heartbeat(1, 2, 0))
+        await until(lambda: len(b.received) == 1)
+        a.transport.send("g", Message(MessageType.APPEND, 1, 2, 1, index=1, entries=[Entry(2, 1, data=bytes(100 << 10))]))
+        await until(lambda: a.downs == [2])
+        assert b.transport.stats.refused_streams == 1 and len(b.received) == 1
+        assert a.transport.stats.refused_by_peers >= 1
 
     run(scenario, free_port, "c1", "c1")
 
