@@ -279,13 +279,15 @@ class Fetcher:
                     self._cond.wait(wake_at - now)
 
     def close(self) -> None:
-        """Stop every fetch thread, cancelling outstanding long-polls, and wait for them to end."""
+        """Stop every fetch thread, cancelling outstanding long-polls (a broker that stopped
+        answering cannot hold them), and wait for the threads to end."""
         with self._cond:
             self._closed = True
             workers = list(self._workers.values())
-            for worker in workers:
-                worker.interrupt()
+            streams = [worker.stream for worker in workers if worker.stream is not None]
             self._cond.notify_all()
+        for stream in streams:
+            stream.close()
         for worker in workers:
             assert worker.thread is not None
             worker.thread.join(timeout=self._conn.request_timeout_s)

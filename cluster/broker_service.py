@@ -35,8 +35,10 @@ STREAM_FETCH_MAX_BYTES = MAX_BATCH_BYTES_LIMIT - (1 << 20)
 """One FetchStream response is one gRPC message: its cap, plus the one batch a read may return past
 it, stays under the broker's message limit (twice the largest batch)."""
 MAX_STREAM_IN_FLIGHT = 1024
-METADATA_READ_TIMEOUT_S = 5.0
 """Produce requests one stream may have unanswered; the stream stops reading beyond it (back-pressure)."""
+MAX_FETCH_STREAM_QUEUED = 4
+"""Fetch requests one FetchStream may have unanswered (a client needs one fetch and one wake)."""
+METADATA_READ_TIMEOUT_S = 5.0
 
 
 @dataclass
@@ -198,13 +200,17 @@ class BrokerService(api_pb2_grpc.BrokerServicer):
         """Fetch, one request after another on one stream; a newer request cuts the current wait short.
 
         A reader task queues requests as they arrive and resolves `newer`, the future the current
-        long-poll also waits on, so the waiting request is answered at once with what it has.
+        long-poll also waits on, so the waiting request is answered at once with what it has. The
+        end of the client's requests does not cut a wait short: it only ends the stream after the
+        last answer. At most MAX_FETCH_STREAM_QUEUED requests wait unanswered; beyond that the
+        reader stops reading (a client that does not read its answers cannot grow the queue).
         """
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[api_pb2.FetchRequest | RaftkaError | None] = asyncio.Queue()
+        slots = asyncio.Semaphore(MAX_FETCH_STREAM_QUEUED)
         newer: asyncio.Future[None] = loop.create_future()
 
-        def arrived(item: api_pb2.FetchRequest | RaftkaError | None) -> None:
+        def arrived(item: api_pb2.FetchRequest | RaftkaError) -> None:
             queue.put_nowait(item)
             if not newer.done():
                 newer.set_result(None)
@@ -212,11 +218,12 @@ class BrokerService(api_pb2_grpc.BrokerServicer):
         async def read() -> None:
             try:
                 async for request in requests:
+                    await slots.acquire()
                     arrived(request)
             except RaftkaError as exc:
                 arrived(exc)
                 return
-            arrived(None)
+            queue.put_nowait(None)
 
         reader = asyncio.create_task(read())
         try:
@@ -234,6 +241,7 @@ class BrokerService(api_pb2_grpc.BrokerServicer):
                     total_max = min(request.max_bytes or DEFAULT_FETCH_MAX_BYTES, STREAM_FETCH_MAX_BYTES)
                     responses = await self._long_poll(request, total_max, newer, started)
                 yield api_pb2.FetchStreamResponse(correlation_id=request.correlation_id, partitions=responses)
+                slots.release()
         finally:
             reader.cancel()
 

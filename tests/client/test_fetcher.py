@@ -165,6 +165,21 @@ def test_close_cancels_outstanding_long_polls(broker) -> None:
     assert fetch_threads() == []
 
 
+def test_close_does_not_wait_for_a_broker_that_stopped_answering(broker) -> None:
+    with Admin(broker.address) as admin:
+        admin.create_topic("frozen")
+    consumer = Consumer(broker.address, auto_offset_reset="latest", fetch_max_wait_ms=20_000,
+                        request_timeout_ms=60_000)
+    consumer.assign(consumer.partitions_for("frozen"))
+    assert consumer.poll(timeout_ms=300) == []
+    broker.pause()
+    try:
+        consumer.close()
+        assert fetch_threads() == [], "the long-poll was cancelled, not left to the frozen broker"
+    finally:
+        broker.resume()
+
+
 def test_aio_consumer_pauses_and_resumes(broker) -> None:
     with Admin(broker.address) as admin:
         admin.create_topic("aio-pause")

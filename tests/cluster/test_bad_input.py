@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -188,6 +190,22 @@ def test_fetch_stream_answers_in_order_and_a_newer_request_cuts_a_wait_short(stu
     values = [r.value for r in decode_batch(responses[2].partitions[0].batches).records]
     assert values == [b"a", b"b"]
     assert responses[2].partitions[1].error.code == api_pb2.UNKNOWN_TOPIC
+
+
+def test_fetch_stream_keeps_waiting_after_the_client_ends_its_requests(stubs, topic: str) -> None:
+    """Half-closing is not a newer request: the waiting fetch still gets the record produced later."""
+    broker_stub, _ = stubs
+    request = api_pb2.FetchRequest(correlation_id=1, max_wait_ms=30_000, partitions=[
+        api_pb2.FetchPartition(topic=topic, partition=1, offset=0)])
+    producer = threading.Timer(0.5, lambda: broker_stub.Produce(
+        api_pb2.ProduceRequest(topic=topic, partition=1, batches=batch(b"later")), timeout=10))
+    producer.start()
+    try:
+        responses = list(broker_stub.FetchStream(iter([request]), timeout=20))
+    finally:
+        producer.join()
+    assert [r.correlation_id for r in responses] == [1]
+    assert [r.value for r in decode_batch(responses[0].partitions[0].batches).records] == [b"later"]
 
 
 @pytest.mark.parametrize("request_bytes, fragment", [
