@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from typing import Awaitable, Callable
+from typing import AsyncIterator, Awaitable, Callable
 
 import grpc
 import pytest
@@ -192,66 +193,58 @@ def test_down_peer_drops_messages_reports_and_resumes_when_back(free_port: Calla
     run(scenario, free_port, "c1", "c1")
 
 
-def test_a_peer_that_accepts_but_stops_answering_is_reported_down(free_port: Callable[[], int]) -> None:
+@contextlib.asynccontextmanager
+async def frozen_peer(options: TransportOptions, *, stop_reading: bool) -> AsyncIterator[tuple[RaftTransport, list[int]]]:
+    """Broker 1's transport, connected to a "broker 2" that answers the hello and then nothing, as
+    a frozen process whose kernel still takes bytes, or with `stop_reading` none once its buffers
+    fill. Yields the transport and the peers it reported down."""
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def frozen(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readexactly(FRAME_HEADER.unpack(await reader.readexactly(FRAME_HEADER.size))[0])
+        writer.write(frame(raft_pb2.Ack(broker_id=2).SerializeToString()))
+        accepted.append(writer)
+        if stop_reading:
+            reader._transport.pause_reading()  # type: ignore[attr-defined]
+
+    server = await asyncio.start_server(frozen, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+
+    async def resolve(peer_id: int, address: str) -> str:
+        return f"127.0.0.1:{port}"
+
+    downs: list[int] = []
+    transport = RaftTransport(1, "c1", {2: "unused:1"}, lambda src, items: None, on_peer_down=downs.append,
+                              options=options, resolve=resolve)
+    try:
+        transport.send("g", heartbeat(1, 2, 0))
+        await until(lambda: transport.peer_state(2) is PeerState.UP)
+        yield transport, downs
+    finally:
+        await transport.close()
+        for writer in accepted:
+            writer.close()
+        server.close()
+
+
+def test_a_peer_that_accepts_but_stops_answering_is_reported_down() -> None:
     """A frozen broker's kernel still accepts bytes and TCP keepalives; only its unanswered pings
     show it is gone, and then the groups it leads can be woken to elect."""
     async def scenario() -> None:
-        accepted: list[asyncio.StreamWriter] = []
-
-        async def frozen(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            await reader.readexactly(FRAME_HEADER.unpack(await reader.readexactly(FRAME_HEADER.size))[0])
-            writer.write(frame(raft_pb2.Ack(broker_id=2).SerializeToString()))
-            accepted.append(writer)
-
-        server = await asyncio.start_server(frozen, "127.0.0.1", 0)
-        port = server.sockets[0].getsockname()[1]
-
-        async def resolve(peer_id: int, address: str) -> str:
-            return f"127.0.0.1:{port}"
-
-        downs: list[int] = []
-        transport = RaftTransport(1, "c1", {2: "unused:1"}, lambda src, items: None, on_peer_down=downs.append,
-                                  options=TransportOptions(ping_interval_s=0.1, ping_timeout_s=0.2),
-                                  resolve=resolve)
-        try:
-            transport.send("g", heartbeat(1, 2, 0))
-            await until(lambda: transport.peer_state(2) is PeerState.UP)
+        options = TransportOptions(ping_interval_s=0.1, ping_timeout_s=0.2)
+        async with frozen_peer(options, stop_reading=False) as (transport, downs):
             await until(lambda: downs == [2], timeout_s=3)
             assert transport.stats.sent_messages == 1
-        finally:
-            await transport.close()
-            for writer in accepted:
-                writer.close()
-            server.close()
 
     asyncio.run(asyncio.wait_for(scenario(), 20))
 
 
-def test_a_peer_that_stops_reading_under_load_is_reported_down(free_port: Callable[[], int]) -> None:
-    """A frozen peer stops reading, the socket buffers fill and the writer blocks in drain; the
-    unanswered ping must still end the connection rather than wait for TCP's own timeout."""
+def test_a_peer_that_stops_reading_under_load_is_reported_down() -> None:
+    """The socket buffers fill and the writer blocks in drain; the unanswered ping must still end
+    the connection rather than wait for TCP's own timeout."""
     async def scenario() -> None:
-        accepted: list[asyncio.StreamWriter] = []
-
-        async def frozen(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            await reader.readexactly(FRAME_HEADER.unpack(await reader.readexactly(FRAME_HEADER.size))[0])
-            writer.write(frame(raft_pb2.Ack(broker_id=2).SerializeToString()))
-            accepted.append(writer)
-            reader._transport.pause_reading()  # type: ignore[attr-defined]
-
-        server = await asyncio.start_server(frozen, "127.0.0.1", 0)
-        port = server.sockets[0].getsockname()[1]
-
-        async def resolve(peer_id: int, address: str) -> str:
-            return f"127.0.0.1:{port}"
-
-        downs: list[int] = []
-        transport = RaftTransport(1, "c1", {2: "unused:1"}, lambda src, items: None, on_peer_down=downs.append,
-                                  options=TransportOptions(ping_interval_s=0.1, ping_timeout_s=0.3),
-                                  resolve=resolve)
-        try:
-            transport.send("g", heartbeat(1, 2, 0))
-            await until(lambda: transport.peer_state(2) is PeerState.UP)
+        options = TransportOptions(ping_interval_s=0.1, ping_timeout_s=0.3)
+        async with frozen_peer(options, stop_reading=True) as (transport, downs):
             data = bytes(256 << 10)
             for i in range(400):
                 if downs:
@@ -259,11 +252,6 @@ def test_a_peer_that_stops_reading_under_load_is_reported_down(free_port: Callab
                 transport.send("g", Message(MessageType.APPEND, 1, 2, 1, index=i, entries=[Entry(i + 1, 1, data=data)]))
                 await asyncio.sleep(0.01)
             await until(lambda: downs == [2], timeout_s=5)
-        finally:
-            await transport.close()
-            for writer in accepted:
-                writer.close()
-            server.close()
 
     asyncio.run(asyncio.wait_for(scenario(), 30))
 
