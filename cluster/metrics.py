@@ -38,6 +38,9 @@ class BrokerMetrics:
                                    ["direction"], registry=r)
         self.raft_bytes = Gauge("raftka_raft_bytes", "Raft message bytes exchanged with peer brokers since start",
                                 ["direction"], registry=r)
+        self.raft_refusals = Gauge("raftka_raft_refusals",
+                                   "Raft connections refused since start, by this broker (incoming: another "
+                                   "cluster or broker id, malformed) or by its peers (outgoing)", ["by"], registry=r)
 
     def watch_transport(self, stats: object) -> None:
         """Export the transport's counters (read when scraped)."""
@@ -45,6 +48,8 @@ class BrokerMetrics:
             self.raft_messages.labels(direction).set_function(
                 lambda d=direction: getattr(stats, f"{d}_messages"))
             self.raft_bytes.labels(direction).set_function(lambda d=direction: getattr(stats, f"{d}_bytes"))
+        self.raft_refusals.labels("this_broker").set_function(lambda: getattr(stats, "refused_streams"))
+        self.raft_refusals.labels("peers").set_function(lambda: getattr(stats, "refused_by_peers"))
 
 
     def serve(self, host: str, port: int) -> None:

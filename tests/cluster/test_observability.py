@@ -1,14 +1,19 @@
-"""Health, server reflection (for grpcurl) and Prometheus metrics of a running broker."""
+"""Health, server reflection (for grpcurl), Prometheus metrics and the Raft listener of a running broker."""
 
 from __future__ import annotations
 
+import socket
 import urllib.request
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from raftka import Admin, Consumer, Producer, TopicPartition
+from raftka.proto import raft_pb2
+from raftka.replication.codec import encode_batch
+from raftka.replication.transport import FRAME_HEADER
 
 
 def test_health_per_service(broker) -> None:
@@ -53,3 +58,28 @@ def test_metrics_count_requests_bytes_and_latency(broker) -> None:
     assert samples["raftka_partition_leaders"] == 1
     assert samples["raftka_raft_round_groups_count"] >= 1
     assert samples['raftka_raft_messages{direction="sent"}'] == 0, "a one-broker cluster sends no Raft messages"
+    assert samples['raftka_raft_refusals{by="this_broker"}'] == 0 and samples['raftka_raft_refusals{by="peers"}'] == 0
+
+
+def test_the_raft_listener_is_found_over_grpc_and_refuses_another_cluster(broker) -> None:
+    with grpc.insecure_channel(broker.address) as channel:
+        endpoint = channel.unary_unary("/raftka.raft.v1.RaftTransport/Endpoint",
+                                       request_serializer=raft_pb2.EndpointRequest.SerializeToString,
+                                       response_deserializer=raft_pb2.EndpointResponse.FromString)
+        address = endpoint(raft_pb2.EndpointRequest(cluster_id=broker.cluster_id, from_broker=9, to_broker=1),
+                           timeout=5).address
+        with pytest.raises(grpc.RpcError) as info:
+            endpoint(raft_pb2.EndpointRequest(cluster_id="elsewhere", from_broker=9, to_broker=1), timeout=5)
+    assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    host, port = address.rsplit(":", 1)
+    hello = encode_batch("elsewhere", 9, 1, ()).SerializeToString()
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(FRAME_HEADER.pack(len(hello)) + hello)
+        reply = b""
+        while chunk := sock.recv(4096):
+            reply += chunk
+    (size,) = FRAME_HEADER.unpack(reply[:FRAME_HEADER.size])
+    ack = raft_pb2.Ack.FromString(reply[FRAME_HEADER.size:FRAME_HEADER.size + size])
+    assert (ack.broker_id, ack.refusal) == (1, "CLUSTER_MISMATCH") and "elsewhere" in ack.detail
+    body = urllib.request.urlopen(f"http://127.0.0.1:{broker.metrics_port}/metrics", timeout=5).read().decode()
+    assert 'raftka_raft_refusals{by="this_broker"} 2.0' in body, "the Endpoint call and the connection"
