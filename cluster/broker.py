@@ -38,7 +38,7 @@ from raftka.errors import RaftkaError
 from raftka.partition.store import LogStore
 from raftka.proto import api_pb2, raft_pb2
 from raftka.replication.driver import MultiRaft
-from raftka.replication.transport import PeerState, RaftTransport
+from raftka.replication.transport import RaftTransport
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ async def serve(config: BrokerConfig) -> None:
                                    timeout_s=config.request_timeout_ms / 1000)
     controller = Controller(store, driver, metadata, {b: BrokerSlot(b, config.racks.get(b, "")) for b in config.brokers},
                             lambda broker: address_of(broker, ""),
-                            is_alive=lambda broker: transport.peer_state(broker) != PeerState.DOWN)
+                            is_alive=lambda broker: not transport.reported_down(broker))
     state = BrokerState(config, metadata, partitions, controller, metrics)
     metrics.partitions.set_function(lambda: len(partitions.replicas()))
     metrics.leaders.set_function(lambda: sum(r.leader_id == config.broker_id for _, _, r in partitions.replicas()))

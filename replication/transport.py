@@ -118,8 +118,9 @@ class TransportOptions:
     batch the receiver answers with an Ack. Its kernel would answer TCP keepalives even while the
     broker process is frozen, so only an answer from the process itself proves it is alive."""
     ping_timeout_s: float = 5.0
-    """A ping unanswered this long ends the connection: the peer is reported down, which wakes
-    the quiesced groups it leads so that their followers elect a new leader."""
+    """A ping unanswered this long after it reached the kernel, or a writer that could hand the
+    kernel nothing for this long, ends the connection: the peer is reported down, which wakes the
+    quiesced groups it leads so that their followers elect a new leader."""
     tcp_keepalive_s: int = 10
     """TCP keepalive (idle time, then 3 probes 2 s apart) and TCP_USER_TIMEOUT (3x this) on both
     ends, so a connection to a host that vanished without a RST is closed on the receiving side too."""
@@ -249,6 +250,13 @@ class RaftTransport:
     def peer_state(self, peer_id: int) -> PeerState | None:
         peer = self._peers.get(peer_id)
         return None if peer is None else peer.state
+
+    def reported_down(self, peer_id: int) -> bool:
+        """Whether the last word on the peer was "down": a connection failed and none has been
+        accepted since. Unlike ``peer_state``, a reconnection attempt (CONNECTING, which lasts up to
+        ``connect_timeout_s`` against a frozen broker) does not make a failed peer look alive."""
+        peer = self._peers.get(peer_id)
+        return peer is not None and peer.reported_up is False
 
     async def close(self) -> None:
         """Stop listening and end every connection, both ways (queued messages are dropped)."""
@@ -390,10 +398,8 @@ class RaftTransport:
 
         The receiver sends nothing but Acks, one per ping, or a refusal. One task reads them for the
         life of the connection and is never cancelled mid-frame, so a late answer cannot
-        desynchronise the framing. An unanswered ping condemns the connection only if the kernel
-        also took none of our bytes meanwhile: a ping queued behind a large backlog on a slow link
-        waits its turn. A condemned connection is aborted, which also frees a writer stuck in
-        ``drain`` and discards what the peer never read (nothing of it is delivered later).
+        desynchronise the framing. A condemned connection is aborted, which also frees a writer
+        stuck in ``drain`` and discards what the peer never read (nothing of it is delivered later).
         """
         loop = asyncio.get_running_loop()
         ping = encode_batch(self.cluster_id, self.broker_id, peer.id, ()).SerializeToString()
@@ -414,16 +420,7 @@ class RaftTransport:
             while not reason:
                 done, _ = await asyncio.wait({acks}, timeout=max(0.0, heard + interval - loop.time()))
                 if not done and loop.time() - heard >= interval:
-                    pinged = loop.time()
-                    link.write(ping)
-                    taken = link.taken()
-                    while not done and heard < pinged:
-                        done, _ = await asyncio.wait({acks}, timeout=timeout)
-                        if not done and heard < pinged:
-                            if link.taken() == taken:
-                                reason = f"no answer to a ping within {timeout:.1f} s"
-                                break
-                            taken = link.taken()
+                    done, reason = await self._await_answer(acks, link, ping, lambda: heard)
                 if done:
                     exc = acks.exception()
                     if isinstance(exc, StreamEndedError):
@@ -434,6 +431,38 @@ class RaftTransport:
             acks.cancel()
             link.writer.transport.abort()
             peer.wakeup.set()
+
+    async def _await_answer(self, acks: asyncio.Task[NoReturn], link: _Link, ping: bytes,
+                            heard: Callable[[], float]) -> tuple[bool, str]:
+        """Send a ping and wait for its answer: (the reader ended, why the connection is condemned).
+
+        The answer is due ``ping_timeout_s`` after the ping reached the kernel. Until then it waits
+        behind our backlog, which may be a large snapshot on a slow link, as long as the kernel keeps
+        taking our bytes; a writer that stalls for ``ping_timeout_s`` with the ping still queued
+        condemns the connection too (the peer stopped reading: its buffers and ours are full).
+        A frozen process's kernel keeps taking bytes until its buffers fill, so progress alone
+        never proves the peer alive: the clock starts once the ping is through.
+        """
+        loop = asyncio.get_running_loop()
+        timeout = self.options.ping_timeout_s
+        pinged = loop.time()
+        link.write(ping)
+        ping_end = link.written
+        taken, moved, reached = link.taken(), pinged, None
+        while heard() < pinged:
+            done, _ = await asyncio.wait({acks}, timeout=timeout / 5)
+            if done:
+                return True, ""
+            now = loop.time()
+            if link.taken() != taken:
+                taken, moved = link.taken(), now
+            if reached is None and taken >= ping_end:
+                reached = now
+            if reached is not None and now - reached >= timeout:
+                return False, f"no answer to a ping within {timeout:.1f} s"
+            if reached is None and now - moved >= timeout:
+                return False, f"the peer took none of our bytes for {timeout:.1f} s"
+        return False, ""
 
     def _tune(self, writer: asyncio.StreamWriter) -> None:
         sock = writer.get_extra_info("socket")
@@ -533,15 +562,16 @@ class _Link:
 
     def __init__(self, writer: asyncio.StreamWriter) -> None:
         self.writer = writer
-        self._written = 0
+        self.written = 0
+        """Bytes written so far."""
 
     def write(self, payload: bytes) -> None:
         _write_frame(self.writer, payload)
-        self._written += FRAME_HEADER.size + len(payload)
+        self.written += FRAME_HEADER.size + len(payload)
 
     def taken(self) -> int:
         """Bytes written so far that left asyncio's buffer for the kernel's."""
-        return self._written - self.writer.transport.get_write_buffer_size()
+        return self.written - self.writer.transport.get_write_buffer_size()
 
 
 class RaftEndpointServicer:

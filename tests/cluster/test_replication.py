@@ -243,6 +243,23 @@ def test_new_replicas_go_to_live_brokers(start_cluster) -> None:
         producer.send("wide", b"two of three replicas are enough").result(timeout=30)
 
 
+def test_a_frozen_broker_gets_no_new_replicas_once_its_pings_go_unanswered(start_cluster) -> None:
+    """SIGSTOP keeps a broker's sockets open and its kernel answering TCP; the Raft transport's
+    pings (every 10 s, 5 s to answer) are what mark it down, and reconnection attempts that hang
+    against it must not make it look alive again."""
+    brokers = start_cluster(3)
+    with Admin(bootstrap_of(brokers)) as admin:
+        admin.create_topic("warm-up")
+    brokers[2].pause()
+    try:
+        time.sleep(17.0)
+        with Admin(bootstrap_of(brokers[:2])) as admin:
+            topic = admin.create_topic("placed-around", partitions=4, replication_factor=2)
+            assert all(sorted(p.replicas) == [1, 2] for p in topic.partitions), topic.partitions
+    finally:
+        brokers[2].resume()
+
+
 def test_brokers_register_their_racks_and_replicas_span_racks(start_cluster) -> None:
     brokers = start_cluster(4, racks=["east", "east", "west", "west"])
     racks = {1: "east", 2: "east", 3: "west", 4: "west"}

@@ -167,6 +167,7 @@ def test_down_peer_drops_messages_reports_and_resumes_when_back(free_port: Calla
         a.transport.send("g", heartbeat(1, 2, 0))
         await until(lambda: a.downs == [2])
         assert a.transport.peer_state(2) in (PeerState.DOWN, PeerState.CONNECTING)
+        assert a.transport.reported_down(2) and not a.transport.reported_down(3)
         assert a.transport.stats.dropped_messages >= 1 and b.received == []
 
         await b.serve()
@@ -177,6 +178,7 @@ def test_down_peer_drops_messages_reports_and_resumes_when_back(free_port: Calla
             await asyncio.sleep(0.01)
         assert a.ups == [2] and a.downs == [2]
         await until(lambda: a.transport.peer_state(2) is PeerState.UP)
+        assert not a.transport.reported_down(2)
 
         await b.stop()
         await until(lambda: a.downs == [2, 2])
