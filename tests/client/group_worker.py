@@ -1,7 +1,9 @@
 """A group consumer in its own process, for tests that SIGKILL consumers.
 
 Prints one JSON line per record it processed ({"p", "o", "v"}) and one per commit ({"commit": {p: o}}),
-committing synchronously after each processed poll. Usage:
+committing synchronously after each processed poll. SIGINT stops it between polls, after the last
+processed poll is committed, as a real application would stop; an interrupt between printing records
+and committing them would make a graceful leave look like a lost commit. Usage:
     python group_worker.py BOOTSTRAP TOPIC GROUP [--instance ID] [--session-ms N] [--slow-ms N]
 """
 
@@ -9,7 +11,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
 import time
 
 from raftka import Consumer, TopicPartition
@@ -31,8 +35,10 @@ def main() -> None:
                         enable_auto_commit=False, fetch_max_wait_ms=200,
                         on_revoked=lambda tps: out.write(json.dumps({"revoked": sorted(p for _, p in tps)}) + "\n"),
                         on_assigned=lambda tps: out.write(json.dumps({"assigned": sorted(p for _, p in tps)}) + "\n"))
+    stopping = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stopping.set())
     try:
-        while True:
+        while not stopping.is_set():
             records = consumer.poll(timeout_ms=200, max_records=50)
             for record in records:
                 out.write(json.dumps({"p": record.partition, "o": record.offset, "v": record.value.decode()}) + "\n")
@@ -48,8 +54,6 @@ def main() -> None:
                 else:
                     out.write(json.dumps({"commit": positions}) + "\n")
                 out.flush()
-    except KeyboardInterrupt:
-        pass
     finally:
         consumer.close()
         out.write(json.dumps({"closed": True}) + "\n")

@@ -116,8 +116,12 @@ def test_members_come_and_go_and_a_killed_one_loses_nothing(start_cluster) -> No
     victim_seen = set(victim.processed())
     victim_commits = victim.last_commits()
     duplicates = [pair for pair, count in seen.items() if count > 1]
+    names = {id(first): "first", id(leaving): "leaving", id(victim): "victim", id(late): "late"}
     for partition, offset in duplicates:
-        assert (partition, offset) in victim_seen, f"{partition}/{offset} was processed twice by live members"
+        by = [names[id(w)] for w in workers if (partition, offset) in set(w.processed())]
+        failed = {names[id(w)]: [line for line in w.lines if "commit_failed" in line] for w in workers}
+        assert (partition, offset) in victim_seen, \
+            f"{partition}/{offset} was processed twice by live members {by}; failed commits: {failed}"
         assert offset >= victim_commits.get(partition, 0), f"{partition}/{offset} was committed, then redelivered"
 
 
