@@ -403,24 +403,23 @@ class RaftTransport:
         """
         loop = asyncio.get_running_loop()
         ping = encode_batch(self.cluster_id, self.broker_id, peer.id, ()).SerializeToString()
-        interval, timeout = self.options.ping_interval_s, self.options.ping_timeout_s
-        heard = loop.time()
+        interval = self.options.ping_interval_s
+        link.heard = loop.time()
 
         async def read_acks() -> NoReturn:
-            nonlocal heard
             while True:
                 ack = raft_pb2.Ack.FromString(await _read_frame(reader, MAX_ACK_BYTES))
                 if ack.refusal:
                     raise StreamEndedError(peer.id, ack.detail, ack.refusal)
-                heard = loop.time()
+                link.heard = loop.time()
 
         acks = asyncio.create_task(read_acks())
         reason = ""
         try:
             while not reason:
-                done, _ = await asyncio.wait({acks}, timeout=max(0.0, heard + interval - loop.time()))
-                if not done and loop.time() - heard >= interval:
-                    done, reason = await self._await_answer(acks, link, ping, lambda: heard)
+                done, _ = await asyncio.wait({acks}, timeout=max(0.0, link.heard + interval - loop.time()))
+                if not done and loop.time() - link.heard >= interval:
+                    done, reason = await self._await_answer(acks, link, ping)
                 if done:
                     exc = acks.exception()
                     if isinstance(exc, StreamEndedError):
@@ -432,8 +431,7 @@ class RaftTransport:
             link.writer.transport.abort()
             peer.wakeup.set()
 
-    async def _await_answer(self, acks: asyncio.Task[NoReturn], link: _Link, ping: bytes,
-                            heard: Callable[[], float]) -> tuple[bool, str]:
+    async def _await_answer(self, acks: asyncio.Task[NoReturn], link: _Link, ping: bytes) -> tuple[bool, str]:
         """Send a ping and wait for its answer: (the reader ended, why the connection is condemned).
 
         The answer is due ``ping_timeout_s`` after the ping reached the kernel. Until then it waits
@@ -449,7 +447,7 @@ class RaftTransport:
         link.write(ping)
         ping_end = link.written
         taken, moved, reached = link.taken(), pinged, None
-        while heard() < pinged:
+        while link.heard < pinged:
             done, _ = await asyncio.wait({acks}, timeout=timeout / 5)
             if done:
                 return True, ""
@@ -558,12 +556,15 @@ class RaftTransport:
 
 
 class _Link:
-    """Our end of one connection: writes whole frames and knows how many bytes the kernel took."""
+    """Our end of one connection: writes whole frames, knows how many bytes the kernel took and
+    when the receiver last answered."""
 
     def __init__(self, writer: asyncio.StreamWriter) -> None:
         self.writer = writer
         self.written = 0
         """Bytes written so far."""
+        self.heard = 0.0
+        """Event-loop time of the receiver's last Ack."""
 
     def write(self, payload: bytes) -> None:
         _write_frame(self.writer, payload)

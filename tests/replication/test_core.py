@@ -35,6 +35,16 @@ def _single_node() -> tuple[RaftNode, MemoryStorage]:
     return RaftNode(RaftConfig(1), storage, random.Random(1)), storage
 
 
+def _three_nodes_led_by_1(checker: SafetyChecker) -> tuple[dict[int, SimNode], RaftNode]:
+    """Nodes 1-3 of one group, node 1 elected and every message delivered."""
+    nodes = {i: SimNode(i, ConfState((1, 2, 3)), RaftConfig(i), seed=0) for i in (1, 2, 3)}
+    leader = nodes[1].core
+    assert leader is not None
+    leader.campaign()
+    _stabilize(nodes, checker)
+    return nodes, leader
+
+
 def _stabilize(nodes: dict[int, SimNode], checker: SafetyChecker, cut_off: int = 0) -> list[Message]:
     """Process every Ready and deliver every message (none to or from `cut_off`) until quiet."""
     sent: list[Message] = []
@@ -78,11 +88,7 @@ def test_leader_appends_leave_before_its_write_but_acknowledgements_wait_for_the
     """Thesis §10.2.1: a leader's appends may overlap its own fsync; a follower's acknowledgement
     (a promise that the entries are on its disk) may not."""
     checker = SafetyChecker()
-    nodes = {i: SimNode(i, ConfState((1, 2, 3)), RaftConfig(i), seed=0) for i in (1, 2, 3)}
-    leader = nodes[1].core
-    assert leader is not None
-    leader.campaign()
-    _stabilize(nodes, checker)
+    nodes, leader = _three_nodes_led_by_1(checker)
     assert leader.role == Role.LEADER
     index = leader.propose(b"x")
     rd = nodes[1].take_ready()
@@ -206,11 +212,7 @@ def test_leader_resends_a_lost_snapshot_after_the_transport_reports_failure() ->
     """A follower behind the compacted log gets a snapshot; when the transport reports the send
     failed, the leader probes again and resends instead of waiting forever."""
     checker = SafetyChecker()
-    nodes = {i: SimNode(i, ConfState((1, 2, 3)), RaftConfig(i), seed=0) for i in (1, 2, 3)}
-    leader = nodes[1].core
-    assert leader is not None
-    leader.campaign()
-    _stabilize(nodes, checker)
+    nodes, leader = _three_nodes_led_by_1(checker)
     for n in range(3):
         leader.propose(b"%d" % n)
     _stabilize(nodes, checker, cut_off=3)
