@@ -92,6 +92,29 @@ def test_staged_entries_are_readable_while_a_flush_runs_on_another_thread(tmp_pa
             flusher.join()
 
 
+def test_recently_flushed_entries_read_the_same_through_truncation_compaction_and_reopen(tmp_path):
+    """The newest flushed entries stay cached; every read must agree with RocksDB's copy."""
+    with LogStore(tmp_path / "db", sync=False) as store:
+        raft_log = store.open_raft_log("t/0", CONFIG)
+        raft_log.append(records_entries(raft_log, 1, 12))
+        store.flush()
+        raft_log.append(records_entries(raft_log, 13, 2))
+        raft_log.append(records_entries(raft_log, 10, 2, term=2))
+        store.flush()
+        expected = raft_log.entries(1, 12)
+        assert [(e.index, e.term) for e in expected[8:]] == [(9, 1), (10, 2), (11, 2)]
+        assert [raft_log.term(i) for i in (9, 10, 11)] == [1, 2, 2]
+        raft_log.create_snapshot(9, b"conf", b"")
+        raft_log.compact(9)
+        store.flush()
+        assert raft_log.entries(10, 12) == expected[9:] and raft_log.term(9) == 1
+        with pytest.raises(EntryIndexError):
+            raft_log.entries(9, 12)
+    with LogStore(tmp_path / "db", sync=False) as store:
+        raft_log = store.open_raft_log("t/0", CONFIG)
+        assert raft_log.entries(10, 12) == expected[9:] and raft_log.term(9) == 1
+
+
 def test_retention_compacts_the_entries_whose_records_it_deletes_but_never_past_max_index(tmp_path):
     config = LogConfig(segment_bytes=1024, retention_bytes=1024, retention_ms=-1)
     with LogStore(tmp_path / "db", sync=False) as store:
