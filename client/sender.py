@@ -35,17 +35,28 @@ log = logging.getLogger(__name__)
 
 _CLOSE = object()
 
+REQUEST_GRACE_S = 1.0
+"""How long past a request's own timeout the client waits for the broker's answer to it."""
+
 
 class BrokerStream:
-    """One ProduceStream to one broker, with the batches it has in flight."""
+    """One ProduceStream to one broker, with the batches it has in flight.
+
+    A request unanswered for `REQUEST_GRACE_S` beyond its timeout abandons the whole stream, as a
+    Kafka client disconnects on request.timeout.ms: a frozen broker's connection stays open, and
+    only keepalive (10 s + 5 s) would otherwise end it. The broker answers a request that could not
+    commit in time itself, so a live broker is never abandoned for slowness alone.
+    """
 
     def __init__(self, conn: ClusterConnection, address: str, sender: Sender) -> None:
         self.address = address
         self._sender = sender
         self._requests: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._in_flight: dict[int, ProducerBatch] = {}
+        self._sent_at: dict[int, float] = {}
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
+        self._abandoned: RaftkaError | None = None
         self.alive = True
         self._call = conn.broker(address).ProduceStream(self._outgoing())
         self._reader = threading.Thread(target=self._read, name=f"raftka-producer-read-{address}", daemon=True)
@@ -57,7 +68,22 @@ class BrokerStream:
                 raise BrokerUnavailableError(f"stream to {self.address} is closed")
             request.correlation_id = next(self._ids)
             self._in_flight[request.correlation_id] = batch
+            self._sent_at[request.correlation_id] = time.monotonic()
         self._requests.put(request)
+
+    def abandon_if_overdue(self, now: float, timeout_s: float) -> None:
+        """End the stream (its batches fail retriably) if its oldest request is overdue."""
+        with self._lock:
+            oldest = next(iter(self._sent_at.values()), None)
+            if not self.alive or self._abandoned is not None or oldest is None:
+                return
+            waited = now - oldest
+            if waited < timeout_s + REQUEST_GRACE_S:
+                return
+            self._abandoned = RequestTimedOutError(
+                f"no answer from {self.address} within {waited:.1f} s; abandoning the stream")
+        log.warning("%s", self._abandoned)
+        self._call.cancel()
 
     def close(self) -> None:
         self._requests.put(_CLOSE)
@@ -72,6 +98,7 @@ class BrokerStream:
             for response in self._call:
                 with self._lock:
                     batch = self._in_flight.pop(response.correlation_id, None)
+                    self._sent_at.pop(response.correlation_id, None)
                 if batch is None:
                     log.warning("response for unknown correlation id %d from %s", response.correlation_id,
                                 self.address)
@@ -82,7 +109,8 @@ class BrokerStream:
             error = from_rpc_error(exc)
         with self._lock:
             self.alive = False
-            orphans, self._in_flight = list(self._in_flight.values()), {}
+            error = self._abandoned or error
+            orphans, self._in_flight, self._sent_at = list(self._in_flight.values()), {}, {}
         for batch in orphans:
             self._sender.failed(batch, error)
 
@@ -117,9 +145,12 @@ class Sender(threading.Thread):
         arrives while draining or sending is kept and cuts the next wait short, never lost."""
         while not self._stopping:
             self._wakeup.clear()
-            batches, wait = self._acc.drain(time.monotonic())
+            now = time.monotonic()
+            batches, wait = self._acc.drain(now)
             for batch in batches:
                 self._send(batch)
+            for stream in self._streams.values():
+                stream.abandon_if_overdue(now, self._request_timeout_ms / 1000)
             if not batches:
                 self._wakeup.wait(wait)
 

@@ -157,6 +157,29 @@ def test_send_blocks_then_fails_when_the_buffer_stays_full(broker, admin: Admin)
     producer.close(timeout=30)
 
 
+def test_a_request_a_frozen_broker_never_answers_abandons_the_stream_and_lands_once(broker, admin: Admin,
+                                                                                   caplog) -> None:
+    """A frozen broker keeps its connections open; past request_timeout_ms the producer gives up on
+    the stream and retries, and idempotence keeps the retried batch from landing twice."""
+    admin.create_topic("frozen", partitions=1)
+    with Producer(broker.address, linger_ms=0, request_timeout_ms=500, delivery_timeout_ms=60_000) as producer:
+        producer.send("frozen", b"warm-up").result(timeout=10)
+        broker.pause()
+        try:
+            future = producer.send("frozen", b"while frozen")
+            deadline = time.monotonic() + 30
+            while "abandoning the stream" not in caplog.text and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert "abandoning the stream" in caplog.text and not future.done()
+        finally:
+            broker.resume()
+        assert future.result(timeout=30).offset == 1
+    with Consumer(broker.address, auto_offset_reset="earliest") as consumer:
+        consumer.assign([TopicPartition("frozen", 0)])
+        assert [r.value for r in drain(consumer, 2)] == [b"warm-up", b"while frozen"]
+        assert consumer.poll(timeout_ms=500) == []
+
+
 def test_admin_lists_describes_and_deletes(broker, admin: Admin) -> None:
     admin.create_topic("b-topic", partitions=2, config={"retention.ms": 3_600_000})
     admin.create_topic("a-topic")

@@ -76,7 +76,7 @@ def test_minority_cannot_acknowledge_and_majority_continues(start_cluster, consu
     leader.pause()
     try:
         majority = bootstrap_of(others)
-        with Producer(majority, linger_ms=0, delivery_timeout_ms=30_000) as producer:
+        with Producer(majority, linger_ms=0, delivery_timeout_ms=30_000, request_timeout_ms=2_000) as producer:
             producer.send("quorum", b"majority").result(timeout=30)
     finally:
         leader.resume()
