@@ -329,7 +329,13 @@ class RaftEntryLog:
         return self._seq
 
     def _flush_done(self, mark: int) -> None:
-        flushed = sorted(i for i, c in self._cache.items() if c.seq <= mark)
+        """The cache's insertion order is its staging order (`_stage_pointer` reinserts a restaged
+        index), so the synced entries are its first ones."""
+        flushed = []
+        for index, cached in self._cache.items():
+            if cached.seq > mark:
+                break
+            flushed.append(index)
         budget, kept = RETAINED_BYTES, 0
         for index in reversed(flushed[-RETAINED_ENTRIES:]):
             budget -= len(self._cache[index].data)
@@ -382,6 +388,7 @@ class RaftEntryLog:
         if pointer.type == CONF_CHANGE:
             wb.put(self._keys.conf_entry(index), b"")
         self._seq += 1
+        self._cache.pop(index, None)
         self._cache[index] = _Cached(pointer, data if pointer.type == RECORDS else pointer.inline, self._seq)
         self._cache_from = min(self._cache_from, index)
 
