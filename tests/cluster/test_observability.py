@@ -24,6 +24,10 @@ def test_health_per_service(broker) -> None:
             assert response.status == health_pb2.HealthCheckResponse.SERVING
 
 
+def test_the_broker_runs_on_uvloop(broker) -> None:
+    assert "loop=uvloop" in broker.log()
+
+
 def test_reflection_lists_and_describes_the_api(broker) -> None:
     with grpc.insecure_channel(broker.address) as channel:
         stub = reflection_pb2_grpc.ServerReflectionStub(channel)
