@@ -42,9 +42,10 @@ REQUEST_GRACE_S = 1.0
 class BrokerStream:
     """One ProduceStream to one broker, with the batches it has in flight.
 
-    A request unanswered for `REQUEST_GRACE_S` beyond its timeout abandons the whole stream, as a
-    Kafka client disconnects on request.timeout.ms: a frozen broker's connection stays open, and
-    only keepalive (10 s + 5 s) would otherwise end it. The broker answers a request that could not
+    A request unanswered for `REQUEST_GRACE_S` beyond its timeout abandons the whole stream (the
+    sender checks at least once a second: `accumulator.IDLE_WAIT_S`), as a Kafka client disconnects
+    on request.timeout.ms: a frozen broker's connection stays open, and only keepalive (10 s + 5 s)
+    would otherwise end it. The broker answers a request that could not
     commit in time itself, so a live broker is never abandoned for slowness alone.
     """
 

@@ -3,7 +3,9 @@ the accumulator is the producer's pure bookkeeping)."""
 
 from __future__ import annotations
 
-from raftka.client.accumulator import RecordAccumulator
+import time
+
+from raftka.client.accumulator import IDLE_WAIT_S, RecordAccumulator
 from raftka.client.records import TopicPartition
 
 TP = TopicPartition("t", 0)
@@ -51,7 +53,7 @@ def test_full_batches_pipeline_up_to_max_in_flight() -> None:
 def test_linger_still_delays_the_first_batch_and_flush_sends_everything() -> None:
     acc = _accumulator(linger_s=0.005)
     _send(acc)
-    batches, wait = acc.drain(0.0)
+    batches, wait = acc.drain(time.monotonic())
     assert batches == [] and 0 < wait <= 0.005
     (first,) = _drain(acc)
     _send(acc)
@@ -61,3 +63,18 @@ def test_linger_still_delays_the_first_batch_and_flush_sends_everything() -> Non
     finally:
         acc.end_flush()
     assert [len(first.records), len(second.records)] == [1, 1]
+
+
+def test_a_sender_with_nothing_due_sleeps_until_an_event_wakes_it() -> None:
+    acc = _accumulator(linger_s=0.005)
+    wakes: list[None] = []
+    acc.wake = lambda: wakes.append(None)
+    assert acc.drain(time.monotonic()) == ([], IDLE_WAIT_S), "idle: no polling every linger"
+    _send(acc)
+    assert len(wakes) == 1, "a new batch wakes the sender"
+    assert 0 < acc.drain(time.monotonic())[1] <= 0.005, "it is due after linger"
+    (first,) = _drain(acc)
+    _send(acc)
+    assert acc.drain(1e12) == ([], IDLE_WAIT_S), "behind a batch in flight: nothing to time"
+    acc.finished(first)
+    assert len(wakes) == 3 and len(_drain(acc)) == 1, "the completion wakes the sender"
