@@ -17,8 +17,8 @@ from typing import Callable, Sequence, TypeVar
 
 import grpc
 
-from raftka.errors import (BrokerUnavailableError, NotLeaderError, RaftkaError, UnknownPartitionError,
-                           UnknownTopicError, from_proto, from_rpc_error)
+from raftka.errors import (BrokerUnavailableError, NotLeaderError, RaftkaError, RequestTimedOutError,
+                           UnknownPartitionError, UnknownTopicError, from_proto, from_rpc_error)
 from raftka.proto import api_pb2, api_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -76,6 +76,8 @@ class ClusterConnection:
         self._metadata: api_pb2.MetadataResponse | None = None
         self._brokers: dict[int, str] = {}
         self._topics: dict[str, api_pb2.TopicMetadata] = {}
+        self._suspects: dict[str, float] = {}
+        """Brokers that lately timed out or were unreachable, with when: `any_broker` asks them last."""
 
     def channel(self, address: str) -> grpc.Channel:
         with self._lock:
@@ -96,26 +98,45 @@ class ClusterConnection:
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from None
 
-    def any_broker(self, fn: Callable[[grpc.Channel], T]) -> T:
-        """Run `fn` against the known brokers in turn until one answers (transport errors only)."""
+    def any_broker(self, fn: Callable[[grpc.Channel], T], *, idempotent: bool = False) -> T:
+        """Run `fn` against the known brokers in turn until one answers.
+
+        An unreachable broker is skipped; one that times out is skipped too when `fn` is
+        `idempotent` (a timed-out call may still take effect). Either way it is suspected and asked
+        last from then on, until it answers again: a frozen broker keeps accepting connections, and
+        asking it first every time stalled every metadata refresh for as long as it stayed frozen.
+        """
         with self._lock:
-            addresses = list(dict.fromkeys([*self._brokers.values(), *self.bootstrap]))
+            addresses = sorted(dict.fromkeys([*self._brokers.values(), *self.bootstrap]),
+                               key=lambda address: self._suspects.get(address, 0.0))
         last: RaftkaError | None = None
         for address in addresses:
             try:
-                return fn(self.channel(address))
+                result = fn(self.channel(address))
             except grpc.RpcError as exc:
                 error = from_rpc_error(exc)
-                if not isinstance(error, BrokerUnavailableError):
+                if isinstance(error, (BrokerUnavailableError, RequestTimedOutError)):
+                    self.suspect(address)
+                if not (isinstance(error, BrokerUnavailableError)
+                        or idempotent and isinstance(error, RequestTimedOutError)):
                     raise error from None
                 last = error
+                continue
+            with self._lock:
+                self._suspects.pop(address, None)
+            return result
         raise BrokerUnavailableError(f"no broker answered (tried {', '.join(addresses)}): {last}")
+
+    def suspect(self, address: str) -> None:
+        """`address` timed out or could not be reached: ask other brokers first for a while."""
+        with self._lock:
+            self._suspects[address] = time.monotonic()
 
     def refresh(self, topics: Sequence[str] = ()) -> api_pb2.MetadataResponse:
         """Fetch metadata (for `topics`, or all when empty) and update the cache."""
         request = api_pb2.MetadataRequest(topics=list(topics))
         response = self.any_broker(
-            lambda ch: api_pb2_grpc.BrokerStub(ch).Metadata(request, timeout=self.request_timeout_s))
+            lambda ch: api_pb2_grpc.BrokerStub(ch).Metadata(request, timeout=self.request_timeout_s), idempotent=True)
         with self._lock:
             self._metadata = response
             self._brokers = {b.id: b.address for b in response.brokers}
@@ -201,11 +222,12 @@ class ClusterConnection:
         return self.retrying(attempt, deadline_s=time.monotonic() + self.request_timeout_s)
 
     def init_producer_id(self) -> int:
-        """A new producer id from the cluster (any broker forwards to the metadata leader)."""
+        """A new producer id from the cluster (any broker forwards to the metadata leader). A call
+        that timed out is retried on another broker: at worst an id is allocated and never used."""
         request = api_pb2.InitProducerIdRequest()
         response = self.retrying(
             lambda: self.any_broker(lambda ch: api_pb2_grpc.AdminStub(ch).InitProducerId(
-                request, timeout=self.request_timeout_s)),
+                request, timeout=self.request_timeout_s), idempotent=True),
             deadline_s=time.monotonic() + self.request_timeout_s)
         return response.producer_id
 

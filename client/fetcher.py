@@ -129,6 +129,7 @@ class _FetchStream:
     def __init__(self, stub: api_pb2_grpc.BrokerStub) -> None:
         self._requests: queue.SimpleQueue[api_pb2.FetchRequest | None] = queue.SimpleQueue()
         self._ids = itertools.count(1)
+        self._abandoned: BrokerUnavailableError | None = None
         self._call = stub.FetchStream(iter(self._requests.get, None))
 
     def fetch(self, request: api_pb2.FetchRequest) -> int:
@@ -142,10 +143,20 @@ class _FetchStream:
 
     def response(self, correlation_id: int) -> api_pb2.FetchStreamResponse:
         """The answer to fetch `correlation_id`; raises grpc.RpcError or BrokerUnavailableError."""
-        for response in self._call:
-            if response.correlation_id == correlation_id:
-                return response
+        try:
+            for response in self._call:
+                if response.correlation_id == correlation_id:
+                    return response
+        except grpc.RpcError:
+            if self._abandoned is not None:
+                raise self._abandoned from None
+            raise
         raise BrokerUnavailableError("the broker ended the fetch stream")
+
+    def abandon(self, error: BrokerUnavailableError) -> None:
+        """End the stream because the broker stopped answering; the waiting fetch raises `error`."""
+        self._abandoned = error
+        self.close()
 
     def close(self) -> None:
         self._requests.put(None)
@@ -157,7 +168,7 @@ class _Worker:
     """The fetch thread of one broker and its fetch stream. `may_wait`: every partition of the
     outstanding fetch had reached its high watermark, so the broker may hold it for max_wait;
     `answered`: its response arrived, so it is not waiting any more; `interrupted`: a wake was sent
-    for it (one is enough)."""
+    for it (one is enough); `sent_at`: when it was sent (monotonic), None while none is out."""
 
     address: str
     stub: api_pb2_grpc.BrokerStub
@@ -166,12 +177,16 @@ class _Worker:
     may_wait: bool = False
     answered: bool = False
     interrupted: bool = False
+    sent_at: float | None = None
 
     def interrupt(self) -> None:
         if self.stream is not None and not self.interrupted:
             self.interrupted = True
             self.stream.wake()
 
+
+FETCH_GRACE_S = 1.0
+"""How long past max_wait plus request_timeout a fetch's answer may take before its stream is given up."""
 
 Sent = dict[TopicPartition, tuple[_Partition, int, int]]
 """A fetch in flight: each partition's state, the epoch it was sent with and the offset asked for."""
@@ -362,8 +377,9 @@ class Fetcher:
         return records
 
     def _maintenance_due(self) -> float:
-        """When poll() must next resolve positions or route partitions (monotonic; inf: never)."""
-        due = float("inf")
+        """When poll() must next resolve positions, route partitions or give up on a fetch (monotonic;
+        inf: never)."""
+        due = min((self._answer_due(worker) for worker in self._workers.values()), default=float("inf"))
         for state in self._partitions.values():
             if state.position is None:
                 return 0.0
@@ -371,10 +387,29 @@ class Fetcher:
                 due = min(due, state.retry_at)
         return due
 
+    def _answer_due(self, worker: _Worker) -> float:
+        """When the worker's outstanding fetch is overdue: the broker holds it at most max_wait, then
+        gets request_timeout and `FETCH_GRACE_S` to answer (inf: none is out)."""
+        if worker.sent_at is None or worker.stream is None:
+            return float("inf")
+        return worker.sent_at + self._config.max_wait_ms / 1000 + self._conn.request_timeout_s + FETCH_GRACE_S
+
     def _maintain(self) -> None:
-        """Route the unrouted partitions whose backoff has passed, then resolve missing positions."""
+        """Abandon overdue fetches, route the unrouted partitions whose backoff has passed, then
+        resolve missing positions.
+
+        A frozen broker keeps its connections open and gRPC's keepalive did not end a fetch it held
+        within 30 s: its partitions' leaders moved on, but the fetch thread would have waited."""
         with self._cond:
             now = time.monotonic()
+            for worker in self._workers.values():
+                if worker.stream is not None and self._answer_due(worker) <= now:
+                    error = BrokerUnavailableError(f"no answer from {worker.address} to a fetch within "
+                                                   f"{now - (worker.sent_at or now):.1f} s; abandoning the stream")
+                    log.warning("%s", error)
+                    self._conn.suspect(worker.address)
+                    worker.stream.abandon(error)
+                    worker.sent_at = None
             due = [s for s in self._partitions.values() if s.leader is None and not s.routing and s.retry_at <= now]
             for state in due:
                 state.routing = True
@@ -452,6 +487,7 @@ class Fetcher:
                                                            max_bytes=config.partition_max_bytes)
                                     for tp, (_, _, offset) in sent.items()],
                         max_wait_ms=config.max_wait_ms, min_bytes=config.min_bytes, max_bytes=config.max_bytes))
+                    worker.sent_at = time.monotonic()
                 lost = self._receive(worker, stream, correlation_id, sent)
                 if lost:
                     self._reroute(lost)
@@ -516,6 +552,7 @@ class Fetcher:
                         self._fail(state, InternalError(f"consumer could not handle a fetch response: {exc}"))
         finally:
             with self._cond:
+                worker.sent_at = None
                 for state, _, _ in sent.values():
                     state.in_flight = False
                 self._cond.notify_all()

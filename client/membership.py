@@ -85,7 +85,7 @@ class GroupCoordinatorClient:
     def _find(self) -> str:
         request = api_pb2.FindCoordinatorRequest(group_id=self.group_id)
         response = self.conn.any_broker(lambda ch: api_pb2_grpc.GroupsStub(ch).FindCoordinator(
-            request, timeout=self.conn.request_timeout_s))
+            request, timeout=self.conn.request_timeout_s), idempotent=True)
         self._address = response.coordinator_address
         log.debug("group=%s coordinator=%d at %s", self.group_id, response.coordinator_id, self._address)
         return self._address

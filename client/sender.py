@@ -44,13 +44,14 @@ class BrokerStream:
 
     A request unanswered for `REQUEST_GRACE_S` beyond its timeout abandons the whole stream (the
     sender checks at least once a second: `accumulator.IDLE_WAIT_S`), as a Kafka client disconnects
-    on request.timeout.ms: a frozen broker's connection stays open, and only keepalive (10 s + 5 s)
-    would otherwise end it. The broker answers a request that could not
+    on request.timeout.ms: a frozen broker's connection stays open, and gRPC's keepalive did not
+    end such a stream within 30 s. The broker answers a request that could not
     commit in time itself, so a live broker is never abandoned for slowness alone.
     """
 
     def __init__(self, conn: ClusterConnection, address: str, sender: Sender) -> None:
         self.address = address
+        self._conn = conn
         self._sender = sender
         self._requests: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._in_flight: dict[int, ProducerBatch] = {}
@@ -84,6 +85,7 @@ class BrokerStream:
             self._abandoned = RequestTimedOutError(
                 f"no answer from {self.address} within {waited:.1f} s; abandoning the stream")
         log.warning("%s", self._abandoned)
+        self._conn.suspect(self.address)
         self._call.cancel()
 
     def close(self) -> None:

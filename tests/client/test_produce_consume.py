@@ -180,6 +180,25 @@ def test_a_request_a_frozen_broker_never_answers_abandons_the_stream_and_lands_o
         assert consumer.poll(timeout_ms=500) == []
 
 
+def test_a_fetch_a_frozen_broker_holds_is_given_up_and_consuming_resumes(broker, admin: Admin, caplog) -> None:
+    admin.create_topic("held", partitions=1)
+    with Consumer(broker.address, auto_offset_reset="earliest", fetch_max_wait_ms=100,
+                  request_timeout_ms=500) as consumer:
+        consumer.assign([TopicPartition("held", 0)])
+        assert consumer.poll(timeout_ms=300) == []
+        broker.pause()
+        try:
+            deadline = time.monotonic() + 30
+            while "abandoning the stream" not in caplog.text and time.monotonic() < deadline:
+                assert consumer.poll(timeout_ms=100) == []
+            assert "abandoning the stream" in caplog.text
+        finally:
+            broker.resume()
+        with Producer(broker.address, linger_ms=0) as producer:
+            producer.send("held", b"after").result(timeout=10)
+        assert [r.value for r in drain(consumer, 1)] == [b"after"]
+
+
 def test_admin_lists_describes_and_deletes(broker, admin: Admin) -> None:
     admin.create_topic("b-topic", partitions=2, config={"retention.ms": 3_600_000})
     admin.create_topic("a-topic")

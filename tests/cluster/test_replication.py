@@ -12,6 +12,7 @@ import grpc
 import pytest
 
 from raftka import Admin, Producer
+from raftka.client.connection import ClusterConnection
 from raftka.client.local import LocalBroker
 from raftka.errors import RaftkaError, RequestTimedOutError
 from raftka.proto import api_pb2, api_pb2_grpc
@@ -83,6 +84,25 @@ def test_minority_cannot_acknowledge_and_majority_continues(start_cluster, consu
     values = [r.value for r in consume_all(bootstrap, "quorum", 1)[0]]
     assert values[0] == b"before" and b"majority" in values
     assert values.count(b"majority") == 1
+
+
+def test_a_frozen_broker_listed_first_does_not_stall_metadata(start_cluster) -> None:
+    """A frozen broker answers nothing on a connection opened before it froze; clients ask the
+    next broker and ask the frozen one last from then on."""
+    brokers = start_cluster(3)
+    with Admin(bootstrap_of(brokers)) as admin:
+        admin.create_topic("first", partitions=3)
+    conn = ClusterConnection(bootstrap_of(brokers), request_timeout_s=1.0)
+    try:
+        conn.refresh(["first"])
+        brokers[0].pause()
+        try:
+            for _ in range(3):
+                assert [t.name for t in conn.refresh(["first"]).topics] == ["first"]
+        finally:
+            brokers[0].resume()
+    finally:
+        conn.close()
 
 
 def test_restarted_broker_catches_up_and_metadata_survives_full_restart(start_cluster, consume_all,
