@@ -31,6 +31,7 @@ CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.keepalive_time_ms", 10_000),
     ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.http2.ping_timeout_ms", 5_000),
     ("grpc.enable_retries", 0),
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.min_reconnect_backoff_ms", 100),
@@ -38,7 +39,10 @@ CHANNEL_OPTIONS = [
 ]
 """Retries are ours (typed, metadata-aware); reconnects back off from 100 ms to at most 1 s, as Kafka's
 reconnect.backoff.ms does, instead of gRPC's default 1 s to 120 s, so a restarted or newly elected
-broker is reached within about a second."""
+broker is reached within about a second. A frozen broker (a stopped process, a stalled VM) keeps its
+connections open and answers nothing: a ping unanswered for 5 s ends the connection, and a quiet
+one is pinged after 10 s. The ping timeout matters most: while any ping (HTTP/2 flow control sends
+its own) awaits its answer, gRPC skips the keepalive ping and waits the default minute for that one."""
 
 
 def parse_bootstrap(bootstrap: str | Sequence[str]) -> list[str]:

@@ -398,8 +398,8 @@ class Fetcher:
         """Abandon overdue fetches, route the unrouted partitions whose backoff has passed, then
         resolve missing positions.
 
-        A frozen broker keeps its connections open and gRPC's keepalive did not end a fetch it held
-        within 30 s: its partitions' leaders moved on, but the fetch thread would have waited."""
+        A frozen broker keeps its connections open: its partitions' leaders move on, but the fetch
+        thread waits until the channel's pings end the connection (5-15 s) or this gives up."""
         with self._cond:
             now = time.monotonic()
             for worker in self._workers.values():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import signal
 import time
 
@@ -196,6 +197,27 @@ def test_a_fetch_a_frozen_broker_holds_is_given_up_and_consuming_resumes(broker,
             broker.resume()
         with Producer(broker.address, linger_ms=0) as producer:
             producer.send("held", b"after").result(timeout=10)
+        assert [r.value for r in drain(consumer, 1)] == [b"after"]
+
+
+def test_with_default_timeouts_a_frozen_brokers_connection_ends_within_seconds(broker, admin: Admin,
+                                                                               caplog) -> None:
+    """The channel's pings end it (5-15 s), well before the 30 s request timeout would."""
+    caplog.set_level(logging.INFO, logger="raftka.client.fetcher")
+    admin.create_topic("stalled", partitions=1)
+    with Consumer(broker.address, auto_offset_reset="earliest", fetch_max_wait_ms=100) as consumer:
+        consumer.assign([TopicPartition("stalled", 0)])
+        assert consumer.poll(timeout_ms=300) == []
+        broker.pause()
+        try:
+            deadline = time.monotonic() + 25
+            while "fetch from" not in caplog.text and time.monotonic() < deadline:
+                assert consumer.poll(timeout_ms=100) == []
+            assert "fetch from" in caplog.text and "abandoning" not in caplog.text
+        finally:
+            broker.resume()
+        with Producer(broker.address, linger_ms=0) as producer:
+            producer.send("stalled", b"after").result(timeout=10)
         assert [r.value for r in drain(consumer, 1)] == [b"after"]
 
 
