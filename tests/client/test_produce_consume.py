@@ -181,44 +181,41 @@ def test_a_request_a_frozen_broker_never_answers_abandons_the_stream_and_lands_o
         assert consumer.poll(timeout_ms=500) == []
 
 
-def test_a_fetch_a_frozen_broker_holds_is_given_up_and_consuming_resumes(broker, admin: Admin, caplog) -> None:
-    admin.create_topic("held", partitions=1)
+def consume_through_a_freeze(broker, admin: Admin, caplog, topic: str, logged: str, within_s: float,
+                             **consumer_options: object) -> str:
+    """Freeze the broker under a consumer whose fetch it holds until the log shows `logged` (or
+    `within_s` passes), then resume it and check that consuming goes on; returns the log text."""
+    admin.create_topic(topic, partitions=1)
     with Consumer(broker.address, auto_offset_reset="earliest", fetch_max_wait_ms=100,
-                  request_timeout_ms=500) as consumer:
-        consumer.assign([TopicPartition("held", 0)])
+                  **consumer_options) as consumer:
+        consumer.assign([TopicPartition(topic, 0)])
         assert consumer.poll(timeout_ms=300) == []
         broker.pause()
         try:
-            deadline = time.monotonic() + 30
-            while "abandoning the stream" not in caplog.text and time.monotonic() < deadline:
+            deadline = time.monotonic() + within_s
+            while logged not in caplog.text and time.monotonic() < deadline:
                 assert consumer.poll(timeout_ms=100) == []
-            assert "abandoning the stream" in caplog.text
+            text = caplog.text
         finally:
             broker.resume()
         with Producer(broker.address, linger_ms=0) as producer:
-            producer.send("held", b"after").result(timeout=10)
+            producer.send(topic, b"after").result(timeout=10)
         assert [r.value for r in drain(consumer, 1)] == [b"after"]
+    return text
+
+
+def test_a_fetch_a_frozen_broker_holds_is_given_up_and_consuming_resumes(broker, admin: Admin, caplog) -> None:
+    text = consume_through_a_freeze(broker, admin, caplog, "held", "abandoning the stream", 30,
+                                    request_timeout_ms=500)
+    assert "abandoning the stream" in text
 
 
 def test_with_default_timeouts_a_frozen_brokers_connection_ends_within_seconds(broker, admin: Admin,
                                                                                caplog) -> None:
     """The channel's pings end it (5-15 s), well before the 30 s request timeout would."""
     caplog.set_level(logging.INFO, logger="raftka.client.fetcher")
-    admin.create_topic("stalled", partitions=1)
-    with Consumer(broker.address, auto_offset_reset="earliest", fetch_max_wait_ms=100) as consumer:
-        consumer.assign([TopicPartition("stalled", 0)])
-        assert consumer.poll(timeout_ms=300) == []
-        broker.pause()
-        try:
-            deadline = time.monotonic() + 25
-            while "fetch from" not in caplog.text and time.monotonic() < deadline:
-                assert consumer.poll(timeout_ms=100) == []
-            assert "fetch from" in caplog.text and "abandoning" not in caplog.text
-        finally:
-            broker.resume()
-        with Producer(broker.address, linger_ms=0) as producer:
-            producer.send("stalled", b"after").result(timeout=10)
-        assert [r.value for r in drain(consumer, 1)] == [b"after"]
+    text = consume_through_a_freeze(broker, admin, caplog, "stalled", "fetch from", 25)
+    assert "fetch from" in text and "abandoning" not in text
 
 
 def test_admin_lists_describes_and_deletes(broker, admin: Admin) -> None:
