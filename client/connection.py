@@ -8,6 +8,7 @@ partition, NOT_LEADER, a broker that stopped answering). Failed calls surface as
 
 from __future__ import annotations
 
+import gc
 import logging
 import random
 import threading
@@ -236,7 +237,15 @@ class ClusterConnection:
         return response.producer_id
 
     def close(self) -> None:
+        """Close every channel, then collect the calls they leave behind.
+
+        A failed or cancelled streaming call is its own exception, so its traceback keeps it alive in
+        a reference cycle until the garbage collector runs. If that first happens at interpreter exit,
+        its `__del__` waits for a lock that gRPC's daemon threads, stopped mid-event by the exit, may
+        hold forever: the process hangs after its work is done. Collecting here, while those threads
+        still run, lets every such call finish while it can."""
         with self._lock:
             channels, self._channels = list(self._channels.values()), {}
         for channel in channels:
             channel.close()
+        gc.collect()
