@@ -6,7 +6,10 @@ broker's long-poll to expire, and nothing is fetched while the application proce
 each broker leading some of our partitions has a thread (`raftka-fetch-<address>`) long-polling
 exactly those, and poll() hands out records already decoded. A thread keeps one FetchStream open to
 its broker: a fetch is then one stream message each way, which costs the broker about a third of
-the CPU of a Fetch call.
+the CPU of a Fetch call. Each fetch asks the broker to follow it (`follow_bytes`: the room left in
+the prefetch of its partitions), and while the next fetch would ask for exactly what the broker
+continues with (`_Following`), the thread sends nothing and reads the next answer: a consumer that
+keeps up costs one message per answer.
 
 Invariants (every field below is guarded by the one Condition, `_cond`):
 - `position` is the offset of the next record poll() returns, `fetch_offset` where the next fetch
@@ -71,7 +74,8 @@ class FetchConfig:
 
 
 def decode_records(tp: TopicPartition, data: bytes, offset: int) -> tuple[list[Record], int]:
-    """The records of fetched `data` from `offset` on, and the offset after its last batch. Client
+    """The records of fetched `data` from `offset` on, and the offset after its last batch; data that
+    does not continue from `offset` raises CorruptBatchError, so no record is ever skipped. Client
     Records are built straight from the decoder's columns by C-level zips: the per-record cost is
     what bounds a Python consumer's throughput."""
     topic, partition = repeat(tp.topic), repeat(tp.partition)
@@ -82,6 +86,8 @@ def decode_records(tp: TopicPartition, data: bytes, offset: int) -> tuple[list[R
         for start, end in spans:
             batch = decode_columns(view[start:end], verify_crc=False)
             header = batch.header
+            if header.base_offset > offset:
+                raise CorruptBatchError(f"fetch from {tp} skipped offsets {offset} to {header.base_offset - 1}")
             skip = max(0, offset - header.base_offset)
             if skip < header.record_count:
                 rows = zip(topic, partition, batch.offsets, batch.keys, batch.values, batch.headers,
@@ -142,7 +148,8 @@ class _FetchStream:
         self._requests.put(api_pb2.FetchRequest())
 
     def response(self, correlation_id: int) -> api_pb2.FetchStreamResponse:
-        """The answer to fetch `correlation_id`; raises grpc.RpcError or BrokerUnavailableError."""
+        """The next answer to fetch `correlation_id` (answers to fetches given up on are skipped);
+        raises grpc.RpcError or BrokerUnavailableError."""
         try:
             for response in self._call:
                 if response.correlation_id == correlation_id:
@@ -163,12 +170,23 @@ class _FetchStream:
         self._call.cancel()
 
 
+@dataclass(frozen=True)
+class _Following:
+    """A fetch the broker goes on answering (FetchStreamResponse.follows): its correlation id and,
+    for each partition, the epoch and the offset its next answer starts from."""
+
+    correlation_id: int
+    starts: dict[TopicPartition, tuple[int, int]]
+
+
 @dataclass(eq=False)
 class _Worker:
     """The fetch thread of one broker and its fetch stream. `may_wait`: every partition of the
     outstanding fetch had reached its high watermark, so the broker may hold it for max_wait;
     `answered`: its response arrived, so it is not waiting any more; `interrupted`: a wake was sent
-    for it (one is enough); `sent_at`: when it was sent (monotonic), None while none is out."""
+    for it (one is enough); `sent_at`: when it was sent, or when the broker went on following it
+    (monotonic), None while none is out; `following`: the fetch the broker goes on answering, which
+    the next fetch awaits instead of sending one when it would ask for exactly the same."""
 
     address: str
     stub: api_pb2_grpc.BrokerStub
@@ -178,10 +196,13 @@ class _Worker:
     answered: bool = False
     interrupted: bool = False
     sent_at: float | None = None
+    following: _Following | None = None
 
     def interrupt(self) -> None:
+        """Cut the broker's wait short; the wake is a newer request, so the broker stops following."""
         if self.stream is not None and not self.interrupted:
             self.interrupted = True
+            self.following = None
             self.stream.wake()
 
 
@@ -479,14 +500,21 @@ class Fetcher:
                     sent = self._next_fetch(worker)
                     if sent is None:
                         return
-                    if worker.stream is None:
-                        worker.stream = _FetchStream(worker.stub)
+                    starts = {tp: (epoch, offset) for tp, (_, epoch, offset) in sent.items()}
+                    following, worker.following = worker.following, None
                     stream = worker.stream
-                    correlation_id = stream.fetch(api_pb2.FetchRequest(
-                        partitions=[api_pb2.FetchPartition(topic=tp.topic, partition=tp.partition, offset=offset,
-                                                           max_bytes=config.partition_max_bytes)
-                                    for tp, (_, _, offset) in sent.items()],
-                        max_wait_ms=config.max_wait_ms, min_bytes=config.min_bytes, max_bytes=config.max_bytes))
+                    if stream is not None and following is not None and following.starts == starts:
+                        correlation_id = following.correlation_id
+                    else:
+                        if stream is None:
+                            stream = worker.stream = _FetchStream(worker.stub)
+                        room = sum(config.prefetch_bytes - state.buffered for state, _, _ in sent.values())
+                        correlation_id = stream.fetch(api_pb2.FetchRequest(
+                            partitions=[api_pb2.FetchPartition(topic=tp.topic, partition=tp.partition, offset=offset,
+                                                               max_bytes=config.partition_max_bytes)
+                                        for tp, (_, _, offset) in sent.items()],
+                            max_wait_ms=config.max_wait_ms, min_bytes=config.min_bytes, max_bytes=config.max_bytes,
+                            follow_bytes=max(room, 1)))
                     worker.sent_at = time.monotonic()
                 lost = self._receive(worker, stream, correlation_id, sent)
                 if lost:
@@ -526,8 +554,15 @@ class Fetcher:
         A failed stream is dropped, and the worker's next fetch opens a new one."""
         lost: dict[_Partition, RaftkaError] = {}
         try:
-            for response in stream.response(correlation_id).partitions:
-                self._apply(worker, response, sent, lost)
+            answer = stream.response(correlation_id)
+            ends: dict[TopicPartition, int] = {}
+            for response in answer.partitions:
+                self._apply(worker, response, sent, lost, ends)
+            if answer.follows:
+                with self._cond:
+                    if not worker.interrupted and worker.stream is stream:
+                        worker.following = _Following(correlation_id, {
+                            tp: (epoch, ends.get(tp, offset)) for tp, (_, epoch, offset) in sent.items()})
         except (grpc.RpcError, BrokerUnavailableError) as exc:
             with self._cond:
                 if worker.stream is stream:
@@ -559,7 +594,9 @@ class Fetcher:
         return lost
 
     def _apply(self, worker: _Worker, response: api_pb2.FetchResponse, sent: Sent,
-               lost: dict[_Partition, RaftkaError]) -> None:
+               lost: dict[_Partition, RaftkaError], ends: dict[TopicPartition, int]) -> None:
+        """Buffer one partition's part of an answer; `ends` learns where its data ended, where the
+        broker continues a followed fetch."""
         tp = TopicPartition(response.topic, response.partition)
         state, epoch, offset = sent[tp]
         error = from_proto(response.error)
@@ -570,6 +607,7 @@ class Fetcher:
             size = len(data)
             try:
                 records, end = decode_records(tp, data, offset)
+                ends[tp] = end
             except CorruptBatchError as exc:
                 error = exc
         with self._cond:

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from typing import AsyncIterator, Awaitable, Callable, TypeVar
+from typing import AsyncIterator, Awaitable, Callable, Sequence, TypeVar
 
 import grpc
 
@@ -23,6 +23,7 @@ from raftka.cluster.metrics import BrokerMetrics
 from raftka.cluster.partitions import PartitionManager
 from raftka.cluster.topics import MAX_BATCH_BYTES_LIMIT
 from raftka.errors import InternalError, InvalidRequestError, InvalidTopicError, RaftkaError
+from raftka.partition.batch import next_offset_after
 from raftka.proto import api_pb2, api_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -101,6 +102,30 @@ def as_error(exc: BaseException) -> api_pb2.Error:
         return exc.to_proto()
     log.error("stream item failed unexpectedly", exc_info=exc)
     return InternalError(f"internal error: {type(exc).__name__}: {exc}").to_proto()
+
+
+def _continuation(request: api_pb2.FetchRequest, responses: Sequence[api_pb2.FetchResponse]
+                  ) -> api_pb2.FetchRequest | None:
+    """The request that goes on from where `responses` left each partition of a followed `request`
+    (FetchRequest.follow_bytes), or None when following ends: not asked for, the byte allowance
+    used up, or an error the client must act on first."""
+    if not request.follow_bytes or not request.partitions:
+        return None
+    sent, starts = 0, {}
+    for response in responses:
+        if response.error.code != api_pb2.NONE:
+            return None
+        if response.batches:
+            sent += len(response.batches)
+            starts[response.topic, response.partition] = next_offset_after(response.batches)
+    if sent >= request.follow_bytes:
+        return None
+    follow = api_pb2.FetchRequest()
+    follow.CopyFrom(request)
+    follow.follow_bytes = request.follow_bytes - sent
+    for item in follow.partitions:
+        item.offset = starts.get((item.topic, item.partition), item.offset)
+    return follow
 
 
 class BrokerService(api_pb2_grpc.BrokerServicer):
@@ -204,6 +229,11 @@ class BrokerService(api_pb2_grpc.BrokerServicer):
         end of the client's requests does not cut a wait short: it only ends the stream after the
         last answer. At most MAX_FETCH_STREAM_QUEUED requests wait unanswered; beyond that the
         reader stops reading (a client that does not read its answers cannot grow the queue).
+
+        A request with `follow_bytes` is answered again and again, each time from where the previous
+        answer left its partitions (`_continuation`), until a newer request arrives: a consumer that
+        keeps up then costs one message per answer instead of two. Its `follow_bytes` bounds what
+        it has not asked for, so a consumer that stops reading is sent at most one answer more.
         """
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[api_pb2.FetchRequest | RaftkaError | None] = asyncio.Queue()
@@ -226,22 +256,33 @@ class BrokerService(api_pb2_grpc.BrokerServicer):
             queue.put_nowait(None)
 
         reader = asyncio.create_task(read())
+        follow: api_pb2.FetchRequest | None = None
         try:
-            while (request := await queue.get()) is not None:
-                if isinstance(request, RaftkaError):
-                    await context.abort(request.status, request.message,
-                                        trailing_metadata=request.trailing_metadata())
+            while True:
+                if follow is not None and queue.empty():
+                    request, asked = follow, False
+                else:
+                    item = await queue.get()
+                    if item is None:
+                        break
+                    if isinstance(item, RaftkaError):
+                        await context.abort(item.status, item.message, trailing_metadata=item.trailing_metadata())
+                    request, asked = item, True
                 started = time.perf_counter()
                 newer = loop.create_future()
                 if not queue.empty():
                     newer.set_result(None)
                 responses: list[api_pb2.FetchResponse] = []
                 if request.partitions:
-                    await self._check_fetch(request, context)
+                    if asked:
+                        await self._check_fetch(request, context)
                     total_max = min(request.max_bytes or DEFAULT_FETCH_MAX_BYTES, STREAM_FETCH_MAX_BYTES)
                     responses = await self._long_poll(request, total_max, newer, started)
-                yield api_pb2.FetchStreamResponse(correlation_id=request.correlation_id, partitions=responses)
-                slots.release()
+                follow = _continuation(request, responses) if queue.empty() else None
+                yield api_pb2.FetchStreamResponse(correlation_id=request.correlation_id, partitions=responses,
+                                                  follows=follow is not None)
+                if asked:
+                    slots.release()
         finally:
             reader.cancel()
 

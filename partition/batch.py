@@ -76,6 +76,9 @@ _HEADER = Struct(">QIQBIHIqqqhi")
 _PREFIX = Struct(">QIQBI")
 _REST = Struct(">HIqqqhi")
 _U64 = Struct(">Q")
+_U32 = Struct(">I")
+_BASE_AND_LENGTH = Struct(">QI")
+RECORD_COUNT_AT = 27
 _new_tuple = tuple.__new__
 _HEADER_ENTRY = Struct(">Hi")
 assert _HEADER.size == HEADER_SIZE and _PREFIX.size == CRC_START
@@ -216,6 +219,20 @@ def split_batches(buf: bytes | bytearray | memoryview, *, verify_crc: bool = Tru
         spans.append((position, end))
         position = end
     return spans
+
+
+def next_offset_after(buf: bytes | bytearray | memoryview) -> int | None:
+    """The offset after the last of the whole batches concatenated in `buf` (None when it is empty),
+    found by stepping over their lengths: the broker continues a fetch from there. Nothing is checked
+    again; the bytes are ones the log stored after `read_header` checked them."""
+    position, size, last = 0, len(buf), -1
+    while position < size:
+        last = position
+        position += _BASE_AND_LENGTH.unpack_from(buf, position)[1]
+    if last < 0:
+        return None
+    base, _ = _BASE_AND_LENGTH.unpack_from(buf, last)
+    return base + _U32.unpack_from(buf, last + RECORD_COUNT_AT)[0]
 
 
 def stamp_base_offset(buf: bytes | bytearray | memoryview, base_offset: int) -> bytes:

@@ -27,13 +27,12 @@ from typing import Callable, ContextManager, NamedTuple, Protocol
 from rocksdict import ReadOptions, Rdict, WriteBatch
 
 from raftka.partition import keys
-from raftka.partition.batch import BatchHeader, read_header, stamp_base_offset
+from raftka.partition.batch import RECORD_COUNT_AT, BatchHeader, read_header, stamp_base_offset
 from raftka.partition.errors import (InvalidBatchError, InvalidOffsetError, LogClosedError, LogError,
                                      OffsetOutOfRangeError)
 
 DAY_MS = 24 * 3600 * 1000
 _NO_TIMESTAMP = -(1 << 63)
-_COUNT_AT = 27
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,7 +215,7 @@ class PartitionLog:
             parts.append(value)
             total += len(value)
         last = parts[-1]
-        if keys.offset_of(last[:8]) + int.from_bytes(last[_COUNT_AT:_COUNT_AT + 4], "big") > bound:
+        if keys.offset_of(last[:8]) + int.from_bytes(last[RECORD_COUNT_AT:RECORD_COUNT_AT + 4], "big") > bound:
             parts.pop()
         return b"".join(parts)
 

@@ -145,26 +145,30 @@ class FetchPartition(_message.Message):
     def __init__(self, topic: _Optional[str] = ..., partition: _Optional[int] = ..., offset: _Optional[int] = ..., max_bytes: _Optional[int] = ...) -> None: ...
 
 class FetchRequest(_message.Message):
-    __slots__ = ("partitions", "max_wait_ms", "min_bytes", "max_bytes", "correlation_id")
+    __slots__ = ("partitions", "max_wait_ms", "min_bytes", "max_bytes", "correlation_id", "follow_bytes")
     PARTITIONS_FIELD_NUMBER: _ClassVar[int]
     MAX_WAIT_MS_FIELD_NUMBER: _ClassVar[int]
     MIN_BYTES_FIELD_NUMBER: _ClassVar[int]
     MAX_BYTES_FIELD_NUMBER: _ClassVar[int]
     CORRELATION_ID_FIELD_NUMBER: _ClassVar[int]
+    FOLLOW_BYTES_FIELD_NUMBER: _ClassVar[int]
     partitions: _containers.RepeatedCompositeFieldContainer[FetchPartition]
     max_wait_ms: int
     min_bytes: int
     max_bytes: int
     correlation_id: int
-    def __init__(self, partitions: _Optional[_Iterable[_Union[FetchPartition, _Mapping]]] = ..., max_wait_ms: _Optional[int] = ..., min_bytes: _Optional[int] = ..., max_bytes: _Optional[int] = ..., correlation_id: _Optional[int] = ...) -> None: ...
+    follow_bytes: int
+    def __init__(self, partitions: _Optional[_Iterable[_Union[FetchPartition, _Mapping]]] = ..., max_wait_ms: _Optional[int] = ..., min_bytes: _Optional[int] = ..., max_bytes: _Optional[int] = ..., correlation_id: _Optional[int] = ..., follow_bytes: _Optional[int] = ...) -> None: ...
 
 class FetchStreamResponse(_message.Message):
-    __slots__ = ("correlation_id", "partitions")
+    __slots__ = ("correlation_id", "partitions", "follows")
     CORRELATION_ID_FIELD_NUMBER: _ClassVar[int]
     PARTITIONS_FIELD_NUMBER: _ClassVar[int]
+    FOLLOWS_FIELD_NUMBER: _ClassVar[int]
     correlation_id: int
     partitions: _containers.RepeatedCompositeFieldContainer[FetchResponse]
-    def __init__(self, correlation_id: _Optional[int] = ..., partitions: _Optional[_Iterable[_Union[FetchResponse, _Mapping]]] = ...) -> None: ...
+    follows: bool
+    def __init__(self, correlation_id: _Optional[int] = ..., partitions: _Optional[_Iterable[_Union[FetchResponse, _Mapping]]] = ..., follows: _Optional[bool] = ...) -> None: ...
 
 class FetchResponse(_message.Message):
     __slots__ = ("topic", "partition", "high_watermark", "log_start_offset", "batches", "error")

@@ -10,10 +10,15 @@ import time
 import urllib.request
 
 import grpc
+import pytest
 
 from raftka import Admin, Consumer, Producer, Record, TopicPartition
 from raftka.aio import AIOConsumer
+from raftka.client import fetcher
 from raftka.client.local import LocalBroker
+from raftka.errors import CorruptBatchError
+from raftka.partition.batch import encode_batch, stamp_base_offset
+from raftka.proto import api_pb2
 
 
 def bootstrap_of(brokers: list[LocalBroker]) -> str:
@@ -28,6 +33,11 @@ def completed_fetches(broker: LocalBroker) -> float:
     body = urllib.request.urlopen(f"http://127.0.0.1:{broker.metrics_port}/metrics", timeout=5).read().decode()
     return sum(float(line.split(" ")[1]) for line in body.splitlines()
                if line.startswith("raftka_fetch_requests_total{"))
+
+
+def fetched_bytes(broker: LocalBroker) -> float:
+    body = urllib.request.urlopen(f"http://127.0.0.1:{broker.metrics_port}/metrics", timeout=5).read().decode()
+    return sum(float(line.split(" ")[1]) for line in body.splitlines() if line.startswith("raftka_fetch_bytes_total"))
 
 
 def produce(bootstrap: str, topic: str, partition: int, values: list[bytes]) -> None:
@@ -154,6 +164,58 @@ def test_consuming_continues_exactly_once_through_a_leader_kill(start_cluster, l
         mine = [r for r in records if r.partition == partition]
         assert [r.offset for r in mine] == list(range(2 * per_batch))
         assert [r.value for r in mine] == [f"{partition}-{i}".encode() for i in range(2 * per_batch)]
+
+
+def test_a_consumer_that_keeps_up_is_followed_without_asking_again(broker, monkeypatch) -> None:
+    """The broker goes on answering a followed fetch, so a consumer reading each record as it comes
+    sends one fetch, not one per record; every record still arrives once, in order."""
+    with Admin(broker.address) as admin:
+        admin.create_topic("followed")
+    sent: list[api_pb2.FetchRequest] = []
+    send = fetcher._FetchStream.fetch
+
+    def counted(stream: fetcher._FetchStream, request: api_pb2.FetchRequest) -> int:
+        sent.append(request)
+        return send(stream, request)
+
+    monkeypatch.setattr(fetcher._FetchStream, "fetch", counted)
+    consumer = Consumer(broker.address, auto_offset_reset="earliest")
+    consumer.assign([TopicPartition("followed", 0)])
+    records: list[Record] = []
+    with Producer(broker.address, linger_ms=0) as producer:
+        for i in range(20):
+            producer.send("followed", f"{i}".encode(), partition=0).result(timeout=30)
+            records += poll_until(consumer, 1)
+    consumer.close()
+    assert [r.value for r in records] == [f"{i}".encode() for i in range(20)]
+    assert [r.offset for r in records] == list(range(20))
+    assert len(sent) <= 2, f"{len(sent)} fetches sent for 20 records read as they came"
+    assert sent[0].follow_bytes > 0
+
+
+def test_a_consumer_that_stops_polling_is_sent_at_most_one_answer_beyond_its_prefetch(broker) -> None:
+    """What a followed consumer has not asked for is bounded by the room its prefetch had left."""
+    with Admin(broker.address) as admin:
+        admin.create_topic("slow-reader")
+    consumer = Consumer(broker.address, auto_offset_reset="earliest", max_partition_fetch_bytes=4096,
+                        prefetch_bytes=8192)
+    consumer.assign([TopicPartition("slow-reader", 0)])
+    assert consumer.poll(timeout_ms=300) == []
+    with Producer(broker.address, linger_ms=0) as producer:
+        for _ in range(100):
+            producer.send("slow-reader", b"x" * 1000, partition=0).result(timeout=30)
+    time.sleep(1)
+    assert 8192 <= fetched_bytes(broker) <= 8192 + 4096, "the broker stopped following once the room was sent"
+    assert len(poll_until(consumer, 100)) == 100
+    consumer.close()
+
+
+def test_an_answer_that_skips_offsets_is_refused() -> None:
+    data = stamp_base_offset(encode_batch([(None, b"v", (), 1_700_000_000_000)]), 10)
+    records, end = fetcher.decode_records(TopicPartition("t", 0), data, 10)
+    assert ([r.offset for r in records], end) == ([10], 11)
+    with pytest.raises(CorruptBatchError, match="skipped offsets 5 to 9"):
+        fetcher.decode_records(TopicPartition("t", 0), data, 5)
 
 
 def test_close_cancels_outstanding_long_polls(broker) -> None:

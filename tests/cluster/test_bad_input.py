@@ -1,7 +1,9 @@
-"""Bad requests get a precise status and error code; the broker keeps serving and loses nothing."""
+"""Bad requests get a precise status and error code; the broker keeps serving and loses nothing. The
+stream calls (ProduceStream, FetchStream) are checked here too, message by message."""
 
 from __future__ import annotations
 
+import queue
 import threading
 
 import grpc
@@ -206,6 +208,51 @@ def test_fetch_stream_keeps_waiting_after_the_client_ends_its_requests(stubs, to
         producer.join()
     assert [r.correlation_id for r in responses] == [1]
     assert [r.value for r in decode_batch(responses[0].partitions[0].batches).records] == [b"later"]
+
+
+def values_of(answer: api_pb2.FetchStreamResponse) -> list[bytes]:
+    return [r.value for p in answer.partitions for start, end in split_batches(p.batches)
+            for r in decode_batch(p.batches[start:end]).records]
+
+
+def followed(topic: str, offset: int, follow_bytes: int, correlation_id: int = 1) -> api_pb2.FetchRequest:
+    return api_pb2.FetchRequest(correlation_id=correlation_id, max_wait_ms=30_000, follow_bytes=follow_bytes,
+                                partitions=[api_pb2.FetchPartition(topic=topic, partition=0, offset=offset)])
+
+
+def test_a_followed_fetch_is_answered_again_from_where_each_answer_ended(stubs, topic: str) -> None:
+    broker_stub, _ = stubs
+    produce = lambda *values: broker_stub.Produce(  # noqa: E731
+        api_pb2.ProduceRequest(topic=topic, partition=0, batches=batch(*values)), timeout=10)
+    produce(b"a")
+    requests: queue.SimpleQueue[api_pb2.FetchRequest | None] = queue.SimpleQueue()
+    requests.put(followed(topic, 0, 1 << 20))
+    call = broker_stub.FetchStream(iter(requests.get, None), timeout=20)
+    try:
+        first = next(call)
+        assert (first.correlation_id, first.follows, values_of(first)) == (1, True, [b"a"])
+        produce(b"b", b"c")
+        second = next(call)
+        assert (second.correlation_id, second.follows, values_of(second)) == (1, True, [b"b", b"c"])
+        assert decode_batch(second.partitions[0].batches).header.base_offset == 1, "no batch sent twice"
+        requests.put(api_pb2.FetchRequest(correlation_id=2, partitions=[
+            api_pb2.FetchPartition(topic=topic, partition=0, offset=0)]))
+        cut_short, newer = next(call), next(call)
+    finally:
+        call.cancel()
+    assert (cut_short.correlation_id, cut_short.follows, values_of(cut_short)) == (1, False, [])
+    assert (newer.correlation_id, newer.follows) == (2, False), "a request without follow_bytes is answered once"
+    assert values_of(newer) == [b"a", b"b", b"c"]
+
+
+def test_following_ends_when_its_bytes_are_used_or_an_answer_carries_an_error(stubs, topic: str) -> None:
+    broker_stub, _ = stubs
+    broker_stub.Produce(api_pb2.ProduceRequest(topic=topic, partition=0, batches=batch(b"a")), timeout=10)
+    used_up, out_of_range = list(broker_stub.FetchStream(iter([
+        followed(topic, 0, 1), followed(topic, 5, 1 << 20, correlation_id=2)]), timeout=10))
+    assert (used_up.correlation_id, used_up.follows, values_of(used_up)) == (1, False, [b"a"])
+    assert out_of_range.partitions[0].error.code == api_pb2.OFFSET_OUT_OF_RANGE
+    assert (out_of_range.correlation_id, out_of_range.follows) == (2, False)
 
 
 @pytest.mark.parametrize("request_bytes, fragment", [

@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from raftka.partition.batch import (CRC_START, HEADER_SIZE, TERM_OFFSET, Compression, RecordInput,
-                                    decode_batch, encode_batch, read_header, split_batches,
-                                    stamp_base_offset)
+                                    decode_batch, encode_batch, next_offset_after, read_header,
+                                    split_batches, stamp_base_offset)
 from raftka.partition.errors import BatchError, CorruptBatchError, InvalidBatchError
 
 T0 = 1_700_000_000_000
@@ -145,6 +145,14 @@ def test_split_batches_walks_concatenation_and_flags_leftovers():
         split_batches(damaged)
     assert info.value.position == spans[1][0]
     assert len(split_batches(damaged, verify_crc=False)) == 3
+
+
+def test_next_offset_after_is_the_offset_after_the_last_batch():
+    batches = [stamp_base_offset(encode_batch([(None, b"v", (), T0)] * count), base)
+               for base, count in ((7, 3), (10, 1), (11, 5))]
+    assert next_offset_after(b"".join(batches)) == 16
+    assert next_offset_after(memoryview(batches[0])) == 10
+    assert next_offset_after(b"") is None
 
 
 def _recrc(buf: bytearray) -> bytes:
