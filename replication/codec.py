@@ -14,13 +14,22 @@ from __future__ import annotations
 from typing import Iterable
 
 from raftka.proto import raft_pb2
-from raftka.replication.entries import ENTRY_OVERHEAD_BYTES, Entry, EntryType
+from raftka.replication.entries import Entry, EntryType
 from raftka.replication.errors import RaftError
 from raftka.replication.messages import Message, MessageType
 from raftka.replication.state import ConfState, Snapshot, SnapshotMetadata
 
-MESSAGE_OVERHEAD_BYTES = 64
-"""Fixed cost counted per message by :func:`message_size` (ids, term, index fields, framing)."""
+MESSAGE_OVERHEAD_BYTES = 100
+"""Fixed cost counted per message by :func:`message_size`: its fields at their largest (91 bytes:
+seven 64-bit varints and their tags, the type, three flags, the context's tag and length) and its
+place in a batch (a tag and a length)."""
+ENTRY_WIRE_BYTES = 36
+"""An entry's fields at their largest without its data (two 64-bit varints, the type, the data's
+tag and length) and its place in the message."""
+SNAPSHOT_WIRE_BYTES = 46
+"""A snapshot's fields at their largest without its data and member ids (two 64-bit varints, two
+packed id lists' tags and lengths, the data's tag and length) and its place in the message; each
+member id adds at most 10."""
 
 _MESSAGE_TYPES = {t.value: t for t in MessageType}
 _ENTRY_TYPES = {t.value: t for t in EntryType}
@@ -31,14 +40,14 @@ class CodecError(RaftError):
 
 
 def message_size(message: Message) -> int:
-    """An upper-bound estimate of the encoded size, cheap enough to call on every send."""
+    """An upper bound of the encoded size, for any field values, cheap enough to call on every send."""
     size = MESSAGE_OVERHEAD_BYTES + len(message.context)
     for entry in message.entries:
-        size += ENTRY_OVERHEAD_BYTES + len(entry.data)
+        size += ENTRY_WIRE_BYTES + len(entry.data)
     snapshot = message.snapshot
     if snapshot is not None:
         conf = snapshot.metadata.conf_state
-        size += 32 + 10 * (len(conf.voters) + len(conf.learners)) + len(snapshot.data)
+        size += SNAPSHOT_WIRE_BYTES + 10 * (len(conf.voters) + len(conf.learners)) + len(snapshot.data)
     return size
 
 

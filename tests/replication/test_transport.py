@@ -12,7 +12,7 @@ import pytest
 
 from raftka.cluster.handlers import add_servicer
 from raftka.proto import raft_pb2
-from raftka.replication.codec import encode_batch, message_to_proto
+from raftka.replication.codec import encode_batch, message_size, message_to_proto
 from raftka.replication.entries import Entry
 from raftka.replication.messages import Message, MessageType
 from raftka.replication.transport import (
@@ -147,19 +147,22 @@ def test_large_messages_are_split_at_the_batch_cap_and_new_ones_dropped_at_the_q
         free_port: Callable[[], int]) -> None:
     entry = 300 << 10
 
+    def append(i: int) -> Message:
+        return Message(MessageType.APPEND, 1, 2, 1, index=i, entries=[Entry(i + 1, 1, data=bytes(entry))])
+
     async def scenario(a: Broker, b: Broker) -> None:
         await b.serve()
         a.transport.send("g", heartbeat(1, 2, 0))
         await until(lambda: len(b.received) == 1)
         for i in range(10):
-            a.transport.send("g", Message(MessageType.APPEND, 1, 2, 1, index=i, entries=[Entry(i + 1, 1, data=bytes(entry))]))
+            a.transport.send("g", append(i))
         await until(lambda: len(b.messages()) == 1 + 7)
         assert [m.index for _, _, m in b.messages()[1:]] == list(range(7))
         assert [len(items) for _, items in b.received[1:]] == [3, 3, 1]
         assert a.transport.stats.dropped_messages == 3
 
     run(scenario, free_port, "c1", "c1",
-        options=TransportOptions(max_batch_bytes=1 << 20, max_queued_bytes=7 * (entry + 100)))
+        options=TransportOptions(max_batch_bytes=1 << 20, max_queued_bytes=7 * (message_size(append(0)) + len("g"))))
 
 
 def test_down_peer_drops_messages_reports_and_resumes_when_back(free_port: Callable[[], int]) -> None:
