@@ -6,10 +6,11 @@ broker's long-poll to expire, and nothing is fetched while the application proce
 each broker leading some of our partitions has a thread (`raftka-fetch-<address>`) long-polling
 exactly those, and poll() hands out records already decoded. A thread keeps one FetchStream open to
 its broker: a fetch is then one stream message each way, which costs the broker about a third of
-the CPU of a Fetch call. Each fetch asks the broker to follow it (`follow_bytes`: the room left in
-the prefetch of its partitions), and while the next fetch would ask for exactly what the broker
-continues with (`_Following`), the thread sends nothing and reads the next answer: a consumer that
-keeps up costs one message per answer.
+the CPU of a Fetch call. Each fetch asks the broker to follow it (`follow_bytes`: the least room
+left in the prefetch of its partitions, so none is sent more than one answer beyond it), and while
+the next fetch would ask for exactly what the broker continues with (`_Following`), the thread
+sends nothing and reads the next answer: a consumer that keeps up costs one message per answer.
+When nothing is to be fetched (paused or full partitions), a wake ends the following.
 
 Invariants (every field below is guarded by the one Condition, `_cond`):
 - `position` is the offset of the next record poll() returns, `fetch_offset` where the next fetch
@@ -130,7 +131,8 @@ class _Partition:
 
 class _FetchStream:
     """One FetchStream call to a broker: fetches go out through a queue that gRPC's thread drains,
-    and each is answered by one response with its correlation id, in order."""
+    and each is answered, in order, by responses with its correlation id: one, or one after another
+    while the broker follows it."""
 
     def __init__(self, stub: api_pb2_grpc.BrokerStub) -> None:
         self._requests: queue.SimpleQueue[api_pb2.FetchRequest | None] = queue.SimpleQueue()
@@ -202,6 +204,13 @@ class _Worker:
         """Cut the broker's wait short; the wake is a newer request, so the broker stops following."""
         if self.stream is not None and not self.interrupted:
             self.interrupted = True
+            self.following = None
+            self.stream.wake()
+
+    def stop_following(self) -> None:
+        """Make the broker stop answering the followed fetch: nothing of it is wanted for now (paused
+        or full partitions), and its answers would wait unread in the stream."""
+        if self.following is not None and self.stream is not None:
             self.following = None
             self.stream.wake()
 
@@ -508,13 +517,13 @@ class Fetcher:
                     else:
                         if stream is None:
                             stream = worker.stream = _FetchStream(worker.stub)
-                        room = sum(config.prefetch_bytes - state.buffered for state, _, _ in sent.values())
+                        room = min(config.prefetch_bytes - state.buffered for state, _, _ in sent.values())
                         correlation_id = stream.fetch(api_pb2.FetchRequest(
                             partitions=[api_pb2.FetchPartition(topic=tp.topic, partition=tp.partition, offset=offset,
                                                                max_bytes=config.partition_max_bytes)
                                         for tp, (_, _, offset) in sent.items()],
                             max_wait_ms=config.max_wait_ms, min_bytes=config.min_bytes, max_bytes=config.max_bytes,
-                            follow_bytes=max(room, 1)))
+                            follow_bytes=room))
                     worker.sent_at = time.monotonic()
                 lost = self._receive(worker, stream, correlation_id, sent)
                 if lost:
@@ -544,6 +553,7 @@ class Fetcher:
                 worker.may_wait = all(state.at_end for state, _, _ in sent.values())
                 worker.answered = worker.interrupted = False
                 return sent
+            worker.stop_following()
             backoffs = [s.retry_at for s in owned if s.retry_at > now]
             self._cond.wait(min(backoffs) - now if backoffs else None)
         return None

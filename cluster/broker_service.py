@@ -231,9 +231,11 @@ class BrokerService(api_pb2_grpc.BrokerServicer):
         reader stops reading (a client that does not read its answers cannot grow the queue).
 
         A request with `follow_bytes` is answered again and again, each time from where the previous
-        answer left its partitions (`_continuation`), until a newer request arrives: a consumer that
-        keeps up then costs one message per answer instead of two. Its `follow_bytes` bounds what
-        it has not asked for, so a consumer that stops reading is sent at most one answer more.
+        answer left its partitions (`_continuation`), until an answer carries an error, the answers
+        have carried `follow_bytes` bytes, or a newer request arrives: a consumer that keeps up then
+        costs one message per answer instead of two. An answer that says `follows` is always
+        followed by one more for its correlation id: a newer request that arrives after it makes
+        that one come at once, cut short and not followed, before the newer request is served.
         """
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[api_pb2.FetchRequest | RaftkaError | None] = asyncio.Queue()
@@ -259,7 +261,7 @@ class BrokerService(api_pb2_grpc.BrokerServicer):
         follow: api_pb2.FetchRequest | None = None
         try:
             while True:
-                if follow is not None and queue.empty():
+                if follow is not None:
                     request, asked = follow, False
                 else:
                     item = await queue.get()

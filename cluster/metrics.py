@@ -21,10 +21,13 @@ class BrokerMetrics:
         self.produce_latency = Histogram("raftka_produce_latency_seconds",
                                          "Time from receiving a produce request to acknowledging it",
                                          buckets=_LATENCY_BUCKETS, registry=r)
-        self.fetch_requests = Counter("raftka_fetch_requests", "Fetch requests", ["outcome"], registry=r)
+        self.fetch_requests = Counter("raftka_fetch_requests",
+                                      "Fetches answered (every answer to a followed fetch counts)", ["outcome"],
+                                      registry=r)
         self.fetch_bytes = Counter("raftka_fetch_bytes", "Record-batch bytes served to fetchers", registry=r)
         self.fetch_latency = Histogram("raftka_fetch_latency_seconds",
-                                       "Time to answer a fetch, long-poll wait included",
+                                       "Time to answer a fetch, long-poll wait included (a followed "
+                                       "fetch: from its previous answer)",
                                        buckets=_LATENCY_BUCKETS, registry=r)
         self.flush_latency = Histogram("raftka_log_flush_latency_seconds",
                                        "Duration of one group-commit write with fsync",

@@ -193,20 +193,41 @@ def test_a_consumer_that_keeps_up_is_followed_without_asking_again(broker, monke
     assert sent[0].follow_bytes > 0
 
 
-def test_a_consumer_that_stops_polling_is_sent_at_most_one_answer_beyond_its_prefetch(broker) -> None:
-    """What a followed consumer has not asked for is bounded by the room its prefetch had left."""
+@pytest.mark.parametrize("partitions", [1, 4])
+def test_a_consumer_that_stops_polling_is_sent_at_most_one_answer_beyond_its_prefetch(broker, partitions) -> None:
+    """What a followed consumer has not asked for is bounded by the room its prefetch had left, also
+    when the records all wait on one of the partitions it follows."""
     with Admin(broker.address) as admin:
-        admin.create_topic("slow-reader")
-    consumer = Consumer(broker.address, auto_offset_reset="earliest", max_partition_fetch_bytes=4096,
-                        prefetch_bytes=8192)
-    consumer.assign([TopicPartition("slow-reader", 0)])
-    assert consumer.poll(timeout_ms=300) == []
+        admin.create_topic("slow-reader", partitions=partitions)
     with Producer(broker.address, linger_ms=0) as producer:
         for _ in range(100):
             producer.send("slow-reader", b"x" * 1000, partition=0).result(timeout=30)
+    before = fetched_bytes(broker)
+    consumer = Consumer(broker.address, auto_offset_reset="earliest", max_partition_fetch_bytes=4096,
+                        prefetch_bytes=8192)
+    consumer._fetcher.add({tp: 0 for tp in consumer.partitions_for("slow-reader")})
     time.sleep(1)
-    assert 8192 <= fetched_bytes(broker) <= 8192 + 4096, "the broker stopped following once the room was sent"
+    assert 8192 <= fetched_bytes(broker) - before <= 8192 + 4096, "the broker stopped once the room was sent"
     assert len(poll_until(consumer, 100)) == 100
+    consumer.close()
+
+
+def test_a_paused_partition_is_no_longer_followed(broker) -> None:
+    with Admin(broker.address) as admin:
+        admin.create_topic("paused-follow")
+    tp = TopicPartition("paused-follow", 0)
+    consumer = Consumer(broker.address, auto_offset_reset="earliest")
+    consumer.assign([tp])
+    assert consumer.poll(timeout_ms=300) == []
+    consumer.pause(tp)
+    before = fetched_bytes(broker)
+    with Producer(broker.address, linger_ms=0) as producer:
+        for i in range(50):
+            producer.send("paused-follow", f"{i:04}".encode() * 250, partition=0).result(timeout=30)
+    time.sleep(1)
+    assert fetched_bytes(broker) - before < 10_000, "the broker went on sending the paused partition's records"
+    consumer.resume(tp)
+    assert [r.value[:4] for r in poll_until(consumer, 50)] == [f"{i:04}".encode() for i in range(50)]
     consumer.close()
 
 

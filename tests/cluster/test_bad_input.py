@@ -3,8 +3,10 @@ stream calls (ProduceStream, FetchStream) are checked here too, message by messa
 
 from __future__ import annotations
 
+import itertools
 import queue
 import threading
+import time
 
 import grpc
 import pytest
@@ -12,7 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from raftka.errors import METADATA_CODE
 from raftka.partition.batch import decode_batch, encode_batch, split_batches
-from raftka.proto import api_pb2
+from raftka.proto import api_pb2, api_pb2_grpc
 
 
 def batch(*values: bytes) -> bytes:
@@ -243,6 +245,29 @@ def test_a_followed_fetch_is_answered_again_from_where_each_answer_ended(stubs, 
     assert (cut_short.correlation_id, cut_short.follows, values_of(cut_short)) == (1, False, [])
     assert (newer.correlation_id, newer.follows) == (2, False), "a request without follow_bytes is answered once"
     assert values_of(newer) == [b"a", b"b", b"c"]
+
+
+def test_an_answer_that_follows_gets_one_more_even_if_a_newer_request_comes_while_it_is_written(
+        broker, stubs, topic: str) -> None:
+    """The client waits for the promised answer: a wake arriving while the broker is still writing a
+    followed answer (held by flow control here) must not leave that correlation id unanswered."""
+    broker_stub, _ = stubs
+    for _ in range(8):
+        broker_stub.Produce(api_pb2.ProduceRequest(topic=topic, partition=0, batches=batch(*[b"x" * 10_000] * 40)),
+                            timeout=10)
+    with grpc.insecure_channel(broker.address, options=[("grpc.http2.bdp_probe", 0)]) as channel:
+        requests: queue.SimpleQueue[api_pb2.FetchRequest | None] = queue.SimpleQueue()
+        call = api_pb2_grpc.BrokerStub(channel).FetchStream(iter(requests.get, None), timeout=20)
+        requests.put(api_pb2.FetchRequest(correlation_id=1, max_wait_ms=30_000, follow_bytes=1 << 30, partitions=[
+            api_pb2.FetchPartition(topic=topic, partition=0, offset=0, max_bytes=4 << 20)]))
+        time.sleep(0.5)
+        requests.put(api_pb2.FetchRequest())
+        time.sleep(0.5)
+        try:
+            answers = [(a.correlation_id, a.follows) for a in itertools.islice(call, 3)]
+        finally:
+            call.cancel()
+    assert answers == [(1, True), (1, False), (0, False)]
 
 
 def test_following_ends_when_its_bytes_are_used_or_an_answer_carries_an_error(stubs, topic: str) -> None:
