@@ -175,10 +175,12 @@ class _FetchStream:
 @dataclass(frozen=True)
 class _Following:
     """A fetch the broker goes on answering (FetchStreamResponse.follows): its correlation id and,
-    for each partition, the epoch and the offset its next answer starts from."""
+    for each partition, the epoch and the offset its next answer starts from. That offset is the
+    partition's fetch offset after the answer: where its data ended, as the broker computes too (a
+    partition whose epoch changed since no longer matches, whatever its offset)."""
 
     correlation_id: int
-    starts: dict[TopicPartition, tuple[int, int]]
+    starts: dict[TopicPartition, tuple[int, int | None]]
 
 
 @dataclass(eq=False)
@@ -565,14 +567,13 @@ class Fetcher:
         lost: dict[_Partition, RaftkaError] = {}
         try:
             answer = stream.response(correlation_id)
-            ends: dict[TopicPartition, int] = {}
             for response in answer.partitions:
-                self._apply(worker, response, sent, lost, ends)
+                self._apply(worker, response, sent, lost)
             if answer.follows:
                 with self._cond:
                     if not worker.interrupted and worker.stream is stream:
                         worker.following = _Following(correlation_id, {
-                            tp: (epoch, ends.get(tp, offset)) for tp, (_, epoch, offset) in sent.items()})
+                            tp: (epoch, state.fetch_offset) for tp, (state, epoch, _) in sent.items()})
         except (grpc.RpcError, BrokerUnavailableError) as exc:
             with self._cond:
                 if worker.stream is stream:
@@ -604,9 +605,7 @@ class Fetcher:
         return lost
 
     def _apply(self, worker: _Worker, response: api_pb2.FetchResponse, sent: Sent,
-               lost: dict[_Partition, RaftkaError], ends: dict[TopicPartition, int]) -> None:
-        """Buffer one partition's part of an answer; `ends` learns where its data ended, where the
-        broker continues a followed fetch."""
+               lost: dict[_Partition, RaftkaError]) -> None:
         tp = TopicPartition(response.topic, response.partition)
         state, epoch, offset = sent[tp]
         error = from_proto(response.error)
@@ -617,7 +616,6 @@ class Fetcher:
             size = len(data)
             try:
                 records, end = decode_records(tp, data, offset)
-                ends[tp] = end
             except CorruptBatchError as exc:
                 error = exc
         with self._cond:

@@ -45,8 +45,9 @@ class BrokerStream:
     A request unanswered for `REQUEST_GRACE_S` beyond its timeout abandons the whole stream (the
     sender checks at least once a second: `accumulator.IDLE_WAIT_S`), as a Kafka client disconnects
     on request.timeout.ms. A frozen broker's connection stays open; the channel's pings end it
-    within 5-15 s (`connection.CHANNEL_OPTIONS`), and a shorter request timeout sooner. The broker answers a request that could not
-    commit in time itself, so a live broker is never abandoned for slowness alone.
+    within 5-15 s (`connection.CHANNEL_OPTIONS`), and a shorter request timeout sooner. The broker
+    answers a request that could not commit in time itself, so a live broker is never abandoned for
+    slowness alone.
     """
 
     def __init__(self, conn: ClusterConnection, address: str, sender: Sender) -> None:

@@ -78,7 +78,7 @@ _REST = Struct(">HIqqqhi")
 _U64 = Struct(">Q")
 _U32 = Struct(">I")
 _BASE_AND_LENGTH = Struct(">QI")
-RECORD_COUNT_AT = 27
+_RECORD_COUNT_AT = 27
 _new_tuple = tuple.__new__
 _HEADER_ENTRY = Struct(">Hi")
 assert _HEADER.size == HEADER_SIZE and _PREFIX.size == CRC_START
@@ -221,18 +221,20 @@ def split_batches(buf: bytes | bytearray | memoryview, *, verify_crc: bool = Tru
     return spans
 
 
+def batch_next_offset(buf: bytes | bytearray | memoryview, position: int = 0) -> int:
+    """The offset after the batch at `position` in `buf` (its base offset plus its record count), read
+    without checks: for batches the log stored after `read_header` checked them."""
+    return _U64.unpack_from(buf, position)[0] + _U32.unpack_from(buf, position + _RECORD_COUNT_AT)[0]
+
+
 def next_offset_after(buf: bytes | bytearray | memoryview) -> int | None:
-    """The offset after the last of the whole batches concatenated in `buf` (None when it is empty),
-    found by stepping over their lengths: the broker continues a fetch from there. Nothing is checked
-    again; the bytes are ones the log stored after `read_header` checked them."""
+    """The offset after the last of the whole, stored batches concatenated in `buf` (None when it is
+    empty), found by stepping over their lengths: the broker continues a fetch from there."""
     position, size, last = 0, len(buf), -1
     while position < size:
         last = position
         position += _BASE_AND_LENGTH.unpack_from(buf, position)[1]
-    if last < 0:
-        return None
-    base, _ = _BASE_AND_LENGTH.unpack_from(buf, last)
-    return base + _U32.unpack_from(buf, last + RECORD_COUNT_AT)[0]
+    return batch_next_offset(buf, last) if last >= 0 else None
 
 
 def stamp_base_offset(buf: bytes | bytearray | memoryview, base_offset: int) -> bytes:

@@ -27,7 +27,7 @@ from typing import Callable, ContextManager, NamedTuple, Protocol
 from rocksdict import ReadOptions, Rdict, WriteBatch
 
 from raftka.partition import keys
-from raftka.partition.batch import RECORD_COUNT_AT, BatchHeader, read_header, stamp_base_offset
+from raftka.partition.batch import BatchHeader, batch_next_offset, read_header, stamp_base_offset
 from raftka.partition.errors import (InvalidBatchError, InvalidOffsetError, LogClosedError, LogError,
                                      OffsetOutOfRangeError)
 
@@ -215,7 +215,7 @@ class PartitionLog:
             parts.append(value)
             total += len(value)
         last = parts[-1]
-        if keys.offset_of(last[:8]) + int.from_bytes(last[RECORD_COUNT_AT:RECORD_COUNT_AT + 4], "big") > bound:
+        if batch_next_offset(last) > bound:
             parts.pop()
         return b"".join(parts)
 
