@@ -106,8 +106,12 @@ class NotEnoughReplicasError(RaftkaError):
 
 
 class StorageError(RaftkaError):
+    """The replica's storage failed here; retriable, as Kafka's KAFKA_STORAGE_ERROR: the replica is
+    reopened, or its broker restarts, and meanwhile another replica takes over leadership."""
+
     code = ErrorCode.STORAGE_ERROR
-    status = grpc.StatusCode.INTERNAL
+    status = grpc.StatusCode.UNAVAILABLE
+    retriable = True
 
 
 class ShuttingDownError(RaftkaError):

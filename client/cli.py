@@ -183,14 +183,13 @@ def cmd_broker(args: argparse.Namespace) -> int:
     if args.id is None or args.data_dir is None:
         raise ValueError("raftka broker needs --id and --data-dir (or RAFTKA_ID and RAFTKA_DATA_DIR)")
     peers, racks = parse_peers(args.peers)
-    run(BrokerConfig(broker_id=args.id, listen=args.listen, advertise=args.advertise,
-                     raft_listen=args.raft_listen, data_dir=args.data_dir, peers=peers, racks=racks, rack=args.rack,
-                     cluster_id=args.cluster_id, metrics_port=args.metrics_port,
-                     metrics_host=args.metrics_host,
-                     retention_check_interval_s=args.retention_check_ms / 1000,
-                     leader_balance_delay_s=args.leader_balance_delay_ms / 1000,
-                     offsets_partitions=args.offsets_partitions))
-    return 0
+    return run(BrokerConfig(broker_id=args.id, listen=args.listen, advertise=args.advertise,
+                            raft_listen=args.raft_listen, data_dir=args.data_dir, peers=peers, racks=racks,
+                            rack=args.rack, cluster_id=args.cluster_id, metrics_port=args.metrics_port,
+                            metrics_host=args.metrics_host,
+                            retention_check_interval_s=args.retention_check_ms / 1000,
+                            leader_balance_delay_s=args.leader_balance_delay_ms / 1000,
+                            offsets_partitions=args.offsets_partitions))
 
 
 def cmd_local(args: argparse.Namespace) -> int:

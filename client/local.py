@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -149,6 +150,13 @@ class LocalBroker:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def metric_total(self, prefix: str) -> float:
+        """The sum of the broker's Prometheus samples whose line starts with `prefix` (all label values)."""
+        if self.metrics_port is None:
+            raise ValueError(f"broker {self.broker_id} serves no metrics (no --metrics-port)")
+        body = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).read().decode()
+        return sum(float(line.split(" ")[1]) for line in body.splitlines() if line.startswith(prefix))
 
 
 def plan(brokers: int, data_dir: Path, ports: list[int], *, metrics_ports: list[int] | None = None,

@@ -41,6 +41,12 @@ class BrokerMetrics:
                                    ["direction"], registry=r)
         self.raft_bytes = Gauge("raftka_raft_bytes", "Raft message bytes exchanged with peer brokers since start",
                                 ["direction"], registry=r)
+        self.raft_group_failures = Counter("raftka_raft_group_failures",
+                                           "Raft groups stopped on this broker after a failure of their own, by "
+                                           "stage (storage, apply, core, send); each is reopened after a backoff",
+                                           ["stage"], registry=r)
+        self.raft_groups_stopped = Gauge("raftka_raft_groups_stopped",
+                                         "Raft groups stopped after a failure, waiting to be reopened", registry=r)
         self.raft_refusals = Gauge("raftka_raft_refusals",
                                    "Raft connections refused since start, by this broker (incoming: another "
                                    "cluster or broker id, malformed) or by its peers (outgoing)", ["by"], registry=r)
@@ -53,7 +59,6 @@ class BrokerMetrics:
             self.raft_bytes.labels(direction).set_function(lambda d=direction: getattr(stats, f"{d}_bytes"))
         self.raft_refusals.labels("this_broker").set_function(lambda: getattr(stats, "refused_streams"))
         self.raft_refusals.labels("peers").set_function(lambda: getattr(stats, "refused_by_peers"))
-
 
     def serve(self, host: str, port: int) -> None:
         """Serve /metrics from a daemon thread."""

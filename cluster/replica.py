@@ -28,7 +28,7 @@ from typing import Callable, Sequence
 from raftka.cluster.producer_state import HISTORY_BYTES, ProducerStates, WrittenBatch
 from raftka.cluster.topics import TopicConfig
 from raftka.errors import (BatchTooLargeError, CorruptBatchError, InvalidBatchError, NotEnoughReplicasError,
-                           NotLeaderError, OffsetOutOfRangeError, RequestTimedOutError)
+                           NotLeaderError, OffsetOutOfRangeError, RequestTimedOutError, StorageError)
 from raftka.partition import batch as batch_format
 from raftka.partition import errors as log_errors
 from raftka.partition.log import PartitionLog
@@ -90,9 +90,14 @@ class RaftReplica:
         self._committed_producers = ProducerStates()
         self._unscanned_history: int | None = applied
         self._producers: ProducerStates | None = None
-        self.node: RaftNode = driver.add_group(group_id, storage, self._apply, RaftConfig(
+        driver.add_group(group_id, storage, self._apply, RaftConfig(
             id=driver.broker_id, election_ticks=ELECTION_TICKS, heartbeat_ticks=HEARTBEAT_TICKS, applied=applied,
             broadcast_commit=on_committed is not None))
+
+    @property
+    def node(self) -> RaftNode:
+        """This replica's Raft node (the driver replaces it when the group fails and reopens)."""
+        return self._driver.node(self.group_id)
 
     @property
     def high_watermark(self) -> int:
@@ -110,6 +115,11 @@ class RaftReplica:
     def leader_id(self) -> int:
         """The leader's broker id, or -1 when none is known."""
         return self.node.leader_id or -1
+
+    def leadership(self) -> tuple[int, int]:
+        """(leader id, its term) as this replica knows them, or (-1, 0) when it knows no leader."""
+        node = self.node
+        return (node.leader_id, node.term) if node.leader_id else (-1, 0)
 
     def in_sync_replicas(self) -> list[int]:
         """On the leader: itself and the followers that are active and hold every committed entry."""
@@ -170,6 +180,8 @@ class RaftReplica:
                 futures.append(self._driver.propose(self.group_id, stamped))
             except raft_errors.NotLeaderError:
                 raise self._not_leader() from None
+            except raft_errors.GroupFailedError as exc:
+                raise StorageError(f"{self.group_id}: {exc}") from None
             except raft_errors.RaftError as exc:
                 raise NotEnoughReplicasError(f"{self.group_id}: proposal refused for now: {exc}") from None
             if header.producer_id >= 0:
@@ -184,6 +196,8 @@ class RaftReplica:
                 raise RequestTimedOutError(
                     f"batch at offset {base} was not committed by a majority within {timeout_s:.3f}s; "
                     "it may still commit") from None
+            except raft_errors.GroupFailedError as exc:
+                raise StorageError(f"{self.group_id}: {exc}") from None
             except raft_errors.RaftError as exc:
                 raise self._not_leader(f"{exc}; ") from None
         return outcome

@@ -4,18 +4,45 @@ Each loop round collects the Ready of every group that has work, stages all thei
 checks each entry as it stages it, so an entry it refuses never leaves), queues the leaders' early
 appends, makes the writes durable with ONE sync (the broker's group commit: one fsync for every
 group's entries and hard state), then sends all their other messages (the transport batches them
-per destination broker, which coalesces heartbeats), applies committed entries, and advances. Rounds start as soon as a message,
-a proposal or a tick makes a group dirty, so a proposal does not wait for the next tick.
+per destination broker, which coalesces heartbeats), applies committed entries, and advances. Rounds
+start as soon as a message, a proposal or a tick makes a group dirty, so a proposal does not wait for
+the next tick.
 
 Invariants (the core's Ready contract, for many groups at once):
 - no message of a round leaves before the round's writes are durable, except ``early_messages``
   (a leader's appends, queued before the sync so that its fsync overlaps its followers');
 - committed entries are handed to the group's applier in index order, exactly once per process
-  lifetime (after a restart the applier is told where the core resumes: `applied_index`);
+  lifetime (after a restart the applier is told where the core resumes: `applied_index`), except
+  the entries of a batch the applier raised on (see the failure contract);
 - a proposal's future resolves only when an entry with the proposal's index AND term is committed,
-  and fails when a different entry is committed at that index (leadership changed first);
+  and fails when a different entry is committed at that index, or as soon as the node stops leading
+  the term it was proposed in (the entry may still commit under the next leader: the caller retries
+  there, and an idempotent producer's retry is recognised);
 - a read's future resolves with its ReadIndex; the reader serves it once its state machine has
   applied that index. The core drops reads across leadership changes, so callers bound the wait.
+
+Failure contract. A group fails when its own part of a round raises: its storage refuses or fails a
+write, its core raises (in ``ready``, ``advance``, ``step`` or ``tick``: a bug), its applier raises,
+or one of its messages cannot be sent. Then, for that group only:
+- nothing more of its round happens: none of its messages leave and it is not advanced;
+- every proposal and read waiting on it fails at once with GroupFailedError;
+- it is reported once: an ERROR log line ``raft group failed group=... stage=...`` and
+  ``on_group_failed(group, stage)``;
+- it is stopped: its node is replaced by a follower rebuilt from its storage that is neither ticked
+  nor stepped (peers' messages to it are dropped, proposals are refused with GroupFailedError), so it
+  neither votes nor claims to lead, and the rest of its Raft group carries on without it;
+- after a backoff (``REOPEN_BACKOFF_S``, doubling with each failure since the group last ran
+  ``HEALTHY_RESET_S`` without one, at most ``REOPEN_BACKOFF_MAX_S``) it is reopened: after one sync,
+  so that whatever its failed round staged is durable, a new node is built from its storage, and
+  its applier resumes after the last batch it accepted (the batch it raised on comes again: appliers
+  skip and report bad input rather than raise).
+Every other group keeps running; one group's failure never stops another's round.
+
+The one failure every group shares is the sync (the group commit's write and fsync): what it
+covered is in doubt, and retrying an fsync after a failure is unsafe (the kernel may have dropped the
+dirty pages). So are a node that cannot be rebuilt from its storage and any error of the driver
+itself. Then the driver fails every waiter, stops, and calls ``on_fatal(error)``: the broker exits
+non-zero and its supervisor restarts it from its durable state.
 
 The driver knows nothing of topics: a group is an opaque id, a storage, and an applier.
 """
@@ -23,14 +50,16 @@ The driver knows nothing of topics: a group is an opaque id, a storage, and an a
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import math
 import os
 import random
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Protocol, Sequence
 
 from raftka.replication.entries import Entry
-from raftka.replication.errors import ProposalDroppedError
+from raftka.replication.errors import GroupFailedError, ProposalDroppedError
 from raftka.replication.messages import Message
 from raftka.replication.raft import RaftConfig, RaftNode, Role
 from raftka.replication.ready import Ready
@@ -48,6 +77,13 @@ class Transport(Protocol):
 Applier = Callable[[Sequence[Entry]], None]
 """Receives a group's committed entries, in index order, after they are durable."""
 
+REOPEN_BACKOFF_S = 0.5
+REOPEN_BACKOFF_MAX_S = 30.0
+HEALTHY_RESET_S = 60.0
+"""A failed group reopens after REOPEN_BACKOFF_S, then twice as long after each failure that follows
+within HEALTHY_RESET_S of its reopening, up to REOPEN_BACKOFF_MAX_S: a group whose storage refuses
+every round costs one log line and one rebuild per half minute, not a loop."""
+
 
 @dataclass
 class _Group:
@@ -55,20 +91,33 @@ class _Group:
     node: RaftNode
     storage: Storage
     apply: Applier
+    config: RaftConfig
+    applied: int
+    """The last index the applier accepted (or the index the node resumed from)."""
     pending: dict[int, tuple[int, asyncio.Future[int]]] = field(default_factory=dict)
     reads: dict[bytes, asyncio.Future[int]] = field(default_factory=dict)
     idle_ticks: int = 0
+    stopped: bool = False
+    failures: int = 0
+    reopened_at: float = -math.inf
+
+
+class _DriverFailed(Exception):
+    """Raised inside the loop for a failure no single group owns; `_run` stops the driver."""
 
 
 class MultiRaft:
     def __init__(self, broker_id: int, transport: Transport, sync: Callable[[], Awaitable[None]], *,
                  tick_interval_s: float = 0.05, quiesce_after_ticks: int = 20,
-                 rng: random.Random | None = None, on_round: Callable[[int], None] | None = None) -> None:
+                 rng: random.Random | None = None, on_round: Callable[[int], None] | None = None,
+                 on_group_failed: Callable[[str, str], None] | None = None,
+                 on_fatal: Callable[[BaseException], None] | None = None) -> None:
         """`sync` makes every storage write staged so far durable (one fsync for all groups).
 
         A group whose leader saw no proposal for `quiesce_after_ticks` ticks is asked to quiesce,
         so idle groups stop heartbeating and cost nothing until traffic or `wake` revives them.
-        `on_round(groups)` is told how many groups each synced round made durable.
+        `on_round(groups)` is told how many groups each synced round made durable;
+        `on_group_failed(group, stage)` and `on_fatal(error)`: see the failure contract above.
         """
         self.broker_id = broker_id
         self._transport = transport
@@ -76,6 +125,10 @@ class MultiRaft:
         self._tick_interval_s = tick_interval_s
         self._quiesce_after_ticks = quiesce_after_ticks
         self._on_round = on_round
+        self._on_group_failed = on_group_failed
+        self._on_fatal = on_fatal
+        self._reopening: set[str] = set()
+        self._failure: BaseException | None = None
         self._rng = rng or random.Random()
         self._groups: dict[str, _Group] = {}
         self._dirty: set[str] = set()
@@ -94,30 +147,36 @@ class MultiRaft:
             raise ValueError(f"group {group_id!r} is already hosted")
         if config.id != self.broker_id:
             raise ValueError(f"group {group_id!r}: node id {config.id} is not this broker ({self.broker_id})")
-        node = RaftNode(config, storage, random.Random(self._rng.random()))
-        self._groups[group_id] = _Group(group_id, node, storage, apply)
+        node = self._new_node(config, storage)
+        self._groups[group_id] = _Group(group_id, node, storage, apply, config, node.applied_index)
         self._mark(group_id)
         return node
 
     def remove_group(self, group_id: str) -> None:
         group = self._groups.pop(group_id)
         self._dirty.discard(group_id)
-        for future in [*(f for _, f in group.pending.values()), *group.reads.values()]:
-            if not future.done():
-                future.set_exception(ProposalDroppedError(f"group {group_id!r} was removed from this broker"))
+        self._reopening.discard(group_id)
+        self._fail_waiters(group, ProposalDroppedError(f"group {group_id!r} was removed from this broker"))
 
     def node(self, group_id: str) -> RaftNode:
+        """The group's current node: a failed group's is replaced (see the failure contract), so
+        callers look it up here rather than keep the one `add_group` returned."""
         return self._groups[group_id].node
 
     def groups(self) -> list[str]:
         return list(self._groups)
 
+    def stopped_groups(self) -> list[str]:
+        """Groups stopped after a failure, waiting to be reopened."""
+        return [group_id for group_id, group in self._groups.items() if group.stopped]
+
     def propose(self, group_id: str, data: bytes) -> asyncio.Future[int]:
         """Propose `data`; the future gives the entry's index once it is committed.
 
-        Raises the core's NotLeaderError (with the leader hint) at once on a follower.
+        Raises the core's NotLeaderError (with the leader hint) at once on a follower, and
+        GroupFailedError while the group is stopped after a failure.
         """
-        group = self._groups[group_id]
+        group = self._live(group_id)
         index = group.node.propose(data)
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         group.pending[index] = (group.node.term, future)
@@ -129,7 +188,7 @@ class MultiRaft:
         """Start a linearizable read (ReadIndex); the future gives the index the reader must see
         applied. Raises the core's NotLeaderError when the group knows no leader. The future never
         resolves if leadership changes meanwhile: wait on it with a timeout."""
-        group = self._groups[group_id]
+        group = self._live(group_id)
         self._read_ids += 1
         context = self._read_prefix + self._read_ids.to_bytes(8, "big")
         group.node.read_index(context)
@@ -142,10 +201,14 @@ class MultiRaft:
     def step(self, group_id: str, message: Message) -> None:
         """Deliver a peer's message (from the transport); unknown groups are ignored and logged."""
         group = self._groups.get(group_id)
-        if group is None:
-            log.debug("message for unhosted group=%s from=%d dropped", group_id, message.src)
+        if group is None or group.stopped:
+            log.debug("message for unhosted or stopped group=%s from=%d dropped", group_id, message.src)
             return
-        group.node.step(message)
+        try:
+            group.node.step(message)
+        except Exception as exc:  # noqa: BLE001 - the group fails, not the transport that delivered
+            self._fail(group, "core", exc)
+            return
         self._mark(group_id)
 
     def wake(self, peer: int) -> None:
@@ -157,7 +220,7 @@ class MultiRaft:
         """
         for group_id, group in self._groups.items():
             node = group.node
-            if peer not in node.conf_state.members():
+            if group.stopped or peer not in node.conf_state.members():
                 continue
             if node.role == Role.LEADER:
                 node.report_unreachable(peer)
@@ -200,15 +263,20 @@ class MultiRaft:
                 if self._stopping:
                     return
                 self._work.clear()
-                if self._tick_pending:
-                    self._tick_pending = False
-                    ticker = loop.call_later(self._tick_interval_s, self._tick_due)
-                    self._tick()
-                if self._dirty:
-                    try:
+                try:
+                    if self._failure is not None:
+                        raise _DriverFailed("a group could not be rebuilt") from self._failure
+                    if self._tick_pending:
+                        self._tick_pending = False
+                        ticker = loop.call_later(self._tick_interval_s, self._tick_due)
+                        self._tick()
+                    if self._reopening:
+                        await self._reopen()
+                    if self._dirty:
                         await self._round()
-                    except Exception:  # noqa: BLE001 - one bad round must not stop every group
-                        log.exception("multi-raft round failed broker=%d", self.broker_id)
+                except Exception as exc:  # noqa: BLE001 - groups' own failures never get here
+                    self._stop_fatally(exc.__cause__ if isinstance(exc, _DriverFailed) else exc)
+                    return
         finally:
             ticker.cancel()
 
@@ -217,11 +285,15 @@ class MultiRaft:
         self._work.set()
 
     def _tick(self) -> None:
-        for group_id, group in self._groups.items():
+        for group_id, group in list(self._groups.items()):
             node = group.node
-            if node.is_quiescent:
+            if group.stopped or node.is_quiescent:
                 continue
-            node.tick()
+            try:
+                node.tick()
+            except Exception as exc:  # noqa: BLE001 - see the failure contract
+                self._fail(group, "core", exc)
+                continue
             group.idle_ticks += 1
             if group.idle_ticks >= self._quiesce_after_ticks and not group.pending:
                 node.quiesce()
@@ -229,46 +301,188 @@ class MultiRaft:
 
     async def _round(self) -> None:
         dirty, self._dirty = self._dirty, set()
-        readies: list[tuple[_Group, Ready]] = []
+        readies: list[tuple[_Group, RaftNode, Ready]] = []
         for group_id in dirty:
             group = self._groups.get(group_id)
-            if group is None:
+            if group is None or group.stopped:
                 continue
-            ready = group.node.ready()
-            if ready is not None:
-                readies.append((group, ready))
+            node = group.node
+            try:
+                ready = node.ready()
+            except Exception as exc:  # noqa: BLE001 - see the failure contract
+                self._fail(group, "core", exc)
+                continue
+            if ready is None:
+                self._drop_stale_proposals(group)
+                continue
+            try:
+                self._persist(group, ready)
+            except Exception as exc:  # noqa: BLE001
+                self._fail(group, "storage", exc)
+                continue
+            readies.append((group, node, ready))
         if not readies:
             return
         self.rounds += 1
-        must_sync = False
-        for group, ready in readies:
-            if ready.snapshot is not None:
-                group.storage.apply_snapshot(ready.snapshot)
-            if ready.entries:
-                group.storage.append(list(ready.entries))
-            if ready.hard_state is not None:
-                group.storage.set_hard_state(ready.hard_state)
-            must_sync = must_sync or ready.must_sync
-        for group, ready in readies:
-            for message in ready.early_messages:
-                self._transport.send(group.group_id, message)
-        if must_sync:
-            await self._sync()
+        for group, node, ready in readies:
+            self._send(group, ready.early_messages)
+        if any(ready.must_sync for _, _, ready in readies):
+            try:
+                await self._sync()
+            except Exception as exc:
+                raise _DriverFailed("the group commit failed") from exc
             if self._on_round is not None:
                 self._on_round(len(readies))
-        for group, ready in readies:
-            for message in ready.messages:
-                self._transport.send(group.group_id, message)
-        for group, ready in readies:
+        for group, node, ready in readies:
+            if group.node is node:
+                self._send(group, ready.messages)
+        for group, node, ready in readies:
+            if group.node is not node:
+                continue
+            try:
+                if ready.committed_entries:
+                    group.apply(ready.committed_entries)
+            except Exception as exc:  # noqa: BLE001
+                self._fail(group, "apply", exc)
+                continue
             if ready.committed_entries:
-                group.apply(ready.committed_entries)
+                group.applied = ready.committed_entries[-1].index
                 self._settle(group, ready.committed_entries)
             for read in ready.read_states:
                 future = group.reads.get(read.context)
                 if future is not None and not future.done():
                     future.set_result(read.index)
-            group.node.advance(ready)
+            try:
+                node.advance(ready)
+            except Exception as exc:  # noqa: BLE001
+                self._fail(group, "core", exc)
+                continue
+            self._drop_stale_proposals(group)
             self._dirty.add(group.group_id)
+
+    def _persist(self, group: _Group, ready: Ready) -> None:
+        """Step 1 of the Ready contract: stage the group's writes (made durable by the round's sync)."""
+        if ready.snapshot is not None:
+            group.storage.apply_snapshot(ready.snapshot)
+        if ready.entries:
+            group.storage.append(list(ready.entries))
+        if ready.hard_state is not None:
+            group.storage.set_hard_state(ready.hard_state)
+
+    def _send(self, group: _Group, messages: Sequence[Message]) -> None:
+        if group.stopped:
+            return
+        try:
+            for message in messages:
+                self._transport.send(group.group_id, message)
+        except Exception as exc:  # noqa: BLE001
+            self._fail(group, "send", exc)
+
+    @staticmethod
+    def _drop_stale_proposals(group: _Group) -> None:
+        """Fail the proposals of a term this node no longer leads, at once: waiting for them to
+        commit would hold their callers until the partition heals or their request times out.
+        Pending proposals are in term order, so the oldest tells whether any is stale."""
+        if not group.pending:
+            return
+        node = group.node
+        leading = node.role == Role.LEADER
+        if leading and next(iter(group.pending.values()))[0] == node.term:
+            return
+        for index, (term, future) in list(group.pending.items()):
+            if leading and term == node.term:
+                continue
+            del group.pending[index]
+            if not future.done():
+                future.set_exception(ProposalDroppedError(
+                    f"this node stopped leading term {term} before entry {index} committed; "
+                    "it may still commit under the next leader"))
+
+    def _new_node(self, config: RaftConfig, storage: Storage) -> RaftNode:
+        return RaftNode(config, storage, random.Random(self._rng.random()))
+
+    def _rebuilt(self, group: _Group) -> RaftNode:
+        """A node from the group's storage whose applier resumes after the last batch it accepted."""
+        return self._new_node(dataclasses.replace(group.config, applied=group.applied), group.storage)
+
+    def _live(self, group_id: str) -> _Group:
+        group = self._groups[group_id]
+        if group.stopped:
+            raise GroupFailedError(f"group {group_id!r} is stopped on broker {self.broker_id} after a failure; "
+                                   "it is reopened shortly")
+        return group
+
+    def _fail(self, group: _Group, stage: str, exc: BaseException) -> None:
+        """Stop a group after its own failure (the failure contract in the module docstring)."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        group.failures = 1 if now - group.reopened_at >= HEALTHY_RESET_S else group.failures + 1
+        delay = min(REOPEN_BACKOFF_MAX_S, REOPEN_BACKOFF_S * 2 ** (group.failures - 1))
+        group.stopped = True
+        log.error("raft group failed group=%s broker=%d stage=%s failures=%d reopen_in_s=%.1f error=%s: %s",
+                  group.group_id, self.broker_id, stage, group.failures, delay, type(exc).__name__, exc,
+                  exc_info=exc)
+        self._fail_waiters(group, GroupFailedError(
+            f"group {group.group_id!r} failed on broker {self.broker_id} ({stage}: {type(exc).__name__}: {exc})"))
+        self._dirty.discard(group.group_id)
+        try:
+            group.node = self._rebuilt(group)
+        except Exception as rebuild:  # noqa: BLE001 - its storage cannot even be read: no group can trust it
+            log.critical("raft group cannot be rebuilt from its storage group=%s broker=%d error=%s: %s",
+                         group.group_id, self.broker_id, type(rebuild).__name__, rebuild)
+            self._failure = rebuild
+            self._work.set()
+            return
+        if self._on_group_failed is not None:
+            self._on_group_failed(group.group_id, stage)
+        loop.call_later(delay, self._reopen_due, group.group_id, group.node)
+
+    def _reopen_due(self, group_id: str, dormant: RaftNode) -> None:
+        group = self._groups.get(group_id)
+        if group is not None and group.node is dormant:
+            self._reopening.add(group_id)
+            self._work.set()
+
+    async def _reopen(self) -> None:
+        """Rebuild the due groups from their storage, once a sync has made what they staged durable."""
+        try:
+            await self._sync()
+        except Exception as exc:
+            raise _DriverFailed("the group commit failed") from exc
+        due, self._reopening = self._reopening, set()
+        for group_id in due:
+            group = self._groups.get(group_id)
+            if group is None or not group.stopped:
+                continue
+            try:
+                group.node = self._rebuilt(group)
+            except Exception as exc:
+                raise _DriverFailed(f"group {group_id} could not be rebuilt") from exc
+            group.stopped = False
+            group.idle_ticks = 0
+            group.reopened_at = asyncio.get_running_loop().time()
+            log.info("raft group reopened group=%s broker=%d applied=%d", group_id, self.broker_id, group.applied)
+            self._mark(group_id)
+
+    @staticmethod
+    def _fail_waiters(group: _Group, error: Exception) -> None:
+        waiting = [*(future for _, future in group.pending.values()), *group.reads.values()]
+        group.pending.clear()
+        group.reads.clear()
+        for future in waiting:
+            if not future.done():
+                future.set_exception(error)
+
+    def _stop_fatally(self, exc: BaseException) -> None:
+        log.critical("multi-raft driver stopped broker=%d error=%s: %s", self.broker_id, type(exc).__name__, exc,
+                     exc_info=exc)
+        self._stopping = True
+        error = GroupFailedError(f"broker {self.broker_id} can no longer write ({type(exc).__name__}: {exc})")
+        for group in self._groups.values():
+            group.stopped = True
+            self._fail_waiters(group, error)
+        if self._on_fatal is not None:
+            self._on_fatal(exc)
 
     @staticmethod
     def _settle(group: _Group, committed: Sequence[Entry]) -> None:

@@ -1,7 +1,8 @@
 """Typed errors raised by the Raft core and its storage.
 
 Callers distinguish "try elsewhere" (:class:`NotLeaderError`), "try later"
-(:class:`ProposalDroppedError`, :class:`ConfChangeInProgressError`), storage range errors the core
+(:class:`ProposalDroppedError`, :class:`ConfChangeInProgressError`), "this group is stopped here"
+(:class:`GroupFailedError`), storage range errors the core
 handles itself (:class:`CompactedError`, :class:`UnavailableError`) and contract breaches that mean
 a bug in the driver or the core (:class:`ReadyContractError`, :class:`RaftSafetyError`).
 """
@@ -49,6 +50,11 @@ class UnavailableError(RaftError):
 
 class SnapshotOutOfDateError(RaftError):
     """A snapshot older than the storage's current snapshot was offered."""
+
+
+class GroupFailedError(RaftError):
+    """The group's storage, state machine or core failed on this node: the group is stopped here
+    until the driver reopens it from its durable state (see ``driver.py``, "Failure contract")."""
 
 
 class ReadyContractError(RaftError):

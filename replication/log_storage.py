@@ -27,6 +27,7 @@ from typing import Callable
 
 from raftka.partition import raft_entries
 from raftka.partition.raft_entries import RaftEntryLog, SnapshotRecord
+from raftka.replication import failpoints
 from raftka.replication.entries import ENTRY_OVERHEAD_BYTES, Entry, EntryType
 from raftka.replication.errors import (CompactedError, RaftError, RaftSafetyError, SnapshotOutOfDateError,
                                        UnavailableError)
@@ -125,6 +126,8 @@ class PartitionStorage:
         A NORMAL entry must be one batch stamped with its term and with base offset equal to the log
         end offset where it lands; otherwise `InvalidEntryError` and nothing is staged. Entries the
         snapshot covers are never replaced (RaftSafetyError; MemoryStorage does not check this)."""
+        if failpoints.armed("partition-append") and any(e.type == EntryType.NORMAL for e in entries):
+            failpoints.hit("partition-append", self.entry_log.name)
         first = self.first_index()
         if not entries or entries[-1].index < first:
             return

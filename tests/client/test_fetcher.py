@@ -7,7 +7,6 @@ import asyncio
 import gc
 import threading
 import time
-import urllib.request
 
 import grpc
 import pytest
@@ -29,18 +28,12 @@ def fetch_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name.startswith("raftka-fetch-")]
 
 
-def metric_total(broker: LocalBroker, prefix: str) -> float:
-    """The sum of the broker's metric samples whose line starts with `prefix` (all label values)."""
-    body = urllib.request.urlopen(f"http://127.0.0.1:{broker.metrics_port}/metrics", timeout=5).read().decode()
-    return sum(float(line.split(" ")[1]) for line in body.splitlines() if line.startswith(prefix))
-
-
 def completed_fetches(broker: LocalBroker) -> float:
-    return metric_total(broker, "raftka_fetch_requests_total{")
+    return broker.metric_total("raftka_fetch_requests_total{")
 
 
 def fetched_bytes(broker: LocalBroker) -> float:
-    return metric_total(broker, "raftka_fetch_bytes_total")
+    return broker.metric_total("raftka_fetch_bytes_total")
 
 
 def produce(bootstrap: str, topic: str, partition: int, values: list[bytes]) -> None:

@@ -8,12 +8,14 @@ proposal futures; quiescence); the RocksDB storage and the gRPC transport have t
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
+from typing import Callable
 
 import pytest
 
-from raftka.replication import (ConfState, HardState, MemoryStorage, Message, NotLeaderError, RaftConfig,
-                                Role, bootstrap_snapshot)
+from raftka.replication import (ConfState, GroupFailedError, HardState, MemoryStorage, Message, NotLeaderError,
+                                ProposalDroppedError, RaftConfig, Role, bootstrap_snapshot)
 from raftka.replication.driver import MultiRaft
 
 BROKERS = (1, 2, 3)
@@ -48,14 +50,24 @@ class Cluster:
     def __init__(self, groups: int) -> None:
         self.net = Loopback()
         self.syncs = {b: 0 for b in BROKERS}
+        self.sync_errors: dict[int, Exception] = {}
+        """A broker listed here fails its next sync with this error."""
+        self.failures: list[tuple[int, str, str]] = []
+        """(broker, group, stage) of every group failure the drivers reported."""
+        self.fatal: dict[int, BaseException] = {}
         self.applied: dict[tuple[int, str], list[bytes]] = {}
         self.storages: dict[tuple[int, str], MemoryStorage] = {}
         rng = random.Random(7)
         for broker in BROKERS:
             async def sync(broker: int = broker) -> None:
                 self.syncs[broker] += 1
+                if broker in self.sync_errors:
+                    raise self.sync_errors.pop(broker)
             driver = MultiRaft(broker, self.net.for_broker(broker), sync, tick_interval_s=0.01,
-                               quiesce_after_ticks=10, rng=random.Random(rng.random()))
+                               quiesce_after_ticks=10, rng=random.Random(rng.random()),
+                               on_group_failed=lambda group, stage, broker=broker: self.failures.append(
+                                   (broker, group, stage)),
+                               on_fatal=lambda exc, broker=broker: self.fatal.__setitem__(broker, exc))
             self.net.drivers[broker] = driver
             for g in range(groups):
                 storage = MemoryStorage()
@@ -91,6 +103,25 @@ class Cluster:
 
 def run(coro) -> None:  # type: ignore[no-untyped-def]
     asyncio.run(asyncio.wait_for(coro, 60))
+
+
+async def wait_until(condition: Callable[[], bool], what: str, timeout_s: float = 20) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting until {what}"
+        await asyncio.sleep(0.01)
+
+
+def refuse_next_append(storage: MemoryStorage, error: Exception) -> None:
+    """The storage refuses its next append of any entry (once), as a full or failing disk would."""
+    append = storage.append
+
+    def refuse(entries):  # type: ignore[no-untyped-def]
+        if entries:
+            storage.append = append  # type: ignore[method-assign]
+            raise error
+        append(entries)
+    storage.append = refuse  # type: ignore[method-assign]
 
 
 def test_proposals_commit_in_order_on_every_broker() -> None:
@@ -137,6 +168,104 @@ def test_an_entry_the_leaders_storage_refuses_never_reaches_a_follower() -> None
         assert all(b"poison" not in cluster.applied[(b, "g0")] for b in BROKERS)
         await cluster.stop()
     run(scenario())
+
+
+def test_a_group_whose_storage_fails_stops_alone_and_reopens() -> None:
+    """One refused append, on a broker that leads some groups and follows others: that group fails
+    its waiters and stops on that broker, every other group keeps committing, and once reopened the
+    failed group catches up and commits again (no group is left wedged)."""
+    async def scenario() -> None:
+        groups = [f"g{g}" for g in range(20)]
+        cluster = Cluster(groups=len(groups))
+        cluster.start()
+        leaders = {group: await cluster.wait_leader(group) for group in groups}
+        broken = "g3"
+        victim = leaders[broken]
+        refuse_next_append(cluster.storages[(victim, broken)], OSError(28, "No space left on device"))
+        failed = cluster.net.drivers[victim].propose(broken, b"refused")
+        with pytest.raises(GroupFailedError):
+            await asyncio.wait_for(failed, 10)
+        assert cluster.failures == [(victim, broken, "storage")]
+        assert broken in cluster.net.drivers[victim].stopped_groups()
+
+        async def write(group: str, data: bytes) -> None:
+            while True:
+                leader = await cluster.wait_leader(group)
+                try:
+                    await asyncio.wait_for(cluster.net.drivers[leader].propose(group, data), 5)
+                    return
+                except (NotLeaderError, ProposalDroppedError, GroupFailedError, TimeoutError):
+                    await asyncio.sleep(0.05)
+
+        await asyncio.gather(*(write(group, f"{group}-after".encode()) for group in groups))
+        for group in groups:
+            await wait_until(lambda group=group: all(
+                f"{group}-after".encode() in cluster.applied[(b, group)] for b in BROKERS),
+                f"every broker applied {group}'s write")
+        assert b"refused" not in cluster.applied[(victim, broken)]
+        assert cluster.net.drivers[victim].stopped_groups() == []
+        assert len(cluster.failures) == 1 and not cluster.fatal
+        await cluster.stop()
+    run(scenario())
+
+
+def test_an_applier_that_raises_gets_the_batch_again_after_the_reopen() -> None:
+    async def scenario() -> None:
+        cluster = Cluster(groups=2)
+        cluster.start()
+        leader = await cluster.wait_leader("g0")
+        follower = next(b for b in BROKERS if b != leader)
+        driver = cluster.net.drivers[follower]
+        group = driver._groups["g0"]
+        apply, raised = group.apply, []
+
+        def flaky(entries):  # type: ignore[no-untyped-def]
+            if not raised:
+                raised.append(True)
+                raise RuntimeError("state machine bug")
+            apply(entries)
+        group.apply = flaky
+        await cluster.net.drivers[leader].propose("g0", b"once")
+        await wait_until(lambda: cluster.applied[(follower, "g0")] == [b"once"], "the reopened follower applied")
+        assert cluster.failures == [(follower, "g0", "apply")]
+        await cluster.stop()
+    run(scenario())
+
+
+def test_proposals_fail_at_once_when_their_leader_is_cut_off() -> None:
+    """A leader that can reach no peer steps down (CheckQuorum) and fails what it was waiting to
+    commit, instead of holding it until the network heals."""
+    async def scenario() -> None:
+        cluster = Cluster(groups=1)
+        cluster.start()
+        old = await cluster.wait_leader("g0")
+        await cluster.net.drivers[old].propose("g0", b"before")
+        cluster.net.down.add(old)
+        stranded = cluster.net.drivers[old].propose("g0", b"stranded")
+        with pytest.raises(ProposalDroppedError):
+            await asyncio.wait_for(stranded, 10)
+        assert cluster.net.drivers[old].node("g0").role != Role.LEADER
+        await cluster.stop()
+    run(scenario())
+
+
+def test_a_failed_sync_stops_the_driver_and_fails_every_waiter(caplog: pytest.LogCaptureFixture) -> None:
+    async def scenario() -> None:
+        cluster = Cluster(groups=3)
+        cluster.start()
+        leader = await cluster.wait_leader("g0")
+        driver = cluster.net.drivers[leader]
+        cluster.sync_errors[leader] = OSError(5, "Input/output error")
+        with pytest.raises(GroupFailedError):
+            await asyncio.wait_for(driver.propose("g0", b"in doubt"), 10)
+        assert isinstance(cluster.fatal.get(leader), OSError)
+        await wait_until(lambda: driver._task is not None and driver._task.done(), "the driver's loop ended")
+        with pytest.raises(GroupFailedError):
+            driver.propose("g0", b"after")
+        await cluster.stop()
+    with caplog.at_level(logging.CRITICAL, logger="raftka.replication.driver"):
+        run(scenario())
+    assert sum("multi-raft driver stopped" in r.message for r in caplog.records) == 1
 
 
 def test_follower_refuses_proposals_with_a_leader_hint() -> None:
