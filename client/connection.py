@@ -46,6 +46,14 @@ one is pinged after 10 s. The ping timeout matters most: while any ping (HTTP/2 
 its own) awaits its answer, gRPC skips the keepalive ping and waits the default minute for that one."""
 
 
+LEADER_QUERY_TIMEOUT_S = 2.0
+"""How long a refresh waits for each further broker it asks about leaderless partitions."""
+
+
+def _leaderless(response: api_pb2.MetadataResponse) -> bool:
+    return any(p.leader_id < 0 for t in response.topics for p in t.partitions)
+
+
 def parse_bootstrap(bootstrap: str | Sequence[str]) -> list[str]:
     """`"h1:p1,h2:p2"` or a list of addresses, validated as HOST:PORT."""
     items = bootstrap.split(",") if isinstance(bootstrap, str) else list(bootstrap)
@@ -138,10 +146,18 @@ class ClusterConnection:
             self._suspects[address] = time.monotonic()
 
     def refresh(self, topics: Sequence[str] = ()) -> api_pb2.MetadataResponse:
-        """Fetch metadata (for `topics`, or all when empty) and update the cache."""
+        """Fetch metadata (for `topics`, or all when empty) and update the cache.
+
+        A broker names only a leader it has heard from, so an answer may leave a partition without
+        one (a leader cut off from its peers steps down and knows no successor). When `topics` are
+        named, the other brokers are then asked too, each briefly (`LEADER_QUERY_TIMEOUT_S`), and of
+        two answers the leader with the higher epoch wins: a client is not sent back, again and
+        again, to a deposed leader while the rest of the cluster has elected a new one."""
         request = api_pb2.MetadataRequest(topics=list(topics))
         response = self.any_broker(
             lambda ch: api_pb2_grpc.BrokerStub(ch).Metadata(request, timeout=self.request_timeout_s), idempotent=True)
+        if topics and _leaderless(response):
+            self._ask_others_for_leaders(request, response)
         with self._lock:
             self._metadata = response
             self._brokers = {b.id: b.address for b in response.brokers}
@@ -151,6 +167,27 @@ class ClusterConnection:
                 self._topics.pop(name, None)
             self._topics.update({t.name: t for t in response.topics})
         return response
+
+    def _ask_others_for_leaders(self, request: api_pb2.MetadataRequest, response: api_pb2.MetadataResponse) -> None:
+        """Fill `response`'s leaderless partitions from other brokers' answers, newest epoch first."""
+        with self._lock:
+            addresses = sorted(dict.fromkeys([*(b.address for b in response.brokers), *self.bootstrap]),
+                               key=lambda address: self._suspects.get(address, 0.0))
+        timeout = min(LEADER_QUERY_TIMEOUT_S, self.request_timeout_s)
+        for address in addresses:
+            try:
+                answer = api_pb2_grpc.BrokerStub(self.channel(address)).Metadata(request, timeout=timeout)
+            except grpc.RpcError:
+                self.suspect(address)
+                continue
+            known = {(t.name, p.partition): p for t in answer.topics for p in t.partitions if p.leader_id >= 0}
+            for topic in response.topics:
+                for partition in topic.partitions:
+                    other = known.get((topic.name, partition.partition))
+                    if other is not None and (partition.leader_id < 0 or other.leader_epoch > partition.leader_epoch):
+                        partition.leader_id, partition.leader_epoch = other.leader_id, other.leader_epoch
+            if not _leaderless(response):
+                return
 
     def topic(self, name: str, *, refresh: bool = False) -> api_pb2.TopicMetadata:
         with self._lock:
@@ -167,7 +204,8 @@ class ClusterConnection:
         return len(self.topic(topic).partitions)
 
     def leader(self, topic: str, partition: int, *, refresh: bool = False) -> str:
-        """The address of the partition's leader; raises NotLeaderError when it has none right now."""
+        """The address of the partition's leader; raises NotLeaderError when it has none right now
+        (and forgets the topic, so that the caller's retry asks the brokers again)."""
         metadata = self.topic(topic, refresh=refresh)
         if not 0 <= partition < len(metadata.partitions):
             raise UnknownPartitionError(
@@ -176,6 +214,8 @@ class ClusterConnection:
         leader_id = metadata.partitions[partition].leader_id
         with self._lock:
             address = self._brokers.get(leader_id)
+            if address is None:
+                self._topics.pop(topic, None)
         if address is None:
             raise NotLeaderError(f"{topic}/{partition} has no leader right now")
         return address

@@ -69,15 +69,17 @@ class BrokerState:
         return registration.rack if registration is not None else self.config.racks.get(broker_id, "")
 
     def topic_metadata(self, record: TopicRecord) -> api_pb2.TopicMetadata:
-        """The topic as this broker sees it. A partition's leader is the one its local replica knows,
-        else the preferred leader (a hint: a wrong guess answers NOT_LEADER with the real one). Only a
+        """The topic as this broker sees it. A partition's leader is the one its local replica leads or
+        follows, with that leader's term as its epoch; a broker without a replica, or whose replica
+        knows no leader (a leader cut off from its peers steps down and knows none), answers -1 rather
+        than guess, so clients ask another broker instead of retrying a deposed leader. Only a
         partition's leader knows which replicas are in sync; elsewhere that list is empty."""
         partitions = []
         for p, replicas in enumerate(record.replicas):
             replica = self.partitions.find(record.name, p)
-            leader = replica.leader_id if replica is not None and replica.leader_id >= 0 else replicas[0]
+            leader, epoch = replica.leadership() if replica is not None else (-1, 0)
             partitions.append(api_pb2.PartitionMetadata(
-                partition=p, leader_id=leader, replicas=replicas,
+                partition=p, leader_id=leader, leader_epoch=epoch, replicas=replicas,
                 in_sync_replicas=replica.in_sync_replicas() if replica is not None else []))
         return api_pb2.TopicMetadata(name=record.name, replication_factor=record.replication_factor,
                                      config=record.config.as_strings(), internal=record.internal,
