@@ -11,7 +11,9 @@ Invariants (the core's Ready contract, for many groups at once):
 - no message of a round leaves before the round's writes are durable, except ``early_messages``
   (a leader's appends, queued before the sync so that its fsync overlaps its followers');
 - committed entries are handed to the group's applier in index order, exactly once per process
-  lifetime (after a restart the applier is told where the core resumes: `applied_index`);
+  lifetime (after a restart the applier is told where the core resumes: `applied_index`); a snapshot
+  the group installs from its leader is handed to its restorer, if it has one, once durable and
+  before the entries committed after it;
 - a proposal's future resolves only when an entry with the proposal's index AND term is committed,
   and fails when a different entry is committed at that index (leadership changed first);
 - a read's future resolves with its ReadIndex; the reader serves it once its state machine has
@@ -34,6 +36,7 @@ from raftka.replication.errors import ProposalDroppedError
 from raftka.replication.messages import Message
 from raftka.replication.raft import RaftConfig, RaftNode, Role
 from raftka.replication.ready import Ready
+from raftka.replication.state import Snapshot
 from raftka.replication.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -48,6 +51,9 @@ class Transport(Protocol):
 Applier = Callable[[Sequence[Entry]], None]
 """Receives a group's committed entries, in index order, after they are durable."""
 
+Restorer = Callable[[Snapshot], None]
+"""Receives a snapshot the group installed (its state machine now starts from it), once durable."""
+
 
 @dataclass
 class _Group:
@@ -55,6 +61,7 @@ class _Group:
     node: RaftNode
     storage: Storage
     apply: Applier
+    restore: Restorer | None
     pending: dict[int, tuple[int, asyncio.Future[int]]] = field(default_factory=dict)
     reads: dict[bytes, asyncio.Future[int]] = field(default_factory=dict)
     idle_ticks: int = 0
@@ -89,13 +96,14 @@ class MultiRaft:
         reads: every broker (and every incarnation of it) gets its own prefix."""
         self.rounds = 0
 
-    def add_group(self, group_id: str, storage: Storage, apply: Applier, config: RaftConfig) -> RaftNode:
+    def add_group(self, group_id: str, storage: Storage, apply: Applier, config: RaftConfig,
+                  restore: Restorer | None = None) -> RaftNode:
         if group_id in self._groups:
             raise ValueError(f"group {group_id!r} is already hosted")
         if config.id != self.broker_id:
             raise ValueError(f"group {group_id!r}: node id {config.id} is not this broker ({self.broker_id})")
         node = RaftNode(config, storage, random.Random(self._rng.random()))
-        self._groups[group_id] = _Group(group_id, node, storage, apply)
+        self._groups[group_id] = _Group(group_id, node, storage, apply, restore)
         self._mark(group_id)
         return node
 
@@ -260,6 +268,8 @@ class MultiRaft:
             for message in ready.messages:
                 self._transport.send(group.group_id, message)
         for group, ready in readies:
+            if ready.snapshot is not None and group.restore is not None:
+                group.restore(ready.snapshot)
             if ready.committed_entries:
                 group.apply(ready.committed_entries)
                 self._settle(group, ready.committed_entries)
