@@ -77,6 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     broker.add_argument("--offsets-partitions", type=int, default=_env("OFFSETS_PARTITIONS", 8, int),
                         help="partitions of __consumer_offsets, the consumer groups' topic, when it is created "
                              "(env RAFTKA_OFFSETS_PARTITIONS; default 8)")
+    broker.add_argument("--snapshot-bytes", type=int, default=_env("SNAPSHOT_BYTES", 4 << 20, int),
+                        help="snapshot the metadata and group state once this many bytes of their log "
+                             "(and twice the last snapshot's size) were applied since the last snapshot, and "
+                             "truncate the log behind it (env RAFTKA_SNAPSHOT_BYTES; default 4194304)")
 
     local = commands.add_parser("local", help="run a local development cluster in the foreground")
     local.add_argument("--brokers", type=int, default=_env("LOCAL_BROKERS", DEFAULT_LOCAL_BROKERS, int),
@@ -189,7 +193,7 @@ def cmd_broker(args: argparse.Namespace) -> int:
                             metrics_host=args.metrics_host,
                             retention_check_interval_s=args.retention_check_ms / 1000,
                             leader_balance_delay_s=args.leader_balance_delay_ms / 1000,
-                            offsets_partitions=args.offsets_partitions))
+                            offsets_partitions=args.offsets_partitions, snapshot_bytes=args.snapshot_bytes))
 
 
 def cmd_local(args: argparse.Namespace) -> int:

@@ -1,8 +1,9 @@
 """The broker process: storage, Raft groups, services, health, reflection and metrics, started and
 stopped together.
 
-Start-up opens the log store, hosts the metadata log (founding it on first start), and lets the
-multi-Raft driver replay it, which re-opens every partition replica this broker holds. Health turns
+Start-up opens the log store, hosts the metadata log (founding it on first start), restores the
+metadata snapshot and lets the multi-Raft driver replay the log after it, which re-opens every
+partition replica this broker holds. Health turns
 SERVING once the metadata log has a leader, so `raftka local` and orchestrators wait until topic
 operations can succeed. Shutdown on SIGTERM or SIGINT is graceful: health turns NOT_SERVING, the
 server stops taking calls and gives in-flight ones a grace period, the driver finishes its round,
@@ -33,6 +34,7 @@ from raftka.cluster.metadata import BrokerRegistration, MetadataState
 from raftka.cluster.metrics import BrokerMetrics
 from raftka.cluster.partitions import PartitionManager
 from raftka.cluster.placement import BrokerSlot
+from raftka.cluster.state_machine import SnapshotPolicy, StateMachineStats
 from raftka.cluster.topics import MAX_BATCH_BYTES_LIMIT
 from raftka.errors import RaftkaError
 from raftka.partition.store import LogStore
@@ -112,12 +114,17 @@ async def serve(config: BrokerConfig) -> int:
                        on_fatal=fail_stop)
     metadata = MetadataState()
     address_of = config.brokers.get
-    partitions = PartitionManager(store, metadata, driver, lambda broker: address_of(broker, ""))
+    snapshot_policy = SnapshotPolicy(min_bytes=config.snapshot_bytes)
+    stats = StateMachineStats()
+    metrics.watch_state_machines(stats)
+    partitions = PartitionManager(store, metadata, driver, lambda broker: address_of(broker, ""),
+                                  snapshot_policy=snapshot_policy)
     coordinator = GroupCoordinator(config.broker_id, metadata, partitions,
-                                   timeout_s=config.request_timeout_ms / 1000)
+                                   timeout_s=config.request_timeout_ms / 1000, stats=stats)
     controller = Controller(store, driver, metadata, {b: BrokerSlot(b, config.racks.get(b, "")) for b in config.brokers},
                             lambda broker: address_of(broker, ""),
-                            is_alive=lambda broker: not transport.reported_down(broker))
+                            is_alive=lambda broker: not transport.reported_down(broker), stats=stats,
+                            snapshot_policy=snapshot_policy)
     state = BrokerState(config, metadata, partitions, controller, metrics)
     metrics.partitions.set_function(lambda: len(partitions.replicas()))
     metrics.leaders.set_function(lambda: sum(r.leader_id == config.broker_id for _, _, r in partitions.replicas()))

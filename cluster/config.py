@@ -60,6 +60,10 @@ class BrokerConfig:
     """How long a partition's in-sync preferred leader waits before leadership is handed back to it."""
     offsets_partitions: int = 8
     """Partitions of `__consumer_offsets` when this broker creates it (the topic's count is what counts)."""
+    snapshot_bytes: int = 4 << 20
+    """The metadata and group state machines are snapshotted (and their logs truncated behind) once this
+    many bytes of log were applied since the last snapshot, and twice that snapshot's size
+    (`raftka.cluster.state_machine.SnapshotPolicy`)."""
 
     @property
     def advertised_address(self) -> str:
@@ -93,5 +97,7 @@ class BrokerConfig:
             raise ValueError(f"--peers {self.peers} does not name this broker (id {self.broker_id})")
         if not self.cluster_id:
             raise ValueError("cluster id must not be empty")
+        if self.snapshot_bytes < 1:
+            raise ValueError(f"snapshot bytes must be positive, not {self.snapshot_bytes}")
         if not 1 <= self.offsets_partitions <= 1000:
             raise ValueError(f"offsets partitions must be between 1 and 1000, not {self.offsets_partitions}")

@@ -2,7 +2,8 @@
 
 The metadata log is an internal partition (`__cluster_metadata`) replicated by the controller
 voters (the brokers named by `--peers`). Each command is one record of one batch; when it commits,
-every broker's replica applies it to its `MetadataState`. A topic operation is accepted only by the
+every broker's replica applies it to its `MetadataState` (the controller is that replica's state
+machine: it applies records, snapshots and restores the metadata; `raftka.cluster.state_machine`). A topic operation is accepted only by the
 metadata leader, which validates it, places the replicas, proposes the command and answers with the
 command's outcome once it is applied here; other brokers get NOT_LEADER with the leader's address.
 """
@@ -18,10 +19,11 @@ from raftka.cluster.metadata import (ALLOCATE_PRODUCER_ID_COMMAND, METADATA_TOPI
                                      register_broker_command)
 from raftka.cluster.partitions import open_replica
 from raftka.cluster.placement import BrokerSlot, assign_replicas
+from raftka.cluster.state_machine import SnapshotPolicy, StateMachineStats, apply_records
 from raftka.cluster.topics import TopicConfig, validate_topic_name
 from raftka.errors import (InvalidPartitionsError, InvalidRequestError, InvalidTopicError, RaftkaError,
                            TopicExistsError)
-from raftka.partition.batch import decode_batch, encode_batch
+from raftka.partition.batch import encode_batch
 from raftka.partition.store import LogStore
 from raftka.replication.driver import MultiRaft
 
@@ -30,18 +32,22 @@ MAX_PARTITIONS = 10_000
 
 
 class Controller:
+    kind = "metadata"
+
     def __init__(self, store: LogStore, driver: MultiRaft, state: MetadataState, brokers: Mapping[int, BrokerSlot],
                  address_of: Callable[[int], str], *, is_alive: Callable[[int], bool] = lambda broker: True,
-                 timeout_s: float = 30.0) -> None:
+                 timeout_s: float = 30.0, stats: StateMachineStats | None = None,
+                 snapshot_policy: SnapshotPolicy = SnapshotPolicy()) -> None:
         """`is_alive(broker)` is the failure detector's view; new replicas go to live brokers."""
         self._state = state
+        self.stats = stats or StateMachineStats()
         self._brokers = brokers
         self._is_alive = is_alive
         self._timeout_s = timeout_s
         self._outcomes: dict[int, RaftkaError | None] = {}
         voters = tuple(sorted(brokers))
         self.replica, founded = open_replica(store, driver, METADATA_GROUP, voters, TopicConfig(
-            retention_ms=-1, retention_bytes=-1), address_of, replay=True, on_committed=self._apply)
+            retention_ms=-1, retention_bytes=-1), address_of, state_machine=self, snapshot_policy=snapshot_policy)
         if founded and len(voters) == 1:
             self.replica.campaign()
 
@@ -96,13 +102,21 @@ class Controller:
             raise error
         return outcome.base_offset
 
-    def _apply(self, offset: int, batch: bytes) -> None:
+    def apply(self, base_offset: int, batch: bytes) -> None:
         """Apply a committed batch of commands; keep recent outcomes for the proposer to collect.
 
         The driver applies an entry before it resolves the proposal, so `_propose` always finds the
         outcome of its own command; outcomes of commands proposed elsewhere age out.
         """
-        for record in decode_batch(batch, verify_crc=False).records:
-            self._outcomes[record.offset] = self._state.apply(record.offset, record.value or b"")
-            while len(self._outcomes) > 1024:
-                del self._outcomes[next(iter(self._outcomes))]
+        apply_records(self, METADATA_GROUP, base_offset, batch, self._apply_command)
+
+    def snapshot(self) -> bytes:
+        return self._state.snapshot()
+
+    def restore(self, data: bytes) -> None:
+        self._state.restore(data)
+
+    def _apply_command(self, offset: int, command: bytes) -> None:
+        self._outcomes[offset] = self._state.apply(offset, command)
+        while len(self._outcomes) > 1024:
+            del self._outcomes[next(iter(self._outcomes))]

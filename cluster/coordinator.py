@@ -35,7 +35,6 @@ import re
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Callable
 
 from raftka.client.membership import as_group_partitions, from_group_partitions
 from raftka.client.partitioner import murmur2
@@ -45,6 +44,7 @@ from raftka.cluster.group_log import (OFFSETS_TOPIC, CommittedOffset, GroupLog, 
 from raftka.cluster.metadata import MetadataState
 from raftka.cluster.partitions import PartitionManager
 from raftka.cluster.replica import RaftReplica
+from raftka.cluster.state_machine import StateMachineStats
 from raftka.errors import (GroupNotEmptyError, InvalidRequestError, NotCoordinatorError, NotPartitionOwnerError,
                            RaftkaError, UnknownGroupError, UnknownMemberIdError, UnknownPartitionError,
                            UnknownTopicError, UnreleasedInstanceIdError)
@@ -100,8 +100,9 @@ class _Group:
 
 class GroupCoordinator:
     def __init__(self, broker_id: int, metadata: MetadataState, partitions: PartitionManager, *,
-                 timeout_s: float = 30.0) -> None:
+                 timeout_s: float = 30.0, stats: StateMachineStats | None = None) -> None:
         self._broker_id = broker_id
+        self._stats = stats or StateMachineStats()
         self._metadata = metadata
         self._partitions = partitions
         self._timeout_s = timeout_s
@@ -109,9 +110,9 @@ class GroupCoordinator:
         self._groups: dict[str, _Group] = {}
         partitions.attach(OFFSETS_TOPIC, self._open_log)
 
-    def _open_log(self, partition: int) -> Callable[[int, bytes], None]:
-        group_log = self._logs[partition] = GroupLog(partition)
-        return group_log.apply
+    def _open_log(self, partition: int) -> GroupLog:
+        group_log = self._logs[partition] = GroupLog(partition, self._stats)
+        return group_log
 
     def coordinator_of(self, group_id: str) -> tuple[int | None, tuple[int, ...]]:
         """The group's partition: the leader this broker's replica knows (-1: none right now; None:

@@ -12,10 +12,15 @@ Each record of the partition is one JSON command about one group:
 - `delete`: the group is gone (offsets and members).
 
 Every replica applies the committed records in log order (`apply`), so any replica that becomes the
-partition's leader already has every group's state; after a restart the replica replays its log.
+partition's leader already has every group's state. The state is snapshotted into the partition's
+Raft snapshot (`snapshot`/`restore`: per group, its offsets and membership, i.e. the latest value of
+every key), behind which the log is truncated; so the partition's size depends on the number of groups
+and partitions, not on the number of commits (the equivalent of Kafka's key compaction of
+`__consumer_offsets`), and a restart restores the snapshot and replays only the records after it.
 
-Invariants: `apply` is deterministic and total (a malformed record is logged and skipped, never
-raised), and a group's state is a function of the log prefix applied.
+Invariants: `apply` is deterministic and total (a malformed record changes nothing and is reported
+and skipped the same way as in the metadata log: `raftka.cluster.state_machine`), and a group's
+state is a function of the log prefix applied, whether replayed or restored from a snapshot of it.
 """
 
 from __future__ import annotations
@@ -26,7 +31,8 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from raftka.cluster.assignors import TopicPartition
-from raftka.partition.batch import decode_batch
+from raftka.cluster.state_machine import (MalformedRecordError, SnapshotFormatError, StateMachineStats, apply_records,
+                                          field_of, items_of, parse_json)
 
 log = logging.getLogger(__name__)
 
@@ -68,14 +74,19 @@ class MemberRecord:
                 "granted": sorted(map(list, self.granted)), "held": sorted(map(list, self.held)), "epoch": self.epoch, "left": self.left}
 
     @classmethod
-    def from_json(cls, raw: dict[str, Any]) -> MemberRecord:
-        return cls(raw["member_id"], raw["instance_id"], raw["client_id"], tuple(raw["topics"]), raw["pattern"],
-                   raw["session_timeout_ms"], _tps(raw["target"]), _tps(raw["granted"]), _tps(raw["held"]),
-                   raw["epoch"], raw["left"])
+    def from_json(cls, raw: Any) -> MemberRecord:
+        """Raises MalformedRecordError unless `raw` is what `to_json` writes."""
+        topics = field_of(raw, "topics", list)
+        if not all(isinstance(topic, str) for topic in topics):
+            raise MalformedRecordError(f"member topics {topics!r} are not names")
+        return cls(field_of(raw, "member_id", str), field_of(raw, "instance_id", str),
+                   field_of(raw, "client_id", str), tuple(topics), field_of(raw, "pattern", str),
+                   field_of(raw, "session_timeout_ms", int), _tps(raw, "target"), _tps(raw, "granted"),
+                   _tps(raw, "held"), field_of(raw, "epoch", int), field_of(raw, "left", bool))
 
 
-def _tps(raw: list[list[Any]]) -> frozenset[TopicPartition]:
-    return frozenset((topic, partition) for topic, partition in raw)
+def _tps(raw: Any, name: str) -> frozenset[TopicPartition]:
+    return frozenset(items_of(raw, name, 2, (str, int)))  # type: ignore[arg-type]
 
 
 @dataclass
@@ -110,36 +121,74 @@ def delete_command(group_id: str) -> bytes:
 class GroupLog:
     """The groups of one `__consumer_offsets` partition, as applied from its committed records."""
 
-    def __init__(self, partition: int) -> None:
+    kind = "groups"
+
+    def __init__(self, partition: int, stats: StateMachineStats | None = None) -> None:
         self.partition = partition
+        self.stats = stats or StateMachineStats()
         self.groups: dict[str, GroupRecord] = {}
+        self._name = f"{OFFSETS_TOPIC}/{partition}"
 
     def apply(self, base_offset: int, batch: bytes) -> None:
-        for record in decode_batch(batch, verify_crc=False).records:
-            try:
-                self._apply(json.loads(record.value or b"{}"))
-            except (ValueError, KeyError, TypeError) as exc:
-                log.error("skipping malformed group record partition=%d offset=%d: %s", self.partition,
-                          record.offset, exc)
+        apply_records(self, self._name, base_offset, batch, self._apply)
 
-    def _apply(self, raw: dict[str, Any]) -> None:
-        op, group_id = raw["op"], raw["group"]
+    def snapshot(self) -> bytes:
+        """Every group's latest offsets and membership (what the log's records would be compacted to)."""
+        return json.dumps({"format": 1, "groups": [
+            {"group": g.group_id, "epoch": g.epoch, "assignor": g.assignor,
+             "members": [m.to_json() for m in g.members.values()],
+             "offsets": [[t, p, c.offset, c.metadata, c.commit_time_ms, c.topic_id]
+                         for (t, p), c in g.offsets.items()]}
+            for g in self.groups.values()]}).encode()
+
+    def restore(self, data: bytes) -> None:
+        try:
+            raw = parse_json(data)
+            if field_of(raw, "format", int) != 1:
+                raise MalformedRecordError(f"unknown format {raw['format']}")
+            groups = {}
+            for item in field_of(raw, "groups", list):
+                group = GroupRecord(field_of(item, "group", str), _offsets(item), _members(item),
+                                    field_of(item, "assignor", str), field_of(item, "epoch", int))
+                groups[group.group_id] = group
+        except MalformedRecordError as exc:
+            raise SnapshotFormatError(f"group snapshot of {self._name} does not decode: {exc}") from None
+        self.groups = groups
+
+    def _apply(self, offset: int, value: bytes) -> None:
+        """Parse the whole record before changing anything, so a malformed one changes nothing."""
+        raw = parse_json(value)
+        op, group_id = field_of(raw, "op", str), field_of(raw, "group", str)
         if op == "delete":
             self.groups.pop(group_id, None)
-            return
-        group = self.groups.get(group_id)
-        if group is None:
-            group = self.groups[group_id] = GroupRecord(group_id)
-        if op == "offsets":
-            for topic, partition, offset, metadata, commit_time_ms, topic_id in raw["offsets"]:
-                group.offsets[(topic, partition)] = CommittedOffset(offset, metadata, commit_time_ms, topic_id)
+        elif op == "offsets":
+            self._group(group_id).offsets.update(_offsets(raw))
         elif op == "forget":
-            for topic, partition, topic_id in raw["offsets"]:
+            forgotten = items_of(raw, "offsets", 3, (str, int, str))
+            group = self._group(group_id)
+            for topic, partition, topic_id in forgotten:
                 committed = group.offsets.get((topic, partition))
                 if committed is not None and committed.topic_id == topic_id:
                     del group.offsets[(topic, partition)]
         elif op == "members":
-            group.members = {m["member_id"]: MemberRecord.from_json(m) for m in raw["members"]}
-            group.epoch, group.assignor = raw["epoch"], raw["assignor"]
+            members, epoch, assignor = _members(raw), field_of(raw, "epoch", int), field_of(raw, "assignor", str)
+            group = self._group(group_id)
+            group.members, group.epoch, group.assignor = members, epoch, assignor
         else:
-            log.error("unknown group record op=%r partition=%d", op, self.partition)
+            raise MalformedRecordError(f"unknown group record op {op!r}")
+
+    def _group(self, group_id: str) -> GroupRecord:
+        group = self.groups.get(group_id)
+        if group is None:
+            group = self.groups[group_id] = GroupRecord(group_id)
+        return group
+
+
+def _offsets(raw: Any) -> dict[TopicPartition, CommittedOffset]:
+    return {(topic, partition): CommittedOffset(offset, metadata, commit_time_ms, topic_id)
+            for topic, partition, offset, metadata, commit_time_ms, topic_id
+            in items_of(raw, "offsets", 6, (str, int, int, str, int, str))}
+
+
+def _members(raw: Any) -> dict[str, MemberRecord]:
+    return {m.member_id: m for m in map(MemberRecord.from_json, field_of(raw, "members", list))}

@@ -4,14 +4,17 @@ The metadata log is the Raft log of the internal partition `__cluster_metadata/0
 controller-eligible brokers. Each record of it is one command (JSON: register_broker, create_topic, delete_topic,
 allocate_producer_id — whose offset in the log is the producer id it allocates, so it changes no state);
 every broker applies the committed commands in log order to the same `MetadataState`, so all of them
-agree on which brokers registered (address, rack), which topics exist and where their replicas live, and a restart rebuilds the state by
-replaying the log.
+agree on which brokers registered (address, rack), which topics exist and where their replicas live.
+The state is snapshotted into the partition's Raft snapshot (`snapshot`/`restore`), so a restart
+restores the snapshot and replays only the commands after it.
 
-Invariants: `apply` is deterministic and total — a command that is no longer valid when it commits
+Invariants: applying is deterministic and total — a command that is no longer valid when it commits
 (a topic created twice by racing controllers, a delete of a topic already gone) changes nothing
-and reports why, so replaying the log always yields the same state. Each topic gets a random id at
-creation; partition logs are named by topic id, so a deleted and re-created topic never sees the
-old topic's records.
+and reports why, and a malformed one is reported and skipped (`raftka.cluster.state_machine`), so
+replaying the log always yields the same state. `restore` tells the listeners exactly the topics
+that differ (deleted, then created), as if the commands it skips had been applied. Each topic gets a
+random id at creation; partition logs are named by topic id, so a deleted and re-created topic never
+sees the old topic's records.
 """
 
 from __future__ import annotations
@@ -23,8 +26,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from raftka.cluster.state_machine import MalformedRecordError, SnapshotFormatError, field_of, parse_json
 from raftka.cluster.topics import TopicConfig
-from raftka.errors import RaftkaError, TopicExistsError, UnknownTopicError
+from raftka.errors import InvalidConfigError, RaftkaError, TopicExistsError, UnknownTopicError
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +61,19 @@ class TopicRecord:
                 "config": self.config.as_strings(), "internal": self.internal}
 
     @classmethod
-    def from_json(cls, raw: dict[str, Any]) -> TopicRecord:
-        return cls(name=raw["name"], topic_id=raw["topic_id"], replicas=tuple(tuple(r) for r in raw["replicas"]),
-                   config=TopicConfig.parse(raw["config"]), internal=raw["internal"])
+    def from_json(cls, raw: Any) -> TopicRecord:
+        """Raises MalformedRecordError unless `raw` is what `to_json` writes."""
+        replicas = field_of(raw, "replicas", list)
+        if not replicas or not all(isinstance(r, list) and r and len(r) == len(replicas[0])
+                                   and all(isinstance(b, int) and not isinstance(b, bool) for b in r)
+                                   for r in replicas):
+            raise MalformedRecordError(f"replicas {replicas!r} are not lists of broker ids of one length")
+        try:
+            config = TopicConfig.parse(field_of(raw, "config", dict))
+        except InvalidConfigError as exc:
+            raise MalformedRecordError(f"bad topic config: {exc.message}") from None
+        return cls(name=field_of(raw, "name", str), topic_id=field_of(raw, "topic_id", str),
+                   replicas=tuple(map(tuple, replicas)), config=config, internal=field_of(raw, "internal", bool))
 
 
 @dataclass(frozen=True)
@@ -67,6 +81,10 @@ class BrokerRegistration:
     broker_id: int
     address: str
     rack: str = ""
+
+    @classmethod
+    def from_json(cls, raw: Any) -> BrokerRegistration:
+        return cls(field_of(raw, "broker_id", int), field_of(raw, "address", str), field_of(raw, "rack", str))
 
 
 def register_broker_command(registration: BrokerRegistration) -> bytes:
@@ -89,7 +107,7 @@ Listener = Callable[[TopicRecord], None]
 
 
 class MetadataState:
-    """The applied metadata. Mutated only by `apply` on the broker's event loop; read from anywhere."""
+    """The applied metadata. Mutated only by `apply`/`restore` on the broker's event loop; read from anywhere."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -100,40 +118,80 @@ class MetadataState:
         self.on_deleted: list[Listener] = []
 
     def apply(self, offset: int, command: bytes) -> RaftkaError | None:
-        """Apply the command at `offset` of the metadata log; returns why it changed nothing, if so."""
+        """Apply the command at `offset` of the metadata log; returns why it changed nothing, if so.
+        A command that does not parse changes nothing and raises MalformedRecordError (the caller
+        reports and skips it: `state_machine.apply_records`)."""
         if offset <= self.applied_offset:
             return None
         self.applied_offset = offset
-        raw = json.loads(command)
-        if raw["op"] == "create_topic":
-            record = TopicRecord.from_json(raw["topic"])
+        raw = parse_json(command)
+        op = field_of(raw, "op", str)
+        if op == "create_topic":
+            record = TopicRecord.from_json(field_of(raw, "topic", dict))
             with self._lock:
                 if record.name in self._topics:
                     return TopicExistsError(f"topic {record.name!r} already exists")
                 self._topics[record.name] = record
-            log.info("topic created name=%s id=%s partitions=%d replicas=%s", record.name, record.topic_id,
-                     record.partitions, [list(r) for r in record.replicas])
-            for listener in self.on_created:
-                listener(record)
-        elif raw["op"] == "register_broker":
-            registration = BrokerRegistration(raw["broker_id"], raw["address"], raw["rack"])
+            self._created(record)
+        elif op == "register_broker":
+            registration = BrokerRegistration.from_json(raw)
             with self._lock:
                 self._brokers[registration.broker_id] = registration
             log.info("broker registered id=%d address=%s rack=%s", registration.broker_id, registration.address,
                      registration.rack)
-        elif raw["op"] == "delete_topic":
+        elif op == "delete_topic":
+            name = field_of(raw, "name", str)
             with self._lock:
-                record = self._topics.pop(raw["name"], None)
+                record = self._topics.pop(name, None)
             if record is None:
-                return UnknownTopicError(f"unknown topic {raw['name']!r}")
-            log.info("topic deleted name=%s id=%s", record.name, record.topic_id)
-            for listener in self.on_deleted:
-                listener(record)
-        elif raw["op"] == "allocate_producer_id":
+                return UnknownTopicError(f"unknown topic {name!r}")
+            self._deleted(record)
+        elif op == "allocate_producer_id":
             log.debug("producer id allocated id=%d", offset)
         else:
-            log.error("unknown metadata command at offset %d: %r", offset, raw)
+            raise MalformedRecordError(f"unknown metadata command {op!r}")
         return None
+
+    def snapshot(self) -> bytes:
+        with self._lock:
+            return json.dumps({"format": 1, "applied_offset": self.applied_offset,
+                               "brokers": [{"broker_id": b.broker_id, "address": b.address, "rack": b.rack}
+                                           for b in self._brokers.values()],
+                               "topics": [t.to_json() for t in self._topics.values()]},
+                              sort_keys=True).encode()
+
+    def restore(self, data: bytes) -> None:
+        """Replace the state by a snapshot's, then tell the listeners which topics went and came."""
+        try:
+            raw = parse_json(data)
+            if field_of(raw, "format", int) != 1:
+                raise MalformedRecordError(f"unknown format {raw['format']}")
+            applied_offset = field_of(raw, "applied_offset", int)
+            brokers = [BrokerRegistration.from_json(b) for b in field_of(raw, "brokers", list)]
+            topics = {t.name: t for t in map(TopicRecord.from_json, field_of(raw, "topics", list))}
+        except MalformedRecordError as exc:
+            raise SnapshotFormatError(f"metadata snapshot does not decode: {exc}") from None
+        with self._lock:
+            before, self._topics = self._topics, topics
+            self._brokers = {b.broker_id: b for b in brokers}
+            self.applied_offset = applied_offset
+        for record in before.values():
+            if _topic_id(topics.get(record.name)) != record.topic_id:
+                self._deleted(record)
+        for record in topics.values():
+            if _topic_id(before.get(record.name)) != record.topic_id:
+                self._created(record)
+
+    def _created(self, record: TopicRecord) -> None:
+        log.info("topic created name=%s id=%s partitions=%d replicas=%s", record.name, record.topic_id,
+                 record.partitions, [list(r) for r in record.replicas])
+        for listener in self.on_created:
+            listener(record)
+
+    def _deleted(self, record: TopicRecord) -> None:
+        log.info("topic deleted name=%s id=%s", record.name, record.topic_id)
+        for listener in self.on_deleted:
+            listener(record)
 
     def brokers(self) -> dict[int, BrokerRegistration]:
         with self._lock:
@@ -157,3 +215,7 @@ class MetadataState:
         """Preferred leaderships per broker, for placing the next topic."""
         with self._lock:
             return Counter(r[0] for t in self._topics.values() for r in t.replicas)
+
+
+def _topic_id(record: TopicRecord | None) -> str | None:
+    return None if record is None else record.topic_id

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from raftka.cluster.state_machine import StateMachineStats
+
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -47,6 +49,12 @@ class BrokerMetrics:
                                            ["stage"], registry=r)
         self.raft_groups_stopped = Gauge("raftka_raft_groups_stopped",
                                          "Raft groups stopped after a failure, waiting to be reopened", registry=r)
+        self.state_machine_skipped = Gauge("raftka_state_machine_records_skipped",
+                                           "Malformed records of the metadata or group logs skipped since start",
+                                           ["machine"], registry=r)
+        self.state_machine_snapshots = Gauge("raftka_state_machine_snapshots",
+                                             "Snapshots of the metadata or group state taken or restored since start",
+                                             ["machine", "event"], registry=r)
         self.raft_refusals = Gauge("raftka_raft_refusals",
                                    "Raft connections refused since start, by this broker (incoming: another "
                                    "cluster or broker id, malformed) or by its peers (outgoing)", ["by"], registry=r)
@@ -59,6 +67,15 @@ class BrokerMetrics:
             self.raft_bytes.labels(direction).set_function(lambda d=direction: getattr(stats, f"{d}_bytes"))
         self.raft_refusals.labels("this_broker").set_function(lambda: getattr(stats, "refused_streams"))
         self.raft_refusals.labels("peers").set_function(lambda: getattr(stats, "refused_by_peers"))
+
+    def watch_state_machines(self, stats: StateMachineStats) -> None:
+        """Export the internal state machines' counters (read when scraped)."""
+        for machine in ("metadata", "groups"):
+            self.state_machine_skipped.labels(machine).set_function(lambda m=machine: stats.skipped[m])
+            self.state_machine_snapshots.labels(machine, "taken").set_function(
+                lambda m=machine: stats.snapshots_taken[m])
+            self.state_machine_snapshots.labels(machine, "restored").set_function(
+                lambda m=machine: stats.snapshots_restored[m])
 
     def serve(self, host: str, port: int) -> None:
         """Serve /metrics from a daemon thread."""

@@ -1,11 +1,13 @@
 """The broker's partition replicas, kept in step with the applied cluster metadata.
 
-When a create_topic command is applied, the broker opens a replica for every partition that lists
-it among its replicas; a brand-new replica bootstraps its Raft group with the topic's replica set as
-the founding voters, and the preferred leader (first replica) campaigns at once. When a delete is
-applied, the groups go and their logs are dropped. Start-up replays the metadata log, which opens
+When a create_topic command is applied (or a metadata snapshot holding the topic is restored), the
+broker opens a replica for every partition that lists it among its replicas; a brand-new replica
+bootstraps its Raft group with the topic's replica set as the founding voters, and the preferred
+leader (first replica) campaigns at once. When a delete is applied, the groups go and their logs are
+dropped. Start-up restores the metadata snapshot and replays the metadata log after it, which opens
 the replicas again (their logs already exist, so nothing is bootstrapped twice), and then drops logs
-that no topic names any more (a crash between a delete and its drop).
+that no topic names any more (a crash between a delete and its drop). The replicas of an internal
+topic with a state machine (`attach`) snapshot it by the manager's `SnapshotPolicy`.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Callable
 
 from raftka.cluster.metadata import MetadataState, TopicRecord
 from raftka.cluster.replica import RaftReplica
+from raftka.cluster.state_machine import SnapshotPolicy, StateMachine
 from raftka.cluster.topics import TopicConfig
 from raftka.errors import NotLeaderError, UnknownPartitionError
 from raftka.partition.log import LogConfig
@@ -25,7 +28,7 @@ from raftka.replication.state import ConfState
 
 log = logging.getLogger(__name__)
 
-StateMachineFactory = Callable[[int], Callable[[int, bytes], None]]
+StateMachineFactory = Callable[[int], StateMachine]
 
 
 def log_config(config: TopicConfig) -> LogConfig:
@@ -47,8 +50,9 @@ def open_replica(store: LogStore, driver: MultiRaft, group_id: str, voters: tupl
 
 class PartitionManager:
     def __init__(self, store: LogStore, metadata: MetadataState, driver: MultiRaft,
-                 address_of: Callable[[int], str]) -> None:
+                 address_of: Callable[[int], str], *, snapshot_policy: SnapshotPolicy = SnapshotPolicy()) -> None:
         self._store = store
+        self._snapshot_policy = snapshot_policy
         self._metadata = metadata
         self._driver = driver
         self._address_of = address_of
@@ -59,8 +63,8 @@ class PartitionManager:
 
     def attach(self, topic: str, factory: StateMachineFactory) -> None:
         """Make the replicas of internal topic `topic` feed a state machine: `factory(partition)`
-        returns the callback that applies the partition's committed batches, from the start of its
-        log after every restart. Call before the metadata log is replayed."""
+        returns the partition's, which the replica restores from its snapshot and feeds the committed
+        batches after it. Call before the metadata log is replayed."""
         self._state_machines[topic] = factory
 
     def replica(self, topic: str, partition: int) -> RaftReplica:
@@ -95,7 +99,8 @@ class PartitionManager:
             if me not in voters:
                 continue
             factory = self._state_machines.get(record.name)
-            options = {} if factory is None else {"replay": True, "on_committed": factory(partition)}
+            options = {} if factory is None else {"state_machine": factory(partition),
+                                                  "snapshot_policy": self._snapshot_policy}
             replica, founded = open_replica(self._store, self._driver, record.group_id(partition), voters,
                                             record.config, self._address_of, **options)
             self._replicas[(record.name, partition)] = replica

@@ -15,6 +15,14 @@ Invariants:
 - `high_watermark` only grows while the process runs (the committed prefix never shrinks);
 - an idempotent batch is written at most once: the leader checks its sequence against every batch
   in its log (`ProducerStates`) and answers a retry with the first write's offsets, once committed.
+
+A replica of an internal partition feeds a state machine (`raftka.cluster.state_machine`) every
+committed batch. Its state lives in the Raft snapshot: when `SnapshotPolicy` says so (after applying a
+round's entries), the replica snapshots it at the last applied entry and truncates the log behind it
+(`PartitionStorage.snapshot_and_truncate`); a restart restores the snapshot and replays the entries
+after it; a replica that installs its leader's snapshot (it fell behind the truncated log, or is new)
+restores the state machine from it. Retention never applies to such a partition: its snapshots would
+carry no state.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from raftka.cluster.producer_state import HISTORY_BYTES, ProducerStates, WrittenBatch
+from raftka.cluster.state_machine import SnapshotPolicy, StateMachine
 from raftka.cluster.topics import TopicConfig
 from raftka.errors import (BatchTooLargeError, CorruptBatchError, InvalidBatchError, NotEnoughReplicasError,
                            NotLeaderError, OffsetOutOfRangeError, RequestTimedOutError, StorageError)
@@ -35,8 +44,9 @@ from raftka.partition.log import PartitionLog
 from raftka.replication import errors as raft_errors
 from raftka.replication.driver import MultiRaft
 from raftka.replication.entries import Entry, EntryType
-from raftka.replication.log_storage import PartitionStorage
+from raftka.replication.log_storage import PartitionStorage, snapshot_offset, snapshot_payload
 from raftka.replication.raft import RaftConfig, RaftNode, Role
+from raftka.replication.state import Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -62,25 +72,25 @@ class ReadResult:
     log_start_offset: int
 
 
-OnCommitted = Callable[[int, bytes], None]
-"""Called with (base offset, batch) for every committed batch, in order (the metadata log uses it)."""
-
-
 class RaftReplica:
     def __init__(self, group_id: str, log: PartitionLog, storage: PartitionStorage, driver: MultiRaft,
-                 config: TopicConfig, address_of: Callable[[int], str], *, replay: bool = False,
-                 on_committed: OnCommitted | None = None) -> None:
-        """`replay` re-applies every committed entry after a restart (for state machines such as the
-        metadata log); without it the replica resumes from its persisted commit index."""
+                 config: TopicConfig, address_of: Callable[[int], str], *, state_machine: StateMachine | None = None,
+                 snapshot_policy: SnapshotPolicy = SnapshotPolicy()) -> None:
+        """With a `state_machine`, the replica restores it from the Raft snapshot and re-applies every
+        committed entry after it; without one it resumes from its persisted commit index."""
         self.group_id = group_id
         self._log = log
         self._storage = storage
         self._driver = driver
         self._config = config
         self._address_of = address_of
-        self._on_committed = on_committed
+        self._state_machine = state_machine
+        self._snapshot_policy = snapshot_policy
+        self._applied_bytes = 0
+        """Bytes of the batches applied to the state machine since its last snapshot."""
+        self._snapshot_bytes = 0
         hard_state, snapshot = storage.initial_state()
-        applied = snapshot.index if replay else max(hard_state.commit, snapshot.index)
+        applied = snapshot.index if state_machine is not None else max(hard_state.commit, snapshot.index)
         self._hw = storage.end_offset_at(applied)
         self._grown: asyncio.Future[None] | None = None
         self._applied = applied
@@ -90,9 +100,11 @@ class RaftReplica:
         self._committed_producers = ProducerStates()
         self._unscanned_history: int | None = applied
         self._producers: ProducerStates | None = None
+        if state_machine is not None and snapshot.index > 0:
+            self._load(storage.snapshot(), "local")
         driver.add_group(group_id, storage, self._apply, RaftConfig(
             id=driver.broker_id, election_ticks=ELECTION_TICKS, heartbeat_ticks=HEARTBEAT_TICKS, applied=applied,
-            broadcast_commit=on_committed is not None))
+            broadcast_commit=state_machine is not None), restore=self._restore)
 
     @property
     def node(self) -> RaftNode:
@@ -275,6 +287,8 @@ class RaftReplica:
         return self._log.offset_for_timestamp(timestamp_ms, upper_bound=self._hw)
 
     def apply_retention(self, now_ms: int) -> int:
+        if self._state_machine is not None:
+            return 0
         return self._storage.apply_retention(now_ms, self.node.applied_index, self.node.conf_state_at)
 
     def require_leader(self) -> None:
@@ -334,8 +348,9 @@ class RaftReplica:
                 continue
             header = batch_format.read_header(entry.data, verify_crc=False)
             self._committed_producers.record(header)
-            if self._on_committed is not None:
-                self._on_committed(header.base_offset, entry.data)
+            if self._state_machine is not None:
+                self._state_machine.apply(header.base_offset, entry.data)
+                self._applied_bytes += len(entry.data)
             hw = header.next_offset
         if hw != self._hw:
             self._hw = hw
@@ -347,3 +362,34 @@ class RaftReplica:
             moved, self._applied_moved = self._applied_moved, None
             if moved is not None and not moved.done():
                 moved.set_result(None)
+            if self._state_machine is not None and self._snapshot_policy.due(self._applied_bytes,
+                                                                             self._snapshot_bytes):
+                self._snapshot(entries[-1].index)
+
+    def _snapshot(self, index: int) -> None:
+        """Snapshot the state machine as of `index` (the last applied entry) and truncate the log behind it."""
+        assert self._state_machine is not None
+        data = self._state_machine.snapshot()
+        self._storage.snapshot_and_truncate(index, self.node.conf_state_at(index), data)
+        self._applied_bytes, self._snapshot_bytes = 0, len(data)
+        self._state_machine.stats.snapshots_taken[self._state_machine.kind] += 1
+
+    def _restore(self, snapshot: Snapshot) -> None:
+        """The group installed its leader's snapshot: what it covers is committed and applied."""
+        self._applied = snapshot.index
+        self._hw = max(self._hw, snapshot_offset(snapshot))
+        if self._state_machine is not None:
+            self._load(snapshot, "leader")
+
+    def _load(self, snapshot: Snapshot, source: str) -> None:
+        """Restore the state machine from `snapshot` (`source`: this replica's own, or its leader's). The
+        founding snapshot carries no state (that of the empty log, which the state machine starts with)."""
+        assert self._state_machine is not None
+        data = snapshot_payload(snapshot)
+        if data:
+            self._state_machine.restore(data)
+            self._state_machine.stats.snapshots_restored[self._state_machine.kind] += 1
+            log.info("state machine restored from snapshot machine=%s source=%s group=%s index=%d offset=%d bytes=%d",
+                     self._state_machine.kind, source, self.group_id, snapshot.index, snapshot_offset(snapshot),
+                     len(data))
+        self._applied_bytes, self._snapshot_bytes = 0, len(data)

@@ -127,6 +127,7 @@ class PartitionLog:
             self._end = self._load_end()
         self._durable_end = self._end
         self._low_water = self._end
+        self._roll_next = False
 
     def __repr__(self) -> str:
         return (f"PartitionLog({self.name!r}, start={self._start}, durable_end={self._durable_end}, "
@@ -180,12 +181,13 @@ class PartitionLog:
         base, now = self._end, self._clock()
         size, next_offset, max_ts = len(stamped), base + header.record_count, header.max_timestamp
         segment = self._segments[-1] if self._segments else None
-        roll = (segment is None or segment.size + size > self.config.segment_bytes
+        roll = (segment is None or self._roll_next or segment.size + size > self.config.segment_bytes
                 or now - segment.created_ms >= self.config.segment_ms)
         with self._staging(self) as wb:
             if roll:
                 segment = _Segment(base, 0, _NO_TIMESTAMP, now)
                 self._segments.append(segment)
+                self._roll_next = False
             wb.put(self._keys.batch(base), stamped)
             if max_ts > segment.max_ts:
                 segment.max_ts = max_ts
@@ -302,6 +304,20 @@ class PartitionLog:
             total -= oldest.size
             doomed += 1
         return segments[doomed].base if doomed else self._start
+
+    def segment_base_at(self, offset: int) -> int:
+        """The base of the segment holding `offset` (the last segment if `offset` is the end offset):
+        `delete_segments_before` of it deletes exactly the segments that end at or before `offset`."""
+        self._check_open()
+        holding = bisect.bisect_right(self._segments, offset, key=lambda s: s.base) - 1
+        return self._segments[holding].base if holding >= 0 else self._start
+
+    def roll(self) -> None:
+        """Start a new segment at the next append, so that the records appended so far can go as whole
+        segments once the caller no longer needs them (a snapshot covers them). Kept in memory only:
+        after a restart the active segment takes appends until it rolls for its own reasons."""
+        self._check_open()
+        self._roll_next = True
 
     def delete_segments_before(self, new_start: int) -> int:
         """Delete the whole segments that end at or before `new_start` (a segment base, or start_offset);

@@ -33,6 +33,10 @@ is gone gets a snapshot, which resets its record log to start at the snapshot's 
 records are gone too, as on the leader). Compaction alone (`compact`) drops pointers and keeps the
 batches, which consumers still read through the PartitionLog.
 
+A log whose state lives in its snapshots (an internal state machine's) is truncated by
+`snapshot_and_truncate` instead of retention: the snapshot carries the state, so the entries it
+covers and the segments holding only their records go at once.
+
 Validation happens before anything is staged: an exception inside a staging block poisons the
 store, and a leader bug (a badly stamped batch) must be an error, not a dead broker.
 """
@@ -270,6 +274,28 @@ class RaftEntryLog:
         pointer = self._pointer(index)
         with self._staging(self) as wb:
             self._stage_snapshot(wb, SnapshotRecord(index, pointer.term, pointer.next, conf, data))
+        return self._snapshot
+
+    def snapshot_and_truncate(self, index: int, conf: bytes, data: bytes) -> SnapshotRecord:
+        """Record a snapshot at `index` as `create_snapshot` does, compact the entries up to `index`,
+        delete the segments that end at or before the snapshot's offset and roll the active one (so the
+        next call can delete it). The records of the entries it covers are therefore gone, except
+        those sharing the active segment with later ones. One staged write."""
+        self.log._check_open()
+        if index <= self._snapshot.index:
+            raise EntryIndexError(index, index + 1, self._snapshot.index + 1, self._last)
+        self._check_index(index)
+        pointer = self._pointer(index)
+        new_start = self.log.segment_base_at(pointer.next)
+        with self._staging(self) as wb:
+            self._stage_snapshot(wb, SnapshotRecord(index, pointer.term, pointer.next, conf, data))
+            if index >= self._first:
+                self._stage_compact(wb, index)
+            deleted = self.log.delete_segments_before(new_start)
+            self.log.roll()
+        log.info("raft log %s: snapshot index=%d offset=%d bytes=%d, deleted %d segments, log starts at "
+                 "offset %d, entries at %d", self.name, index, pointer.next, len(data), deleted,
+                 self.log.start_offset, self._first)
         return self._snapshot
 
     def apply_snapshot(self, snapshot: SnapshotRecord) -> None:

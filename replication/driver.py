@@ -13,7 +13,9 @@ Invariants (the core's Ready contract, for many groups at once):
   (a leader's appends, queued before the sync so that its fsync overlaps its followers');
 - committed entries are handed to the group's applier in index order, exactly once per process
   lifetime (after a restart the applier is told where the core resumes: `applied_index`), except
-  the entries of a batch the applier raised on (see the failure contract);
+  the entries of a batch the applier raised on (see the failure contract); a snapshot the group
+  installs from its leader is handed to its restorer, if it has one, once durable and before the
+  entries committed after it;
 - a proposal's future resolves only when an entry with the proposal's index AND term is committed,
   and fails when a different entry is committed at that index, or as soon as the node stops leading
   the term it was proposed in (the entry may still commit under the next leader: the caller retries
@@ -63,6 +65,7 @@ from raftka.replication.errors import GroupFailedError, ProposalDroppedError
 from raftka.replication.messages import Message
 from raftka.replication.raft import RaftConfig, RaftNode, Role
 from raftka.replication.ready import Ready
+from raftka.replication.state import Snapshot
 from raftka.replication.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -76,6 +79,9 @@ class Transport(Protocol):
 
 Applier = Callable[[Sequence[Entry]], None]
 """Receives a group's committed entries, in index order, after they are durable."""
+
+Restorer = Callable[[Snapshot], None]
+"""Receives a snapshot the group installed (its state machine now starts from it), once durable."""
 
 REOPEN_BACKOFF_S = 0.5
 REOPEN_BACKOFF_MAX_S = 30.0
@@ -91,9 +97,10 @@ class _Group:
     node: RaftNode
     storage: Storage
     apply: Applier
+    restore: Restorer | None
     config: RaftConfig
     applied: int
-    """The last index the applier accepted (or the index the node resumed from)."""
+    """The last index the applier accepted, or the snapshot restored (or the index the node resumed from)."""
     pending: dict[int, tuple[int, asyncio.Future[int]]] = field(default_factory=dict)
     reads: dict[bytes, asyncio.Future[int]] = field(default_factory=dict)
     idle_ticks: int = 0
@@ -142,13 +149,14 @@ class MultiRaft:
         reads: every broker (and every incarnation of it) gets its own prefix."""
         self.rounds = 0
 
-    def add_group(self, group_id: str, storage: Storage, apply: Applier, config: RaftConfig) -> RaftNode:
+    def add_group(self, group_id: str, storage: Storage, apply: Applier, config: RaftConfig,
+                  restore: Restorer | None = None) -> RaftNode:
         if group_id in self._groups:
             raise ValueError(f"group {group_id!r} is already hosted")
         if config.id != self.broker_id:
             raise ValueError(f"group {group_id!r}: node id {config.id} is not this broker ({self.broker_id})")
         node = self._new_node(config, storage)
-        self._groups[group_id] = _Group(group_id, node, storage, apply, config, node.applied_index)
+        self._groups[group_id] = _Group(group_id, node, storage, apply, restore, config, node.applied_index)
         self._mark(group_id)
         return node
 
@@ -340,11 +348,15 @@ class MultiRaft:
             if group.node is not node:
                 continue
             try:
+                if ready.snapshot is not None and group.restore is not None:
+                    group.restore(ready.snapshot)
                 if ready.committed_entries:
                     group.apply(ready.committed_entries)
             except Exception as exc:  # noqa: BLE001
                 self._fail(group, "apply", exc)
                 continue
+            if ready.snapshot is not None:
+                group.applied = max(group.applied, ready.snapshot.index)
             if ready.committed_entries:
                 group.applied = ready.committed_entries[-1].index
                 self._settle(group, ready.committed_entries)

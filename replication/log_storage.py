@@ -15,8 +15,10 @@ which is what the core assumes of everything in a Storage.
 Snapshots: the state machine of a partition IS the log, so a snapshot is its metadata plus
 ``data = offset u64 || application data``, where `offset` is the end offset of the records of the
 entries it covers: a follower installing it restarts its record log, empty, at that offset.
-``create_snapshot(index, conf, data)`` prepends the offset to the caller's `data` (empty today;
-idempotent-producer state later). Retention drives compaction: see `apply_retention`.
+``create_snapshot(index, conf, data)`` prepends the offset to the caller's `data` (`snapshot_payload`
+gives it back): empty for an ordinary partition, whose retention drives compaction (see
+`apply_retention`); the serialised state for an internal state machine's partition, which
+`snapshot_and_truncate` compacts and truncates behind each snapshot.
 """
 
 from __future__ import annotations
@@ -66,6 +68,12 @@ def snapshot_offset(snapshot: Snapshot) -> int:
         raise SnapshotDataError(f"snapshot {snapshot.index} carries {len(snapshot.data)} bytes of data; "
                                 f"a partition snapshot starts with its u64 record offset")
     return _U64.unpack_from(snapshot.data)[0]
+
+
+def snapshot_payload(snapshot: Snapshot) -> bytes:
+    """The application data of a partition snapshot (after its record offset)."""
+    snapshot_offset(snapshot)
+    return snapshot.data[_U64.size:]
 
 
 class PartitionStorage:
@@ -156,13 +164,16 @@ class PartitionStorage:
 
     def create_snapshot(self, index: int, conf_state: ConfState, data: bytes = b"") -> Snapshot:
         """Record a snapshot at `index` whose data is its record offset followed by `data`."""
-        current = self.entry_log.snapshot.index
-        if index <= current:
-            raise SnapshotOutOfDateError(f"snapshot {index} is not newer than {current}")
-        if index > self.last_index():
-            raise UnavailableError(f"snapshot index {index} is beyond the last index {self.last_index()}")
-        self._check_term_index(index)
+        self._check_snapshot_index(index)
         self.entry_log.create_snapshot(index, encode_conf_state(conf_state), data)
+        return self.snapshot()
+
+    def snapshot_and_truncate(self, index: int, conf_state: ConfState, data: bytes) -> Snapshot:
+        """Record a snapshot at `index` (as `create_snapshot`) and drop what it covers: its entries and
+        the record segments behind its offset (`RaftEntryLog.snapshot_and_truncate`). For partitions
+        whose state lives in `data`: their older records are no longer anyone's concern."""
+        self._check_snapshot_index(index)
+        self.entry_log.snapshot_and_truncate(index, encode_conf_state(conf_state), data)
         return self.snapshot()
 
     def compact(self, index: int) -> None:
@@ -190,6 +201,14 @@ class PartitionStorage:
         and compact the entries whose records went (snapshotting the last of them, with configuration
         `conf_state_at(index)`, e.g. `RaftNode.conf_state_at`). Returns the segments deleted."""
         return self.entry_log.apply_retention(now_ms, applied, lambda i: encode_conf_state(conf_state_at(i)))
+
+    def _check_snapshot_index(self, index: int) -> None:
+        current = self.entry_log.snapshot.index
+        if index <= current:
+            raise SnapshotOutOfDateError(f"snapshot {index} is not newer than {current}")
+        if index > self.last_index():
+            raise UnavailableError(f"snapshot index {index} is beyond the last index {self.last_index()}")
+        self._check_term_index(index)
 
     def _check_term_index(self, index: int) -> None:
         if index < self.first_index() - 1:

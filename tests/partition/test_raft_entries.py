@@ -140,6 +140,34 @@ def test_retention_compacts_the_entries_whose_records_it_deletes_but_never_past_
             raft_log.first_index, raft_log.last_index, raft_log.snapshot)
 
 
+
+def test_a_snapshot_with_truncation_drops_the_entries_and_the_segments_it_covers_and_rolls(tmp_path):
+    config = LogConfig(segment_bytes=1 << 20, retention_bytes=-1, retention_ms=-1)
+    with LogStore(tmp_path / "db", sync=False) as store:
+        raft_log = store.open_raft_log("t/0", config)
+        raft_log.apply_snapshot(SnapshotRecord(1, 1, 0, b"conf-1"))
+        raft_log.append(records_entries(raft_log, 2, 10))
+        log = raft_log.log
+        assert len(log.segments()) == 1, "one big segment: nothing ends before the snapshot yet"
+        raft_log.snapshot_and_truncate(8, b"conf-8", b"state at 8")
+        store.flush()
+        assert (raft_log.first_index, raft_log.snapshot.index, raft_log.snapshot.data) == (9, 8, b"state at 8")
+        assert raft_log.snapshot.offset == raft_log.end_offset_at(8) == 14
+        assert log.start_offset == 0, "the active segment holds entries 9-11 too, so it stays"
+        raft_log.append(records_entries(raft_log, 12, 5))
+        assert [s.base_offset for s in log.segments()] == [0, 20], "the segment rolled after the snapshot"
+        raft_log.snapshot_and_truncate(14, b"conf-14", b"state at 14")
+        store.flush()
+        assert log.start_offset == 20 and raft_log.first_index == 15
+        tail = log.read(raft_log.end_offset_at(14), 1 << 20, upper_bound=log.end_offset)
+        assert b"".join(e.data for e in raft_log.entries(15, 17)) == tail
+    with LogStore(tmp_path / "db", sync=False) as store:
+        reopened = store.open_raft_log("t/0", config)
+        assert (reopened.first_index, reopened.last_index, reopened.snapshot) == (15, 16, raft_log.snapshot)
+        assert reopened.log.start_offset == 20
+        assert [e.index for e in reopened.entries(15, 17)] == [15, 16]
+
+
 WRITER = textwrap.dedent("""
     import sys
     from raftka.partition.batch import encode_batch, stamp_replicated

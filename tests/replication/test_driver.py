@@ -56,6 +56,7 @@ class Cluster:
         """(broker, group, stage) of every group failure the drivers reported."""
         self.fatal: dict[int, BaseException] = {}
         self.applied: dict[tuple[int, str], list[bytes]] = {}
+        self.restored: dict[tuple[int, str], list[tuple[int, bytes]]] = {}
         self.storages: dict[tuple[int, str], MemoryStorage] = {}
         rng = random.Random(7)
         for broker in BROKERS:
@@ -74,11 +75,13 @@ class Cluster:
                 storage.apply_snapshot(bootstrap_snapshot(ConfState(voters=BROKERS)))
                 storage.set_hard_state(HardState(term=1, commit=1))
                 key = (broker, f"g{g}")
-                self.applied[key] = []
+                self.applied[key], self.restored[key] = [], []
                 self.storages[key] = storage
                 driver.add_group(f"g{g}", storage,
                                  lambda entries, key=key: self.applied[key].extend(e.data for e in entries if e.data),
-                                 RaftConfig(id=broker, election_ticks=10, applied=1))
+                                 RaftConfig(id=broker, election_ticks=10, applied=1),
+                                 restore=lambda snapshot, key=key: self.restored[key].append(
+                                     (snapshot.index, snapshot.data)))
 
     def start(self) -> None:
         for driver in self.net.drivers.values():
@@ -299,6 +302,32 @@ def test_leader_loss_elects_a_new_leader_and_keeps_committed_entries() -> None:
         survivors = [b for b in BROKERS if b != old]
         for broker in survivors:
             assert cluster.applied[(broker, "g0")] == [b"before", b"after"]
+        await cluster.stop()
+    run(scenario())
+
+
+def test_a_follower_behind_the_compacted_log_gets_the_snapshot_restored_before_later_entries() -> None:
+    async def scenario() -> None:
+        cluster = Cluster(groups=1)
+        cluster.start()
+        leader = await cluster.wait_leader("g0")
+        lagging = next(b for b in BROKERS if b != leader)
+        cluster.net.down.add(lagging)
+        for i in range(5):
+            await cluster.net.drivers[leader].propose("g0", b"old-%d" % i)
+        storage, node = cluster.storages[(leader, "g0")], cluster.net.drivers[leader].node("g0")
+        index = node.applied_index
+        storage.create_snapshot(index, node.conf_state_at(index), b"state")
+        storage.compact(index)
+        cluster.net.down.discard(lagging)
+        await cluster.net.drivers[leader].propose("g0", b"new")
+        deadline = asyncio.get_running_loop().time() + 10
+        while cluster.applied[(lagging, "g0")][-1:] != [b"new"]:
+            assert asyncio.get_running_loop().time() < deadline, "the lagging follower did not catch up"
+            await asyncio.sleep(0.01)
+        assert cluster.restored[(lagging, "g0")] == [(index, b"state")]
+        assert cluster.applied[(lagging, "g0")] == [b"new"], "entries the snapshot covers are not applied"
+        assert cluster.restored[(leader, "g0")] == []
         await cluster.stop()
     run(scenario())
 
