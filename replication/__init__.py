@@ -1,7 +1,8 @@
 """The pure Raft core (``raft.py``) and what it is made of.
 
 The multi-Raft driver needs: :class:`RaftNode`, :class:`RaftConfig`, :class:`Ready`, the message
-and entry types, :class:`Storage` (implemented by the partition log) and the errors.
+and entry types, the errors, and a group's log in two seams, :class:`Storage` (what the core reads)
+and :class:`LogWriter` (what the driver writes), both implemented by the partition log.
 """
 
 from raftka.replication.entries import Entry, EntryType
@@ -27,7 +28,7 @@ from raftka.replication.raft import RaftConfig, RaftNode, Role
 from raftka.replication.readindex import ReadState
 from raftka.replication.ready import Ready
 from raftka.replication.state import ConfState, HardState, Snapshot, SnapshotMetadata
-from raftka.replication.storage import MemoryStorage, Storage, bootstrap_snapshot
+from raftka.replication.storage import LogWriter, MemoryStorage, Storage, bootstrap_snapshot
 
 __all__ = [
     "CompactedError",
@@ -42,6 +43,7 @@ __all__ = [
     "EntryType",
     "HardState",
     "LeadershipTransferError",
+    "LogWriter",
     "MemoryStorage",
     "Message",
     "MessageType",

@@ -66,7 +66,7 @@ from raftka.replication.messages import Message
 from raftka.replication.raft import RaftConfig, RaftNode, Role
 from raftka.replication.ready import Ready
 from raftka.replication.state import Snapshot
-from raftka.replication.storage import Storage
+from raftka.replication.storage import LogWriter
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ every round costs one log line and one rebuild per half minute, not a loop."""
 class _Group:
     group_id: str
     node: RaftNode
-    storage: Storage
+    storage: LogWriter
     apply: Applier
     restore: Restorer | None
     config: RaftConfig
@@ -149,7 +149,7 @@ class MultiRaft:
         reads: every broker (and every incarnation of it) gets its own prefix."""
         self.rounds = 0
 
-    def add_group(self, group_id: str, storage: Storage, apply: Applier, config: RaftConfig,
+    def add_group(self, group_id: str, storage: LogWriter, apply: Applier, config: RaftConfig,
                   restore: Restorer | None = None) -> RaftNode:
         if group_id in self._groups:
             raise ValueError(f"group {group_id!r} is already hosted")
@@ -410,7 +410,7 @@ class MultiRaft:
                     f"this node stopped leading term {term} before entry {index} committed; "
                     "it may still commit under the next leader"))
 
-    def _new_node(self, config: RaftConfig, storage: Storage) -> RaftNode:
+    def _new_node(self, config: RaftConfig, storage: LogWriter) -> RaftNode:
         return RaftNode(config, storage, random.Random(self._rng.random()))
 
     def _rebuilt(self, group: _Group) -> RaftNode:

@@ -1,13 +1,24 @@
-"""The Storage protocol the core reads its durable log from, and an in-memory implementation.
+"""The two sides of a group's durable log, and an in-memory implementation of both.
 
-The core only *reads* storage (``initial_state``, ``entries``, ``term``, ``first_index``,
-``last_index``, ``snapshot``, ``config_entries``). The driver *writes* it while handling a Ready
-(``apply_snapshot``, ``append``, ``set_hard_state``) and when it takes snapshots
-(``create_snapshot``, ``compact``). Everything in a Storage is, by definition, durable: the core
-treats entries it finds there as persisted, and a crash keeps exactly what storage holds.
+The core only *reads* its log: ``Storage`` is exactly what ``RaftNode`` calls (``initial_state``,
+``entries``, ``term``, ``first_index``, ``last_index``, ``snapshot``, ``config_entries``), as
+etcd-raft's Storage interface is. The driver *writes* it while handling a Ready: ``LogWriter`` adds
+``apply_snapshot``, ``append`` and ``set_hard_state``, and ``MultiRaft`` takes a storage with both.
+Taking snapshots of a state machine and compacting behind them are the owner's business, on the
+concrete classes (``MemoryStorage.create_snapshot``/``compact``, ``PartitionStorage``'s retention and
+``snapshot_and_truncate``), not part of either seam.
+
+Everything in a Storage is, by definition, durable: the core treats entries it finds there as
+persisted, and a crash keeps exactly what storage holds.
 
 Index conventions (as in etcd): the log holds entries ``first_index() .. last_index()``; the
 snapshot covers everything up to ``first_index() - 1``, whose term ``term()`` still answers.
+
+Error contract of the reads: ``entries`` raises CompactedError below ``first_index()`` and
+UnavailableError past ``last_index() + 1``; ``term`` answers from ``first_index() - 1`` to
+``last_index()`` and raises the same errors outside. The core handles both (a compacted range makes a
+leader send its snapshot). Any other exception is a storage failure: the driver stops the group (see
+``driver.py``, "Failure contract").
 """
 
 from __future__ import annotations
@@ -51,6 +62,10 @@ class Storage(Protocol):
         """
         ...
 
+
+class LogWriter(Storage, Protocol):
+    """What the driver writes while handling a Ready (step 1 of its contract, ``ready.py``)."""
+
     def append(self, entries: list[Entry]) -> None:
         """Write ``entries``, replacing any stored entries from ``entries[0].index`` on."""
         ...
@@ -59,14 +74,6 @@ class Storage(Protocol):
 
     def apply_snapshot(self, snapshot: Snapshot) -> None:
         """Replace the whole log by ``snapshot`` (a follower that fell behind installs it)."""
-        ...
-
-    def create_snapshot(self, index: int, conf_state: ConfState, data: bytes) -> Snapshot:
-        """Record a snapshot of the state machine at applied ``index`` (does not compact)."""
-        ...
-
-    def compact(self, index: int) -> None:
-        """Discard entries up to and including ``index`` (which must be covered by the snapshot)."""
         ...
 
 
