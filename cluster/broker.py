@@ -29,11 +29,12 @@ from raftka.cluster.coordinator import GroupCoordinator
 from raftka.cluster.group_commit import GroupCommitter
 from raftka.cluster.groups_service import GroupsService
 from raftka.cluster.handlers import add_servicer
-from raftka.cluster.leadership import LeaderBalancer
+from raftka.cluster.leadership import LeaderBalancer, hand_off_all
 from raftka.cluster.metadata import BrokerRegistration, MetadataState
 from raftka.cluster.metrics import BrokerMetrics
 from raftka.cluster.partitions import PartitionManager
 from raftka.cluster.placement import BrokerSlot
+from raftka.cluster.replica import RaftReplica
 from raftka.cluster.state_machine import SnapshotPolicy, StateMachineStats
 from raftka.cluster.topics import MAX_BATCH_BYTES_LIMIT
 from raftka.errors import RaftkaError
@@ -46,6 +47,8 @@ log = logging.getLogger(__name__)
 
 GRPC_MAX_MESSAGE_BYTES = 2 * MAX_BATCH_BYTES_LIMIT
 SHUTDOWN_GRACE_S = 1.0
+HAND_OFF_TIMEOUT_S = 5.0
+"""How long a stopping broker waits for the groups it leads to elect the followers it chose."""
 
 
 async def _enforce_retention(partitions: PartitionManager, committer: GroupCommitter, interval_s: float) -> None:
@@ -147,6 +150,8 @@ async def serve(config: BrokerConfig) -> int:
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     services = [api_pb2.DESCRIPTOR.services_by_name[name].full_name for name in ("Broker", "Admin", "Groups")]
+    for name in ("", *services):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     reflection.enable_server_reflection([*services, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
     if server.add_insecure_port(config.listen) == 0:
         raise OSError(f"cannot listen on {config.listen}")
@@ -180,6 +185,8 @@ async def serve(config: BrokerConfig) -> int:
         log.info("broker stopping id=%d", config.broker_id)
     for task in background:
         task.cancel()
+    if not fatal:
+        await _hand_off_leadership(config.broker_id, [controller.replica, *(r for _, _, r in partitions.replicas())])
     await health_servicer.enter_graceful_shutdown()
     await server.stop(SHUTDOWN_GRACE_S)
     await driver.stop()
@@ -188,6 +195,16 @@ async def serve(config: BrokerConfig) -> int:
     store.close()
     log.info("broker stopped id=%d exit_status=%d", config.broker_id, 1 if fatal else 0)
     return 1 if fatal else 0
+
+
+async def _hand_off_leadership(broker_id: int, replicas: list[RaftReplica]) -> None:
+    """Before stopping, move leadership of every group led here to an in-sync follower, so clients
+    are redirected at once instead of waiting an election timeout for the survivors to notice."""
+    started = time.monotonic()
+    led = sum(replica.leader_id == broker_id for replica in replicas)
+    remaining = await hand_off_all(broker_id, replicas, HAND_OFF_TIMEOUT_S)
+    log.info("leadership handed off broker=%d groups=%d remaining=%d elapsed_ms=%d", broker_id, led,
+             len(remaining), (time.monotonic() - started) * 1000)
 
 
 def _report_failure(task: asyncio.Task[None]) -> None:

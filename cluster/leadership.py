@@ -1,9 +1,12 @@
-"""Preferred-leader balance: leadership goes back to each partition's first replica.
+"""Where leadership goes: back to each partition's first replica, and away from a stopping broker.
 
 Placement spreads preferred leaders evenly, so when every preferred leader leads, load is spread.
 After a broker restarts, others lead its partitions; once its replica is back in sync, the current
 leader transfers leadership to it (Raft's TimeoutNow), automatically after `delay_s` of the
 imbalance, or at once through the Admin API. Only leaders act, so a partition moves once.
+
+A broker that stops gracefully first hands every group it leads to an in-sync follower
+(`hand_off`), so a rolling restart costs clients a redirect, not an election timeout.
 """
 
 from __future__ import annotations
@@ -11,9 +14,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 
 from raftka.cluster.metadata import MetadataState
 from raftka.cluster.partitions import PartitionManager
+from raftka.cluster.replica import RaftReplica
 from raftka.proto import api_pb2
 
 log = logging.getLogger(__name__)
@@ -61,3 +66,35 @@ class LeaderBalancer:
         while True:
             await asyncio.sleep(interval_s)
             self.elect_preferred(older_than_s=delay_s)
+
+
+def hand_off(broker_id: int, replicas: list[RaftReplica]) -> list[RaftReplica]:
+    """Start a leadership transfer for every group in `replicas` this broker leads, each to the
+    in-sync follower given the fewest so far (so the load spreads over the remaining brokers);
+    returns the groups led here (one without an in-sync follower stays: no one can take it)."""
+    led = [replica for replica in replicas if replica.leader_id == broker_id]
+    given: Counter[int] = Counter()
+    for replica in led:
+        followers = [b for b in replica.in_sync_replicas() if b != broker_id]
+        if followers:
+            target = min(followers, key=lambda b: (given[b], b))
+            given[target] += 1
+            replica.transfer_leadership(target)
+    return led
+
+
+async def hand_off_all(broker_id: int, replicas: list[RaftReplica], timeout_s: float,
+                       retry_s: float = 0.5) -> list[RaftReplica]:
+    """Hand off leadership of every group this broker leads and wait until none is led here, or
+    `timeout_s` passed (a transfer the core abandoned is started again every `retry_s`). Returns
+    the groups still led here."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    led = hand_off(broker_id, replicas)
+    started = loop.time()
+    while led and loop.time() < deadline:
+        await asyncio.sleep(0.02)
+        led = [replica for replica in led if replica.leader_id == broker_id]
+        if led and loop.time() - started >= retry_s:
+            led, started = hand_off(broker_id, led), loop.time()
+    return led

@@ -94,6 +94,8 @@ class AckRecorder:
 
     def __init__(self, bootstrap: str, topic: str, workers: int = 2, **producer_options: object) -> None:
         self.acknowledged: list[tuple[int, int, bytes]] = []
+        self.failures: list[BaseException] = []
+        """Errors the producer surfaced (a record it gave up on)."""
         self._bootstrap, self._topic, self._options = bootstrap, topic, producer_options
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -122,10 +124,13 @@ class AckRecorder:
             i += 1
 
             def record(future, value: bytes = value) -> None:  # type: ignore[no-untyped-def]
-                if future.exception() is None:
-                    meta = future.result()
-                    with self._lock:
+                error = future.exception()
+                with self._lock:
+                    if error is None:
+                        meta = future.result()
                         self.acknowledged.append((meta.partition, meta.offset, value))
+                    else:
+                        self.failures.append(error)
             try:
                 producer.send(self._topic, value).add_done_callback(record)
             except RaftkaError:

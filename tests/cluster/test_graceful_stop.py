@@ -1,0 +1,69 @@
+"""A broker is SERVING only once it can serve, and a broker that stops gracefully hands the
+leadership of every group it leads to an in-sync follower first, so a rolling restart costs its
+clients a redirect, not an election timeout."""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from raftka import Admin
+from raftka.client.local import LocalBroker, free_port, plan
+
+
+def health(address: str, service: str = "") -> int | None:
+    try:
+        with grpc.insecure_channel(address) as channel:
+            return health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=service), timeout=2).status
+    except grpc.RpcError:
+        return None
+
+
+def test_a_broker_is_not_serving_until_its_cluster_has_a_metadata_leader(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    brokers = plan(3, tmp_path, [free_port() for _ in range(3)])
+    first = brokers[0].spawn()
+    try:
+        deadline = time.monotonic() + 30
+        while (status := health(first.address)) is None:
+            assert time.monotonic() < deadline and first.alive(), first.log()[-2000:]
+            time.sleep(0.05)
+        assert status == health_pb2.HealthCheckResponse.NOT_SERVING, "one broker of three cannot serve alone"
+        assert health(first.address, "raftka.v1.Broker") == health_pb2.HealthCheckResponse.NOT_SERVING
+        for broker in brokers[1:]:
+            broker.spawn()
+        for broker in brokers:
+            broker.wait()
+        assert health(first.address) == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        for broker in brokers:
+            broker.stop()
+
+
+def test_a_stopping_broker_hands_off_leadership_and_producers_see_no_error(
+        start_cluster: Callable[..., list[LocalBroker]], ack_recorder, consume_all, lost) -> None:  # type: ignore[no-untyped-def]
+    brokers = start_cluster(3)
+    bootstrap = ",".join(b.address for b in brokers)
+    with Admin(bootstrap) as admin:
+        admin.create_topic("rolling", partitions=3)
+    producers = ack_recorder(bootstrap, "rolling", workers=1, linger_ms=1, delivery_timeout_ms=60_000)
+    try:
+        producers.wait_for(500)
+        for broker in brokers:
+            with Admin(broker.address) as admin:
+                leads = sum(p.leader == broker.broker_id for p in admin.describe_topic("rolling").partitions)
+            assert broker.stop() == 0
+            handed = [line for line in broker.log().splitlines() if "leadership handed off" in line][-1]
+            assert "remaining=0" in handed, handed
+            assert int(handed.split("groups=")[1].split()[0]) >= leads, handed
+            count = len(producers.acknowledged)
+            broker.start()
+            producers.wait_for(count + 200)
+    finally:
+        acked = producers.stop()
+    assert producers.failures == [], producers.failures[:3]
+    found = consume_all(bootstrap, "rolling", 3)
+    assert not lost(acked, found)
