@@ -1,7 +1,7 @@
 """At-least-once delivery, end to end: whatever way a group member stops handing out records (break,
-an exception in the handler, close(), a rebalance, an explicit commit(), auto-commit), the next
-member of the group receives exactly the records the first did not finish: none lost, and none it
-finished read again.
+an exception in the handler, close(), a rebalance, an explicit commit(), auto-commit, a `raftka
+consume` stopped by a signal), the next member of the group receives exactly the records the first
+did not finish: none lost, and none it finished read again.
 
 A record counts as finished once the application came back for the next one (`finished` below
 collects exactly those); the record in hand when the loop is left is not.
@@ -11,6 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
+import json
+import signal
+import struct
+import subprocess
+import sys
+import termios
 import threading
 import time
 from typing import Any, Callable, Iterable
@@ -351,3 +358,56 @@ def test_async_rebalance_moves_partitions_from_where_the_first_member_finished(b
     assert others and len(revoked[0][0]) == 2, "the second member took half the partitions"
     produced = {(p, o) for p, o, _ in recorder.stop()}
     assert_the_next_member_gets_the_rest(broker.address, produced, finished, others[0])
+
+
+# `raftka consume --group`, stopped by a signal in the middle of a stream.
+
+CLI_SESSION_MS = 120_000
+
+
+def unread_bytes(pipe: Any) -> int:
+    """How many bytes wait in an OS pipe for its reader."""
+    return struct.unpack("i", fcntl.ioctl(pipe.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_cli_consumer_stopped_by_a_signal_commits_what_it_printed_and_leaves_at_once(broker, ack_recorder,
+                                                                                        signum) -> None:
+    """The consumer starts behind a stream, so it writes large batches; its reader stops reading (as
+    a slow pipeline would), and the signal comes while it is blocked in the middle of a batch. It
+    writes no more, commits only what it wrote and leaves: its partitions reach the other member long
+    before its two-minute session could expire, and the two print every record once between them."""
+    with Admin(broker.address) as admin:
+        admin.create_topic(TOPIC, partitions=4)
+    recorder = ack_recorder(broker.address, TOPIC, workers=1, linger_ms=2, batch_size=2048)
+    recorder.wait_for(20_000)
+    cli = subprocess.Popen([sys.executable, "-m", "raftka", "consume", TOPIC, "--group", GROUP, "--from-beginning",
+                            "--format", "json", "--session-timeout-ms", str(CLI_SESSION_MS),
+                            "--bootstrap", broker.address], stdout=subprocess.PIPE, text=True)
+    assert cli.stdout is not None
+    printed: list[tuple[int, int]] = []
+    reading = threading.Event()
+    reading.set()
+
+    def read() -> None:
+        for line in cli.stdout:
+            reading.wait()
+            record = json.loads(line)
+            printed.append((record["partition"], record["offset"]))
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        wait_until(lambda: len(printed) >= 500, "the CLI consumer to print records")
+        reading.clear()
+        wait_until(lambda: unread_bytes(cli.stdout) >= 60_000, "the CLI consumer's output pipe to fill up")
+        other = Member(broker.address, session_timeout_ms=CLI_SESSION_MS)
+        cli.send_signal(signum)
+        reading.set()
+        wait_until(lambda: other.owned == 4, "the stopped CLI consumer's partitions to move",
+                   timeout_s=CLI_SESSION_MS / 1000 / 2)
+        assert cli.wait(timeout=30) == 128 + signum
+    finally:
+        cli.kill()
+    reader.join(timeout=30)
+    produced = {(p, o) for p, o, _ in recorder.stop()}
+    assert_the_next_member_gets_the_rest(broker.address, produced, printed, other)
