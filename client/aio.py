@@ -15,16 +15,21 @@ the event loop the same as the threaded `send` plus one future. Nothing blocks t
 buffer is waited out with `asyncio.sleep` (up to `max_block_ms`, then BufferExhaustedError as in the
 threaded producer), and polls, flushes and closes (which join the consumer's fetch threads) run in
 the loop's default executor. A consumer is used by one task at a time.
+
+`async for record in consumer` follows the threaded iterator's rule (raftka.client.consumer): a record
+counts as consumed once the task comes back for the next one, so the record in hand when the loop is
+left (`break`, an exception, `close()`) is not committed and is delivered again. Records of a batch
+are handed out on the loop; only fetching the next batch goes to the executor.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-from typing import Any, AsyncIterator, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from raftka.client.accumulator import RecordFuture
-from raftka.client.consumer import Consumer
+from raftka.client.consumer import ITERATOR_POLL_MS, Consumer
 from raftka.client.producer import Producer
 from raftka.client.records import Record, RecordMetadata, TopicPartition
 from raftka.errors import BufferExhaustedError
@@ -135,10 +140,17 @@ class AIOConsumer:
     def assignment(self) -> set[TopicPartition]:
         return self._consumer.assignment()
 
-    async def __aiter__(self) -> AsyncIterator[Record]:
-        while True:
-            for record in await self.poll():
-                yield record
+    def __aiter__(self) -> AIOConsumer:
+        return self
+
+    async def __anext__(self) -> Record:
+        consumer = self._consumer
+        record = consumer._next_batched()
+        while record is None:
+            if not await asyncio.get_running_loop().run_in_executor(None, consumer._fill_batch, ITERATOR_POLL_MS):
+                raise StopAsyncIteration
+            record = consumer._next_batched()
+        return record
 
     async def close(self) -> None:
         await asyncio.get_running_loop().run_in_executor(None, self._consumer.close)

@@ -3,6 +3,13 @@
 Every flag has an environment variable (`--bootstrap` is RAFTKA_BOOTSTRAP, `raftka broker --data-dir`
 is RAFTKA_DATA_DIR, ...), so containers are configured without a wrapper script. `--format json` turns
 every table into JSON for scripts. Errors print one line naming what went wrong and exit non-zero.
+
+`raftka consume` stops cleanly on SIGINT or SIGTERM (as Kafka's console consumer does): it writes no
+further record, flushes its output, commits (with --group) exactly the records it has written, leaves
+the group at once (its partitions move to the other members without waiting for the session
+timeout) and exits with 128 + the signal's number. A second signal acts as it would without this.
+Whatever ends it, a group consumer never commits a record it has not written: records it polled but
+did not write and flush are sought back before anything is committed, so they go to the next reader.
 """
 
 from __future__ import annotations
@@ -12,15 +19,24 @@ import base64
 import json
 import logging
 import os
+import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from types import FrameType
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from raftka.client.local import DEFAULT_LOCAL_BROKERS
+from raftka.client.records import Record, TopicPartition, first_offsets
 from raftka.errors import RaftkaError
 
+if TYPE_CHECKING:
+    from raftka.client.consumer import Consumer
+
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+STOP_CHECK_MS = 200
+"""`raftka consume` notices a stop signal within this long while it waits for records."""
 
 
 def _env(name: str, default: Any = None, cast: Callable[[str], Any] = str) -> Any:
@@ -151,6 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
     consume.add_argument("--print-key", action="store_true", help="text format: print KEY<TAB>VALUE")
     consume.add_argument("--group", help="consume as a member of this consumer group (partitions shared with "
                          "its other members; offsets committed, so a restart resumes)")
+    consume.add_argument("--session-timeout-ms", type=int, default=45_000,
+                         help="with --group: a member that stops heartbeating (killed, frozen) loses its "
+                              "partitions after this long (default 45000)")
     _client_options(consume, suppress=True)
 
     from raftka.client.bench import add_arguments as add_bench_arguments
@@ -344,7 +363,6 @@ def cmd_consume(args: argparse.Namespace) -> int:
     import time
 
     from raftka.client.consumer import Consumer
-    from raftka.client.records import TopicPartition
 
     if args.offset is not None and args.partition is None:
         raise ValueError("--offset needs --partition")
@@ -356,9 +374,11 @@ def cmd_consume(args: argparse.Namespace) -> int:
         raise ValueError("--group shares the topic's partitions among the group; it excludes --partition "
                          "and --offset (use `raftka group reset-offsets` to move the group)")
     reset = "earliest" if args.from_beginning else "latest"
-    out = sys.stdout
-    group = {"group_id": args.group, "topics": [args.topic], "client_id": "raftka-cli"} if args.group else {}
-    with Consumer(args.bootstrap, auto_offset_reset=reset, request_timeout_ms=args.timeout_ms, **group) as consumer:
+    render = _record_renderer(args)
+    group = ({"group_id": args.group, "topics": [args.topic], "client_id": "raftka-cli",
+              "session_timeout_ms": args.session_timeout_ms} if args.group else {})
+    with _StopSignals() as stop, Consumer(args.bootstrap, auto_offset_reset=reset,
+                                          request_timeout_ms=args.timeout_ms, **group) as consumer:
         if not args.group:
             partitions = ([TopicPartition(args.topic, args.partition)] if args.partition is not None
                           else consumer.partitions_for(args.topic))
@@ -366,28 +386,78 @@ def cmd_consume(args: argparse.Namespace) -> int:
             if args.offset is not None:
                 consumer.seek(partitions[0], args.offset)
         count, last_record = 0, time.monotonic()
-        while args.max_messages is None or count < args.max_messages:
+        while stop.signum is None and (args.max_messages is None or count < args.max_messages):
             wait_ms = 1000 if args.timeout_ms is None else max(0, args.timeout_ms - int((time.monotonic() - last_record) * 1000))
             left = None if args.max_messages is None else args.max_messages - count
-            records = consumer.poll(timeout_ms=wait_ms, max_records=left)
+            records = consumer.poll(timeout_ms=min(wait_ms, STOP_CHECK_MS), max_records=left)
             if records:
                 last_record = time.monotonic()
             elif args.timeout_ms is not None and (time.monotonic() - last_record) * 1000 >= args.timeout_ms:
                 break
-            for record in records:
-                if args.format == "json":
-                    out.write(json.dumps({"topic": record.topic, "partition": record.partition,
-                                          "offset": record.offset, "timestamp": record.timestamp,
-                                          "key": _json_bytes(record.key), "value": _json_bytes(record.value),
-                                          "headers": {k: _json_bytes(v) for k, v in record.headers}}) + "\n")
-                else:
-                    value = (record.value or b"").decode(errors="replace")
-                    if args.print_key:
-                        value = f"{(record.key or b'').decode(errors='replace')}\t{value}"
-                    out.write(value + "\n")
-            count += len(records)
-            out.flush()
-    return 0
+            written = 0
+            try:
+                written = _write(sys.stdout, records, render, stop)
+            finally:
+                _unread(consumer, records[written:])
+            count += written
+    return 0 if stop.signum is None else 128 + stop.signum
+
+
+class _StopSignals:
+    """While entered, SIGINT and SIGTERM set `signum` instead of interrupting the process, so a command
+    can finish cleanly; the first one puts the previous handlers back, so a second acts as usual."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopSignals:
+        self._previous = {signum: signal.signal(signum, self._stop) for signum in STOP_SIGNALS}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._restore()
+
+    def _stop(self, signum: int, frame: FrameType | None) -> None:
+        self.signum = signum
+        self._restore()
+
+    def _restore(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
+
+
+def _write(out: Any, records: list[Record], render: Callable[[Record], str], stop: _StopSignals) -> int:
+    """Write records until a stop signal, then flush; how many were written (all of them flushed)."""
+    written = 0
+    for record in records:
+        if stop.signum is not None:
+            break
+        out.write(render(record))
+        written += 1
+    out.flush()
+    return written
+
+
+def _unread(consumer: Consumer, records: list[Record]) -> None:
+    """Seek each partition back to its first of `records` (polled, not written), so what the consumer
+    commits (auto-commit, on rebalance, on close) stops at what reached the output."""
+    for tp, offset in first_offsets(records).items():
+        consumer.seek(tp, offset)
+
+
+def _record_renderer(args: argparse.Namespace) -> Callable[[Record], str]:
+    """A record as the output line `raftka consume` prints: JSON, VALUE, or KEY<TAB>VALUE."""
+    if args.format == "json":
+        return lambda record: json.dumps({
+            "topic": record.topic, "partition": record.partition, "offset": record.offset,
+            "timestamp": record.timestamp, "key": _json_bytes(record.key), "value": _json_bytes(record.value),
+            "headers": {k: _json_bytes(v) for k, v in record.headers}}) + "\n"
+    if args.print_key:
+        return lambda record: (f"{(record.key or b'').decode(errors='replace')}\t"
+                               f"{(record.value or b'').decode(errors='replace')}\n")
+    return lambda record: (record.value or b"").decode(errors="replace") + "\n"
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

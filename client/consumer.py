@@ -13,8 +13,19 @@ In a group (`group_id` with `topics` or `pattern`), the group's coordinator deci
 this consumer owns (raftka.client.membership); `poll()` applies its decisions between batches:
 revoked partitions are committed (with auto-commit) and handed to `on_revoked` before they are
 released, new ones start from their committed offset (else `auto_offset_reset`) and are handed to
-`on_assigned`. Auto-commit (default every 5 s) commits the positions of what earlier polls returned,
-at the start of a poll, on revocation and on close: records are processed at least once.
+`on_assigned`.
+
+Delivery is at least once. A record counts as consumed once `poll()` has returned it, or, for the
+iterator, once the application comes back for the next record (or calls `poll()` or `commit()`): the
+record in hand when a `for` loop is left (by `break`, an exception, or `close()`) is not consumed. What
+is committed for the application (auto-commit, every 5 s by default, at the start of a poll; on
+revocation; on close) is, per partition, the offset after the last consumed record, so an unconsumed
+record is delivered again: to the next iteration or poll() of this consumer, or to the partition's
+next owner. `commit()` without offsets commits the consumed records and the one in hand (committing
+says the application is done with it). The iterator takes a batch (up to ITERATOR_BATCH records) from
+the fetcher and hands it out one record at a time; records it has not handed out yet come first in
+the next iteration or poll(), go back to the fetcher when their partition is paused, and are dropped
+by a seek.
 
 A partition's position is the offset of the next record `poll()` will return. Without a `seek`, the
 first poll resolves it from `auto_offset_reset` ("earliest", "latest" or "error"). Fetching happens in
@@ -27,15 +38,17 @@ returning a partition's records, keeping what is buffered for `resume`.
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 import time
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 from raftka.client.connection import ClusterConnection
 from raftka.client.fetcher import FetchConfig, Fetcher
 from raftka.client.membership import GroupCoordinatorClient, GroupMembership
-from raftka.client.records import Record, TopicPartition
+from raftka.client.records import Record, TopicPartition, first_offsets
 from raftka.errors import (ClientClosedError, RaftkaError, UnknownMemberIdError, UnknownPartitionError,
                            UnknownTopicError)
 from raftka.proto import api_pb2
@@ -46,6 +59,11 @@ RESETS = ("earliest", "latest", "error")
 RESET_SPECS = {"earliest": api_pb2.EARLIEST, "latest": api_pb2.LATEST}
 GROUP_POLL_SLICE_S = 0.2
 """A group consumer waiting in poll() looks for assignment changes at least this often."""
+ITERATOR_POLL_MS = 1000
+"""How long the iterator waits for records in one poll before it checks whether it was closed."""
+ITERATOR_BATCH = 500
+"""The most records the iterator takes in one poll (Kafka's max.poll.records default): between its
+polls it applies no rebalance and commits nothing, so this bounds how long a revoked partition waits."""
 
 Rebalance = Callable[[set[TopicPartition]], None]
 
@@ -89,6 +107,12 @@ class Consumer:
         self._next_auto_commit = time.monotonic() + (self._auto_commit_s or 0)
         self._committed: dict[TopicPartition, int] = {}
         self._commits: ThreadPoolExecutor | None = None
+        self._batch: deque[Record] = deque()
+        """Records the iterator took from the fetcher and has not handed out: per partition, exactly
+        those after the last one handed out and before the fetcher's position. The iterator polls
+        only when it is empty, so assignment changes (applied in polls) never find records in it."""
+        self._in_hand: Record | None = None
+        """The record the iterator handed out last, until the application comes back for the next."""
         if self._group is not None and (topics or pattern):
             self._membership = GroupMembership(
                 self._group, topics=list(topics or ()), pattern=pattern or "", instance_id=group_instance_id or "",
@@ -104,7 +128,9 @@ class Consumer:
                              "consumers without topics or pattern")
         wanted = dict.fromkeys(p if isinstance(p, TopicPartition) else TopicPartition(*p) for p in partitions)
         self._fetcher.add(dict.fromkeys(wanted))
-        self._fetcher.remove(self._fetcher.assignment() - wanted.keys())
+        removed = self._fetcher.assignment() - wanted.keys()
+        self._forget(removed)
+        self._fetcher.remove(removed)
 
     def assignment(self) -> set[TopicPartition]:
         return self._fetcher.assignment()
@@ -117,6 +143,7 @@ class Consumer:
         if offset < 0:
             raise ValueError(f"offset must be >= 0, not {offset}")
         self._fetcher.seek(tp, offset)
+        self._forget({tp})
 
     def seek_to_beginning(self, *tps: TopicPartition) -> None:
         for tp in tps or tuple(self._fetcher.assignment()):
@@ -138,14 +165,18 @@ class Consumer:
         return None if offset < 0 else offset
 
     def position(self, tp: TopicPartition) -> int:
-        return self._fetcher.position(tp)
+        batched = first_offsets(self._batch, {tp})
+        return batched[tp] if tp in batched else self._fetcher.position(tp)
 
     def end_offsets(self, tps: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
         return {tp: self._list_offset(tp, api_pb2.LATEST) for tp in tps}
 
     def pause(self, *tps: TopicPartition) -> None:
-        """Stop fetching these partitions and returning their records; what is buffered stays."""
+        """Stop fetching these partitions and returning their records; what is buffered stays (the
+        iterator's records of them go back to the fetcher)."""
         self._fetcher.pause(tps)
+        for tp, offset in self._unbatch(set(tps)).items():
+            self._fetcher.seek(tp, offset)
 
     def resume(self, *tps: TopicPartition) -> None:
         self._fetcher.resume(tps)
@@ -155,9 +186,19 @@ class Consumer:
 
     def poll(self, timeout_ms: int = 1000, max_records: int | None = None) -> list[Record]:
         """Records after each partition's position: those already fetched at once, otherwise waiting up
-        to timeout_ms for some to arrive. In a group, also applies assignment changes and auto-commits."""
+        to timeout_ms for some to arrive. In a group, also applies assignment changes and auto-commits.
+        The records returned, and the iterator's record in hand, count as consumed."""
         if self._closed:
             raise ClientClosedError("consumer is closed")
+        self._in_hand = None
+        if self._batch:
+            if self._membership is not None:
+                self._membership.polled()
+            count = len(self._batch) if max_records is None else min(max_records, len(self._batch))
+            return [self._batch.popleft() for _ in range(count)]
+        return self._poll(timeout_ms, max_records)
+
+    def _poll(self, timeout_ms: int, max_records: int | None) -> list[Record]:
         membership = self._membership
         if membership is None:
             if not self._fetcher.assignment():
@@ -180,13 +221,18 @@ class Consumer:
 
     def commit(self, offsets: Mapping[TopicPartition, int] | None = None, *, metadata: str = "",
                asynchronous: bool = False) -> Future[None] | None:
-        """Commit offsets (the next record to read, per partition; by default the positions of every
-        partition read so far) to the group. Synchronous by default, raising the refusal (e.g.
-        NotPartitionOwnerError for a partition revoked meanwhile); `asynchronous=True` returns a
-        Future instead. All commits of a consumer are sent in the order they were made."""
+        """Commit offsets (the next record to read, per partition) to the group; by default, for every
+        partition read so far, the offset after the last record handed to the application, the
+        iterator's record in hand included (which then counts as consumed). Synchronous by default,
+        raising the refusal (e.g. NotPartitionOwnerError for a partition revoked meanwhile);
+        `asynchronous=True` returns a Future instead. All commits of a consumer are sent in the order
+        they were made."""
         if self._group is None:
             raise ValueError("committing needs a group_id")
-        future = self._submit_commit(dict(self._fetcher.positions() if offsets is None else offsets), metadata)
+        if offsets is None:
+            self._in_hand = None
+            offsets = self._consumed()
+        future = self._submit_commit(dict(offsets), metadata)
         if asynchronous:
             return future
         future.result()
@@ -200,15 +246,43 @@ class Consumer:
         found = self._group.committed(wanted)
         return {tp: found[tp].offset if tp in found else None for tp in wanted}
 
-    def __iter__(self) -> Iterator[Record]:
-        while not self._closed:
-            yield from self.poll()
+    def __iter__(self) -> Consumer:
+        """Records one at a time, until the consumer is closed. Leaving a loop and entering another
+        continues with the next record."""
+        return self
+
+    def __next__(self) -> Record:
+        record = self._next_batched()
+        while record is None:
+            if not self._fill_batch(ITERATOR_POLL_MS):
+                raise StopIteration
+            record = self._next_batched()
+        return record
+
+    def _next_batched(self) -> Record | None:
+        """The iterator's step that never waits (the asyncio consumer runs it on its loop): the record
+        in hand is consumed, the application having come back; the next batched record is handed out
+        (None when the batch is empty: then `_fill_batch`)."""
+        self._in_hand = self._batch.popleft() if self._batch else None
+        return self._in_hand
+
+    def _fill_batch(self, timeout_ms: int) -> bool:
+        """Poll up to timeout_ms for the iterator's next batch; False once the consumer is closed."""
+        if self._closed:
+            return False
+        self._batch.extend(self._poll(timeout_ms, ITERATOR_BATCH))
+        return True
 
     def close(self) -> None:
-        """Commit (with auto-commit), hand the partitions back to the group, and stop."""
+        """Commit (with auto-commit) what was consumed, hand the partitions back to the group, and stop.
+        The iterator's record in hand goes back to its batch first: it was not finished, so not even a
+        commit() from `on_revoked` covers it."""
         if self._closed:
             return
         self._closed = True
+        if self._in_hand is not None:
+            self._batch.appendleft(self._in_hand)
+            self._in_hand = None
         try:
             if self._membership is not None and self._owned:
                 self._commit_quietly(self._owned)
@@ -217,6 +291,8 @@ class Consumer:
             elif self._auto_commit_s is not None:
                 self._commit_quietly(self._fetcher.assignment())
         finally:
+            self._batch.clear()
+            self._in_hand = None
             if self._membership is not None:
                 self._membership.close()
             if self._commits is not None:
@@ -232,6 +308,30 @@ class Consumer:
 
     def _list_offset(self, tp: TopicPartition, spec: int, timestamp_ms: int = 0) -> int:
         return self._conn.list_offset(tp.topic, tp.partition, spec, timestamp_ms)
+
+    def _forget(self, tps: set[TopicPartition]) -> None:
+        """The application moved or dropped these partitions: their records in the iterator's batch and
+        hand no longer count."""
+        self._unbatch(tps)
+        if self._in_hand is not None and TopicPartition(self._in_hand.topic, self._in_hand.partition) in tps:
+            self._in_hand = None
+
+    def _unbatch(self, tps: set[TopicPartition]) -> dict[TopicPartition, int]:
+        """Take the partitions' records out of the iterator's batch; returns the offset of the first
+        batched record of each."""
+        firsts = first_offsets(self._batch, tps)
+        if firsts:
+            self._batch = deque(r for r in self._batch if TopicPartition(r.topic, r.partition) not in firsts)
+        return firsts
+
+    def _consumed(self) -> dict[TopicPartition, int]:
+        """Per partition, the offset after the last consumed record: what commits for the application
+        record. That is the fetcher's position, except for partitions with records in the iterator's
+        batch or hand, which start there."""
+        positions = self._fetcher.positions()
+        pending = self._batch if self._in_hand is None else itertools.chain((self._in_hand,), self._batch)
+        positions.update(first_offsets(pending, set(positions)))
+        return positions
 
     def _reconcile(self, membership: GroupMembership) -> None:
         """Apply the coordinator's latest decision: release revoked partitions, take new ones.
@@ -304,13 +404,13 @@ class Consumer:
         self._commit_quietly(self._owned if self._membership is not None else self._fetcher.assignment())
 
     def _commit_quietly(self, tps: Iterable[TopicPartition]) -> None:
-        """Auto-commit the positions of `tps` that moved since their last commit; a failure is logged
-        (the records will be read again, never skipped)."""
+        """Auto-commit the consumed positions of `tps` that moved since their last commit; a failure is
+        logged (the records will be read again, never skipped)."""
         if self._group is None or self._auto_commit_s is None:
             return
         if self._membership is not None and not self._membership.member_id:
             return
-        positions = self._fetcher.positions()
+        positions = self._consumed()
         moved = {tp: positions[tp] for tp in tps if tp in positions and self._committed.get(tp) != positions[tp]}
         if not moved:
             return

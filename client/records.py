@@ -9,7 +9,7 @@ Both are immutable and compare by value.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Collection, Iterable, NamedTuple
 
 
 class TopicPartition(NamedTuple):
@@ -40,3 +40,17 @@ class Record(NamedTuple):
     value: bytes | None
     headers: tuple[tuple[str, bytes | None], ...]
     timestamp: int
+
+
+def first_offsets(records: Iterable[Record], among: Collection[TopicPartition] | None = None
+                  ) -> dict[TopicPartition, int]:
+    """The offset of the first of `records` of each partition (of those in `among`, if given) that has
+    some: where to seek a partition back to so that these records are read again."""
+    firsts: dict[TopicPartition, int] = {}
+    for record in records:
+        tp = TopicPartition(record.topic, record.partition)
+        if tp not in firsts and (among is None or tp in among):
+            firsts[tp] = record.offset
+            if among is not None and len(firsts) == len(among):
+                break
+    return firsts
