@@ -163,7 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     consume.add_argument("--partition", type=int, help="read only this partition")
     consume.add_argument("--offset", type=int, help="start at this offset (needs --partition)")
     consume.add_argument("--max-messages", type=int, help="exit after this many records")
-    consume.add_argument("--timeout-ms", type=int, help="exit when no record arrives for this long")
+    consume.add_argument("--timeout-ms", dest="idle_timeout_ms", type=int,
+                         help="exit when no record arrives for this long (default: never)")
     consume.add_argument("--print-key", action="store_true", help="text format: print KEY<TAB>VALUE")
     consume.add_argument("--group", help="consume as a member of this consumer group (partitions shared with "
                          "its other members; offsets committed, so a restart resumes)")
@@ -387,12 +388,13 @@ def cmd_consume(args: argparse.Namespace) -> int:
                 consumer.seek(partitions[0], args.offset)
         count, last_record = 0, time.monotonic()
         while stop.signum is None and (args.max_messages is None or count < args.max_messages):
-            wait_ms = 1000 if args.timeout_ms is None else max(0, args.timeout_ms - int((time.monotonic() - last_record) * 1000))
+            wait_ms = (1000 if args.idle_timeout_ms is None
+                       else max(0, args.idle_timeout_ms - int((time.monotonic() - last_record) * 1000)))
             left = None if args.max_messages is None else args.max_messages - count
             records = consumer.poll(timeout_ms=min(wait_ms, STOP_CHECK_MS), max_records=left)
             if records:
                 last_record = time.monotonic()
-            elif args.timeout_ms is not None and (time.monotonic() - last_record) * 1000 >= args.timeout_ms:
+            elif args.idle_timeout_ms is not None and (time.monotonic() - last_record) * 1000 >= args.idle_timeout_ms:
                 break
             written = 0
             try:

@@ -90,13 +90,17 @@ def consume_all_fixture() -> Callable[..., dict[int, list[Record]]]:
 
 class AckRecorder:
     """Producer threads sending unique values until stopped, recording every acknowledged one as
-    (partition, offset, value): the ground truth a durability test checks the log against."""
+    (partition, offset, value): the ground truth a durability test checks the log against. Each
+    thread pauses `pace_s` after every 100 records (the default sends as fast as the cluster takes);
+    `keyed` records (the value is the key) spread over every partition even at a trickle."""
 
-    def __init__(self, bootstrap: str, topic: str, workers: int = 2, **producer_options: object) -> None:
+    def __init__(self, bootstrap: str, topic: str, workers: int = 2, *, pace_s: float = 0.005, keyed: bool = False,
+                 **producer_options: object) -> None:
         self.acknowledged: list[tuple[int, int, bytes]] = []
         self.failures: list[BaseException] = []
         """Errors the producer surfaced (a record it gave up on)."""
         self._bootstrap, self._topic, self._options = bootstrap, topic, producer_options
+        self._pace_s, self._keyed = pace_s, keyed
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._produce, args=(w,), daemon=True) for w in range(workers)]
@@ -132,11 +136,11 @@ class AckRecorder:
                     else:
                         self.failures.append(error)
             try:
-                producer.send(self._topic, value).add_done_callback(record)
+                producer.send(self._topic, value, key=value if self._keyed else None).add_done_callback(record)
             except RaftkaError:
                 break
             if i % 100 == 0:
-                time.sleep(0.005)
+                time.sleep(self._pace_s)
         try:
             producer.close(timeout=60)
         except RaftkaError:

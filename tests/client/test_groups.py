@@ -11,7 +11,11 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from raftka import Admin, Consumer, Producer, TopicPartition
+from raftka.cluster.coordinator import group_partition
+from raftka.errors import UnknownGroupError
 
 WORKER = Path(__file__).with_name("group_worker.py")
 
@@ -53,6 +57,21 @@ class Worker:
         self.process.kill()
         self.process.wait(timeout=30)
         self._reader.join(timeout=10)
+
+
+class CliMember(Worker):
+    """A `raftka consume --group --format json --from-beginning` process and the lines it printed."""
+
+    def __init__(self, bootstrap: str, topic: str, group: str) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "raftka", "consume", topic, "--group", group, "--format", "json",
+             "--from-beginning"], env={**os.environ, "RAFTKA_BOOTSTRAP": bootstrap}, stdout=subprocess.PIPE, text=True)
+        self.lines = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def processed(self) -> list[tuple[int, int]]:
+        return [(line["partition"], line["offset"]) for line in list(self.lines)]
 
 
 def produce(bootstrap: str, topic: str, count: int, start: int = 0) -> list[tuple[int, int]]:
@@ -262,6 +281,102 @@ def test_cli_consumes_as_a_group_and_describes_its_lag(start_cluster) -> None:
     assert empty.returncode != 0 and "--group needs a group name" in empty.stderr
     assert run("group", "delete", "cli").returncode == 0
     assert "cli" not in run("group", "list").stdout
+
+
+def test_an_idle_cli_member_stays_in_its_group(start_cluster) -> None:
+    """`raftka consume --group` without --timeout-ms runs until stopped. It used to take the request
+    timeout as its idle timeout (both flags shared one argparse dest), so members without records
+    quit after 30 s: the partitions of a crashed member, free only once its 45 s session expired,
+    then had no live member left to take them."""
+    broker = start_cluster(1)[0]
+    with Admin(broker.address) as admin:
+        admin.create_topic("quiet", partitions=1)
+        env = {**os.environ, "RAFTKA_BOOTSTRAP": broker.address}
+        member = subprocess.Popen([sys.executable, "-m", "raftka", "consume", "quiet", "--group", "idlers",
+                                   "--request-timeout-ms", "1000"], env=env, stdout=subprocess.PIPE, text=True)
+        lines: list[str] = []
+        reader = threading.Thread(target=lambda: lines.extend(member.stdout or ()), daemon=True)
+        reader.start()
+        try:
+            def owns_the_partition() -> bool:
+                try:
+                    return [m.owned for m in admin.describe_group("idlers").members] == [{TopicPartition("quiet", 0)}]
+                except UnknownGroupError:
+                    return False
+            wait_until(owns_the_partition, what="the member's partition")
+            idle_since = time.monotonic()
+            wait_until(lambda: member.poll() is not None or time.monotonic() - idle_since > 3,
+                       what="three request timeouts without records")
+            assert member.poll() is None, "an idle group member quit"
+            produce(broker.address, "quiet", 1)
+            wait_until(lambda: lines == ["0\n"], what="the record produced after the idle time")
+        finally:
+            member.send_signal(signal.SIGINT)
+            member.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_cli_members_take_over_crashed_members_partitions_after_the_coordinator_moved(
+        start_cluster, ack_recorder, leader_of) -> None:
+    """Fault 1 as reported: three `raftka consume --group` members of a 6-partition topic while keyed
+    records are produced for about 10 s; one member is SIGKILLed, a fourth joins 5 s later, another
+    is SIGTERMed (it dies without leaving), and the coordinator's partition moves to another broker
+    (a preferred-leader election). Within the session timeout (the CLI's 45 s) of the move plus 20 s,
+    the two live members own every partition, the lag is 0, and every acknowledged record was printed
+    by some member. It failed every time while members quit after 30 s without records."""
+    brokers = start_cluster(3)
+    bootstrap = ",".join(b.address for b in brokers)
+    with Admin(bootstrap) as admin:
+        admin.create_topic("orders", partitions=6)
+        with Consumer(bootstrap, group_id="crew") as consumer:
+            consumer.committed([TopicPartition("orders", 0)])
+        offsets = admin.describe_topic("__consumer_offsets").partitions
+        partition = group_partition("crew", len(offsets))
+        preferred = next(b for b in brokers if b.broker_id == offsets[partition].replicas[0])
+        if leader_of(bootstrap, "__consumer_offsets", partition, brokers) is preferred:
+            preferred.kill()
+            leader_of(bootstrap, "__consumer_offsets", partition, brokers)
+            preferred.start()
+        last_seen = []
+
+        def group(members: int) -> bool:
+            """Whether `members` members hold every partition and have committed all of it."""
+            try:
+                info = admin.describe_group("crew")
+            except UnknownGroupError:
+                return False
+            last_seen[:] = [info]
+            return (len(info.members) == members and sum(len(m.owned) for m in info.members) == 6
+                    and all(lag.lag == 0 for lag in info.partitions))
+        members = [CliMember(bootstrap, "orders", "crew") for _ in range(3)]
+        producer = None
+        try:
+            wait_until(lambda: group(3), what="three members sharing the partitions")
+            producer = ack_recorder(bootstrap, "orders", workers=1, pace_s=0.03, keyed=True, linger_ms=5)
+            time.sleep(2)
+            members[0].process.kill()
+            time.sleep(5)
+            members.append(CliMember(bootstrap, "orders", "crew"))
+            time.sleep(1)
+            members[1].process.terminate()
+            moves = [m for m in admin.elect_preferred_leaders("__consumer_offsets") if m.partition == partition]
+            moved = time.monotonic()
+            assert moves, "the coordinator's partition did not move"
+            time.sleep(2)
+            acked = {(p, o) for p, o, _ in producer.stop()}
+            try:
+                wait_until(lambda: group(2), timeout_s=moved + 45 + 20 - time.monotonic(),
+                           what="the live members to own every partition and catch up")
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}; the group last: {last_seen}") from None
+            missing = acked - {pair for member in members for pair in member.processed()}
+            assert not missing, f"{len(missing)} acknowledged records were never consumed"
+        finally:
+            if producer is not None:
+                producer.stop()
+            for member in members:
+                member.process.kill()
+                member.process.wait(timeout=30)
 
 
 def test_deleting_a_subscribed_topic_does_not_break_the_consumer(start_cluster) -> None:
