@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Sequence, TypeVar
+from typing import Callable, Mapping, NamedTuple, Sequence, TypeVar
 
 import grpc
 
 from raftka.client.connection import ClusterConnection
 from raftka.client.membership import GroupCoordinatorClient, from_group_partitions
 from raftka.client.records import TopicPartition
-from raftka.errors import GroupNotEmptyError, OffsetOutOfRangeError, from_rpc_error
+from raftka.errors import (GroupNotEmptyError, OffsetOutOfRangeError, TopicExistsError, UnknownTopicError,
+                           from_rpc_error)
 from raftka.proto import api_pb2, api_pb2_grpc
 
 T = TypeVar("T")
@@ -89,19 +90,44 @@ class GroupInfo:
 RESET_SPECS = ("earliest", "latest", "offset", "datetime", "shift")
 
 
+class OffsetReset(NamedTuple):
+    """One partition's line of a reset plan: the committed offset now, the offset asked for, and the
+    offset the plan commits (the request clamped to the partition's log start and end)."""
+
+    current: int | None
+    requested: int
+    new: int
+
+    @property
+    def clamped(self) -> bool:
+        return self.new != self.requested
+
+
 class Admin:
     """Topic administration. Errors are the typed `raftka.errors` classes (TopicExistsError, ...)."""
 
     def __init__(self, bootstrap: str | Sequence[str], *, request_timeout_ms: int = 30_000) -> None:
         self._conn = ClusterConnection(bootstrap, request_timeout_s=request_timeout_ms / 1000)
 
-    def create_topic(self, name: str, partitions: int = 1, replication_factor: int = 0,
-                     config: Mapping[str, str | int] | None = None) -> TopicInfo:
-        """Create a topic; replication_factor 0 means the cluster default, min(3, brokers)."""
+    def create_topic(self, name: str, partitions: int = 1, replication_factor: int | None = None,
+                     config: Mapping[str, str | int] | None = None, *, exist_ok: bool = False) -> TopicInfo:
+        """Create a topic. `replication_factor` None means the cluster default, min(3, brokers);
+        counts below 1 are refused. With `exist_ok`, a topic of that name that already exists is
+        described and returned as it is (its partitions and settings are not compared)."""
+        if partitions < 1:
+            raise ValueError(f"a topic needs at least 1 partition, not {partitions}")
+        if replication_factor is not None and replication_factor < 1:
+            raise ValueError(f"replication factor must be at least 1 (or None for the cluster default), "
+                             f"not {replication_factor}")
         request = api_pb2.CreateTopicRequest(name=name, partitions=partitions,
-                                             replication_factor=replication_factor,
+                                             replication_factor=replication_factor or 0,
                                              config={k: str(v) for k, v in (config or {}).items()})
-        response = self._admin(lambda stub: stub.CreateTopic(request, timeout=self._conn.request_timeout_s))
+        try:
+            response = self._admin(lambda stub: stub.CreateTopic(request, timeout=self._conn.request_timeout_s))
+        except TopicExistsError:
+            if not exist_ok:
+                raise
+            return self.describe_topic(name)
         return TopicInfo.from_proto(response.topic)
 
     def delete_topic(self, name: str) -> None:
@@ -109,9 +135,18 @@ class Admin:
         self._admin(lambda stub: stub.DeleteTopic(request, timeout=self._conn.request_timeout_s))
 
     def list_topics(self, *, include_internal: bool = False) -> list[TopicInfo]:
+        """Every topic, each as `describe_topic` tells it (leaders, in-sync replicas and offsets as
+        each partition's leader sees them), so a listing never calls a healthy partition
+        under-replicated. A topic deleted while the listing runs is left out."""
         request = api_pb2.ListTopicsRequest(include_internal=include_internal)
         response = self._admin(lambda stub: stub.ListTopics(request, timeout=self._conn.request_timeout_s))
-        return [TopicInfo.from_proto(t) for t in response.topics]
+        topics = []
+        for topic in response.topics:
+            try:
+                topics.append(self.describe_topic(topic.name))
+            except UnknownTopicError:
+                continue
+        return topics
 
     def describe_topic(self, name: str) -> TopicInfo:
         """The topic with its partitions' leaders, replicas, in-sync replicas and offsets.
@@ -194,12 +229,12 @@ class Admin:
             lambda stub: stub.DeleteGroup, api_pb2.DeleteGroupRequest(group_id=group_id))
 
     def reset_offsets(self, group_id: str, topic: str, spec: str, value: int | None = None, *,
-                      execute: bool = False) -> dict[TopicPartition, tuple[int | None, int]]:
+                      execute: bool = False) -> dict[TopicPartition, OffsetReset]:
         """Plan (and with `execute`, commit) new committed offsets for every partition of `topic`:
         `spec` is earliest, latest, offset (value = the offset), datetime (value = ms since the
         epoch; the first offset at or after it) or shift (value = records to move, + or -). Targets
-        are clamped to each partition's range. Returns {tp: (current committed, new)}. Executing is
-        refused while the group has members, as in Kafka."""
+        are clamped to each partition's range (`OffsetReset.clamped` says where). Executing is refused
+        while the group has members, as in Kafka."""
         if spec not in RESET_SPECS:
             raise ValueError(f"reset spec must be one of {', '.join(RESET_SPECS)}, not {spec!r}")
         if spec in ("offset", "datetime", "shift") and value is None:
@@ -207,7 +242,7 @@ class Admin:
         coordinator = GroupCoordinatorClient(self._conn, group_id)
         tps = [TopicPartition(topic, p) for p in range(self._conn.partition_count(topic))]
         current = {tp: o.offset for tp, o in coordinator.committed(tps).items()}
-        plan: dict[TopicPartition, tuple[int | None, int]] = {}
+        plan: dict[TopicPartition, OffsetReset] = {}
         for tp in tps:
             earliest = self._conn.list_offset(topic, tp.partition, api_pb2.EARLIEST)
             latest = self._conn.list_offset(topic, tp.partition, api_pb2.LATEST)
@@ -225,10 +260,10 @@ class Admin:
                 if base is None:
                     raise OffsetOutOfRangeError(f"{tp} has no committed offset to shift")
                 target = base + (value or 0)
-            plan[tp] = (current.get(tp), min(max(target, earliest), latest))
+            plan[tp] = OffsetReset(current.get(tp), target, min(max(target, earliest), latest))
         if execute:
             try:
-                coordinator.commit({tp: (new, "") for tp, (_, new) in plan.items()})
+                coordinator.commit({tp: (reset.new, "") for tp, reset in plan.items()})
             except GroupNotEmptyError as exc:
                 raise GroupNotEmptyError(f"cannot reset offsets of group {group_id!r}: {exc.message}; stop its "
                                          "consumers first") from None

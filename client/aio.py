@@ -26,13 +26,15 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar
 
 from raftka.client.accumulator import RecordFuture
 from raftka.client.consumer import ITERATOR_POLL_MS, Consumer
 from raftka.client.producer import Producer
 from raftka.client.records import Record, RecordMetadata, TopicPartition
 from raftka.errors import BufferExhaustedError
+
+T = TypeVar("T")
 
 FULL_BUFFER_RETRY_S = 0.001
 
@@ -126,16 +128,34 @@ class AIOConsumer:
     def paused(self) -> set[TopicPartition]:
         return self._consumer.paused()
 
+    async def seek_to_beginning(self, *tps: TopicPartition) -> None:
+        await self._run(self._consumer.seek_to_beginning, *tps)
+
+    async def seek_to_end(self, *tps: TopicPartition) -> None:
+        await self._run(self._consumer.seek_to_end, *tps)
+
+    async def seek_to_timestamp(self, tp: TopicPartition, timestamp_ms: int) -> None:
+        await self._run(self._consumer.seek_to_timestamp, tp, timestamp_ms)
+
+    async def offset_for_time(self, tp: TopicPartition, timestamp_ms: int) -> int | None:
+        return await self._run(self._consumer.offset_for_time, tp, timestamp_ms)
+
+    async def end_offsets(self, tps: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
+        return await self._run(self._consumer.end_offsets, list(tps))
+
     async def poll(self, timeout_ms: int = 1000, max_records: int | None = None) -> list[Record]:
-        return await asyncio.get_running_loop().run_in_executor(
-            None, functools.partial(self._consumer.poll, timeout_ms, max_records))
+        return await self._run(self._consumer.poll, timeout_ms, max_records)
 
     async def commit(self, offsets: Mapping[TopicPartition, int] | None = None, *, metadata: str = "") -> None:
-        await asyncio.get_running_loop().run_in_executor(
-            None, functools.partial(self._consumer.commit, offsets, metadata=metadata))
+        await self._run(functools.partial(self._consumer.commit, offsets, metadata=metadata))
 
     async def committed(self, tps: Iterable[TopicPartition]) -> dict[TopicPartition, int | None]:
-        return await asyncio.get_running_loop().run_in_executor(None, self._consumer.committed, list(tps))
+        return await self._run(self._consumer.committed, list(tps))
+
+    @staticmethod
+    async def _run(fn: Callable[..., T], *args: Any) -> T:
+        """Run a blocking call of the Consumer (it may ask brokers) in the default executor."""
+        return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
 
     def assignment(self) -> set[TopicPartition]:
         return self._consumer.assignment()

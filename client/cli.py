@@ -16,19 +16,22 @@ from __future__ import annotations
 
 import argparse
 import base64
+import binascii
 import json
 import logging
 import os
 import signal
 import sys
 import threading
+import time
+from datetime import datetime, timezone
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from raftka.client.local import DEFAULT_LOCAL_BROKERS
 from raftka.client.records import Record, TopicPartition, first_offsets
-from raftka.errors import RaftkaError
+from raftka.errors import RaftkaError, TopicExistsError, UnknownTopicError
 
 if TYPE_CHECKING:
     from raftka.client.consumer import Consumer
@@ -58,6 +61,8 @@ def _client_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="raftka", description="Raftka: a Raft-replicated, durable log.")
+    parser.add_argument("--version", action=_Version, help="print the client's version and, when a broker at "
+                        "--bootstrap answers within 2 s, the cluster's; then exit")
     _client_options(parser, suppress=False)
     parser.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"), help="env RAFTKA_LOG_LEVEL")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -110,9 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
     topic_commands = topic.add_subparsers(dest="topic_command", required=True, metavar="ACTION")
     create = topic_commands.add_parser("create", help="create a topic")
     create.add_argument("name")
-    create.add_argument("--partitions", type=int, default=1)
-    create.add_argument("--replication-factor", type=int, default=0,
-                        help="replicas per partition (default min(3, brokers))")
+    create.add_argument("--partitions", type=_positive, default=1, help="number of partitions (default 1)")
+    create.add_argument("--replication-factor", type=_positive, default=None,
+                        help="replicas per partition (default: the cluster's, min(3, brokers))")
+    create.add_argument("--if-not-exists", action="store_true",
+                        help="succeed, changing nothing, when the topic already exists")
     create.add_argument("--config", action="append", default=[], metavar="KEY=VALUE",
                         help="topic config such as retention.ms=86400000 (repeatable)")
     for name, text in (("list", "list topics"), ("describe", "show partitions, leaders and offsets"),
@@ -141,7 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--to-earliest", action="store_true")
     target.add_argument("--to-latest", action="store_true")
     target.add_argument("--to-offset", type=int, metavar="N")
-    target.add_argument("--to-datetime", metavar="ISO8601", help="e.g. 2026-11-23T10:00:00Z (no zone: UTC)")
+    target.add_argument("--to-datetime", type=_timestamp_ms, metavar="ISO8601|AGE",
+                        help="the first offset at or after this time: 2026-11-23T10:00:00Z (no zone: UTC), or "
+                             "that long ago: 1h, 30m")
     target.add_argument("--shift-by", type=int, metavar="N", help="move each committed offset by N (+ or -)")
     reset.add_argument("--execute", action="store_true", help="commit the new offsets (refused while the group "
                        "has members)")
@@ -150,7 +159,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     produce = commands.add_parser("produce", help="publish stdin, one record per line")
     produce.add_argument("topic")
-    produce.add_argument("--key-separator", help="split each line into KEY<SEP>VALUE at the first SEP")
+    keys = produce.add_mutually_exclusive_group()
+    keys.add_argument("--key-separator", help="split each line into KEY<SEP>VALUE at the first SEP")
+    keys.add_argument("--key", help="give every record this key")
+    produce.add_argument("--on-missing-key", choices=("error", "keyless"), default="error",
+                         help="with --key-separator, a line without the separator is an error (default), or "
+                              "is sent without a key")
+    produce.add_argument("--value-format", choices=("text", "base64"), default="text",
+                         help="text: the line is the value; base64: the line (after any key) is base64 of "
+                              "the value, for binary values")
+    produce.add_argument("--header", action="append", default=[], metavar="KEY=VALUE",
+                         help="add this header to every record (repeatable; a key may repeat)")
     produce.add_argument("--partition", type=int, help="write every record to this partition")
     produce.add_argument("--acks", choices=("all", "leader"), default="all")
     produce.add_argument("--compression", choices=("none", "zstd", "lz4"), default="none")
@@ -160,12 +179,18 @@ def build_parser() -> argparse.ArgumentParser:
     consume.add_argument("topic")
     start = consume.add_mutually_exclusive_group()
     start.add_argument("--from-beginning", action="store_true", help="start at the earliest offset")
+    start.add_argument("--offset", type=_start_offset, metavar="start|end|N",
+                       help="start every partition at its start or end, or at offset N (N needs --partition)")
+    start.add_argument("--from-timestamp", type=_timestamp_ms, metavar="ISO8601|AGE",
+                       help="start at the first record at or after this time: 2026-11-23T10:00:00Z (no zone: "
+                            "UTC), or that long ago: 5m, 2h, 30s, 1d, 500ms")
     consume.add_argument("--partition", type=int, help="read only this partition")
-    consume.add_argument("--offset", type=int, help="start at this offset (needs --partition)")
     consume.add_argument("--max-messages", type=int, help="exit after this many records")
     consume.add_argument("--timeout-ms", dest="idle_timeout_ms", type=int,
                          help="exit when no record arrives for this long (default: never)")
     consume.add_argument("--print-key", action="store_true", help="text format: print KEY<TAB>VALUE")
+    consume.add_argument("--print-headers", action="store_true",
+                         help="text format: print the headers as K=V,K=V<TAB> before the value (after the key)")
     consume.add_argument("--group", help="consume as a member of this consumer group (partitions shared with "
                          "its other members; offsets committed, so a restart resumes)")
     consume.add_argument("--session-timeout-ms", type=int, default=45_000,
@@ -227,10 +252,19 @@ def cmd_topic(args: argparse.Namespace) -> int:
 
     with Admin(args.bootstrap, request_timeout_ms=args.timeout_ms) as admin:
         if args.topic_command == "create":
-            config = dict(_key_value(item) for item in args.config)
-            topic = admin.create_topic(args.name, args.partitions, args.replication_factor, config)
-            _emit(args, {"created": _topic_json(topic)}, f"created topic {topic.name} with "
-                  f"{len(topic.partitions)} partition(s), replication factor {topic.replication_factor}")
+            config = dict(_key_value(item, "--config") for item in args.config)
+            try:
+                topic = admin.create_topic(args.name, args.partitions, args.replication_factor, config)
+            except TopicExistsError:
+                if not args.if_not_exists:
+                    raise
+                topic = admin.describe_topic(args.name)
+                _emit(args, {"exists": _topic_json(topic)}, f"topic {topic.name} already exists with "
+                      f"{len(topic.partitions)} partition(s), replication factor {topic.replication_factor}; "
+                      "left as it is")
+            else:
+                _emit(args, {"created": _topic_json(topic)}, f"created topic {topic.name} with "
+                      f"{len(topic.partitions)} partition(s), replication factor {topic.replication_factor}")
         elif args.topic_command == "delete":
             admin.delete_topic(args.name)
             _emit(args, {"deleted": args.name}, f"deleted topic {args.name}")
@@ -292,18 +326,18 @@ def cmd_group(args: argparse.Namespace) -> int:
         else:
             spec, value = _reset_target(args)
             plan = admin.reset_offsets(args.group, args.topic, spec, value, execute=args.execute)
-            rows = [[tp.topic, str(tp.partition), _dash(old), str(new)] for tp, (old, new) in sorted(plan.items())]
+            rows = [[tp.topic, str(tp.partition), _dash(r.current), str(r.new),
+                     f"{r.requested} is outside the log, clamped" if r.clamped else ""]
+                    for tp, r in sorted(plan.items())]
             verdict = "committed" if args.execute else "dry run: add --execute to commit"
             _emit(args, {"executed": args.execute, "offsets": [
-                {"topic": tp.topic, "partition": tp.partition, "current": old, "new": new}
-                for tp, (old, new) in sorted(plan.items())]},
-                _table(["TOPIC", "PARTITION", "CURRENT", "NEW"], rows) + f"\n({verdict})")
+                {"topic": tp.topic, "partition": tp.partition, "current": r.current, "requested": r.requested,
+                 "new": r.new, "clamped": r.clamped} for tp, r in sorted(plan.items())]},
+                _table(["TOPIC", "PARTITION", "CURRENT", "NEW", "NOTE"], rows) + f"\n({verdict})")
     return 0
 
 
 def _reset_target(args: argparse.Namespace) -> tuple[str, int | None]:
-    from datetime import datetime, timezone
-
     if args.to_earliest:
         return "earliest", None
     if args.to_latest:
@@ -312,10 +346,7 @@ def _reset_target(args: argparse.Namespace) -> tuple[str, int | None]:
         return "offset", args.to_offset
     if args.shift_by is not None:
         return "shift", args.shift_by
-    moment = datetime.fromisoformat(args.to_datetime.replace("Z", "+00:00"))
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return "datetime", int(moment.timestamp() * 1000)
+    return "datetime", args.to_datetime
 
 
 def _dash(value: int | None) -> str:
@@ -327,6 +358,9 @@ def cmd_produce(args: argparse.Namespace) -> int:
 
     failures: list[RaftkaError] = []
     lock = threading.Lock()
+    headers = [(key, value.encode()) for key, value in (_key_value(item, "--header") for item in args.header)]
+    key = None if args.key is None else args.key.encode()
+    progress = _Progress(sys.stderr) if sys.stderr.isatty() else None
     sent = 0
 
     def check(future: Any) -> None:
@@ -337,20 +371,18 @@ def cmd_produce(args: argparse.Namespace) -> int:
 
     with Producer(args.bootstrap, acks=args.acks, compression=args.compression,
                   request_timeout_ms=args.timeout_ms) as producer:
-        for raw in sys.stdin.buffer:
-            line = raw.rstrip(b"\r\n")
-            key = None
-            if args.key_separator is not None:
-                key, sep, value = line.partition(args.key_separator.encode())
-                if not sep:
-                    key, value = None, line
-            else:
-                value = line
-            producer.send(args.topic, value, key=key, partition=args.partition).add_done_callback(check)
+        for number, raw in enumerate(sys.stdin.buffer, start=1):
+            line_key, value = _parse_line(raw.rstrip(b"\r\n"), number, args)
+            producer.send(args.topic, value, key=key if line_key is None else line_key, headers=headers,
+                          partition=args.partition).add_done_callback(check)
             sent += 1
+            if progress is not None:
+                progress.count(len(raw))
             if failures:
                 break
         producer.flush()
+    if progress is not None:
+        progress.done()
     if failures:
         print(f"raftka: {len(failures)} record(s) failed; first: {type(failures[0]).__name__}: "
               f"{failures[0].message}", file=sys.stderr)
@@ -360,32 +392,90 @@ def cmd_produce(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_consume(args: argparse.Namespace) -> int:
-    import time
+def _parse_line(line: bytes, number: int, args: argparse.Namespace) -> tuple[bytes | None, bytes]:
+    """(key, value) of one input line of `raftka produce`, as its flags say; ValueError names the line."""
+    key = None
+    if args.key_separator is not None:
+        key, sep, value = line.partition(args.key_separator.encode())
+        if not sep:
+            if args.on_missing_key == "error":
+                raise ValueError(f"line {number} has no key separator {args.key_separator!r} (nothing was sent "
+                                 "from it on; --on-missing-key keyless sends such lines without a key)")
+            key, value = None, line
+    else:
+        value = line
+    if args.value_format == "base64":
+        try:
+            value = base64.b64decode(value, validate=True)
+        except binascii.Error as exc:
+            raise ValueError(f"line {number}: the value is not base64 ({exc})") from None
+    return key, value
 
+
+class _Progress:
+    """Records and bytes read so far, redrawn on one terminal line at most once a second."""
+
+    def __init__(self, out: Any) -> None:
+        self._out = out
+        self._records = self._bytes = 0
+        self._started = self._drawn = time.monotonic()
+
+    def count(self, size: int) -> None:
+        self._records += 1
+        self._bytes += size
+        if time.monotonic() - self._drawn >= 1.0:
+            self._draw("\r")
+
+    def done(self) -> None:
+        self._draw("\r")
+        self._out.write("\n")
+
+    def _draw(self, prefix: str) -> None:
+        self._drawn = time.monotonic()
+        elapsed = max(self._drawn - self._started, 1e-9)
+        self._out.write(f"{prefix}sent {self._records:,} records, {self._bytes / 1e6:,.1f} MB "
+                        f"({self._records / elapsed:,.0f} records/s)")
+        self._out.flush()
+
+
+def cmd_consume(args: argparse.Namespace) -> int:
     from raftka.client.consumer import Consumer
 
-    if args.offset is not None and args.partition is None:
-        raise ValueError("--offset needs --partition")
-    if args.offset is not None and args.from_beginning:
-        raise ValueError("--offset and --from-beginning exclude each other")
+    if isinstance(args.offset, int) and args.partition is None:
+        raise ValueError("--offset needs --partition for an offset N (start and end apply to every partition)")
+    if args.idle_timeout_ms is not None and args.idle_timeout_ms < 0:
+        raise ValueError(f"--timeout-ms must be 0 or more, not {args.idle_timeout_ms} (leave it out to run "
+                         "until stopped)")
     if args.group is not None and not args.group.strip():
         raise ValueError("--group needs a group name")
-    if args.group and (args.partition is not None or args.offset is not None):
-        raise ValueError("--group shares the topic's partitions among the group; it excludes --partition "
-                         "and --offset (use `raftka group reset-offsets` to move the group)")
+    if args.group and (args.partition is not None or args.offset is not None or args.from_timestamp is not None):
+        raise ValueError("--group shares the topic's partitions among the group; it excludes --partition, "
+                         "--offset and --from-timestamp (use `raftka group reset-offsets` to move the group)")
     reset = "earliest" if args.from_beginning else "latest"
     render = _record_renderer(args)
     group = ({"group_id": args.group, "topics": [args.topic], "client_id": "raftka-cli",
               "session_timeout_ms": args.session_timeout_ms} if args.group else {})
     with _StopSignals() as stop, Consumer(args.bootstrap, auto_offset_reset=reset,
                                           request_timeout_ms=args.timeout_ms, **group) as consumer:
-        if not args.group:
+        if args.group:
+            try:
+                consumer.partitions_for(args.topic)
+            except UnknownTopicError:
+                print(f"raftka: topic {args.topic!r} does not exist (yet); waiting for it to be created",
+                      file=sys.stderr, flush=True)
+        else:
             partitions = ([TopicPartition(args.topic, args.partition)] if args.partition is not None
                           else consumer.partitions_for(args.topic))
             consumer.assign(partitions)
-            if args.offset is not None:
+            if args.offset == "start":
+                consumer.seek_to_beginning(*partitions)
+            elif args.offset == "end":
+                consumer.seek_to_end(*partitions)
+            elif args.offset is not None:
                 consumer.seek(partitions[0], args.offset)
+            elif args.from_timestamp is not None:
+                for tp in partitions:
+                    consumer.seek_to_timestamp(tp, args.from_timestamp)
         count, last_record = 0, time.monotonic()
         while stop.signum is None and (args.max_messages is None or count < args.max_messages):
             wait_ms = (1000 if args.idle_timeout_ms is None
@@ -455,11 +545,15 @@ def _record_renderer(args: argparse.Namespace) -> Callable[[Record], str]:
         return lambda record: json.dumps({
             "topic": record.topic, "partition": record.partition, "offset": record.offset,
             "timestamp": record.timestamp, "key": _json_bytes(record.key), "value": _json_bytes(record.value),
-            "headers": {k: _json_bytes(v) for k, v in record.headers}}) + "\n"
-    if args.print_key:
-        return lambda record: (f"{(record.key or b'').decode(errors='replace')}\t"
-                               f"{(record.value or b'').decode(errors='replace')}\n")
-    return lambda record: (record.value or b"").decode(errors="replace") + "\n"
+            "headers": [[k, _json_bytes(v)] for k, v in record.headers]}) + "\n"
+
+    def text(record: Record) -> str:
+        fields = [(record.key or b"").decode(errors="replace")] if args.print_key else []
+        if args.print_headers:
+            fields.append(",".join(f"{k}={v.decode(errors='replace')}" for k, v in record.headers))
+        fields.append((record.value or b"").decode(errors="replace"))
+        return "\t".join(fields) + "\n"
+    return text
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -475,11 +569,77 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 }
 
 
-def _key_value(item: str) -> tuple[str, str]:
+def _key_value(item: str, flag: str) -> tuple[str, str]:
     key, sep, value = item.partition("=")
     if not sep or not key:
-        raise ValueError(f"--config expects KEY=VALUE, got {item!r}")
+        raise ValueError(f"{flag} expects KEY=VALUE, got {item!r}")
     return key, value
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
+    return value
+
+
+def _start_offset(text: str) -> str | int:
+    if text in ("start", "end"):
+        return text
+    if text.isdigit():
+        return int(text)
+    raise argparse.ArgumentTypeError(f"expected start, end or an offset >= 0, not {text!r}")
+
+
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _timestamp_ms(text: str, now: Callable[[], float] = time.time) -> int:
+    """ISO 8601 (no zone: UTC), or an age such as 5m (also -5m, as `--flag=-5m`: a bare -5m reads as an
+    option to argparse), as milliseconds since the epoch."""
+    age = text.removeprefix("-")
+    number = age.rstrip("smhd")
+    unit = age[len(number):]
+    if number and unit:
+        if number.replace(".", "", 1).isdigit() and unit in _DURATION_UNITS:
+            return int((now() - float(number) * _DURATION_UNITS[unit]) * 1000)
+        raise argparse.ArgumentTypeError(f"expected an age such as 5m, 2h, 30s, 1d, 500ms, not {text!r}")
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected ISO 8601 such as 2026-11-23T10:00:00Z, not {text!r}") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return int(moment.timestamp() * 1000)
+
+
+class _Version(argparse.Action):
+    """`raftka --version`: this client's version, and the cluster's when a broker answers quickly."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        import grpc
+
+        from raftka import __version__
+        from raftka.client.connection import parse_bootstrap
+        from raftka.proto import api_pb2, api_pb2_grpc
+
+        print(f"raftka {__version__} (client)")
+        bootstrap = getattr(namespace, "bootstrap", None) or _env("BOOTSTRAP", DEFAULT_BOOTSTRAP)
+        for address in parse_bootstrap(bootstrap):
+            try:
+                with grpc.insecure_channel(address) as channel:
+                    answer = api_pb2_grpc.BrokerStub(channel).Metadata(api_pb2.MetadataRequest(), timeout=2)
+            except grpc.RpcError:
+                continue
+            print(f"raftka {answer.broker_version or 'unknown'} (cluster {answer.cluster_id}, broker at {address})")
+            break
+        else:
+            print(f"cluster: no broker answered at {bootstrap}")
+        parser.exit()
 
 
 def _json_bytes(data: bytes | None) -> str | dict[str, str] | None:

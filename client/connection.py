@@ -89,6 +89,8 @@ class ClusterConnection:
         self._metadata: api_pb2.MetadataResponse | None = None
         self._brokers: dict[int, str] = {}
         self._topics: dict[str, api_pb2.TopicMetadata] = {}
+        self.answered = False
+        """Whether any broker has answered this connection yet (see `retrying`)."""
         self._suspects: dict[str, float] = {}
         """Brokers that lately timed out or were unreachable, with when: `any_broker` asks them last."""
 
@@ -107,9 +109,11 @@ class ClusterConnection:
              request: object, *, timeout_s: float | None = None) -> T:
         """Call a unary Broker method on one broker, raising typed errors."""
         try:
-            return method(self.broker(address))(request, timeout=timeout_s or self.request_timeout_s)
+            result = method(self.broker(address))(request, timeout=timeout_s or self.request_timeout_s)
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from None
+        self.answered = True
+        return result
 
     def any_broker(self, fn: Callable[[grpc.Channel], T], *, idempotent: bool = False) -> T:
         """Run `fn` against the known brokers in turn until one answers.
@@ -137,6 +141,7 @@ class ClusterConnection:
                 continue
             with self._lock:
                 self._suspects.pop(address, None)
+            self.answered = True
             return result
         raise BrokerUnavailableError(f"no broker answered (tried {', '.join(addresses)}): {last}")
 
@@ -234,13 +239,19 @@ class ClusterConnection:
                 self._topics.pop(topic, None)
 
     def retrying(self, fn: Callable[[], T], *, deadline_s: float, backoff: Backoff = Backoff()) -> T:
-        """Run `fn`, retrying retriable errors with backoff until `deadline_s` (monotonic) passes."""
+        """Run `fn`, retrying retriable errors with backoff until `deadline_s` (monotonic) passes.
+
+        While no broker has ever answered this connection, an unreachable cluster is not retried: a
+        wrong or unresolvable bootstrap address, or nothing running there, fails at once with the
+        reason, instead of after the whole request timeout without a word."""
         attempt = 0
         while True:
             try:
                 return fn()
             except RaftkaError as exc:
                 if not exc.retriable or time.monotonic() >= deadline_s:
+                    raise
+                if isinstance(exc, BrokerUnavailableError) and not self.answered:
                     raise
                 log.debug("retrying after %s: %s", type(exc).__name__, exc)
                 time.sleep(min(backoff.delay(attempt), max(0.0, deadline_s - time.monotonic())))

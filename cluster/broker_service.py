@@ -16,6 +16,7 @@ from typing import AsyncIterator, Awaitable, Callable, Sequence, TypeVar
 
 import grpc
 
+from raftka import __version__
 from raftka.cluster.config import BrokerConfig
 from raftka.cluster.controller import Controller
 from raftka.cluster.metadata import MetadataState, TopicRecord
@@ -383,7 +384,7 @@ class BrokerService(api_pb2_grpc.BrokerServicer):
     async def _metadata(self, request: api_pb2.MetadataRequest) -> api_pb2.MetadataResponse:
         state = self._state
         response = api_pb2.MetadataResponse(
-            cluster_id=state.config.cluster_id, controller_id=state.controller.leader_id,
+            cluster_id=state.config.cluster_id, controller_id=state.controller.leader_id, broker_version=__version__,
             brokers=[api_pb2.BrokerInfo(id=broker, address=address, rack=state.rack_of(broker))
                      for broker, address in sorted(state.config.brokers.items())])
         if request.topics:

@@ -198,7 +198,7 @@ class GroupCoordinator:
     async def describe(self, group_id: str) -> api_pb2.DescribeGroupResponse:
         group = await self._group(group_id, cache=False)
         committed = self._committed(group)
-        if not group.members and not committed:
+        if not group.members and not committed and group_id not in self._log_of(group).groups:
             raise UnknownGroupError(f"unknown group {group_id!r}")
         members = [api_pb2.GroupMember(member_id=m.member_id, instance_id=m.instance_id, client_id=m.client_id,
                                        assignment=as_group_partitions(m.target), owned=as_group_partitions(m.held),

@@ -63,3 +63,28 @@ def test_a_full_buffer_waits_without_blocking_the_loop(broker) -> None:
         await producer.close(timeout=30)
 
     asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+def test_the_async_consumer_seeks_like_the_threaded_one(broker) -> None:
+    with Admin(broker.address) as admin:
+        admin.create_topic("seekable")
+    tp = TopicPartition("seekable", 0)
+
+    async def scenario() -> None:
+        async with AIOProducer(broker.address, linger_ms=0) as producer:
+            early = [await producer.send_and_wait("seekable", f"e{i}", partition=0, timestamp_ms=1_000 + i)
+                     for i in range(3)]
+            await producer.send_and_wait("seekable", b"late", partition=0, timestamp_ms=5_000)
+        async with AIOConsumer(broker.address) as consumer:
+            consumer.assign([tp])
+            assert await consumer.end_offsets([tp]) == {tp: 4}
+            assert await consumer.offset_for_time(tp, 5_000) == 3
+            assert await consumer.offset_for_time(tp, 9_000) is None
+            await consumer.seek_to_end(tp)
+            assert consumer.position(tp) == 4
+            await consumer.seek_to_beginning(tp)
+            assert consumer.position(tp) == early[0].offset == 0
+            await consumer.seek_to_timestamp(tp, 5_000)
+            assert [r.value for r in await consumer.poll(timeout_ms=5_000)] == [b"late"]
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))

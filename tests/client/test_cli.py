@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
+
+from raftka import __version__ as raftka_version
 
 RAFTKA = [sys.executable, "-m", "raftka"]
 
@@ -68,8 +72,8 @@ def test_ten_thousand_lines_round_trip_exactly(cli_env) -> None:
 
 def test_keys_partitions_offsets_and_json_records(cli_env) -> None:
     assert raftka("topic", "create", "keyed", "--partitions", "2", env=cli_env).returncode == 0
-    produced = raftka("produce", "keyed", "--key-separator", ":", "--partition", "1", "--format", "json",
-                      env=cli_env, stdin="k1:v1\nk2:v2:with colon\nno separator\n")
+    produced = raftka("produce", "keyed", "--key-separator", ":", "--on-missing-key", "keyless", "--partition", "1",
+                      "--format", "json", env=cli_env, stdin="k1:v1\nk2:v2:with colon\nno separator\n")
     assert produced.returncode == 0 and json.loads(produced.stdout) == {"acknowledged": 3}
     consumed = raftka("consume", "keyed", "--partition", "1", "--offset", "1", "--max-messages", "2",
                       "--format", "json", env=cli_env)
@@ -124,3 +128,119 @@ def test_raftka_local_starts_a_cluster_users_can_produce_to(tmp_path: Path, free
     assert "broker 2 exited (-9); restarting it" in out
     assert "Raftka local cluster stopped." in out
     assert (tmp_path / "data" / "broker-1.log").exists()
+
+
+def test_admin_commands_fail_at_once_when_no_broker_answers(cli_env, free_port) -> None:
+    """A long request timeout must not turn a wrong address into a silent wait: nothing answering at
+    the bootstrap is an error at once (the subprocess timeout would fail a hang)."""
+    for command in (("topic", "list"), ("topic", "describe", "x"), ("group", "list"), ("group", "describe", "g")):
+        for bootstrap in (f"127.0.0.1:{free_port()}", "nonexistent.invalid:9092"):
+            result = raftka(*command, "--bootstrap", bootstrap, "--request-timeout-ms", "600000", env=cli_env,
+                            timeout=60)
+            assert result.returncode == 1, (command, result.stderr)
+            assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+            assert "BrokerUnavailableError: no broker answered" in result.stderr
+
+
+def test_counts_below_one_are_refused_and_if_not_exists_succeeds(cli_env) -> None:
+    for flag in ("--partitions", "--replication-factor"):
+        refused = raftka("topic", "create", "zero", flag, "0", env=cli_env)
+        assert refused.returncode == 2 and "must be 1 or more, not 0" in refused.stderr
+    assert json.loads(raftka("topic", "list", "--format", "json", env=cli_env).stdout) == []
+    first = raftka("topic", "create", "twice", "--partitions", "2", "--if-not-exists", env=cli_env)
+    again = raftka("topic", "create", "twice", "--partitions", "5", "--if-not-exists", env=cli_env)
+    assert first.returncode == again.returncode == 0, again.stderr
+    assert "already exists with 2 partition(s)" in again.stdout
+    plain = raftka("topic", "create", "twice", env=cli_env)
+    assert plain.returncode == 1 and "TopicExistsError" in plain.stderr
+
+
+def test_topic_list_states_the_same_facts_as_describe(cli_env) -> None:
+    assert raftka("topic", "create", "facts", "--partitions", "2", env=cli_env).returncode == 0
+    assert raftka("produce", "facts", "--partition", "1", env=cli_env, stdin="a\nb\n").returncode == 0
+    [listed] = json.loads(raftka("topic", "list", "--format", "json", env=cli_env).stdout)
+    described = json.loads(raftka("topic", "describe", "facts", "--format", "json", env=cli_env).stdout)
+    assert listed == described
+    assert [p["in_sync_replicas"] for p in listed["partitions"]] == [[1], [1]]
+    assert [p["high_watermark"] for p in listed["partitions"]] == [0, 2]
+
+
+def test_a_group_waiting_for_a_missing_topic_is_warned_about_and_described(cli_env) -> None:
+    waiting = raftka("consume", "not-yet", "--group", "patient", "--timeout-ms", "1500", env=cli_env)
+    assert waiting.returncode == 0, waiting.stderr
+    assert "topic 'not-yet' does not exist (yet); waiting for it to be created" in waiting.stderr
+    groups = json.loads(raftka("group", "list", "--format", "json", env=cli_env).stdout)
+    assert [g["group"] for g in groups] == ["patient"]
+    described = raftka("group", "describe", "patient", "--format", "json", env=cli_env)
+    assert described.returncode == 0, described.stderr
+    assert json.loads(described.stdout)["members"] == []
+
+
+def test_lines_without_the_key_separator_and_binary_values(cli_env) -> None:
+    assert raftka("topic", "create", "bin", env=cli_env).returncode == 0
+    refused = raftka("produce", "bin", "--key-separator", ":", env=cli_env, stdin="k:v\nno separator\n")
+    assert refused.returncode == 2 and "line 2 has no key separator ':'" in refused.stderr
+    payload = bytes(range(256))
+    encoded = base64.b64encode(payload).decode()
+    sent = raftka("produce", "bin", "--value-format", "base64", "--key-separator", " ", env=cli_env,
+                  stdin=f"k {encoded}\n")
+    assert sent.returncode == 0, sent.stderr
+    bad = raftka("produce", "bin", "--value-format", "base64", env=cli_env, stdin="not base64!\n")
+    assert bad.returncode == 2 and "line 1: the value is not base64" in bad.stderr
+    records = [json.loads(line) for line in raftka("consume", "bin", "--offset", "start", "--max-messages", "2",
+                                                   "--format", "json", env=cli_env).stdout.splitlines()]
+    assert [(r["key"], r["value"]) for r in records] == [("k", "v"), ("k", {"base64": encoded})]
+
+
+def test_headers_keys_and_where_consuming_starts(cli_env) -> None:
+    assert raftka("topic", "create", "hdr", env=cli_env).returncode == 0
+    old = raftka("produce", "hdr", "--key", "fixed", "--header", "trace=1", "--header", "trace=2",
+                 "--header", "kind=old", env=cli_env, stdin="first\n")
+    assert old.returncode == 0, old.stderr
+    cut = datetime.now(timezone.utc)
+    time.sleep(0.05)
+    assert raftka("produce", "hdr", "--header", "kind=new", env=cli_env, stdin="second\n").returncode == 0
+    [first] = [json.loads(line) for line in raftka("consume", "hdr", "--offset", "start", "--max-messages", "1",
+                                                   "--format", "json", env=cli_env).stdout.splitlines()]
+    assert first["key"] == "fixed"
+    assert first["headers"] == [["trace", "1"], ["trace", "2"], ["kind", "old"]]
+    text = raftka("consume", "hdr", "--offset", "start", "--max-messages", "2", "--print-key", "--print-headers",
+                  env=cli_env).stdout
+    assert text == "fixed\ttrace=1,trace=2,kind=old\tfirst\n\tkind=new\tsecond\n"
+    since = raftka("consume", "hdr", "--from-timestamp", cut.isoformat(), "--max-messages", "1", env=cli_env)
+    assert since.stdout == "second\n"
+    for age in ("1h", "--from-timestamp=-1h"):
+        arguments = ("--from-timestamp", age) if not age.startswith("--") else (age,)
+        recent = raftka("consume", "hdr", *arguments, "--max-messages", "2", env=cli_env)
+        assert recent.stdout == "first\nsecond\n", recent.stderr
+    at_end = raftka("consume", "hdr", "--offset", "end", "--timeout-ms", "1000", env=cli_env)
+    assert at_end.returncode == 0 and at_end.stdout == ""
+    negative = raftka("consume", "hdr", "--timeout-ms", "-1", env=cli_env)
+    assert negative.returncode == 2 and "--timeout-ms must be 0 or more" in negative.stderr
+    bad_age = raftka("consume", "hdr", "--from-timestamp", "5x", env=cli_env)
+    assert bad_age.returncode == 2 and "expected ISO 8601" in bad_age.stderr
+    bad_unit = raftka("consume", "hdr", "--from-timestamp", "5.5.5m", env=cli_env)
+    assert bad_unit.returncode == 2 and "expected an age such as 5m" in bad_unit.stderr
+
+
+def test_reset_plans_say_where_a_target_was_clamped(cli_env) -> None:
+    assert raftka("topic", "create", "clamp", env=cli_env).returncode == 0
+    assert raftka("produce", "clamp", env=cli_env, stdin="a\nb\nc\n").returncode == 0
+    plan = raftka("group", "reset-offsets", "g", "--topic", "clamp", "--to-offset", "-5", env=cli_env)
+    assert plan.returncode == 0, plan.stderr
+    assert plan.stdout.splitlines()[1].split() == ["clamp", "0", "-", "0", "-5", "is", "outside", "the", "log,",
+                                                   "clamped"]
+    shifted = json.loads(raftka("group", "reset-offsets", "g", "--topic", "clamp", "--to-offset", "999",
+                                "--format", "json", env=cli_env).stdout)
+    assert shifted["offsets"] == [{"topic": "clamp", "partition": 0, "current": None, "requested": 999, "new": 3,
+                                   "clamped": True}]
+
+
+def test_version_names_the_client_and_the_cluster(cli_env, free_port) -> None:
+    version = raftka("--version", env=cli_env)
+    assert version.returncode == 0
+    assert version.stdout.splitlines() == [f"raftka {raftka_version} (client)",
+                                           f"raftka {raftka_version} (cluster raftka-local, broker at "
+                                           f"{cli_env['RAFTKA_BOOTSTRAP']})"]
+    alone = raftka("--bootstrap", f"127.0.0.1:{free_port()}", "--version", env=cli_env)
+    assert alone.returncode == 0 and alone.stdout.splitlines()[1].startswith("cluster: no broker answered")

@@ -233,3 +233,16 @@ def test_admin_lists_describes_and_deletes(broker, admin: Admin) -> None:
     admin.create_topic("b-topic", partitions=2)
     assert [p.high_watermark for p in admin.describe_topic("b-topic").partitions] == [0, 0], \
         "a re-created topic starts empty"
+
+
+def test_create_topic_refuses_counts_below_one_and_exist_ok_returns_the_topic(broker, admin: Admin) -> None:
+    with pytest.raises(ValueError, match="at least 1 partition"):
+        admin.create_topic("none", partitions=0)
+    with pytest.raises(ValueError, match="replication factor must be at least 1"):
+        admin.create_topic("none", replication_factor=0)
+    created = admin.create_topic("kept", partitions=2)
+    existing = admin.create_topic("kept", partitions=7, exist_ok=True)
+    assert [p.replicas for p in existing.partitions] == [p.replicas for p in created.partitions]
+    with pytest.raises(TopicExistsError):
+        admin.create_topic("kept")
+    assert [t.name for t in admin.list_topics()] == ["kept"]
