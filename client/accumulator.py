@@ -109,9 +109,8 @@ It slept one linger (5 ms by default) instead, which cost an idle producer 0.74%
 class RecordAccumulator:
     """Thread-safe: user threads append, the sender drains, response readers finish batches.
 
-    The sticky partition of unkeyed records lives here, under the same lock as the batches, because
-    it moves exactly when an append seals a batch (as Kafka's built-in partitioner does, KIP-794);
-    one lock per `send()` instead of two.
+    The sticky partition of unkeyed records lives here, under the same lock as the batches, so a
+    `send()` takes one lock, not two.
     """
 
     def __init__(self, *, batch_size: int, linger_s: float, buffer_memory: int, max_block_s: float,
@@ -128,7 +127,7 @@ class RecordAccumulator:
         self._open: dict[TopicPartition, ProducerBatch] = {}
         self._in_flight: dict[TopicPartition, int] = {}
         self._incomplete: set[ProducerBatch] = set()
-        self._sticky = StickyPartitioner()
+        self._sticky = StickyPartitioner(batch_size)
         self._used = 0
         self._numbers = itertools.count()
         self._flushing = 0
@@ -146,15 +145,14 @@ class RecordAccumulator:
         with self._lock:
             if self._used + size > self.buffer_memory and self._used:
                 self._wait_for_space(size)
-            tp = tps[partition if partition is not None else self._sticky.partition(tps[0].topic, len(tps))]
+            if partition is None:
+                tp = tps[self._sticky.partition(tps[0].topic, len(tps))]
+                self._sticky.appended(tp.topic, len(tps), size)
+            else:
+                tp = tps[partition]
             batch = self._open.get(tp)
             if batch is None or batch.size + size > self.batch_size and batch.records:
-                if batch is not None and partition is None:
-                    self._sticky.batch_sealed(tp.topic, len(tps), tp.partition)
-                    tp = tps[self._sticky.partition(tp.topic, len(tps))]
-                    batch = self._open.get(tp)
-                if batch is None or batch.size + size > self.batch_size and batch.records:
-                    batch = self._new_batch(tp)
+                batch = self._new_batch(tp)
             records = batch.records
             records.append((key, value, headers, timestamp_ms))
             batch.size += size

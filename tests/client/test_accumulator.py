@@ -78,3 +78,18 @@ def test_a_sender_with_nothing_due_sleeps_until_an_event_wakes_it() -> None:
     assert acc.drain(1e12) == ([], IDLE_WAIT_S), "behind a batch in flight: nothing to time"
     acc.finished(first)
     assert len(wakes) == 3 and len(_drain(acc)) == 1, "the completion wakes the sender"
+
+
+def test_a_trickle_of_unkeyed_records_moves_between_partitions() -> None:
+    """Each record leaves alone (linger 0, nothing in flight), so no batch ever fills: the sticky
+    partition must still move once a batch size of records went to it (KIP-794)."""
+    acc = _accumulator(batch_size=1024)
+    tps = tuple(TopicPartition("t", p) for p in range(4))
+    used = set()
+    for _ in range(100):
+        acc.append(tps, None, None, b"v" * 100, (), 0)
+        for batch in _drain(acc):
+            used.add(batch.tp.partition)
+            batch.complete(0)
+            acc.finished(batch)
+    assert len(used) > 1

@@ -28,12 +28,17 @@ def test_keyed_partition_is_stable_and_in_range() -> None:
             assert 0 <= p < partitions and p == partition_for_key(key, partitions)
 
 
-def test_sticky_partition_moves_only_when_its_batch_seals() -> None:
-    sticky = StickyPartitioner()
+def test_sticky_partition_moves_once_a_batch_size_of_records_went_to_it() -> None:
+    sticky = StickyPartitioner(batch_size=1000)
     first = sticky.partition("t", 4)
-    assert all(sticky.partition("t", 4) == first for _ in range(10))
-    sticky.batch_sealed("t", 4, (first + 1) % 4)
-    assert sticky.partition("t", 4) == first
-    sticky.batch_sealed("t", 4, first)
-    assert sticky.partition("t", 4) != first
-    assert StickyPartitioner().partition("single", 1) == 0
+    for _ in range(9):
+        sticky.appended("t", 4, 100)
+        assert sticky.partition("t", 4) == first
+    sticky.appended("t", 4, 100)
+    second = sticky.partition("t", 4)
+    assert second != first
+    sticky.appended("t", 4, 999)
+    assert sticky.partition("t", 4) == second, "the count starts again at each move"
+    single = StickyPartitioner(batch_size=1)
+    single.appended("single", 1, 10)
+    assert single.partition("single", 1) == 0
