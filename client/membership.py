@@ -8,8 +8,11 @@ run on the application's thread, between its batches of records, and a partition
 released once the application has handed it back (callbacks run, offsets committed).
 
 Heartbeats continue while the application processes records; the session timeout only catches
-crashed consumers. A separate `max_poll_interval`, checked by the thread, catches a consumer stuck in
-processing: it leaves the group (losing only its own partitions) and rejoins at its next poll.
+crashed consumers. A separate `max_poll_interval` catches a consumer stuck in processing: it leaves
+the group (losing only its own partitions) and rejoins at its next poll. Both limits are checked by
+the thread and by every `poll()`, under one lock, whichever comes first: a process that was
+suspended (SIGSTOP, a paused VM) wakes both threads at once, and its poll must drop partitions the
+group may have handed to other members before it returns more of their records.
 """
 
 from __future__ import annotations
@@ -131,6 +134,9 @@ class GroupMembership(threading.Thread):
         self._owned: frozenset[TopicPartition] = frozenset()
         self._applied_epoch = 0
         self._change: AssignmentChange | None = None
+        self._leaving: tuple[str, int] | None = None
+        """(member id, member epoch) this consumer gave up (poll or session timeout): the thread
+        tells the coordinator, so the partitions move without waiting for the session to expire."""
         self._last_poll = self._last_heartbeat = time.monotonic()
         self._interval_s = 1.0
         self.error: RaftkaError | None = None
@@ -143,8 +149,13 @@ class GroupMembership(threading.Thread):
             return self._member_id if self._joined else ""
 
     def polled(self) -> None:
+        """The consumer is polling: first give the membership up if a limit has passed meanwhile."""
         with self._lock:
-            self._last_poll = time.monotonic()
+            now = time.monotonic()
+            gave_up = self._give_up_if_overdue(now)
+            self._last_poll = now
+        if gave_up:
+            self._wake.set()
 
     def take_change(self) -> AssignmentChange | None:
         with self._lock:
@@ -184,17 +195,13 @@ class GroupMembership(threading.Thread):
     def run(self) -> None:
         attempt = 0
         while not self._stopping:
-            now = time.monotonic()
-            joined, lost = self._joined, self._change is not None and self._change.lost
-            if lost:
-                pass
-            elif joined and now - self._last_poll > self._max_poll_interval_s:
-                self._leave_for_poll_timeout()
-            elif joined and now - self._last_heartbeat > self._session_timeout_ms / 1000:
-                log.warning("group %s: no heartbeat got through for the session timeout; the coordinator has "
-                            "dropped this member, so its partitions are given up", self.coordinator.group_id)
-                self._lose()
-            else:
+            with self._lock:
+                self._give_up_if_overdue(time.monotonic())
+                leaving, self._leaving = self._leaving, None
+                lost = self._change is not None and self._change.lost
+            if leaving is not None:
+                self._leave(*leaving)
+            elif not lost:
                 try:
                     self._heartbeat()
                     attempt = 0
@@ -238,25 +245,46 @@ class GroupMembership(threading.Thread):
                 session_timeout_ms=self._session_timeout_ms, assignor=self._assignor, leave=leave,
                 client_id=self._client_id, member_epoch=self._applied_epoch)
 
-    def _leave_for_poll_timeout(self) -> None:
-        log.warning("group %s: no poll for max_poll_interval (%.1fs); leaving the group so its partitions "
-                    "move to other members", self.coordinator.group_id, self._max_poll_interval_s)
+    def _give_up_if_overdue(self, now: float) -> bool:
+        """With the lock held: if no poll came for max_poll_interval, or no heartbeat got through for
+        the session timeout, stop being a member (the thread then sends the leave). Returns whether
+        it did."""
+        if not self._joined or (self._change is not None and self._change.lost):
+            return False
+        group = self.coordinator.group_id
+        if now - self._last_poll > self._max_poll_interval_s:
+            log.warning("group %s: no poll for max_poll_interval (%.1fs); leaving the group so its partitions "
+                        "move to other members", group, self._max_poll_interval_s)
+        elif now - self._last_heartbeat > self._session_timeout_ms / 1000:
+            log.warning("group %s: no heartbeat got through for the session timeout; the coordinator has "
+                        "dropped this member, so its partitions are given up", group)
+        else:
+            return False
+        self._leaving = self._member_id, self._applied_epoch
+        self._lose_locked()
+        return True
+
+    def _leave(self, member_id: str, member_epoch: int) -> None:
+        """Tell the coordinator that `member_id` (given up) left, so its partitions move now."""
+        request = self._request(leave=True)
+        request.member_id, request.member_epoch = member_id, member_epoch
         try:
-            self.coordinator.call(lambda stub: stub.Heartbeat, self._request(leave=True),
-                                  deadline_s=time.monotonic() + 5)
+            self.coordinator.call(lambda stub: stub.Heartbeat, request, deadline_s=time.monotonic() + 5)
         except RaftkaError as exc:
             log.info("group %s: leave failed (the session will expire): %s", self.coordinator.group_id, exc)
-        self._lose()
 
     def _lose(self) -> None:
+        with self._lock:
+            self._lose_locked()
+
+    def _lose_locked(self) -> None:
         """No longer a member: the consumer drops its partitions at its next poll, then rejoins as a
         new member (a new id, a new generation)."""
-        with self._lock:
-            self._generation += 1
-            self._joined = False
-            self._member_id = uuid.uuid4().hex
-            self._change = AssignmentChange(frozenset(), 0, self._generation, lost=True)
-            self._owned, self._applied_epoch = frozenset(), 0
+        self._generation += 1
+        self._joined = False
+        self._member_id = uuid.uuid4().hex
+        self._change = AssignmentChange(frozenset(), 0, self._generation, lost=True)
+        self._owned, self._applied_epoch = frozenset(), 0
 
     def rejoin(self) -> None:
         """Called by the consumer once it has dropped a lost assignment (and is polling again)."""
