@@ -96,6 +96,7 @@ class Consumer:
         config = FetchConfig(max_wait_ms=fetch_max_wait_ms, min_bytes=fetch_min_bytes, max_bytes=fetch_max_bytes,
                              partition_max_bytes=max_partition_fetch_bytes, prefetch_bytes=prefetch_bytes)
         spec = RESET_SPECS.get(auto_offset_reset)
+        self._reset_spec = spec
         self._fetcher = Fetcher(self._conn, config,
                                 None if spec is None else functools.partial(self._list_offset, spec=spec))
         self._closed = False
@@ -367,6 +368,7 @@ class Consumer:
         if added:
             try:
                 committed = self.committed(sorted(added))
+                reset = self._reset_uncommitted(committed)
                 self._fetcher.add(committed)
             except RaftkaError as exc:
                 log.info("group %s: cannot take %d partition(s) yet, retrying: %s",
@@ -377,11 +379,31 @@ class Consumer:
             self._committed.update((tp, o) for tp, o in committed.items() if o is not None)
         self._owned = change.partitions
         membership.applied(self._owned, change.member_epoch, change.generation)
+        if added and reset:
+            self._commit_reset(reset)
         log.debug("group %s: assignment applied epoch=%d owned=%d revoked=%d added=%d",
                  membership.coordinator.group_id, change.member_epoch, len(self._owned), len(revoked), len(added))
         if added:
             self._callback(self._on_assigned, added, failures)
         self._raise_first(failures)
+
+    def _reset_uncommitted(self, committed: dict[TopicPartition, int | None]) -> dict[TopicPartition, int]:
+        """With auto-commit, resolve `auto_offset_reset` now for granted partitions the group never
+        committed, in place, and return them. They are committed as soon as the assignment is applied
+        (`_commit_reset`): a member killed before its first auto-commit would otherwise leave its
+        successor to resolve "latest" afresh, past every record written in between, and those would
+        never reach any member (at-least-once, not "at most the latest")."""
+        if self._auto_commit_s is None or self._reset_spec is None:
+            return {}
+        reset = {tp: self._list_offset(tp, self._reset_spec) for tp, offset in committed.items() if offset is None}
+        committed.update(reset)
+        return reset
+
+    def _commit_reset(self, reset: dict[TopicPartition, int]) -> None:
+        future = self._submit_commit(reset, "")
+        future.add_done_callback(lambda done: done.exception() is not None and log.warning(
+            "commit of %d reset position(s) failed: %s", len(reset), done.exception()))
+        self._committed.update(reset)
 
     @staticmethod
     def _callback(callback: Rebalance | None, tps: frozenset[TopicPartition], failures: list[BaseException]) -> None:

@@ -26,6 +26,7 @@ import pytest
 
 from raftka import Admin, Consumer, Producer, Record, TopicPartition
 from raftka.aio import AIOConsumer
+from raftka.errors import UnknownGroupError
 
 TOPIC = "jobs"
 GROUP = "crew"
@@ -411,3 +412,36 @@ def test_a_cli_consumer_stopped_by_a_signal_commits_what_it_printed_and_leaves_a
     reader.join(timeout=30)
     produced = {(p, o) for p, o, _ in recorder.stop()}
     assert_the_next_member_gets_the_rest(broker.address, produced, printed, other)
+
+
+def test_a_member_killed_before_its_first_commit_leaves_its_reset_position_committed(broker) -> None:
+    """A member that starts at "latest" commits where it started as soon as it owns the partitions (not
+    at its first auto-commit, here ten minutes away): a successor (also "latest") then starts there,
+    not at a later end past the records written in between."""
+    with Admin(broker.address) as admin:
+        admin.create_topic(TOPIC, partitions=PARTITIONS)
+    first = subprocess.Popen([sys.executable, "-c", (
+        "import sys\nfrom raftka import Consumer\n"
+        f"consumer = Consumer({broker.address!r}, group_id={GROUP!r}, topics=[{TOPIC!r}], "
+        "auto_offset_reset='latest', auto_commit_interval_ms=600_000, session_timeout_ms=6_000)\n"
+        "while True:\n    consumer.poll(timeout_ms=500)\n")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    def committed(admin: Admin) -> list[int | None]:
+        try:
+            return [p.committed for p in admin.describe_group(GROUP).partitions]
+        except UnknownGroupError:
+            return []
+
+    try:
+        with Admin(broker.address) as admin:
+            wait_until(lambda: committed(admin) == [0] * PARTITIONS, "the first member committed where it starts")
+    finally:
+        first.kill()
+        first.wait()
+    written = produce(broker.address, 60)
+    successor = Consumer(broker.address, group_id=GROUP, topics=[TOPIC], auto_offset_reset="latest")
+    received: set[tuple[int, int]] = set()
+    deadline = time.monotonic() + 90
+    while received != written:
+        assert time.monotonic() < deadline, f"the successor received {len(received)} of {len(written)} records"
+        received |= set(ids(successor.poll(timeout_ms=500)))
+    successor.close()
