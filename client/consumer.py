@@ -40,6 +40,7 @@ from __future__ import annotations
 import functools
 import itertools
 import logging
+import math
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -113,6 +114,8 @@ class Consumer:
         those after the last one handed out and before the fetcher's position. The iterator polls
         only when it is empty, so assignment changes (applied in polls) never find records in it."""
         self._in_hand: Record | None = None
+        self._batch_valid_until = math.inf
+        """A group member hands out batched records until then without asking its membership."""
         """The record the iterator handed out last, until the application comes back for the next."""
         if self._group is not None and (topics or pattern):
             self._membership = GroupMembership(
@@ -263,7 +266,14 @@ class Consumer:
     def _next_batched(self) -> Record | None:
         """The iterator's step that never waits (the asyncio consumer runs it on its loop): the record
         in hand is consumed, the application having come back; the next batched record is handed out
-        (None when the batch is empty: then `_fill_batch`)."""
+        (None when the batch is empty: then `_fill_batch`). A group member whose batch outlived its
+        membership's limits (the process was suspended past its session) first applies what the
+        group decided meanwhile, so it hands out no record of a partition given to another member."""
+        if self._membership is not None and self._batch and time.monotonic() > self._batch_valid_until:
+            self._in_hand = None
+            self._membership.polled()
+            self._reconcile(self._membership)
+            self._batch_valid_until = self._membership.valid_until()
         self._in_hand = self._batch.popleft() if self._batch else None
         return self._in_hand
 
@@ -272,6 +282,8 @@ class Consumer:
         if self._closed:
             return False
         self._batch.extend(self._poll(timeout_ms, ITERATOR_BATCH))
+        if self._membership is not None:
+            self._batch_valid_until = self._membership.valid_until()
         return True
 
     def close(self) -> None:
@@ -351,6 +363,7 @@ class Consumer:
         if change.lost:
             lost, self._owned = self._owned, frozenset()
             self._fetcher.remove(lost)
+            self._forget(set(lost))
             log.warning("group %s: lost %d partition(s) without committing", membership.coordinator.group_id,
                         len(lost))
             membership.rejoin()
@@ -364,6 +377,7 @@ class Consumer:
             self._commit_quietly(revoked)
             self._callback(self._on_revoked, revoked, failures)
             self._fetcher.remove(revoked)
+            self._forget(set(revoked))
             self._owned -= revoked
         if added:
             try:

@@ -157,6 +157,13 @@ class GroupMembership(threading.Thread):
         if gave_up:
             self._wake.set()
 
+    def valid_until(self) -> float:
+        """The monotonic time after which `polled()` gives the membership up, unless a heartbeat gets
+        through or a poll comes first (what the consumer may hand out from a batch until then)."""
+        with self._lock:
+            return min(self._last_poll + self._max_poll_interval_s,
+                       self._last_heartbeat + self._session_timeout_ms / 1000)
+
     def take_change(self) -> AssignmentChange | None:
         with self._lock:
             change, self._change = self._change, None

@@ -445,3 +445,48 @@ def test_a_member_killed_before_its_first_commit_leaves_its_reset_position_commi
         assert time.monotonic() < deadline, f"the successor received {len(received)} of {len(written)} records"
         received |= set(ids(successor.poll(timeout_ms=500)))
     successor.close()
+
+
+THAWING_MEMBER = """
+import json, sys, time
+from raftka import Consumer
+def emit(kind, **fields):
+    print(json.dumps({"kind": kind, "t": time.monotonic(), **fields}), flush=True)
+consumer = Consumer(sys.argv[1], group_id=sys.argv[2], topics=[sys.argv[3]], auto_offset_reset="earliest",
+                    session_timeout_ms=6000, on_assigned=lambda tps: emit("assigned"),
+                    on_lost=lambda tps: emit("lost"))
+for record in consumer:
+    emit("record", p=record.partition, o=record.offset)
+    time.sleep(0.05)
+"""
+
+
+def test_a_member_thawed_past_its_session_hands_out_no_batched_record_of_its_lost_partitions(broker) -> None:
+    """Suspended (SIGSTOP) in the middle of an iterator batch for longer than its session, a member's
+    partitions go to others; thawed, it must not hand out the rest of that batch before it has learnt
+    so, i.e. before it is assigned partitions again."""
+    topic_with_records(broker.address, count=600)
+    thawing = subprocess.Popen([sys.executable, "-c", THAWING_MEMBER, broker.address, GROUP, TOPIC],
+                               stdout=subprocess.PIPE, text=True)
+    try:
+        assert thawing.stdout is not None
+        lines = iter(thawing.stdout)
+        while json.loads(next(lines))["kind"] != "record":
+            pass
+        thawing.send_signal(signal.SIGSTOP)
+        time.sleep(8)
+        thawed_at = time.monotonic()
+        thawing.send_signal(signal.SIGCONT)
+        after = []
+        deadline = time.monotonic() + 60
+        while not any(event["kind"] == "assigned" for event in after):
+            assert time.monotonic() < deadline, after[-5:]
+            event = json.loads(next(lines))
+            if event["t"] >= thawed_at:
+                after.append(event)
+        handed_out = [e for e in after[:next(i for i, e in enumerate(after) if e["kind"] == "assigned")]
+                      if e["kind"] == "record"]
+        assert handed_out == [], f"records handed out after the thaw, before a new assignment: {handed_out[:5]}"
+    finally:
+        thawing.kill()
+        thawing.wait()

@@ -105,7 +105,7 @@ class Cluster:
 
 
 def run(coro) -> None:  # type: ignore[no-untyped-def]
-    asyncio.run(asyncio.wait_for(coro, 60))
+    asyncio.run(asyncio.wait_for(coro, 120))
 
 
 async def wait_until(condition: Callable[[], bool], what: str, timeout_s: float = 20) -> None:
@@ -193,7 +193,7 @@ def test_a_group_whose_storage_fails_stops_alone_and_reopens() -> None:
 
         async def write(group: str, data: bytes) -> None:
             while True:
-                leader = await cluster.wait_leader(group)
+                leader = await cluster.wait_leader(group, timeout_s=30)
                 try:
                     await asyncio.wait_for(cluster.net.drivers[leader].propose(group, data), 5)
                     return
