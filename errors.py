@@ -186,6 +186,13 @@ class NotPartitionOwnerError(RaftkaError):
     status = grpc.StatusCode.FAILED_PRECONDITION
 
 
+class IncarnationMismatchError(RaftkaError):
+    """A broker id registered with another data directory: its disk was lost or replaced (--replace)."""
+
+    code = ErrorCode.INCARNATION_MISMATCH
+    status = grpc.StatusCode.FAILED_PRECONDITION
+
+
 class UnreleasedInstanceIdError(RaftkaError):
     """Another live member holds the static instance id; retried until it leaves or expires."""
 

@@ -87,6 +87,24 @@ class GroupInfo:
     partitions: tuple[PartitionLag, ...]
 
 
+@dataclass(frozen=True)
+class BrokerStatusInfo:
+    broker_id: int
+    address: str
+    rack: str
+    role: str
+    """"voter" or "learner" of the metadata log, or "" (neither)."""
+    draining: bool
+    reachable: bool
+    """As the metadata leader sees it (or the broker that answered, when no leader did)."""
+    unreachable_since_ms: int
+    replicas: int
+    leaders: int | None
+    """Partitions it leads, as it reports itself (None when it did not answer)."""
+
+
+ROLES = {api_pb2.VOTER: "voter", api_pb2.LEARNER: "learner", api_pb2.NOT_A_CONTROLLER: ""}
+
 RESET_SPECS = ("earliest", "latest", "offset", "datetime", "shift")
 
 
@@ -268,6 +286,48 @@ class Admin:
                 raise GroupNotEmptyError(f"cannot reset offsets of group {group_id!r}: {exc.message}; stop its "
                                          "consumers first") from None
         return plan
+
+    def describe_cluster(self) -> list[BrokerStatusInfo]:
+        """Every broker: address, rack, role in the metadata log, draining, reachability (as the
+        metadata leader sees it), replicas placed on it and partitions it leads (its own report:
+        every broker is asked)."""
+        request = api_pb2.DescribeClusterRequest()
+        answers: dict[int, api_pb2.DescribeClusterResponse] = {}
+        first = self._admin(lambda stub: stub.DescribeCluster(request, timeout=self._conn.request_timeout_s))
+        answers[first.answered_by] = first
+        for broker in first.brokers:
+            if broker.broker.id in answers or not broker.broker.address:
+                continue
+            try:
+                answer = api_pb2_grpc.AdminStub(self._conn.channel(broker.broker.address)).DescribeCluster(
+                    request, timeout=min(5.0, self._conn.request_timeout_s))
+            except grpc.RpcError:
+                continue
+            answers[answer.answered_by] = answer
+        view = answers.get(first.controller_id, first)
+        own = {b: next((s.leaders for s in a.brokers if s.broker.id == b), -1) for b, a in answers.items()}
+        return [BrokerStatusInfo(s.broker.id, s.broker.address, s.broker.rack, ROLES[s.role], s.draining,
+                                 s.reachable, s.unreachable_since_ms, s.replicas,
+                                 own[s.broker.id] if own.get(s.broker.id, -1) >= 0 else None)
+                for s in view.brokers]
+
+    def add_controller(self, broker_id: int) -> tuple[list[int], list[int]]:
+        """Make a caught-up learner of the metadata log a voter; returns (voters, learners)."""
+        return self._change_controllers(api_pb2.ChangeControllersRequest(add=broker_id))
+
+    def remove_controller(self, broker_id: int) -> tuple[list[int], list[int]]:
+        """Make a voter of the metadata log a learner (its leadership moved away first)."""
+        return self._change_controllers(api_pb2.ChangeControllersRequest(remove=broker_id))
+
+    def _change_controllers(self, request: api_pb2.ChangeControllersRequest) -> tuple[list[int], list[int]]:
+        response = self._admin(lambda stub: stub.ChangeControllers(request, timeout=self._conn.request_timeout_s))
+        return list(response.voters), list(response.learners)
+
+    def decommission_broker(self, broker_id: int, *, draining: bool = True) -> None:
+        """Mark a broker draining: no new replicas go to it (refused unless the others can hold every
+        partition at its replication factor). `draining=False` recommissions it."""
+        request = api_pb2.DrainBrokerRequest(broker_id=broker_id, draining=draining)
+        self._admin(lambda stub: stub.DrainBroker(request, timeout=self._conn.request_timeout_s))
 
     def close(self) -> None:
         self._conn.close()

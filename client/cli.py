@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -67,8 +68,27 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"), help="env RAFTKA_LOG_LEVEL")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    broker = commands.add_parser("broker", help="run one broker in the foreground")
+    broker = commands.add_parser("broker", help="run one broker in the foreground, or decommission one")
+    broker.add_argument("action", nargs="?", choices=("decommission", "recommission"),
+                        help="instead of running a broker: mark broker TARGET draining (no new replicas go to "
+                             "it), or not any more")
+    broker.add_argument("target", nargs="?", type=int, help="the broker id to decommission or recommission")
+    _client_options(broker, suppress=True)
     broker.add_argument("--id", type=int, default=_env("ID", None, int), help="broker id (env RAFTKA_ID)")
+    broker.add_argument("--id-from-hostname", action="store_true", default=_env("ID_FROM_HOSTNAME", False, _flag),
+                        help="take the id from the number at the end of the host name plus --id-offset, as a "
+                             "StatefulSet's pod ordinal (raftka-0 is broker 1 by default) "
+                             "(env RAFTKA_ID_FROM_HOSTNAME=1)")
+    broker.add_argument("--id-offset", type=int, default=_env("ID_OFFSET", 1, int),
+                        help="added to the host name's number with --id-from-hostname (env RAFTKA_ID_OFFSET; "
+                             "default 1)")
+    broker.add_argument("--join", default=_env("JOIN", ""),
+                        help="HOST:PORT[,...] of brokers of a running cluster: start a broker that is not a "
+                             "founding controller; it registers and follows the metadata log as a learner "
+                             "(env RAFTKA_JOIN)")
+    broker.add_argument("--replace", action="store_true", default=_env("REPLACE", False, _flag),
+                        help="this broker's data directory is new (its disk was lost or replaced): take over "
+                             "its id; refused without it (env RAFTKA_REPLACE=1)")
     broker.add_argument("--listen", default=_env("LISTEN", "127.0.0.1:9092"),
                         help="HOST:PORT to serve on (env RAFTKA_LISTEN; default 127.0.0.1:9092)")
     broker.add_argument("--advertise", default=_env("ADVERTISE", ""),
@@ -133,6 +153,15 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             sub.add_argument("name")
     for sub in topic_commands.choices.values():
+        _client_options(sub, suppress=True)
+
+    cluster = commands.add_parser("cluster", help="the cluster's brokers and controllers")
+    cluster_commands = cluster.add_subparsers(dest="cluster_command", required=True, metavar="ACTION")
+    cluster_commands.add_parser("status", help="every broker: address, rack, role, state, replicas, leaders")
+    controllers = cluster_commands.add_parser("controllers", help="add or remove a voter of the metadata log")
+    controllers.add_argument("change", choices=("add", "remove"))
+    controllers.add_argument("broker_id", type=int)
+    for sub in cluster_commands.choices.values():
         _client_options(sub, suppress=True)
 
     group = commands.add_parser("group", help="list, describe, delete consumer groups and reset their offsets")
@@ -226,19 +255,64 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def cmd_broker(args: argparse.Namespace) -> int:
+    if args.action is not None:
+        return _drain(args)
     from raftka.cluster.broker import run
     from raftka.cluster.config import BrokerConfig, parse_peers
 
-    if args.id is None or args.data_dir is None:
-        raise ValueError("raftka broker needs --id and --data-dir (or RAFTKA_ID and RAFTKA_DATA_DIR)")
+    broker_id = _id_from_hostname(socket.gethostname(), args.id_offset) if args.id_from_hostname else args.id
+    if broker_id is None or args.data_dir is None:
+        raise ValueError("raftka broker needs --id (or --id-from-hostname) and --data-dir (or RAFTKA_ID and "
+                         "RAFTKA_DATA_DIR)")
     peers, racks = parse_peers(args.peers)
-    return run(BrokerConfig(broker_id=args.id, listen=args.listen, advertise=args.advertise,
+    join = tuple(seed.strip() for seed in args.join.split(",") if seed.strip())
+    return run(BrokerConfig(broker_id=broker_id, listen=args.listen, advertise=args.advertise, join=join,
+                            replace=args.replace,
                             raft_listen=args.raft_listen, data_dir=args.data_dir, peers=peers, racks=racks,
                             rack=args.rack, cluster_id=args.cluster_id, metrics_port=args.metrics_port,
                             metrics_host=args.metrics_host,
                             retention_check_interval_s=args.retention_check_ms / 1000,
                             leader_balance_delay_s=args.leader_balance_delay_ms / 1000,
                             offsets_partitions=args.offsets_partitions, snapshot_bytes=args.snapshot_bytes))
+
+
+def _drain(args: argparse.Namespace) -> int:
+    from raftka.client.admin import Admin
+
+    if args.target is None:
+        raise ValueError(f"raftka broker {args.action} needs a broker id")
+    with Admin(args.bootstrap, request_timeout_ms=args.timeout_ms) as admin:
+        admin.decommission_broker(args.target, draining=args.action == "decommission")
+    _emit(args, {args.action: args.target}, f"broker {args.target} "
+          + ("is draining: no new replicas go to it" if args.action == "decommission" else "takes new replicas again"))
+    return 0
+
+
+def cmd_cluster(args: argparse.Namespace) -> int:
+    from raftka.client.admin import Admin
+
+    with Admin(args.bootstrap, request_timeout_ms=args.timeout_ms) as admin:
+        if args.cluster_command == "controllers":
+            change = admin.add_controller if args.change == "add" else admin.remove_controller
+            voters, learners = change(args.broker_id)
+            _emit(args, {"voters": voters, "learners": learners},
+                  f"voters {','.join(map(str, voters))}  learners {','.join(map(str, learners)) or '-'}")
+            return 0
+        brokers = admin.describe_cluster()
+    now_ms = time.time() * 1000
+
+    def state(b: Any) -> str:
+        if b.draining:
+            return "draining"
+        return "alive" if b.reachable else f"unreachable {int((now_ms - b.unreachable_since_ms) / 1000)}s"
+
+    rows = [[str(b.broker_id), b.address, b.rack or "-", b.role or "-", state(b), str(b.replicas), _dash(b.leaders)]
+            for b in brokers]
+    _emit(args, [{"id": b.broker_id, "address": b.address, "rack": b.rack, "role": b.role, "draining": b.draining,
+                  "reachable": b.reachable, "unreachable_since_ms": b.unreachable_since_ms or None,
+                  "replicas": b.replicas, "leaders": b.leaders} for b in brokers],
+          _table(["ID", "ADDRESS", "RACK", "ROLE", "STATE", "REPLICAS", "LEADERS"], rows))
+    return 0
 
 
 def cmd_local(args: argparse.Namespace) -> int:
@@ -563,7 +637,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
-    "broker": cmd_broker, "local": cmd_local, "topic": cmd_topic, "group": cmd_group, "produce": cmd_produce,
+    "broker": cmd_broker, "local": cmd_local, "topic": cmd_topic, "cluster": cmd_cluster, "group": cmd_group,
+    "produce": cmd_produce,
     "consume": cmd_consume,
     "bench": cmd_bench,
 }
@@ -574,6 +649,18 @@ def _key_value(item: str, flag: str) -> tuple[str, str]:
     if not sep or not key:
         raise ValueError(f"{flag} expects KEY=VALUE, got {item!r}")
     return key, value
+
+
+def _flag(text: str) -> bool:
+    return text.strip().lower() in ("1", "true", "yes", "on")
+
+
+def _id_from_hostname(hostname: str, offset: int) -> int:
+    """`raftka-2` (a StatefulSet's pod 2) with offset 1 is broker 3."""
+    digits = len(hostname) - len(hostname.rstrip("0123456789"))
+    if not digits:
+        raise ValueError(f"--id-from-hostname: host name {hostname!r} does not end in a number")
+    return int(hostname[-digits:]) + offset
 
 
 def _positive(text: str) -> int:

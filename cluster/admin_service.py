@@ -7,6 +7,7 @@ from the broker's own applied metadata.
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any, Awaitable, Callable
 
 import grpc
@@ -15,7 +16,10 @@ from raftka.cluster.broker_service import BrokerState, unary
 from raftka.cluster.leadership import LeaderBalancer
 from raftka.cluster.metadata import BrokerRegistration
 from raftka.cluster.topics import TopicConfig, validate_topic_name
-from raftka.errors import BrokerUnavailableError, NotLeaderError, from_rpc_error
+from raftka.cluster.config import parse_host_port
+from raftka.errors import (BrokerUnavailableError, InvalidRequestError, NotEnoughReplicasError, NotLeaderError,
+                           from_rpc_error)
+from raftka.replication.membership import ConfChange, ConfChangeOp
 from raftka.proto import api_pb2, api_pb2_grpc
 
 DEFAULT_PARTITIONS = 1
@@ -37,7 +41,7 @@ class AdminService(api_pb2_grpc.AdminServicer):
         validate_topic_name(request.name)
         config = TopicConfig.parse(dict(request.config))
         replication_factor = request.replication_factor or min(DEFAULT_REPLICATION_FACTOR,
-                                                                len(self._state.config.brokers))
+                                                                len(self._state.directory.ids()))
         record = await self._state.controller.create_topic(
             request.name, request.partitions or DEFAULT_PARTITIONS, replication_factor, config)
         return api_pb2.CreateTopicResponse(topic=self._state.topic_metadata(record))
@@ -96,10 +100,16 @@ class AdminService(api_pb2_grpc.AdminServicer):
     async def register(self, request: api_pb2.RegisterBrokerRequest) -> api_pb2.RegisterBrokerResponse:
         """Record a broker's address and rack in the metadata log (forwarded to its leader)."""
         info = request.broker
-        registration = BrokerRegistration(info.id, info.address, info.rack)
+        if info.id < 1:
+            raise InvalidRequestError(f"broker id must be >= 1, not {info.id}")
+        try:
+            parse_host_port(info.address)
+        except ValueError as exc:
+            raise InvalidRequestError(f"broker {info.id}'s address: {exc}") from None
+        registration = BrokerRegistration(info.id, info.address, info.rack, info.incarnation)
 
         async def locally() -> api_pb2.RegisterBrokerResponse:
-            await self._state.controller.register_broker(registration)
+            await self._state.controller.register_broker(registration, replace=request.replace)
             return api_pb2.RegisterBrokerResponse()
 
         return await self.on_controller("RegisterBroker", request, locally)
@@ -111,6 +121,93 @@ class AdminService(api_pb2_grpc.AdminServicer):
                                                   producer_epoch=0)
 
         return await unary(context, lambda: self.on_controller("InitProducerId", request, locally))
+
+    async def DescribeCluster(self, request: api_pb2.DescribeClusterRequest, context: grpc.aio.ServicerContext
+                              ) -> api_pb2.DescribeClusterResponse:
+        return await unary(context, self._describe_cluster)
+
+    async def _describe_cluster(self) -> api_pb2.DescribeClusterResponse:
+        state = self._state
+        await state.catch_up_metadata()
+        me = state.config.broker_id
+        members = state.controller.replica.node.conf_state
+        registered = state.metadata.brokers()
+        hosted = Counter(broker for topic in state.metadata.topics() for replicas in topic.replicas
+                         for broker in replicas)
+        statuses = []
+        for broker in state.directory.ids():
+            since = None if broker == me else state.down_since(broker)
+            role = (api_pb2.VOTER if broker in members.voters else api_pb2.LEARNER if broker in members.learners
+                    else api_pb2.NOT_A_CONTROLLER)
+            statuses.append(api_pb2.BrokerStatus(
+                broker=state.broker_info(broker), role=role,
+                draining=broker in registered and registered[broker].draining, reachable=since is None,
+                unreachable_since_ms=int(since * 1000) if since is not None else 0, replicas=hosted[broker],
+                leaders=sum(r.leader_id == me for _, _, r in state.partitions.replicas()) if broker == me else -1))
+        return api_pb2.DescribeClusterResponse(cluster_id=state.config.cluster_id,
+                                               controller_id=state.controller.leader_id, answered_by=me,
+                                               brokers=statuses)
+
+    async def ChangeControllers(self, request: api_pb2.ChangeControllersRequest, context: grpc.aio.ServicerContext
+                                ) -> api_pb2.ChangeControllersResponse:
+        return await unary(context, lambda: self.on_controller("ChangeControllers", request,
+                                                               lambda: self._change_controllers(request)))
+
+    async def _change_controllers(self, request: api_pb2.ChangeControllersRequest) -> api_pb2.ChangeControllersResponse:
+        """Promote a caught-up learner, or demote a voter (after moving the metadata leadership away
+        from it if it leads): the voters change one at a time."""
+        if (request.add > 0) == (request.remove > 0):
+            raise InvalidRequestError("give exactly one of add (a broker to make a voter) and remove (a voter "
+                                      "to make a learner)")
+        controller = self._state.controller
+        replica = controller.replica
+        replica.require_leader()
+        members = replica.node.conf_state
+        me = self._state.config.broker_id
+        if request.add:
+            if request.add in members.voters:
+                raise InvalidRequestError(f"broker {request.add} is a voter already")
+            if request.add not in members.learners or request.add not in replica.in_sync_replicas():
+                raise InvalidRequestError(f"broker {request.add} is not a caught-up learner of the metadata log "
+                                          "(is it registered and running?)")
+            await controller.change_membership(ConfChange(ConfChangeOp.ADD_VOTER, request.add))
+        else:
+            if request.remove not in members.voters:
+                raise InvalidRequestError(f"broker {request.remove} is not a voter")
+            if len(members.voters) == 1:
+                raise InvalidRequestError(f"broker {request.remove} is the only voter; add another first")
+            if request.remove == me:
+                others = [b for b in replica.in_sync_replicas() if b != me and b in members.voters]
+                if not others:
+                    raise NotEnoughReplicasError("no other voter is in sync to take the metadata leadership; retry")
+                replica.transfer_leadership(others[0])
+                raise NotEnoughReplicasError(f"moving the metadata leadership to broker {others[0]} before demoting "
+                                             f"broker {me}; retry")
+            await controller.change_membership(ConfChange(ConfChangeOp.ADD_LEARNER, request.remove))
+        members = replica.node.conf_state
+        return api_pb2.ChangeControllersResponse(voters=members.voters, learners=members.learners)
+
+    async def DrainBroker(self, request: api_pb2.DrainBrokerRequest, context: grpc.aio.ServicerContext
+                          ) -> api_pb2.DrainBrokerResponse:
+        return await unary(context, lambda: self.on_controller("DrainBroker", request, lambda: self._drain(request)))
+
+    async def _drain(self, request: api_pb2.DrainBrokerRequest) -> api_pb2.DrainBrokerResponse:
+        """Decommissioning is accepted only when the other brokers can hold every partition at its
+        replication factor (moving its replicas is the reassignment engine's work)."""
+        state = self._state
+        registered = state.metadata.brokers()
+        if request.broker_id not in registered:
+            raise InvalidRequestError(f"broker {request.broker_id} is not registered")
+        if request.draining:
+            remaining = [b for b in state.directory.ids() if b != request.broker_id
+                         and not (b in registered and registered[b].draining)]
+            needed = max((t.replication_factor for t in state.metadata.topics()), default=0)
+            if len(remaining) < needed:
+                raise InvalidRequestError(
+                    f"cannot decommission broker {request.broker_id}: a topic has replication factor {needed} and "
+                    f"only {len(remaining)} other broker(s) would be left ({remaining})")
+        await state.controller.drain_broker(request.broker_id, request.draining)
+        return api_pb2.DrainBrokerResponse()
 
     async def on_controller(self, method: str, request: Any, locally: Callable[[], Awaitable[Any]],
                              stub: Callable[[grpc.aio.Channel], Any] = api_pb2_grpc.AdminStub) -> Any:

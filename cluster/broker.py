@@ -14,8 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import time
+import uuid
+from pathlib import Path
+from typing import Callable
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -23,6 +27,7 @@ from grpc_reflection.v1alpha import reflection
 
 from raftka.cluster.admin_service import AdminService
 from raftka.cluster.broker_service import BrokerService, BrokerState
+from raftka.cluster.brokers import BrokerDirectory
 from raftka.cluster.config import BrokerConfig
 from raftka.cluster.controller import METADATA_GROUP, Controller
 from raftka.cluster.coordinator import GroupCoordinator
@@ -33,13 +38,12 @@ from raftka.cluster.leadership import LeaderBalancer, hand_off_all
 from raftka.cluster.metadata import BrokerRegistration, MetadataState
 from raftka.cluster.metrics import BrokerMetrics
 from raftka.cluster.partitions import PartitionManager
-from raftka.cluster.placement import BrokerSlot
 from raftka.cluster.replica import RaftReplica
 from raftka.cluster.state_machine import SnapshotPolicy, StateMachineStats
 from raftka.cluster.topics import MAX_BATCH_BYTES_LIMIT
-from raftka.errors import RaftkaError
+from raftka.errors import BrokerUnavailableError, IncarnationMismatchError, RaftkaError, from_rpc_error
 from raftka.partition.store import LogStore
-from raftka.proto import api_pb2, raft_pb2
+from raftka.proto import api_pb2, api_pb2_grpc, raft_pb2
 from raftka.replication.driver import MultiRaft
 from raftka.replication.transport import RaftTransport
 
@@ -47,6 +51,10 @@ log = logging.getLogger(__name__)
 
 GRPC_MAX_MESSAGE_BYTES = 2 * MAX_BATCH_BYTES_LIMIT
 SHUTDOWN_GRACE_S = 1.0
+INCARNATION_FILE = "incarnation"
+LIVENESS_SERVICE = "liveness"
+"""A health service name that answers SERVING while the process runs, whatever its cluster is doing:
+what a liveness probe asks (restarting a broker because its quorum is away would not help)."""
 HAND_OFF_TIMEOUT_S = 5.0
 """How long a stopping broker waits for the groups it leads to elect the followers it chose."""
 
@@ -103,32 +111,49 @@ async def serve(config: BrokerConfig) -> int:
     stop = asyncio.Event()
     fatal: list[BaseException] = []
 
+    refusal: list[RaftkaError] = []
+
     def fail_stop(exc: BaseException) -> None:
         fatal.append(exc)
         stop.set()
 
+    def refuse(exc: RaftkaError) -> None:
+        log.critical("broker refused by its cluster id=%d: %s", config.broker_id, exc.message)
+        refusal.append(exc)
+        stop.set()
+
+    incarnation = _incarnation(config.data_dir)
+    founders = tuple(config.founders)
+    if METADATA_GROUP not in store.log_names() and config.peers:
+        known = await _registered_elsewhere(config, incarnation)
+        if known and not config.replace:
+            log.critical("broker refused by its cluster id=%d: it has no metadata log (incarnation %s) but the "
+                         "cluster knows broker %d with incarnation %s; if its disk was lost or replaced, start it "
+                         "with --replace", config.broker_id, incarnation, config.broker_id, known)
+            store.close()
+            return 2
+        if known:
+            founders = ()
     transport = RaftTransport(
-        config.broker_id, config.cluster_id,
-        {broker: address for broker, address in config.brokers.items() if broker != config.broker_id},
+        config.broker_id, config.cluster_id, {},
         lambda src, messages: [driver.step(group, message) for group, message in messages],
         on_peer_down=lambda peer: driver.wake(peer), on_peer_up=lambda peer: driver.wake(peer))
     driver = MultiRaft(config.broker_id, transport, committer.durable, on_round=metrics.round_groups.observe,
                        on_group_failed=lambda _group, stage: metrics.raft_group_failures.labels(stage).inc(),
                        on_fatal=fail_stop)
     metadata = MetadataState()
-    address_of = config.brokers.get
+    directory = BrokerDirectory(config, metadata, transport.add_peer)
     snapshot_policy = SnapshotPolicy(min_bytes=config.snapshot_bytes)
     stats = StateMachineStats()
     metrics.watch_state_machines(stats)
-    partitions = PartitionManager(store, metadata, driver, lambda broker: address_of(broker, ""),
-                                  snapshot_policy=snapshot_policy)
+    partitions = PartitionManager(store, metadata, driver, directory.address_of, snapshot_policy=snapshot_policy)
     coordinator = GroupCoordinator(config.broker_id, metadata, partitions,
                                    timeout_s=config.request_timeout_ms / 1000, stats=stats)
-    controller = Controller(store, driver, metadata, {b: BrokerSlot(b, config.racks.get(b, "")) for b in config.brokers},
-                            lambda broker: address_of(broker, ""),
+    controller = Controller(store, driver, metadata, directory, founders,
                             is_alive=lambda broker: not transport.reported_down(broker), stats=stats,
                             snapshot_policy=snapshot_policy)
-    state = BrokerState(config, metadata, partitions, controller, metrics)
+    state = BrokerState(config, metadata, partitions, controller, metrics, directory, incarnation,
+                        transport.down_since)
     metrics.partitions.set_function(lambda: len(partitions.replicas()))
     metrics.leaders.set_function(lambda: sum(r.leader_id == config.broker_id for _, _, r in partitions.replicas()))
     metrics.raft_groups_stopped.set_function(lambda: len(driver.stopped_groups()))
@@ -152,6 +177,7 @@ async def serve(config: BrokerConfig) -> int:
     services = [api_pb2.DESCRIPTOR.services_by_name[name].full_name for name in ("Broker", "Admin", "Groups")]
     for name in ("", *services):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    await health_servicer.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
     reflection.enable_server_reflection([*services, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
     if server.add_insecure_port(config.listen) == 0:
         raise OSError(f"cannot listen on {config.listen}")
@@ -160,7 +186,8 @@ async def serve(config: BrokerConfig) -> int:
     if config.metrics_port is not None:
         metrics.serve(config.metrics_host, config.metrics_port)
     log.info("broker started id=%d listen=%s advertise=%s raft=%s data_dir=%s brokers=%s metrics_port=%s loop=%s",
-             config.broker_id, config.listen, config.advertised_address, transport.address, config.data_dir, config.brokers,
+             config.broker_id, config.listen, config.advertised_address, transport.address, config.data_dir,
+             dict(config.founders) or f"join {','.join(config.join)}",
              config.metrics_port, type(asyncio.get_running_loop()).__module__.split(".")[0])
 
     loop = asyncio.get_running_loop()
@@ -170,7 +197,7 @@ async def serve(config: BrokerConfig) -> int:
         asyncio.create_task(_enforce_retention(partitions, committer, config.retention_check_interval_s)),
         asyncio.create_task(_serve_when_led(controller, health_servicer, services)),
         asyncio.create_task(_drop_orphans_after_replay(partitions, controller)),
-        asyncio.create_task(_register(admin, state)),
+        asyncio.create_task(_register(admin, state, refuse)),
         asyncio.create_task(coordinator.run()),
         asyncio.create_task(balancer.run(config.leader_balance_delay_s, min(1.0, config.leader_balance_delay_s))),
     ]
@@ -193,8 +220,9 @@ async def serve(config: BrokerConfig) -> int:
     await transport.close()
     await committer.close()
     store.close()
-    log.info("broker stopped id=%d exit_status=%d", config.broker_id, 1 if fatal else 0)
-    return 1 if fatal else 0
+    status = 1 if fatal else 2 if refusal else 0
+    log.info("broker stopped id=%d exit_status=%d", config.broker_id, status)
+    return status
 
 
 async def _hand_off_leadership(broker_id: int, replicas: list[RaftReplica]) -> None:
@@ -207,25 +235,90 @@ async def _hand_off_leadership(broker_id: int, replicas: list[RaftReplica]) -> N
              len(remaining), (time.monotonic() - started) * 1000)
 
 
+def _incarnation(data_dir: Path) -> str:
+    """The id of this data directory, written at its first start: the cluster tells a broker that comes
+    back from a lost or wiped disk (a new incarnation) from one that merely restarted."""
+    path = data_dir / INCARNATION_FILE
+    if not path.exists():
+        temporary = path.with_suffix(".tmp")
+        temporary.write_text(uuid.uuid4().hex + "\n")
+        with open(temporary, "rb") as written:
+            os.fsync(written.fileno())
+        temporary.replace(path)
+        log.info("data directory initialised path=%s incarnation=%s", data_dir, path.read_text().strip())
+    return path.read_text().strip()
+
+
+async def _registered_elsewhere(config: BrokerConfig, incarnation: str) -> str | None:
+    """The incarnation another founding controller says this broker id is registered with, if it is
+    not this one: a new data directory must not found the metadata log again (its empty log would
+    vote as if it held what the old one acknowledged)."""
+    for broker, address in config.peers.items():
+        if broker == config.broker_id:
+            continue
+        try:
+            async with grpc.aio.insecure_channel(address) as channel:
+                answer = await api_pb2_grpc.BrokerStub(channel).Metadata(api_pb2.MetadataRequest(), timeout=2)
+        except grpc.aio.AioRpcError:
+            continue
+        known = next((b.incarnation for b in answer.brokers if b.id == config.broker_id), "")
+        if known and known != incarnation:
+            return known
+    return None
+
+
 def _report_failure(task: asyncio.Task[None]) -> None:
     """A background duty that dies must say so: nothing else would notice."""
     if not task.cancelled() and task.exception() is not None:
         log.error("background task %s failed", task.get_name(), exc_info=task.exception())
 
 
-async def _register(admin: AdminService, state: BrokerState) -> None:
-    """Record this broker's address and rack in the metadata log, retrying until it is applied here."""
+async def _register(admin: AdminService, state: BrokerState, refused: Callable[[RaftkaError], None]) -> None:
+    """Record this broker's address, rack and incarnation in the metadata log, retrying until it is
+    applied here. While this broker knows no metadata leader (it is joining), the registration goes
+    to its `--join` brokers, which forward it; they also say where every broker is, so that the
+    leader's messages can be answered. A registration refused for another incarnation stops the broker."""
     config = state.config
-    wanted = BrokerRegistration(config.broker_id, config.advertised_address, config.rack)
     request = api_pb2.RegisterBrokerRequest(broker=api_pb2.BrokerInfo(
-        id=config.broker_id, address=config.advertised_address, rack=config.rack))
-    while state.metadata.brokers().get(config.broker_id) != wanted:
-        if state.controller.leader_id > 0:
-            try:
+        id=config.broker_id, address=config.advertised_address, rack=config.rack, incarnation=state.incarnation),
+        replace=config.replace)
+
+    def registered() -> bool:
+        mine = state.metadata.brokers().get(config.broker_id)
+        return mine is not None and (mine.address, mine.rack, mine.incarnation) == (
+            config.advertised_address, config.rack, state.incarnation)
+
+    while not registered():
+        try:
+            if state.controller.leader_id > 0:
                 await admin.register(request)
-            except RaftkaError as exc:
-                log.info("broker registration will be retried: %s", exc)
+            elif config.join:
+                await _register_through(config.join, request, state.directory)
+        except IncarnationMismatchError as exc:
+            refused(exc)
+            return
+        except RaftkaError as exc:
+            log.info("broker registration will be retried: %s", exc)
         await asyncio.sleep(0.5)
+
+
+async def _register_through(seeds: tuple[str, ...], request: api_pb2.RegisterBrokerRequest,
+                            directory: BrokerDirectory) -> None:
+    """Register through the first of `seeds` that answers, after learning every broker's address from it."""
+    last: RaftkaError | None = None
+    for seed in seeds:
+        async with grpc.aio.insecure_channel(seed) as channel:
+            try:
+                metadata = await api_pb2_grpc.BrokerStub(channel).Metadata(api_pb2.MetadataRequest(), timeout=5)
+                for broker in metadata.brokers:
+                    directory.learn(broker.id, broker.address)
+                await api_pb2_grpc.AdminStub(channel).RegisterBroker(request, timeout=30)
+                return
+            except grpc.aio.AioRpcError as exc:
+                last = from_rpc_error(exc)
+                if not last.retriable and not isinstance(last, BrokerUnavailableError):
+                    raise last from None
+    raise last or BrokerUnavailableError("no --join broker given")
 
 
 async def _drop_orphans_after_replay(partitions: PartitionManager, controller: Controller) -> None:

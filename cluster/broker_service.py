@@ -17,6 +17,7 @@ from typing import AsyncIterator, Awaitable, Callable, Sequence, TypeVar
 import grpc
 
 from raftka import __version__
+from raftka.cluster.brokers import BrokerDirectory
 from raftka.cluster.config import BrokerConfig
 from raftka.cluster.controller import Controller
 from raftka.cluster.metadata import MetadataState, TopicRecord
@@ -52,6 +53,11 @@ class BrokerState:
     partitions: PartitionManager
     controller: Controller
     metrics: BrokerMetrics
+    directory: BrokerDirectory
+    incarnation: str
+    """The id of this broker's data directory."""
+    down_since: Callable[[int], float | None]
+    """When the Raft transport last lost a broker (s since the epoch), or None while it reaches it."""
 
     async def catch_up_metadata(self) -> None:
         """Apply every metadata change committed before this call (ReadIndex), so an answer given
@@ -63,11 +69,13 @@ class BrokerState:
             log.info("metadata read barrier failed; answering from the local view: %s", exc)
 
     def address_of(self, broker_id: int) -> str:
-        return self.config.brokers.get(broker_id, "")
+        return self.directory.address_of(broker_id)
 
-    def rack_of(self, broker_id: int) -> str:
+    def broker_info(self, broker_id: int) -> api_pb2.BrokerInfo:
         registration = self.metadata.brokers().get(broker_id)
-        return registration.rack if registration is not None else self.config.racks.get(broker_id, "")
+        return api_pb2.BrokerInfo(id=broker_id, address=self.directory.address_of(broker_id),
+                                  rack=self.directory.rack_of(broker_id),
+                                  incarnation=registration.incarnation if registration is not None else "")
 
     def topic_metadata(self, record: TopicRecord) -> api_pb2.TopicMetadata:
         """The topic as this broker sees it. A partition's leader is the one its local replica leads or
@@ -385,8 +393,7 @@ class BrokerService(api_pb2_grpc.BrokerServicer):
         state = self._state
         response = api_pb2.MetadataResponse(
             cluster_id=state.config.cluster_id, controller_id=state.controller.leader_id, broker_version=__version__,
-            brokers=[api_pb2.BrokerInfo(id=broker, address=address, rack=state.rack_of(broker))
-                     for broker, address in sorted(state.config.brokers.items())])
+            brokers=[state.broker_info(broker) for broker in state.directory.ids()])
         if request.topics:
             if any(state.metadata.find(name) is None for name in request.topics):
                 await state.catch_up_metadata()

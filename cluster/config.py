@@ -43,8 +43,15 @@ class BrokerConfig:
     """HOST:PORT of the inter-broker Raft listener (`--raft-listen`); empty means the --listen host
     and any free port. Peers ask for it over gRPC, so a port chosen at start-up is fine."""
     peers: dict[int, str] = field(default_factory=dict)
-    """The controller voters (every broker of a static cluster), including this one; empty means a
-    one-broker cluster of this broker alone."""
+    """The founding controllers: the voters of the metadata log when it is founded, with their
+    addresses (used until they have registered). Empty, and no `join`: a one-broker cluster of this
+    broker alone."""
+    join: tuple[str, ...] = ()
+    """gRPC addresses of brokers of a running cluster (`--join`): this broker is not a founding
+    controller; it registers through them and follows the metadata log as a learner."""
+    replace: bool = False
+    """`--replace`: this broker's data directory is new (its disk was lost or replaced) and it takes
+    over the id of a registered broker; without it such a start is refused."""
     racks: dict[int, str] = field(default_factory=dict)
     """Rack of each broker from `--peers ID=HOST:PORT@RACK`; a broker's own `--rack`, which it
     registers in the metadata log, takes precedence. Placement spreads replicas over racks."""
@@ -78,9 +85,12 @@ class BrokerConfig:
         return host, port, advertised
 
     @property
-    def brokers(self) -> dict[int, str]:
-        """Every broker of the cluster and its address."""
-        return self.peers or {self.broker_id: self.advertised_address}
+    def founders(self) -> dict[int, str]:
+        """The founding controllers and their addresses: `--peers`, or this broker alone when it
+        founds a one-broker cluster; nobody for a broker that joins."""
+        if self.peers:
+            return self.peers
+        return {} if self.join else {self.broker_id: self.advertised_address}
 
     def validate(self) -> None:
         if self.broker_id < 1:
@@ -93,8 +103,14 @@ class BrokerConfig:
                              "so clients know where to connect")
         if self.raft_listen:
             parse_host_port(self.raft_listen)
+        if self.peers and self.join:
+            raise ValueError("give --peers (a founding controller) or --join (a broker joining a running "
+                             "cluster), not both")
         if self.peers and self.broker_id not in self.peers:
-            raise ValueError(f"--peers {self.peers} does not name this broker (id {self.broker_id})")
+            raise ValueError(f"--peers {self.peers} does not name this broker (id {self.broker_id}); "
+                             "a broker that is not a founding controller starts with --join")
+        for seed in self.join:
+            parse_host_port(seed)
         if not self.cluster_id:
             raise ValueError("cluster id must not be empty")
         if self.snapshot_bytes < 1:

@@ -10,22 +10,30 @@ command's outcome once it is applied here; other brokers get NOT_LEADER with the
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 import uuid
-from typing import Callable, Mapping
+from typing import Callable
 
+from raftka.cluster.brokers import BrokerDirectory
 from raftka.cluster.metadata import (ALLOCATE_PRODUCER_ID_COMMAND, METADATA_TOPIC, BrokerRegistration,
                                      MetadataState, TopicRecord, create_topic_command, delete_topic_command,
-                                     register_broker_command)
+                                     drain_broker_command, register_broker_command)
 from raftka.cluster.partitions import open_replica
 from raftka.cluster.placement import BrokerSlot, assign_replicas
 from raftka.cluster.state_machine import SnapshotPolicy, StateMachineStats, apply_records
 from raftka.cluster.topics import TopicConfig, validate_topic_name
-from raftka.errors import (InvalidPartitionsError, InvalidRequestError, InvalidTopicError, RaftkaError,
+from raftka.errors import (IncarnationMismatchError, InvalidPartitionsError, InvalidRequestError,
+                           InvalidTopicError, NotEnoughReplicasError, NotLeaderError, RaftkaError, RequestTimedOutError,
                            TopicExistsError)
 from raftka.partition.batch import encode_batch
 from raftka.partition.store import LogStore
 from raftka.replication.driver import MultiRaft
+from raftka.replication.errors import ConfChangeError, ConfChangeInProgressError, RaftError
+from raftka.replication.membership import ConfChange, ConfChangeOp
+
+log = logging.getLogger(__name__)
 
 METADATA_GROUP = f"{METADATA_TOPIC}/0"
 MAX_PARTITIONS = 10_000
@@ -34,20 +42,24 @@ MAX_PARTITIONS = 10_000
 class Controller:
     kind = "metadata"
 
-    def __init__(self, store: LogStore, driver: MultiRaft, state: MetadataState, brokers: Mapping[int, BrokerSlot],
-                 address_of: Callable[[int], str], *, is_alive: Callable[[int], bool] = lambda broker: True,
+    def __init__(self, store: LogStore, driver: MultiRaft, state: MetadataState, directory: BrokerDirectory,
+                 founders: tuple[int, ...], *, is_alive: Callable[[int], bool] = lambda broker: True,
                  timeout_s: float = 30.0, stats: StateMachineStats | None = None,
                  snapshot_policy: SnapshotPolicy = SnapshotPolicy()) -> None:
-        """`is_alive(broker)` is the failure detector's view; new replicas go to live brokers."""
+        """`founders` are the voters the metadata log is founded with if this broker has none yet
+        (empty for a broker that joins: it learns the log from its leader). `is_alive(broker)` is the
+        failure detector's view; new replicas go to live brokers."""
         self._state = state
         self.stats = stats or StateMachineStats()
-        self._brokers = brokers
+        self._directory = directory
+        self._driver = driver
         self._is_alive = is_alive
         self._timeout_s = timeout_s
         self._outcomes: dict[int, RaftkaError | None] = {}
-        voters = tuple(sorted(brokers))
+        voters = tuple(sorted(founders))
         self.replica, founded = open_replica(store, driver, METADATA_GROUP, voters, TopicConfig(
-            retention_ms=-1, retention_bytes=-1), address_of, state_machine=self, snapshot_policy=snapshot_policy)
+            retention_ms=-1, retention_bytes=-1), directory.address_of, state_machine=self,
+            snapshot_policy=snapshot_policy)
         if founded and len(voters) == 1:
             self.replica.campaign()
 
@@ -68,21 +80,48 @@ class Controller:
         await self._propose(create_topic_command(record))
         return self._state.get(name)
 
-    async def register_broker(self, registration: BrokerRegistration) -> None:
-        if registration.broker_id not in self._brokers:
-            raise InvalidRequestError(f"broker {registration.broker_id} is not in this cluster's --peers "
-                                      f"({sorted(self._brokers)})")
+    async def register_broker(self, registration: BrokerRegistration, *, replace: bool = False) -> None:
+        """Record a broker's address, rack and incarnation; a broker the metadata log does not know yet
+        then follows it as a learner. A registration from another data directory than the registered
+        one (a lost or wiped disk) is refused unless `replace`: that broker's old replicas voted on
+        entries its new, empty logs no longer hold."""
+        known = self._state.brokers().get(registration.broker_id)
+        if (known is not None and known.incarnation and registration.incarnation != known.incarnation
+                and not replace):
+            raise IncarnationMismatchError(
+                f"broker {registration.broker_id} is registered with another data directory (incarnation "
+                f"{known.incarnation}, this one is {registration.incarnation}); if its disk was lost or "
+                f"replaced, start it with --replace")
         await self._propose(register_broker_command(registration))
+        if registration.broker_id not in self.replica.node.conf_state.members():
+            await self.change_membership(ConfChange(ConfChangeOp.ADD_LEARNER, registration.broker_id))
+
+    async def change_membership(self, change: ConfChange) -> None:
+        """Commit one change of the metadata log's voters or learners (one at a time, as Raft needs)."""
+        self.replica.require_leader()
+        try:
+            future = self._driver.propose_conf_change(METADATA_GROUP, change)
+        except ConfChangeInProgressError as exc:
+            raise NotEnoughReplicasError(f"the metadata log is changing its members already ({exc}); retry") from None
+        except ConfChangeError as exc:
+            raise InvalidRequestError(f"cannot {change.op.name.lower().replace('_', ' ')} broker "
+                                      f"{change.node_id}: {exc}") from None
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                await future
+        except TimeoutError:
+            raise RequestTimedOutError(f"the metadata log's member change ({change}) did not commit within "
+                                       f"{self._timeout_s:.0f}s; it may still") from None
+        except RaftError as exc:
+            raise NotLeaderError(f"the metadata leader changed before the member change committed ({exc}); "
+                                 "retry") from None
+        log.info("metadata members changed op=%s broker=%d", change.op.name, change.node_id)
+
+    async def drain_broker(self, broker_id: int, draining: bool) -> None:
+        await self._propose(drain_broker_command(broker_id, draining))
 
     def _placeable(self, replication_factor: int) -> list[BrokerSlot]:
-        """The live brokers, or every broker when too few are live for the replication factor (the
-        replicas on a dead broker catch up when it returns; refusing would be worse). A broker's
-        rack is the one it registered with (`--rack`), else the one `--peers` gives."""
-        registered = self._state.brokers()
-        slots = {broker: BrokerSlot(broker, registered[broker].rack if broker in registered else slot.rack)
-                 for broker, slot in self._brokers.items()}
-        alive = [slot for broker, slot in slots.items() if self._is_alive(broker)]
-        return alive if len(alive) >= replication_factor else list(slots.values())
+        return self._directory.placeable(self._is_alive, replication_factor)
 
     async def delete_topic(self, name: str) -> None:
         if self._state.get(name).internal:

@@ -72,7 +72,7 @@ class GroupsService(api_pb2_grpc.GroupsServicer):
         config = self._state.config
         try:
             await self._state.controller.create_topic(
-                OFFSETS_TOPIC, config.offsets_partitions, min(OFFSETS_REPLICATION_FACTOR, len(config.brokers)),
+                OFFSETS_TOPIC, config.offsets_partitions, min(OFFSETS_REPLICATION_FACTOR, len(self._state.directory.ids())),
                 OFFSETS_CONFIG, internal=True)
         except TopicExistsError:
             pass

@@ -70,12 +70,13 @@ class LeaderBalancer:
 
 def hand_off(broker_id: int, replicas: list[RaftReplica]) -> list[RaftReplica]:
     """Start a leadership transfer for every group in `replicas` this broker leads, each to the
-    in-sync follower given the fewest so far (so the load spreads over the remaining brokers);
+    in-sync voter (learners cannot lead) given the fewest so far (so the load spreads over the remaining brokers);
     returns the groups led here (one without an in-sync follower stays: no one can take it)."""
     led = [replica for replica in replicas if replica.leader_id == broker_id]
     given: Counter[int] = Counter()
     for replica in led:
-        followers = [b for b in replica.in_sync_replicas() if b != broker_id]
+        voters = replica.node.conf_state.voters
+        followers = [b for b in replica.in_sync_replicas() if b != broker_id and b in voters]
         if followers:
             target = min(followers, key=lambda b: (given[b], b))
             given[target] += 1

@@ -19,6 +19,7 @@ sees the old topic's records.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import threading
@@ -28,7 +29,7 @@ from typing import Any, Callable
 
 from raftka.cluster.state_machine import MalformedRecordError, SnapshotFormatError, field_of, parse_json
 from raftka.cluster.topics import TopicConfig
-from raftka.errors import InvalidConfigError, RaftkaError, TopicExistsError, UnknownTopicError
+from raftka.errors import InvalidConfigError, InvalidRequestError, RaftkaError, TopicExistsError, UnknownTopicError
 
 log = logging.getLogger(__name__)
 
@@ -80,16 +81,35 @@ class TopicRecord:
 class BrokerRegistration:
     broker_id: int
     address: str
+    """Where clients reach it (its advertised gRPC address; peers ask there for its Raft listener)."""
     rack: str = ""
+    incarnation: str = ""
+    """The id its data directory was given at first start: a registration of the same broker id
+    from another data directory is a replaced (or wiped) disk, accepted only with `--replace`."""
+    draining: bool = False
+    """Decommissioning: no new replicas go to it."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"broker_id": self.broker_id, "address": self.address, "rack": self.rack,
+                "incarnation": self.incarnation, "draining": self.draining}
 
     @classmethod
     def from_json(cls, raw: Any) -> BrokerRegistration:
-        return cls(field_of(raw, "broker_id", int), field_of(raw, "address", str), field_of(raw, "rack", str))
+        """Registrations written before incarnations and draining existed lack those fields."""
+        incarnation = raw.get("incarnation", "") if isinstance(raw, dict) else ""
+        draining = raw.get("draining", False) if isinstance(raw, dict) else False
+        if not isinstance(incarnation, str) or not isinstance(draining, bool):
+            raise MalformedRecordError(f"bad incarnation {incarnation!r} or draining {draining!r}")
+        return cls(field_of(raw, "broker_id", int), field_of(raw, "address", str), field_of(raw, "rack", str),
+                   incarnation, draining)
 
 
 def register_broker_command(registration: BrokerRegistration) -> bytes:
-    return json.dumps({"op": "register_broker", "broker_id": registration.broker_id,
-                       "address": registration.address, "rack": registration.rack}, sort_keys=True).encode()
+    return json.dumps({"op": "register_broker", **registration.to_json()}, sort_keys=True).encode()
+
+
+def drain_broker_command(broker_id: int, draining: bool) -> bytes:
+    return json.dumps({"op": "drain_broker", "broker_id": broker_id, "draining": draining}, sort_keys=True).encode()
 
 
 def create_topic_command(record: TopicRecord) -> bytes:
@@ -104,6 +124,7 @@ ALLOCATE_PRODUCER_ID_COMMAND = json.dumps({"op": "allocate_producer_id"}).encode
 
 
 Listener = Callable[[TopicRecord], None]
+BrokerListener = Callable[[BrokerRegistration], None]
 
 
 class MetadataState:
@@ -116,6 +137,8 @@ class MetadataState:
         self.applied_offset = -1
         self.on_created: list[Listener] = []
         self.on_deleted: list[Listener] = []
+        self.on_registered: list[BrokerListener] = []
+        """Told of every registration applied or restored (a broker's address may have changed)."""
 
     def apply(self, offset: int, command: bytes) -> RaftkaError | None:
         """Apply the command at `offset` of the metadata log; returns why it changed nothing, if so.
@@ -136,9 +159,21 @@ class MetadataState:
         elif op == "register_broker":
             registration = BrokerRegistration.from_json(raw)
             with self._lock:
+                known = self._brokers.get(registration.broker_id)
+                if known is not None:
+                    registration = dataclasses.replace(registration, draining=known.draining)
                 self._brokers[registration.broker_id] = registration
-            log.info("broker registered id=%d address=%s rack=%s", registration.broker_id, registration.address,
-                     registration.rack)
+            log.info("broker registered id=%d address=%s rack=%s incarnation=%s", registration.broker_id,
+                     registration.address, registration.rack, registration.incarnation)
+            self._registered(registration)
+        elif op == "drain_broker":
+            broker_id, draining = field_of(raw, "broker_id", int), field_of(raw, "draining", bool)
+            with self._lock:
+                known = self._brokers.get(broker_id)
+                if known is None:
+                    return InvalidRequestError(f"broker {broker_id} is not registered")
+                self._brokers[broker_id] = dataclasses.replace(known, draining=draining)
+            log.info("broker draining id=%d draining=%s", broker_id, draining)
         elif op == "delete_topic":
             name = field_of(raw, "name", str)
             with self._lock:
@@ -155,8 +190,7 @@ class MetadataState:
     def snapshot(self) -> bytes:
         with self._lock:
             return json.dumps({"format": 1, "applied_offset": self.applied_offset,
-                               "brokers": [{"broker_id": b.broker_id, "address": b.address, "rack": b.rack}
-                                           for b in self._brokers.values()],
+                               "brokers": [b.to_json() for b in self._brokers.values()],
                                "topics": [t.to_json() for t in self._topics.values()]},
                               sort_keys=True).encode()
 
@@ -175,6 +209,8 @@ class MetadataState:
             before, self._topics = self._topics, topics
             self._brokers = {b.broker_id: b for b in brokers}
             self.applied_offset = applied_offset
+        for registration in brokers:
+            self._registered(registration)
         for record in before.values():
             if _topic_id(topics.get(record.name)) != record.topic_id:
                 self._deleted(record)
@@ -187,6 +223,10 @@ class MetadataState:
                  record.partitions, [list(r) for r in record.replicas])
         for listener in self.on_created:
             listener(record)
+
+    def _registered(self, registration: BrokerRegistration) -> None:
+        for listener in self.on_registered:
+            listener(registration)
 
     def _deleted(self, record: TopicRecord) -> None:
         log.info("topic deleted name=%s id=%s", record.name, record.topic_id)

@@ -38,9 +38,11 @@ def log_config(config: TopicConfig) -> LogConfig:
 
 def open_replica(store: LogStore, driver: MultiRaft, group_id: str, voters: tuple[int, ...], config: TopicConfig,
                  address_of: Callable[[int], str], **options: object) -> tuple[RaftReplica, bool]:
-    """The replica of `group_id` on this broker, and whether its group was founded just now."""
+    """The replica of `group_id` on this broker, and whether its group was founded just now: a replica
+    with no log founds its group with `voters` as the first configuration, unless `voters` is empty
+    (it joins a group that exists: it starts empty and learns everything from the leader)."""
     entry_log = store.open_raft_log(group_id, log_config(config))
-    founded = entry_log.last_index == 0 and entry_log.snapshot.index == 0
+    founded = bool(voters) and entry_log.last_index == 0 and entry_log.snapshot.index == 0
     storage = (PartitionStorage.bootstrap(entry_log, ConfState(voters=tuple(sorted(voters)))) if founded
                else PartitionStorage(entry_log))
     replica = RaftReplica(group_id, entry_log.log, storage, driver, config,

@@ -38,6 +38,7 @@ class ErrorCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     UNKNOWN_GROUP: _ClassVar[ErrorCode]
     NOT_PARTITION_OWNER: _ClassVar[ErrorCode]
     UNRELEASED_INSTANCE_ID: _ClassVar[ErrorCode]
+    INCARNATION_MISMATCH: _ClassVar[ErrorCode]
 
 class Acks(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -50,6 +51,12 @@ class OffsetSpec(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     EARLIEST: _ClassVar[OffsetSpec]
     LATEST: _ClassVar[OffsetSpec]
     TIMESTAMP: _ClassVar[OffsetSpec]
+
+class ControllerRole(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    NOT_A_CONTROLLER: _ClassVar[ControllerRole]
+    VOTER: _ClassVar[ControllerRole]
+    LEARNER: _ClassVar[ControllerRole]
 NONE: ErrorCode
 INVALID_REQUEST: ErrorCode
 INVALID_TOPIC: ErrorCode
@@ -79,12 +86,16 @@ GROUP_NOT_EMPTY: ErrorCode
 UNKNOWN_GROUP: ErrorCode
 NOT_PARTITION_OWNER: ErrorCode
 UNRELEASED_INSTANCE_ID: ErrorCode
+INCARNATION_MISMATCH: ErrorCode
 ACKS_ALL: Acks
 ACKS_LEADER: Acks
 OFFSET_SPEC_UNSPECIFIED: OffsetSpec
 EARLIEST: OffsetSpec
 LATEST: OffsetSpec
 TIMESTAMP: OffsetSpec
+NOT_A_CONTROLLER: ControllerRole
+VOTER: ControllerRole
+LEARNER: ControllerRole
 
 class Error(_message.Message):
     __slots__ = ("code", "message", "leader_id", "leader_address")
@@ -223,14 +234,16 @@ class ListOffsetsResponse(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[OffsetResult, _Mapping]]] = ...) -> None: ...
 
 class BrokerInfo(_message.Message):
-    __slots__ = ("id", "address", "rack")
+    __slots__ = ("id", "address", "rack", "incarnation")
     ID_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     RACK_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
     id: int
     address: str
     rack: str
-    def __init__(self, id: _Optional[int] = ..., address: _Optional[str] = ..., rack: _Optional[str] = ...) -> None: ...
+    incarnation: str
+    def __init__(self, id: _Optional[int] = ..., address: _Optional[str] = ..., rack: _Optional[str] = ..., incarnation: _Optional[str] = ...) -> None: ...
 
 class PartitionMetadata(_message.Message):
     __slots__ = ("partition", "leader_id", "replicas", "in_sync_replicas", "leader_epoch")
@@ -387,12 +400,76 @@ class ElectPreferredLeadersResponse(_message.Message):
     def __init__(self, moves: _Optional[_Iterable[_Union[LeaderMove, _Mapping]]] = ...) -> None: ...
 
 class RegisterBrokerRequest(_message.Message):
-    __slots__ = ("broker",)
+    __slots__ = ("broker", "replace")
     BROKER_FIELD_NUMBER: _ClassVar[int]
+    REPLACE_FIELD_NUMBER: _ClassVar[int]
     broker: BrokerInfo
-    def __init__(self, broker: _Optional[_Union[BrokerInfo, _Mapping]] = ...) -> None: ...
+    replace: bool
+    def __init__(self, broker: _Optional[_Union[BrokerInfo, _Mapping]] = ..., replace: _Optional[bool] = ...) -> None: ...
 
 class RegisterBrokerResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class DescribeClusterRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class BrokerStatus(_message.Message):
+    __slots__ = ("broker", "role", "draining", "reachable", "unreachable_since_ms", "replicas", "leaders")
+    BROKER_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    DRAINING_FIELD_NUMBER: _ClassVar[int]
+    REACHABLE_FIELD_NUMBER: _ClassVar[int]
+    UNREACHABLE_SINCE_MS_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    LEADERS_FIELD_NUMBER: _ClassVar[int]
+    broker: BrokerInfo
+    role: ControllerRole
+    draining: bool
+    reachable: bool
+    unreachable_since_ms: int
+    replicas: int
+    leaders: int
+    def __init__(self, broker: _Optional[_Union[BrokerInfo, _Mapping]] = ..., role: _Optional[_Union[ControllerRole, str]] = ..., draining: _Optional[bool] = ..., reachable: _Optional[bool] = ..., unreachable_since_ms: _Optional[int] = ..., replicas: _Optional[int] = ..., leaders: _Optional[int] = ...) -> None: ...
+
+class DescribeClusterResponse(_message.Message):
+    __slots__ = ("cluster_id", "controller_id", "answered_by", "brokers")
+    CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
+    CONTROLLER_ID_FIELD_NUMBER: _ClassVar[int]
+    ANSWERED_BY_FIELD_NUMBER: _ClassVar[int]
+    BROKERS_FIELD_NUMBER: _ClassVar[int]
+    cluster_id: str
+    controller_id: int
+    answered_by: int
+    brokers: _containers.RepeatedCompositeFieldContainer[BrokerStatus]
+    def __init__(self, cluster_id: _Optional[str] = ..., controller_id: _Optional[int] = ..., answered_by: _Optional[int] = ..., brokers: _Optional[_Iterable[_Union[BrokerStatus, _Mapping]]] = ...) -> None: ...
+
+class ChangeControllersRequest(_message.Message):
+    __slots__ = ("add", "remove")
+    ADD_FIELD_NUMBER: _ClassVar[int]
+    REMOVE_FIELD_NUMBER: _ClassVar[int]
+    add: int
+    remove: int
+    def __init__(self, add: _Optional[int] = ..., remove: _Optional[int] = ...) -> None: ...
+
+class ChangeControllersResponse(_message.Message):
+    __slots__ = ("voters", "learners")
+    VOTERS_FIELD_NUMBER: _ClassVar[int]
+    LEARNERS_FIELD_NUMBER: _ClassVar[int]
+    voters: _containers.RepeatedScalarFieldContainer[int]
+    learners: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, voters: _Optional[_Iterable[int]] = ..., learners: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class DrainBrokerRequest(_message.Message):
+    __slots__ = ("broker_id", "draining")
+    BROKER_ID_FIELD_NUMBER: _ClassVar[int]
+    DRAINING_FIELD_NUMBER: _ClassVar[int]
+    broker_id: int
+    draining: bool
+    def __init__(self, broker_id: _Optional[int] = ..., draining: _Optional[bool] = ...) -> None: ...
+
+class DrainBrokerResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 

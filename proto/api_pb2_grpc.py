@@ -366,6 +366,21 @@ class AdminStub:
                 request_serializer=raftka_dot_proto_dot_api__pb2.InitProducerIdRequest.SerializeToString,
                 response_deserializer=raftka_dot_proto_dot_api__pb2.InitProducerIdResponse.FromString,
                 _registered_method=True)
+        self.DescribeCluster = channel.unary_unary(
+                '/raftka.v1.Admin/DescribeCluster',
+                request_serializer=raftka_dot_proto_dot_api__pb2.DescribeClusterRequest.SerializeToString,
+                response_deserializer=raftka_dot_proto_dot_api__pb2.DescribeClusterResponse.FromString,
+                _registered_method=True)
+        self.ChangeControllers = channel.unary_unary(
+                '/raftka.v1.Admin/ChangeControllers',
+                request_serializer=raftka_dot_proto_dot_api__pb2.ChangeControllersRequest.SerializeToString,
+                response_deserializer=raftka_dot_proto_dot_api__pb2.ChangeControllersResponse.FromString,
+                _registered_method=True)
+        self.DrainBroker = channel.unary_unary(
+                '/raftka.v1.Admin/DrainBroker',
+                request_serializer=raftka_dot_proto_dot_api__pb2.DrainBrokerRequest.SerializeToString,
+                response_deserializer=raftka_dot_proto_dot_api__pb2.DrainBrokerResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -418,6 +433,29 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DescribeCluster(self, request, context):
+        """Every broker as the answering broker sees it: address, rack, role in the metadata log, whether
+        it is draining or reachable from here, replicas it hosts and (for itself) partitions it leads.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ChangeControllers(self, request, context):
+        """Add a voter to the metadata log (promote a caught-up learner) or remove one (demote it to a
+        learner), one at a time; the metadata leader hands its leadership away before demoting itself.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DrainBroker(self, request, context):
+        """Mark a broker draining (decommissioning: no new replicas go to it) or not.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -455,6 +493,21 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.InitProducerId,
                     request_deserializer=raftka_dot_proto_dot_api__pb2.InitProducerIdRequest.FromString,
                     response_serializer=raftka_dot_proto_dot_api__pb2.InitProducerIdResponse.SerializeToString,
+            ),
+            'DescribeCluster': grpc.unary_unary_rpc_method_handler(
+                    servicer.DescribeCluster,
+                    request_deserializer=raftka_dot_proto_dot_api__pb2.DescribeClusterRequest.FromString,
+                    response_serializer=raftka_dot_proto_dot_api__pb2.DescribeClusterResponse.SerializeToString,
+            ),
+            'ChangeControllers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ChangeControllers,
+                    request_deserializer=raftka_dot_proto_dot_api__pb2.ChangeControllersRequest.FromString,
+                    response_serializer=raftka_dot_proto_dot_api__pb2.ChangeControllersResponse.SerializeToString,
+            ),
+            'DrainBroker': grpc.unary_unary_rpc_method_handler(
+                    servicer.DrainBroker,
+                    request_deserializer=raftka_dot_proto_dot_api__pb2.DrainBrokerRequest.FromString,
+                    response_serializer=raftka_dot_proto_dot_api__pb2.DrainBrokerResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -646,6 +699,87 @@ class Admin:
             '/raftka.v1.Admin/InitProducerId',
             raftka_dot_proto_dot_api__pb2.InitProducerIdRequest.SerializeToString,
             raftka_dot_proto_dot_api__pb2.InitProducerIdResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DescribeCluster(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/raftka.v1.Admin/DescribeCluster',
+            raftka_dot_proto_dot_api__pb2.DescribeClusterRequest.SerializeToString,
+            raftka_dot_proto_dot_api__pb2.DescribeClusterResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ChangeControllers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/raftka.v1.Admin/ChangeControllers',
+            raftka_dot_proto_dot_api__pb2.ChangeControllersRequest.SerializeToString,
+            raftka_dot_proto_dot_api__pb2.ChangeControllersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DrainBroker(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/raftka.v1.Admin/DrainBroker',
+            raftka_dot_proto_dot_api__pb2.DrainBrokerRequest.SerializeToString,
+            raftka_dot_proto_dot_api__pb2.DrainBrokerResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -62,6 +62,7 @@ from typing import Awaitable, Callable, Protocol, Sequence
 
 from raftka.replication.entries import Entry
 from raftka.replication.errors import GroupFailedError, ProposalDroppedError
+from raftka.replication.membership import ConfChange
 from raftka.replication.messages import Message
 from raftka.replication.raft import RaftConfig, RaftNode, Role
 from raftka.replication.ready import Ready
@@ -185,11 +186,19 @@ class MultiRaft:
         GroupFailedError while the group is stopped after a failure.
         """
         group = self._live(group_id)
-        index = group.node.propose(data)
+        return self._track(group, group.node.propose(data))
+
+    def propose_conf_change(self, group_id: str, change: ConfChange) -> asyncio.Future[int]:
+        """Propose a change of the group's voters or learners (one at a time); the future gives its
+        index once committed. Raises as `RaftNode.propose_conf_change` does, and as `propose`."""
+        group = self._live(group_id)
+        return self._track(group, group.node.propose_conf_change(change))
+
+    def _track(self, group: _Group, index: int) -> asyncio.Future[int]:
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         group.pending[index] = (group.node.term, future)
         group.idle_ticks = 0
-        self._mark(group_id)
+        self._mark(group.group_id)
         return future
 
     def read_index(self, group_id: str) -> asyncio.Future[int]:

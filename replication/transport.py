@@ -33,6 +33,7 @@ import logging
 import random
 import socket
 import struct
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable, NoReturn
@@ -171,6 +172,7 @@ class _Peer:
     task: asyncio.Task[None] | None = None
     failures: int = 0
     reported_up: bool | None = None
+    down_since: float = 0.0
 
 
 class RaftTransport:
@@ -266,6 +268,11 @@ class RaftTransport:
         peer = self._peers.get(peer_id)
         return peer is not None and peer.reported_up is False
 
+    def down_since(self, peer_id: int) -> float | None:
+        """Wall-clock time (s since the epoch) the peer was last reported down, or None while it is not."""
+        peer = self._peers.get(peer_id)
+        return peer.down_since if peer is not None and peer.reported_up is False else None
+
     async def close(self) -> None:
         """Stop listening and end every connection, both ways (queued messages are dropped)."""
         self._closed = True
@@ -300,6 +307,8 @@ class RaftTransport:
         if peer.reported_up is up:
             return
         peer.reported_up = up
+        if not up:
+            peer.down_since = time.time()
         hook = self._on_peer_up if up else self._on_peer_down
         if hook is not None:
             hook(peer.id)

@@ -99,6 +99,8 @@ class AckRecorder:
         self.acknowledged: list[tuple[int, int, bytes]] = []
         self.failures: list[BaseException] = []
         """Errors the producer surfaced (a record it gave up on)."""
+        self.ack_times: list[float] = []
+        """When each acknowledgement arrived (monotonic), in arrival order."""
         self._bootstrap, self._topic, self._options = bootstrap, topic, producer_options
         self._pace_s, self._keyed = pace_s, keyed
         self._lock = threading.Lock()
@@ -112,6 +114,12 @@ class AckRecorder:
         while len(self.acknowledged) < count:
             assert time.monotonic() < deadline, f"only {len(self.acknowledged)} of {count} records acknowledged"
             time.sleep(0.02)
+
+    def longest_gap_s(self, since: float) -> float:
+        """The longest time without an acknowledgement after `since` (monotonic)."""
+        with self._lock:
+            times = [since, *(t for t in self.ack_times if t > since)]
+        return max((later - earlier for earlier, later in zip(times, times[1:])), default=0.0)
 
     def stop(self) -> list[tuple[int, int, bytes]]:
         self._stop.set()
@@ -133,6 +141,7 @@ class AckRecorder:
                     if error is None:
                         meta = future.result()
                         self.acknowledged.append((meta.partition, meta.offset, value))
+                        self.ack_times.append(time.monotonic())
                     else:
                         self.failures.append(error)
             try:

@@ -12,6 +12,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+import pytest
+
 from raftka import __version__ as raftka_version
 
 RAFTKA = [sys.executable, "-m", "raftka"]
@@ -244,3 +246,14 @@ def test_version_names_the_client_and_the_cluster(cli_env, free_port) -> None:
                                            f"{cli_env['RAFTKA_BOOTSTRAP']})"]
     alone = raftka("--bootstrap", f"127.0.0.1:{free_port()}", "--version", env=cli_env)
     assert alone.returncode == 0 and alone.stdout.splitlines()[1].startswith("cluster: no broker answered")
+
+
+def test_broker_id_from_a_stateful_set_host_name() -> None:
+    """A StatefulSet names its pods `<name>-0`, `<name>-1`, ...; broker ids start at 1."""
+    from raftka.client.cli import _id_from_hostname
+
+    assert _id_from_hostname("raftka-0", 1) == 1
+    assert _id_from_hostname("raftka-12", 1) == 13
+    assert _id_from_hostname("broker7", 0) == 7
+    with pytest.raises(ValueError, match="does not end in a number"):
+        _id_from_hostname("raftka-a", 1)

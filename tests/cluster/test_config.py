@@ -38,7 +38,12 @@ def test_broker_config_checks() -> None:
         BrokerConfig(broker_id=1, listen="0.0.0.0:9092", data_dir=Path("/tmp/x")).validate()
     config = BrokerConfig(broker_id=1, **base)
     config.validate()
-    assert config.brokers == {1: "127.0.0.1:9092"}
+    assert config.founders == {1: "127.0.0.1:9092"}
+    assert BrokerConfig(broker_id=4, join=("h:1",), **base).founders == {}
+    with pytest.raises(ValueError, match="not both"):
+        BrokerConfig(broker_id=1, peers={1: "h:1"}, join=("h:2",), **base).validate()
+    with pytest.raises(ValueError, match="expected HOST:PORT"):
+        BrokerConfig(broker_id=4, join=("nowhere",), **base).validate()
     with pytest.raises(ValueError, match="expected HOST:PORT"):
         BrokerConfig(broker_id=1, raft_listen="nowhere", **base).validate()
 

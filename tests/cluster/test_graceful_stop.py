@@ -33,6 +33,8 @@ def test_a_broker_is_not_serving_until_its_cluster_has_a_metadata_leader(tmp_pat
             time.sleep(0.05)
         assert status == health_pb2.HealthCheckResponse.NOT_SERVING, "one broker of three cannot serve alone"
         assert health(first.address, "raftka.v1.Broker") == health_pb2.HealthCheckResponse.NOT_SERVING
+        assert health(first.address, "liveness") == health_pb2.HealthCheckResponse.SERVING, \
+            "liveness does not depend on the quorum"
         for broker in brokers[1:]:
             broker.spawn()
         for broker in brokers:
