@@ -120,7 +120,8 @@ class GroupMembership:
         self.epoch = epoch
         self._last_seen = {member_id: now for member_id in self.members}
         self._targeted_for: object = None
-        """The inputs (assignor, members and subscriptions, topics) the current targets were computed from."""
+        """The inputs (assignor, members and subscriptions, topics) the current targets were computed
+        from; None once a member is removed, as the same id may join again with no target."""
 
     @classmethod
     def restore(cls, group_id: str, saved: GroupRecord | None, *, now: float) -> GroupMembership:
@@ -169,8 +170,7 @@ class GroupMembership:
     def expire(self, now: float) -> None:
         """Remove the expired members, freeing what they held (targets move at the next `retarget`)."""
         for member_id in self.expired(now):
-            del self.members[member_id]
-            self._last_seen.pop(member_id, None)
+            self._remove(member_id)
             log.info("member expired group=%s member=%s", self.group_id, member_id)
 
     def retarget(self, topics: Mapping[str, Topic]) -> None:
@@ -263,8 +263,7 @@ class GroupMembership:
             raise UnreleasedInstanceIdError(
                 f"member {old.member_id} of group {self.group_id!r} still uses instance id "
                 f"{request.instance_id!r}; retry once it has left or its session has expired")
-        del self.members[old.member_id]
-        self._last_seen.pop(old.member_id, None)
+        self._remove(old.member_id)
         log.info("static member rejoined group=%s instance=%s member=%s replaces=%s", self.group_id,
                  request.instance_id, member_id, old.member_id)
         return dataclasses.replace(old, member_id=member_id)
@@ -275,10 +274,17 @@ class GroupMembership:
             log.info("static member left group=%s member=%s (partitions kept for its session)", self.group_id,
                      member.member_id)
         else:
-            self.members.pop(member.member_id, None)
-            self._last_seen.pop(member.member_id, None)
+            self._remove(member.member_id)
             log.info("member left group=%s member=%s", self.group_id, member.member_id)
         self.retarget(topics)
+
+    def _remove(self, member_id: str) -> None:
+        """Drop the member. The targets must then be recomputed even if a member of the same id and
+        subscription is back before the next `retarget` (a member that had applied no assignment
+        rejoins under its id): its new record has no target, and what its old one had is no one's."""
+        self.members.pop(member_id, None)
+        self._last_seen.pop(member_id, None)
+        self._targeted_for = None
 
     def _grantable(self, member: MemberRecord) -> set[TopicPartition]:
         taken = set().union(*(m.held for m in self.members.values() if m.member_id != member.member_id))

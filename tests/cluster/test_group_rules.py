@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from raftka.cluster.assignors import TopicPartition
 from raftka.cluster.group_log import CommittedOffset, GroupLog, members_command
 from raftka.cluster.group_rules import (Assignment, GroupMembership, Heartbeat, OffsetCommit, Topic,
                                         MAX_COMMIT_METADATA, RECONCILING_HEARTBEAT_INTERVAL_MS)
@@ -15,7 +16,6 @@ from raftka.errors import (GroupNotEmptyError, InvalidRequestError, NotPartition
                            UnknownPartitionError, UnknownTopicError, UnreleasedInstanceIdError)
 from raftka.partition.batch import encode_batch
 
-TopicPartition = tuple[str, int]
 EVENTS = {"events": Topic(6, "events-id")}
 SESSION_MS = 10_000
 
@@ -34,7 +34,7 @@ def check_exclusive(rules: GroupMembership) -> None:
 
 class Member:
     """A member following the protocol: it reports what it owns and the epoch of the assignment it
-    applied (or, with `apply=False`, behaves as if the answer was lost)."""
+    applied. With `apply=False` the answer is not applied (lost, or kept in `pending` for later)."""
 
     def __init__(self, rules: GroupMembership, topics: tuple[str, ...] = ("events",), *, instance_id: str = "",
                  member_id: str = "", pattern: str = "", session_timeout_ms: int = SESSION_MS) -> None:
@@ -153,7 +153,7 @@ def beat(member: Member, now: float, topics: dict[str, Topic], step: str = "beat
 
 @settings(max_examples=200, deadline=None)
 @given(scripts())
-def test_no_partition_is_ever_held_by_two_members(
+def test_no_partition_is_ever_held_by_two_members_and_every_partition_finds_an_owner(
         script: list[tuple[str, int, int]]) -> None:
     rules = new_group()
     members = [Member(rules, instance_id="pod-1" if i == 1 else "") for i in range(4)]
@@ -178,6 +178,16 @@ def test_no_partition_is_ever_held_by_two_members(
         for m in members:
             if m.member_id in rules.members:
                 assert m.owned <= m.held(), f"member {m.member_id} owns what it does not hold"
+    live = [m for i, m in enumerate(members) if i not in crashed]
+    now += SESSION_MS / 1000 + 1
+    rules.expire(now)
+    for _ in range(5):
+        for member in live:
+            beat(member, now, topics)
+    assert not set(rules.members) - {m.member_id for m in live}, "crashed members expired"
+    if live:
+        assert rules.state == "stable"
+        assert set().union(*(m.owned for m in live)) == {("events", p) for p in range(topics["events"].partitions)}
 
 
 def test_a_silent_member_expires_and_its_partitions_move() -> None:
@@ -206,6 +216,26 @@ def test_expiry_by_the_sweep_retargets_the_others() -> None:
     rules.retarget(EVENTS)
     assert list(rules.members) == [active.member_id] and rules.epoch == epoch + 1
     assert rules.members[active.member_id].target == events(*range(6))
+
+
+def test_a_member_rejoining_under_its_id_after_it_expired_gets_a_target_again() -> None:
+    """A member that applied no assignment yet (member epoch 0) and expired rejoins under its id."""
+    rules = new_group()
+    frozen = Member(rules)
+    assert frozen.heartbeat(0.0, apply=False) == events(*range(6))
+    rules.expire(11.0)
+    rules.retarget(EVENTS)
+    assert rules.members == {}
+    assert frozen.heartbeat(11.5) == events(*range(6)), "its partitions were no one's target"
+
+    rules = new_group()
+    busy, frozen = Member(rules, session_timeout_ms=60_000), Member(rules)
+    busy.heartbeat(0.0)
+    assert frozen.heartbeat(0.1) == frozenset() and frozen.epoch == 0
+    frozen.heartbeat(10.5)
+    assert list(rules.members) == [busy.member_id, frozen.member_id], "expired and rejoined in one heartbeat"
+    settle([busy, frozen], 10.6)
+    assert busy.owned | frozen.owned == events(*range(6)) and len(frozen.owned) == 3
 
 
 def test_a_member_leaving_after_max_poll_interval_frees_its_partitions_and_rejoins_as_a_new_member() -> None:
