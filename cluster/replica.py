@@ -36,10 +36,9 @@ from typing import Callable, Sequence
 from raftka.cluster.producer_state import HISTORY_BYTES, ProducerStates, WrittenBatch
 from raftka.cluster.state_machine import SnapshotPolicy, StateMachine
 from raftka.cluster.topics import TopicConfig
-from raftka.errors import (BatchTooLargeError, CorruptBatchError, InvalidBatchError, NotEnoughReplicasError,
-                           NotLeaderError, OffsetOutOfRangeError, RequestTimedOutError, StorageError)
+from raftka.errors import (BatchTooLargeError, InvalidBatchError, NotEnoughReplicasError, NotLeaderError,
+                           OffsetOutOfRangeError, RequestTimedOutError, StorageError)
 from raftka.partition import batch as batch_format
-from raftka.partition import errors as log_errors
 from raftka.partition.log import PartitionLog
 from raftka.replication import errors as raft_errors
 from raftka.replication.driver import MultiRaft
@@ -155,12 +154,7 @@ class RaftReplica:
         """The (start, end) spans of the request's batches; raises on any bad one."""
         if not batches:
             raise InvalidBatchError("produce request holds no record batch")
-        try:
-            spans = batch_format.split_batches(batches)
-        except log_errors.CorruptBatchError as exc:
-            raise CorruptBatchError(str(exc)) from None
-        except log_errors.BatchError as exc:
-            raise InvalidBatchError(str(exc)) from None
+        spans = batch_format.split_batches(batches)
         limit = self._config.max_message_bytes
         for start, end in spans:
             if end - start > limit:
@@ -236,14 +230,11 @@ class RaftReplica:
         hw, start, end = self._hw, self._log.start_offset, self._log.end_offset
         if offset < start or offset > end:
             raise OffsetOutOfRangeError(
-                f"offset {offset} is out of range: the log runs from {start} to {end} (high watermark {hw})")
+                f"offset {offset} is out of range: the log runs from {start} to {end} (high watermark {hw})",
+                offset=offset, start_offset=start, end_offset=end)
         if offset >= hw:
             return ReadResult(b"", hw, start)
-        try:
-            data = self._log.read(offset, max_bytes, upper_bound=hw)
-        except log_errors.OffsetOutOfRangeError as exc:
-            raise OffsetOutOfRangeError(str(exc)) from None
-        return ReadResult(data, hw, start)
+        return ReadResult(self._log.read(offset, max_bytes, upper_bound=hw), hw, start)
 
     def data_after(self, offset: int) -> asyncio.Future[None]:
         """A future that resolves when the high watermark passes `offset` (at once if it has)."""

@@ -61,7 +61,7 @@ import crc32c
 import lz4.frame
 import zstandard
 
-from raftka.partition.errors import CorruptBatchError, InvalidBatchError
+from raftka.errors import CorruptBatchError, InvalidBatchError
 
 MAGIC = 1
 HEADER_SIZE = 61

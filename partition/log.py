@@ -26,10 +26,10 @@ from typing import Callable, ContextManager, NamedTuple, Protocol
 
 from rocksdict import ReadOptions, Rdict, WriteBatch
 
+from raftka.errors import InvalidBatchError, OffsetOutOfRangeError
 from raftka.partition import keys
 from raftka.partition.batch import BatchHeader, batch_next_offset, read_header, stamp_base_offset
-from raftka.partition.errors import (InvalidBatchError, InvalidOffsetError, LogClosedError, LogError,
-                                     OffsetOutOfRangeError)
+from raftka.partition.errors import InvalidOffsetError, LogClosedError, LogError
 
 DAY_MS = 24 * 3600 * 1000
 _NO_TIMESTAMP = -(1 << 63)
@@ -203,7 +203,7 @@ class PartitionLog:
         is readable), ending at or before `upper_bound` (capped at durable_end_offset)."""
         self._check_open()
         if offset < self._start or offset > self._end:
-            raise OffsetOutOfRangeError(offset, self._start, self._end)
+            raise self._out_of_range(offset)
         bound = self._durable_end if upper_bound is None else min(upper_bound, self._durable_end)
         if offset >= bound:
             return b""
@@ -243,7 +243,7 @@ class PartitionLog:
         """Remove every batch at or past `offset`, which must be a batch boundary in [start, end]."""
         self._check_open()
         if offset < self._start or offset > self._end:
-            raise OffsetOutOfRangeError(offset, self._start, self._end)
+            raise self._out_of_range(offset)
         if offset == self._end:
             return
         unflushed_from = bisect.bisect_left(self._unflushed, offset, key=lambda u: u.base)
@@ -367,6 +367,11 @@ class PartitionLog:
 
     def _detach(self) -> None:
         self._closed = True
+
+    def _out_of_range(self, offset: int) -> OffsetOutOfRangeError:
+        return OffsetOutOfRangeError(f"offset {offset} is out of range: the log holds offsets {self._start} "
+                                     f"(start) to {self._end} (end, exclusive)", offset=offset,
+                                     start_offset=self._start, end_offset=self._end)
 
     def _check_open(self) -> None:
         if self._closed:

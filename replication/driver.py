@@ -181,7 +181,7 @@ class MultiRaft:
     def propose(self, group_id: str, data: bytes) -> asyncio.Future[int]:
         """Propose `data`; the future gives the entry's index once it is committed.
 
-        Raises the core's NotLeaderError (with the leader hint) at once on a follower, and
+        Raises the core's NotRaftLeaderError (with the leader hint) at once on a follower, and
         GroupFailedError while the group is stopped after a failure.
         """
         group = self._live(group_id)
@@ -194,7 +194,7 @@ class MultiRaft:
 
     def read_index(self, group_id: str) -> asyncio.Future[int]:
         """Start a linearizable read (ReadIndex); the future gives the index the reader must see
-        applied. Raises the core's NotLeaderError when the group knows no leader. The future never
+        applied. Raises the core's NotRaftLeaderError when the group knows no leader. The future never
         resolves if leadership changes meanwhile: wait on it with a timeout."""
         group = self._live(group_id)
         self._read_ids += 1

@@ -19,8 +19,9 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 from rocksdict import WriteBatch
 
+from raftka.errors import OffsetOutOfRangeError
 from raftka.partition.batch import encode_batch, read_header, split_batches
-from raftka.partition.errors import InvalidOffsetError, OffsetOutOfRangeError
+from raftka.partition.errors import InvalidOffsetError
 from raftka.partition.log import LogConfig
 from raftka.partition.store import LogStore
 

@@ -6,8 +6,9 @@ import threading
 
 import pytest
 
+from raftka.errors import InvalidBatchError, OffsetOutOfRangeError
 from raftka.partition.batch import encode_batch, split_batches
-from raftka.partition.errors import (InvalidBatchError, LogClosedError, OffsetOutOfRangeError)
+from raftka.partition.errors import LogClosedError
 from raftka.partition.log import LogConfig
 from raftka.partition.store import LogStore
 
