@@ -19,8 +19,9 @@ from collections import deque
 from typing import Callable, Sequence
 
 from raftka.client.partitioner import StickyPartitioner
-from raftka.client.records import RecordMetadata, TopicPartition
+from raftka.client.records import RecordMetadata
 from raftka.errors import BufferExhaustedError, RaftkaError
+from raftka.wire.structs import TopicPartition
 
 RECORD_OVERHEAD = 24
 """Approximate encoded bytes a record adds beyond its key, value and headers."""

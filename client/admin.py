@@ -10,11 +10,11 @@ from typing import Callable, Mapping, NamedTuple, Sequence, TypeVar
 import grpc
 
 from raftka.client.connection import ClusterConnection
-from raftka.client.membership import GroupCoordinatorClient, from_group_partitions
-from raftka.client.records import TopicPartition
+from raftka.client.membership import GroupCoordinatorClient
 from raftka.errors import (GroupNotEmptyError, OffsetOutOfRangeError, TopicExistsError, UnknownTopicError,
                            from_rpc_error)
 from raftka.proto import api_pb2, api_pb2_grpc
+from raftka.wire.structs import TopicPartition, from_group_partitions
 
 T = TypeVar("T")
 

@@ -40,7 +40,7 @@ from raftka.client.admin import Admin
 from raftka.client.consumer import Consumer
 from raftka.client.local import LocalBroker, free_port, plan
 from raftka.client.producer import Producer
-from raftka.client.records import TopicPartition
+from raftka.wire.structs import TopicPartition
 
 RESULT_FIELDS = ("system", "workload", "msg_size", "msgs_per_s", "MB_per_s", "p50_ms", "p99_ms", "notes")
 MEMORY_FILESYSTEMS = frozenset({"tmpfs", "ramfs", "devtmpfs", "hugetlbfs"})

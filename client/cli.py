@@ -30,8 +30,9 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from raftka.client.local import DEFAULT_LOCAL_BROKERS
-from raftka.client.records import Record, TopicPartition, first_offsets
+from raftka.client.records import Record, first_offsets
 from raftka.errors import RaftkaError, TopicExistsError, UnknownTopicError
+from raftka.wire.structs import TopicPartition
 
 if TYPE_CHECKING:
     from raftka.client.consumer import Consumer
@@ -624,7 +625,7 @@ class _Version(argparse.Action):
         import grpc
 
         from raftka import __version__
-        from raftka.client.connection import parse_bootstrap
+        from raftka.wire.settings import parse_bootstrap
         from raftka.proto import api_pb2, api_pb2_grpc
 
         print(f"raftka {__version__} (client)")

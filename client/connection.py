@@ -21,6 +21,7 @@ import grpc
 from raftka.errors import (BrokerUnavailableError, NotLeaderError, RaftkaError, RequestTimedOutError,
                            UnknownPartitionError, UnknownTopicError, from_proto, from_rpc_error)
 from raftka.proto import api_pb2, api_pb2_grpc
+from raftka.wire.settings import parse_bootstrap
 
 log = logging.getLogger(__name__)
 
@@ -52,19 +53,6 @@ LEADER_QUERY_TIMEOUT_S = 2.0
 
 def _leaderless(response: api_pb2.MetadataResponse) -> bool:
     return any(p.leader_id < 0 for t in response.topics for p in t.partitions)
-
-
-def parse_bootstrap(bootstrap: str | Sequence[str]) -> list[str]:
-    """`"h1:p1,h2:p2"` or a list of addresses, validated as HOST:PORT."""
-    items = bootstrap.split(",") if isinstance(bootstrap, str) else list(bootstrap)
-    addresses = [item.strip() for item in items if item.strip()]
-    if not addresses:
-        raise ValueError("bootstrap names no broker; expected HOST:PORT[,HOST:PORT...]")
-    for address in addresses:
-        host, sep, port = address.rpartition(":")
-        if not sep or not host or not port.isdigit():
-            raise ValueError(f"bootstrap address {address!r} is not HOST:PORT")
-    return addresses
 
 
 @dataclass(frozen=True)

@@ -48,11 +48,12 @@ from typing import Callable, Iterable, Iterator, Mapping
 import grpc
 
 from raftka.client.connection import Backoff, ClusterConnection
-from raftka.client.records import Record, TopicPartition
+from raftka.client.records import Record
 from raftka.errors import (BatchError, BrokerUnavailableError, ClientClosedError, CorruptBatchError, InternalError,
                            OffsetOutOfRangeError, RaftkaError, from_proto, from_rpc_error)
-from raftka.partition.batch import DecodedColumns, decode_columns, split_batches
 from raftka.proto import api_pb2, api_pb2_grpc
+from raftka.wire.batch import DecodedColumns, decode_columns, split_batches
+from raftka.wire.structs import TopicPartition
 
 log = logging.getLogger(__name__)
 

@@ -24,8 +24,8 @@ from raftka.cluster.metrics import BrokerMetrics
 from raftka.cluster.partitions import PartitionManager
 from raftka.cluster.topics import MAX_BATCH_BYTES_LIMIT
 from raftka.errors import InternalError, InvalidRequestError, InvalidTopicError, RaftkaError
-from raftka.partition.batch import next_offset_after
 from raftka.proto import api_pb2, api_pb2_grpc
+from raftka.wire.batch import next_offset_after
 
 log = logging.getLogger(__name__)
 

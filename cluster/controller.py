@@ -23,9 +23,9 @@ from raftka.cluster.state_machine import SnapshotPolicy, StateMachineStats, appl
 from raftka.cluster.topics import TopicConfig, validate_topic_name
 from raftka.errors import (InvalidPartitionsError, InvalidRequestError, InvalidTopicError, RaftkaError,
                            TopicExistsError)
-from raftka.partition.batch import encode_batch
 from raftka.partition.store import LogStore
 from raftka.replication.driver import MultiRaft
+from raftka.wire.batch import encode_batch
 
 METADATA_GROUP = f"{METADATA_TOPIC}/0"
 MAX_PARTITIONS = 10_000

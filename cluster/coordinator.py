@@ -36,11 +36,9 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from raftka.client.membership import as_group_partitions, from_group_partitions
-from raftka.client.partitioner import murmur2
 from raftka.cluster.assignors import ASSIGNORS, MemberSpec, assign
-from raftka.cluster.group_log import (OFFSETS_TOPIC, CommittedOffset, GroupLog, MemberRecord, TopicPartition,
-                                      delete_command, forget_command, members_command, offsets_command)
+from raftka.cluster.group_log import (OFFSETS_TOPIC, CommittedOffset, GroupLog, MemberRecord, delete_command,
+                                      forget_command, members_command, offsets_command)
 from raftka.cluster.metadata import MetadataState
 from raftka.cluster.partitions import PartitionManager
 from raftka.cluster.replica import RaftReplica
@@ -48,9 +46,11 @@ from raftka.cluster.state_machine import StateMachineStats
 from raftka.errors import (GroupNotEmptyError, InvalidRequestError, NotCoordinatorError, NotPartitionOwnerError,
                            RaftkaError, UnknownGroupError, UnknownMemberIdError, UnknownPartitionError,
                            UnknownTopicError, UnreleasedInstanceIdError)
-from raftka.partition.batch import encode_batch
 from raftka.proto import api_pb2
 from raftka.replication.raft import Role
+from raftka.wire.batch import encode_batch
+from raftka.wire.partitioning import murmur2
+from raftka.wire.structs import TopicPartition, as_group_partitions, from_group_partitions
 
 log = logging.getLogger(__name__)
 

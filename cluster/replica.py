@@ -38,7 +38,6 @@ from raftka.cluster.state_machine import SnapshotPolicy, StateMachine
 from raftka.cluster.topics import TopicConfig
 from raftka.errors import (BatchTooLargeError, InvalidBatchError, NotEnoughReplicasError, NotLeaderError,
                            OffsetOutOfRangeError, RequestTimedOutError, StorageError)
-from raftka.partition import batch as batch_format
 from raftka.partition.log import PartitionLog
 from raftka.replication import errors as raft_errors
 from raftka.replication.driver import MultiRaft
@@ -46,6 +45,7 @@ from raftka.replication.entries import Entry, EntryType
 from raftka.replication.log_storage import PartitionStorage, snapshot_offset, snapshot_payload
 from raftka.replication.raft import RaftConfig, RaftNode, Role
 from raftka.replication.state import Snapshot
+from raftka.wire import batch as batch_format
 
 log = logging.getLogger(__name__)
 

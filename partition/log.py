@@ -28,8 +28,8 @@ from rocksdict import ReadOptions, Rdict, WriteBatch
 
 from raftka.errors import InvalidBatchError, OffsetOutOfRangeError
 from raftka.partition import keys
-from raftka.partition.batch import BatchHeader, batch_next_offset, read_header, stamp_base_offset
 from raftka.partition.errors import InvalidOffsetError, LogClosedError, LogError
+from raftka.wire.batch import BatchHeader, batch_next_offset, read_header, stamp_base_offset
 
 DAY_MS = 24 * 3600 * 1000
 _NO_TIMESTAMP = -(1 << 63)

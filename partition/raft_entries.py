@@ -49,9 +49,9 @@ from typing import Callable, ContextManager, NamedTuple, Sequence
 from rocksdict import ReadOptions, Rdict, WriteBatch
 
 from raftka.partition import keys
-from raftka.partition.batch import read_header
 from raftka.partition.errors import EntryIndexError, InvalidEntryError, LogError
 from raftka.partition.log import PartitionLog
+from raftka.wire.batch import read_header
 
 log = logging.getLogger(__name__)
 

@@ -40,11 +40,11 @@ from typing import Awaitable, Callable, NoReturn
 import grpc
 from google.protobuf.message import DecodeError
 
-from raftka.cluster.config import parse_host_port
 from raftka.proto import raft_pb2
 from raftka.replication.codec import CodecError, decode_batch, encode_batch, message_size
 from raftka.replication.errors import RaftError
 from raftka.replication.messages import Message
+from raftka.wire.settings import parse_host_port
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ from raftka.aio import AIOConsumer
 from raftka.client import fetcher
 from raftka.client.local import LocalBroker
 from raftka.errors import CorruptBatchError
-from raftka.partition.batch import encode_batch, stamp_base_offset
 from raftka.proto import api_pb2
+from raftka.wire.batch import encode_batch, stamp_base_offset
 
 
 def bootstrap_of(brokers: list[LocalBroker]) -> str:

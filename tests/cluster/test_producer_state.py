@@ -7,7 +7,7 @@ import pytest
 from raftka.cluster.producer_state import CACHED_BATCHES, ProducerStates
 from raftka.errors import (DuplicateSequenceError, OutOfOrderSequenceError, ProducerFencedError,
                            UnknownProducerIdError)
-from raftka.partition.batch import encode_batch, read_header, stamp_base_offset
+from raftka.wire.batch import encode_batch, read_header, stamp_base_offset
 
 
 def header(producer_id: int, sequence: int, count: int = 2, *, base_offset: int = 0, epoch: int = 0):  # type: ignore[no-untyped-def]

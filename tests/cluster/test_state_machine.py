@@ -9,7 +9,7 @@ from raftka.cluster.group_log import (CommittedOffset, GroupLog, MemberRecord, d
 from raftka.cluster.metadata import (BrokerRegistration, MetadataState, TopicRecord, create_topic_command,
                                      delete_topic_command, register_broker_command)
 from raftka.cluster.state_machine import MalformedRecordError, SnapshotFormatError, SnapshotPolicy
-from raftka.partition.batch import encode_batch, stamp_base_offset
+from raftka.wire.batch import encode_batch, stamp_base_offset
 
 MEMBER = MemberRecord("m1", "", "client", ("t",), "", 30_000, frozenset({("t", 0), ("t", 1)}),
                       frozenset({("t", 0)}), frozenset({("t", 0)}), 3)

@@ -10,16 +10,16 @@ import sys
 import textwrap
 import time
 
-from raftka.partition.batch import decode_batch, split_batches
 from raftka.partition.log import LogConfig
 from raftka.partition.store import LogStore
+from raftka.wire.batch import decode_batch, split_batches
 
 CONFIG = LogConfig(segment_bytes=64 * 1024, retention_bytes=-1, retention_ms=-1)
 NAMES = ("crash/0", "crash/1")
 
 WRITER = textwrap.dedent("""
     import sys
-    from raftka.partition.batch import encode_batch
+    from raftka.wire.batch import encode_batch
     from raftka.partition.log import LogConfig
     from raftka.partition.store import LogStore
 

@@ -20,10 +20,10 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from rocksdict import WriteBatch
 
 from raftka.errors import OffsetOutOfRangeError
-from raftka.partition.batch import encode_batch, read_header, split_batches
 from raftka.partition.errors import InvalidOffsetError
 from raftka.partition.log import LogConfig
 from raftka.partition.store import LogStore
+from raftka.wire.batch import encode_batch, read_header, split_batches
 
 NAMES = ("orders/0", "payments/7")
 T0 = 1_000_000

@@ -7,10 +7,10 @@ import threading
 import pytest
 
 from raftka.errors import InvalidBatchError, OffsetOutOfRangeError
-from raftka.partition.batch import encode_batch, split_batches
 from raftka.partition.errors import LogClosedError
 from raftka.partition.log import LogConfig
 from raftka.partition.store import LogStore
+from raftka.wire.batch import encode_batch, split_batches
 
 T0 = 1_000_000
 

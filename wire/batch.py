@@ -103,8 +103,10 @@ class RecordInput(NamedTuple):
     timestamp_ms: int
 
 
-class Record(NamedTuple):
-    """A decoded record. A NamedTuple rather than a dataclass: decoding builds one per record."""
+class BatchRecord(NamedTuple):
+    """A record as its batch holds it, with its absolute offset (`decode_batch`). A consumer's
+    `raftka.client.Record` adds the topic and partition the batch does not know. A NamedTuple rather
+    than a dataclass: decoding builds one per record."""
 
     offset: int
     timestamp_ms: int
@@ -144,7 +146,7 @@ class BatchHeader:
 @dataclass(frozen=True, slots=True)
 class DecodedBatch:
     header: BatchHeader
-    records: list[Record]
+    records: list[BatchRecord]
 
 
 def encode_batch(records: Sequence[Sequence[Any]], *, compression: Compression = Compression.NONE,
@@ -295,8 +297,8 @@ def decode_columns(buf: bytes | bytearray | memoryview, *, verify_crc: bool = Tr
 def decode_batch(buf: bytes | bytearray | memoryview, *, verify_crc: bool = True) -> DecodedBatch:
     """Header and records of the one batch that `buf` starts with, records with absolute offsets."""
     columns = decode_columns(buf, verify_crc=verify_crc)
-    records = list(map(_new_tuple, repeat(Record), zip(columns.offsets, columns.timestamps, columns.keys,
-                                                          columns.values, columns.headers)))
+    records = list(map(_new_tuple, repeat(BatchRecord), zip(columns.offsets, columns.timestamps, columns.keys,
+                                                               columns.values, columns.headers)))
     return DecodedBatch(columns.header, records)
 
 

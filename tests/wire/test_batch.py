@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from raftka.partition.batch import (CRC_START, HEADER_SIZE, TERM_OFFSET, Compression, RecordInput,
+from raftka.errors import BatchError, CorruptBatchError, InvalidBatchError
+from raftka.wire.batch import (CRC_START, HEADER_SIZE, TERM_OFFSET, Compression, RecordInput,
                                     decode_batch, encode_batch, next_offset_after, read_header,
                                     split_batches, stamp_base_offset)
-from raftka.errors import BatchError, CorruptBatchError, InvalidBatchError
 
 T0 = 1_700_000_000_000
 
