@@ -44,13 +44,13 @@ store, and a leader bug (a badly stamped batch) must be an error, not a dead bro
 from __future__ import annotations
 
 import logging
-from typing import Callable, ContextManager, NamedTuple, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 from rocksdict import ReadOptions, Rdict, WriteBatch
 
 from raftka.partition import keys
 from raftka.partition.errors import EntryIndexError, InvalidEntryError, LogError
-from raftka.partition.log import PartitionLog
+from raftka.partition.log import PartitionLog, Staging
 from raftka.wire.batch import read_header
 
 log = logging.getLogger(__name__)
@@ -101,9 +101,6 @@ class _Cached(NamedTuple):
     pointer: _Pointer
     data: bytes
     seq: int
-
-
-Staging = Callable[["RaftEntryLog"], ContextManager[WriteBatch]]
 
 
 class RaftEntryLog:

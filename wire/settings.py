@@ -1,8 +1,16 @@
-"""Settings the client and the broker read the same way: HOST:PORT addresses and bootstrap lists."""
+"""Settings the client and the broker read the same way: HOST:PORT addresses, bootstrap lists, and the
+RAFTKA_* environment variable behind every flag of the `raftka` command."""
 
 from __future__ import annotations
 
-from typing import Sequence
+import os
+from typing import Any, Callable, Sequence
+
+
+def env(name: str, default: Any = None, cast: Callable[[str], Any] = str) -> Any:
+    """RAFTKA_<name> cast to the flag's type, or `default` when it is not set."""
+    value = os.environ.get(f"RAFTKA_{name}")
+    return default if value is None else cast(value)
 
 
 def parse_host_port(text: str) -> tuple[str, int]:
