@@ -18,7 +18,7 @@ from typing import ClassVar
 
 import grpc
 
-from raftka.proto import api_pb2
+from raftka.proto import NO_LEADER, api_pb2
 
 ErrorCode = api_pb2.ErrorCode
 
@@ -255,14 +255,14 @@ class NotLeaderError(RaftkaError):
     status = grpc.StatusCode.FAILED_PRECONDITION
     retriable = True
 
-    def __init__(self, message: str, leader_id: int = -1, leader_address: str = "") -> None:
+    def __init__(self, message: str, leader_id: int = NO_LEADER, leader_address: str = "") -> None:
         super().__init__(message)
         self.leader_id = leader_id
         self.leader_address = leader_address
 
     def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
         hint = ((METADATA_LEADER_ID, str(self.leader_id)), (METADATA_LEADER_ADDRESS, self.leader_address))
-        return super().trailing_metadata() + (hint if self.leader_id >= 0 else ())
+        return super().trailing_metadata() + (hint if self.leader_id != NO_LEADER else ())
 
     def to_proto(self) -> api_pb2.Error:
         return api_pb2.Error(code=self.code, message=self.message, leader_id=self.leader_id,
@@ -284,7 +284,7 @@ def from_proto(error: api_pb2.Error) -> RaftkaError | None:
     if error.code == ErrorCode.NONE:
         return None
     if error.code == ErrorCode.NOT_LEADER:
-        return NotLeaderError(error.message, error.leader_id if error.leader_address else -1,
+        return NotLeaderError(error.message, error.leader_id if error.leader_address else NO_LEADER,
                               error.leader_address)
     return _BY_CODE.get(error.code, RaftkaError)(error.message)
 
@@ -303,6 +303,6 @@ def from_rpc_error(exc: grpc.RpcError) -> RaftkaError:
         return RaftkaError(f"{status.name}: {details}")
     code = ErrorCode.Value(name)
     if code == ErrorCode.NOT_LEADER:
-        leader_id = int(metadata.get(METADATA_LEADER_ID, -1))
+        leader_id = int(metadata.get(METADATA_LEADER_ID, NO_LEADER))
         return NotLeaderError(details, leader_id, metadata.get(METADATA_LEADER_ADDRESS, ""))
     return _BY_CODE.get(code, RaftkaError)(details)

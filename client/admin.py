@@ -21,6 +21,9 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class PartitionInfo:
+    """A partition as `Admin.describe_topic` reports it; `leader` is `raftka.proto.NO_LEADER` (-1)
+    when the broker reporting it knows no leader."""
+
     partition: int
     leader: int
     replicas: tuple[int, ...]

@@ -39,7 +39,7 @@ from raftka.cluster.state_machine import SnapshotPolicy, StateMachineStats
 from raftka.cluster.topics import MAX_BATCH_BYTES_LIMIT
 from raftka.errors import RaftkaError
 from raftka.partition.store import LogStore
-from raftka.proto import api_pb2, raft_pb2
+from raftka.proto import NO_LEADER, api_pb2, raft_pb2
 from raftka.replication.driver import MultiRaft
 from raftka.replication.transport import RaftTransport
 
@@ -68,7 +68,7 @@ async def _enforce_retention(partitions: PartitionManager, committer: GroupCommi
 
 async def _serve_when_led(controller: Controller, health_servicer: health.aio.HealthServicer,
                           services: list[str]) -> None:
-    while controller.leader_id < 0:
+    while controller.leader_id == NO_LEADER:
         await asyncio.sleep(0.05)
     for name in ("", *services):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -220,7 +220,7 @@ async def _register(admin: AdminService, state: BrokerState) -> None:
     request = api_pb2.RegisterBrokerRequest(broker=api_pb2.BrokerInfo(
         id=config.broker_id, address=config.advertised_address, rack=config.rack))
     while state.metadata.brokers().get(config.broker_id) != wanted:
-        if state.controller.leader_id > 0:
+        if state.controller.leader_id != NO_LEADER:
             try:
                 await admin.register(request)
             except RaftkaError as exc:
@@ -231,6 +231,6 @@ async def _register(admin: AdminService, state: BrokerState) -> None:
 async def _drop_orphans_after_replay(partitions: PartitionManager, controller: Controller) -> None:
     """Once this broker has applied the whole committed metadata log, drop logs no topic names."""
     replica = controller.replica
-    while replica.node.applied_index < replica.node.commit_index or controller.leader_id < 0:
+    while replica.node.applied_index < replica.node.commit_index or controller.leader_id == NO_LEADER:
         await asyncio.sleep(0.1)
     partitions.drop_orphans({METADATA_GROUP})

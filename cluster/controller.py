@@ -53,6 +53,7 @@ class Controller:
 
     @property
     def leader_id(self) -> int:
+        """The metadata log's leader, or NO_LEADER while none is known."""
         return self.replica.leader_id
 
     async def create_topic(self, name: str, partitions: int, replication_factor: int, config: TopicConfig,

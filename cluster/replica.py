@@ -39,6 +39,7 @@ from raftka.cluster.topics import TopicConfig
 from raftka.errors import (BatchTooLargeError, InvalidBatchError, NotEnoughReplicasError, NotLeaderError,
                            OffsetOutOfRangeError, RequestTimedOutError, StorageError)
 from raftka.partition.log import PartitionLog
+from raftka.proto import NO_LEADER
 from raftka.replication import errors as raft_errors
 from raftka.replication.driver import MultiRaft
 from raftka.replication.entries import Entry, EntryType
@@ -124,13 +125,13 @@ class RaftReplica:
 
     @property
     def leader_id(self) -> int:
-        """The leader's broker id, or -1 when none is known."""
-        return self.node.leader_id or -1
+        """The leader's broker id, or NO_LEADER when none is known (the Raft core's 0)."""
+        return self.node.leader_id or NO_LEADER
 
     def leadership(self) -> tuple[int, int]:
-        """(leader id, its term) as this replica knows them, or (-1, 0) when it knows no leader."""
+        """(leader id, its term) as this replica knows them, or (NO_LEADER, 0) when it knows no leader."""
         node = self.node
-        return (node.leader_id, node.term) if node.leader_id else (-1, 0)
+        return (node.leader_id, node.term) if node.leader_id else (NO_LEADER, 0)
 
     def in_sync_replicas(self) -> list[int]:
         """On the leader: itself and the followers that are active and hold every committed entry."""
@@ -327,10 +328,10 @@ class RaftReplica:
 
     def _not_leader(self, prefix: str = "") -> NotLeaderError:
         leader = self.leader_id
-        address = self._address_of(leader) if leader >= 0 and leader != self._driver.broker_id else ""
+        address = self._address_of(leader) if leader not in (NO_LEADER, self._driver.broker_id) else ""
         return NotLeaderError(f"{prefix}broker {self._driver.broker_id} does not lead {self.group_id}"
                               + (f"; broker {leader} does" if address else ""),
-                              leader if address else -1, address)
+                              leader if address else NO_LEADER, address)
 
     def _apply(self, entries: Sequence[Entry]) -> None:
         hw = self._hw
