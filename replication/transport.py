@@ -41,7 +41,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from raftka.proto import raft_pb2
-from raftka.replication.codec import CodecError, decode_batch, encode_batch, message_size
+from raftka.replication.codec import CodecError, decode_message_batch, encode_message_batch, message_size
 from raftka.replication.errors import RaftError
 from raftka.replication.messages import Message
 from raftka.wire.settings import parse_host_port
@@ -340,7 +340,7 @@ class RaftTransport:
         try:
             self._tune(writer)
             link = _Link(writer)
-            link.write(encode_batch(self.cluster_id, self.broker_id, peer.id, ()).SerializeToString())
+            link.write(encode_message_batch(self.cluster_id, self.broker_id, peer.id, ()).SerializeToString())
             try:
                 async with asyncio.timeout(timeout):
                     ack = raft_pb2.Ack.FromString(await _read_frame(reader, MAX_ACK_BYTES))
@@ -374,7 +374,7 @@ class RaftTransport:
                 items.append((group, message))
                 size += n
             peer.queued_bytes -= size
-            payload = encode_batch(self.cluster_id, self.broker_id, peer.id, items).SerializeToString()
+            payload = encode_message_batch(self.cluster_id, self.broker_id, peer.id, items).SerializeToString()
             try:
                 link.write(payload)
                 await link.writer.drain()
@@ -410,7 +410,7 @@ class RaftTransport:
         stuck in ``drain`` and discards what the peer never read (nothing of it is delivered later).
         """
         loop = asyncio.get_running_loop()
-        ping = encode_batch(self.cluster_id, self.broker_id, peer.id, ()).SerializeToString()
+        ping = encode_message_batch(self.cluster_id, self.broker_id, peer.id, ()).SerializeToString()
         interval = self.options.ping_interval_s
         link.heard = loop.time()
 
@@ -555,7 +555,7 @@ class RaftTransport:
             raise _Refused(Refusal.MALFORMED, f"connection of broker {sender} carries a batch from broker "
                                               f"{batch.from_broker}")
         try:
-            messages = decode_batch(batch)
+            messages = decode_message_batch(batch)
         except CodecError as exc:
             raise _Refused(Refusal.MALFORMED, f"batch from broker {batch.from_broker}: {exc}") from None
         if sender is None or not messages:
