@@ -1,8 +1,11 @@
 """The record-batch format: the unit a producer builds, the broker stores and a consumer decodes.
 
-A batch is built once by the producer (`encode_batch`), checked and stamped with its base offset by
-the broker (`read_header`, `stamp_base_offset`), stored and served whole, and decoded by the consumer
-(`decode_batch`). The broker never looks past the header: per-record work is client work.
+A batch is built once by the producer (`encode_batch`), checked and stamped with its base offset and
+Raft term by the partition leader (`split_batches`, `stamp_replicated`), stored and served whole, and
+decoded by the consumer (`decode_columns`). The broker never looks past the header: per-record work
+is client work, except in the broker's own internal logs (`decode_batch`). Both sides speak this
+format, so it lives in `raftka.wire`; a bad batch raises `raftka.errors.CorruptBatchError` or
+`InvalidBatchError` wherever it is found.
 
 Header (61 bytes, every integer big-endian, fixed width)::
 
@@ -237,11 +240,6 @@ def next_offset_after(buf: bytes | bytearray | memoryview) -> int | None:
         last = position
         position += _BASE_AND_LENGTH.unpack_from(buf, position)[1]
     return batch_next_offset(buf, last) if last >= 0 else None
-
-
-def stamp_base_offset(buf: bytes | bytearray | memoryview, base_offset: int) -> bytes:
-    """A copy of the batch in `buf` with its base offset set; the CRC stays valid (it skips the field)."""
-    return b"".join((_U64.pack(base_offset), memoryview(buf)[8:]))
 
 
 def stamp_replicated(buf: bytes | bytearray | memoryview, base_offset: int, term: int) -> bytes:

@@ -10,7 +10,7 @@ from raftka.errors import InvalidBatchError, OffsetOutOfRangeError
 from raftka.partition.errors import LogClosedError
 from raftka.partition.log import LogConfig
 from raftka.partition.store import LogStore
-from raftka.wire.batch import encode_batch, split_batches, stamp_base_offset
+from raftka.wire.batch import encode_batch, split_batches, stamp_replicated
 
 T0 = 1_000_000
 
@@ -21,7 +21,7 @@ def batch(size=100, count=1, ts=T0):
 
 def append(log, data):
     """Stage `data` at the log's end, stamped there as the Raft leader stamps it."""
-    return log.append_stamped(stamp_base_offset(data, log.end_offset))
+    return log.append_stamped(stamp_replicated(data, log.end_offset, 0))
 
 
 def apply_retention(log, now_ms):
