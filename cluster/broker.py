@@ -77,9 +77,10 @@ async def _serve_when_led(controller: Controller, health_servicer: health.aio.He
 
 def run(config: BrokerConfig) -> int:
     """Run one broker until SIGTERM/SIGINT, on uvloop where it is installed (every platform but
-    Windows): a write crosses about twenty event-loop hops on three brokers, and uvloop's cheaper
-    hops cut the bench's sync publish p50/p99 from 1.94-2.04/2.45-2.66 to 1.83-1.91/2.31-2.40 ms
-    and end-to-end from 3.52-3.55/5.53-5.65 to 3.28-3.36/5.01-5.21 ms (three alternating runs)."""
+    Windows): a write crosses about twenty event-loop hops on three brokers, and uvloop's hops are
+    cheaper. Measured on the development machine (three alternating runs), it cut the bench's sync
+    publish p50/p99 from 1.94-2.04/2.45-2.66 to 1.83-1.91/2.31-2.40 ms and end-to-end from
+    3.52-3.55/5.53-5.65 to 3.28-3.36/5.01-5.21 ms."""
     try:
         import uvloop
     except ImportError:

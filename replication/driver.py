@@ -259,7 +259,7 @@ class MultiRaft:
     async def _run(self) -> None:
         """Rounds run whenever there is work; a timer marks each tick due. One timer per tick
         rather than a timeout per wait: arming `asyncio.timeout` on every wake cost about 5% of the
-        leader's event loop at 1,000 writes/s."""
+        leader's event loop at 1,000 writes/s (measured on the development machine)."""
         loop = asyncio.get_running_loop()
         ticker = loop.call_later(self._tick_interval_s, self._tick_due)
         try:
