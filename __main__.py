@@ -1,5 +1,5 @@
 """`python -m raftka` runs the `raftka` command."""
 
-from raftka.client.cli import main
+from raftka.cli import main
 
 raise SystemExit(main())

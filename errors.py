@@ -4,6 +4,12 @@ Every error has one machine-readable `ErrorCode` (from the v1 API) and one gRPC 
 turns an error into a gRPC status whose trailing metadata repeats the code and, for NOT_LEADER, the
 leader hint; the client turns that status back into the same class (`from_rpc_error`). Streams that
 report per-item outcomes use the `Error` message instead (`to_proto` / `from_proto`).
+
+These are the only classes for what the API has a code for, on either side and in every layer: the
+record-batch format raises CorruptBatchError and InvalidBatchError whether the producer, the broker or
+a consumer meets the bad batch, and the broker's partition log raises OffsetOutOfRangeError. Lower
+layers name their own errors only for what means something else (`raftka.partition.errors`,
+`raftka.replication.errors`), and the broker turns those into one of these where they reach a client.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ from typing import ClassVar
 
 import grpc
 
-from raftka.proto import api_pb2
+from raftka.proto import NO_LEADER, api_pb2
 
 ErrorCode = api_pb2.ErrorCode
 
@@ -75,16 +81,42 @@ class InvalidConfigError(RaftkaError):
 
 
 class OffsetOutOfRangeError(RaftkaError):
+    """The offset lies outside the partition's log. Where the log's bounds are known (the broker's
+    partition log raises it) they are named too: `offset`, `start_offset` and `end_offset`
+    (exclusive); the API carries only the message, so a client receives None for them."""
+
     code = ErrorCode.OFFSET_OUT_OF_RANGE
     status = grpc.StatusCode.OUT_OF_RANGE
 
+    def __init__(self, message: str, *, offset: int | None = None, start_offset: int | None = None,
+                 end_offset: int | None = None) -> None:
+        super().__init__(message)
+        self.offset = offset
+        self.start_offset = start_offset
+        self.end_offset = end_offset
 
-class CorruptBatchError(RaftkaError):
+
+class BatchError(RaftkaError):
+    """A record batch that cannot be accepted, whoever finds it: the producer encoding it, the broker
+    checking a produce request, a consumer decoding a fetch (`raftka.wire.batch` raises them). Only
+    its two kinds are raised; `position` is the batch's byte offset in the buffer examined (0 when
+    unknown, as after the API, which carries only the message)."""
+
+    def __init__(self, message: str, *, position: int = 0) -> None:
+        super().__init__(message)
+        self.position = position
+
+
+class CorruptBatchError(BatchError):
+    """The bytes are damaged: the CRC32C does not match, or the buffer ends inside the batch."""
+
     code = ErrorCode.CORRUPT_BATCH
     status = grpc.StatusCode.DATA_LOSS
 
 
-class InvalidBatchError(RaftkaError):
+class InvalidBatchError(BatchError):
+    """The bytes are intact but do not form a batch this build accepts (bad magic, length, fields)."""
+
     code = ErrorCode.INVALID_BATCH
 
 
@@ -230,23 +262,28 @@ class NotLeaderError(RaftkaError):
     status = grpc.StatusCode.FAILED_PRECONDITION
     retriable = True
 
-    def __init__(self, message: str, leader_id: int = -1, leader_address: str = "") -> None:
+    def __init__(self, message: str, leader_id: int = NO_LEADER, leader_address: str = "") -> None:
         super().__init__(message)
         self.leader_id = leader_id
         self.leader_address = leader_address
 
     def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
         hint = ((METADATA_LEADER_ID, str(self.leader_id)), (METADATA_LEADER_ADDRESS, self.leader_address))
-        return super().trailing_metadata() + (hint if self.leader_id >= 0 else ())
+        return super().trailing_metadata() + (hint if self.leader_id != NO_LEADER else ())
 
     def to_proto(self) -> api_pb2.Error:
         return api_pb2.Error(code=self.code, message=self.message, leader_id=self.leader_id,
                              leader_address=self.leader_address)
 
 
+def _descendants(cls: type[RaftkaError]) -> list[type[RaftkaError]]:
+    return [sub for child in cls.__subclasses__() for sub in (child, *_descendants(child))]
+
+
 _BY_CODE: dict[int, type[RaftkaError]] = {
-    cls.code: cls for cls in RaftkaError.__subclasses__() if cls.code != ErrorCode.NONE
+    cls.code: cls for cls in _descendants(RaftkaError) if "code" in vars(cls) and cls.code != ErrorCode.NONE
 }
+"""The class of each ErrorCode: the one that names it (a grouping such as BatchError names none)."""
 
 
 def from_proto(error: api_pb2.Error) -> RaftkaError | None:
@@ -254,7 +291,7 @@ def from_proto(error: api_pb2.Error) -> RaftkaError | None:
     if error.code == ErrorCode.NONE:
         return None
     if error.code == ErrorCode.NOT_LEADER:
-        return NotLeaderError(error.message, error.leader_id if error.leader_address else -1,
+        return NotLeaderError(error.message, error.leader_id if error.leader_address else NO_LEADER,
                               error.leader_address)
     return _BY_CODE.get(error.code, RaftkaError)(error.message)
 
@@ -273,6 +310,6 @@ def from_rpc_error(exc: grpc.RpcError) -> RaftkaError:
         return RaftkaError(f"{status.name}: {details}")
     code = ErrorCode.Value(name)
     if code == ErrorCode.NOT_LEADER:
-        leader_id = int(metadata.get(METADATA_LEADER_ID, -1))
+        leader_id = int(metadata.get(METADATA_LEADER_ID, NO_LEADER))
         return NotLeaderError(details, leader_id, metadata.get(METADATA_LEADER_ADDRESS, ""))
     return _BY_CODE.get(code, RaftkaError)(details)

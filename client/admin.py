@@ -10,17 +10,20 @@ from typing import Callable, Mapping, NamedTuple, Sequence, TypeVar
 import grpc
 
 from raftka.client.connection import ClusterConnection
-from raftka.client.membership import GroupCoordinatorClient, from_group_partitions
-from raftka.client.records import TopicPartition
+from raftka.client.membership import GroupCoordinatorClient
 from raftka.errors import (GroupNotEmptyError, OffsetOutOfRangeError, TopicExistsError, UnknownTopicError,
                            from_rpc_error)
 from raftka.proto import api_pb2, api_pb2_grpc
+from raftka.wire.structs import TopicPartition, from_group_partitions
 
 T = TypeVar("T")
 
 
 @dataclass(frozen=True)
 class PartitionInfo:
+    """A partition as `Admin.describe_topic` reports it; `leader` is `raftka.proto.NO_LEADER` (-1)
+    when the broker reporting it knows no leader."""
+
     partition: int
     leader: int
     replicas: tuple[int, ...]

@@ -31,8 +31,9 @@ from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar
 from raftka.client.accumulator import RecordFuture
 from raftka.client.consumer import ITERATOR_POLL_MS, Consumer
 from raftka.client.producer import Producer
-from raftka.client.records import Record, RecordMetadata, TopicPartition
+from raftka.client.records import Record, RecordMetadata
 from raftka.errors import BufferExhaustedError
+from raftka.wire.structs import TopicPartition
 
 T = TypeVar("T")
 

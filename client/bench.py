@@ -1,4 +1,5 @@
-"""`raftka bench`: the throughput and latency figures of issue 7, through the public client API only.
+"""`raftka bench`: the throughput and latency figures README's "Benchmark" section reports, through the
+public client API only.
 
     scripts/bench [--quick] [--bootstrap HOST:PORT] [--output bench-results.json]
 
@@ -40,7 +41,7 @@ from raftka.client.admin import Admin
 from raftka.client.consumer import Consumer
 from raftka.client.local import LocalBroker, free_port, plan
 from raftka.client.producer import Producer
-from raftka.client.records import TopicPartition
+from raftka.wire.structs import TopicPartition
 
 RESULT_FIELDS = ("system", "workload", "msg_size", "msgs_per_s", "MB_per_s", "p50_ms", "p99_ms", "notes")
 MEMORY_FILESYSTEMS = frozenset({"tmpfs", "ramfs", "devtmpfs", "hugetlbfs"})
@@ -455,7 +456,8 @@ def baseline(count: int, sizes: Sequence[int], *, budget_s: float = 30.0) -> lis
     """The windowed publish through a 3-node pysyncobj log; a note instead when pysyncobj is missing.
 
     Each size publishes `count` records or for `budget_s`, whichever comes first (stock pysyncobj
-    manages ~10k small commands/s), and reports the rate of what was acknowledged.
+    managed 9-17k small commands/s on the development machine), and reports the rate of what was
+    acknowledged.
     """
     if importlib.util.find_spec("pysyncobj") is None:
         return [Result("pysyncobj", "publish", size, notes="skipped: pysyncobj is not installed "

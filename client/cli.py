@@ -1,4 +1,6 @@
-"""The `raftka` command: run brokers, manage topics, produce and consume from a shell.
+"""The `raftka` command's client side: manage topics and groups, produce and consume from a shell, and
+run `raftka local` and `raftka bench`. `raftka.cli`, the entry point, adds `raftka broker`
+(`raftka.cluster.cli`), so that the client never imports the broker.
 
 Every flag has an environment variable (`--bootstrap` is RAFTKA_BOOTSTRAP, `raftka broker --data-dir`
 is RAFTKA_DATA_DIR, ...), so containers are configured without a wrapper script. `--format json` turns
@@ -19,20 +21,21 @@ import base64
 import binascii
 import json
 import logging
-import os
 import signal
-import socket
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from raftka.client.local import DEFAULT_LOCAL_BROKERS
-from raftka.client.records import Record, TopicPartition, first_offsets
+from raftka.client.records import Record, first_offsets
 from raftka.errors import RaftkaError, TopicExistsError, UnknownTopicError
+from raftka.wire.settings import env
+from raftka.wire.structs import TopicPartition
 
 if TYPE_CHECKING:
     from raftka.client.consumer import Consumer
@@ -41,11 +44,6 @@ DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 STOP_CHECK_MS = 200
 """`raftka consume` notices a stop signal within this long while it waits for records."""
-
-
-def _env(name: str, default: Any = None, cast: Callable[[str], Any] = str) -> Any:
-    value = os.environ.get(f"RAFTKA_{name}")
-    return default if value is None else cast(value)
 
 
 def _client_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
@@ -60,75 +58,33 @@ def _client_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
                              "default 30000)")
 
 
-def build_parser() -> argparse.ArgumentParser:
+@dataclass(frozen=True)
+class Command:
+    """A `raftka` command defined outside the client (`raftka.cli` adds the broker's): its help line,
+    what adds its flags to its parser, and what runs it."""
+
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+def build_parser(extra: Mapping[str, Command]) -> argparse.ArgumentParser:
+    """The `raftka` parser: the `extra` commands first, then the client's."""
     parser = argparse.ArgumentParser(prog="raftka", description="Raftka: a Raft-replicated, durable log.")
     parser.add_argument("--version", action=_Version, help="print the client's version and, when a broker at "
                         "--bootstrap answers within 2 s, the cluster's; then exit")
     _client_options(parser, suppress=False)
-    parser.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"), help="env RAFTKA_LOG_LEVEL")
+    parser.add_argument("--log-level", default=env("LOG_LEVEL", "INFO"), help="env RAFTKA_LOG_LEVEL")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    broker = commands.add_parser("broker", help="run one broker in the foreground, or decommission one")
-    broker.add_argument("action", nargs="?", choices=("decommission", "recommission"),
-                        help="instead of running a broker: mark broker TARGET draining (no new replicas go to "
-                             "it), or not any more")
-    broker.add_argument("target", nargs="?", type=int, help="the broker id to decommission or recommission")
-    _client_options(broker, suppress=True)
-    broker.add_argument("--id", type=int, default=_env("ID", None, int), help="broker id (env RAFTKA_ID)")
-    broker.add_argument("--id-from-hostname", action="store_true", default=_env("ID_FROM_HOSTNAME", False, _flag),
-                        help="take the id from the number at the end of the host name plus --id-offset, as a "
-                             "StatefulSet's pod ordinal (raftka-0 is broker 1 by default) "
-                             "(env RAFTKA_ID_FROM_HOSTNAME=1)")
-    broker.add_argument("--id-offset", type=int, default=_env("ID_OFFSET", 1, int),
-                        help="added to the host name's number with --id-from-hostname (env RAFTKA_ID_OFFSET; "
-                             "default 1)")
-    broker.add_argument("--join", default=_env("JOIN", ""),
-                        help="HOST:PORT[,...] of brokers of a running cluster: start a broker that is not a "
-                             "founding controller; it registers and follows the metadata log as a learner "
-                             "(env RAFTKA_JOIN)")
-    broker.add_argument("--replace", action="store_true", default=_env("REPLACE", False, _flag),
-                        help="this broker's data directory is new (its disk was lost or replaced): take over "
-                             "its id; refused without it (env RAFTKA_REPLACE=1)")
-    broker.add_argument("--listen", default=_env("LISTEN", "127.0.0.1:9092"),
-                        help="HOST:PORT to serve on (env RAFTKA_LISTEN; default 127.0.0.1:9092)")
-    broker.add_argument("--advertise", default=_env("ADVERTISE", ""),
-                        help="HOST:PORT clients should use, if not --listen (env RAFTKA_ADVERTISE)")
-    broker.add_argument("--raft-listen", default=_env("RAFT_LISTEN", ""),
-                        help="HOST:PORT for inter-broker Raft connections (env RAFTKA_RAFT_LISTEN; default the "
-                             "--listen host and any free port, which peers learn over gRPC)")
-    broker.add_argument("--data-dir", type=Path, default=_env("DATA_DIR", None, Path),
-                        help="directory for this broker's data (env RAFTKA_DATA_DIR)")
-    broker.add_argument("--peers", default=_env("PEERS", ""),
-                        help="every broker of the cluster as ID=HOST:PORT[@RACK],... including this one; "
-                             "omitted: a one-broker cluster (env RAFTKA_PEERS)")
-    broker.add_argument("--rack", default=_env("RACK", ""),
-                        help="this broker's rack or zone; replicas of a partition are spread over racks "
-                             "(env RAFTKA_RACK)")
-    broker.add_argument("--cluster-id", default=_env("CLUSTER_ID", "raftka"),
-                        help="brokers refuse Raft traffic from another cluster id (env RAFTKA_CLUSTER_ID)")
-    broker.add_argument("--metrics-port", type=int, default=_env("METRICS_PORT", None, int),
-                        help="serve Prometheus /metrics on this port (env RAFTKA_METRICS_PORT)")
-    broker.add_argument("--metrics-host", default=_env("METRICS_HOST", "127.0.0.1"),
-                        help="address for /metrics (env RAFTKA_METRICS_HOST; default 127.0.0.1)")
-    broker.add_argument("--leader-balance-delay-ms", type=int, default=_env("LEADER_BALANCE_DELAY_MS", 30_000, int),
-                        help="hand leadership back to an in-sync preferred leader after this long "
-                             "(env RAFTKA_LEADER_BALANCE_DELAY_MS; default 30000)")
-    broker.add_argument("--retention-check-ms", type=int, default=_env("RETENTION_CHECK_MS", 60_000, int),
-                        help="how often expired segments are deleted (env RAFTKA_RETENTION_CHECK_MS; default 60000)")
-    broker.add_argument("--offsets-partitions", type=int, default=_env("OFFSETS_PARTITIONS", 8, int),
-                        help="partitions of __consumer_offsets, the consumer groups' topic, when it is created "
-                             "(env RAFTKA_OFFSETS_PARTITIONS; default 8)")
-    broker.add_argument("--snapshot-bytes", type=int, default=_env("SNAPSHOT_BYTES", 4 << 20, int),
-                        help="snapshot the metadata and group state once this many bytes of their log "
-                             "(and twice the last snapshot's size) were applied since the last snapshot, and "
-                             "truncate the log behind it (env RAFTKA_SNAPSHOT_BYTES; default 4194304)")
+    for name, command in extra.items():
+        command.add_arguments(commands.add_parser(name, help=command.help))
 
     local = commands.add_parser("local", help="run a local development cluster in the foreground")
-    local.add_argument("--brokers", type=int, default=_env("LOCAL_BROKERS", DEFAULT_LOCAL_BROKERS, int),
+    local.add_argument("--brokers", type=int, default=env("LOCAL_BROKERS", DEFAULT_LOCAL_BROKERS, int),
                        help="number of brokers (env RAFTKA_LOCAL_BROKERS; default 3)")
-    local.add_argument("--data-dir", type=Path, default=_env("LOCAL_DATA_DIR", Path("raftka-data"), Path),
+    local.add_argument("--data-dir", type=Path, default=env("LOCAL_DATA_DIR", Path("raftka-data"), Path),
                        help="where the brokers keep data (env RAFTKA_LOCAL_DATA_DIR; default ./raftka-data)")
-    local.add_argument("--base-port", type=int, default=_env("LOCAL_BASE_PORT", 9092, int),
+    local.add_argument("--base-port", type=int, default=env("LOCAL_BASE_PORT", 9092, int),
                        help="broker i listens on base-port + i (env RAFTKA_LOCAL_BASE_PORT; default 9092)")
 
     topic = commands.add_parser("topic", help="create, list, describe and delete topics")
@@ -234,16 +190,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(extra: Mapping[str, Command], argv: Sequence[str] | None = None) -> int:
+    """Run the command `argv` names (the client's, or one of `extra`); the exit status."""
+    args = build_parser(extra).parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     if args.command != "bench":
-        args.bootstrap = args.bootstrap or _env("BOOTSTRAP", DEFAULT_BOOTSTRAP)
-        args.format = args.format or _env("FORMAT", "text")
-        args.timeout_ms = args.timeout_ms or _env("REQUEST_TIMEOUT_MS", 30_000, int)
+        args.bootstrap = args.bootstrap or env("BOOTSTRAP", DEFAULT_BOOTSTRAP)
+        args.format = args.format or env("FORMAT", "text")
+        args.timeout_ms = args.timeout_ms or env("REQUEST_TIMEOUT_MS", 30_000, int)
     try:
-        return COMMANDS[args.command](args)
+        return extra[args.command].run(args) if args.command in extra else COMMANDS[args.command](args)
     except RaftkaError as exc:
         print(f"raftka: {type(exc).__name__}: {exc.message}", file=sys.stderr)
         return 1
@@ -254,29 +211,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def cmd_broker(args: argparse.Namespace) -> int:
-    if args.action is not None:
-        return _drain(args)
-    from raftka.cluster.broker import run
-    from raftka.cluster.config import BrokerConfig, parse_peers
-
-    broker_id = _id_from_hostname(socket.gethostname(), args.id_offset) if args.id_from_hostname else args.id
-    if broker_id is None or args.data_dir is None:
-        raise ValueError("raftka broker needs --id (or --id-from-hostname) and --data-dir (or RAFTKA_ID and "
-                         "RAFTKA_DATA_DIR)")
-    peers, racks = parse_peers(args.peers)
-    join = tuple(seed.strip() for seed in args.join.split(",") if seed.strip())
-    return run(BrokerConfig(broker_id=broker_id, listen=args.listen, advertise=args.advertise, join=join,
-                            replace=args.replace,
-                            raft_listen=args.raft_listen, data_dir=args.data_dir, peers=peers, racks=racks,
-                            rack=args.rack, cluster_id=args.cluster_id, metrics_port=args.metrics_port,
-                            metrics_host=args.metrics_host,
-                            retention_check_interval_s=args.retention_check_ms / 1000,
-                            leader_balance_delay_s=args.leader_balance_delay_ms / 1000,
-                            offsets_partitions=args.offsets_partitions, snapshot_bytes=args.snapshot_bytes))
+def add_broker_admin_arguments(parser: argparse.ArgumentParser) -> None:
+    """The client's part of `raftka broker`: `raftka broker decommission|recommission N` (`raftka.cli`
+    adds the flags that run a broker)."""
+    parser.add_argument("action", nargs="?", choices=("decommission", "recommission"),
+                        help="instead of running a broker: mark broker TARGET draining (no new replicas go to "
+                             "it), or not any more")
+    parser.add_argument("target", nargs="?", type=int, help="the broker id to decommission or recommission")
+    _client_options(parser, suppress=True)
 
 
-def _drain(args: argparse.Namespace) -> int:
+def cmd_broker_admin(args: argparse.Namespace) -> int:
+    """`raftka broker decommission|recommission N`; `raftka.cli` sends the `broker` command here when it
+    names an action instead of running a broker."""
     from raftka.client.admin import Admin
 
     if args.target is None:
@@ -637,8 +584,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
-    "broker": cmd_broker, "local": cmd_local, "topic": cmd_topic, "cluster": cmd_cluster, "group": cmd_group,
-    "produce": cmd_produce,
+    "local": cmd_local, "topic": cmd_topic, "cluster": cmd_cluster, "group": cmd_group, "produce": cmd_produce,
     "consume": cmd_consume,
     "bench": cmd_bench,
 }
@@ -649,18 +595,6 @@ def _key_value(item: str, flag: str) -> tuple[str, str]:
     if not sep or not key:
         raise ValueError(f"{flag} expects KEY=VALUE, got {item!r}")
     return key, value
-
-
-def _flag(text: str) -> bool:
-    return text.strip().lower() in ("1", "true", "yes", "on")
-
-
-def _id_from_hostname(hostname: str, offset: int) -> int:
-    """`raftka-2` (a StatefulSet's pod 2) with offset 1 is broker 3."""
-    digits = len(hostname) - len(hostname.rstrip("0123456789"))
-    if not digits:
-        raise ValueError(f"--id-from-hostname: host name {hostname!r} does not end in a number")
-    return int(hostname[-digits:]) + offset
 
 
 def _positive(text: str) -> int:
@@ -711,11 +645,11 @@ class _Version(argparse.Action):
         import grpc
 
         from raftka import __version__
-        from raftka.client.connection import parse_bootstrap
+        from raftka.wire.settings import parse_bootstrap
         from raftka.proto import api_pb2, api_pb2_grpc
 
         print(f"raftka {__version__} (client)")
-        bootstrap = getattr(namespace, "bootstrap", None) or _env("BOOTSTRAP", DEFAULT_BOOTSTRAP)
+        bootstrap = getattr(namespace, "bootstrap", None) or env("BOOTSTRAP", DEFAULT_BOOTSTRAP)
         for address in parse_bootstrap(bootstrap):
             try:
                 with grpc.insecure_channel(address) as channel:
@@ -757,6 +691,3 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
     print(json.dumps(data, indent=None) if args.format == "json" else text)
 
-
-if __name__ == "__main__":
-    sys.exit(main())

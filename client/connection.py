@@ -20,7 +20,8 @@ import grpc
 
 from raftka.errors import (BrokerUnavailableError, NotLeaderError, RaftkaError, RequestTimedOutError,
                            UnknownPartitionError, UnknownTopicError, from_proto, from_rpc_error)
-from raftka.proto import api_pb2, api_pb2_grpc
+from raftka.proto import NO_LEADER, api_pb2, api_pb2_grpc
+from raftka.wire.settings import parse_bootstrap
 
 log = logging.getLogger(__name__)
 
@@ -51,20 +52,7 @@ LEADER_QUERY_TIMEOUT_S = 2.0
 
 
 def _leaderless(response: api_pb2.MetadataResponse) -> bool:
-    return any(p.leader_id < 0 for t in response.topics for p in t.partitions)
-
-
-def parse_bootstrap(bootstrap: str | Sequence[str]) -> list[str]:
-    """`"h1:p1,h2:p2"` or a list of addresses, validated as HOST:PORT."""
-    items = bootstrap.split(",") if isinstance(bootstrap, str) else list(bootstrap)
-    addresses = [item.strip() for item in items if item.strip()]
-    if not addresses:
-        raise ValueError("bootstrap names no broker; expected HOST:PORT[,HOST:PORT...]")
-    for address in addresses:
-        host, sep, port = address.rpartition(":")
-        if not sep or not host or not port.isdigit():
-            raise ValueError(f"bootstrap address {address!r} is not HOST:PORT")
-    return addresses
+    return any(p.leader_id == NO_LEADER for t in response.topics for p in t.partitions)
 
 
 @dataclass(frozen=True)
@@ -185,11 +173,11 @@ class ClusterConnection:
             except grpc.RpcError:
                 self.suspect(address)
                 continue
-            known = {(t.name, p.partition): p for t in answer.topics for p in t.partitions if p.leader_id >= 0}
+            known = {(t.name, p.partition): p for t in answer.topics for p in t.partitions if p.leader_id != NO_LEADER}
             for topic in response.topics:
                 for partition in topic.partitions:
                     other = known.get((topic.name, partition.partition))
-                    if other is not None and (partition.leader_id < 0 or other.leader_epoch > partition.leader_epoch):
+                    if other is not None and (partition.leader_id == NO_LEADER or other.leader_epoch > partition.leader_epoch):
                         partition.leader_id, partition.leader_epoch = other.leader_id, other.leader_epoch
             if not _leaderless(response):
                 return
@@ -230,7 +218,7 @@ class ClusterConnection:
         any other retriable error marks the topic stale, so the next lookup asks a broker again."""
         with self._lock:
             metadata = self._topics.get(topic)
-            if isinstance(error, NotLeaderError) and error.leader_id >= 0 and metadata is not None \
+            if isinstance(error, NotLeaderError) and error.leader_id != NO_LEADER and metadata is not None \
                     and 0 <= partition < len(metadata.partitions):
                 metadata.partitions[partition].leader_id = error.leader_id
                 if error.leader_address:

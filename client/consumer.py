@@ -49,10 +49,11 @@ from typing import Callable, Iterable, Mapping, Sequence
 from raftka.client.connection import ClusterConnection
 from raftka.client.fetcher import FetchConfig, Fetcher
 from raftka.client.membership import GroupCoordinatorClient, GroupMembership
-from raftka.client.records import Record, TopicPartition, first_offsets
+from raftka.client.records import Record, first_offsets
 from raftka.errors import (ClientClosedError, RaftkaError, UnknownMemberIdError, UnknownPartitionError,
                            UnknownTopicError)
 from raftka.proto import api_pb2
+from raftka.wire.structs import TopicPartition
 
 log = logging.getLogger(__name__)
 

@@ -43,17 +43,17 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from itertools import islice, repeat
-from typing import Callable, Iterable, Mapping
+from typing import Callable, Iterable, Iterator, Mapping
 
 import grpc
 
 from raftka.client.connection import Backoff, ClusterConnection
-from raftka.client.records import Record, TopicPartition
-from raftka.errors import (BrokerUnavailableError, ClientClosedError, CorruptBatchError, InternalError,
+from raftka.client.records import Record
+from raftka.errors import (BatchError, BrokerUnavailableError, ClientClosedError, CorruptBatchError, InternalError,
                            OffsetOutOfRangeError, RaftkaError, from_proto, from_rpc_error)
-from raftka.partition import errors as batch_errors
-from raftka.partition.batch import decode_columns, split_batches
 from raftka.proto import api_pb2, api_pb2_grpc
+from raftka.wire.batch import DecodedColumns, decode_columns, split_batches
+from raftka.wire.structs import TopicPartition
 
 log = logging.getLogger(__name__)
 
@@ -80,24 +80,30 @@ def decode_records(tp: TopicPartition, data: bytes, offset: int) -> tuple[list[R
     Records are built straight from the decoder's columns by C-level zips: the per-record cost is
     what bounds a Python consumer's throughput."""
     topic, partition = repeat(tp.topic), repeat(tp.partition)
-    try:
-        spans = split_batches(data)
-        view = memoryview(data)
-        chunk: list[Record] = []
-        for start, end in spans:
-            batch = decode_columns(view[start:end], verify_crc=False)
-            header = batch.header
-            if header.base_offset > offset:
-                raise CorruptBatchError(f"fetch from {tp} skipped offsets {offset} to {header.base_offset - 1}")
-            skip = max(0, offset - header.base_offset)
-            if skip < header.record_count:
-                rows = zip(topic, partition, batch.offsets, batch.keys, batch.values, batch.headers,
-                           batch.timestamps)
-                chunk.extend(map(_new_tuple, repeat(Record), islice(rows, skip, None) if skip else rows))
-            offset = max(offset, header.next_offset)
-    except batch_errors.BatchError as exc:
-        raise CorruptBatchError(f"fetch from {tp} returned a bad batch: {exc}") from None
+    chunk: list[Record] = []
+    for batch in _decoded_batches(tp, data):
+        header = batch.header
+        if header.base_offset > offset:
+            raise CorruptBatchError(f"fetch from {tp} skipped offsets {offset} to {header.base_offset - 1}")
+        skip = max(0, offset - header.base_offset)
+        if skip < header.record_count:
+            rows = zip(topic, partition, batch.offsets, batch.keys, batch.values, batch.headers,
+                       batch.timestamps)
+            chunk.extend(map(_new_tuple, repeat(Record), islice(rows, skip, None) if skip else rows))
+        offset = max(offset, header.next_offset)
     return chunk, offset
+
+
+def _decoded_batches(tp: TopicPartition, data: bytes) -> Iterator[DecodedColumns]:
+    """The batches of fetched `data`, decoded one by one. A bad batch is CorruptBatchError naming the
+    partition, whether the format calls it corrupt or invalid: the broker accepted it, so it was damaged
+    since."""
+    try:
+        view = memoryview(data)
+        for start, end in split_batches(data):
+            yield decode_columns(view[start:end], verify_crc=False)
+    except BatchError as exc:
+        raise CorruptBatchError(f"fetch from {tp} returned a bad batch: {exc}") from None
 
 
 @dataclass(eq=False, slots=True)

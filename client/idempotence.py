@@ -16,7 +16,7 @@ from __future__ import annotations
 import threading
 from typing import Callable
 
-from raftka.client.records import TopicPartition
+from raftka.wire.structs import TopicPartition
 
 MAX_SEQUENCE = 2**31 - 1
 """Sequences are i32 in the batch header; a partition about to pass it moves to a fresh id."""

@@ -22,14 +22,14 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Callable, Iterable, Mapping, Sequence, TypeVar
+from typing import Callable, Mapping, Sequence, TypeVar
 
 import grpc
 
 from raftka.client.connection import Backoff, ClusterConnection
-from raftka.client.records import TopicPartition
 from raftka.errors import RaftkaError, UnknownMemberIdError, from_proto, from_rpc_error
 from raftka.proto import api_pb2, api_pb2_grpc
+from raftka.wire.structs import TopicPartition, as_group_partitions, from_group_partitions
 
 log = logging.getLogger(__name__)
 
@@ -47,18 +47,6 @@ class AssignmentChange:
     member_epoch: int
     generation: int
     lost: bool = False
-
-
-def as_group_partitions(tps: Iterable[tuple[str, int]]) -> list[api_pb2.GroupPartitions]:
-    """(topic, partition) pairs as the API's per-topic lists (shared with the broker's coordinator)."""
-    by_topic: dict[str, list[int]] = {}
-    for topic, partition in sorted(tps):
-        by_topic.setdefault(topic, []).append(partition)
-    return [api_pb2.GroupPartitions(topic=topic, partitions=partitions) for topic, partitions in by_topic.items()]
-
-
-def from_group_partitions(items: Iterable[api_pb2.GroupPartitions]) -> frozenset[TopicPartition]:
-    return frozenset(TopicPartition(item.topic, p) for item in items for p in item.partitions)
 
 
 class GroupCoordinatorClient:

@@ -1,46 +1,13 @@
-"""Choosing a partition for a record: Kafka-compatible key hashing, sticky placement without a key.
+"""The producer's choice of partition for unkeyed records: sticky placement (Kafka's KIP-480/KIP-794).
 
-Keyed records go to `toPositive(murmur2(key)) % partitions`, exactly as Kafka's default partitioner
-does, so a key lands on the same partition number as it would with a Kafka client. Unkeyed records
-stick to one partition until its batch is sent (KIP-480), which fills batches instead of spreading a
-trickle of records over every partition.
+Keyed records follow `raftka.wire.partitioning.partition_for_key` instead. Unkeyed records stick to
+one partition until `batch_size` bytes of them went to it, which fills batches instead of spreading a
+trickle of records over every partition, and still spreads a slow producer's records.
 """
 
 from __future__ import annotations
 
 import random
-
-_M = 0x5BD1E995
-_MASK = 0xFFFFFFFF
-
-
-def murmur2(data: bytes) -> int:
-    """Kafka's 32-bit murmur2 (seed 0x9747b28c), as a signed int like Java's."""
-    length = len(data)
-    h = (0x9747B28C ^ length) & _MASK
-    whole = length & ~3
-    for i in range(0, whole, 4):
-        k = int.from_bytes(data[i:i + 4], "little")
-        k = (k * _M) & _MASK
-        k ^= k >> 24
-        k = (k * _M) & _MASK
-        h = ((h * _M) & _MASK) ^ k
-    tail = length & 3
-    if tail == 3:
-        h ^= data[whole + 2] << 16
-    if tail >= 2:
-        h ^= data[whole + 1] << 8
-    if tail >= 1:
-        h ^= data[whole]
-        h = (h * _M) & _MASK
-    h ^= h >> 13
-    h = (h * _M) & _MASK
-    h ^= h >> 15
-    return h - (1 << 32) if h & 0x80000000 else h
-
-
-def partition_for_key(key: bytes, partitions: int) -> int:
-    return (murmur2(key) & 0x7FFFFFFF) % partitions
 
 
 class StickyPartitioner:

@@ -27,12 +27,12 @@ from typing import Mapping, Sequence
 from raftka.client.accumulator import RecordAccumulator, RecordFuture
 from raftka.client.connection import Backoff, ClusterConnection
 from raftka.client.idempotence import Sequences
-from raftka.client.partitioner import partition_for_key
-from raftka.client.records import TopicPartition
 from raftka.client.sender import Sender
 from raftka.errors import ClientClosedError, RequestTimedOutError, UnknownPartitionError
-from raftka.partition.batch import IDEMPOTENCE_WINDOW, Compression
 from raftka.proto import api_pb2
+from raftka.wire.batch import IDEMPOTENCE_WINDOW, Compression
+from raftka.wire.partitioning import partition_for_key
+from raftka.wire.structs import TopicPartition
 
 ACKS = {"all": api_pb2.ACKS_ALL, "-1": api_pb2.ACKS_ALL, "leader": api_pb2.ACKS_LEADER, "1": api_pb2.ACKS_LEADER}
 

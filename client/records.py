@@ -1,9 +1,9 @@
-"""The value types users see: topic-partitions, consumed records, and produce acknowledgements.
+"""The value types users see: consumed records and produce acknowledgements (and `TopicPartition`,
+which the broker shares: `raftka.wire.structs`).
 
-`TopicPartition` and `Record` are NamedTuples (as in kafka-python), not dataclasses: the producer
-looks a TopicPartition up for every record it sends and the consumer builds a Record for every record
-it returns, and a tuple's hashing and construction run in C, several times faster than a dataclass's.
-Both are immutable and compare by value.
+`Record` is a NamedTuple (as in kafka-python), not a dataclass: the consumer builds one for every
+record it returns, and a tuple's construction runs in C, several times faster than a dataclass's. It
+is immutable and compares by value.
 """
 
 from __future__ import annotations
@@ -11,13 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Collection, Iterable, NamedTuple
 
-
-class TopicPartition(NamedTuple):
-    topic: str
-    partition: int
-
-    def __str__(self) -> str:
-        return f"{self.topic}/{self.partition}"
+from raftka.wire.structs import TopicPartition
 
 
 @dataclass(frozen=True, slots=True)

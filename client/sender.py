@@ -28,8 +28,8 @@ from raftka.client.connection import Backoff, ClusterConnection
 from raftka.client.idempotence import Sequences
 from raftka.errors import (BrokerUnavailableError, DuplicateSequenceError, InternalError, OutOfOrderSequenceError,
                            RaftkaError, RequestTimedOutError, UnknownProducerIdError, from_proto, from_rpc_error)
-from raftka.partition.batch import Compression, encode_batch
 from raftka.proto import api_pb2
+from raftka.wire.batch import Compression, encode_batch
 
 log = logging.getLogger(__name__)
 

@@ -37,7 +37,8 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Callable, Iterator, Mapping, Sequence
 
-TopicPartition = tuple[str, int]
+from raftka.wire.structs import TopicPartition
+
 _Targets = dict[str, set[TopicPartition]]
 
 
@@ -80,7 +81,7 @@ def _range(members: list[MemberSpec], counts: dict[str, int], subscribers: dict[
         start = 0
         for i, member_id in enumerate(topic_members):
             end = start + share + (i < extra)
-            targets[member_id].update((topic, p) for p in range(start, end))
+            targets[member_id].update(TopicPartition(topic, p) for p in range(start, end))
             start = end
     return targets
 
@@ -92,13 +93,13 @@ def _roundrobin(members: list[MemberSpec], counts: dict[str, int], subscribers: 
         for p in range(counts[topic]):
             while topic not in members[turn % len(members)].topics:
                 turn += 1
-            targets[members[turn % len(members)].member_id].add((topic, p))
+            targets[members[turn % len(members)].member_id].add(TopicPartition(topic, p))
             turn += 1
     return targets
 
 
 def _sticky(members: list[MemberSpec], counts: dict[str, int], subscribers: dict[str, list[str]]) -> _Targets:
-    owned = {m.member_id: {(topic, p) for topic, p in m.owned
+    owned = {m.member_id: {TopicPartition(topic, p) for topic, p in m.owned
                            if topic in m.topics and topic in counts and 0 <= p < counts[topic]}
              for m in members}
     claims = Counter(tp for tps in owned.values() for tp in tps)
@@ -134,8 +135,8 @@ def _spread(targets: _Targets, counts: dict[str, int], subscribers: dict[str, li
             owned: dict[str, set[TopicPartition]]) -> _Targets:
     """Add the partitions no target holds, then even out the loads."""
     taken = set().union(*targets.values())
-    free = sorted(((topic, p) for topic, n in counts.items() for p in range(n) if (topic, p) not in taken),
-                  key=lambda tp: (len(subscribers[tp[0]]), tp))
+    every = (TopicPartition(topic, p) for topic, n in counts.items() for p in range(n))
+    free = sorted((tp for tp in every if tp not in taken), key=lambda tp: (len(subscribers[tp[0]]), tp))
     for tp in free:
         targets[min(subscribers[tp[0]], key=lambda m: (len(targets[m]), tp not in owned[m], m))].add(tp)
     while (move := next(_improving_moves(targets, subscribers, owned), None)) is not None:

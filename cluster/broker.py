@@ -43,7 +43,7 @@ from raftka.cluster.state_machine import SnapshotPolicy, StateMachineStats
 from raftka.cluster.topics import MAX_BATCH_BYTES_LIMIT
 from raftka.errors import BrokerUnavailableError, IncarnationMismatchError, RaftkaError, from_rpc_error
 from raftka.partition.store import LogStore
-from raftka.proto import api_pb2, api_pb2_grpc, raft_pb2
+from raftka.proto import NO_LEADER, api_pb2, api_pb2_grpc, raft_pb2
 from raftka.replication.driver import MultiRaft
 from raftka.replication.transport import RaftTransport
 
@@ -76,7 +76,7 @@ async def _enforce_retention(partitions: PartitionManager, committer: GroupCommi
 
 async def _serve_when_led(controller: Controller, health_servicer: health.aio.HealthServicer,
                           services: list[str]) -> None:
-    while controller.leader_id < 0:
+    while controller.leader_id == NO_LEADER:
         await asyncio.sleep(0.05)
     for name in ("", *services):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -85,9 +85,10 @@ async def _serve_when_led(controller: Controller, health_servicer: health.aio.He
 
 def run(config: BrokerConfig) -> int:
     """Run one broker until SIGTERM/SIGINT, on uvloop where it is installed (every platform but
-    Windows): a write crosses about twenty event-loop hops on three brokers, and uvloop's cheaper
-    hops cut the bench's sync publish p50/p99 from 1.94-2.04/2.45-2.66 to 1.83-1.91/2.31-2.40 ms
-    and end-to-end from 3.52-3.55/5.53-5.65 to 3.28-3.36/5.01-5.21 ms (three alternating runs)."""
+    Windows): a write crosses about twenty event-loop hops on three brokers, and uvloop's hops are
+    cheaper. Measured on the development machine (three alternating runs), it cut the bench's sync
+    publish p50/p99 from 1.94-2.04/2.45-2.66 to 1.83-1.91/2.31-2.40 ms and end-to-end from
+    3.52-3.55/5.53-5.65 to 3.28-3.36/5.01-5.21 ms."""
     try:
         import uvloop
     except ImportError:
@@ -290,7 +291,7 @@ async def _register(admin: AdminService, state: BrokerState, refused: Callable[[
 
     while not registered():
         try:
-            if state.controller.leader_id > 0:
+            if state.controller.leader_id != NO_LEADER:
                 await admin.register(request)
             elif config.join:
                 await _register_through(config.join, request, state.directory)
@@ -324,6 +325,6 @@ async def _register_through(seeds: tuple[str, ...], request: api_pb2.RegisterBro
 async def _drop_orphans_after_replay(partitions: PartitionManager, controller: Controller) -> None:
     """Once this broker has applied the whole committed metadata log, drop logs no topic names."""
     replica = controller.replica
-    while replica.node.applied_index < replica.node.commit_index or controller.leader_id < 0:
+    while replica.node.applied_index < replica.node.commit_index or controller.leader_id == NO_LEADER:
         await asyncio.sleep(0.1)
     partitions.drop_orphans({METADATA_GROUP})

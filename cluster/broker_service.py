@@ -25,8 +25,8 @@ from raftka.cluster.metrics import BrokerMetrics
 from raftka.cluster.partitions import PartitionManager
 from raftka.cluster.topics import MAX_BATCH_BYTES_LIMIT
 from raftka.errors import InternalError, InvalidRequestError, InvalidTopicError, RaftkaError
-from raftka.partition.batch import next_offset_after
-from raftka.proto import api_pb2, api_pb2_grpc
+from raftka.proto import NO_LEADER, api_pb2, api_pb2_grpc
+from raftka.wire.batch import next_offset_after
 
 log = logging.getLogger(__name__)
 
@@ -80,13 +80,13 @@ class BrokerState:
     def topic_metadata(self, record: TopicRecord) -> api_pb2.TopicMetadata:
         """The topic as this broker sees it. A partition's leader is the one its local replica leads or
         follows, with that leader's term as its epoch; a broker without a replica, or whose replica
-        knows no leader (a leader cut off from its peers steps down and knows none), answers -1 rather
+        knows no leader (a leader cut off from its peers steps down and knows none), answers NO_LEADER rather
         than guess, so clients ask another broker instead of retrying a deposed leader. Only a
         partition's leader knows which replicas are in sync; elsewhere that list is empty."""
         partitions = []
         for p, replicas in enumerate(record.replicas):
             replica = self.partitions.find(record.name, p)
-            leader, epoch = replica.leadership() if replica is not None else (-1, 0)
+            leader, epoch = replica.leadership() if replica is not None else (NO_LEADER, 0)
             partitions.append(api_pb2.PartitionMetadata(
                 partition=p, leader_id=leader, leader_epoch=epoch, replicas=replicas,
                 in_sync_replicas=replica.in_sync_replicas() if replica is not None else []))

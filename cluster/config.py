@@ -5,16 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from raftka.wire.settings import parse_host_port
 
 _WILDCARDS = ("0.0.0.0", "::")
-
-
-def parse_host_port(text: str) -> tuple[str, int]:
-    """Split `HOST:PORT` (IPv6 as `[::1]:PORT`), raising ValueError with a readable message."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"expected HOST:PORT, got {text!r}")
-    return host.strip("[]"), int(port)
 
 
 def parse_peers(text: str) -> tuple[dict[int, str], dict[int, str]]:

@@ -27,11 +27,11 @@ from raftka.cluster.topics import TopicConfig, validate_topic_name
 from raftka.errors import (IncarnationMismatchError, InvalidPartitionsError, InvalidRequestError,
                            InvalidTopicError, NotEnoughReplicasError, NotLeaderError, RaftkaError, RequestTimedOutError,
                            TopicExistsError)
-from raftka.partition.batch import encode_batch
 from raftka.partition.store import LogStore
 from raftka.replication.driver import MultiRaft
 from raftka.replication.errors import ConfChangeError, ConfChangeInProgressError, RaftError
 from raftka.replication.membership import ConfChange, ConfChangeOp
+from raftka.wire.batch import encode_batch
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,7 @@ class Controller:
 
     @property
     def leader_id(self) -> int:
+        """The metadata log's leader, or NO_LEADER while none is known."""
         return self.replica.leader_id
 
     async def create_topic(self, name: str, partitions: int, replication_factor: int, config: TopicConfig,

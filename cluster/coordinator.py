@@ -4,7 +4,7 @@ The coordinator of group G is the leader of partition `murmur2(G) mod N` of `__c
 its state is that partition's `GroupLog` (every replica applies it, so a new leader has it all) plus
 soft state only the leader keeps: when each member was last heard from. The membership rules — joins,
 the cooperative revoke → release → grant protocol, leaves, expiry, commit ownership — are
-`GroupMembership` (cluster/group_rules.py, which states their invariants); this module is their
+`GroupRules` (cluster/group_rules.py, which states their invariants); this module is their
 plumbing: it finds the group's partition and checks that this broker leads it, loads the group's
 rules from the log in each leadership term, turns requests and answers to and from the API's
 messages, and appends every change to the partition's log.
@@ -30,19 +30,19 @@ import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from raftka.client.membership import as_group_partitions, from_group_partitions
-from raftka.client.partitioner import murmur2
-from raftka.cluster.group_log import (OFFSETS_TOPIC, CommittedOffset, GroupLog, TopicPartition, delete_command,
-                                      forget_command, members_command, offsets_command)
-from raftka.cluster.group_rules import MAX_GROUP_ID_LENGTH, GroupMembership, Heartbeat, OffsetCommit, Topic
+from raftka.cluster.group_log import (OFFSETS_TOPIC, CommittedOffset, GroupLog, delete_command, forget_command,
+                                      members_command, offsets_command)
+from raftka.cluster.group_rules import MAX_GROUP_ID_LENGTH, GroupRules, Heartbeat, OffsetCommit, Topic
 from raftka.cluster.metadata import MetadataState
 from raftka.cluster.partitions import PartitionManager
 from raftka.cluster.replica import RaftReplica
 from raftka.cluster.state_machine import StateMachineStats
 from raftka.errors import GroupNotEmptyError, InvalidRequestError, NotCoordinatorError, RaftkaError, UnknownGroupError
-from raftka.partition.batch import encode_batch
 from raftka.proto import api_pb2
 from raftka.replication.raft import Role
+from raftka.wire.batch import encode_batch
+from raftka.wire.partitioning import murmur2
+from raftka.wire.structs import TopicPartition, as_group_partitions, from_group_partitions
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ class _Group:
     partition: int
     replica: GroupReplica
     term: int
-    rules: GroupMembership
+    rules: GroupRules
     persisted: bytes = b""
     """The last membership record written (or loaded): a heartbeat that changes nothing writes nothing."""
     dead: bool = False
@@ -313,7 +313,7 @@ class GroupCoordinator:
         group = self._groups.get(group_id)
         if group is not None and group.term == term:
             return group
-        rules = GroupMembership.restore(group_id, self._logs[partition].groups.get(group_id), now=time.monotonic())
+        rules = GroupRules.restore(group_id, self._logs[partition].groups.get(group_id), now=time.monotonic())
         group = _Group(group_id, partition, replica, term, rules)
         group.persisted = self._members_blob(group)
         if cache:

@@ -7,9 +7,10 @@ the next one, so under load each fsync covers every request that arrived during 
 At rest nothing runs.
 
 Why on the loop and not in a worker thread: the RocksDB write holds the GIL either way, the fsync
-releases it (`LogStore.flush`), and the hop to a worker and back cost about 0.2 ms per round. Measured
-on the bench's 3-broker cluster (three alternating runs each): sync publish p50 3.0-3.2 ms inline
-against 3.6-3.7 ms in a worker, windowed publish 368-385k against 331-355k records/s.
+releases it (`LogStore.flush`), and the hop to a worker and back adds to every round: about 0.2 ms,
+measured on the development machine with the bench's 3-broker cluster (three alternating runs each):
+sync publish p50 3.0-3.2 ms inline against 3.6-3.7 ms in a worker, windowed publish 368-385k against
+331-355k records/s.
 
 Invariant: a future returned by `durable()` resolves only after a `LogStore.flush()` that started
 after the caller's writes were staged has returned, so they are fsynced.

@@ -30,9 +30,9 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from raftka.cluster.assignors import TopicPartition
 from raftka.cluster.state_machine import (MalformedRecordError, SnapshotFormatError, StateMachineStats, apply_records,
                                           field_of, items_of, parse_json)
+from raftka.wire.structs import TopicPartition
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ class MemberRecord:
 
 
 def _tps(raw: Any, name: str) -> frozenset[TopicPartition]:
-    return frozenset(items_of(raw, name, 2, (str, int)))  # type: ignore[arg-type]
+    return frozenset(TopicPartition(topic, partition) for topic, partition in items_of(raw, name, 2, (str, int)))
 
 
 @dataclass
@@ -185,7 +185,7 @@ class GroupLog:
 
 
 def _offsets(raw: Any) -> dict[TopicPartition, CommittedOffset]:
-    return {(topic, partition): CommittedOffset(offset, metadata, commit_time_ms, topic_id)
+    return {TopicPartition(topic, partition): CommittedOffset(offset, metadata, commit_time_ms, topic_id)
             for topic, partition, offset, metadata, commit_time_ms, topic_id
             in items_of(raw, "offsets", 6, (str, int, int, str, int, str))}
 

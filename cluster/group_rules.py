@@ -1,6 +1,6 @@
 """The membership rules of one consumer group: joins, cooperative reassignment, leaves, expiry, commits.
 
-`GroupMembership` is the state machine the group's coordinator (cluster/coordinator.py) runs for one
+`GroupRules` is the state machine the group's coordinator (cluster/coordinator.py) runs for one
 group in one leadership term. It takes plain values — a member's heartbeat, the existing topics, a
 clock reading — and answers with the member's assignment, or raises the typed error that refuses
 the request; it does no I/O and knows nothing of gRPC or Raft. The coordinator persists its
@@ -40,11 +40,12 @@ import uuid
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
-from raftka.cluster.assignors import ASSIGNORS, MemberSpec, TopicPartition, assign
+from raftka.cluster.assignors import ASSIGNORS, MemberSpec, assign
 from raftka.cluster.group_log import CommittedOffset, GroupRecord, MemberRecord
 from raftka.errors import (GroupNotEmptyError, InvalidRequestError, NotPartitionOwnerError, RaftkaError,
                            UnknownMemberIdError, UnknownPartitionError, UnknownTopicError,
                            UnreleasedInstanceIdError)
+from raftka.wire.structs import TopicPartition
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +109,7 @@ class OffsetCommit:
     metadata: str
 
 
-class GroupMembership:
+class GroupRules:
     """The members of one group, their targets and holdings, and when each was last heard from."""
 
     def __init__(self, group_id: str, members: Mapping[str, MemberRecord], assignor: str, epoch: int, *,
@@ -124,7 +125,7 @@ class GroupMembership:
         from; None once a member is removed, as the same id may join again with no target."""
 
     @classmethod
-    def restore(cls, group_id: str, saved: GroupRecord | None, *, now: float) -> GroupMembership:
+    def restore(cls, group_id: str, saved: GroupRecord | None, *, now: float) -> GroupRules:
         """The group as persisted (`saved`: None for a group never seen), its sessions starting at `now`."""
         if saved is None:
             return cls(group_id, {}, "", 0, now=now)

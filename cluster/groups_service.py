@@ -16,7 +16,7 @@ from raftka.cluster.coordinator import GroupCoordinator, validate_group_id
 from raftka.cluster.group_log import OFFSETS_TOPIC
 from raftka.cluster.topics import TopicConfig
 from raftka.errors import NotCoordinatorError, RaftkaError, TopicExistsError, from_rpc_error
-from raftka.proto import api_pb2, api_pb2_grpc
+from raftka.proto import NO_LEADER, api_pb2, api_pb2_grpc
 
 OFFSETS_REPLICATION_FACTOR = 3
 FORWARD_TIMEOUT_S = 5.0
@@ -46,7 +46,7 @@ class GroupsService(api_pb2_grpc.GroupsServicer):
         leader, replicas = self._coordinator.coordinator_of(request.group_id)
         if leader is None:
             return await self._ask_replicas(request, replicas)
-        address = self._state.address_of(leader) if leader > 0 else ""
+        address = self._state.address_of(leader) if leader != NO_LEADER else ""
         if not address:
             raise NotCoordinatorError(f"group {request.group_id!r} has no coordinator right now (its "
                                       f"{OFFSETS_TOPIC} partition is electing a leader); retry")

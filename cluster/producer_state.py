@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 
 from raftka.errors import (DuplicateSequenceError, OutOfOrderSequenceError, ProducerFencedError,
                            UnknownProducerIdError)
-from raftka.partition.batch import IDEMPOTENCE_WINDOW as CACHED_BATCHES
-from raftka.partition.batch import BatchHeader
+from raftka.wire.batch import BatchHeader
+from raftka.wire.batch import IDEMPOTENCE_WINDOW as CACHED_BATCHES
 MAX_PRODUCERS = 10_000
 HISTORY_BYTES = 8 * 1024 * 1024
 """How much of the log from before a restart a new leader reads back for producer state."""

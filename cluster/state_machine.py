@@ -28,7 +28,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
-from raftka.partition.batch import decode_batch
+from raftka.wire.batch import decode_batch
 
 log = logging.getLogger(__name__)
 

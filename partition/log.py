@@ -1,10 +1,11 @@
 """One partition's log: record batches at offsets, in segments, with a time index, in the log store.
 
-A `PartitionLog` is obtained from `LogStore.open_log`. Mutations (append, truncate_suffix,
-apply_retention) are STAGED into the store's pending write batch together with the metadata that
-describes them (segment records, time-index entries, start offset), and become durable and readable
-only when `LogStore.flush()` writes that batch; a crash therefore loses whole staged operations but
-never leaves data and metadata disagreeing.
+A `PartitionLog` is obtained from `LogStore.open_log`; the Raft entry log on top of it
+(`raftka.partition.raft_entries`) is its one writer. Mutations (append_stamped, truncate_suffix,
+delete_segments_before, reset) are STAGED into the store's pending write batch together with the
+metadata that describes them (segment records, time-index entries, start offset), and become durable
+and readable only when `LogStore.flush()` writes that batch; a crash therefore loses whole staged
+operations but never leaves data and metadata disagreeing.
 
 Offsets: [start_offset, end_offset) is the log; everything below `durable_end_offset` is on disk
 (fsynced) and readable; [durable_end_offset, end_offset) is staged or being flushed. Reads and
@@ -26,10 +27,10 @@ from typing import Callable, ContextManager, NamedTuple, Protocol
 
 from rocksdict import ReadOptions, Rdict, WriteBatch
 
+from raftka.errors import InvalidBatchError, OffsetOutOfRangeError
 from raftka.partition import keys
-from raftka.partition.batch import BatchHeader, batch_next_offset, read_header, stamp_base_offset
-from raftka.partition.errors import (InvalidBatchError, InvalidOffsetError, LogClosedError, LogError,
-                                     OffsetOutOfRangeError)
+from raftka.partition.errors import InvalidOffsetError, LogClosedError, LogError
+from raftka.wire.batch import BatchHeader, batch_next_offset, read_header
 
 DAY_MS = 24 * 3600 * 1000
 _NO_TIMESTAMP = -(1 << 63)
@@ -149,20 +150,14 @@ class PartitionLog:
         ends = [s.base for s in self._segments[1:]] + [self._end]
         return [SegmentInfo(s.base, end, s.size, s.max_ts, s.created_ms) for s, end in zip(self._segments, ends)]
 
-    def append(self, batch: bytes, *, crc_verified: bool = False) -> AppendResult:
-        """Stage one batch at end_offset; it becomes durable and readable at the next store flush.
-
-        `crc_verified=True` skips the CRC check for a caller that has just verified this very batch
-        (the broker checks a whole request before staging any of it); structure is always checked.
-        """
-        self._check_open()
-        header = self._single_batch_header(batch, crc_verified)
-        return self._stage_append(stamp_base_offset(batch, self._end), header)
-
     def append_stamped(self, batch: bytes, *, crc_verified: bool = False) -> AppendResult:
         """Stage one batch whose base offset was already stamped (by the Raft leader) and store it byte
         for byte as given; InvalidOffsetError unless that base offset is end_offset, so a leader's bug
-        cannot leave a hole or an overlap in the offsets."""
+        cannot leave a hole or an overlap in the offsets. It becomes durable and readable at the next
+        store flush.
+
+        `crc_verified=True` skips the CRC check for a caller that has just verified this very batch
+        (the broker checks a whole request before staging any of it); structure is always checked."""
         self._check_open()
         header = self._single_batch_header(batch, crc_verified)
         if header.base_offset != self._end:
@@ -203,7 +198,7 @@ class PartitionLog:
         is readable), ending at or before `upper_bound` (capped at durable_end_offset)."""
         self._check_open()
         if offset < self._start or offset > self._end:
-            raise OffsetOutOfRangeError(offset, self._start, self._end)
+            raise self._out_of_range(offset)
         bound = self._durable_end if upper_bound is None else min(upper_bound, self._durable_end)
         if offset >= bound:
             return b""
@@ -243,7 +238,7 @@ class PartitionLog:
         """Remove every batch at or past `offset`, which must be a batch boundary in [start, end]."""
         self._check_open()
         if offset < self._start or offset > self._end:
-            raise OffsetOutOfRangeError(offset, self._start, self._end)
+            raise self._out_of_range(offset)
         if offset == self._end:
             return
         unflushed_from = bisect.bisect_left(self._unflushed, offset, key=lambda u: u.base)
@@ -277,18 +272,15 @@ class PartitionLog:
             self._durable_end = min(self._durable_end, offset)
             self._low_water = min(self._low_water, offset)
 
-    def apply_retention(self, now_ms: int) -> int:
-        """Delete whole oldest segments past retention_ms or retention_bytes; return how many.
+    def retention_start(self, now_ms: int, *, limit: int | None = None) -> int:
+        """The start offset retention leaves at `now_ms` (a segment base), never past `limit` (a Raft log
+        passes the end offset of its applied entries); `delete_segments_before` it applies it. Stages
+        nothing.
 
         Like Kafka: a segment expires when its max timestamp is more than retention_ms before now_ms;
         by size, the oldest segment goes only if the log still holds >= retention_bytes without it.
         The active segment, and any segment not yet wholly durable, is never deleted.
         """
-        return self.delete_segments_before(self.retention_start(now_ms))
-
-    def retention_start(self, now_ms: int, *, limit: int | None = None) -> int:
-        """The start offset `apply_retention(now_ms)` would leave (a segment base), never past `limit`
-        (a Raft log passes the end offset of its applied entries). Stages nothing."""
         self._check_open()
         retention_ms, retention_bytes = self.config.retention_ms, self.config.retention_bytes
         segments = self._segments
@@ -367,6 +359,11 @@ class PartitionLog:
 
     def _detach(self) -> None:
         self._closed = True
+
+    def _out_of_range(self, offset: int) -> OffsetOutOfRangeError:
+        return OffsetOutOfRangeError(f"offset {offset} is out of range: the log holds offsets {self._start} "
+                                     f"(start) to {self._end} (end, exclusive)", offset=offset,
+                                     start_offset=self._start, end_offset=self._end)
 
     def _check_open(self) -> None:
         if self._closed:

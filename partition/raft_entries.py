@@ -22,8 +22,9 @@ reads go to RocksDB below it and to the cache from it on. Once synced, the newes
 within `RETAINED_ENTRIES` and `RETAINED_BYTES`: the next round reads exactly those (the term of the
 entry before a leader's next append, the entries a leader applies once its followers acknowledge
 them), and a RocksDB read of each cost the leader about a tenth of its event loop's busy time at
-200 sync writes/s. The flush thread may drop cache entries while the loop thread reads (it does so
-only after their write returned): a read that misses the cache finds the entry in RocksDB.
+200 sync writes/s (measured on the development machine). The flush thread may drop cache entries
+while the loop thread reads (it does so only after their write returned): a read that misses the
+cache finds the entry in RocksDB.
 
 Retention drives compaction: `apply_retention` deletes whole segments, but only records of entries
 at or below the caller's `max_index` (the applied index); the entries whose records are all gone are
@@ -44,14 +45,14 @@ store, and a leader bug (a badly stamped batch) must be an error, not a dead bro
 from __future__ import annotations
 
 import logging
-from typing import Callable, ContextManager, NamedTuple, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 from rocksdict import ReadOptions, Rdict, WriteBatch
 
 from raftka.partition import keys
-from raftka.partition.batch import read_header
 from raftka.partition.errors import EntryIndexError, InvalidEntryError, LogError
-from raftka.partition.log import PartitionLog
+from raftka.partition.log import PartitionLog, Staging
+from raftka.wire.batch import read_header
 
 log = logging.getLogger(__name__)
 
@@ -101,9 +102,6 @@ class _Cached(NamedTuple):
     pointer: _Pointer
     data: bytes
     seq: int
-
-
-Staging = Callable[["RaftEntryLog"], ContextManager[WriteBatch]]
 
 
 class RaftEntryLog:

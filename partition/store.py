@@ -138,9 +138,10 @@ class LogStore:
 
     def _sync_wal(self) -> None:
         """fsync the WAL (when the store syncs). A write with `sync=True` costs the same (about
-        0.2 ms here) but holds the GIL through the fsync (rocksdict 0.3 does not release it there),
-        stalling every other thread; `flush_wal` releases it. The write is visible in RocksDB before
-        the sync, which changes nothing: a log's durable end moves only after `flush` returns."""
+        0.2 ms, measured on the development machine) but holds the GIL through the fsync (rocksdict
+        0.3 does not release it there), stalling every other thread; `flush_wal` releases it. The
+        write is visible in RocksDB before the sync, which changes nothing: a log's durable end moves
+        only after `flush` returns."""
         if self._sync:
             assert self._db is not None
             self._db.flush_wal(True)

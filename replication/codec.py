@@ -118,8 +118,10 @@ def message_from_proto(pb: raft_pb2.RaftMessage) -> Message:
                    pb.reject_hint, snapshot, pb.context, pb.force, pb.quiesce)
 
 
-def encode_batch(cluster_id: str, from_broker: int, to_broker: int,
-                 messages: Iterable[tuple[str, Message]]) -> raft_pb2.MessageBatch:
+def encode_message_batch(cluster_id: str, from_broker: int, to_broker: int,
+                         messages: Iterable[tuple[str, Message]]) -> raft_pb2.MessageBatch:
+    """One frame's worth of (group, message) pairs from `from_broker` to `to_broker`: a batch of Raft
+    messages, not a record batch (`raftka.wire.batch`)."""
     batch = raft_pb2.MessageBatch(cluster_id=cluster_id, from_broker=from_broker, to_broker=to_broker)
     add = batch.messages.add
     for group, message in messages:
@@ -127,6 +129,6 @@ def encode_batch(cluster_id: str, from_broker: int, to_broker: int,
     return batch
 
 
-def decode_batch(batch: raft_pb2.MessageBatch) -> list[tuple[str, Message]]:
+def decode_message_batch(batch: raft_pb2.MessageBatch) -> list[tuple[str, Message]]:
     """Every (group, message) of ``batch`` in order; all or nothing (raises :class:`CodecError`)."""
     return [(item.group, message_from_proto(item.message)) for item in batch.messages]

@@ -182,7 +182,7 @@ class MultiRaft:
     def propose(self, group_id: str, data: bytes) -> asyncio.Future[int]:
         """Propose `data`; the future gives the entry's index once it is committed.
 
-        Raises the core's NotLeaderError (with the leader hint) at once on a follower, and
+        Raises the core's NotRaftLeaderError (with the leader hint) at once on a follower, and
         GroupFailedError while the group is stopped after a failure.
         """
         group = self._live(group_id)
@@ -203,7 +203,7 @@ class MultiRaft:
 
     def read_index(self, group_id: str) -> asyncio.Future[int]:
         """Start a linearizable read (ReadIndex); the future gives the index the reader must see
-        applied. Raises the core's NotLeaderError when the group knows no leader. The future never
+        applied. Raises the core's NotRaftLeaderError when the group knows no leader. The future never
         resolves if leadership changes meanwhile: wait on it with a timeout."""
         group = self._live(group_id)
         self._read_ids += 1
@@ -268,7 +268,7 @@ class MultiRaft:
     async def _run(self) -> None:
         """Rounds run whenever there is work; a timer marks each tick due. One timer per tick
         rather than a timeout per wait: arming `asyncio.timeout` on every wake cost about 5% of the
-        leader's event loop at 1,000 writes/s."""
+        leader's event loop at 1,000 writes/s (measured on the development machine)."""
         loop = asyncio.get_running_loop()
         ticker = loop.call_later(self._tick_interval_s, self._tick_due)
         try:

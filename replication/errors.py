@@ -1,6 +1,6 @@
 """Typed errors raised by the Raft core and its storage.
 
-Callers distinguish "try elsewhere" (:class:`NotLeaderError`), "try later"
+Callers distinguish "try elsewhere" (:class:`NotRaftLeaderError`), "try later"
 (:class:`ProposalDroppedError`, :class:`ConfChangeInProgressError`), "this group is stopped here"
 (:class:`GroupFailedError`), storage range errors the core
 handles itself (:class:`CompactedError`, :class:`UnavailableError`) and contract breaches that mean
@@ -12,8 +12,10 @@ class RaftError(Exception):
     """Base class of every error raised by ``raftka.replication``."""
 
 
-class NotLeaderError(RaftError):
-    """The operation needs the leader; ``leader_id`` is the best known leader (0 if unknown)."""
+class NotRaftLeaderError(RaftError):
+    """The operation needs the group's Raft leader and this node is not it; ``leader_id`` is the best
+    known leader (0 if unknown: the core's "no node"). Not the API's ``raftka.errors.NotLeaderError``,
+    which the broker answers a client with, naming the leader's broker and address."""
 
     def __init__(self, node_id: int, leader_id: int) -> None:
         super().__init__(f"node {node_id} is not the leader (leader hint: {leader_id or 'unknown'})")

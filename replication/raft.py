@@ -50,7 +50,7 @@ Design note: where Raftka departs from the Raft paper (Ongaro & Ousterhout, 2014
     (:meth:`RaftNode.quiesce`); any real traffic wakes them. A quiesced group cannot notice a dead
     leader by itself, so the multi-Raft driver must call :meth:`RaftNode.wake` on the group's
     members when its failure detector reports a broker down.
-12. **Followers do not forward proposals**; :class:`NotLeaderError` carries the leader hint and the
+12. **Followers do not forward proposals**; :class:`NotRaftLeaderError` carries the leader hint and the
     driver routes (Kafka clients already produce to the partition leader).
 13. Election timeouts are randomized in ``[election_ticks, 2 * election_ticks)`` ticks.
 """
@@ -68,7 +68,7 @@ from raftka.replication.errors import (
     ConfChangeInProgressError,
     DuplicateReadContextError,
     LeadershipTransferError,
-    NotLeaderError,
+    NotRaftLeaderError,
     ProposalDroppedError,
     ReadyContractError,
 )
@@ -282,7 +282,7 @@ class RaftNode:
         elif self._lead:
             self._send(Message(MT.READ_INDEX, self.id, self._lead, self._term, context=context))
         else:
-            raise NotLeaderError(self.id, 0)
+            raise NotRaftLeaderError(self.id, 0)
 
     def transfer_leadership(self, target: int) -> None:
         """Hand leadership to voter ``target`` once it has caught up (TimeoutNow)."""
@@ -491,7 +491,7 @@ class RaftNode:
 
     def _require_leader(self) -> None:
         if self._role != Role.LEADER:
-            raise NotLeaderError(self.id, self._lead)
+            raise NotRaftLeaderError(self.id, self._lead)
 
     # ------------------------------------------------------------------ elections
 

@@ -6,9 +6,10 @@ connection that it opens itself (replies come back on the peer's own connection 
 known by their gRPC address; before each connection attempt the transport asks the peer's
 ``RaftTransport.Endpoint`` where its Raft listener is (see proto/raft.proto for the wire protocol).
 
-Why not a gRPC stream: a write is acknowledged after two crossings of this transport, and on this
-machine a gRPC aio stream message cost 41-74 us of CPU against about 17 us for a framed socket
-write, with a loopback round trip of 268 us against 108-124 us.
+Why not a gRPC stream: a write is acknowledged after two crossings of this transport, and a gRPC aio
+stream message costs several times the CPU and latency of a framed socket write (measured on the
+development machine: 41-74 us of CPU against about 17 us, and a loopback round trip of 268 us
+against 108-124 us).
 
 Invariants:
 
@@ -41,11 +42,11 @@ from typing import Awaitable, Callable, NoReturn
 import grpc
 from google.protobuf.message import DecodeError
 
-from raftka.cluster.config import parse_host_port
 from raftka.proto import raft_pb2
-from raftka.replication.codec import CodecError, decode_batch, encode_batch, message_size
+from raftka.replication.codec import CodecError, decode_message_batch, encode_message_batch, message_size
 from raftka.replication.errors import RaftError
 from raftka.replication.messages import Message
+from raftka.wire.settings import parse_host_port
 
 log = logging.getLogger(__name__)
 
@@ -349,7 +350,7 @@ class RaftTransport:
         try:
             self._tune(writer)
             link = _Link(writer)
-            link.write(encode_batch(self.cluster_id, self.broker_id, peer.id, ()).SerializeToString())
+            link.write(encode_message_batch(self.cluster_id, self.broker_id, peer.id, ()).SerializeToString())
             try:
                 async with asyncio.timeout(timeout):
                     ack = raft_pb2.Ack.FromString(await _read_frame(reader, MAX_ACK_BYTES))
@@ -383,7 +384,7 @@ class RaftTransport:
                 items.append((group, message))
                 size += n
             peer.queued_bytes -= size
-            payload = encode_batch(self.cluster_id, self.broker_id, peer.id, items).SerializeToString()
+            payload = encode_message_batch(self.cluster_id, self.broker_id, peer.id, items).SerializeToString()
             try:
                 link.write(payload)
                 await link.writer.drain()
@@ -419,7 +420,7 @@ class RaftTransport:
         stuck in ``drain`` and discards what the peer never read (nothing of it is delivered later).
         """
         loop = asyncio.get_running_loop()
-        ping = encode_batch(self.cluster_id, self.broker_id, peer.id, ()).SerializeToString()
+        ping = encode_message_batch(self.cluster_id, self.broker_id, peer.id, ()).SerializeToString()
         interval = self.options.ping_interval_s
         link.heard = loop.time()
 
@@ -564,7 +565,7 @@ class RaftTransport:
             raise _Refused(Refusal.MALFORMED, f"connection of broker {sender} carries a batch from broker "
                                               f"{batch.from_broker}")
         try:
-            messages = decode_batch(batch)
+            messages = decode_message_batch(batch)
         except CodecError as exc:
             raise _Refused(Refusal.MALFORMED, f"batch from broker {batch.from_broker}: {exc}") from None
         if sender is None or not messages:

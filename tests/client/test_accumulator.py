@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 
 from raftka.client.accumulator import IDLE_WAIT_S, RecordAccumulator
-from raftka.client.records import TopicPartition
+from raftka.wire.structs import TopicPartition
 
 TP = TopicPartition("t", 0)
 

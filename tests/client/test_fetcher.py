@@ -16,8 +16,8 @@ from raftka.aio import AIOConsumer
 from raftka.client import fetcher
 from raftka.client.local import LocalBroker
 from raftka.errors import CorruptBatchError
-from raftka.partition.batch import encode_batch, stamp_base_offset
 from raftka.proto import api_pb2
+from raftka.wire.batch import encode_batch, stamp_replicated
 
 
 def bootstrap_of(brokers: list[LocalBroker]) -> str:
@@ -228,7 +228,7 @@ def test_a_paused_partition_is_no_longer_followed(broker) -> None:
 
 
 def test_an_answer_that_skips_offsets_is_refused() -> None:
-    data = stamp_base_offset(encode_batch([(None, b"v", (), 1_700_000_000_000)]), 10)
+    data = stamp_replicated(encode_batch([(None, b"v", (), 1_700_000_000_000)]), 10, 0)
     records, end = fetcher.decode_records(TopicPartition("t", 0), data, 10)
     assert ([r.offset for r in records], end) == ([10], 11)
     with pytest.raises(CorruptBatchError, match="skipped offsets 5 to 9"):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 
 from raftka.client.idempotence import MAX_SEQUENCE, Sequences
-from raftka.client.records import TopicPartition
+from raftka.wire.structs import TopicPartition
 
 A, B = TopicPartition("t", 0), TopicPartition("t", 1)
 

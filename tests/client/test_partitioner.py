@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from raftka.client.partitioner import StickyPartitioner, murmur2, partition_for_key
+from raftka.client.partitioner import StickyPartitioner
+from raftka.wire.partitioning import murmur2, partition_for_key
 
 
 @pytest.mark.parametrize("key, expected", [

@@ -9,9 +9,9 @@ import time
 import pytest
 
 from raftka import Admin, Consumer, Producer, TopicPartition
-from raftka.client.partitioner import partition_for_key
 from raftka.errors import (BufferExhaustedError, ClientClosedError, OffsetOutOfRangeError, TopicExistsError,
                            UnknownPartitionError, UnknownTopicError)
+from raftka.wire.partitioning import partition_for_key
 
 
 def drain(consumer: Consumer, count: int, timeout_s: float = 30) -> list:

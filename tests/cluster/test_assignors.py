@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from raftka.cluster.assignors import ASSIGNORS, MemberSpec, TopicPartition, assign
+from raftka.cluster.assignors import ASSIGNORS, MemberSpec, assign
+from raftka.wire.structs import TopicPartition
 
 
 def tps(topic: str, *partitions: int) -> frozenset[TopicPartition]:

@@ -13,8 +13,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from raftka.errors import METADATA_CODE
-from raftka.partition.batch import decode_batch, encode_batch, split_batches
 from raftka.proto import api_pb2, api_pb2_grpc
+from raftka.wire.batch import decode_batch, encode_batch, split_batches
 
 
 def batch(*values: bytes) -> bytes:

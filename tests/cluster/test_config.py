@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from raftka.cluster.config import BrokerConfig, parse_host_port, parse_peers
+from raftka.cluster.config import BrokerConfig, parse_peers
+from raftka.wire.settings import parse_host_port
 
 
 def test_peers_with_and_without_racks() -> None:

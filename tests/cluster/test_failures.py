@@ -16,8 +16,8 @@ import pytest
 
 from raftka.client.local import LocalBroker
 from raftka.errors import METADATA_CODE
-from raftka.partition.batch import encode_batch
 from raftka.proto import api_pb2, api_pb2_grpc
+from raftka.wire.batch import encode_batch
 
 PARTITIONS = 20
 FAILING = 13

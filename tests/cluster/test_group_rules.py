@@ -10,11 +10,11 @@ from hypothesis import strategies as st
 
 from raftka.cluster.assignors import TopicPartition
 from raftka.cluster.group_log import CommittedOffset, GroupLog, members_command
-from raftka.cluster.group_rules import (Assignment, GroupMembership, Heartbeat, OffsetCommit, Topic,
+from raftka.cluster.group_rules import (Assignment, GroupRules, Heartbeat, OffsetCommit, Topic,
                                         MAX_COMMIT_METADATA, RECONCILING_HEARTBEAT_INTERVAL_MS)
 from raftka.errors import (GroupNotEmptyError, InvalidRequestError, NotPartitionOwnerError, UnknownMemberIdError,
                            UnknownPartitionError, UnknownTopicError, UnreleasedInstanceIdError)
-from raftka.partition.batch import encode_batch
+from raftka.wire.batch import encode_batch
 
 EVENTS = {"events": Topic(6, "events-id")}
 SESSION_MS = 10_000
@@ -24,7 +24,7 @@ def events(*partitions: int) -> frozenset[TopicPartition]:
     return frozenset(("events", p) for p in partitions)
 
 
-def check_exclusive(rules: GroupMembership) -> None:
+def check_exclusive(rules: GroupRules) -> None:
     """No partition is held by two members, and each member holds what it was last granted."""
     held = [tp for m in rules.members.values() for tp in m.held]
     assert len(held) == len(set(held)), f"a partition is held twice: {sorted(held)}"
@@ -36,7 +36,7 @@ class Member:
     """A member following the protocol: it reports what it owns and the epoch of the assignment it
     applied. With `apply=False` the answer is not applied (lost, or kept in `pending` for later)."""
 
-    def __init__(self, rules: GroupMembership, topics: tuple[str, ...] = ("events",), *, instance_id: str = "",
+    def __init__(self, rules: GroupRules, topics: tuple[str, ...] = ("events",), *, instance_id: str = "",
                  member_id: str = "", pattern: str = "", session_timeout_ms: int = SESSION_MS) -> None:
         self.rules, self.topics, self.instance_id, self.pattern = rules, topics, instance_id, pattern
         self.member_id, self.session_timeout_ms = member_id, session_timeout_ms
@@ -67,8 +67,8 @@ def settle(members: list[Member], now: float, topics: dict[str, Topic] = EVENTS,
             member.heartbeat(now, topics)
 
 
-def new_group() -> GroupMembership:
-    return GroupMembership.restore("g", None, now=0.0)
+def new_group() -> GroupRules:
+    return GroupRules.restore("g", None, now=0.0)
 
 
 def test_the_first_member_gets_everything_and_a_retried_join_is_the_same_member() -> None:
@@ -286,7 +286,7 @@ def test_a_live_static_instance_id_is_not_taken_over_and_a_left_one_is_freed_by_
     assert other.owned == events(*range(6)), "its session over, the partitions move"
 
 
-def persisted(rules: GroupMembership) -> GroupLog:
+def persisted(rules: GroupRules) -> GroupLog:
     """The group's log after the coordinator wrote the membership (as cluster/coordinator.py does)."""
     group_log = GroupLog(0)
     command = members_command(rules.group_id, rules.epoch, rules.assignor,
@@ -305,7 +305,7 @@ def test_rules_rebuilt_after_a_failover_keep_grants_and_holdings_and_start_sessi
     b.heartbeat(0.4)
     assert len(a.owned) == 2 and a.held() != a.owned, "a move is under way: a has not reported its release"
     held = {m.member_id: m.held for m in rules.members.values()}
-    rebuilt = GroupMembership.restore("g", persisted(rules).groups["g"], now=100.0)
+    rebuilt = GroupRules.restore("g", persisted(rules).groups["g"], now=100.0)
     assert {m.member_id: m.held for m in rebuilt.members.values()} == held
     assert (rebuilt.epoch, rebuilt.assignor) == (rules.epoch, rules.assignor)
     assert rebuilt.expired(109.9) == [], "the sessions start at the new coordinator's load"

@@ -8,10 +8,11 @@ import pytest
 
 from raftka import Admin, TopicPartition
 from raftka.client.connection import ClusterConnection
-from raftka.client.membership import GroupCoordinatorClient, as_group_partitions, from_group_partitions
+from raftka.client.membership import GroupCoordinatorClient
 from raftka.errors import (GroupNotEmptyError, InvalidRequestError, NotPartitionOwnerError, UnknownGroupError,
                            UnknownMemberIdError, UnreleasedInstanceIdError)
 from raftka.proto import api_pb2
+from raftka.wire.structs import as_group_partitions, from_group_partitions
 
 
 class Member:

@@ -9,8 +9,8 @@ import pytest
 from raftka import Admin, Producer
 from raftka.client.connection import ClusterConnection
 from raftka.errors import METADATA_CODE
-from raftka.partition.batch import encode_batch
 from raftka.proto import api_pb2, api_pb2_grpc
+from raftka.wire.batch import encode_batch
 
 
 def produce(address: str, topic: str, batch: bytes) -> api_pb2.ProduceResponse:

@@ -12,7 +12,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from raftka import Admin, Consumer, Producer, TopicPartition
 from raftka.proto import raft_pb2
-from raftka.replication.codec import encode_batch
+from raftka.replication.codec import encode_message_batch
 from raftka.replication.transport import FRAME_HEADER
 
 
@@ -76,7 +76,7 @@ def test_the_raft_listener_is_found_over_grpc_and_refuses_another_cluster(broker
             endpoint(raft_pb2.EndpointRequest(cluster_id="elsewhere", from_broker=9, to_broker=1), timeout=5)
     assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
     host, port = address.rsplit(":", 1)
-    hello = encode_batch("elsewhere", 9, 1, ()).SerializeToString()
+    hello = encode_message_batch("elsewhere", 9, 1, ()).SerializeToString()
     with socket.create_connection((host, int(port)), timeout=5) as sock:
         sock.sendall(FRAME_HEADER.pack(len(hello)) + hello)
         reply = b""

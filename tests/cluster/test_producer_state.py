@@ -7,13 +7,13 @@ import pytest
 from raftka.cluster.producer_state import CACHED_BATCHES, ProducerStates
 from raftka.errors import (DuplicateSequenceError, OutOfOrderSequenceError, ProducerFencedError,
                            UnknownProducerIdError)
-from raftka.partition.batch import encode_batch, read_header, stamp_base_offset
+from raftka.wire.batch import encode_batch, read_header, stamp_replicated
 
 
 def header(producer_id: int, sequence: int, count: int = 2, *, base_offset: int = 0, epoch: int = 0):  # type: ignore[no-untyped-def]
     batch = encode_batch([(None, b"v", (), 0)] * count, producer_id=producer_id, producer_epoch=epoch,
                          base_sequence=sequence)
-    return read_header(stamp_base_offset(batch, base_offset))
+    return read_header(stamp_replicated(batch, base_offset, 0))
 
 
 def test_next_batches_are_accepted_and_retries_get_the_first_offsets() -> None:

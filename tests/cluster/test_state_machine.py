@@ -9,14 +9,14 @@ from raftka.cluster.group_log import (CommittedOffset, GroupLog, MemberRecord, d
 from raftka.cluster.metadata import (BrokerRegistration, MetadataState, TopicRecord, create_topic_command,
                                      delete_topic_command, register_broker_command)
 from raftka.cluster.state_machine import MalformedRecordError, SnapshotFormatError, SnapshotPolicy
-from raftka.partition.batch import encode_batch, stamp_base_offset
+from raftka.wire.batch import encode_batch, stamp_replicated
 
 MEMBER = MemberRecord("m1", "", "client", ("t",), "", 30_000, frozenset({("t", 0), ("t", 1)}),
                       frozenset({("t", 0)}), frozenset({("t", 0)}), 3)
 
 
 def batch(offset: int, *values: bytes) -> bytes:
-    return stamp_base_offset(encode_batch([(b"k", v, (), 0) for v in values]), offset)
+    return stamp_replicated(encode_batch([(b"k", v, (), 0) for v in values]), offset, 0)
 
 
 def group_records() -> list[bytes]:

@@ -10,12 +10,13 @@ from pathlib import Path
 from raftka import Admin, TopicPartition
 from raftka.client.connection import ClusterConnection
 from raftka.client.local import LocalBroker
-from raftka.client.membership import GroupCoordinatorClient, as_group_partitions, from_group_partitions
-from raftka.partition.batch import encode_batch, stamp_replicated
+from raftka.client.membership import GroupCoordinatorClient
 from raftka.partition.log import LogConfig
 from raftka.partition.raft_entries import RECORDS
 from raftka.partition.store import LogStore
 from raftka.proto import api_pb2
+from raftka.wire.batch import encode_batch, stamp_replicated
+from raftka.wire.structs import as_group_partitions, from_group_partitions
 
 OFFSETS = "__consumer_offsets"
 METADATA_LOG = "__cluster_metadata/0"

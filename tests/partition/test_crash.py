@@ -10,18 +10,18 @@ import sys
 import textwrap
 import time
 
-from raftka.partition.batch import decode_batch, split_batches
 from raftka.partition.log import LogConfig
 from raftka.partition.store import LogStore
+from raftka.wire.batch import decode_batch, split_batches
 
 CONFIG = LogConfig(segment_bytes=64 * 1024, retention_bytes=-1, retention_ms=-1)
 NAMES = ("crash/0", "crash/1")
 
 WRITER = textwrap.dedent("""
     import sys
-    from raftka.partition.batch import encode_batch
     from raftka.partition.log import LogConfig
     from raftka.partition.store import LogStore
+    from raftka.wire.batch import encode_batch, stamp_replicated
 
     store = LogStore(sys.argv[1])
     logs = [store.open_log(name, LogConfig(segment_bytes=64 * 1024, retention_bytes=-1, retention_ms=-1))
@@ -33,7 +33,8 @@ WRITER = textwrap.dedent("""
             log = logs[i % 2]
             records = [(b"k%d" % i, b"%d:%d:" % (i, j) + b"v" * (i % 3000), (), 1_000_000 + i)
                        for j in range(1 + i % 7)]
-            staged.append((log.name, log.append(encode_batch(records)).base_offset, i, len(records)))
+            batch = stamp_replicated(encode_batch(records), log.end_offset, 0)
+            staged.append((log.name, log.append_stamped(batch).base_offset, i, len(records)))
             i += 1
         store.flush()
         for name, base, n, count in staged:

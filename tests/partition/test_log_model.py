@@ -19,10 +19,11 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 from rocksdict import WriteBatch
 
-from raftka.partition.batch import encode_batch, read_header, split_batches
-from raftka.partition.errors import InvalidOffsetError, OffsetOutOfRangeError
+from raftka.errors import OffsetOutOfRangeError
+from raftka.partition.errors import InvalidOffsetError
 from raftka.partition.log import LogConfig
 from raftka.partition.store import LogStore
+from raftka.wire.batch import encode_batch, read_header, split_batches, stamp_replicated
 
 NAMES = ("orders/0", "payments/7")
 T0 = 1_000_000
@@ -98,7 +99,8 @@ class LogMachine(RuleBasedStateMachine):
         model = self.models[name]
         records = [(None, bytes([i]) * size, (), self.now + jitter[i]) for i in range(count)]
         batch = encode_batch(records)
-        result = self.logs[name].append(batch)
+        log = self.logs[name]
+        result = log.append_stamped(stamp_replicated(batch, log.end_offset, 0))
         base = model.end
         assert (result.base_offset, result.last_offset) == (base, base + count - 1)
         last = model.segments[-1] if model.segments else None
@@ -173,7 +175,8 @@ class LogMachine(RuleBasedStateMachine):
                 break
             total -= size
             doomed += 1
-        assert self.logs[name].apply_retention(self.now) == doomed
+        log = self.logs[name]
+        assert log.delete_segments_before(log.retention_start(self.now)) == doomed
         if doomed:
             model.start = model.segments[doomed].base
             model.batches = [b for b in model.batches if b.base >= model.start]
@@ -231,7 +234,7 @@ def test_read_returns_whole_valid_batches(tmp_path):
     with LogStore(tmp_path) as store:
         log = store.open_log("t/0", LogConfig())
         for i in range(10):
-            log.append(encode_batch([(None, b"x" * 50, (), T0 + i)] * 3))
+            log.append_stamped(stamp_replicated(encode_batch([(None, b"x" * 50, (), T0 + i)] * 3), log.end_offset, 0))
         store.flush()
         data = log.read(4, 1)
         assert [read_header(data[a:b]).base_offset for a, b in split_batches(data)] == [3]

@@ -12,11 +12,11 @@ import time
 
 import pytest
 
-from raftka.partition.batch import encode_batch, read_header, split_batches, stamp_replicated
 from raftka.partition.errors import EntryIndexError, InvalidEntryError
 from raftka.partition.log import LogConfig
 from raftka.partition.raft_entries import CONF_CHANGE, NOOP, RECORDS, SnapshotRecord
 from raftka.partition.store import LogStore
+from raftka.wire.batch import encode_batch, read_header, split_batches, stamp_replicated
 
 CONFIG = LogConfig(segment_bytes=1024, retention_bytes=-1, retention_ms=-1)
 
@@ -170,7 +170,7 @@ def test_a_snapshot_with_truncation_drops_the_entries_and_the_segments_it_covers
 
 WRITER = textwrap.dedent("""
     import sys
-    from raftka.partition.batch import encode_batch, stamp_replicated
+    from raftka.wire.batch import encode_batch, stamp_replicated
     from raftka.partition.log import LogConfig
     from raftka.partition.raft_entries import NOOP, RECORDS
     from raftka.partition.store import LogStore

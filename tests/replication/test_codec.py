@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 from raftka.proto import raft_pb2
 from raftka.replication.codec import (
     CodecError,
-    decode_batch,
-    encode_batch,
+    decode_message_batch,
+    encode_message_batch,
     message_from_proto,
     message_size,
     message_to_proto,
@@ -62,10 +62,10 @@ def test_message_round_trip(message: Message) -> None:
 @settings(max_examples=100)
 @given(st.lists(st.tuples(st.text(max_size=20), messages), max_size=10))
 def test_batch_round_trip(items: list[tuple[str, Message]]) -> None:
-    batch = encode_batch("c1", 3, 4, items)
+    batch = encode_message_batch("c1", 3, 4, items)
     decoded = raft_pb2.MessageBatch.FromString(batch.SerializeToString())
     assert (decoded.cluster_id, decoded.from_broker, decoded.to_broker) == ("c1", 3, 4)
-    assert decode_batch(decoded) == items
+    assert decode_message_batch(decoded) == items
 
 
 @pytest.mark.parametrize("size", [0, 1 << 20, 8 << 20])

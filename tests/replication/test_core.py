@@ -16,7 +16,7 @@ from raftka.replication import (
     ConfState,
     Entry,
     MemoryStorage,
-    NotLeaderError,
+    NotRaftLeaderError,
     RaftConfig,
     RaftNode,
     ReadyContractError,
@@ -131,7 +131,7 @@ def test_ready_contract_is_enforced() -> None:
 
 def test_followers_refuse_proposals_with_a_leader_hint() -> None:
     node = RaftNode(RaftConfig(2), MemoryStorage.bootstrap(ConfState((1, 2, 3))), random.Random(2))
-    with pytest.raises(NotLeaderError) as info:
+    with pytest.raises(NotRaftLeaderError) as info:
         node.propose(b"x")
     assert info.value.leader_id == 0
 

@@ -14,7 +14,7 @@ from typing import Callable
 
 import pytest
 
-from raftka.replication import (ConfState, GroupFailedError, HardState, MemoryStorage, Message, NotLeaderError,
+from raftka.replication import (ConfState, GroupFailedError, HardState, MemoryStorage, Message, NotRaftLeaderError,
                                 ProposalDroppedError, RaftConfig, Role, bootstrap_snapshot)
 from raftka.replication.driver import MultiRaft
 
@@ -197,7 +197,7 @@ def test_a_group_whose_storage_fails_stops_alone_and_reopens() -> None:
                 try:
                     await asyncio.wait_for(cluster.net.drivers[leader].propose(group, data), 5)
                     return
-                except (NotLeaderError, ProposalDroppedError, GroupFailedError, TimeoutError):
+                except (NotRaftLeaderError, ProposalDroppedError, GroupFailedError, TimeoutError):
                     await asyncio.sleep(0.05)
 
         await asyncio.gather(*(write(group, f"{group}-after".encode()) for group in groups))
@@ -277,7 +277,7 @@ def test_follower_refuses_proposals_with_a_leader_hint() -> None:
         cluster.start()
         leader = await cluster.wait_leader("g0")
         follower = next(b for b in BROKERS if b != leader)
-        with pytest.raises(NotLeaderError) as info:
+        with pytest.raises(NotRaftLeaderError) as info:
             cluster.net.drivers[follower].propose("g0", b"x")
         assert info.value.leader_id == leader
         await cluster.stop()
@@ -367,7 +367,7 @@ def test_read_index_on_a_follower_covers_every_write_committed_before_it() -> No
 def test_read_index_without_a_known_leader_is_refused() -> None:
     async def scenario() -> None:
         cluster = Cluster(groups=1)
-        with pytest.raises(NotLeaderError):
+        with pytest.raises(NotRaftLeaderError):
             cluster.net.drivers[1].read_index("g0")
     run(scenario())
 

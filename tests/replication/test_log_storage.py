@@ -9,13 +9,13 @@ import struct
 
 import pytest
 
-from raftka.partition.batch import encode_batch, split_batches, stamp_replicated
 from raftka.partition.errors import InvalidEntryError
 from raftka.partition.log import LogConfig
 from raftka.partition.store import LogStore
 from raftka.replication import (CompactedError, ConfState, Entry, EntryType, HardState, MemoryStorage, RaftConfig,
                                 RaftNode, Role, Snapshot, SnapshotMetadata, SnapshotOutOfDateError, UnavailableError)
 from raftka.replication.log_storage import PartitionStorage, SnapshotDataError, snapshot_offset
+from raftka.wire.batch import encode_batch, split_batches, stamp_replicated
 
 CONFIG = LogConfig(segment_bytes=4096, retention_bytes=-1, retention_ms=-1)
 RAW = [encode_batch([(b"k%d" % n, b"v" * (n * 37 % 500), (), 1_000 + n)] * (1 + n % 3)) for n in range(8)]

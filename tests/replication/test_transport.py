@@ -12,7 +12,7 @@ import pytest
 
 from raftka.cluster.handlers import add_servicer
 from raftka.proto import raft_pb2
-from raftka.replication.codec import encode_batch, message_size, message_to_proto
+from raftka.replication.codec import encode_message_batch, message_size, message_to_proto
 from raftka.replication.entries import Entry
 from raftka.replication.messages import Message, MessageType
 from raftka.replication.transport import (
@@ -324,16 +324,16 @@ def frame(payload: bytes) -> bytes:
     return FRAME_HEADER.pack(len(payload)) + payload
 
 
-GOOD = encode_batch("c1", 1, 2, [("g", heartbeat(1, 2, 0))]).SerializeToString()
+GOOD = encode_message_batch("c1", 1, 2, [("g", heartbeat(1, 2, 0))]).SerializeToString()
 
 
 @pytest.mark.parametrize("frames, refusal", [
-    ([frame(encode_batch("c2", 1, 2, [("g", heartbeat(1, 2, 0))]).SerializeToString())], "CLUSTER_MISMATCH"),
-    ([frame(encode_batch("c1", 1, 3, [("g", heartbeat(1, 3, 0))]).SerializeToString())], "BROKER_MISMATCH"),
+    ([frame(encode_message_batch("c2", 1, 2, [("g", heartbeat(1, 2, 0))]).SerializeToString())], "CLUSTER_MISMATCH"),
+    ([frame(encode_message_batch("c1", 1, 3, [("g", heartbeat(1, 3, 0))]).SerializeToString())], "BROKER_MISMATCH"),
     ([frame(b"\xff\xff\xff\xff")], "MALFORMED"),
     ([frame(raft_pb2.MessageBatch(cluster_id="c1", from_broker=1, to_broker=2, messages=[
         raft_pb2.GroupMessage(group="g", message=raft_pb2.RaftMessage(type=42))]).SerializeToString())], "MALFORMED"),
-    ([frame(GOOD), frame(encode_batch("c1", 3, 2, [("g", heartbeat(3, 2, 0))]).SerializeToString())], "MALFORMED"),
+    ([frame(GOOD), frame(encode_message_batch("c1", 3, 2, [("g", heartbeat(3, 2, 0))]).SerializeToString())], "MALFORMED"),
     ([frame(GOOD), frame(b"\x0a\xff")], "MALFORMED"),
     ([FRAME_HEADER.pack(65 << 20)], "MALFORMED"),
     ([frame(bytes(5000))], "MALFORMED"),

@@ -1,8 +1,11 @@
 """The record-batch format: the unit a producer builds, the broker stores and a consumer decodes.
 
-A batch is built once by the producer (`encode_batch`), checked and stamped with its base offset by
-the broker (`read_header`, `stamp_base_offset`), stored and served whole, and decoded by the consumer
-(`decode_batch`). The broker never looks past the header: per-record work is client work.
+A batch is built once by the producer (`encode_batch`), checked and stamped with its base offset and
+Raft term by the partition leader (`split_batches`, `stamp_replicated`), stored and served whole, and
+decoded by the consumer (`decode_columns`). The broker never looks past the header: per-record work
+is client work, except in the broker's own internal logs (`decode_batch`). Both sides speak this
+format, so it lives in `raftka.wire`; a bad batch raises `raftka.errors.CorruptBatchError` or
+`InvalidBatchError` wherever it is found.
 
 Header (61 bytes, every integer big-endian, fixed width)::
 
@@ -61,7 +64,7 @@ import crc32c
 import lz4.frame
 import zstandard
 
-from raftka.partition.errors import CorruptBatchError, InvalidBatchError
+from raftka.errors import CorruptBatchError, InvalidBatchError
 
 MAGIC = 1
 HEADER_SIZE = 61
@@ -103,8 +106,10 @@ class RecordInput(NamedTuple):
     timestamp_ms: int
 
 
-class Record(NamedTuple):
-    """A decoded record. A NamedTuple rather than a dataclass: decoding builds one per record."""
+class BatchRecord(NamedTuple):
+    """A record as its batch holds it, with its absolute offset (`decode_batch`). A consumer's
+    `raftka.client.Record` adds the topic and partition the batch does not know. A NamedTuple rather
+    than a dataclass: decoding builds one per record."""
 
     offset: int
     timestamp_ms: int
@@ -144,7 +149,7 @@ class BatchHeader:
 @dataclass(frozen=True, slots=True)
 class DecodedBatch:
     header: BatchHeader
-    records: list[Record]
+    records: list[BatchRecord]
 
 
 def encode_batch(records: Sequence[Sequence[Any]], *, compression: Compression = Compression.NONE,
@@ -237,11 +242,6 @@ def next_offset_after(buf: bytes | bytearray | memoryview) -> int | None:
     return batch_next_offset(buf, last) if last >= 0 else None
 
 
-def stamp_base_offset(buf: bytes | bytearray | memoryview, base_offset: int) -> bytes:
-    """A copy of the batch in `buf` with its base offset set; the CRC stays valid (it skips the field)."""
-    return b"".join((_U64.pack(base_offset), memoryview(buf)[8:]))
-
-
 def stamp_replicated(buf: bytes | bytearray | memoryview, base_offset: int, term: int) -> bytes:
     """A copy of the batch with its base offset and Raft term set, as the leader proposes it; the CRC
     stays valid (neither field is covered)."""
@@ -295,8 +295,8 @@ def decode_columns(buf: bytes | bytearray | memoryview, *, verify_crc: bool = Tr
 def decode_batch(buf: bytes | bytearray | memoryview, *, verify_crc: bool = True) -> DecodedBatch:
     """Header and records of the one batch that `buf` starts with, records with absolute offsets."""
     columns = decode_columns(buf, verify_crc=verify_crc)
-    records = list(map(_new_tuple, repeat(Record), zip(columns.offsets, columns.timestamps, columns.keys,
-                                                          columns.values, columns.headers)))
+    records = list(map(_new_tuple, repeat(BatchRecord), zip(columns.offsets, columns.timestamps, columns.keys,
+                                                               columns.values, columns.headers)))
     return DecodedBatch(columns.header, records)
 
 

@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from raftka.partition.batch import (CRC_START, HEADER_SIZE, TERM_OFFSET, Compression, RecordInput,
+from raftka.errors import BatchError, CorruptBatchError, InvalidBatchError
+from raftka.wire.batch import (CRC_START, HEADER_SIZE, TERM_OFFSET, Compression, RecordInput,
                                     decode_batch, encode_batch, next_offset_after, read_header,
-                                    split_batches, stamp_base_offset)
-from raftka.partition.errors import BatchError, CorruptBatchError, InvalidBatchError
+                                    split_batches, stamp_replicated)
 
 T0 = 1_700_000_000_000
 
@@ -121,7 +121,7 @@ def test_structurally_bad_headers_are_invalid():
 
 def test_stamp_sets_base_offset_and_keeps_crc_valid():
     batch = encode_batch([(None, b"a", (), T0), (None, b"b", (), T0)])
-    stamped = stamp_base_offset(memoryview(batch), 2**40 + 3)
+    stamped = stamp_replicated(memoryview(batch), 2**40 + 3, 0)
     header = read_header(stamped)
     assert header.base_offset == 2**40 + 3 and header.last_offset == 2**40 + 4
     assert [r.offset for r in decode_batch(stamped).records] == [2**40 + 3, 2**40 + 4]
@@ -129,7 +129,7 @@ def test_stamp_sets_base_offset_and_keeps_crc_valid():
 
 
 def test_split_batches_walks_concatenation_and_flags_leftovers():
-    batches = [stamp_base_offset(encode_batch([(None, b"v" * n, (), T0)] * (n + 1)), 10 * n)
+    batches = [stamp_replicated(encode_batch([(None, b"v" * n, (), T0)] * (n + 1)), 10 * n, 0)
                for n in range(1, 4)]
     joined = b"".join(batches)
     spans = split_batches(joined)
@@ -148,7 +148,7 @@ def test_split_batches_walks_concatenation_and_flags_leftovers():
 
 
 def test_next_offset_after_is_the_offset_after_the_last_batch():
-    batches = [stamp_base_offset(encode_batch([(None, b"v", (), T0)] * count), base)
+    batches = [stamp_replicated(encode_batch([(None, b"v", (), T0)] * count), base, 0)
                for base, count in ((7, 3), (10, 1), (11, 5))]
     assert next_offset_after(b"".join(batches)) == 16
     assert next_offset_after(memoryview(batches[0])) == 10

@@ -1,0 +1,93 @@
+"""The `raftka broker` command: its flags (each also a RAFTKA_* environment variable) and the broker
+they configure (`raftka.cluster.broker.run`).
+
+`raftka.cli`, the `raftka` entry point, adds this command to the client's (`raftka.client.cli`), so
+the client never imports the broker. The broker itself is imported only when the command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+from pathlib import Path
+
+from raftka.cluster.config import BrokerConfig, parse_peers
+from raftka.wire.settings import env, flag
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--id", type=int, default=env("ID", None, int), help="broker id (env RAFTKA_ID)")
+    parser.add_argument("--id-from-hostname", action="store_true", default=env("ID_FROM_HOSTNAME", False, flag),
+                        help="take the id from the number at the end of the host name plus --id-offset, as a "
+                             "StatefulSet's pod ordinal (raftka-0 is broker 1 by default) "
+                             "(env RAFTKA_ID_FROM_HOSTNAME=1)")
+    parser.add_argument("--id-offset", type=int, default=env("ID_OFFSET", 1, int),
+                        help="added to the host name's number with --id-from-hostname (env RAFTKA_ID_OFFSET; "
+                             "default 1)")
+    parser.add_argument("--join", default=env("JOIN", ""),
+                        help="HOST:PORT[,...] of brokers of a running cluster: start a broker that is not a "
+                             "founding controller; it registers and follows the metadata log as a learner "
+                             "(env RAFTKA_JOIN)")
+    parser.add_argument("--replace", action="store_true", default=env("REPLACE", False, flag),
+                        help="this broker's data directory is new (its disk was lost or replaced): take over "
+                             "its id; refused without it (env RAFTKA_REPLACE=1)")
+    parser.add_argument("--listen", default=env("LISTEN", "127.0.0.1:9092"),
+                        help="HOST:PORT to serve on (env RAFTKA_LISTEN; default 127.0.0.1:9092)")
+    parser.add_argument("--advertise", default=env("ADVERTISE", ""),
+                        help="HOST:PORT clients should use, if not --listen (env RAFTKA_ADVERTISE)")
+    parser.add_argument("--raft-listen", default=env("RAFT_LISTEN", ""),
+                        help="HOST:PORT for inter-broker Raft connections (env RAFTKA_RAFT_LISTEN; default the "
+                             "--listen host and any free port, which peers learn over gRPC)")
+    parser.add_argument("--data-dir", type=Path, default=env("DATA_DIR", None, Path),
+                        help="directory for this broker's data (env RAFTKA_DATA_DIR)")
+    parser.add_argument("--peers", default=env("PEERS", ""),
+                        help="every broker of the cluster as ID=HOST:PORT[@RACK],... including this one; "
+                             "omitted: a one-broker cluster (env RAFTKA_PEERS)")
+    parser.add_argument("--rack", default=env("RACK", ""),
+                        help="this broker's rack or zone; replicas of a partition are spread over racks "
+                             "(env RAFTKA_RACK)")
+    parser.add_argument("--cluster-id", default=env("CLUSTER_ID", "raftka"),
+                        help="brokers refuse Raft traffic from another cluster id (env RAFTKA_CLUSTER_ID)")
+    parser.add_argument("--metrics-port", type=int, default=env("METRICS_PORT", None, int),
+                        help="serve Prometheus /metrics on this port (env RAFTKA_METRICS_PORT)")
+    parser.add_argument("--metrics-host", default=env("METRICS_HOST", "127.0.0.1"),
+                        help="address for /metrics (env RAFTKA_METRICS_HOST; default 127.0.0.1)")
+    parser.add_argument("--leader-balance-delay-ms", type=int, default=env("LEADER_BALANCE_DELAY_MS", 30_000, int),
+                        help="hand leadership back to an in-sync preferred leader after this long "
+                             "(env RAFTKA_LEADER_BALANCE_DELAY_MS; default 30000)")
+    parser.add_argument("--retention-check-ms", type=int, default=env("RETENTION_CHECK_MS", 60_000, int),
+                        help="how often expired segments are deleted (env RAFTKA_RETENTION_CHECK_MS; default 60000)")
+    parser.add_argument("--offsets-partitions", type=int, default=env("OFFSETS_PARTITIONS", 8, int),
+                        help="partitions of __consumer_offsets, the consumer groups' topic, when it is created "
+                             "(env RAFTKA_OFFSETS_PARTITIONS; default 8)")
+    parser.add_argument("--snapshot-bytes", type=int, default=env("SNAPSHOT_BYTES", 4 << 20, int),
+                        help="snapshot the metadata and group state once this many bytes of their log "
+                             "(and twice the last snapshot's size) were applied since the last snapshot, and "
+                             "truncate the log behind it (env RAFTKA_SNAPSHOT_BYTES; default 4194304)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from raftka.cluster.broker import run as run_broker
+
+    broker_id = id_from_hostname(socket.gethostname(), args.id_offset) if args.id_from_hostname else args.id
+    if broker_id is None or args.data_dir is None:
+        raise ValueError("raftka broker needs --id (or --id-from-hostname) and --data-dir (or RAFTKA_ID and "
+                         "RAFTKA_DATA_DIR)")
+    peers, racks = parse_peers(args.peers)
+    join = tuple(seed.strip() for seed in args.join.split(",") if seed.strip())
+    return run_broker(BrokerConfig(broker_id=broker_id, listen=args.listen, advertise=args.advertise, join=join,
+                                   replace=args.replace,
+                                   raft_listen=args.raft_listen, data_dir=args.data_dir, peers=peers, racks=racks,
+                                   rack=args.rack, cluster_id=args.cluster_id, metrics_port=args.metrics_port,
+                                   metrics_host=args.metrics_host,
+                                   retention_check_interval_s=args.retention_check_ms / 1000,
+                                   leader_balance_delay_s=args.leader_balance_delay_ms / 1000,
+                                   offsets_partitions=args.offsets_partitions, snapshot_bytes=args.snapshot_bytes))
+
+
+def id_from_hostname(hostname: str, offset: int) -> int:
+    """`raftka-2` (a StatefulSet's pod 2) with offset 1 is broker 3."""
+    digits = len(hostname) - len(hostname.rstrip("0123456789"))
+    if not digits:
+        raise ValueError(f"--id-from-hostname: host name {hostname!r} does not end in a number")
+    return int(hostname[-digits:]) + offset

@@ -1,0 +1,8 @@
+"""What the client and the broker agree on, below both of them.
+
+The record-batch format (`batch`), the partitioning rule (`partitioning`: a keyed record's partition,
+and a consumer group's `__consumer_offsets` partition), the value types both sides pass around
+(`structs`) and the settings both parse the same way (`settings`: HOST:PORT addresses, RAFTKA_*
+variables). Neither side imports the other (`raftka.client` never imports `raftka.cluster`, nor the
+reverse); each imports this package, which imports only `raftka.errors` and `raftka.proto`.
+"""
