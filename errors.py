@@ -225,6 +225,26 @@ class IncarnationMismatchError(RaftkaError):
     status = grpc.StatusCode.FAILED_PRECONDITION
 
 
+class InvalidReplicaAssignmentError(RaftkaError):
+    """A replica list naming an unregistered broker, a broker twice, or no broker."""
+
+    code = ErrorCode.INVALID_REPLICA_ASSIGNMENT
+
+
+class ReassignmentInProgressError(RaftkaError):
+    """The partition is being moved already: cancel that move, or wait for it to finish."""
+
+    code = ErrorCode.REASSIGNMENT_IN_PROGRESS
+    status = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class StalePlanError(RaftkaError):
+    """The reassignment plan was made before placement last changed: plan again."""
+
+    code = ErrorCode.STALE_PLAN
+    status = grpc.StatusCode.FAILED_PRECONDITION
+
+
 class UnreleasedInstanceIdError(RaftkaError):
     """Another live member holds the static instance id; retried until it leaves or expires."""
 

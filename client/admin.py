@@ -1,5 +1,6 @@
-"""`Admin`: topics (create, delete, list, describe, leader elections) and consumer groups (list,
-describe with lag, delete, reset offsets)."""
+"""`Admin`: topics (create, delete, list, describe, leader elections), consumer groups (list,
+describe with lag, delete, reset offsets), the cluster's brokers, and partition moves (reassign,
+status, cancel)."""
 
 from __future__ import annotations
 
@@ -122,6 +123,52 @@ class OffsetReset(NamedTuple):
     @property
     def clamped(self) -> bool:
         return self.new != self.requested
+
+
+PHASES = {api_pb2.MOVE_PHASE_UNKNOWN: "unknown", api_pb2.CATCHING_UP: "catching-up",
+          api_pb2.TRANSFERRING_LEADERSHIP: "transferring-leadership", api_pb2.REMOVING: "removing",
+          api_pb2.COMPLETING: "completing"}
+
+
+@dataclass(frozen=True)
+class ReassignmentInfo:
+    """One partition's move; the progress fields are its leader's (None when no leader answered)."""
+
+    topic: str
+    partition: int
+    original: tuple[int, ...]
+    target: tuple[int, ...]
+    cancelled: bool
+    throttle_bytes_per_s: int
+    started_ms: int
+    leader: int | None
+    phase: str
+    voters: tuple[int, ...]
+    learners: tuple[int, ...]
+    entries_behind: dict[int, int]
+    bytes_behind: dict[int, int]
+    partition_bytes: int
+    write_bytes_per_s: int
+
+    @classmethod
+    def from_proto(cls, status: api_pb2.ReassignmentStatus) -> ReassignmentInfo:
+        return cls(status.topic, status.partition, tuple(status.original), tuple(status.target), status.cancelled,
+                   status.throttle_bytes_per_s, status.started_ms, status.leader_id if status.leader_id >= 0 else None,
+                   PHASES.get(status.phase, "unknown"), tuple(status.voters), tuple(status.learners),
+                   {p.broker_id: p.entries_behind for p in status.learner_progress},
+                   {p.broker_id: p.bytes_behind for p in status.learner_progress}, status.partition_bytes,
+                   status.write_bytes_per_s)
+
+    @property
+    def throttle_too_low(self) -> bool:
+        """Writes arrive faster than the throttle lets the new replicas copy: the move cannot finish."""
+        return 0 < self.throttle_bytes_per_s < self.write_bytes_per_s
+
+
+class Reassignments(NamedTuple):
+    placement_offset: int
+    """Pass it with a plan made now, so the plan is refused if placement changes meanwhile."""
+    moves: list[ReassignmentInfo]
 
 
 class Admin:
@@ -331,6 +378,50 @@ class Admin:
         partition at its replication factor). `draining=False` recommissions it."""
         request = api_pb2.DrainBrokerRequest(broker_id=broker_id, draining=draining)
         self._admin(lambda stub: stub.DrainBroker(request, timeout=self._conn.request_timeout_s))
+
+    def reassign_partitions(self, moves: Mapping[TopicPartition, Sequence[int]], *, throttle_bytes_per_s: int = 0,
+                            expected_placement_offset: int | None = None) -> int:
+        """Start moving each partition to its new replicas (the first is the preferred leader): all of
+        them, or none (a partition moving already, an unregistered broker, a stale plan: a typed
+        error). The partitions' leaders carry the moves out; `list_reassignments` follows them.
+        Returns the metadata's placement offset after the moves were recorded."""
+        request = api_pb2.ReassignPartitionsRequest(
+            partitions=[api_pb2.PartitionReplicas(topic=tp.topic, partition=tp.partition, replicas=list(replicas))
+                        for tp, replicas in moves.items()],
+            throttle_bytes_per_s=throttle_bytes_per_s,
+            has_expected_placement_offset=expected_placement_offset is not None,
+            expected_placement_offset=expected_placement_offset or 0)
+        return self._admin(lambda stub: stub.ReassignPartitions(
+            request, timeout=self._conn.request_timeout_s)).placement_offset
+
+    def cancel_reassignments(self, partitions: Sequence[TopicPartition] = ()) -> list[TopicPartition]:
+        """Cancel the unfinished moves of `partitions` (all when empty): each goes back to its original
+        replicas. Returns the partitions whose moves were cancelled."""
+        request = api_pb2.CancelReassignmentsRequest(partitions=[
+            api_pb2.PartitionReplicas(topic=tp.topic, partition=tp.partition) for tp in partitions])
+        response = self._admin(lambda stub: stub.CancelReassignments(request, timeout=self._conn.request_timeout_s))
+        return [TopicPartition(item.topic, item.partition) for item in response.cancelled]
+
+    def list_reassignments(self) -> Reassignments:
+        """The moves in progress, each with the progress its partition's leader reports (every broker
+        is asked; a partition whose leader did not answer has `leader_id` -1)."""
+        request = api_pb2.ListReassignmentsRequest()
+        first = self._admin(lambda stub: stub.ListReassignments(request, timeout=self._conn.request_timeout_s))
+        found = {(r.topic, r.partition): r for r in first.reassignments}
+        if found:
+            for broker in self._conn.refresh().brokers:
+                if broker.id == first.answered_by or not broker.address:
+                    continue
+                try:
+                    answer = api_pb2_grpc.AdminStub(self._conn.channel(broker.address)).ListReassignments(
+                        request, timeout=min(5.0, self._conn.request_timeout_s))
+                except grpc.RpcError:
+                    continue
+                for status in answer.reassignments:
+                    key = (status.topic, status.partition)
+                    if key in found and status.leader_id >= 0:
+                        found[key] = status
+        return Reassignments(first.placement_offset, [ReassignmentInfo.from_proto(r) for _, r in sorted(found.items())])
 
     def close(self) -> None:
         self._conn.close()

@@ -15,6 +15,7 @@ import grpc
 from raftka.cluster.broker_service import BrokerState, unary
 from raftka.cluster.leadership import LeaderBalancer
 from raftka.cluster.metadata import BrokerRegistration
+from raftka.cluster.reassignment import Reassigner
 from raftka.cluster.topics import TopicConfig, validate_topic_name
 from raftka.cluster.config import parse_host_port
 from raftka.errors import (BrokerUnavailableError, InvalidRequestError, NotEnoughReplicasError, NotLeaderError,
@@ -31,6 +32,8 @@ class AdminService(api_pb2_grpc.AdminServicer):
     def __init__(self, state: BrokerState, balancer: LeaderBalancer) -> None:
         self._state = state
         self._balancer = balancer
+        self.reassigner: Reassigner | None = None
+        """Set by the broker once its partitions are managed (ListReassignments reports its progress)."""
         self._channels: dict[str, grpc.aio.Channel] = {}
 
     async def CreateTopic(self, request: api_pb2.CreateTopicRequest, context: grpc.aio.ServicerContext
@@ -208,6 +211,61 @@ class AdminService(api_pb2_grpc.AdminServicer):
                     f"only {len(remaining)} other broker(s) would be left ({remaining})")
         await state.controller.drain_broker(request.broker_id, request.draining)
         return api_pb2.DrainBrokerResponse()
+
+    async def ReassignPartitions(self, request: api_pb2.ReassignPartitionsRequest, context: grpc.aio.ServicerContext
+                                 ) -> api_pb2.ReassignPartitionsResponse:
+        return await unary(context, lambda: self.on_controller("ReassignPartitions", request,
+                                                               lambda: self._reassign(request)))
+
+    async def _reassign(self, request: api_pb2.ReassignPartitionsRequest) -> api_pb2.ReassignPartitionsResponse:
+        moves: dict[tuple[str, int], tuple[int, ...]] = {}
+        for item in request.partitions:
+            key = (item.topic, item.partition)
+            if key in moves:
+                raise InvalidRequestError(f"{item.topic}/{item.partition} appears twice in the request")
+            moves[key] = tuple(item.replicas)
+        if not moves:
+            raise InvalidRequestError("the request names no partition to move")
+        expected = request.expected_placement_offset if request.has_expected_placement_offset else None
+        offset = await self._state.controller.reassign(moves, request.throttle_bytes_per_s, expected)
+        return api_pb2.ReassignPartitionsResponse(placement_offset=offset)
+
+    async def CancelReassignments(self, request: api_pb2.CancelReassignmentsRequest,
+                                  context: grpc.aio.ServicerContext) -> api_pb2.CancelReassignmentsResponse:
+        async def locally() -> api_pb2.CancelReassignmentsResponse:
+            cancelled = await self._state.controller.cancel_reassignments(
+                [(item.topic, item.partition) for item in request.partitions])
+            return api_pb2.CancelReassignmentsResponse(cancelled=[
+                api_pb2.PartitionReplicas(topic=topic, partition=partition) for topic, partition in cancelled])
+
+        return await unary(context, lambda: self.on_controller("CancelReassignments", request, locally))
+
+    async def ListReassignments(self, request: api_pb2.ListReassignmentsRequest, context: grpc.aio.ServicerContext
+                                ) -> api_pb2.ListReassignmentsResponse:
+        return await unary(context, self._list_reassignments)
+
+    async def _list_reassignments(self) -> api_pb2.ListReassignmentsResponse:
+        state = self._state
+        await state.catch_up_metadata()
+        reassigner = self.reassigner
+        statuses = [] if reassigner is None else [
+            reassigner.status(topic, partition, move) for (topic, partition), move in sorted(state.metadata.moves().items())]
+        return api_pb2.ListReassignmentsResponse(reassignments=statuses,
+                                                 placement_offset=state.metadata.placement_offset,
+                                                 answered_by=state.config.broker_id)
+
+    async def CompletePartitionMove(self, request: api_pb2.CompletePartitionMoveRequest,
+                                    context: grpc.aio.ServicerContext) -> api_pb2.CompletePartitionMoveResponse:
+        return await unary(context, lambda: self.complete_move(request))
+
+    async def complete_move(self, request: api_pb2.CompletePartitionMoveRequest) -> api_pb2.CompletePartitionMoveResponse:
+        """Record that a partition's voters reached its move's target (forwarded to the metadata leader)."""
+        async def locally() -> api_pb2.CompletePartitionMoveResponse:
+            await self._state.controller.complete_move(request.topic, request.partition, request.topic_id,
+                                                       tuple(request.replicas))
+            return api_pb2.CompletePartitionMoveResponse()
+
+        return await self.on_controller("CompletePartitionMove", request, locally)
 
     async def on_controller(self, method: str, request: Any, locally: Callable[[], Awaitable[Any]],
                              stub: Callable[[grpc.aio.Channel], Any] = api_pb2_grpc.AdminStub) -> Any:

@@ -38,6 +38,7 @@ from raftka.cluster.leadership import LeaderBalancer, hand_off_all
 from raftka.cluster.metadata import BrokerRegistration, MetadataState
 from raftka.cluster.metrics import BrokerMetrics
 from raftka.cluster.partitions import PartitionManager
+from raftka.cluster.reassignment import Reassigner
 from raftka.cluster.replica import RaftReplica
 from raftka.cluster.state_machine import SnapshotPolicy, StateMachineStats
 from raftka.cluster.topics import MAX_BATCH_BYTES_LIMIT
@@ -57,6 +58,8 @@ LIVENESS_SERVICE = "liveness"
 what a liveness probe asks (restarting a broker because its quorum is away would not help)."""
 HAND_OFF_TIMEOUT_S = 5.0
 """How long a stopping broker waits for the groups it leads to elect the followers it chose."""
+REASSIGNMENT_INTERVAL_S = 0.2
+"""How often each partition leader takes the next step of the moves it leads (cluster/reassignment.py)."""
 
 
 async def _enforce_retention(partitions: PartitionManager, committer: GroupCommitter, interval_s: float) -> None:
@@ -168,6 +171,12 @@ async def serve(config: BrokerConfig) -> int:
     add_servicer(server, api_pb2.DESCRIPTOR.services_by_name["Broker"], BrokerService(state))
     balancer = LeaderBalancer(config.broker_id, metadata, partitions)
     admin = AdminService(state, balancer)
+
+    async def complete_move(topic: str, partition: int, topic_id: str, replicas: tuple[int, ...]) -> None:
+        await admin.complete_move(api_pb2.CompletePartitionMoveRequest(topic=topic, partition=partition,
+                                                                       topic_id=topic_id, replicas=replicas))
+
+    admin.reassigner = reassigner = Reassigner(config.broker_id, metadata, partitions, driver, complete_move)
     add_servicer(server, api_pb2.DESCRIPTOR.services_by_name["Admin"], admin)
     add_servicer(server, api_pb2.DESCRIPTOR.services_by_name["Groups"], GroupsService(state, coordinator, admin))
     add_servicer(server, raft_pb2.DESCRIPTOR.services_by_name["RaftTransport"], transport.servicer)
@@ -200,6 +209,7 @@ async def serve(config: BrokerConfig) -> int:
         asyncio.create_task(_drop_orphans_after_replay(partitions, controller)),
         asyncio.create_task(_register(admin, state, refuse)),
         asyncio.create_task(coordinator.run()),
+        asyncio.create_task(reassigner.run(REASSIGNMENT_INTERVAL_S)),
         asyncio.create_task(balancer.run(config.leader_balance_delay_s, min(1.0, config.leader_balance_delay_s))),
     ]
     for task in background:

@@ -18,8 +18,9 @@ from typing import Callable
 
 from raftka.cluster.brokers import BrokerDirectory
 from raftka.cluster.metadata import (ALLOCATE_PRODUCER_ID_COMMAND, METADATA_TOPIC, BrokerRegistration,
-                                     MetadataState, TopicRecord, create_topic_command, delete_topic_command,
-                                     drain_broker_command, register_broker_command)
+                                     MetadataState, TopicRecord, cancel_reassignment_command, complete_move_command,
+                                     create_topic_command, delete_topic_command, drain_broker_command,
+                                     reassign_command, register_broker_command)
 from raftka.cluster.partitions import open_replica
 from raftka.cluster.placement import BrokerSlot, assign_replicas
 from raftka.cluster.state_machine import SnapshotPolicy, StateMachineStats, apply_records
@@ -120,6 +121,30 @@ class Controller:
 
     async def drain_broker(self, broker_id: int, draining: bool) -> None:
         await self._propose(drain_broker_command(broker_id, draining))
+
+    async def reassign(self, moves: dict[tuple[str, int], tuple[int, ...]], throttle_bytes_per_s: int,
+                       expected_placement_offset: int | None) -> int:
+        """Record the moves (all or none: `MetadataState` refuses a move of a moving partition, an
+        unregistered target, a stale plan); returns the placement offset after them."""
+        if throttle_bytes_per_s < 0:
+            raise InvalidRequestError(f"throttle must be >= 0 bytes/s, not {throttle_bytes_per_s}")
+        for (topic, partition), target in moves.items():
+            if not target:
+                raise InvalidRequestError(f"the target of {topic}/{partition} names no broker")
+        await self._propose(reassign_command(moves, throttle_bytes_per_s, expected_placement_offset,
+                                             int(time.time() * 1000)))
+        return self._state.placement_offset
+
+    async def cancel_reassignments(self, partitions: list[tuple[str, int]]) -> list[tuple[str, int]]:
+        """Cancel the unfinished moves of `partitions` (every move when empty); returns those cancelled."""
+        before = {key for key, move in self._state.moves().items() if not move.cancelled}
+        wanted = before if not partitions else before & set(partitions)
+        if wanted:
+            await self._propose(cancel_reassignment_command(sorted(wanted)))
+        return sorted(wanted)
+
+    async def complete_move(self, topic: str, partition: int, topic_id: str, replicas: tuple[int, ...]) -> None:
+        await self._propose(complete_move_command(topic, partition, topic_id, replicas))
 
     def _placeable(self, replication_factor: int) -> list[BrokerSlot]:
         return self._directory.placeable(self._is_alive, replication_factor)

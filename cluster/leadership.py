@@ -3,7 +3,8 @@
 Placement spreads preferred leaders evenly, so when every preferred leader leads, load is spread.
 After a broker restarts, others lead its partitions; once its replica is back in sync, the current
 leader transfers leadership to it (Raft's TimeoutNow), automatically after `delay_s` of the
-imbalance, or at once through the Admin API. Only leaders act, so a partition moves once.
+imbalance, or at once through the Admin API. Only leaders act, so a partition moves once. A
+partition being moved is left alone: its leadership is the move's to decide (cluster/reassignment.py).
 
 A broker that stops gracefully first hands every group it leads to an in-sync follower
 (`hand_off`), so a rolling restart costs clients a redirect, not an election timeout.
@@ -44,6 +45,8 @@ class LeaderBalancer:
                 replica = self._partitions.find(record.name, partition)
                 preferred = replicas[0]
                 if replica is None or replica.leader_id != self._broker_id or preferred == self._broker_id:
+                    continue
+                if self._metadata.move(record.name, partition) is not None:
                     continue
                 if preferred not in replica.in_sync_replicas():
                     continue

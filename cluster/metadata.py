@@ -1,8 +1,9 @@
 """Cluster metadata as a replicated state machine (KRaft-style): brokers, topics, replica placement.
 
 The metadata log is the Raft log of the internal partition `__cluster_metadata/0`, hosted by the
-controller-eligible brokers. Each record of it is one command (JSON: register_broker, create_topic, delete_topic,
-allocate_producer_id — whose offset in the log is the producer id it allocates, so it changes no state);
+controller-eligible brokers. Each record of it is one command (JSON: register_broker, drain_broker,
+create_topic, delete_topic, reassign, cancel_reassignment, complete_move, allocate_producer_id — whose
+offset in the log is the producer id it allocates, so it changes no state);
 every broker applies the committed commands in log order to the same `MetadataState`, so all of them
 agree on which brokers registered (address, rack), which topics exist and where their replicas live.
 The state is snapshotted into the partition's Raft snapshot (`snapshot`/`restore`), so a restart
@@ -29,7 +30,9 @@ from typing import Any, Callable
 
 from raftka.cluster.state_machine import MalformedRecordError, SnapshotFormatError, field_of, parse_json
 from raftka.cluster.topics import TopicConfig
-from raftka.errors import InvalidConfigError, InvalidRequestError, RaftkaError, TopicExistsError, UnknownTopicError
+from raftka.errors import (InvalidConfigError, InvalidReplicaAssignmentError, InvalidRequestError, RaftkaError,
+                           ReassignmentInProgressError, StalePlanError, TopicExistsError, UnknownPartitionError,
+                           UnknownTopicError)
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +126,67 @@ def delete_topic_command(name: str) -> bytes:
 ALLOCATE_PRODUCER_ID_COMMAND = json.dumps({"op": "allocate_producer_id"}).encode()
 
 
+@dataclass(frozen=True)
+class PartitionMove:
+    """A partition on its way from `original` to `target` replicas (KIP-455's adding/removing sets).
+
+    The partition's leader carries it out one Raft membership change at a time (cluster/reassignment.py)
+    and ends it with a complete_move command, which sets the partition's replicas to `target`. Until
+    then the topic record keeps `original`. Every broker in `hosts` keeps a replica of the partition
+    while the move lasts: the group's members are always among them, whatever step the leader is at,
+    so no broker drops a replica the group may still count on. A cancel turns the target back to
+    `original` (keeping the hosts): the leader then undoes its steps.
+    """
+
+    topic_id: str
+    original: tuple[int, ...]
+    target: tuple[int, ...]
+    hosts: tuple[int, ...]
+    throttle_bytes_per_s: int = 0
+    """Bytes per second sent to the new replicas while they catch up (0: unthrottled)."""
+    cancelled: bool = False
+    started_ms: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"topic_id": self.topic_id, "original": list(self.original), "target": list(self.target),
+                "hosts": list(self.hosts), "throttle": self.throttle_bytes_per_s, "cancelled": self.cancelled,
+                "started_ms": self.started_ms}
+
+    @classmethod
+    def from_json(cls, raw: Any) -> PartitionMove:
+        return cls(field_of(raw, "topic_id", str), _broker_ids(raw, "original"), _broker_ids(raw, "target"),
+                   _broker_ids(raw, "hosts"), field_of(raw, "throttle", int), field_of(raw, "cancelled", bool),
+                   field_of(raw, "started_ms", int))
+
+
+def _broker_ids(raw: Any, name: str) -> tuple[int, ...]:
+    ids = field_of(raw, name, list)
+    if not ids or not all(isinstance(b, int) and not isinstance(b, bool) and b > 0 for b in ids):
+        raise MalformedRecordError(f"{name} {ids!r} is not a list of broker ids")
+    return tuple(ids)
+
+
+def reassign_command(moves: dict[tuple[str, int], tuple[int, ...]], throttle_bytes_per_s: int,
+                     expected_placement_offset: int | None, started_ms: int) -> bytes:
+    return json.dumps({"op": "reassign", "throttle": throttle_bytes_per_s, "started_ms": started_ms,
+                       "expected_placement_offset": expected_placement_offset,
+                       "moves": [{"topic": t, "partition": p, "target": list(target)}
+                                 for (t, p), target in sorted(moves.items())]}, sort_keys=True).encode()
+
+
+def cancel_reassignment_command(partitions: list[tuple[str, int]]) -> bytes:
+    """Cancel the moves of `partitions` (all moves when empty)."""
+    return json.dumps({"op": "cancel_reassignment", "partitions": [[t, p] for t, p in partitions]},
+                      sort_keys=True).encode()
+
+
+def complete_move_command(topic: str, partition: int, topic_id: str, replicas: tuple[int, ...]) -> bytes:
+    return json.dumps({"op": "complete_move", "topic": topic, "partition": partition, "topic_id": topic_id,
+                       "replicas": list(replicas)}, sort_keys=True).encode()
+
+
 Listener = Callable[[TopicRecord], None]
+MoveListener = Callable[[TopicRecord, int], None]
 BrokerListener = Callable[[BrokerRegistration], None]
 
 
@@ -134,11 +197,19 @@ class MetadataState:
         self._lock = threading.Lock()
         self._topics: dict[str, TopicRecord] = {}
         self._brokers: dict[int, BrokerRegistration] = {}
+        self._moves: dict[tuple[str, int], PartitionMove] = {}
         self.applied_offset = -1
+        self.placement_offset = -1
+        """The offset of the last command that changed where replicas are or may go (a topic created or
+        deleted, a broker registered or drained, a move started, cancelled or completed): a
+        reassignment plan made at another placement offset is stale and refused."""
         self.on_created: list[Listener] = []
         self.on_deleted: list[Listener] = []
         self.on_registered: list[BrokerListener] = []
         """Told of every registration applied or restored (a broker's address may have changed)."""
+        self.on_moved: list[MoveListener] = []
+        """Told (topic, partition) when a partition's move starts, is cancelled or completes, or a
+        snapshot restored changes it: the brokers that host the partition may have changed."""
 
     def apply(self, offset: int, command: bytes) -> RaftkaError | None:
         """Apply the command at `offset` of the metadata log; returns why it changed nothing, if so.
@@ -149,6 +220,17 @@ class MetadataState:
         self.applied_offset = offset
         raw = parse_json(command)
         op = field_of(raw, "op", str)
+        if op in _PLACEMENT_OPS:
+            error = self._apply_placement(offset, op, raw)
+            if error is None:
+                self.placement_offset = offset
+            return error
+        if op == "allocate_producer_id":
+            log.debug("producer id allocated id=%d", offset)
+            return None
+        raise MalformedRecordError(f"unknown metadata command {op!r}")
+
+    def _apply_placement(self, offset: int, op: str, raw: Any) -> RaftkaError | None:
         if op == "create_topic":
             record = TopicRecord.from_json(field_of(raw, "topic", dict))
             with self._lock:
@@ -180,18 +262,98 @@ class MetadataState:
                 record = self._topics.pop(name, None)
             if record is None:
                 return UnknownTopicError(f"unknown topic {name!r}")
+            with self._lock:
+                for key in [key for key in self._moves if key[0] == name]:
+                    del self._moves[key]
             self._deleted(record)
-        elif op == "allocate_producer_id":
-            log.debug("producer id allocated id=%d", offset)
+        elif op == "reassign":
+            return self._reassign(raw)
+        elif op == "cancel_reassignment":
+            self._cancel(raw)
         else:
-            raise MalformedRecordError(f"unknown metadata command {op!r}")
+            return self._complete(raw)
+        return None
+
+    def _reassign(self, raw: Any) -> RaftkaError | None:
+        """Start every move of the command, or none (a move whose partition is moving already, whose
+        target names an unregistered broker, or a plan made at another placement offset is refused)."""
+        expected = raw.get("expected_placement_offset") if isinstance(raw, dict) else None
+        if expected is not None and expected != self.placement_offset:
+            return StalePlanError(f"the plan was made at metadata placement offset {expected}, but placement "
+                                  f"changed since (now {self.placement_offset}); make a new plan")
+        throttle, started_ms = field_of(raw, "throttle", int), field_of(raw, "started_ms", int)
+        started: dict[tuple[str, int], PartitionMove] = {}
+        with self._lock:
+            for move in field_of(raw, "moves", list):
+                name, partition = field_of(move, "topic", str), field_of(move, "partition", int)
+                target = _broker_ids(move, "target")
+                record = self._topics.get(name)
+                if record is None:
+                    return UnknownTopicError(f"unknown topic {name!r}")
+                if not 0 <= partition < record.partitions:
+                    return UnknownPartitionError(f"topic {name!r} has no partition {partition}")
+                if (name, partition) in self._moves or (name, partition) in started:
+                    return ReassignmentInProgressError(f"{name}/{partition} is being moved already; cancel that "
+                                                       "move or wait for it")
+                unknown = sorted(set(target) - set(self._brokers))
+                if unknown or len(set(target)) != len(target):
+                    return InvalidReplicaAssignmentError(
+                        f"target {list(target)} of {name}/{partition} "
+                        + (f"names unregistered broker(s) {unknown}" if unknown else "repeats a broker"))
+                original = record.replicas[partition]
+                if target != original:
+                    hosts = tuple(dict.fromkeys(original + target))
+                    started[(name, partition)] = PartitionMove(record.topic_id, original, target, hosts, throttle,
+                                                               started_ms=started_ms)
+            self._moves.update(started)
+        for (name, partition), move in sorted(started.items()):
+            log.info("partition move started topic=%s partition=%d from=%s to=%s throttle=%d", name, partition,
+                     list(move.original), list(move.target), move.throttle_bytes_per_s)
+            self._moved(name, partition)
+        return None
+
+    def _cancel(self, raw: Any) -> None:
+        wanted = {(field_of({"t": t}, "t", str), field_of({"p": p}, "p", int))
+                  for t, p in field_of(raw, "partitions", list)}
+        with self._lock:
+            cancelled = [key for key in self._moves if not wanted or key in wanted]
+            for key in cancelled:
+                move = self._moves[key]
+                self._moves[key] = dataclasses.replace(move, target=move.original, throttle_bytes_per_s=0,
+                                                       cancelled=True)
+        for name, partition in sorted(cancelled):
+            log.info("partition move cancelled topic=%s partition=%d", name, partition)
+            self._moved(name, partition)
+
+    def _complete(self, raw: Any) -> RaftkaError | None:
+        """The leader reports the group's voters are the target: the move ends, the replicas are the target."""
+        name, partition = field_of(raw, "topic", str), field_of(raw, "partition", int)
+        replicas = _broker_ids(raw, "replicas")
+        with self._lock:
+            move = self._moves.get((name, partition))
+            record = self._topics.get(name)
+            if move is None or record is None or move.topic_id != field_of(raw, "topic_id", str):
+                return InvalidRequestError(f"{name}/{partition} has no move to complete")
+            if replicas != move.target:
+                return InvalidRequestError(f"{name}/{partition} is moving to {list(move.target)}, not "
+                                           f"{list(replicas)}")
+            del self._moves[(name, partition)]
+            rows = list(record.replicas)
+            rows[partition] = replicas
+            self._topics[name] = dataclasses.replace(record, replicas=tuple(rows))
+        log.info("partition move completed topic=%s partition=%d replicas=%s cancelled=%s", name, partition,
+                 list(replicas), move.cancelled)
+        self._moved(name, partition)
         return None
 
     def snapshot(self) -> bytes:
         with self._lock:
             return json.dumps({"format": 1, "applied_offset": self.applied_offset,
+                               "placement_offset": self.placement_offset,
                                "brokers": [b.to_json() for b in self._brokers.values()],
-                               "topics": [t.to_json() for t in self._topics.values()]},
+                               "topics": [t.to_json() for t in self._topics.values()],
+                               "moves": [{"topic": t, "partition": p, **m.to_json()}
+                                         for (t, p), m in self._moves.items()]},
                               sort_keys=True).encode()
 
     def restore(self, data: bytes) -> None:
@@ -203,12 +365,17 @@ class MetadataState:
             applied_offset = field_of(raw, "applied_offset", int)
             brokers = [BrokerRegistration.from_json(b) for b in field_of(raw, "brokers", list)]
             topics = {t.name: t for t in map(TopicRecord.from_json, field_of(raw, "topics", list))}
+            moves = {(field_of(m, "topic", str), field_of(m, "partition", int)): PartitionMove.from_json(m)
+                     for m in raw.get("moves", [])}
+            placement_offset = raw.get("placement_offset", applied_offset)
         except MalformedRecordError as exc:
             raise SnapshotFormatError(f"metadata snapshot does not decode: {exc}") from None
         with self._lock:
             before, self._topics = self._topics, topics
+            moves_before, self._moves = self._moves, moves
             self._brokers = {b.broker_id: b for b in brokers}
             self.applied_offset = applied_offset
+            self.placement_offset = placement_offset
         for registration in brokers:
             self._registered(registration)
         for record in before.values():
@@ -217,12 +384,22 @@ class MetadataState:
         for record in topics.values():
             if _topic_id(before.get(record.name)) != record.topic_id:
                 self._created(record)
+        for name, partition in sorted(set(moves_before) | set(moves)):
+            record = topics.get(name)
+            if (record is not None and moves_before.get((name, partition)) != moves.get((name, partition))
+                    and _topic_id(before.get(name)) == record.topic_id):
+                self._moved(name, partition)
 
     def _created(self, record: TopicRecord) -> None:
         log.info("topic created name=%s id=%s partitions=%d replicas=%s", record.name, record.topic_id,
                  record.partitions, [list(r) for r in record.replicas])
         for listener in self.on_created:
             listener(record)
+
+    def _moved(self, name: str, partition: int) -> None:
+        record = self._topics[name]
+        for listener in self.on_moved:
+            listener(record, partition)
 
     def _registered(self, registration: BrokerRegistration) -> None:
         for listener in self.on_registered:
@@ -251,10 +428,28 @@ class MetadataState:
         with self._lock:
             return self._topics.get(name)
 
+    def moves(self) -> dict[tuple[str, int], PartitionMove]:
+        with self._lock:
+            return dict(self._moves)
+
+    def move(self, name: str, partition: int) -> PartitionMove | None:
+        with self._lock:
+            return self._moves.get((name, partition))
+
+    def hosts(self, record: TopicRecord, partition: int) -> tuple[int, ...]:
+        """The brokers that keep a replica of the partition: its replicas, and during a move every
+        broker the move involves."""
+        move = self.move(record.name, partition)
+        return record.replicas[partition] if move is None or move.topic_id != record.topic_id else move.hosts
+
     def leader_load(self) -> Counter[int]:
         """Preferred leaderships per broker, for placing the next topic."""
         with self._lock:
             return Counter(r[0] for t in self._topics.values() for r in t.replicas)
+
+
+_PLACEMENT_OPS = frozenset({"create_topic", "register_broker", "drain_broker", "delete_topic", "reassign",
+                            "cancel_reassignment", "complete_move"})
 
 
 def _topic_id(record: TopicRecord | None) -> str | None:

@@ -8,6 +8,11 @@ dropped. Start-up restores the metadata snapshot and replays the metadata log af
 the replicas again (their logs already exist, so nothing is bootstrapped twice), and then drops logs
 that no topic names any more (a crash between a delete and its drop). The replicas of an internal
 topic with a state machine (`attach`) snapshot it by the manager's `SnapshotPolicy`.
+
+A partition being moved (`PartitionMove`) is hosted by every broker the move involves: a broker
+added by the move opens an empty replica that founds nothing (the leader adds it to the group as a
+learner and sends it the log); a broker the move removes keeps its replica until the move completes
+(the group may count on it until the leader removed it), then drops it and its log.
 """
 
 from __future__ import annotations
@@ -62,6 +67,7 @@ class PartitionManager:
         self._state_machines: dict[str, StateMachineFactory] = {}
         metadata.on_created.append(self._host)
         metadata.on_deleted.append(self._unhost)
+        metadata.on_moved.append(self._rehost)
 
     def attach(self, topic: str, factory: StateMachineFactory) -> None:
         """Make the replicas of internal topic `topic` feed a state machine: `factory(partition)`
@@ -89,28 +95,49 @@ class PartitionManager:
         return [(topic, partition, replica) for (topic, partition), replica in self._replicas.items()]
 
     def drop_orphans(self, keep: set[str]) -> None:
-        """Drop logs that no applied topic names (call after the metadata log has been replayed)."""
-        wanted = keep | {t.group_id(p) for t in self._metadata.topics() for p in range(t.partitions)}
+        """Drop logs that no applied topic names, or that this broker no longer hosts (call after the
+        metadata log has been replayed)."""
+        me = self._driver.broker_id
+        wanted = keep | {t.group_id(p) for t in self._metadata.topics() for p in range(t.partitions)
+                         if me in self._metadata.hosts(t, p)}
         for name in set(self._store.log_names()) - wanted:
-            log.warning("dropping orphan partition log name=%s (its topic was deleted)", name)
+            log.warning("dropping orphan partition log name=%s (its topic was deleted or its replica moved away)",
+                        name)
             self._store.drop_log(name)
 
     def _host(self, record: TopicRecord) -> None:
+        for partition in range(record.partitions):
+            self._open(record, partition)
+
+    def _open(self, record: TopicRecord, partition: int) -> None:
         me = self._driver.broker_id
-        for partition, voters in enumerate(record.replicas):
-            if me not in voters:
-                continue
-            factory = self._state_machines.get(record.name)
-            options = {} if factory is None else {"state_machine": factory(partition),
-                                                  "snapshot_policy": self._snapshot_policy}
-            replica, founded = open_replica(self._store, self._driver, record.group_id(partition), voters,
-                                            record.config, self._address_of, **options)
-            self._replicas[(record.name, partition)] = replica
-            if founded and voters[0] == me:
-                replica.campaign()
+        if me not in self._metadata.hosts(record, partition) or (record.name, partition) in self._replicas:
+            return
+        voters = record.replicas[partition]
+        move = self._metadata.move(record.name, partition)
+        factory = self._state_machines.get(record.name)
+        options = {} if factory is None else {"state_machine": factory(partition),
+                                              "snapshot_policy": self._snapshot_policy}
+        founding = voters if me in voters and (move is None or me in move.original) else ()
+        replica, founded = open_replica(self._store, self._driver, record.group_id(partition), founding,
+                                        record.config, self._address_of, **options)
+        self._replicas[(record.name, partition)] = replica
+        if founded and voters[0] == me:
+            replica.campaign()
+
+    def _rehost(self, record: TopicRecord, partition: int) -> None:
+        """A move of the partition started, was cancelled or completed: open or drop this broker's replica."""
+        if self._driver.broker_id in self._metadata.hosts(record, partition):
+            self._open(record, partition)
+        else:
+            self._close(record, partition)
+
+    def _close(self, record: TopicRecord, partition: int) -> None:
+        if self._replicas.pop((record.name, partition), None) is not None:
+            log.info("replica dropped topic=%s partition=%d", record.name, partition)
+            self._driver.remove_group(record.group_id(partition))
+            self._store.drop_log(record.group_id(partition))
 
     def _unhost(self, record: TopicRecord) -> None:
         for partition in range(record.partitions):
-            if self._replicas.pop((record.name, partition), None) is not None:
-                self._driver.remove_group(record.group_id(partition))
-                self._store.drop_log(record.group_id(partition))
+            self._close(record, partition)

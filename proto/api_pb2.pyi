@@ -39,6 +39,9 @@ class ErrorCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     NOT_PARTITION_OWNER: _ClassVar[ErrorCode]
     UNRELEASED_INSTANCE_ID: _ClassVar[ErrorCode]
     INCARNATION_MISMATCH: _ClassVar[ErrorCode]
+    INVALID_REPLICA_ASSIGNMENT: _ClassVar[ErrorCode]
+    REASSIGNMENT_IN_PROGRESS: _ClassVar[ErrorCode]
+    STALE_PLAN: _ClassVar[ErrorCode]
 
 class Acks(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -57,6 +60,14 @@ class ControllerRole(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     NOT_A_CONTROLLER: _ClassVar[ControllerRole]
     VOTER: _ClassVar[ControllerRole]
     LEARNER: _ClassVar[ControllerRole]
+
+class MovePhase(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    MOVE_PHASE_UNKNOWN: _ClassVar[MovePhase]
+    CATCHING_UP: _ClassVar[MovePhase]
+    TRANSFERRING_LEADERSHIP: _ClassVar[MovePhase]
+    REMOVING: _ClassVar[MovePhase]
+    COMPLETING: _ClassVar[MovePhase]
 NONE: ErrorCode
 INVALID_REQUEST: ErrorCode
 INVALID_TOPIC: ErrorCode
@@ -87,6 +98,9 @@ UNKNOWN_GROUP: ErrorCode
 NOT_PARTITION_OWNER: ErrorCode
 UNRELEASED_INSTANCE_ID: ErrorCode
 INCARNATION_MISMATCH: ErrorCode
+INVALID_REPLICA_ASSIGNMENT: ErrorCode
+REASSIGNMENT_IN_PROGRESS: ErrorCode
+STALE_PLAN: ErrorCode
 ACKS_ALL: Acks
 ACKS_LEADER: Acks
 OFFSET_SPEC_UNSPECIFIED: OffsetSpec
@@ -96,6 +110,11 @@ TIMESTAMP: OffsetSpec
 NOT_A_CONTROLLER: ControllerRole
 VOTER: ControllerRole
 LEARNER: ControllerRole
+MOVE_PHASE_UNKNOWN: MovePhase
+CATCHING_UP: MovePhase
+TRANSFERRING_LEADERSHIP: MovePhase
+REMOVING: MovePhase
+COMPLETING: MovePhase
 
 class Error(_message.Message):
     __slots__ = ("code", "message", "leader_id", "leader_address")
@@ -470,6 +489,118 @@ class DrainBrokerRequest(_message.Message):
     def __init__(self, broker_id: _Optional[int] = ..., draining: _Optional[bool] = ...) -> None: ...
 
 class DrainBrokerResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class PartitionReplicas(_message.Message):
+    __slots__ = ("topic", "partition", "replicas")
+    TOPIC_FIELD_NUMBER: _ClassVar[int]
+    PARTITION_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    topic: str
+    partition: int
+    replicas: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, topic: _Optional[str] = ..., partition: _Optional[int] = ..., replicas: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class ReassignPartitionsRequest(_message.Message):
+    __slots__ = ("partitions", "throttle_bytes_per_s", "has_expected_placement_offset", "expected_placement_offset")
+    PARTITIONS_FIELD_NUMBER: _ClassVar[int]
+    THROTTLE_BYTES_PER_S_FIELD_NUMBER: _ClassVar[int]
+    HAS_EXPECTED_PLACEMENT_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_PLACEMENT_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    partitions: _containers.RepeatedCompositeFieldContainer[PartitionReplicas]
+    throttle_bytes_per_s: int
+    has_expected_placement_offset: bool
+    expected_placement_offset: int
+    def __init__(self, partitions: _Optional[_Iterable[_Union[PartitionReplicas, _Mapping]]] = ..., throttle_bytes_per_s: _Optional[int] = ..., has_expected_placement_offset: _Optional[bool] = ..., expected_placement_offset: _Optional[int] = ...) -> None: ...
+
+class ReassignPartitionsResponse(_message.Message):
+    __slots__ = ("placement_offset",)
+    PLACEMENT_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    placement_offset: int
+    def __init__(self, placement_offset: _Optional[int] = ...) -> None: ...
+
+class CancelReassignmentsRequest(_message.Message):
+    __slots__ = ("partitions",)
+    PARTITIONS_FIELD_NUMBER: _ClassVar[int]
+    partitions: _containers.RepeatedCompositeFieldContainer[PartitionReplicas]
+    def __init__(self, partitions: _Optional[_Iterable[_Union[PartitionReplicas, _Mapping]]] = ...) -> None: ...
+
+class CancelReassignmentsResponse(_message.Message):
+    __slots__ = ("cancelled",)
+    CANCELLED_FIELD_NUMBER: _ClassVar[int]
+    cancelled: _containers.RepeatedCompositeFieldContainer[PartitionReplicas]
+    def __init__(self, cancelled: _Optional[_Iterable[_Union[PartitionReplicas, _Mapping]]] = ...) -> None: ...
+
+class ListReassignmentsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class LearnerProgress(_message.Message):
+    __slots__ = ("broker_id", "entries_behind", "bytes_behind")
+    BROKER_ID_FIELD_NUMBER: _ClassVar[int]
+    ENTRIES_BEHIND_FIELD_NUMBER: _ClassVar[int]
+    BYTES_BEHIND_FIELD_NUMBER: _ClassVar[int]
+    broker_id: int
+    entries_behind: int
+    bytes_behind: int
+    def __init__(self, broker_id: _Optional[int] = ..., entries_behind: _Optional[int] = ..., bytes_behind: _Optional[int] = ...) -> None: ...
+
+class ReassignmentStatus(_message.Message):
+    __slots__ = ("topic", "partition", "original", "target", "cancelled", "throttle_bytes_per_s", "started_ms", "leader_id", "phase", "voters", "learners", "learner_progress", "partition_bytes", "write_bytes_per_s")
+    TOPIC_FIELD_NUMBER: _ClassVar[int]
+    PARTITION_FIELD_NUMBER: _ClassVar[int]
+    ORIGINAL_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    CANCELLED_FIELD_NUMBER: _ClassVar[int]
+    THROTTLE_BYTES_PER_S_FIELD_NUMBER: _ClassVar[int]
+    STARTED_MS_FIELD_NUMBER: _ClassVar[int]
+    LEADER_ID_FIELD_NUMBER: _ClassVar[int]
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    VOTERS_FIELD_NUMBER: _ClassVar[int]
+    LEARNERS_FIELD_NUMBER: _ClassVar[int]
+    LEARNER_PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    PARTITION_BYTES_FIELD_NUMBER: _ClassVar[int]
+    WRITE_BYTES_PER_S_FIELD_NUMBER: _ClassVar[int]
+    topic: str
+    partition: int
+    original: _containers.RepeatedScalarFieldContainer[int]
+    target: _containers.RepeatedScalarFieldContainer[int]
+    cancelled: bool
+    throttle_bytes_per_s: int
+    started_ms: int
+    leader_id: int
+    phase: MovePhase
+    voters: _containers.RepeatedScalarFieldContainer[int]
+    learners: _containers.RepeatedScalarFieldContainer[int]
+    learner_progress: _containers.RepeatedCompositeFieldContainer[LearnerProgress]
+    partition_bytes: int
+    write_bytes_per_s: int
+    def __init__(self, topic: _Optional[str] = ..., partition: _Optional[int] = ..., original: _Optional[_Iterable[int]] = ..., target: _Optional[_Iterable[int]] = ..., cancelled: _Optional[bool] = ..., throttle_bytes_per_s: _Optional[int] = ..., started_ms: _Optional[int] = ..., leader_id: _Optional[int] = ..., phase: _Optional[_Union[MovePhase, str]] = ..., voters: _Optional[_Iterable[int]] = ..., learners: _Optional[_Iterable[int]] = ..., learner_progress: _Optional[_Iterable[_Union[LearnerProgress, _Mapping]]] = ..., partition_bytes: _Optional[int] = ..., write_bytes_per_s: _Optional[int] = ...) -> None: ...
+
+class ListReassignmentsResponse(_message.Message):
+    __slots__ = ("reassignments", "placement_offset", "answered_by")
+    REASSIGNMENTS_FIELD_NUMBER: _ClassVar[int]
+    PLACEMENT_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    ANSWERED_BY_FIELD_NUMBER: _ClassVar[int]
+    reassignments: _containers.RepeatedCompositeFieldContainer[ReassignmentStatus]
+    placement_offset: int
+    answered_by: int
+    def __init__(self, reassignments: _Optional[_Iterable[_Union[ReassignmentStatus, _Mapping]]] = ..., placement_offset: _Optional[int] = ..., answered_by: _Optional[int] = ...) -> None: ...
+
+class CompletePartitionMoveRequest(_message.Message):
+    __slots__ = ("topic", "partition", "topic_id", "replicas")
+    TOPIC_FIELD_NUMBER: _ClassVar[int]
+    PARTITION_FIELD_NUMBER: _ClassVar[int]
+    TOPIC_ID_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    topic: str
+    partition: int
+    topic_id: str
+    replicas: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, topic: _Optional[str] = ..., partition: _Optional[int] = ..., topic_id: _Optional[str] = ..., replicas: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class CompletePartitionMoveResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 

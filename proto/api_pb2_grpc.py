@@ -381,6 +381,26 @@ class AdminStub:
                 request_serializer=raftka_dot_proto_dot_api__pb2.DrainBrokerRequest.SerializeToString,
                 response_deserializer=raftka_dot_proto_dot_api__pb2.DrainBrokerResponse.FromString,
                 _registered_method=True)
+        self.ReassignPartitions = channel.unary_unary(
+                '/raftka.v1.Admin/ReassignPartitions',
+                request_serializer=raftka_dot_proto_dot_api__pb2.ReassignPartitionsRequest.SerializeToString,
+                response_deserializer=raftka_dot_proto_dot_api__pb2.ReassignPartitionsResponse.FromString,
+                _registered_method=True)
+        self.CancelReassignments = channel.unary_unary(
+                '/raftka.v1.Admin/CancelReassignments',
+                request_serializer=raftka_dot_proto_dot_api__pb2.CancelReassignmentsRequest.SerializeToString,
+                response_deserializer=raftka_dot_proto_dot_api__pb2.CancelReassignmentsResponse.FromString,
+                _registered_method=True)
+        self.ListReassignments = channel.unary_unary(
+                '/raftka.v1.Admin/ListReassignments',
+                request_serializer=raftka_dot_proto_dot_api__pb2.ListReassignmentsRequest.SerializeToString,
+                response_deserializer=raftka_dot_proto_dot_api__pb2.ListReassignmentsResponse.FromString,
+                _registered_method=True)
+        self.CompletePartitionMove = channel.unary_unary(
+                '/raftka.v1.Admin/CompletePartitionMove',
+                request_serializer=raftka_dot_proto_dot_api__pb2.CompletePartitionMoveRequest.SerializeToString,
+                response_deserializer=raftka_dot_proto_dot_api__pb2.CompletePartitionMoveResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -456,6 +476,35 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReassignPartitions(self, request, context):
+        """Start moving partitions to new replica sets (all of them or none); partition leaders carry the
+        moves out one membership change at a time. Answered once the moves are recorded.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelReassignments(self, request, context):
+        """Cancel unfinished moves: each partition returns to its original replicas.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListReassignments(self, request, context):
+        """The moves in progress: the answering broker fills in the progress of the partitions it leads.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CompletePartitionMove(self, request, context):
+        """Between brokers: a partition leader reports that the partition's voters reached the move's target.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -508,6 +557,26 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.DrainBroker,
                     request_deserializer=raftka_dot_proto_dot_api__pb2.DrainBrokerRequest.FromString,
                     response_serializer=raftka_dot_proto_dot_api__pb2.DrainBrokerResponse.SerializeToString,
+            ),
+            'ReassignPartitions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReassignPartitions,
+                    request_deserializer=raftka_dot_proto_dot_api__pb2.ReassignPartitionsRequest.FromString,
+                    response_serializer=raftka_dot_proto_dot_api__pb2.ReassignPartitionsResponse.SerializeToString,
+            ),
+            'CancelReassignments': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelReassignments,
+                    request_deserializer=raftka_dot_proto_dot_api__pb2.CancelReassignmentsRequest.FromString,
+                    response_serializer=raftka_dot_proto_dot_api__pb2.CancelReassignmentsResponse.SerializeToString,
+            ),
+            'ListReassignments': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListReassignments,
+                    request_deserializer=raftka_dot_proto_dot_api__pb2.ListReassignmentsRequest.FromString,
+                    response_serializer=raftka_dot_proto_dot_api__pb2.ListReassignmentsResponse.SerializeToString,
+            ),
+            'CompletePartitionMove': grpc.unary_unary_rpc_method_handler(
+                    servicer.CompletePartitionMove,
+                    request_deserializer=raftka_dot_proto_dot_api__pb2.CompletePartitionMoveRequest.FromString,
+                    response_serializer=raftka_dot_proto_dot_api__pb2.CompletePartitionMoveResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -780,6 +849,114 @@ class Admin:
             '/raftka.v1.Admin/DrainBroker',
             raftka_dot_proto_dot_api__pb2.DrainBrokerRequest.SerializeToString,
             raftka_dot_proto_dot_api__pb2.DrainBrokerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReassignPartitions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/raftka.v1.Admin/ReassignPartitions',
+            raftka_dot_proto_dot_api__pb2.ReassignPartitionsRequest.SerializeToString,
+            raftka_dot_proto_dot_api__pb2.ReassignPartitionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelReassignments(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/raftka.v1.Admin/CancelReassignments',
+            raftka_dot_proto_dot_api__pb2.CancelReassignmentsRequest.SerializeToString,
+            raftka_dot_proto_dot_api__pb2.CancelReassignmentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListReassignments(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/raftka.v1.Admin/ListReassignments',
+            raftka_dot_proto_dot_api__pb2.ListReassignmentsRequest.SerializeToString,
+            raftka_dot_proto_dot_api__pb2.ListReassignmentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CompletePartitionMove(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/raftka.v1.Admin/CompletePartitionMove',
+            raftka_dot_proto_dot_api__pb2.CompletePartitionMoveRequest.SerializeToString,
+            raftka_dot_proto_dot_api__pb2.CompletePartitionMoveResponse.FromString,
             options,
             channel_credentials,
             insecure,

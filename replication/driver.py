@@ -57,6 +57,7 @@ import logging
 import math
 import os
 import random
+import time
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Protocol, Sequence
 
@@ -68,6 +69,7 @@ from raftka.replication.raft import RaftConfig, RaftNode, Role
 from raftka.replication.ready import Ready
 from raftka.replication.state import Snapshot
 from raftka.replication.storage import LogWriter
+from raftka.replication.throttle import Throttle
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +141,7 @@ class MultiRaft:
         self._failure: BaseException | None = None
         self._rng = rng or random.Random()
         self._groups: dict[str, _Group] = {}
+        self._throttles: dict[str, Throttle] = {}
         self._dirty: set[str] = set()
         self._work = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -162,6 +165,7 @@ class MultiRaft:
         return node
 
     def remove_group(self, group_id: str) -> None:
+        self._throttles.pop(group_id, None)
         group = self._groups.pop(group_id)
         self._dirty.discard(group_id)
         self._reopening.discard(group_id)
@@ -302,6 +306,9 @@ class MultiRaft:
         self._work.set()
 
     def _tick(self) -> None:
+        now = time.monotonic()
+        for group_id, throttle in list(self._throttles.items()):
+            throttle.flush(now, lambda message: self._transport.send(group_id, message))
         for group_id, group in list(self._groups.items()):
             node = group.node
             if group.stopped or node.is_quiescent:
@@ -390,12 +397,28 @@ class MultiRaft:
         if ready.hard_state is not None:
             group.storage.set_hard_state(ready.hard_state)
 
+    def throttle(self, group_id: str, bytes_per_s: int, members: tuple[int, ...]) -> None:
+        """Limit the bytes this broker sends `members` of the group it leads to `bytes_per_s` (a
+        move's learners; `raftka.replication.throttle`); 0 or no members lifts the limit."""
+        current = self._throttles.get(group_id)
+        if current is not None and (current.bytes_per_s, current.members) == (bytes_per_s, frozenset(members)):
+            return
+        if current is not None:
+            del self._throttles[group_id]
+            current.release(lambda message: self._transport.send(group_id, message))
+        if bytes_per_s > 0 and members:
+            self._throttles[group_id] = Throttle(bytes_per_s, members, time.monotonic())
+
     def _send(self, group: _Group, messages: Sequence[Message]) -> None:
         if group.stopped:
             return
+        throttle = self._throttles.get(group.group_id)
         try:
             for message in messages:
-                self._transport.send(group.group_id, message)
+                if throttle is not None and throttle.applies_to(message):
+                    throttle.offer(message, time.monotonic(), lambda m: self._transport.send(group.group_id, m))
+                else:
+                    self._transport.send(group.group_id, message)
         except Exception as exc:  # noqa: BLE001
             self._fail(group, "send", exc)
 

@@ -15,7 +15,7 @@ import pytest
 from raftka import Admin, Consumer, Producer, Record, TopicPartition
 from raftka.client.local import LocalBroker, free_port, plan
 from raftka.errors import RaftkaError
-from raftka.proto import api_pb2_grpc
+from raftka.proto import api_pb2, api_pb2_grpc
 
 
 @pytest.fixture
@@ -224,3 +224,48 @@ def ack_recorder_fixture() -> type[AckRecorder]:
 @pytest.fixture(name="lost")
 def lost_fixture() -> Callable[..., list[tuple[int, int, bytes]]]:
     return lost
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout_s: float = 60) -> None:
+    """Poll `condition` until it holds; fail naming `what` after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting until {what}"
+        time.sleep(0.1)
+
+
+@pytest.fixture(name="wait_for")
+def wait_for_fixture() -> Callable[..., None]:
+    """`wait_for(condition, what, timeout_s=60)`: poll until `condition()` holds."""
+    return wait_until
+
+
+def registered_incarnations(asked: LocalBroker) -> dict[int, str]:
+    """The registered brokers `asked` knows, with their incarnations ("" until registered)."""
+    with grpc.insecure_channel(asked.address) as channel:
+        brokers = api_pb2_grpc.BrokerStub(channel).Metadata(api_pb2.MetadataRequest(), timeout=10).brokers
+    return {b.id: b.incarnation for b in brokers}
+
+
+@pytest.fixture(name="registered")
+def registered_fixture() -> Callable[[LocalBroker], set[int]]:
+    """`registered(broker)`: the ids of the brokers that broker knows to have registered."""
+    return lambda asked: {b for b, incarnation in registered_incarnations(asked).items() if incarnation}
+
+
+@pytest.fixture(name="joiner")
+def joiner_fixture(tmp_path: Path) -> Iterator[Callable[[int, list[LocalBroker]], LocalBroker]]:
+    """`joiner(broker_id, seeds)`: a broker (not started) that joins the cluster of `seeds` with
+    --join; stopped after the test."""
+    made: list[LocalBroker] = []
+
+    def make(broker_id: int, seeds: list[LocalBroker]) -> LocalBroker:
+        broker = LocalBroker(broker_id, f"127.0.0.1:{free_port()}", tmp_path / f"joiner-{broker_id}",
+                             extra_args=("--join", ",".join(b.address for b in seeds)))
+        made.append(broker)
+        return broker
+
+    yield make
+    for broker in made:
+        if broker.alive():
+            broker.stop()

@@ -7,8 +7,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from pathlib import Path
-from typing import Callable
 
 import grpc
 import pytest
@@ -19,31 +17,13 @@ from raftka.errors import InvalidRequestError
 from raftka.proto import api_pb2, api_pb2_grpc
 
 
-def joiner(broker_id: int, tmp_path: Path, port: int, seeds: list[LocalBroker]) -> LocalBroker:
-    return LocalBroker(broker_id, f"127.0.0.1:{port}", tmp_path / f"joiner-{broker_id}",
-                       extra_args=("--join", ",".join(b.address for b in seeds)))
-
-
-def registered_incarnation(asked: LocalBroker, broker_id: int) -> str:
-    with grpc.insecure_channel(asked.address) as channel:
-        brokers = api_pb2_grpc.BrokerStub(channel).Metadata(api_pb2.MetadataRequest(), timeout=10).brokers
-    return next((b.incarnation for b in brokers if b.id == broker_id), "")
-
-
 def roles(admin: Admin) -> dict[int, str]:
     return {b.broker_id: b.role for b in admin.describe_cluster()}
 
 
-def wait_for(condition: Callable[[], bool], what: str, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting until {what}"
-        time.sleep(0.1)
-
-
-def test_brokers_join_as_learners_and_take_replicas(start_cluster, tmp_path: Path, free_port) -> None:  # type: ignore[no-untyped-def]
+def test_brokers_join_as_learners_and_take_replicas(start_cluster, joiner, wait_for) -> None:  # type: ignore[no-untyped-def]
     founders = start_cluster(3)
-    joiners = [joiner(i, tmp_path, free_port(), founders).spawn() for i in (4, 5)]
+    joiners = [joiner(i, founders).spawn() for i in (4, 5)]
     try:
         for broker in joiners:
             broker.wait(30)
@@ -66,10 +46,10 @@ def test_brokers_join_as_learners_and_take_replicas(start_cluster, tmp_path: Pat
             broker.stop()
 
 
-def test_a_broker_back_with_an_empty_data_directory_is_refused(start_cluster) -> None:  # type: ignore[no-untyped-def]
+def test_a_broker_back_with_an_empty_data_directory_is_refused(start_cluster, wait_for, registered) -> None:  # type: ignore[no-untyped-def]
     brokers = start_cluster(3)
     wiped = brokers[2]
-    wait_for(lambda: registered_incarnation(brokers[0], 3) != "", "broker 3 registered")
+    wait_for(lambda: 3 in registered(brokers[0]), "broker 3 registered")
     assert wiped.stop() == 0
     subprocess.run(["rm", "-rf", str(wiped.data_dir)], check=True)
     wiped.spawn()
@@ -79,10 +59,10 @@ def test_a_broker_back_with_an_empty_data_directory_is_refused(start_cluster) ->
     assert wiped.process.wait(timeout=60) == 2, "a second start is refused too (it founded no metadata log)"
 
 
-def test_a_joiner_back_with_an_empty_data_directory_is_refused(start_cluster, tmp_path: Path, free_port) -> None:  # type: ignore[no-untyped-def]
+def test_a_joiner_back_with_an_empty_data_directory_is_refused(start_cluster, joiner, wait_for, registered) -> None:  # type: ignore[no-untyped-def]
     founders = start_cluster(3)
-    broker = joiner(4, tmp_path, free_port(), founders).start(30)
-    wait_for(lambda: registered_incarnation(founders[0], 4) != "", "broker 4 registered")
+    broker = joiner(4, founders).start(30)
+    wait_for(lambda: 4 in registered(founders[0]), "broker 4 registered")
     assert broker.stop() == 0
     subprocess.run(["rm", "-rf", str(broker.data_dir)], check=True)
     broker.spawn()
@@ -90,10 +70,10 @@ def test_a_joiner_back_with_an_empty_data_directory_is_refused(start_cluster, tm
     assert "IncarnationMismatch" in broker.log() or "start it with --replace" in broker.log()
 
 
-def test_voters_change_one_at_a_time_while_producing(start_cluster, tmp_path: Path, free_port,  # type: ignore[no-untyped-def]
+def test_voters_change_one_at_a_time_while_producing(start_cluster, joiner, wait_for,  # type: ignore[no-untyped-def]
                                                     ack_recorder, consume_all, lost) -> None:
     founders = start_cluster(3)
-    fourth = joiner(4, tmp_path, free_port(), founders).start(30)
+    fourth = joiner(4, founders).start(30)
     bootstrap = ",".join(b.address for b in (*founders, fourth))
     try:
         with Admin(bootstrap) as admin:
@@ -118,9 +98,9 @@ def test_voters_change_one_at_a_time_while_producing(start_cluster, tmp_path: Pa
         fourth.stop()
 
 
-def test_draining_brokers_take_no_new_replicas(start_cluster, tmp_path: Path, free_port) -> None:  # type: ignore[no-untyped-def]
+def test_draining_brokers_take_no_new_replicas(start_cluster, joiner, wait_for) -> None:  # type: ignore[no-untyped-def]
     founders = start_cluster(3)
-    fourth = joiner(4, tmp_path, free_port(), founders).start(30)
+    fourth = joiner(4, founders).start(30)
     bootstrap = ",".join(b.address for b in founders)
     try:
         with Admin(bootstrap) as admin:
@@ -146,13 +126,13 @@ def test_draining_brokers_take_no_new_replicas(start_cluster, tmp_path: Path, fr
         fourth.stop()
 
 
-def test_a_rolling_restart_of_five_brokers_surfaces_no_error(start_cluster, tmp_path: Path, free_port,  # type: ignore[no-untyped-def]
+def test_a_rolling_restart_of_five_brokers_surfaces_no_error(start_cluster, joiner, wait_for,  # type: ignore[no-untyped-def]
                                                             ack_recorder, consume_all, lost) -> None:
     """Each broker in turn: SIGTERM (it hands its leaderships off), start, wait until it serves again.
     A producer at about 1,000 records/s with acks=all sees no error; every record is in the log once,
     in the order it was sent."""
     founders = start_cluster(3)
-    brokers = [*founders, *(joiner(i, tmp_path, free_port(), founders).start(30) for i in (4, 5))]
+    brokers = [*founders, *(joiner(i, founders).start(30) for i in (4, 5))]
     bootstrap = ",".join(b.address for b in brokers)
     try:
         with Admin(bootstrap) as admin:

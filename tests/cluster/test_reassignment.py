@@ -1,0 +1,135 @@
+"""Partition moves on real brokers: the leader walks each group to its target while producers write,
+a cancel walks it back, a throttle limits what the new replicas are sent."""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+import pytest
+
+from raftka import Admin, Producer, TopicPartition
+from raftka.client.local import LocalBroker
+from raftka.errors import InvalidReplicaAssignmentError, ReassignmentInProgressError, StalePlanError
+from raftka.proto import NO_LEADER, api_pb2, api_pb2_grpc
+
+
+def leaders_seen_by(broker: LocalBroker, topic: str) -> dict[int, int]:
+    """The leader `broker` names for each partition: NO_LEADER once it holds no replica."""
+    with grpc.insecure_channel(broker.address) as channel:
+        response = api_pb2_grpc.BrokerStub(channel).Metadata(api_pb2.MetadataRequest(topics=[topic]), timeout=10)
+    return {p.partition: p.leader_id for p in response.topics[0].partitions}
+
+
+def check_log(acked: list[tuple[int, int, bytes]], found: dict, lost) -> None:  # type: ignore[no-untyped-def]
+    assert not lost(acked, found)
+    for records in found.values():
+        values = [r.value for r in records]
+        assert len(set(values)) == len(values), "a record was written twice"
+        sequence = [int(v.split(b"-")[1]) for v in values]
+        assert sequence == sorted(sequence), "a partition's records are out of order"
+
+
+def test_replace_a_broker_everywhere_while_producing(start_cluster, joiner, wait_for, registered,  # type: ignore[no-untyped-def]
+                                                     ack_recorder, consume_all, lost) -> None:
+    """Every partition of a topic on {1,2,3} moves from broker 1 to the new broker 4 under a producer
+    with acks=all: the producer sees no error, every acknowledged record is read back once and in
+    order, and broker 1 holds none of the partitions afterwards."""
+    founders = start_cluster(3)
+    bootstrap = ",".join(b.address for b in founders)
+    partitions = 6
+    with Admin(bootstrap) as admin:
+        admin.create_topic("moving", partitions=partitions, replication_factor=3)
+    fourth = joiner(4, founders).start(30)
+    try:
+        producers = ack_recorder(bootstrap, "moving", workers=1, pace_s=0.1, keyed=True, linger_ms=1)
+        try:
+            producers.wait_for(300)
+            with Admin(bootstrap) as admin:
+                wait_for(lambda: 4 in registered(founders[0]), "broker 4 registered")
+                before = admin.describe_topic("moving")
+                plan = {TopicPartition("moving", p.partition): [4 if b == 1 else b for b in p.replicas]
+                        for p in before.partitions}
+                started = time.monotonic()
+                admin.reassign_partitions(plan)
+                with pytest.raises(ReassignmentInProgressError):
+                    admin.reassign_partitions({TopicPartition("moving", 0): [1, 2, 3]})
+                wait_for(lambda: not admin.list_reassignments().moves, "every move completed", timeout_s=90)
+                after = admin.describe_topic("moving")
+                assert {p.partition: list(p.replicas) for p in after.partitions} == {
+                    tp.partition: replicas for tp, replicas in plan.items()}
+            count = len(producers.acknowledged)
+            producers.wait_for(count + 300)
+            stall = producers.longest_gap_s(started)
+        finally:
+            acked = producers.stop()
+        assert producers.failures == [], producers.failures[:3]
+        wait_for(lambda: set(leaders_seen_by(founders[0], "moving").values()) == {NO_LEADER},
+                 "broker 1 dropped its replicas")
+        check_log(acked, consume_all(bootstrap, "moving", partitions), lost)
+        print(f"replaced broker 1 by 4 in {partitions} partitions: {len(acked)} records acknowledged, longest "
+              f"produce stall {stall:.3f} s")
+    finally:
+        fourth.stop()
+
+
+def test_bad_moves_are_refused_and_nothing_moves(start_cluster, wait_for, registered) -> None:  # type: ignore[no-untyped-def]
+    brokers = start_cluster(3)
+    bootstrap = ",".join(b.address for b in brokers)
+    wait_for(lambda: registered(brokers[0]) == {1, 2, 3}, "the brokers registered")
+    with Admin(bootstrap) as admin:
+        admin.create_topic("fixed", partitions=2, replication_factor=2)
+        placed = {p.partition: p.replicas for p in admin.describe_topic("fixed").partitions}
+        with pytest.raises(InvalidReplicaAssignmentError, match="unregistered broker"):
+            admin.reassign_partitions({TopicPartition("fixed", 0): [1, 9]})
+        with pytest.raises(InvalidReplicaAssignmentError, match="repeats a broker"):
+            admin.reassign_partitions({TopicPartition("fixed", 1): [2, 2]})
+        offset = admin.list_reassignments().placement_offset
+        admin.create_topic("meanwhile", partitions=1, replication_factor=1)
+        with pytest.raises(StalePlanError, match="placement changed"):
+            admin.reassign_partitions({TopicPartition("fixed", 0): [3, 1]}, expected_placement_offset=offset)
+        assert admin.list_reassignments().moves == []
+        assert {p.partition: p.replicas for p in admin.describe_topic("fixed").partitions} == placed
+
+
+def test_cancel_returns_unfinished_moves_to_their_original_replicas(start_cluster, joiner, wait_for, registered,  # type: ignore[no-untyped-def]
+                                                                   consume_all) -> None:
+    """With a 512 KiB/s throttle, a small partition finishes its move and two large ones are still
+    catching up when the moves are cancelled: the large ones go back to their original replicas with
+    no learner left, the small one stays moved, and every record is still there."""
+    founders = start_cluster(3)
+    bootstrap = ",".join(b.address for b in founders)
+    with Admin(bootstrap) as admin:
+        admin.create_topic("big", partitions=3, replication_factor=3)
+        original = {p.partition: p.replicas for p in admin.describe_topic("big").partitions}
+    fourth = joiner(4, founders).start(30)
+    value = bytes(range(256)) * 64
+    sent = {0: 0, 1: 0, 2: 0}
+    with Producer(bootstrap, linger_ms=5) as producer:
+        for i in range(800):
+            partition = 0 if i % 2 else 1
+            producer.send("big", value, partition=partition)
+            sent[partition] += 1
+        producer.send("big", b"small", partition=2)
+        sent[2] += 1
+    try:
+        with Admin(bootstrap) as admin:
+            wait_for(lambda: 4 in registered(founders[0]), "broker 4 registered")
+            plan = {TopicPartition("big", p): [4, *replicas[1:]] for p, replicas in original.items()}
+            admin.reassign_partitions(plan, throttle_bytes_per_s=512 * 1024)
+            wait_for(lambda: {m.partition for m in admin.list_reassignments().moves} == {0, 1},
+                     "the small partition's move completed")
+            moving = admin.list_reassignments().moves
+            assert all(m.throttle_bytes_per_s == 512 * 1024 for m in moving)
+            assert any(m.bytes_behind.get(4, 0) > 0 for m in moving if m.leader is not None), moving
+            cancelled = admin.cancel_reassignments()
+            assert sorted(tp.partition for tp in cancelled) == [0, 1]
+            cancelled_at = time.monotonic()
+            wait_for(lambda: not admin.list_reassignments().moves, "the cancelled moves are undone", timeout_s=30)
+            print(f"cancel undone in {time.monotonic() - cancelled_at:.2f} s")
+            now = {p.partition: p.replicas for p in admin.describe_topic("big").partitions}
+            assert now == {0: original[0], 1: original[1], 2: tuple(plan[TopicPartition("big", 2)])}
+        found = consume_all(bootstrap, "big", 3)
+        assert {p: len(records) for p, records in found.items()} == sent
+    finally:
+        fourth.stop()
