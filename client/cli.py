@@ -120,6 +120,28 @@ def build_parser(extra: Mapping[str, Command]) -> argparse.ArgumentParser:
     for sub in cluster_commands.choices.values():
         _client_options(sub, suppress=True)
 
+    partition = commands.add_parser("partition", help="move a partition to other brokers")
+    partition_commands = partition.add_subparsers(dest="partition_command", required=True, metavar="ACTION")
+    move = partition_commands.add_parser("move", help="move one partition's replicas (the first listed is the "
+                                         "preferred leader)")
+    move.add_argument("topic")
+    move.add_argument("partition", type=int)
+    move.add_argument("--replicas", required=True, type=_broker_ids, metavar="ID,ID,...",
+                      help="the partition's new replicas")
+    _move_options(move)
+
+    reassign = commands.add_parser("reassign", help="execute, follow or cancel partition moves (Kafka's "
+                                   "reassignment JSON)")
+    reassign_action = reassign.add_mutually_exclusive_group(required=True)
+    reassign_action.add_argument("--execute", action="store_true", help="start the moves of --plan")
+    reassign_action.add_argument("--status", action="store_true",
+                                 help="every move in progress: phase, bytes remaining, rate, ETA")
+    reassign_action.add_argument("--cancel", action="store_true",
+                                 help="send unfinished moves (of --plan, or all) back to their original replicas")
+    reassign.add_argument("--plan", type=Path, help='the plan: {"version":1,"partitions":[{"topic":...,'
+                          '"partition":...,"replicas":[...]}]} (with "placement_offset", refused once stale)')
+    _move_options(reassign)
+
     group = commands.add_parser("group", help="list, describe, delete consumer groups and reset their offsets")
     group_commands = group.add_subparsers(dest="group_command", required=True, metavar="ACTION")
     group_commands.add_parser("list", help="list consumer groups")
@@ -232,6 +254,119 @@ def cmd_broker_admin(args: argparse.Namespace) -> int:
         admin.decommission_broker(args.target, draining=args.action == "decommission")
     _emit(args, {args.action: args.target}, f"broker {args.target} "
           + ("is draining: no new replicas go to it" if args.action == "decommission" else "takes new replicas again"))
+    return 0
+
+
+def _move_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--throttle", type=_rate, default=0, metavar="RATE",
+                        help="limit what the new replicas are sent while they catch up, e.g. 50MB/s or 512KiB/s "
+                             "(lifted when the move ends or is cancelled; default: unlimited)")
+    parser.add_argument("--wait", action="store_true",
+                        help="follow the moves until none is left (live progress on a terminal); exit 0 then")
+    _client_options(parser, suppress=True)
+
+
+def _rate(text: str) -> int:
+    from raftka.client.reassignment import parse_rate
+
+    try:
+        return parse_rate(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _broker_ids(text: str) -> list[int]:
+    try:
+        ids = [int(item) for item in text.split(",") if item.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected broker ids such as 4,5,6, not {text!r}") from None
+    if not ids or min(ids) < 1:
+        raise argparse.ArgumentTypeError(f"expected broker ids (>= 1) such as 4,5,6, not {text!r}")
+    return ids
+
+
+def cmd_partition(args: argparse.Namespace) -> int:
+    from raftka.client.admin import Admin
+
+    with Admin(args.bootstrap, request_timeout_ms=args.timeout_ms) as admin:
+        admin.reassign_partitions({TopicPartition(args.topic, args.partition): args.replicas},
+                                  throttle_bytes_per_s=args.throttle)
+        if args.format != "json" or not args.wait:
+            _emit(args, {"moving": [{"topic": args.topic, "partition": args.partition, "replicas": args.replicas}]},
+                  f"moving {args.topic}/{args.partition} to {','.join(map(str, args.replicas))}")
+        return _follow(args, admin) if args.wait else 0
+
+
+def cmd_reassign(args: argparse.Namespace) -> int:
+    from raftka.client.admin import Admin
+    from raftka.client.reassignment import Plan
+
+    plan = None
+    if args.plan is not None:
+        plan = Plan.parse(args.plan.read_text(), str(args.plan))
+    elif args.execute:
+        raise ValueError("raftka reassign --execute needs --plan FILE")
+    with Admin(args.bootstrap, request_timeout_ms=args.timeout_ms) as admin:
+        if args.execute:
+            assert plan is not None
+            admin.reassign_partitions(plan.moves, throttle_bytes_per_s=args.throttle,
+                                      expected_placement_offset=plan.placement_offset)
+            if args.format != "json" or not args.wait:
+                _emit(args, {"moving": plan.to_json()["partitions"]},
+                      f"moving {len(plan.moves)} partition(s); follow with `raftka reassign --status --wait`")
+        elif args.cancel:
+            cancelled = admin.cancel_reassignments(list(plan.moves) if plan is not None else [])
+            if args.format != "json" or not args.wait:
+                _emit(args, {"cancelled": [{"topic": tp.topic, "partition": tp.partition} for tp in cancelled]},
+                      f"cancelled {len(cancelled)} move(s): "
+                      + (", ".join(f"{tp.topic}/{tp.partition}" for tp in cancelled) or "none was unfinished"))
+        elif not args.wait:
+            _print_moves(args, admin)
+            return 0
+        return _follow(args, admin) if args.wait else 0
+
+
+def _print_moves(args: argparse.Namespace, admin: Any) -> None:
+    from raftka.client.reassignment import ProgressTracker
+
+    tracker = ProgressTracker()
+    rows = [tracker.row(move) for move in admin.list_reassignments().moves]
+    _emit(args, rows, _moves_table(rows))
+
+
+def _moves_table(rows: list[dict[str, Any]]) -> str:
+    from raftka.client.reassignment import human_bytes
+
+    if not rows:
+        return "no partition is moving"
+    table = _table(["TOPIC", "PARTITION", "PHASE", "FROM", "TO", "LEADER", "REMAINING", "RATE", "ETA"], [
+        [r["topic"], str(r["partition"]), r["phase"] + (" (cancelled)" if r["cancelled"] else ""),
+         ",".join(map(str, r["original"])), ",".join(map(str, r["target"])), _dash(r["leader"]),
+         "-" if r["bytes_remaining"] is None else human_bytes(r["bytes_remaining"]),
+         "-" if r["rate_bytes_per_s"] is None else human_bytes(r["rate_bytes_per_s"]) + "/s",
+         "-" if r["eta_s"] is None else f"{r['eta_s']:.0f}s"] for r in rows])
+    warnings = [f"WARNING {r['topic']}/{r['partition']}: {r['warning']}" for r in rows if r["warning"]]
+    return "\n".join([table, *warnings])
+
+
+def _follow(args: argparse.Namespace, admin: Any, interval_s: float = 1.0) -> int:
+    """`--wait`: poll the moves until none is left; on a terminal redraw their progress table."""
+    from raftka.client.reassignment import ProgressTracker
+
+    tracker = ProgressTracker()
+    drawn = 0
+    live = sys.stdout.isatty() and args.format != "json"
+    while True:
+        rows = [tracker.row(move) for move in admin.list_reassignments().moves]
+        if live:
+            text = _moves_table(rows)
+            sys.stdout.write((f"\x1b[{drawn}F\x1b[J" if drawn else "") + text + "\n")
+            sys.stdout.flush()
+            drawn = text.count("\n") + 1
+        if not rows:
+            break
+        time.sleep(interval_s)
+    _emit(args, {"moving": []}, "" if live else "no partition is moving")
     return 0
 
 
@@ -584,8 +719,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
-    "local": cmd_local, "topic": cmd_topic, "cluster": cmd_cluster, "group": cmd_group, "produce": cmd_produce,
-    "consume": cmd_consume,
+    "local": cmd_local, "topic": cmd_topic, "cluster": cmd_cluster, "partition": cmd_partition,
+    "reassign": cmd_reassign, "group": cmd_group, "produce": cmd_produce, "consume": cmd_consume,
     "bench": cmd_bench,
 }
 

@@ -3,7 +3,11 @@ a cancel walks it back, a throttle limits what the new replicas are sent."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import grpc
 import pytest
@@ -133,3 +137,96 @@ def test_cancel_returns_unfinished_moves_to_their_original_replicas(start_cluste
         assert {p: len(records) for p, records in found.items()} == sent
     finally:
         fourth.stop()
+
+
+def raftka(bootstrap: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "raftka", "--bootstrap", bootstrap, *args], capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_the_cli_moves_follows_and_refuses_stale_plans(start_cluster, wait_for, registered,  # type: ignore[no-untyped-def]
+                                                      tmp_path: Path) -> None:
+    brokers = start_cluster(3)
+    bootstrap = ",".join(b.address for b in brokers)
+    wait_for(lambda: registered(brokers[0]) == {1, 2, 3}, "the brokers registered")
+    with Admin(bootstrap) as admin:
+        admin.create_topic("cli", partitions=2, replication_factor=2)
+        placed = {p.partition: list(p.replicas) for p in admin.describe_topic("cli").partitions}
+    spare = {0: next(b for b in (1, 2, 3) if b not in placed[0]), 1: next(b for b in (1, 2, 3) if b not in placed[1])}
+
+    moved = raftka(bootstrap, "partition", "move", "cli", "0", "--replicas", f"{spare[0]},{placed[0][0]}",
+                   "--throttle", "50MB/s", "--wait")
+    assert moved.returncode == 0, moved.stderr
+    assert moved.stdout.splitlines() == [f"moving cli/0 to {spare[0]},{placed[0][0]}", "no partition is moving"]
+
+    status = raftka(bootstrap, "--format", "json", "reassign", "--status")
+    assert status.returncode == 0 and json.loads(status.stdout) == []
+    offset = Admin(bootstrap).list_reassignments().placement_offset
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"version": 1, "placement_offset": offset, "partitions": [
+        {"topic": "cli", "partition": 1, "replicas": [spare[1], placed[1][1]]}]}))
+    executed = raftka(bootstrap, "reassign", "--plan", str(plan), "--execute", "--wait")
+    assert executed.returncode == 0, executed.stderr
+    with Admin(bootstrap) as admin:
+        assert {p.partition: list(p.replicas) for p in admin.describe_topic("cli").partitions} == {
+            0: [spare[0], placed[0][0]], 1: [spare[1], placed[1][1]]}
+    stale = raftka(bootstrap, "reassign", "--plan", str(plan), "--execute")
+    assert stale.returncode == 1 and "StalePlanError" in stale.stderr and "make a new plan" in stale.stderr
+
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"version": 1, "partitions": [{"topic": "cli", "partition": -1, "replicas": [1]}]}')
+    refused = raftka(bootstrap, "reassign", "--plan", str(broken), "--execute")
+    assert refused.returncode == 2 and "partitions[0]: partition must be an integer >= 0" in refused.stderr
+    bad_rate = raftka(bootstrap, "partition", "move", "cli", "0", "--replicas", "1,2", "--throttle", "fast")
+    assert bad_rate.returncode == 2 and "expected a rate such as 50MB/s" in bad_rate.stderr
+
+
+def test_moves_survive_the_metadata_leader_a_partition_leader_and_the_target_being_killed(  # type: ignore[no-untyped-def]
+        start_cluster, joiner, wait_for, registered, ack_recorder, consume_all, lost, leader_of) -> None:
+    """Broker 2 is replaced by broker 4 in every partition, throttled so the moves last, while the
+    metadata leader, a partition leader and broker 4 itself are SIGKILLed and restarted in turn. Every
+    move completes; each partition's in-sync replicas are then exactly its recorded replicas, the
+    brokers the moves removed hold nothing, and no acknowledged record is lost, reordered or doubled."""
+    founders = start_cluster(3)
+    bootstrap = ",".join(b.address for b in founders)
+    partitions = 4
+    with Admin(bootstrap) as admin:
+        admin.create_topic("faulty", partitions=partitions, replication_factor=3)
+    with Producer(bootstrap, linger_ms=5) as producer:
+        for i in range(800):
+            producer.send("faulty", bytes(8192), partition=i % partitions)
+    fourth = joiner(4, founders).start(30)
+    brokers = [*founders, fourth]
+    wait_for(lambda: 4 in registered(founders[0]), "broker 4 registered")
+    producers = ack_recorder(bootstrap, "faulty", workers=1, pace_s=0.1, keyed=True, linger_ms=1)
+    try:
+        producers.wait_for(200)
+        with Admin(bootstrap) as admin:
+            plan = {TopicPartition("faulty", p.partition): [4 if b == 2 else b for b in p.replicas]
+                    for p in admin.describe_topic("faulty").partitions}
+            admin.reassign_partitions(plan, throttle_bytes_per_s=128 * 1024)
+            with grpc.insecure_channel(founders[0].address) as channel:
+                controller_id = api_pb2_grpc.AdminStub(channel).DescribeCluster(
+                    api_pb2.DescribeClusterRequest(), timeout=10).controller_id
+            metadata_leader = {b.broker_id: b for b in brokers}[controller_id]
+        for victim in (metadata_leader, leader_of(bootstrap, "faulty", 0, brokers), fourth):
+            with Admin(bootstrap) as admin:
+                assert admin.list_reassignments().moves, "the moves ended before the faults"
+            victim.kill()
+            victim.start(60)
+            count = len(producers.acknowledged)
+            producers.wait_for(count + 50)
+        with Admin(bootstrap) as admin:
+            wait_for(lambda: not admin.list_reassignments().moves, "every move completed", timeout_s=120)
+            wait_for(lambda: all(sorted(p.in_sync_replicas) == sorted(plan[TopicPartition("faulty", p.partition)])
+                                 for p in admin.describe_topic("faulty").partitions),
+                     "each partition's in-sync replicas are its recorded replicas")
+        count = len(producers.acknowledged)
+        producers.wait_for(count + 100)
+    finally:
+        acked = producers.stop()
+    assert producers.failures == [], producers.failures[:3]
+    wait_for(lambda: set(leaders_seen_by(founders[1], "faulty").values()) == {NO_LEADER},
+             "broker 2 dropped its replicas")
+    check_log(acked, {p: [r for r in records if r.key is not None]
+                      for p, records in consume_all(bootstrap, "faulty", partitions).items()}, lost)
