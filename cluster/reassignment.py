@@ -45,7 +45,7 @@ from raftka.errors import RaftkaError
 from raftka.proto import api_pb2
 from raftka.replication.driver import MultiRaft
 from raftka.replication.errors import RaftError
-from raftka.replication.membership import ConfChange, ConfChangeOp
+from raftka.replication.membership import ConfChange, next_move_step
 from raftka.replication.raft import Role
 
 log = logging.getLogger(__name__)
@@ -115,7 +115,7 @@ class Reassigner:
         self._driver.throttle(replica.group_id, move.throttle_bytes_per_s, tuple(sorted(target - voters)))
         if conf_change_pending(replica):
             return
-        change = next_change(self._broker_id, move.target, voters, learners, replica.in_sync_replicas())
+        change = next_move_step(self._broker_id, move.target, voters, learners, replica.in_sync_replicas())
         if isinstance(change, ConfChange):
             self._driver.propose_conf_change(replica.group_id, change)
             log.info("partition move step topic=%s partition=%d change=%s", record.name, partition, change)
@@ -168,29 +168,8 @@ def conf_change_pending(replica: RaftReplica) -> bool:
     return node.conf_state != node.conf_state_at(node.commit_index)
 
 
-def next_change(me: int, target: tuple[int, ...], voters: set[int], learners: set[int],
-                in_sync: list[int]) -> ConfChange | int | None:
-    """The leader's next step towards `target`: a membership change, a broker to hand leadership to,
-    or None (wait for a learner to catch up, or nothing left to change)."""
-    wanted = set(target)
-    for broker in target:
-        if broker not in voters and broker not in learners:
-            return ConfChange(ConfChangeOp.ADD_LEARNER, broker)
-    for broker in target:
-        if broker in learners and broker in in_sync:
-            return ConfChange(ConfChangeOp.ADD_VOTER, broker)
-    if learners & wanted:
-        return None
-    if me not in wanted:
-        heirs = [broker for broker in target if broker in voters and broker in in_sync]
-        return heirs[0] if heirs else None
-    for broker in sorted(learners - wanted) + sorted(voters - wanted):
-        return ConfChange(ConfChangeOp.REMOVE, broker)
-    return None
-
-
 def phase(me: int, target: tuple[int, ...], voters: set[int], learners: set[int]) -> int:
-    """Where the move stands, as `next_change` would continue it."""
+    """Where the move stands, as `next_move_step` would continue it."""
     wanted = set(target)
     if not wanted <= voters:
         return api_pb2.CATCHING_UP

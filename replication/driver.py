@@ -308,7 +308,8 @@ class MultiRaft:
     def _tick(self) -> None:
         now = time.monotonic()
         for group_id, throttle in list(self._throttles.items()):
-            throttle.flush(now, lambda message: self._transport.send(group_id, message))
+            throttle.flush(now, lambda message, g=group_id: self._transport.send(g, message))
+            self._hold(self._groups[group_id], throttle)
         for group_id, group in list(self._groups.items()):
             node = group.node
             if group.stopped or node.is_quiescent:
@@ -399,15 +400,33 @@ class MultiRaft:
 
     def throttle(self, group_id: str, bytes_per_s: int, members: tuple[int, ...]) -> None:
         """Limit the bytes this broker sends `members` of the group it leads to `bytes_per_s` (a
-        move's learners; `raftka.replication.throttle`); 0 or no members lifts the limit."""
+        move's learners; `raftka.replication.throttle`); 0 or no members lifts the limit. The core
+        pipelines at most a second's worth to them and sends them nothing while a message waits
+        for the bucket, so it reads from its log no more than the throttle passes."""
         current = self._throttles.get(group_id)
         if current is not None and (current.bytes_per_s, current.members) == (bytes_per_s, frozenset(members)):
             return
+        node = self._groups[group_id].node
         if current is not None:
             del self._throttles[group_id]
+            for member in current.members:
+                node.throttle(member, 0, paused=False)
             current.release(lambda message: self._transport.send(group_id, message))
+            self._mark(group_id)
         if bytes_per_s > 0 and members:
             self._throttles[group_id] = Throttle(bytes_per_s, members, time.monotonic())
+            for member in members:
+                node.throttle(member, bytes_per_s, paused=False)
+
+    def _hold(self, group: _Group, throttle: Throttle) -> None:
+        """Hold the throttled members' appends back in the core while a message waits for the bucket."""
+        if throttle.waiting == throttle.holding:
+            return
+        throttle.holding = throttle.waiting
+        for member in throttle.members:
+            group.node.throttle(member, throttle.bytes_per_s, paused=throttle.holding)
+        if not throttle.holding:
+            self._mark(group.group_id)
 
     def _send(self, group: _Group, messages: Sequence[Message]) -> None:
         if group.stopped:
@@ -419,6 +438,8 @@ class MultiRaft:
                     throttle.offer(message, time.monotonic(), lambda m: self._transport.send(group.group_id, m))
                 else:
                     self._transport.send(group.group_id, message)
+            if throttle is not None:
+                self._hold(group, throttle)
         except Exception as exc:  # noqa: BLE001
             self._fail(group, "send", exc)
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Iterable
+from typing import Collection, Iterable, Sequence
 
 from raftka.replication.entries import Entry, EntryType
 from raftka.replication.errors import ConfChangeError
@@ -137,3 +137,31 @@ class Membership:
         while self._changes and self._changes[0][0] <= index:
             self._base_index, self._base = self._changes.pop(0)
         self._base_index = max(self._base_index, index)
+
+
+def next_move_step(me: int, target: Sequence[int], voters: set[int], learners: set[int],
+                   in_sync: Collection[int]) -> ConfChange | int | None:
+    """The leader's (`me`) next step in moving its group to the voter set `target`: a membership
+    change, the voter to hand leadership to, or None (wait for a learner to catch up, or done).
+
+    Order: add each missing target member as a learner; promote learners in `in_sync` (they hold
+    every committed entry); hand leadership to an in-sync target voter if the leader is not in the
+    target; then remove the members outside the target, learners first. Adding before removing
+    keeps at least min(len(original), len(target)) voters throughout; the leader never removes
+    itself. A caller proposes at most one change at a time (the latest must have committed).
+    """
+    wanted = set(target)
+    for broker in target:
+        if broker not in voters and broker not in learners:
+            return ConfChange(ConfChangeOp.ADD_LEARNER, broker)
+    for broker in target:
+        if broker in learners and broker in in_sync:
+            return ConfChange(ConfChangeOp.ADD_VOTER, broker)
+    if learners & wanted:
+        return None
+    if me not in wanted:
+        heirs = [broker for broker in target if broker in voters and broker in in_sync]
+        return heirs[0] if heirs else None
+    for broker in sorted(learners - wanted) + sorted(voters - wanted):
+        return ConfChange(ConfChangeOp.REMOVE, broker)
+    return None

@@ -61,6 +61,8 @@ class Progress:
         self.pending_snapshot = 0
         self.snapshot_ticks = 0
         self.recent_active = False
+        self.held = False
+        """The driver's throttle holds appends to this member back (``RaftNode.throttle``)."""
         self.inflights = Inflights(max_inflight, max_inflight_bytes)
 
     def become_probe(self) -> None:
@@ -116,6 +118,8 @@ class Progress:
             self.probe_sent = True
 
     def is_paused(self) -> bool:
+        if self.held:
+            return True
         if self.state == ProgressState.PROBE:
             return self.probe_sent
         if self.state == ProgressState.REPLICATE:

@@ -164,6 +164,7 @@ class RaftNode:
         self._lead_transferee = 0
         self._term_start_index = 0
         self._needs_append: set[int] = set()
+        self._throttled: dict[int, tuple[int, bool]] = {}
         self._quiescent = False
         self._election_elapsed = 0
         self._heartbeat_elapsed = 0
@@ -328,6 +329,22 @@ class RaftNode:
     def wake(self) -> None:
         """End quiescence (the driver's failure detector suspects the leader, or new work came)."""
         self._quiescent = False
+
+    def throttle(self, peer: int, max_inflight_bytes: int, paused: bool) -> None:
+        """Flow control for a member the driver sends at a limited rate (a catching-up learner):
+        pipeline at most ``max_inflight_bytes`` of unacknowledged appends to it (at least one
+        message; 0 restores ``RaftConfig.max_inflight_bytes``), and while ``paused`` send it no
+        append at all (the driver pauses it while its bandwidth is used up, so neither heartbeat
+        responses nor probes make the leader read and send more than the limit lets through).
+        What is sent, and when entries commit, is unchanged: learners never count towards a quorum."""
+        if max_inflight_bytes or paused:
+            self._throttled[peer] = (max_inflight_bytes, paused)
+        else:
+            self._throttled.pop(peer, None)
+        pr = self._progress.get(peer)
+        if pr is not None:
+            pr.inflights.max_bytes = max_inflight_bytes or self._cfg.max_inflight_bytes
+            pr.held = paused
 
     def report_unreachable(self, peer: int) -> None:
         """The transport could not deliver to ``peer``: stop pipelining to it until it answers."""
@@ -673,7 +690,10 @@ class RaftNode:
         members = set(self._membership.current.members()) | {self.id}
         for i in members:
             if i not in self._progress:
-                pr = Progress(self._log.last_index() + 1, self._cfg.max_inflight_msgs, self._cfg.max_inflight_bytes)
+                max_bytes, held = self._throttled.get(i, (0, False))
+                pr = Progress(self._log.last_index() + 1, self._cfg.max_inflight_msgs,
+                              max_bytes or self._cfg.max_inflight_bytes)
+                pr.held = held
                 pr.recent_active = True
                 self._progress[i] = pr
         for i in [i for i in self._progress if i not in members]:

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 from raftka.replication.entries import Entry
 from raftka.replication.errors import RaftError
-from raftka.replication.membership import ConfChange, ConfChangeOp
+from raftka.replication.membership import ConfChange, ConfChangeOp, next_move_step
 from raftka.replication.messages import Message
 from raftka.replication.raft import RaftConfig, Role
 from raftka.replication.simcluster import Network, SafetyChecker, SimNode, Violation
@@ -73,6 +73,12 @@ class FaultProfile:
     read: float
     propose: float
     quiesce: float
+    move: float
+    """Per tick, chance to start moving the group to another voter set, walked by `next_move_step`
+    (as partition leaders do) and sometimes cancelled back to the voters it started from."""
+    hold: float
+    """Per tick, chance the leader's driver holds back or releases a learner's appends (the move
+    throttle's flow control, `RaftNode.throttle`)."""
 
     @classmethod
     def draw(cls, rng: random.Random) -> FaultProfile:
@@ -94,6 +100,8 @@ class FaultProfile:
             read=rng.choice([0.0, 0.05, 0.2]),
             propose=rng.choice([0.1, 0.4, 0.9]),
             quiesce=rng.choice([0.0, 0.05]),
+            move=rng.choice([0.0, 0.01, 0.03]),
+            hold=rng.choice([0.0, 0.05, 0.2]),
         )
 
 
@@ -121,6 +129,10 @@ class Simulation:
         self._probed_terms: set[int] = set()
         self._proposals = 0
         self._reads = 0
+        self._move: tuple[tuple[int, ...], tuple[int, ...]] | None = None
+        """(target, the voters it started from) of the move in progress."""
+        self._held: set[tuple[int, int]] = set()
+        """(leader, learner) pairs whose appends that leader holds back."""
         voters = tuple(range(1, params.nodes + 1))
         inflight = self.rng.choice([1, 1, 2, 4, 64])
         msg_bytes = self.rng.choice([64, 64, 256, 1 << 20])
@@ -213,6 +225,11 @@ class Simulation:
     def heal_all(self) -> None:
         self.healed = True
         self.net.heal()
+        for held_by, member in sorted(self._held):
+            core = self.nodes[held_by].core
+            if core is not None:
+                core.throttle(member, 0, paused=False)
+        self._held.clear()
         for n in self.nodes.values():
             if not n.alive:
                 n.start()
@@ -349,7 +366,15 @@ class Simulation:
         leader = self._leader()
         if leader is None or leader.core is None:
             return
-        if rng.random() < f.conf_change:
+        self._throttle(leader)
+        if self._move is None and rng.random() < f.move:
+            voters = leader.core.conf_state.voters
+            self._move = (tuple(rng.sample(sorted(self.nodes), len(voters))), voters)
+            self.stats["moves"] += 1
+            self._log(f"move started: {list(voters)} -> {list(self._move[0])}")
+        if self._move is not None:
+            self._step_move(leader)
+        elif rng.random() < f.conf_change:
             self._conf_change(leader)
         if rng.random() < f.transfer:
             target = rng.choice(leader.core.conf_state.voters)
@@ -362,6 +387,54 @@ class Simulation:
         if rng.random() < f.quiesce and leader.core.quiesce():
             self.stats["quiesced"] += 1
             self._log(f"quiesce group at leader {leader.id}")
+
+    def _step_move(self, leader: SimNode) -> None:
+        """The leader's move executor (cluster/reassignment.py), one step per tick; a cancel (2% a
+        tick) turns the target back to the voters the move started from."""
+        core = leader.core
+        assert core is not None and self._move is not None
+        target, original = self._move
+        if target != original and self.rng.random() < 0.02:
+            self._move = (original, original)
+            self._log(f"move cancelled: back to {list(original)}")
+            return
+        conf = core.conf_state
+        if conf != core.conf_state_at(core.commit_index):
+            return
+        in_sync = [i for i, pr in core.progress().items()
+                   if i == leader.id or (pr.recent_active and pr.match >= core.commit_index)]
+        step = next_move_step(leader.id, target, set(conf.voters), set(conf.learners), in_sync)
+        try:
+            if isinstance(step, ConfChange):
+                index = core.propose_conf_change(step)
+                self._log(f"move step on {leader.id}: {step} at {index}")
+            elif step is not None:
+                core.transfer_leadership(step)
+                self._log(f"move step: transfer leadership {leader.id} -> {step}")
+            elif set(conf.voters) == set(target) and not conf.learners:
+                self.stats["moves_completed"] += 1
+                self._log(f"move completed: voters {list(conf.voters)}")
+                self._move = None
+        except RaftError as exc:
+            self._log(f"move step on {leader.id}: {step} refused ({type(exc).__name__})")
+
+    def _throttle(self, leader: SimNode) -> None:
+        """The move throttle's flow control: hold or release a learner's appends at random; a member
+        that became a voter is released (the driver throttles learners only)."""
+        core = leader.core
+        assert core is not None
+        learners = core.conf_state.learners
+        for held_by, member in sorted(self._held):
+            if held_by == leader.id and member not in learners:
+                core.throttle(member, 0, paused=False)
+                self._held.discard((held_by, member))
+        if learners and self.rng.random() < self.faults.hold:
+            member = self.rng.choice(learners)
+            paused = (leader.id, member) not in self._held
+            core.throttle(member, self.rng.choice([0, 64, 1024]), paused=paused)
+            (self._held.add if paused else self._held.discard)((leader.id, member))
+            self.stats["holds"] += paused
+            self._log(f"{'hold' if paused else 'release'} learner {member} on {leader.id}")
 
     def _depose_unproven_leaders(self) -> None:
         """Crash or isolate leaders that have not yet committed an entry of their own term.

@@ -6,11 +6,13 @@ applies only to the members named (learners catching up): voters are never delay
 acknowledgements of writes are not slowed.
 
 A throttled APPEND or SNAPSHOT message waits in a queue until the token bucket holds its size; the
-bucket fills at `bytes_per_s` and holds at most one second of it. The Raft core bounds what a leader
-has in flight to each member, so the queue stays small; beyond `MAX_QUEUED_S` seconds of traffic a
-new message is dropped instead (Raft resends what a member never acknowledged). Invariant: over any
-window of T seconds a throttled member is sent at most `bytes_per_s * (T + 1)` bytes, plus one
-message larger than the bucket (a message is never split).
+bucket fills at `bytes_per_s` and holds at most one second of it. While a message waits, the driver
+holds the member's appends back in the Raft core (`RaftNode.throttle`), and the core pipelines at
+most a second's worth to it, so the leader reads from its log no more than the throttle lets
+through and the queue stays small; beyond `MAX_QUEUED_S` seconds of traffic a new message is
+dropped instead (Raft resends what a member never acknowledged). Invariant: over any window of T
+seconds a throttled member is sent at most `bytes_per_s * (T + 1)` bytes, plus one message larger
+than the bucket (a message is never split).
 """
 
 from __future__ import annotations
@@ -40,6 +42,12 @@ class Throttle:
         self._queue: deque[tuple[Message, int]] = deque()
         self._queued_bytes = 0
         self.dropped = 0
+        self.holding = False
+        """Whether the driver holds the members' appends back in the core (a message is waiting)."""
+
+    @property
+    def waiting(self) -> bool:
+        return bool(self._queue)
 
     def applies_to(self, message: Message) -> bool:
         return message.dst in self.members and message.type in _THROTTLED

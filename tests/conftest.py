@@ -101,6 +101,8 @@ class AckRecorder:
         """Errors the producer surfaced (a record it gave up on)."""
         self.ack_times: list[float] = []
         """When each acknowledgement arrived (monotonic), in arrival order."""
+        self.latencies: list[float] = []
+        """Seconds from send to acknowledgement, in the order of `ack_times`."""
         self._bootstrap, self._topic, self._options = bootstrap, topic, producer_options
         self._pace_s, self._keyed = pace_s, keyed
         self._lock = threading.Lock()
@@ -135,13 +137,15 @@ class AckRecorder:
             value = f"w{worker}-{i}".encode()
             i += 1
 
-            def record(future, value: bytes = value) -> None:  # type: ignore[no-untyped-def]
+            def record(future, value: bytes = value, sent: float = time.monotonic()) -> None:  # type: ignore[no-untyped-def]
                 error = future.exception()
                 with self._lock:
                     if error is None:
                         meta = future.result()
+                        now = time.monotonic()
                         self.acknowledged.append((meta.partition, meta.offset, value))
-                        self.ack_times.append(time.monotonic())
+                        self.ack_times.append(now)
+                        self.latencies.append(now - sent)
                     else:
                         self.failures.append(error)
             try:
@@ -261,7 +265,7 @@ def joiner_fixture(tmp_path: Path) -> Iterator[Callable[[int, list[LocalBroker]]
 
     def make(broker_id: int, seeds: list[LocalBroker]) -> LocalBroker:
         broker = LocalBroker(broker_id, f"127.0.0.1:{free_port()}", tmp_path / f"joiner-{broker_id}",
-                             extra_args=("--join", ",".join(b.address for b in seeds)))
+                             metrics_port=free_port(), extra_args=("--join", ",".join(b.address for b in seeds)))
         made.append(broker)
         return broker
 

@@ -230,3 +230,99 @@ def test_moves_survive_the_metadata_leader_a_partition_leader_and_the_target_bei
              "broker 2 dropped its replicas")
     check_log(acked, {p: [r for r in records if r.key is not None]
                       for p, records in consume_all(bootstrap, "faulty", partitions).items()}, lost)
+
+
+RESULTS = Path("reassignment-results.json")
+
+
+def _save(name: str, figures: dict) -> None:  # type: ignore[type-arg]
+    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    results[name] = figures
+    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    print(name, figures)
+
+
+def _p99(samples: list[float]) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] if ordered else float("nan")
+
+
+@pytest.mark.slow
+def test_replace_broker_1_by_4_in_30_partitions_at_1000_records_per_s(  # type: ignore[no-untyped-def]
+        start_cluster, joiner, wait_for, registered, ack_recorder, consume_all, lost) -> None:
+    """The issue's figure: 30 partitions RF 3 on {1,2,3}, an idempotent producer at about 1,000
+    records/s with acks=all, a plan replacing broker 1 by broker 4 everywhere. Writes the produce p99
+    before and during the move and the longest per-partition gap between acknowledgements to
+    reassignment-results.json."""
+    founders = start_cluster(3)
+    bootstrap = ",".join(b.address for b in founders)
+    partitions = 30
+    with Admin(bootstrap) as admin:
+        admin.create_topic("thirty", partitions=partitions, replication_factor=3)
+    fourth = joiner(4, founders).start(30)
+    wait_for(lambda: 4 in registered(founders[0]), "broker 4 registered")
+    producers = ack_recorder(bootstrap, "thirty", workers=1, pace_s=0.1, keyed=True, linger_ms=1)
+    try:
+        producers.wait_for(5000)
+        before_end = len(producers.latencies)
+        with Admin(bootstrap) as admin:
+            plan = {TopicPartition("thirty", p.partition): [4 if b == 1 else b for b in p.replicas]
+                    for p in admin.describe_topic("thirty").partitions}
+            started = time.monotonic()
+            during_start = len(producers.latencies)
+            admin.reassign_partitions(plan)
+            wait_for(lambda: not admin.list_reassignments().moves, "every move completed", timeout_s=300)
+            moved_s = time.monotonic() - started
+            during_end = len(producers.latencies)
+        producers.wait_for(during_end + 1000)
+    finally:
+        acked = producers.stop()
+    assert producers.failures == [], producers.failures[:3]
+    check_log(acked, consume_all(bootstrap, "thirty", partitions), lost)
+    wait_for(lambda: set(leaders_seen_by(founders[0], "thirty").values()) == {NO_LEADER},
+             "broker 1 dropped its replicas")
+    gaps: dict[int, float] = {}
+    last: dict[int, float] = {}
+    for (partition, _, _), at in zip(acked, producers.ack_times):
+        if at >= started and at <= started + moved_s and partition in last:
+            gaps[partition] = max(gaps.get(partition, 0.0), at - last[partition])
+        last[partition] = at
+    _save("replace_broker_1_by_4", {
+        "partitions": partitions, "records_acknowledged": len(acked), "move_s": round(moved_s, 2),
+        "produce_p99_before_ms": round(_p99(producers.latencies[:before_end]) * 1000, 1),
+        "produce_p99_during_ms": round(_p99(producers.latencies[during_start:during_end]) * 1000, 1),
+        "longest_partition_ack_gap_during_s": round(max(gaps.values(), default=0.0), 3)})
+
+
+@pytest.mark.slow
+def test_a_1_mib_per_s_throttle_holds_over_every_10_s_window(  # type: ignore[no-untyped-def]
+        start_cluster, joiner, wait_for, registered) -> None:
+    """A 50 MiB partition moves to broker 4 at 1 MiB/s: the Raft bytes broker 4 receives, sampled
+    every second, stay within ~1.1 MiB/s over every 10 s window (written to reassignment-results.json)."""
+    founders = start_cluster(3)
+    bootstrap = ",".join(b.address for b in founders)
+    with Admin(bootstrap) as admin:
+        admin.create_topic("heavy", partitions=1, replication_factor=3)
+        original = admin.describe_topic("heavy").partitions[0].replicas
+    with Producer(bootstrap, linger_ms=20) as producer:
+        chunk = bytes(range(256)) * 4
+        for _ in range(50 * 1024):
+            producer.send("heavy", chunk, partition=0)
+    fourth = joiner(4, founders).start(30)
+    wait_for(lambda: 4 in registered(founders[0]), "broker 4 registered")
+    received = "raftka_raft_bytes{direction=\"received\"}"
+    with Admin(bootstrap) as admin:
+        admin.reassign_partitions({TopicPartition("heavy", 0): [original[0], original[1], 4]},
+                                  throttle_bytes_per_s=1 << 20)
+        samples = [(time.monotonic(), fourth.metric_total(received))]
+        while admin.list_reassignments().moves:
+            time.sleep(1.0)
+            samples.append((time.monotonic(), fourth.metric_total(received)))
+    rates = [(samples[j][1] - samples[i][1]) / (samples[j][0] - samples[i][0])
+             for i in range(len(samples)) for j in range(i + 1, len(samples))
+             if 9.5 <= samples[j][0] - samples[i][0] <= 10.5]
+    worst = max(rates)
+    _save("throttle_1_mib_per_s", {"move_s": round(samples[-1][0] - samples[0][0], 1),
+                                   "received_mib": round((samples[-1][1] - samples[0][1]) / (1 << 20), 1),
+                                   "worst_10_s_window_mib_per_s": round(worst / (1 << 20), 3)})
+    assert worst <= 1.15 * (1 << 20), f"{worst / (1 << 20):.2f} MiB/s over a 10 s window"

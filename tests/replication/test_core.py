@@ -228,3 +228,32 @@ def test_leader_resends_a_lost_snapshot_after_the_transport_reports_failure() ->
     assert leader.progress()[3].match == leader.last_index
     follower = nodes[3].core
     assert follower is not None and follower.applied_index >= 5
+
+
+def test_a_held_member_is_sent_no_append_until_released_and_commits_do_not_wait_for_it() -> None:
+    """The driver's bandwidth throttle holds a learner's appends back (RaftNode.throttle): while held it
+    gets none (heartbeat responses do not unstick it), the voters keep committing, and once released
+    it catches up."""
+    checker = SafetyChecker()
+    nodes = {i: SimNode(i, ConfState((1, 2), learners=(3,)), RaftConfig(i), seed=0) for i in (1, 2, 3)}
+    leader = nodes[1].core
+    assert leader is not None
+    leader.campaign()
+    _stabilize(nodes, checker)
+    leader.throttle(3, max_inflight_bytes=10, paused=True)
+    for i in range(5):
+        leader.propose(f"entry-{i}".encode() * 4)
+    sent = _stabilize(nodes, checker)
+    for _ in range(30):
+        leader.tick()
+        sent += _stabilize(nodes, checker)
+    assert not [m for m in sent if m.type == MessageType.APPEND and m.dst == 3 and m.entries]
+    assert leader.commit_index == leader.last_index
+    assert leader.role == Role.LEADER, leader.role
+    assert leader.progress()[3].match < leader.last_index, leader.progress()
+    leader.throttle(3, max_inflight_bytes=10, paused=False)
+    leader.tick()
+    sent = _stabilize(nodes, checker)
+    appends = [m for m in sent if m.type == MessageType.APPEND and m.dst == 3 and m.entries]
+    assert appends
+    assert leader.progress()[3].match == leader.last_index
