@@ -147,6 +147,8 @@ class ReassignmentInfo:
     learners: tuple[int, ...]
     entries_behind: dict[int, int]
     bytes_behind: dict[int, int]
+    stalled_on: tuple[int, ...]
+    """New replicas whose brokers did not answer the leader lately: the move waits for them (or a cancel)."""
     partition_bytes: int
     write_bytes_per_s: int
 
@@ -156,13 +158,24 @@ class ReassignmentInfo:
                    status.throttle_bytes_per_s, status.started_ms, status.leader_id if status.leader_id >= 0 else None,
                    PHASES.get(status.phase, "unknown"), tuple(status.voters), tuple(status.learners),
                    {p.broker_id: p.entries_behind for p in status.learner_progress},
-                   {p.broker_id: p.bytes_behind for p in status.learner_progress}, status.partition_bytes,
+                   {p.broker_id: p.bytes_behind for p in status.learner_progress},
+                   tuple(p.broker_id for p in status.learner_progress if not p.active), status.partition_bytes,
                    status.write_bytes_per_s)
 
     @property
     def throttle_too_low(self) -> bool:
         """Writes arrive faster than the throttle lets the new replicas copy: the move cannot finish."""
         return 0 < self.throttle_bytes_per_s < self.write_bytes_per_s
+
+
+class BalancePlan(NamedTuple):
+    moves: dict[TopicPartition, list[int]]
+    """The partitions whose replicas change, with their new replicas (the first is the preferred leader)."""
+    placement_offset: int
+    replicas_moved: int
+    bytes_moved: int
+    brokers: dict[int, tuple[int, int, int, int]]
+    """Per broker: replicas before, after; preferred leaderships before, after."""
 
 
 class Reassignments(NamedTuple):
@@ -373,11 +386,17 @@ class Admin:
         response = self._admin(lambda stub: stub.ChangeControllers(request, timeout=self._conn.request_timeout_s))
         return list(response.voters), list(response.learners)
 
-    def decommission_broker(self, broker_id: int, *, draining: bool = True) -> None:
-        """Mark a broker draining: no new replicas go to it (refused unless the others can hold every
-        partition at its replication factor). `draining=False` recommissions it."""
-        request = api_pb2.DrainBrokerRequest(broker_id=broker_id, draining=draining)
-        self._admin(lambda stub: stub.DrainBroker(request, timeout=self._conn.request_timeout_s))
+    def decommission_broker(self, broker_id: int, *, draining: bool = True,
+                            throttle_bytes_per_s: int = 0) -> dict[TopicPartition, list[int]]:
+        """Decommission a broker: no new replicas go to it, its replicas move to the others (the moves
+        returned; follow them with `list_reassignments`), and once it holds nothing it leaves the
+        cluster (`describe_cluster` no longer lists it). Refused up front, with nothing moved, when
+        the others cannot hold every partition, or it is a controller. `draining=False`
+        recommissions it (moves already made stay)."""
+        request = api_pb2.DrainBrokerRequest(broker_id=broker_id, draining=draining,
+                                             throttle_bytes_per_s=throttle_bytes_per_s)
+        response = self._admin(lambda stub: stub.DrainBroker(request, timeout=self._conn.request_timeout_s))
+        return {TopicPartition(m.topic, m.partition): list(m.replicas) for m in response.moves}
 
     def reassign_partitions(self, moves: Mapping[TopicPartition, Sequence[int]], *, throttle_bytes_per_s: int = 0,
                             expected_placement_offset: int | None = None) -> int:
@@ -422,6 +441,17 @@ class Admin:
                     if key in found and status.leader_id >= 0:
                         found[key] = status
         return Reassignments(first.placement_offset, [ReassignmentInfo.from_proto(r) for _, r in sorted(found.items())])
+
+    def plan_balance(self) -> BalancePlan:
+        """A plan balancing replicas and preferred leaders over the registered brokers (draining ones
+        end with nothing), made by a broker from its metadata; nothing moves until it is executed
+        with `reassign_partitions(plan.moves, expected_placement_offset=plan.placement_offset)`."""
+        response = self._admin(lambda stub: stub.PlanBalance(api_pb2.PlanBalanceRequest(),
+                                                              timeout=self._conn.request_timeout_s))
+        return BalancePlan({TopicPartition(p.topic, p.partition): list(p.replicas) for p in response.partitions},
+                           response.placement_offset, response.replicas_moved, response.bytes_moved,
+                           {b.broker_id: (b.replicas_before, b.replicas_after, b.leaders_before, b.leaders_after)
+                            for b in response.brokers})
 
     def close(self) -> None:
         self._conn.close()

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from raftka.client.local import DEFAULT_LOCAL_BROKERS
 from raftka.client.records import Record, first_offsets
-from raftka.errors import RaftkaError, TopicExistsError, UnknownTopicError
+from raftka.errors import InvalidRequestError, RaftkaError, TopicExistsError, UnknownTopicError
 from raftka.wire.settings import env
 from raftka.wire.structs import TopicPartition
 
@@ -117,6 +117,16 @@ def build_parser(extra: Mapping[str, Command]) -> argparse.ArgumentParser:
     controllers = cluster_commands.add_parser("controllers", help="add or remove a voter of the metadata log")
     controllers.add_argument("change", choices=("add", "remove"))
     controllers.add_argument("broker_id", type=int)
+    balance = cluster_commands.add_parser("balance", help="plan (and execute) moves that balance replicas and "
+                                          "preferred leaders over the brokers")
+    balance_action = balance.add_mutually_exclusive_group(required=True)
+    balance_action.add_argument("--dry-run", action="store_true", help="print the plan; move nothing")
+    balance_action.add_argument("--execute", action="store_true", help="start the plan's moves")
+    balance.add_argument("--plan-out", type=Path, metavar="FILE",
+                         help="also write the plan as reassignment JSON (for `raftka reassign --plan FILE`)")
+    balance.add_argument("--throttle", type=_rate, default=0, metavar="RATE",
+                         help="with --execute: limit what each new replica is sent while it catches up")
+    balance.add_argument("--wait", action="store_true", help="with --execute: follow the moves until done")
     for sub in cluster_commands.choices.values():
         _client_options(sub, suppress=True)
 
@@ -240,6 +250,10 @@ def add_broker_admin_arguments(parser: argparse.ArgumentParser) -> None:
                         help="instead of running a broker: mark broker TARGET draining (no new replicas go to "
                              "it), or not any more")
     parser.add_argument("target", nargs="?", type=int, help="the broker id to decommission or recommission")
+    parser.add_argument("--wait", action="store_true",
+                        help="with decommission: follow the moves until the broker holds nothing and has left")
+    parser.add_argument("--throttle", type=_rate, default=0, metavar="RATE",
+                        help="with decommission: limit what each new replica is sent while it catches up")
     _client_options(parser, suppress=True)
 
 
@@ -250,10 +264,20 @@ def cmd_broker_admin(args: argparse.Namespace) -> int:
 
     if args.target is None:
         raise ValueError(f"raftka broker {args.action} needs a broker id")
+    draining = args.action == "decommission"
     with Admin(args.bootstrap, request_timeout_ms=args.timeout_ms) as admin:
-        admin.decommission_broker(args.target, draining=args.action == "decommission")
-    _emit(args, {args.action: args.target}, f"broker {args.target} "
-          + ("is draining: no new replicas go to it" if args.action == "decommission" else "takes new replicas again"))
+        moves = admin.decommission_broker(args.target, draining=draining, throttle_bytes_per_s=args.throttle)
+        _emit(args, {args.action: args.target, "moves": [{"topic": tp.topic, "partition": tp.partition,
+                                                          "replicas": replicas} for tp, replicas in moves.items()]},
+              f"broker {args.target} is draining: {len(moves)} partition(s) moving off it" if draining
+              else f"broker {args.target} takes new replicas again")
+        if not (draining and args.wait):
+            return 0
+        _follow(args, admin, quiet=True)
+        while args.target in {b.broker_id for b in admin.describe_cluster()}:
+            time.sleep(0.5)
+    _emit(args, {"decommissioned": args.target},
+          f"broker {args.target} is decommissioned: it holds no replica and left the cluster")
     return 0
 
 
@@ -299,23 +323,28 @@ def cmd_partition(args: argparse.Namespace) -> int:
 
 def cmd_reassign(args: argparse.Namespace) -> int:
     from raftka.client.admin import Admin
-    from raftka.client.reassignment import Plan
+    from raftka.wire.reassignment import format_reassignment, parse_reassignment
 
-    plan = None
+    targets: dict[tuple[str, int], tuple[int, ...]] = {}
+    offset = None
     if args.plan is not None:
-        plan = Plan.parse(args.plan.read_text(), str(args.plan))
+        try:
+            targets, offset = parse_reassignment(args.plan.read_text())
+        except InvalidRequestError as exc:
+            raise ValueError(f"{args.plan}: {exc.message}") from None
+        if not targets:
+            raise ValueError(f"{args.plan}: the plan moves no partition")
     elif args.execute:
         raise ValueError("raftka reassign --execute needs --plan FILE")
+    moves = {TopicPartition(topic, partition): list(replicas) for (topic, partition), replicas in targets.items()}
     with Admin(args.bootstrap, request_timeout_ms=args.timeout_ms) as admin:
         if args.execute:
-            assert plan is not None
-            admin.reassign_partitions(plan.moves, throttle_bytes_per_s=args.throttle,
-                                      expected_placement_offset=plan.placement_offset)
+            admin.reassign_partitions(moves, throttle_bytes_per_s=args.throttle, expected_placement_offset=offset)
             if args.format != "json" or not args.wait:
-                _emit(args, {"moving": plan.to_json()["partitions"]},
-                      f"moving {len(plan.moves)} partition(s); follow with `raftka reassign --status --wait`")
+                _emit(args, {"moving": format_reassignment(targets)["partitions"]},
+                      f"moving {len(moves)} partition(s); follow with `raftka reassign --status --wait`")
         elif args.cancel:
-            cancelled = admin.cancel_reassignments(list(plan.moves) if plan is not None else [])
+            cancelled = admin.cancel_reassignments(list(moves))
             if args.format != "json" or not args.wait:
                 _emit(args, {"cancelled": [{"topic": tp.topic, "partition": tp.partition} for tp in cancelled]},
                       f"cancelled {len(cancelled)} move(s): "
@@ -349,8 +378,9 @@ def _moves_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join([table, *warnings])
 
 
-def _follow(args: argparse.Namespace, admin: Any, interval_s: float = 1.0) -> int:
-    """`--wait`: poll the moves until none is left; on a terminal redraw their progress table."""
+def _follow(args: argparse.Namespace, admin: Any, interval_s: float = 1.0, *, quiet: bool = False) -> int:
+    """`--wait`: poll the moves until none is left; on a terminal redraw their progress table
+    (`quiet`: print nothing when done)."""
     from raftka.client.reassignment import ProgressTracker
 
     tracker = ProgressTracker()
@@ -366,8 +396,34 @@ def _follow(args: argparse.Namespace, admin: Any, interval_s: float = 1.0) -> in
         if not rows:
             break
         time.sleep(interval_s)
-    _emit(args, {"moving": []}, "" if live else "no partition is moving")
+    if not quiet:
+        _emit(args, {"moving": []}, "" if live else "no partition is moving")
     return 0
+
+
+def _balance(args: argparse.Namespace, admin: Any) -> int:
+    from raftka.client.reassignment import human_bytes
+    from raftka.wire.reassignment import format_reassignment
+
+    plan = admin.plan_balance()
+    document = format_reassignment({(tp.topic, tp.partition): replicas for tp, replicas in plan.moves.items()},
+                                   plan.placement_offset)
+    if args.plan_out is not None:
+        args.plan_out.write_text(json.dumps(document, indent=2) + "\n")
+    rows = [[str(b), f"{before} -> {after}", f"{lead_before} -> {lead_after}"]
+            for b, (before, after, lead_before, lead_after) in sorted(plan.brokers.items())]
+    summary = (f"{len(plan.moves)} partition(s) change, {plan.replicas_moved} replica(s) move "
+               f"({human_bytes(plan.bytes_moved)})" if plan.moves else "balanced: nothing to move")
+    if args.execute and plan.moves:
+        admin.reassign_partitions(plan.moves, throttle_bytes_per_s=args.throttle,
+                                  expected_placement_offset=plan.placement_offset)
+        summary += "; moving"
+    _emit(args, {**document, "replicas_moved": plan.replicas_moved, "bytes_moved": plan.bytes_moved,
+                 "brokers": [{"id": b, "replicas_before": v[0], "replicas_after": v[1], "leaders_before": v[2],
+                              "leaders_after": v[3]} for b, v in sorted(plan.brokers.items())],
+                 "executed": bool(args.execute and plan.moves)},
+          "\n".join([_table(["BROKER", "REPLICAS", "PREFERRED LEADERS"], rows), summary]))
+    return _follow(args, admin, quiet=True) if args.execute and args.wait else 0
 
 
 def cmd_cluster(args: argparse.Namespace) -> int:
@@ -380,6 +436,8 @@ def cmd_cluster(args: argparse.Namespace) -> int:
             _emit(args, {"voters": voters, "learners": learners},
                   f"voters {','.join(map(str, voters))}  learners {','.join(map(str, learners)) or '-'}")
             return 0
+        if args.cluster_command == "balance":
+            return _balance(args, admin)
         brokers = admin.describe_cluster()
     now_ms = time.time() * 1000
 

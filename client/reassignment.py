@@ -1,16 +1,8 @@
-"""Client-side pieces of partition moves: Kafka's reassignment JSON, throttle rates as operators
-write them, and the progress table of `raftka reassign --status`.
-
-A plan file is what `kafka-reassign-partitions.sh` reads and writes,
-`{"version": 1, "partitions": [{"topic": "t", "partition": 0, "replicas": [4, 2, 3]}, ...]}`, plus
-an optional `"placement_offset"`: the metadata's placement offset when the plan was made. A plan
-that carries it is refused (STALE_PLAN) once placement changed, so a plan made against another
-layout is never executed.
-"""
+"""Client-side pieces of partition moves: throttle rates as operators write them, and the progress
+figures of `raftka reassign --status` (plan files: `raftka.wire.reassignment`)."""
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from typing import Any
@@ -20,53 +12,6 @@ from raftka.wire.structs import TopicPartition
 
 _UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000 ** 2, "mb": 1000 ** 2, "mib": 1024 ** 2,
           "g": 1000 ** 3, "gb": 1000 ** 3, "gib": 1024 ** 3}
-
-
-class Plan:
-    def __init__(self, moves: dict[TopicPartition, list[int]], placement_offset: int | None = None) -> None:
-        self.moves = moves
-        self.placement_offset = placement_offset
-
-    def to_json(self) -> dict[str, Any]:
-        data: dict[str, Any] = {"version": 1, "partitions": [
-            {"topic": tp.topic, "partition": tp.partition, "replicas": replicas}
-            for tp, replicas in sorted(self.moves.items())]}
-        if self.placement_offset is not None:
-            data["placement_offset"] = self.placement_offset
-        return data
-
-    @classmethod
-    def parse(cls, text: str, source: str) -> Plan:
-        """A plan file's contents; ValueError says what is wrong and where."""
-        try:
-            raw = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{source}: not JSON ({exc})") from None
-        if not isinstance(raw, dict) or raw.get("version") != 1 or not isinstance(raw.get("partitions"), list):
-            raise ValueError(f'{source}: expected {{"version": 1, "partitions": [...]}}')
-        offset = raw.get("placement_offset")
-        if offset is not None and (not isinstance(offset, int) or isinstance(offset, bool)):
-            raise ValueError(f"{source}: placement_offset must be an integer")
-        moves: dict[TopicPartition, list[int]] = {}
-        for number, item in enumerate(raw["partitions"]):
-            where = f"{source}: partitions[{number}]"
-            if not isinstance(item, dict):
-                raise ValueError(f"{where} is not an object")
-            topic, partition, replicas = item.get("topic"), item.get("partition"), item.get("replicas")
-            if not isinstance(topic, str) or not topic:
-                raise ValueError(f"{where}: topic must be a non-empty string")
-            if not isinstance(partition, int) or isinstance(partition, bool) or partition < 0:
-                raise ValueError(f"{where}: partition must be an integer >= 0")
-            if (not isinstance(replicas, list) or not replicas
-                    or not all(isinstance(b, int) and not isinstance(b, bool) and b > 0 for b in replicas)):
-                raise ValueError(f"{where}: replicas must be a non-empty list of broker ids")
-            tp = TopicPartition(topic, partition)
-            if tp in moves:
-                raise ValueError(f"{where}: {topic}/{partition} appears twice")
-            moves[tp] = replicas
-        if not moves:
-            raise ValueError(f"{source}: the plan moves no partition")
-        return cls(moves, offset)
 
 
 def parse_rate(text: str) -> int:
@@ -103,7 +48,9 @@ class ProgressTracker:
             if now > started_at and remaining_then > remaining:
                 rate = (remaining_then - remaining) / (now - started_at)
                 eta = remaining / rate
-        return {"topic": move.topic, "partition": move.partition, "phase": move.phase,
+        phase = f"stalled (broker {','.join(map(str, move.stalled_on))} not answering)" if move.stalled_on \
+            else move.phase
+        return {"topic": move.topic, "partition": move.partition, "phase": phase,
                 "original": list(move.original), "target": list(move.target), "cancelled": move.cancelled,
                 "leader": move.leader, "voters": list(move.voters), "learners": list(move.learners),
                 "bytes_remaining": remaining, "partition_bytes": move.partition_bytes,

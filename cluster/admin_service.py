@@ -15,11 +15,12 @@ import grpc
 from raftka.cluster.broker_service import BrokerState, unary
 from raftka.cluster.leadership import LeaderBalancer
 from raftka.cluster.metadata import BrokerRegistration
+from raftka.cluster import balancing
 from raftka.cluster.reassignment import Reassigner
 from raftka.cluster.topics import TopicConfig, validate_topic_name
 from raftka.cluster.config import parse_host_port
 from raftka.errors import (BrokerUnavailableError, InvalidRequestError, NotEnoughReplicasError, NotLeaderError,
-                           from_rpc_error)
+                           RaftkaError, ReassignmentInProgressError, from_rpc_error)
 from raftka.replication.membership import ConfChange, ConfChangeOp
 from raftka.proto import api_pb2, api_pb2_grpc
 
@@ -195,22 +196,55 @@ class AdminService(api_pb2_grpc.AdminServicer):
         return await unary(context, lambda: self.on_controller("DrainBroker", request, lambda: self._drain(request)))
 
     async def _drain(self, request: api_pb2.DrainBrokerRequest) -> api_pb2.DrainBrokerResponse:
-        """Decommissioning is accepted only when the other brokers can hold every partition at its
-        replication factor (moving its replicas is the reassignment engine's work)."""
+        """Decommission: refused up front (nothing moves) for an unregistered broker, a controller, or
+        when the others cannot hold every partition (the planner's hard constraints: replication
+        factor, rack spread); else the broker is marked draining and each partition it holds moves
+        to the broker the planner picks. The controller unregisters it once it holds nothing."""
         state = self._state
+        broker = request.broker_id
         registered = state.metadata.brokers()
-        if request.broker_id not in registered:
-            raise InvalidRequestError(f"broker {request.broker_id} is not registered")
-        if request.draining:
-            remaining = [b for b in state.directory.ids() if b != request.broker_id
-                         and not (b in registered and registered[b].draining)]
-            needed = max((t.replication_factor for t in state.metadata.topics()), default=0)
-            if len(remaining) < needed:
-                raise InvalidRequestError(
-                    f"cannot decommission broker {request.broker_id}: a topic has replication factor {needed} and "
-                    f"only {len(remaining)} other broker(s) would be left ({remaining})")
-        await state.controller.drain_broker(request.broker_id, request.draining)
-        return api_pb2.DrainBrokerResponse()
+        if broker not in registered:
+            raise InvalidRequestError(f"broker {broker} is not registered")
+        if not request.draining:
+            await state.controller.drain_broker(broker, False)
+            return api_pb2.DrainBrokerResponse()
+        try:
+            current, plan = balancing.plan(state, {broker})
+        except RaftkaError as exc:
+            raise type(exc)(f"cannot decommission broker {broker}: {exc.message}") from None
+        if broker in state.controller.replica.node.conf_state.voters:
+            raise InvalidRequestError(
+                f"broker {broker} is a controller (a voter of the metadata log): first make another broker one "
+                f"(`raftka cluster controllers add ID`), then `raftka cluster controllers remove {broker}`")
+        moves = {tp: target for tp, target in plan.targets.items() if broker in current[tp]}
+        await state.controller.drain_broker(broker, True)
+        if moves:
+            await state.controller.reassign(moves, request.throttle_bytes_per_s, None)
+        return api_pb2.DrainBrokerResponse(moves=[
+            api_pb2.PartitionReplicas(topic=topic, partition=partition, replicas=target)
+            for (topic, partition), target in sorted(moves.items())])
+
+    async def PlanBalance(self, request: api_pb2.PlanBalanceRequest, context: grpc.aio.ServicerContext
+                          ) -> api_pb2.PlanBalanceResponse:
+        return await unary(context, self._plan_balance)
+
+    async def _plan_balance(self) -> api_pb2.PlanBalanceResponse:
+        state = self._state
+        await state.catch_up_metadata()
+        if state.metadata.moves():
+            raise ReassignmentInProgressError("partitions are being moved; plan once they are done (raftka "
+                                              "reassign --status --wait) or cancel them")
+        offset = state.metadata.placement_offset
+        _, plan = balancing.plan(state)
+        brokers = sorted(set(plan.replicas_before) | set(plan.replicas_after))
+        return api_pb2.PlanBalanceResponse(
+            partitions=[api_pb2.PartitionReplicas(topic=topic, partition=partition, replicas=target)
+                        for (topic, partition), target in sorted(plan.targets.items())],
+            placement_offset=offset, replicas_moved=plan.replicas_moved, bytes_moved=plan.bytes_moved,
+            brokers=[api_pb2.BrokerLoad(broker_id=b, replicas_before=plan.replicas_before.get(b, 0),
+                                        replicas_after=plan.replicas_after.get(b, 0),
+                                        leaders_before=plan.leaders_before.get(b, 0),
+                                        leaders_after=plan.leaders_after.get(b, 0)) for b in brokers])
 
     async def ReassignPartitions(self, request: api_pb2.ReassignPartitionsRequest, context: grpc.aio.ServicerContext
                                  ) -> api_pb2.ReassignPartitionsResponse:

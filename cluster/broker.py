@@ -26,6 +26,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from raftka.cluster.admin_service import AdminService
+from raftka.cluster.balancing import SelfHealer
 from raftka.cluster.broker_service import BrokerService, BrokerState
 from raftka.cluster.brokers import BrokerDirectory
 from raftka.cluster.config import BrokerConfig
@@ -60,6 +61,10 @@ HAND_OFF_TIMEOUT_S = 5.0
 """How long a stopping broker waits for the groups it leads to elect the followers it chose."""
 REASSIGNMENT_INTERVAL_S = 0.2
 """How often each partition leader takes the next step of the moves it leads (cluster/reassignment.py)."""
+DECOMMISSION_INTERVAL_S = 1.0
+"""How often the metadata leader unregisters draining brokers that host nothing any more."""
+SELF_HEAL_INTERVAL_S = 1.0
+"""How often the metadata leader looks for brokers to heal or balance onto (when configured)."""
 
 
 async def _enforce_retention(partitions: PartitionManager, committer: GroupCommitter, interval_s: float) -> None:
@@ -210,6 +215,9 @@ async def serve(config: BrokerConfig) -> int:
         asyncio.create_task(_register(admin, state, refuse)),
         asyncio.create_task(coordinator.run()),
         asyncio.create_task(reassigner.run(REASSIGNMENT_INTERVAL_S)),
+        asyncio.create_task(controller.run_decommissions(DECOMMISSION_INTERVAL_S)),
+        asyncio.create_task(SelfHealer(state, self_heal_after_s=config.self_heal_after_s,
+                                       balance_on_join=config.balance_on_join).run(SELF_HEAL_INTERVAL_S)),
         asyncio.create_task(balancer.run(config.leader_balance_delay_s, min(1.0, config.leader_balance_delay_s))),
     ]
     for task in background:

@@ -33,8 +33,8 @@ class BrokerDirectory:
         metadata.on_registered.append(self._registered)
 
     def ids(self) -> list[int]:
-        """Every broker: the registered ones and the founding controllers."""
-        return sorted(set(self._metadata.brokers()) | set(self._config.founders))
+        """Every broker: the registered ones and the founding controllers not decommissioned."""
+        return sorted((set(self._metadata.brokers()) | set(self._config.founders)) - self._metadata.decommissioned)
 
     def address_of(self, broker_id: int) -> str:
         """Where clients reach `broker_id`: its registered address, else the one `--peers` gives ("" if unknown)."""

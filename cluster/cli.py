@@ -64,6 +64,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="snapshot the metadata and group state once this many bytes of their log "
                              "(and twice the last snapshot's size) were applied since the last snapshot, and "
                              "truncate the log behind it (env RAFTKA_SNAPSHOT_BYTES; default 4194304)")
+    parser.add_argument("--self-heal-after-s", type=float, default=env("SELF_HEAL_AFTER_S", 0.0, float),
+                        help="move the replicas of a broker unreachable this long to the others "
+                             "(env RAFTKA_SELF_HEAL_AFTER_S; default 0: off)")
+    parser.add_argument("--balance-on-join", action="store_true", default=env("BALANCE_ON_JOIN", False, flag),
+                        help="balance the cluster onto each broker that joins (env RAFTKA_BALANCE_ON_JOIN=1)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -82,7 +87,8 @@ def run(args: argparse.Namespace) -> int:
                                    metrics_host=args.metrics_host,
                                    retention_check_interval_s=args.retention_check_ms / 1000,
                                    leader_balance_delay_s=args.leader_balance_delay_ms / 1000,
-                                   offsets_partitions=args.offsets_partitions, snapshot_bytes=args.snapshot_bytes))
+                                   offsets_partitions=args.offsets_partitions, snapshot_bytes=args.snapshot_bytes,
+                                   self_heal_after_s=args.self_heal_after_s, balance_on_join=args.balance_on_join))
 
 
 def id_from_hostname(hostname: str, offset: int) -> int:

@@ -64,6 +64,11 @@ class BrokerConfig:
     """The metadata and group state machines are snapshotted (and their logs truncated behind) once this
     many bytes of log were applied since the last snapshot, and twice that snapshot's size
     (`raftka.cluster.state_machine.SnapshotPolicy`)."""
+    self_heal_after_s: float = 0.0
+    """When > 0: the metadata leader moves the replicas of a broker unreachable for this long to the
+    other brokers (`raftka.cluster.balancing`); 0 leaves them (the default)."""
+    balance_on_join: bool = False
+    """The metadata leader balances the cluster onto each broker that registers anew."""
 
     @property
     def advertised_address(self) -> str:
@@ -106,6 +111,8 @@ class BrokerConfig:
             parse_host_port(seed)
         if not self.cluster_id:
             raise ValueError("cluster id must not be empty")
+        if self.self_heal_after_s < 0:
+            raise ValueError(f"--self-heal-after-s must be 0 (off) or positive, not {self.self_heal_after_s}")
         if self.snapshot_bytes < 1:
             raise ValueError(f"snapshot bytes must be positive, not {self.snapshot_bytes}")
         if not 1 <= self.offsets_partitions <= 1000:

@@ -20,7 +20,7 @@ from raftka.cluster.brokers import BrokerDirectory
 from raftka.cluster.metadata import (ALLOCATE_PRODUCER_ID_COMMAND, METADATA_TOPIC, BrokerRegistration,
                                      MetadataState, TopicRecord, cancel_reassignment_command, complete_move_command,
                                      create_topic_command, delete_topic_command, drain_broker_command,
-                                     reassign_command, register_broker_command)
+                                     reassign_command, register_broker_command, unregister_broker_command)
 from raftka.cluster.partitions import open_replica
 from raftka.cluster.placement import BrokerSlot, assign_replicas
 from raftka.cluster.state_machine import SnapshotPolicy, StateMachineStats, apply_records
@@ -31,6 +31,7 @@ from raftka.errors import (IncarnationMismatchError, InvalidPartitionsError, Inv
 from raftka.partition.store import LogStore
 from raftka.replication.driver import MultiRaft
 from raftka.replication.errors import ConfChangeError, ConfChangeInProgressError, RaftError
+from raftka.replication.raft import Role
 from raftka.replication.membership import ConfChange, ConfChangeOp
 from raftka.wire.batch import encode_batch
 
@@ -121,6 +122,31 @@ class Controller:
 
     async def drain_broker(self, broker_id: int, draining: bool) -> None:
         await self._propose(drain_broker_command(broker_id, draining))
+
+    async def finish_decommissions(self) -> list[int]:
+        """On the metadata leader: every draining broker that hosts no replica any more leaves the
+        metadata log's learners and is unregistered. Returns the brokers unregistered now."""
+        if self.replica.node.role != Role.LEADER:
+            return []
+        done = []
+        members = self.replica.node.conf_state
+        for broker_id, registration in sorted(self._state.brokers().items()):
+            if not registration.draining or self._state.hosting(broker_id) or broker_id in members.voters:
+                continue
+            if broker_id in members.learners:
+                await self.change_membership(ConfChange(ConfChangeOp.REMOVE, broker_id))
+            await self._propose(unregister_broker_command(broker_id, registration.incarnation))
+            log.info("broker decommissioned id=%d", broker_id)
+            done.append(broker_id)
+        return done
+
+    async def run_decommissions(self, interval_s: float) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await self.finish_decommissions()
+            except RaftkaError as exc:
+                log.info("decommission step will be retried: %s", exc)
 
     async def reassign(self, moves: dict[tuple[str, int], tuple[int, ...]], throttle_bytes_per_s: int,
                        expected_placement_offset: int | None) -> int:

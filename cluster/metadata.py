@@ -2,7 +2,7 @@
 
 The metadata log is the Raft log of the internal partition `__cluster_metadata/0`, hosted by the
 controller-eligible brokers. Each record of it is one command (JSON: register_broker, drain_broker,
-create_topic, delete_topic, reassign, cancel_reassignment, complete_move, allocate_producer_id — whose
+unregister_broker, create_topic, delete_topic, reassign, cancel_reassignment, complete_move, allocate_producer_id — whose
 offset in the log is the producer id it allocates, so it changes no state);
 every broker applies the committed commands in log order to the same `MetadataState`, so all of them
 agree on which brokers registered (address, rack), which topics exist and where their replicas live.
@@ -115,6 +115,11 @@ def drain_broker_command(broker_id: int, draining: bool) -> bytes:
     return json.dumps({"op": "drain_broker", "broker_id": broker_id, "draining": draining}, sort_keys=True).encode()
 
 
+def unregister_broker_command(broker_id: int, incarnation: str) -> bytes:
+    return json.dumps({"op": "unregister_broker", "broker_id": broker_id, "incarnation": incarnation},
+                      sort_keys=True).encode()
+
+
 def create_topic_command(record: TopicRecord) -> bytes:
     return json.dumps({"op": "create_topic", "topic": record.to_json()}, sort_keys=True).encode()
 
@@ -198,6 +203,8 @@ class MetadataState:
         self._topics: dict[str, TopicRecord] = {}
         self._brokers: dict[int, BrokerRegistration] = {}
         self._moves: dict[tuple[str, int], PartitionMove] = {}
+        self.decommissioned: set[int] = set()
+        """Brokers whose decommission ended (unregistered), until one registers again."""
         self.applied_offset = -1
         self.placement_offset = -1
         """The offset of the last command that changed where replicas are or may go (a topic created or
@@ -245,6 +252,7 @@ class MetadataState:
                 if known is not None:
                     registration = dataclasses.replace(registration, draining=known.draining)
                 self._brokers[registration.broker_id] = registration
+                self.decommissioned.discard(registration.broker_id)
             log.info("broker registered id=%d address=%s rack=%s incarnation=%s", registration.broker_id,
                      registration.address, registration.rack, registration.incarnation)
             self._registered(registration)
@@ -256,6 +264,8 @@ class MetadataState:
                     return InvalidRequestError(f"broker {broker_id} is not registered")
                 self._brokers[broker_id] = dataclasses.replace(known, draining=draining)
             log.info("broker draining id=%d draining=%s", broker_id, draining)
+        elif op == "unregister_broker":
+            return self._unregister(field_of(raw, "broker_id", int), field_of(raw, "incarnation", str))
         elif op == "delete_topic":
             name = field_of(raw, "name", str)
             with self._lock:
@@ -273,6 +283,26 @@ class MetadataState:
         else:
             return self._complete(raw)
         return None
+
+    def _unregister(self, broker_id: int, incarnation: str) -> RaftkaError | None:
+        """The end of a decommission: a draining broker that hosts no replica leaves the cluster (its
+        id is `decommissioned`: no longer a broker even if `--peers` names it). If it starts again it
+        registers anew, like a new broker."""
+        with self._lock:
+            known = self._brokers.get(broker_id)
+            if known is None or not known.draining or known.incarnation != incarnation:
+                return InvalidRequestError(f"broker {broker_id} is not a draining broker of incarnation {incarnation}")
+            if any(broker_id in hosts for hosts in self._hosting()):
+                return InvalidRequestError(f"broker {broker_id} still hosts replicas")
+            del self._brokers[broker_id]
+            self.decommissioned.add(broker_id)
+        log.info("broker unregistered id=%d (decommissioned)", broker_id)
+        return None
+
+    def _hosting(self) -> list[tuple[int, ...]]:
+        """Every partition's hosts (its replicas, or every broker its move involves); holds the lock."""
+        hosts = [replicas for record in self._topics.values() for replicas in record.replicas]
+        return hosts + [move.hosts for move in self._moves.values()]
 
     def _reassign(self, raw: Any) -> RaftkaError | None:
         """Start every move of the command, or none (a move whose partition is moving already, whose
@@ -350,6 +380,7 @@ class MetadataState:
         with self._lock:
             return json.dumps({"format": 1, "applied_offset": self.applied_offset,
                                "placement_offset": self.placement_offset,
+                               "decommissioned": sorted(self.decommissioned),
                                "brokers": [b.to_json() for b in self._brokers.values()],
                                "topics": [t.to_json() for t in self._topics.values()],
                                "moves": [{"topic": t, "partition": p, **m.to_json()}
@@ -368,6 +399,7 @@ class MetadataState:
             moves = {(field_of(m, "topic", str), field_of(m, "partition", int)): PartitionMove.from_json(m)
                      for m in raw.get("moves", [])}
             placement_offset = raw.get("placement_offset", applied_offset)
+            decommissioned = set(raw.get("decommissioned", []))
         except MalformedRecordError as exc:
             raise SnapshotFormatError(f"metadata snapshot does not decode: {exc}") from None
         with self._lock:
@@ -376,6 +408,7 @@ class MetadataState:
             self._brokers = {b.broker_id: b for b in brokers}
             self.applied_offset = applied_offset
             self.placement_offset = placement_offset
+            self.decommissioned = decommissioned
         for registration in brokers:
             self._registered(registration)
         for record in before.values():
@@ -436,6 +469,11 @@ class MetadataState:
         with self._lock:
             return self._moves.get((name, partition))
 
+    def hosting(self, broker_id: int) -> int:
+        """How many partitions keep a replica on `broker_id` (moves included)."""
+        with self._lock:
+            return sum(broker_id in hosts for hosts in self._hosting())
+
     def hosts(self, record: TopicRecord, partition: int) -> tuple[int, ...]:
         """The brokers that keep a replica of the partition: its replicas, and during a move every
         broker the move involves."""
@@ -448,8 +486,8 @@ class MetadataState:
             return Counter(r[0] for t in self._topics.values() for r in t.replicas)
 
 
-_PLACEMENT_OPS = frozenset({"create_topic", "register_broker", "drain_broker", "delete_topic", "reassign",
-                            "cancel_reassignment", "complete_move"})
+_PLACEMENT_OPS = frozenset({"create_topic", "register_broker", "drain_broker", "unregister_broker", "delete_topic",
+                            "reassign", "cancel_reassignment", "complete_move"})
 
 
 def _topic_id(record: TopicRecord | None) -> str | None:

@@ -154,10 +154,12 @@ class Reassigner:
         status.write_bytes_per_s = self._write_rates.get((topic, partition), 0)
         entries = max(1, node.last_index)
         progress = node.progress()
-        for broker in conf.learners:
-            behind = max(0, node.last_index - progress[broker].match) if broker in progress else node.last_index
+        for broker in sorted(set(move.target) - set(conf.voters)):
+            known = progress.get(broker)
+            behind = max(0, node.last_index - known.match) if known is not None else node.last_index
             status.learner_progress.append(api_pb2.LearnerProgress(
-                broker_id=broker, entries_behind=behind, bytes_behind=replica.size_bytes * behind // entries))
+                broker_id=broker, entries_behind=behind, bytes_behind=replica.size_bytes * behind // entries,
+                active=known is not None and known.recent_active))
         status.phase = phase(self._broker_id, move.target, set(conf.voters), set(conf.learners))
         return status
 

@@ -481,16 +481,20 @@ class ChangeControllersResponse(_message.Message):
     def __init__(self, voters: _Optional[_Iterable[int]] = ..., learners: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class DrainBrokerRequest(_message.Message):
-    __slots__ = ("broker_id", "draining")
+    __slots__ = ("broker_id", "draining", "throttle_bytes_per_s")
     BROKER_ID_FIELD_NUMBER: _ClassVar[int]
     DRAINING_FIELD_NUMBER: _ClassVar[int]
+    THROTTLE_BYTES_PER_S_FIELD_NUMBER: _ClassVar[int]
     broker_id: int
     draining: bool
-    def __init__(self, broker_id: _Optional[int] = ..., draining: _Optional[bool] = ...) -> None: ...
+    throttle_bytes_per_s: int
+    def __init__(self, broker_id: _Optional[int] = ..., draining: _Optional[bool] = ..., throttle_bytes_per_s: _Optional[int] = ...) -> None: ...
 
 class DrainBrokerResponse(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("moves",)
+    MOVES_FIELD_NUMBER: _ClassVar[int]
+    moves: _containers.RepeatedCompositeFieldContainer[PartitionReplicas]
+    def __init__(self, moves: _Optional[_Iterable[_Union[PartitionReplicas, _Mapping]]] = ...) -> None: ...
 
 class PartitionReplicas(_message.Message):
     __slots__ = ("topic", "partition", "replicas")
@@ -537,14 +541,16 @@ class ListReassignmentsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class LearnerProgress(_message.Message):
-    __slots__ = ("broker_id", "entries_behind", "bytes_behind")
+    __slots__ = ("broker_id", "entries_behind", "bytes_behind", "active")
     BROKER_ID_FIELD_NUMBER: _ClassVar[int]
     ENTRIES_BEHIND_FIELD_NUMBER: _ClassVar[int]
     BYTES_BEHIND_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_FIELD_NUMBER: _ClassVar[int]
     broker_id: int
     entries_behind: int
     bytes_behind: int
-    def __init__(self, broker_id: _Optional[int] = ..., entries_behind: _Optional[int] = ..., bytes_behind: _Optional[int] = ...) -> None: ...
+    active: bool
+    def __init__(self, broker_id: _Optional[int] = ..., entries_behind: _Optional[int] = ..., bytes_behind: _Optional[int] = ..., active: _Optional[bool] = ...) -> None: ...
 
 class ReassignmentStatus(_message.Message):
     __slots__ = ("topic", "partition", "original", "target", "cancelled", "throttle_bytes_per_s", "started_ms", "leader_id", "phase", "voters", "learners", "learner_progress", "partition_bytes", "write_bytes_per_s")
@@ -587,6 +593,38 @@ class ListReassignmentsResponse(_message.Message):
     placement_offset: int
     answered_by: int
     def __init__(self, reassignments: _Optional[_Iterable[_Union[ReassignmentStatus, _Mapping]]] = ..., placement_offset: _Optional[int] = ..., answered_by: _Optional[int] = ...) -> None: ...
+
+class PlanBalanceRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class BrokerLoad(_message.Message):
+    __slots__ = ("broker_id", "replicas_before", "replicas_after", "leaders_before", "leaders_after")
+    BROKER_ID_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_BEFORE_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_AFTER_FIELD_NUMBER: _ClassVar[int]
+    LEADERS_BEFORE_FIELD_NUMBER: _ClassVar[int]
+    LEADERS_AFTER_FIELD_NUMBER: _ClassVar[int]
+    broker_id: int
+    replicas_before: int
+    replicas_after: int
+    leaders_before: int
+    leaders_after: int
+    def __init__(self, broker_id: _Optional[int] = ..., replicas_before: _Optional[int] = ..., replicas_after: _Optional[int] = ..., leaders_before: _Optional[int] = ..., leaders_after: _Optional[int] = ...) -> None: ...
+
+class PlanBalanceResponse(_message.Message):
+    __slots__ = ("partitions", "placement_offset", "replicas_moved", "bytes_moved", "brokers")
+    PARTITIONS_FIELD_NUMBER: _ClassVar[int]
+    PLACEMENT_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_MOVED_FIELD_NUMBER: _ClassVar[int]
+    BYTES_MOVED_FIELD_NUMBER: _ClassVar[int]
+    BROKERS_FIELD_NUMBER: _ClassVar[int]
+    partitions: _containers.RepeatedCompositeFieldContainer[PartitionReplicas]
+    placement_offset: int
+    replicas_moved: int
+    bytes_moved: int
+    brokers: _containers.RepeatedCompositeFieldContainer[BrokerLoad]
+    def __init__(self, partitions: _Optional[_Iterable[_Union[PartitionReplicas, _Mapping]]] = ..., placement_offset: _Optional[int] = ..., replicas_moved: _Optional[int] = ..., bytes_moved: _Optional[int] = ..., brokers: _Optional[_Iterable[_Union[BrokerLoad, _Mapping]]] = ...) -> None: ...
 
 class CompletePartitionMoveRequest(_message.Message):
     __slots__ = ("topic", "partition", "topic_id", "replicas")

@@ -396,6 +396,11 @@ class AdminStub:
                 request_serializer=raftka_dot_proto_dot_api__pb2.ListReassignmentsRequest.SerializeToString,
                 response_deserializer=raftka_dot_proto_dot_api__pb2.ListReassignmentsResponse.FromString,
                 _registered_method=True)
+        self.PlanBalance = channel.unary_unary(
+                '/raftka.v1.Admin/PlanBalance',
+                request_serializer=raftka_dot_proto_dot_api__pb2.PlanBalanceRequest.SerializeToString,
+                response_deserializer=raftka_dot_proto_dot_api__pb2.PlanBalanceResponse.FromString,
+                _registered_method=True)
         self.CompletePartitionMove = channel.unary_unary(
                 '/raftka.v1.Admin/CompletePartitionMove',
                 request_serializer=raftka_dot_proto_dot_api__pb2.CompletePartitionMoveRequest.SerializeToString,
@@ -498,6 +503,15 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PlanBalance(self, request, context):
+        """A plan that balances replicas and preferred leaders over the brokers (and empties draining
+        ones), computed from the answering broker's metadata; nothing moves until it is executed with
+        ReassignPartitions (pass its placement_offset so a stale plan is refused).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CompletePartitionMove(self, request, context):
         """Between brokers: a partition leader reports that the partition's voters reached the move's target.
         """
@@ -572,6 +586,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.ListReassignments,
                     request_deserializer=raftka_dot_proto_dot_api__pb2.ListReassignmentsRequest.FromString,
                     response_serializer=raftka_dot_proto_dot_api__pb2.ListReassignmentsResponse.SerializeToString,
+            ),
+            'PlanBalance': grpc.unary_unary_rpc_method_handler(
+                    servicer.PlanBalance,
+                    request_deserializer=raftka_dot_proto_dot_api__pb2.PlanBalanceRequest.FromString,
+                    response_serializer=raftka_dot_proto_dot_api__pb2.PlanBalanceResponse.SerializeToString,
             ),
             'CompletePartitionMove': grpc.unary_unary_rpc_method_handler(
                     servicer.CompletePartitionMove,
@@ -930,6 +949,33 @@ class Admin:
             '/raftka.v1.Admin/ListReassignments',
             raftka_dot_proto_dot_api__pb2.ListReassignmentsRequest.SerializeToString,
             raftka_dot_proto_dot_api__pb2.ListReassignmentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PlanBalance(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/raftka.v1.Admin/PlanBalance',
+            raftka_dot_proto_dot_api__pb2.PlanBalanceRequest.SerializeToString,
+            raftka_dot_proto_dot_api__pb2.PlanBalanceResponse.FromString,
             options,
             channel_credentials,
             insecure,

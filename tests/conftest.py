@@ -258,14 +258,15 @@ def registered_fixture() -> Callable[[LocalBroker], set[int]]:
 
 
 @pytest.fixture(name="joiner")
-def joiner_fixture(tmp_path: Path) -> Iterator[Callable[[int, list[LocalBroker]], LocalBroker]]:
-    """`joiner(broker_id, seeds)`: a broker (not started) that joins the cluster of `seeds` with
-    --join; stopped after the test."""
+def joiner_fixture(tmp_path: Path) -> Iterator[Callable[..., LocalBroker]]:
+    """`joiner(broker_id, seeds, rack="")`: a broker (not started) that joins the cluster of `seeds`
+    with --join; stopped after the test."""
     made: list[LocalBroker] = []
 
-    def make(broker_id: int, seeds: list[LocalBroker]) -> LocalBroker:
+    def make(broker_id: int, seeds: list[LocalBroker], rack: str = "") -> LocalBroker:
         broker = LocalBroker(broker_id, f"127.0.0.1:{free_port()}", tmp_path / f"joiner-{broker_id}",
-                             metrics_port=free_port(), extra_args=("--join", ",".join(b.address for b in seeds)))
+                             metrics_port=free_port(), extra_args=("--join", ",".join(b.address for b in seeds),
+                                                                   *(("--rack", rack) if rack else ())))
         made.append(broker)
         return broker
 

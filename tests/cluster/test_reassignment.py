@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import grpc
@@ -14,7 +15,8 @@ import pytest
 
 from raftka import Admin, Producer, TopicPartition
 from raftka.client.local import LocalBroker
-from raftka.errors import InvalidReplicaAssignmentError, ReassignmentInProgressError, StalePlanError
+from raftka.errors import (InvalidReplicaAssignmentError, InvalidReplicationFactorError, InvalidRequestError,
+                           ReassignmentInProgressError, StalePlanError)
 from raftka.proto import NO_LEADER, api_pb2, api_pb2_grpc
 
 
@@ -176,7 +178,7 @@ def test_the_cli_moves_follows_and_refuses_stale_plans(start_cluster, wait_for, 
     broken = tmp_path / "broken.json"
     broken.write_text('{"version": 1, "partitions": [{"topic": "cli", "partition": -1, "replicas": [1]}]}')
     refused = raftka(bootstrap, "reassign", "--plan", str(broken), "--execute")
-    assert refused.returncode == 2 and "partitions[0]: partition must be an integer >= 0" in refused.stderr
+    assert refused.returncode == 2 and "partitions[0].partition must be a non-negative integer" in refused.stderr
     bad_rate = raftka(bootstrap, "partition", "move", "cli", "0", "--replicas", "1,2", "--throttle", "fast")
     assert bad_rate.returncode == 2 and "expected a rate such as 50MB/s" in bad_rate.stderr
 
@@ -213,6 +215,10 @@ def test_moves_survive_the_metadata_leader_a_partition_leader_and_the_target_bei
             with Admin(bootstrap) as admin:
                 assert admin.list_reassignments().moves, "the moves ended before the faults"
             victim.kill()
+            if victim is fourth:
+                with Admin(bootstrap) as admin:
+                    wait_for(lambda: any(4 in m.stalled_on for m in admin.list_reassignments().moves),
+                             "a move shows it is stalled on broker 4")
             victim.start(60)
             count = len(producers.acknowledged)
             producers.wait_for(count + 50)
@@ -326,3 +332,140 @@ def test_a_1_mib_per_s_throttle_holds_over_every_10_s_window(  # type: ignore[no
                                    "received_mib": round((samples[-1][1] - samples[0][1]) / (1 << 20), 1),
                                    "worst_10_s_window_mib_per_s": round(worst / (1 << 20), 3)})
     assert worst <= 1.15 * (1 << 20), f"{worst / (1 << 20):.2f} MiB/s over a 10 s window"
+
+
+def test_decommission_moves_every_replica_off_and_unregisters_the_broker(  # type: ignore[no-untyped-def]
+        start_cluster, joiner, wait_for, registered, ack_recorder, consume_all, lost) -> None:
+    """Broker 3 of 5 (a controller, demoted first) is decommissioned while a producer writes: its
+    replicas move to the others, it is unregistered, and nothing acknowledged is lost. On three
+    brokers with replication factor 3 a decommission is refused at once and nothing moves."""
+    founders = start_cluster(3)
+    bootstrap = ",".join(b.address for b in founders)
+    wait_for(lambda: registered(founders[0]) == {1, 2, 3}, "the brokers registered")
+    with Admin(bootstrap) as admin:
+        admin.create_topic("three", partitions=2, replication_factor=3)
+        with pytest.raises(InvalidReplicationFactorError, match="cannot decommission broker 1: .*replication factor"):
+            admin.decommission_broker(1)
+        assert admin.list_reassignments().moves == []
+        assert not any(b.draining for b in admin.describe_cluster())
+    extra = [joiner(i, founders).start(30) for i in (4, 5)]
+    wait_for(lambda: registered(founders[0]) == {1, 2, 3, 4, 5}, "five brokers registered")
+    partitions = 10
+    with Admin(bootstrap) as admin:
+        admin.create_topic("wide", partitions=partitions, replication_factor=3)
+        assert any(3 in p.replicas for p in admin.describe_topic("wide").partitions)
+        with pytest.raises(InvalidRequestError, match="controllers remove 3"):
+            admin.decommission_broker(3)
+        wait_for(lambda: {b.broker_id: b.role for b in admin.describe_cluster()}[4] == "learner",
+                 "broker 4 follows the metadata log")
+        admin.add_controller(4)
+        admin.remove_controller(3)
+    producers = ack_recorder(bootstrap, "wide", workers=1, pace_s=0.1, keyed=True, linger_ms=1)
+    try:
+        producers.wait_for(300)
+        done = raftka(bootstrap, "broker", "decommission", "3", "--wait")
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.splitlines()[-1] == "broker 3 is decommissioned: it holds no replica and left the cluster"
+        count = len(producers.acknowledged)
+        producers.wait_for(count + 200)
+    finally:
+        acked = producers.stop()
+    assert producers.failures == [], producers.failures[:3]
+    with Admin(bootstrap) as admin:
+        assert 3 not in {b.broker_id for b in admin.describe_cluster()}
+        for topic in ("three", "wide"):
+            assert not any(3 in p.replicas for p in admin.describe_topic(topic).partitions)
+    wait_for(lambda: set(leaders_seen_by(founders[2], "wide").values()) == {NO_LEADER},
+             "broker 3 dropped its replicas")
+    check_log(acked, consume_all(bootstrap, "wide", partitions), lost)
+    for broker in extra:
+        broker.stop()
+
+
+def test_balance_after_scaling_from_3_to_5_brokers(start_cluster, joiner, wait_for, registered) -> None:  # type: ignore[no-untyped-def]
+    """30 partitions with replication factor 3 on brokers 1-3; brokers 4 and 5 join. The dry run moves
+    nothing and plans 18±1 replicas and 6±1 preferred leaders per broker with at most 40 replica
+    moves; --execute reaches exactly that, and a second plan is empty."""
+    founders = start_cluster(3)
+    bootstrap = ",".join(b.address for b in founders)
+    with Admin(bootstrap) as admin:
+        admin.create_topic("scale", partitions=30, replication_factor=3)
+        before = {p.partition: p.replicas for p in admin.describe_topic("scale").partitions}
+    for broker_id in (4, 5):
+        joiner(broker_id, founders).start(30)
+    wait_for(lambda: registered(founders[0]) == {1, 2, 3, 4, 5}, "five brokers registered")
+
+    dry = raftka(bootstrap, "--format", "json", "cluster", "balance", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    plan = json.loads(dry.stdout)
+    assert not plan["executed"] and plan["replicas_moved"] <= 40
+    print(f"balance 3 -> 5 brokers, 30 partitions x RF 3: {plan['replicas_moved']} replica moves planned")
+    assert all(abs(b["replicas_after"] - 18) <= 1 and abs(b["leaders_after"] - 6) <= 1 for b in plan["brokers"])
+    with Admin(bootstrap) as admin:
+        assert {p.partition: p.replicas for p in admin.describe_topic("scale").partitions} == before
+        assert admin.list_reassignments().moves == []
+
+    executed = raftka(bootstrap, "cluster", "balance", "--execute", "--wait")
+    assert executed.returncode == 0, executed.stderr
+    with Admin(bootstrap) as admin:
+        after = {p.partition: list(p.replicas) for p in admin.describe_topic("scale").partitions}
+        assert after == {**{p: list(r) for p, r in before.items()},
+                         **{entry["partition"]: entry["replicas"] for entry in plan["partitions"]}}
+        replicas = Counter(b for r in after.values() for b in r)
+        leaders = Counter(r[0] for r in after.values())
+        assert all(abs(replicas[b] - 18) <= 1 and abs(leaders[b] - 6) <= 1 for b in (1, 2, 3, 4, 5))
+        assert admin.plan_balance().moves == {}
+
+
+def test_balance_keeps_every_replica_set_across_three_racks(start_cluster, joiner, wait_for,  # type: ignore[no-untyped-def]
+                                                            registered) -> None:
+    founders = start_cluster(3, racks=["A", "B", "C"])
+    bootstrap = ",".join(b.address for b in founders)
+    with Admin(bootstrap) as admin:
+        admin.create_topic("racked", partitions=12, replication_factor=3)
+    for broker_id, rack in ((4, "A"), (5, "B"), (6, "C")):
+        joiner(broker_id, founders, rack).start(30)
+    wait_for(lambda: registered(founders[0]) == {1, 2, 3, 4, 5, 6}, "six brokers registered")
+    rack = {1: "A", 2: "B", 3: "C", 4: "A", 5: "B", 6: "C"}
+    with Admin(bootstrap) as admin:
+        plan = admin.plan_balance()
+        assert plan.moves and all(len({rack[b] for b in target}) == 3 for target in plan.moves.values())
+        admin.reassign_partitions(plan.moves, expected_placement_offset=plan.placement_offset)
+        wait_for(lambda: not admin.list_reassignments().moves, "the balance completed")
+        after = admin.describe_topic("racked").partitions
+        assert all(len({rack[b] for b in p.replicas}) == 3 for p in after)
+        assert max(Counter(b for p in after for b in p.replicas).values()) == 6
+
+
+def test_self_healing_balances_onto_a_joiner_and_replaces_a_dead_broker(  # type: ignore[no-untyped-def]
+        start_cluster, joiner, wait_for, registered, ack_recorder, consume_all, lost) -> None:
+    """With --balance-on-join and --self-heal-after-s 2: a joining broker gets its share of replicas
+    without any command, and the replicas of a broker SIGKILLed for good move to the live brokers,
+    while a producer loses nothing."""
+    founders = start_cluster(3, "--self-heal-after-s", "2", "--balance-on-join")
+    bootstrap = ",".join(b.address for b in founders)
+    partitions = 4
+    with Admin(bootstrap) as admin:
+        admin.create_topic("healing", partitions=partitions, replication_factor=3)
+    producers = ack_recorder(bootstrap, "healing", workers=1, pace_s=0.1, keyed=True, linger_ms=1)
+    try:
+        producers.wait_for(200)
+        fourth = joiner(4, founders).start(30)
+        with Admin(bootstrap) as admin:
+            wait_for(lambda: any(4 in p.replicas for p in admin.describe_topic("healing").partitions)
+                     and not admin.list_reassignments().moves, "the cluster balanced onto broker 4")
+            with grpc.insecure_channel(founders[0].address) as channel:
+                controller_id = api_pb2_grpc.AdminStub(channel).DescribeCluster(
+                    api_pb2.DescribeClusterRequest(), timeout=10).controller_id
+            victim = next(b for b in founders if b.broker_id != controller_id)
+            victim.kill()
+            wait_for(lambda: not any(victim.broker_id in p.replicas for p in admin.describe_topic("healing").partitions)
+                     and not admin.list_reassignments().moves, f"broker {victim.broker_id}'s replicas moved away")
+            assert all(len(p.replicas) == 3 for p in admin.describe_topic("healing").partitions)
+        count = len(producers.acknowledged)
+        producers.wait_for(count + 200)
+    finally:
+        acked = producers.stop()
+    assert producers.failures == [], producers.failures[:3]
+    check_log(acked, consume_all(bootstrap, "healing", partitions), lost)
+    fourth.stop()
