@@ -230,6 +230,26 @@ def lost_fixture() -> Callable[..., list[tuple[int, int, bytes]]]:
     return lost
 
 
+def exactly_once_in_order(acknowledged: list[tuple[int, int, bytes]], found: dict[int, list[Record]]) -> None:
+    """Every acknowledged record of an AckRecorder is at its position, no value is in the log twice,
+    and each worker's records are in the order it sent them."""
+    assert not lost(acknowledged, found)
+    for records in found.values():
+        values = [r.value for r in records]
+        assert len(set(values)) == len(values), "a record was written twice"
+        sent: dict[bytes, list[int]] = {}
+        for value in values:
+            worker, _, number = value.partition(b"-")
+            sent.setdefault(worker, []).append(int(number))
+        assert all(numbers == sorted(numbers) for numbers in sent.values()), "a partition's records are out of order"
+
+
+@pytest.fixture(name="exactly_once")
+def exactly_once_fixture() -> Callable[..., None]:
+    """`exactly_once(acknowledged, found)`: see `exactly_once_in_order`."""
+    return exactly_once_in_order
+
+
 def wait_until(condition: Callable[[], bool], what: str, timeout_s: float = 60) -> None:
     """Poll `condition` until it holds; fail naming `what` after `timeout_s`."""
     deadline = time.monotonic() + timeout_s

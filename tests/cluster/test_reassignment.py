@@ -27,17 +27,8 @@ def leaders_seen_by(broker: LocalBroker, topic: str) -> dict[int, int]:
     return {p.partition: p.leader_id for p in response.topics[0].partitions}
 
 
-def check_log(acked: list[tuple[int, int, bytes]], found: dict, lost) -> None:  # type: ignore[no-untyped-def]
-    assert not lost(acked, found)
-    for records in found.values():
-        values = [r.value for r in records]
-        assert len(set(values)) == len(values), "a record was written twice"
-        sequence = [int(v.split(b"-")[1]) for v in values]
-        assert sequence == sorted(sequence), "a partition's records are out of order"
-
-
 def test_replace_a_broker_everywhere_while_producing(start_cluster, joiner, wait_for, registered,  # type: ignore[no-untyped-def]
-                                                     ack_recorder, consume_all, lost) -> None:
+                                                     ack_recorder, consume_all, exactly_once) -> None:
     """Every partition of a topic on {1,2,3} moves from broker 1 to the new broker 4 under a producer
     with acks=all: the producer sees no error, every acknowledged record is read back once and in
     order, and broker 1 holds none of the partitions afterwards."""
@@ -72,7 +63,7 @@ def test_replace_a_broker_everywhere_while_producing(start_cluster, joiner, wait
         assert producers.failures == [], producers.failures[:3]
         wait_for(lambda: set(leaders_seen_by(founders[0], "moving").values()) == {NO_LEADER},
                  "broker 1 dropped its replicas")
-        check_log(acked, consume_all(bootstrap, "moving", partitions), lost)
+        exactly_once(acked, consume_all(bootstrap, "moving", partitions))
         print(f"replaced broker 1 by 4 in {partitions} partitions: {len(acked)} records acknowledged, longest "
               f"produce stall {stall:.3f} s")
     finally:
@@ -184,7 +175,7 @@ def test_the_cli_moves_follows_and_refuses_stale_plans(start_cluster, wait_for, 
 
 
 def test_moves_survive_the_metadata_leader_a_partition_leader_and_the_target_being_killed(  # type: ignore[no-untyped-def]
-        start_cluster, joiner, wait_for, registered, ack_recorder, consume_all, lost, leader_of) -> None:
+        start_cluster, joiner, wait_for, registered, ack_recorder, consume_all, exactly_once, leader_of) -> None:
     """Broker 2 is replaced by broker 4 in every partition, throttled so the moves last, while the
     metadata leader, a partition leader and broker 4 itself are SIGKILLed and restarted in turn. Every
     move completes; each partition's in-sync replicas are then exactly its recorded replicas, the
@@ -234,8 +225,8 @@ def test_moves_survive_the_metadata_leader_a_partition_leader_and_the_target_bei
     assert producers.failures == [], producers.failures[:3]
     wait_for(lambda: set(leaders_seen_by(founders[1], "faulty").values()) == {NO_LEADER},
              "broker 2 dropped its replicas")
-    check_log(acked, {p: [r for r in records if r.key is not None]
-                      for p, records in consume_all(bootstrap, "faulty", partitions).items()}, lost)
+    exactly_once(acked, {p: [r for r in records if r.key is not None]
+                      for p, records in consume_all(bootstrap, "faulty", partitions).items()})
 
 
 RESULTS = Path("reassignment-results.json")
@@ -255,7 +246,7 @@ def _p99(samples: list[float]) -> float:
 
 @pytest.mark.slow
 def test_replace_broker_1_by_4_in_30_partitions_at_1000_records_per_s(  # type: ignore[no-untyped-def]
-        start_cluster, joiner, wait_for, registered, ack_recorder, consume_all, lost) -> None:
+        start_cluster, joiner, wait_for, registered, ack_recorder, consume_all, exactly_once) -> None:
     """The issue's figure: 30 partitions RF 3 on {1,2,3}, an idempotent producer at about 1,000
     records/s with acks=all, a plan replacing broker 1 by broker 4 everywhere. Writes the produce p99
     before and during the move and the longest per-partition gap between acknowledgements to
@@ -284,7 +275,7 @@ def test_replace_broker_1_by_4_in_30_partitions_at_1000_records_per_s(  # type: 
     finally:
         acked = producers.stop()
     assert producers.failures == [], producers.failures[:3]
-    check_log(acked, consume_all(bootstrap, "thirty", partitions), lost)
+    exactly_once(acked, consume_all(bootstrap, "thirty", partitions))
     wait_for(lambda: set(leaders_seen_by(founders[0], "thirty").values()) == {NO_LEADER},
              "broker 1 dropped its replicas")
     gaps: dict[int, float] = {}
@@ -335,7 +326,7 @@ def test_a_1_mib_per_s_throttle_holds_over_every_10_s_window(  # type: ignore[no
 
 
 def test_decommission_moves_every_replica_off_and_unregisters_the_broker(  # type: ignore[no-untyped-def]
-        start_cluster, joiner, wait_for, registered, ack_recorder, consume_all, lost) -> None:
+        start_cluster, joiner, wait_for, registered, ack_recorder, consume_all, exactly_once) -> None:
     """Broker 3 of 5 (a controller, demoted first) is decommissioned while a producer writes: its
     replicas move to the others, it is unregistered, and nothing acknowledged is lost. On three
     brokers with replication factor 3 a decommission is refused at once and nothing moves."""
@@ -377,7 +368,7 @@ def test_decommission_moves_every_replica_off_and_unregisters_the_broker(  # typ
             assert not any(3 in p.replicas for p in admin.describe_topic(topic).partitions)
     wait_for(lambda: set(leaders_seen_by(founders[2], "wide").values()) == {NO_LEADER},
              "broker 3 dropped its replicas")
-    check_log(acked, consume_all(bootstrap, "wide", partitions), lost)
+    exactly_once(acked, consume_all(bootstrap, "wide", partitions))
     for broker in extra:
         broker.stop()
 
@@ -438,7 +429,7 @@ def test_balance_keeps_every_replica_set_across_three_racks(start_cluster, joine
 
 
 def test_self_healing_balances_onto_a_joiner_and_replaces_a_dead_broker(  # type: ignore[no-untyped-def]
-        start_cluster, joiner, wait_for, registered, ack_recorder, consume_all, lost) -> None:
+        start_cluster, joiner, wait_for, registered, ack_recorder, consume_all, exactly_once) -> None:
     """With --balance-on-join and --self-heal-after-s 2: a joining broker gets its share of replicas
     without any command, and the replicas of a broker SIGKILLed for good move to the live brokers,
     while a producer loses nothing."""
@@ -467,5 +458,5 @@ def test_self_healing_balances_onto_a_joiner_and_replaces_a_dead_broker(  # type
     finally:
         acked = producers.stop()
     assert producers.failures == [], producers.failures[:3]
-    check_log(acked, consume_all(bootstrap, "healing", partitions), lost)
+    exactly_once(acked, consume_all(bootstrap, "healing", partitions))
     fourth.stop()
