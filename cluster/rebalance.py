@@ -198,7 +198,10 @@ class _State:
 
     Invariants between phases: `by_broker[b]` is the set of partitions whose list holds b, and
     `replicas`, `leaders` and `bytes` are the per-broker tallies of those lists (eligible brokers
-    always present, at 0 if empty).
+    always present, at 0 if empty); `rack_counts[tp]` counts the racks of tp's eligible replicas
+    (known once `repair` has run); `rerouted[b]` holds the partitions where b has a replica this plan
+    moved in. `version[b]` grows whenever a list holding b changes, so a (donor, receiver) pair found
+    without a valid move stays `blocked` until either version grows.
     """
 
     def __init__(self, current: ReplicaLists, brokers: Sequence[BrokerSlot], draining: Set[int],
@@ -214,6 +217,10 @@ class _State:
         self.replicas: Counter[int] = Counter({b: 0 for b in self.eligible})
         self.leaders: Counter[int] = Counter({b: 0 for b in self.eligible})
         self.bytes: Counter[int] = Counter({b: 0 for b in self.eligible})
+        self.rerouted: dict[int, set[tuple[str, int]]] = {b: set() for b in self.eligible}
+        self.version: Counter[int] = Counter()
+        self.blocked: dict[tuple[int, int], tuple[int, int]] = {}
+        self.rack_counts: dict[tuple[str, int], Counter[str]] = {}
         for tp, replicas in self.current.items():
             for broker in replicas:
                 self._tally(tp, broker, +1)
@@ -252,6 +259,7 @@ class _State:
                                 and self._spread_possible(others + [b], rf)), key=self._receiver_order)
                 self._move(tp, position, receiver)
                 leaving.discard(broker)
+            self.rack_counts[tp] = Counter(self.rack[b] for b in replicas)
 
     def balance_replicas(self) -> None:
         """Move replicas from the fullest brokers to the emptiest while two differ by two or more."""
@@ -281,9 +289,6 @@ class _State:
         distinct = len({self.rack[b] for b in kept})
         return distinct + (rf - len(kept)) >= min(rf, self.racks)
 
-    def _spread_ok(self, replicas: Iterable[int], rf: int) -> bool:
-        return len({self.rack[b] for b in replicas}) >= min(rf, self.racks)
-
     def _receiver_order(self, broker: int) -> tuple[int, int, int, int]:
         return self.replicas[broker], self.leaders[broker], self.bytes[broker], broker
 
@@ -292,7 +297,9 @@ class _State:
         order of cost: re-routing replicas this plan already moves (no extra copy), possibly through
         intermediate brokers; one direct move; with racks, a chain of moves through brokers the rack
         constraint makes the only way. False when none exists (the replica phase is done)."""
-        donors = sorted(self.eligible, key=lambda b: (-self.replicas[b], -self.bytes[b], b))
+        fewest = min(self.replicas[b] for b in self.eligible)
+        donors = [b for b in sorted(self.eligible, key=lambda b: (-self.replicas[b], -self.bytes[b], b))
+                  if self.replicas[b] - fewest >= 2]
         for donor in donors:
             if self._move_along(self._path(donor, rerouted_only=True)):
                 return True
@@ -301,10 +308,14 @@ class _State:
             for receiver in receivers:
                 if self.replicas[donor] - self.replicas[receiver] < 2:
                     break
-                candidates = [tp for tp in sorted(self.by_broker[donor]) if self._can_replace(tp, donor, receiver)]
+                versions = self.version[donor], self.version[receiver]
+                if self.blocked.get((donor, receiver)) == versions:
+                    continue
+                candidates = [tp for tp in self.by_broker[donor] if self._can_replace(tp, donor, receiver)]
                 if candidates:
                     tp = min(candidates, key=lambda tp: self._byte_order(tp, donor, receiver))
                     return self._move_along([(donor, tp, receiver)])
+                self.blocked[donor, receiver] = versions
         return self.racks > 1 and any(self._move_along(self._path(donor, rerouted_only=False)) for donor in donors)
 
     def _path(self, donor: int, rerouted_only: bool) -> list[_Step]:
@@ -312,14 +323,15 @@ class _State:
         a broker with at least two replicas fewer, every intermediate broker giving one and taking one;
         only replicas this plan moves in if `rerouted_only`. Empty if there is none."""
         via: dict[int, tuple[int, tuple[str, int]] | None] = {donor: None}
+        takers = sorted(self.eligible, key=self._receiver_order)
         queue = deque([donor])
         while queue:
             giver = queue.popleft()
             used = self._chain(via, giver)
-            for tp in sorted(self.by_broker[giver]):
-                if (rerouted_only and giver in self.original[tp]) or any(tp == step[1] for step in used):
+            for tp in sorted(self.rerouted[giver] if rerouted_only else self.by_broker[giver]):
+                if any(tp == step[1] for step in used):
                     continue
-                for taker in sorted(self.eligible, key=self._receiver_order):
+                for taker in takers:
                     if taker in via or not self._can_replace(tp, giver, taker):
                         continue
                     via[taker] = (giver, tp)
@@ -343,7 +355,14 @@ class _State:
 
     def _can_replace(self, tp: tuple[str, int], old: int, new: int) -> bool:
         replicas = self.current[tp]
-        return new not in replicas and self._spread_ok((new if b == old else b for b in replicas), len(replicas))
+        if new in replicas:
+            return False
+        old_rack, new_rack = self.rack[old], self.rack[new]
+        if old_rack == new_rack:
+            return True
+        racks = self.rack_counts[tp]
+        distinct = len(racks) - (racks[old_rack] == 1) + (new_rack not in racks)
+        return distinct >= min(len(replicas), self.racks)
 
     def _byte_order(self, tp: tuple[str, int], donor: int, receiver: int) -> tuple[int, int, tuple[str, int]]:
         """The move leaving donor and receiver closest in bytes first, then the smaller partition."""
@@ -384,6 +403,17 @@ class _State:
     def _move(self, tp: tuple[str, int], position: int, receiver: int) -> None:
         replicas = self.current[tp]
         leaver = replicas[position]
+        self.version.update(replicas + [receiver])
+        if leaver in self.rerouted:
+            self.rerouted[leaver].discard(tp)
+        if receiver not in self.original[tp]:
+            self.rerouted[receiver].add(tp)
+        if tp in self.rack_counts:
+            racks = self.rack_counts[tp]
+            racks[self.rack[receiver]] += 1
+            racks[self.rack[leaver]] -= 1
+            if not racks[self.rack[leaver]]:
+                del racks[self.rack[leaver]]
         self._tally(tp, leaver, -1)
         self._tally(tp, receiver, +1)
         if position == 0:
