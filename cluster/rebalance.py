@@ -41,13 +41,11 @@ from typing import Any
 
 from raftka.cluster.placement import BrokerSlot
 from raftka.errors import InvalidReplicationFactorError, InvalidRequestError
+from raftka.wire.reassignment import format_reassignment, parse_reassignment
 from raftka.wire.structs import TopicPartition
 
 ReplicaLists = Mapping[tuple[str, int], Sequence[int]]
 """Replica lists by (topic, partition), a TopicPartition or a plain tuple; element 0 is the preferred leader."""
-
-REASSIGNMENT_VERSION = 1
-"""The version of Kafka's reassignment JSON this module reads and writes."""
 
 _Step = tuple[int, tuple[str, int], int]
 """One replica move inside a chain: (giving broker, partition, taking broker)."""
@@ -83,43 +81,22 @@ class ReassignmentPlan:
         return {tp: self.targets.get(tp, tuple(replicas)) for tp, replicas in current.items()}
 
     def to_json(self) -> str:
-        """Kafka's reassignment JSON, partitions in (topic, partition) order."""
-        return json.dumps({"version": REASSIGNMENT_VERSION, "partitions": [
-            {"topic": topic, "partition": partition, "replicas": list(replicas)}
-            for (topic, partition), replicas in sorted(self.targets.items())]})
+        """Kafka's reassignment JSON (`raftka.wire.reassignment`), partitions in (topic, partition) order."""
+        return json.dumps(format_reassignment(self.targets))
 
     @classmethod
     def from_json(cls, text: str, current: ReplicaLists, sizes: Mapping[tuple[str, int], int] | None = None,
                   eligible: Iterable[int] = ()) -> ReassignmentPlan:
         """The plan a reassignment JSON describes, its figures taken against `current`.
 
-        Raises InvalidRequestError naming the first fault: not JSON, a version other than 1, a field
-        missing, unknown or of the wrong type, a partition listed twice or not in `current`, an empty
-        replica list or one naming a broker twice. Entries equal to the current list are dropped.
-        Whether the brokers exist is the engine's check; `eligible` only adds zero rows to the figures.
+        Raises InvalidRequestError naming the first fault (`parse_reassignment`'s, or a partition not
+        in `current`). Entries equal to the current list are dropped. Whether the brokers exist is
+        the engine's check; `eligible` only adds zero rows to the figures.
         """
-        try:
-            document = json.loads(text)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise InvalidRequestError(f"reassignment is not JSON: {e}") from None
-        if not isinstance(document, dict):
-            raise InvalidRequestError("reassignment must be a JSON object with 'version' and 'partitions'")
-        if unknown := sorted(set(document) - {"version", "partitions"}):
-            raise InvalidRequestError(f"reassignment has unknown field(s) {', '.join(map(repr, unknown))}")
-        if document.get("version") != REASSIGNMENT_VERSION or isinstance(document.get("version"), bool):
-            raise InvalidRequestError(
-                f"reassignment version must be {REASSIGNMENT_VERSION}, not {document.get('version')!r}")
-        entries = document.get("partitions")
-        if not isinstance(entries, list):
-            raise InvalidRequestError("reassignment 'partitions' must be a list")
-        targets: dict[tuple[str, int], tuple[int, ...]] = {}
-        for index, entry in enumerate(entries):
-            tp, replicas = _parse_entry(index, entry)
-            if tp in targets:
-                raise InvalidRequestError(f"partitions[{index}]: {_name(tp)} is listed twice")
+        targets, _ = parse_reassignment(text)
+        for index, tp in enumerate(targets):
             if tp not in current:
                 raise InvalidRequestError(f"partitions[{index}]: {_name(tp)} is not a partition of the cluster")
-            targets[tp] = replicas
         return figures(current, targets, sizes, eligible)
 
 
@@ -446,31 +423,6 @@ def _check_input(current: ReplicaLists, brokers: Sequence[BrokerSlot], sizes: Ma
             raise InvalidRequestError(f"size given for {_name(tp)}, which is not a partition of the cluster")
         if not isinstance(size, int) or size < 0:
             raise InvalidRequestError(f"size of {_name(tp)} must be a non-negative integer, not {size!r}")
-
-
-def _parse_entry(index: int, entry: Any) -> tuple[tuple[str, int], tuple[int, ...]]:
-    where = f"partitions[{index}]"
-    if not isinstance(entry, dict):
-        raise InvalidRequestError(f"{where} must be an object with 'topic', 'partition' and 'replicas'")
-    if unknown := sorted(set(entry) - {"topic", "partition", "replicas"}):
-        raise InvalidRequestError(f"{where} has unknown field(s) {', '.join(map(repr, unknown))}")
-    for field in ("topic", "partition", "replicas"):
-        if field not in entry:
-            raise InvalidRequestError(f"{where} lacks '{field}'")
-    topic, partition, replicas = entry["topic"], entry["partition"], entry["replicas"]
-    if not isinstance(topic, str) or not topic:
-        raise InvalidRequestError(f"{where}.topic must be a non-empty string, not {topic!r}")
-    if not _is_index(partition):
-        raise InvalidRequestError(f"{where}.partition must be a non-negative integer, not {partition!r}")
-    if not isinstance(replicas, list) or not replicas or not all(_is_index(b) for b in replicas):
-        raise InvalidRequestError(f"{where}.replicas must be a non-empty list of broker ids, not {replicas!r}")
-    if len(set(replicas)) != len(replicas):
-        raise InvalidRequestError(f"{where}.replicas names a broker twice: {replicas}")
-    return (topic, partition), tuple(replicas)
-
-
-def _is_index(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _per_broker(brokers: Iterable[int], holders: Iterable[int]) -> dict[int, int]:
