@@ -127,7 +127,7 @@ class OffsetReset(NamedTuple):
 
 PHASES = {api_pb2.MOVE_PHASE_UNKNOWN: "unknown", api_pb2.CATCHING_UP: "catching-up",
           api_pb2.TRANSFERRING_LEADERSHIP: "transferring-leadership", api_pb2.REMOVING: "removing",
-          api_pb2.COMPLETING: "completing"}
+          api_pb2.COMPLETING: "completing", api_pb2.QUEUED: "queued"}
 
 
 @dataclass(frozen=True)

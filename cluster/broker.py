@@ -36,7 +36,7 @@ from raftka.cluster.group_commit import GroupCommitter
 from raftka.cluster.groups_service import GroupsService
 from raftka.cluster.handlers import add_servicer
 from raftka.cluster.leadership import LeaderBalancer, hand_off_all
-from raftka.cluster.metadata import BrokerRegistration, MetadataState
+from raftka.cluster.metadata import BrokerRegistration, MetadataState, MoveLimits
 from raftka.cluster.metrics import BrokerMetrics
 from raftka.cluster.partitions import PartitionManager
 from raftka.cluster.reassignment import Reassigner
@@ -160,7 +160,8 @@ async def serve(config: BrokerConfig) -> int:
                                    timeout_s=config.request_timeout_ms / 1000, stats=stats)
     controller = Controller(store, driver, metadata, directory, founders,
                             is_alive=lambda broker: not transport.reported_down(broker), stats=stats,
-                            snapshot_policy=snapshot_policy)
+                            snapshot_policy=snapshot_policy,
+                            move_limits=MoveLimits(config.max_moves_per_broker, config.max_moves))
     state = BrokerState(config, metadata, partitions, controller, metrics, directory, incarnation,
                         transport.down_since)
     metrics.partitions.set_function(lambda: len(partitions.replicas()))

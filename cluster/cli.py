@@ -67,6 +67,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--self-heal-after-s", type=float, default=env("SELF_HEAL_AFTER_S", 0.0, float),
                         help="move the replicas of a broker unreachable this long to the others "
                              "(env RAFTKA_SELF_HEAL_AFTER_S; default 0: off)")
+    parser.add_argument("--max-moves-per-broker", type=int, default=env("MAX_MOVES_PER_BROKER", 5, int),
+                        help="partition moves copying data to one broker at once; more wait, queued "
+                             "(env RAFTKA_MAX_MOVES_PER_BROKER; default 5; 0: no limit)")
+    parser.add_argument("--max-moves", type=int, default=env("MAX_MOVES", 100, int),
+                        help="partition moves copying data in the cluster at once (env RAFTKA_MAX_MOVES; "
+                             "default 100; 0: no limit)")
     parser.add_argument("--balance-on-join", action="store_true", default=env("BALANCE_ON_JOIN", False, flag),
                         help="balance the cluster onto each broker that joins (env RAFTKA_BALANCE_ON_JOIN=1)")
 
@@ -88,7 +94,8 @@ def run(args: argparse.Namespace) -> int:
                                    retention_check_interval_s=args.retention_check_ms / 1000,
                                    leader_balance_delay_s=args.leader_balance_delay_ms / 1000,
                                    offsets_partitions=args.offsets_partitions, snapshot_bytes=args.snapshot_bytes,
-                                   self_heal_after_s=args.self_heal_after_s, balance_on_join=args.balance_on_join))
+                                   self_heal_after_s=args.self_heal_after_s, balance_on_join=args.balance_on_join,
+                                   max_moves_per_broker=args.max_moves_per_broker, max_moves=args.max_moves))
 
 
 def id_from_hostname(hostname: str, offset: int) -> int:

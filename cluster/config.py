@@ -69,6 +69,10 @@ class BrokerConfig:
     other brokers (`raftka.cluster.balancing`); 0 leaves them (the default)."""
     balance_on_join: bool = False
     """The metadata leader balances the cluster onto each broker that registers anew."""
+    max_moves_per_broker: int = 5
+    """Partition moves copying data to one broker at once (0: no limit); more wait, queued."""
+    max_moves: int = 100
+    """Partition moves copying data in the whole cluster at once (0: no limit)."""
 
     @property
     def advertised_address(self) -> str:
@@ -111,6 +115,8 @@ class BrokerConfig:
             parse_host_port(seed)
         if not self.cluster_id:
             raise ValueError("cluster id must not be empty")
+        if self.max_moves_per_broker < 0 or self.max_moves < 0:
+            raise ValueError("--max-moves-per-broker and --max-moves must be 0 (no limit) or positive")
         if self.self_heal_after_s < 0:
             raise ValueError(f"--self-heal-after-s must be 0 (off) or positive, not {self.self_heal_after_s}")
         if self.snapshot_bytes < 1:

@@ -18,9 +18,10 @@ from typing import Callable
 
 from raftka.cluster.brokers import BrokerDirectory
 from raftka.cluster.metadata import (ALLOCATE_PRODUCER_ID_COMMAND, METADATA_TOPIC, BrokerRegistration,
-                                     MetadataState, TopicRecord, cancel_reassignment_command, complete_move_command,
-                                     create_topic_command, delete_topic_command, drain_broker_command,
-                                     reassign_command, register_broker_command, unregister_broker_command)
+                                     MetadataState, MoveLimits, TopicRecord, cancel_reassignment_command,
+                                     complete_move_command, create_topic_command, delete_topic_command,
+                                     drain_broker_command, reassign_command, register_broker_command,
+                                     unregister_broker_command)
 from raftka.cluster.partitions import open_replica
 from raftka.cluster.placement import BrokerSlot, assign_replicas
 from raftka.cluster.state_machine import SnapshotPolicy, StateMachineStats, apply_records
@@ -47,6 +48,7 @@ class Controller:
     def __init__(self, store: LogStore, driver: MultiRaft, state: MetadataState, directory: BrokerDirectory,
                  founders: tuple[int, ...], *, is_alive: Callable[[int], bool] = lambda broker: True,
                  timeout_s: float = 30.0, stats: StateMachineStats | None = None,
+                 move_limits: MoveLimits = MoveLimits(),
                  snapshot_policy: SnapshotPolicy = SnapshotPolicy()) -> None:
         """`founders` are the voters the metadata log is founded with if this broker has none yet
         (empty for a broker that joins: it learns the log from its leader). `is_alive(broker)` is the
@@ -57,6 +59,7 @@ class Controller:
         self._driver = driver
         self._is_alive = is_alive
         self._timeout_s = timeout_s
+        self._move_limits = move_limits
         self._outcomes: dict[int, RaftkaError | None] = {}
         voters = tuple(sorted(founders))
         self.replica, founded = open_replica(store, driver, METADATA_GROUP, voters, TopicConfig(
@@ -158,7 +161,7 @@ class Controller:
             if not target:
                 raise InvalidRequestError(f"the target of {topic}/{partition} names no broker")
         await self._propose(reassign_command(moves, throttle_bytes_per_s, expected_placement_offset,
-                                             int(time.time() * 1000)))
+                                             int(time.time() * 1000), self._move_limits))
         return self._state.placement_offset
 
     async def cancel_reassignments(self, partitions: list[tuple[str, int]]) -> list[tuple[str, int]]:

@@ -151,17 +151,35 @@ class PartitionMove:
     """Bytes per second sent to the new replicas while they catch up (0: unthrottled)."""
     cancelled: bool = False
     started_ms: int = 0
+    queued: bool = False
+    """Waiting for a slot: the moves under way are capped per receiving broker and in the cluster
+    (`MoveLimits`); the leader starts a queued move only once the metadata activates it."""
+
+    @property
+    def receivers(self) -> frozenset[int]:
+        """The brokers this move copies the partition to."""
+        return frozenset(self.target) - frozenset(self.original)
 
     def to_json(self) -> dict[str, Any]:
         return {"topic_id": self.topic_id, "original": list(self.original), "target": list(self.target),
                 "hosts": list(self.hosts), "throttle": self.throttle_bytes_per_s, "cancelled": self.cancelled,
-                "started_ms": self.started_ms}
+                "started_ms": self.started_ms, "queued": self.queued}
 
     @classmethod
     def from_json(cls, raw: Any) -> PartitionMove:
         return cls(field_of(raw, "topic_id", str), _broker_ids(raw, "original"), _broker_ids(raw, "target"),
                    _broker_ids(raw, "hosts"), field_of(raw, "throttle", int), field_of(raw, "cancelled", bool),
-                   field_of(raw, "started_ms", int))
+                   field_of(raw, "started_ms", int), field_of(raw, "queued", bool))
+
+
+@dataclass(frozen=True)
+class MoveLimits:
+    """How many moves may copy data at once: per receiving broker, and in the whole cluster (0: no
+    limit). Set by each reassign command (from the metadata leader's `--max-moves-per-broker` and
+    `--max-moves`), so every broker applies the same ones."""
+
+    per_broker: int = 0
+    total: int = 0
 
 
 def _broker_ids(raw: Any, name: str) -> tuple[int, ...]:
@@ -172,9 +190,11 @@ def _broker_ids(raw: Any, name: str) -> tuple[int, ...]:
 
 
 def reassign_command(moves: dict[tuple[str, int], tuple[int, ...]], throttle_bytes_per_s: int,
-                     expected_placement_offset: int | None, started_ms: int) -> bytes:
+                     expected_placement_offset: int | None, started_ms: int, limits: MoveLimits = MoveLimits()
+                     ) -> bytes:
     return json.dumps({"op": "reassign", "throttle": throttle_bytes_per_s, "started_ms": started_ms,
                        "expected_placement_offset": expected_placement_offset,
+                       "max_per_broker": limits.per_broker, "max_total": limits.total,
                        "moves": [{"topic": t, "partition": p, "target": list(target)}
                                  for (t, p), target in sorted(moves.items())]}, sort_keys=True).encode()
 
@@ -203,6 +223,7 @@ class MetadataState:
         self._topics: dict[str, TopicRecord] = {}
         self._brokers: dict[int, BrokerRegistration] = {}
         self._moves: dict[tuple[str, int], PartitionMove] = {}
+        self.move_limits = MoveLimits()
         self.decommissioned: set[int] = set()
         """Brokers whose decommission ended (unregistered), until one registers again."""
         self.applied_offset = -1
@@ -299,6 +320,24 @@ class MetadataState:
         log.info("broker unregistered id=%d (decommissioned)", broker_id)
         return None
 
+    def _activate(self) -> None:
+        """Let queued moves start, oldest first, while the limits allow (holds the lock). Deterministic:
+        every broker applying the same log activates the same moves."""
+        limits = self.move_limits
+        active = [m for m in self._moves.values() if not m.queued]
+        per_broker = Counter(b for m in active for b in m.receivers)
+        total = len(active)
+        for key, move in self._moves.items():
+            if not move.queued:
+                continue
+            if limits.total and total >= limits.total:
+                break
+            if limits.per_broker and any(per_broker[b] >= limits.per_broker for b in move.receivers):
+                continue
+            self._moves[key] = dataclasses.replace(move, queued=False)
+            per_broker.update(move.receivers)
+            total += 1
+
     def _hosting(self) -> list[tuple[int, ...]]:
         """Every partition's hosts (its replicas, or every broker its move involves); holds the lock."""
         hosts = [replicas for record in self._topics.values() for replicas in record.replicas]
@@ -334,8 +373,10 @@ class MetadataState:
                 if target != original:
                     hosts = tuple(dict.fromkeys(original + target))
                     started[(name, partition)] = PartitionMove(record.topic_id, original, target, hosts, throttle,
-                                                               started_ms=started_ms)
+                                                               started_ms=started_ms, queued=True)
+            self.move_limits = MoveLimits(int(raw.get("max_per_broker", 0)), int(raw.get("max_total", 0)))
             self._moves.update(started)
+            self._activate()
         for (name, partition), move in sorted(started.items()):
             log.info("partition move started topic=%s partition=%d from=%s to=%s throttle=%d", name, partition,
                      list(move.original), list(move.target), move.throttle_bytes_per_s)
@@ -350,7 +391,8 @@ class MetadataState:
             for key in cancelled:
                 move = self._moves[key]
                 self._moves[key] = dataclasses.replace(move, target=move.original, throttle_bytes_per_s=0,
-                                                       cancelled=True)
+                                                       cancelled=True, queued=False)
+            self._activate()
         for name, partition in sorted(cancelled):
             log.info("partition move cancelled topic=%s partition=%d", name, partition)
             self._moved(name, partition)
@@ -368,6 +410,7 @@ class MetadataState:
                 return InvalidRequestError(f"{name}/{partition} is moving to {list(move.target)}, not "
                                            f"{list(replicas)}")
             del self._moves[(name, partition)]
+            self._activate()
             rows = list(record.replicas)
             rows[partition] = replicas
             self._topics[name] = dataclasses.replace(record, replicas=tuple(rows))
@@ -381,6 +424,7 @@ class MetadataState:
             return json.dumps({"format": 1, "applied_offset": self.applied_offset,
                                "placement_offset": self.placement_offset,
                                "decommissioned": sorted(self.decommissioned),
+                               "move_limits": [self.move_limits.per_broker, self.move_limits.total],
                                "brokers": [b.to_json() for b in self._brokers.values()],
                                "topics": [t.to_json() for t in self._topics.values()],
                                "moves": [{"topic": t, "partition": p, **m.to_json()}
@@ -400,6 +444,7 @@ class MetadataState:
                      for m in raw.get("moves", [])}
             placement_offset = raw.get("placement_offset", applied_offset)
             decommissioned = set(raw.get("decommissioned", []))
+            move_limits = MoveLimits(*raw.get("move_limits", [0, 0]))
         except MalformedRecordError as exc:
             raise SnapshotFormatError(f"metadata snapshot does not decode: {exc}") from None
         with self._lock:
@@ -409,6 +454,7 @@ class MetadataState:
             self.applied_offset = applied_offset
             self.placement_offset = placement_offset
             self.decommissioned = decommissioned
+            self.move_limits = move_limits
         for registration in brokers:
             self._registered(registration)
         for record in before.values():

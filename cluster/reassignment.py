@@ -96,7 +96,7 @@ class Reassigner:
         for (topic, partition), move in moves.items():
             replica = self._partitions.find(topic, partition)
             record = self._metadata.find(topic)
-            if replica is None or record is None or record.topic_id != move.topic_id:
+            if replica is None or record is None or record.topic_id != move.topic_id or move.queued:
                 continue
             if replica.node.role != Role.LEADER:
                 self._driver.throttle(replica.group_id, 0, ())
@@ -142,6 +142,8 @@ class Reassigner:
         status = api_pb2.ReassignmentStatus(
             topic=topic, partition=partition, original=move.original, target=move.target, cancelled=move.cancelled,
             throttle_bytes_per_s=move.throttle_bytes_per_s, started_ms=move.started_ms, leader_id=-1)
+        if move.queued:
+            status.phase = api_pb2.QUEUED
         replica = self._partitions.find(topic, partition)
         if replica is None or replica.node.role != Role.LEADER:
             return status
@@ -160,7 +162,8 @@ class Reassigner:
             status.learner_progress.append(api_pb2.LearnerProgress(
                 broker_id=broker, entries_behind=behind, bytes_behind=replica.size_bytes * behind // entries,
                 active=known is not None and known.recent_active))
-        status.phase = phase(self._broker_id, move.target, set(conf.voters), set(conf.learners))
+        if not move.queued:
+            status.phase = phase(self._broker_id, move.target, set(conf.voters), set(conf.learners))
         return status
 
 

@@ -68,6 +68,7 @@ class MovePhase(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TRANSFERRING_LEADERSHIP: _ClassVar[MovePhase]
     REMOVING: _ClassVar[MovePhase]
     COMPLETING: _ClassVar[MovePhase]
+    QUEUED: _ClassVar[MovePhase]
 NONE: ErrorCode
 INVALID_REQUEST: ErrorCode
 INVALID_TOPIC: ErrorCode
@@ -115,6 +116,7 @@ CATCHING_UP: MovePhase
 TRANSFERRING_LEADERSHIP: MovePhase
 REMOVING: MovePhase
 COMPLETING: MovePhase
+QUEUED: MovePhase
 
 class Error(_message.Message):
     __slots__ = ("code", "message", "leader_id", "leader_address")

@@ -6,8 +6,9 @@ import pytest
 
 from raftka.cluster.group_log import (CommittedOffset, GroupLog, MemberRecord, delete_command, forget_command,
                                       members_command, offsets_command)
-from raftka.cluster.metadata import (BrokerRegistration, MetadataState, TopicRecord, create_topic_command,
-                                     delete_topic_command, register_broker_command)
+from raftka.cluster.metadata import (BrokerRegistration, MetadataState, MoveLimits, TopicRecord,
+                                     cancel_reassignment_command, complete_move_command, create_topic_command,
+                                     delete_topic_command, reassign_command, register_broker_command)
 from raftka.cluster.state_machine import MalformedRecordError, SnapshotFormatError, SnapshotPolicy
 from raftka.wire.batch import encode_batch, stamp_replicated
 
@@ -124,3 +125,24 @@ def test_snapshots_are_due_after_min_bytes_and_a_multiple_of_the_last_snapshot()
     policy = SnapshotPolicy(min_bytes=1000, ratio=2.0)
     assert not policy.due(999, 0) and policy.due(1000, 0)
     assert not policy.due(1999, 1000) and policy.due(2000, 1000)
+
+
+def test_moves_beyond_the_limits_wait_queued_and_start_as_others_end() -> None:
+    """With at most 2 moves copying to one broker, 5 moves to broker 4 start 2 at a time, oldest
+    first; a completion lets the next one start; a cancel of a queued move makes it active (undoing
+    needs no copy); the queue survives a snapshot."""
+    state = MetadataState()
+    commands = [register_broker_command(BrokerRegistration(b, f"h:{b}", "")) for b in (1, 2, 3, 4)]
+    commands.append(create_topic_command(TopicRecord("t", "t1", tuple((1, 2, 3) for _ in range(5)))))
+    commands.append(reassign_command({("t", p): (4, 2, 3) for p in range(5)}, 0, None, 0, MoveLimits(per_broker=2)))
+    for offset, command in enumerate(commands):
+        assert state.apply(offset, command) is None
+    queued = {p for (_, p), move in state.moves().items() if move.queued}
+    assert queued == {2, 3, 4}
+    assert state.apply(len(commands), complete_move_command("t", 0, "t1", (4, 2, 3))) is None
+    assert {p for (_, p), move in state.moves().items() if move.queued} == {3, 4}
+    assert state.apply(len(commands) + 1, cancel_reassignment_command([("t", 4)])) is None
+    assert {p for (_, p), move in state.moves().items() if move.queued} == {3}
+    restored = MetadataState()
+    restored.restore(state.snapshot())
+    assert restored.moves() == state.moves() and restored.move_limits == MoveLimits(2, 0)
