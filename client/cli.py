@@ -571,7 +571,7 @@ def _record_renderer(args: argparse.Namespace) -> Callable[[Record], str]:
     def text(record: Record) -> str:
         fields = [(record.key or b"").decode(errors="replace")] if args.print_key else []
         if args.print_headers:
-            fields.append(",".join(f"{k}={v.decode(errors='replace')}" for k, v in record.headers))
+            fields.append(",".join(f"{k}={(v or b'').decode(errors='replace')}" for k, v in record.headers))
         fields.append((record.value or b"").decode(errors="replace"))
         return "\t".join(fields) + "\n"
     return text

@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 
 from raftka import __version__ as raftka_version
+from raftka.proto import api_pb2
+from raftka.wire.batch import encode_batch
 
 RAFTKA = [sys.executable, "-m", "raftka"]
 
@@ -257,3 +259,14 @@ def test_broker_id_from_a_stateful_set_host_name() -> None:
     assert id_from_hostname("broker7", 0) == 7
     with pytest.raises(ValueError, match="does not end in a number"):
         id_from_hostname("raftka-a", 1)
+
+
+def test_a_null_header_value_prints_as_empty(cli_env, stubs) -> None:
+    """Another client may write a header with a null value (the Raftka producer never does)."""
+    broker_stub, _ = stubs
+    assert raftka("topic", "create", "nulls", env=cli_env).returncode == 0
+    batch = encode_batch([(None, b"v", [("trace", None), ("kind", b"x")], 1_700_000_000_000)])
+    broker_stub.Produce(api_pb2.ProduceRequest(topic="nulls", partition=0, batches=batch), timeout=10)
+    text = raftka("consume", "nulls", "--offset", "start", "--max-messages", "1", "--print-headers", env=cli_env)
+    assert text.returncode == 0, text.stderr
+    assert text.stdout == "trace=,kind=x\tv\n"
