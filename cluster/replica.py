@@ -186,7 +186,7 @@ class RaftReplica:
             stamped = batch_format.stamp_replicated(view[start:end], self._next_offset, self._stamp_term)
             try:
                 futures.append(self._driver.propose(self.group_id, stamped))
-            except raft_errors.NotLeaderError:
+            except raft_errors.NotRaftLeaderError:
                 raise self._not_leader() from None
             except raft_errors.GroupFailedError as exc:
                 raise StorageError(f"{self.group_id}: {exc}") from None
