@@ -14,7 +14,7 @@ layers name their own errors only for what means something else (`raftka.partiti
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Iterable, cast
 
 import grpc
 
@@ -30,7 +30,7 @@ METADATA_LEADER_ADDRESS = "raftka-leader-address"
 class RaftkaError(Exception):
     """Base class: `code` is the API's ErrorCode, `status` the gRPC status it travels as."""
 
-    code: ClassVar[int] = ErrorCode.INVALID_REQUEST
+    code: ClassVar[api_pb2.ErrorCode] = ErrorCode.INVALID_REQUEST
     status: ClassVar[grpc.StatusCode] = grpc.StatusCode.INVALID_ARGUMENT
     retriable: ClassVar[bool] = False
 
@@ -298,8 +298,10 @@ def from_proto(error: api_pb2.Error) -> RaftkaError | None:
 
 def from_rpc_error(exc: grpc.RpcError) -> RaftkaError:
     """Map a failed call to the typed error the broker raised, or a transport-level one."""
-    metadata = dict(exc.trailing_metadata() or ()) if hasattr(exc, "trailing_metadata") else {}
-    details = exc.details() if hasattr(exc, "details") else str(exc)
+    # Raftka's metadata keys are ASCII, so grpc hands their values over as str (the stub says bytes).
+    pairs = cast(Iterable[tuple[str, str]], exc.trailing_metadata() or ()) if hasattr(exc, "trailing_metadata") else ()
+    metadata = dict(pairs)
+    details = (exc.details() or "") if hasattr(exc, "details") else str(exc)
     name = metadata.get(METADATA_CODE)
     if name is None:
         status = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN

@@ -60,8 +60,8 @@ def wait_serving(address: str, timeout_s: float) -> bool:
         stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
             try:
-                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == \
-                        health_pb2.HealthCheckResponse.SERVING:
+                check = stub.Check  # type: ignore[attr-defined]  # the typeshed stub declares no methods
+                if check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
                     return True
             except grpc.RpcError:
                 pass
@@ -111,7 +111,8 @@ class LocalBroker:
                 raise RuntimeError(f"broker {self.broker_id} exited; log tail:\n{self.log()[-3000:]}")
             if wait_serving(self.address, min(1.0, max(0.0, deadline - time.monotonic()))):
                 return self
-        raise RuntimeError(f"broker {self.broker_id} did not serve within {timeout_s}s; log tail:\n{self.log()[-3000:]}")
+        raise RuntimeError(f"broker {self.broker_id} did not serve within {timeout_s}s; "
+                           f"log tail:\n{self.log()[-3000:]}")
 
     def start(self, timeout_s: float = 60.0) -> LocalBroker:
         return self.spawn().wait(timeout_s)

@@ -177,10 +177,10 @@ class MetadataState:
         elif op == "delete_topic":
             name = field_of(raw, "name", str)
             with self._lock:
-                record = self._topics.pop(name, None)
-            if record is None:
+                dropped = self._topics.pop(name, None)
+            if dropped is None:
                 return UnknownTopicError(f"unknown topic {name!r}")
-            self._deleted(record)
+            self._deleted(dropped)
         elif op == "allocate_producer_id":
             log.debug("producer id allocated id=%d", offset)
         else:

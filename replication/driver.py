@@ -292,7 +292,7 @@ class MultiRaft:
                     if self._dirty:
                         await self._round()
                 except Exception as exc:  # noqa: BLE001 - groups' own failures never get here
-                    self._stop_fatally(exc.__cause__ if isinstance(exc, _DriverFailed) else exc)
+                    self._stop_fatally((exc.__cause__ or exc) if isinstance(exc, _DriverFailed) else exc)
                     return
         finally:
             ticker.cancel()
@@ -334,14 +334,14 @@ class MultiRaft:
                 continue
             try:
                 self._persist(group, ready)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001 - see the failure contract
                 self._fail(group, "storage", exc)
                 continue
             readies.append((group, node, ready))
         if not readies:
             return
         self.rounds += 1
-        for group, node, ready in readies:
+        for group, _, ready in readies:
             self._send(group, ready.early_messages)
         if any(ready.must_sync for _, _, ready in readies):
             try:
@@ -361,7 +361,7 @@ class MultiRaft:
                     group.restore(ready.snapshot)
                 if ready.committed_entries:
                     group.apply(ready.committed_entries)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001 - see the failure contract
                 self._fail(group, "apply", exc)
                 continue
             if ready.snapshot is not None:
@@ -375,7 +375,7 @@ class MultiRaft:
                     future.set_result(read.index)
             try:
                 node.advance(ready)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001 - see the failure contract
                 self._fail(group, "core", exc)
                 continue
             self._drop_stale_proposals(group)
@@ -396,7 +396,7 @@ class MultiRaft:
         try:
             for message in messages:
                 self._transport.send(group.group_id, message)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - see the failure contract
             self._fail(group, "send", exc)
 
     @staticmethod

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import threading
@@ -150,10 +151,8 @@ class AckRecorder:
                 break
             if i % 100 == 0:
                 time.sleep(self._pace_s)
-        try:
+        with contextlib.suppress(RaftkaError):
             producer.close(timeout=60)
-        except RaftkaError:
-            pass
 
 
 def lost(acknowledged: list[tuple[int, int, bytes]], found: dict[int, list[Record]]) -> list[tuple[int, int, bytes]]:

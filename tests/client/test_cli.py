@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from pathlib import Path
 
 import pytest
@@ -201,7 +201,7 @@ def test_headers_keys_and_where_consuming_starts(cli_env) -> None:
     old = raftka("produce", "hdr", "--key", "fixed", "--header", "trace=1", "--header", "trace=2",
                  "--header", "kind=old", env=cli_env, stdin="first\n")
     assert old.returncode == 0, old.stderr
-    cut = datetime.now(timezone.utc)
+    cut = datetime.now(UTC)
     time.sleep(0.05)
     assert raftka("produce", "hdr", "--header", "kind=new", env=cli_env, stdin="second\n").returncode == 0
     [first] = [json.loads(line) for line in raftka("consume", "hdr", "--offset", "start", "--max-messages", "1",

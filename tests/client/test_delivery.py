@@ -137,14 +137,13 @@ def test_leaving_the_loop_commits_only_the_finished_records(broker, how: str) ->
     options: dict[str, Any] = {}
     if "on_revoked" in how:
         options = {"enable_auto_commit": False, "on_revoked": lambda tps: consumer.commit()}
-    with leaving(how):
-        with member(broker.address, **options) as consumer:
-            for record in consumer:
-                if len(finished) == 40:
-                    if how == "break":
-                        break
-                    raise HandlerFailed(record)
-                finished.append((record.partition, record.offset))
+    with leaving(how), member(broker.address, **options) as consumer:
+        for record in consumer:
+            if len(finished) == 40:
+                if how == "break":
+                    break
+                raise HandlerFailed(record)
+            finished.append((record.partition, record.offset))
     assert_the_next_member_gets_the_rest(broker.address, produced, finished)
 
 

@@ -172,7 +172,8 @@ def test_no_partition_is_ever_held_by_two_members_and_every_partition_finds_an_o
             continue
         elif step == "apply":
             if member.pending is not None:
-                member.owned, member.epoch, member.pending = member.pending.partitions, member.pending.member_epoch, None
+                pending = member.pending
+                member.owned, member.epoch, member.pending = pending.partitions, pending.member_epoch, None
         else:
             beat(member, now, topics, step)
         for m in members:

@@ -204,9 +204,8 @@ def test_bad_group_requests_get_precise_errors(cluster) -> None:
         GroupCoordinatorClient(conn, "").committed()
     from raftka import Producer
     from raftka.errors import InvalidTopicError
-    with Producer(bootstrap, linger_ms=0) as producer:
-        with pytest.raises(InvalidTopicError, match="internal"):
-            producer.send("__consumer_offsets", b"forged", partition=0).result(timeout=30)
+    with Producer(bootstrap, linger_ms=0) as producer, pytest.raises(InvalidTopicError, match="internal"):
+        producer.send("__consumer_offsets", b"forged", partition=0).result(timeout=30)
 
 
 def test_joins_are_retry_safe_and_a_live_static_id_is_not_taken_over(cluster) -> None:

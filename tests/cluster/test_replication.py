@@ -68,9 +68,9 @@ def test_minority_cannot_acknowledge_and_majority_continues(start_cluster, consu
     for broker in others:
         broker.pause()
     try:
-        with Producer(leader.address, linger_ms=0, delivery_timeout_ms=3_000, request_timeout_ms=1_000) as producer:
-            with pytest.raises(RequestTimedOutError):
-                producer.send("quorum", b"minority", partition=0).result(timeout=30)
+        with (Producer(leader.address, linger_ms=0, delivery_timeout_ms=3_000, request_timeout_ms=1_000) as producer,
+              pytest.raises(RequestTimedOutError)):
+            producer.send("quorum", b"minority", partition=0).result(timeout=30)
     finally:
         for broker in others:
             broker.resume()
@@ -220,7 +220,8 @@ def test_topics_created_during_a_controller_failover_are_not_lost(start_cluster)
     controller_id = -1
     with grpc.insecure_channel(brokers[0].address) as channel:
         while controller_id < 1:
-            controller_id = api_pb2_grpc.BrokerStub(channel).Metadata(api_pb2.MetadataRequest(), timeout=5).controller_id
+            metadata = api_pb2_grpc.BrokerStub(channel).Metadata(api_pb2.MetadataRequest(), timeout=5)
+            controller_id = metadata.controller_id
             time.sleep(0.05)
     controller = next(b for b in brokers if b.broker_id == controller_id)
     survivors = bootstrap_of([b for b in brokers if b is not controller])

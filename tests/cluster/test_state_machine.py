@@ -20,7 +20,8 @@ def batch(offset: int, *values: bytes) -> bytes:
 
 
 def group_records() -> list[bytes]:
-    return [offsets_command("a", [(("t", 0), CommittedOffset(5, "m", 1, "id1")), (("t", 1), CommittedOffset(6, "", 1, "id1"))]),
+    return [offsets_command("a", [(("t", 0), CommittedOffset(5, "m", 1, "id1")),
+                                  (("t", 1), CommittedOffset(6, "", 1, "id1"))]),
             members_command("a", 2, "sticky", [MEMBER]),
             offsets_command("b", [(("u", 0), CommittedOffset(1, "", 1, "id2"))]),
             forget_command("a", [(("t", 1), "id1")]),

@@ -56,7 +56,8 @@ def commit_many(client: GroupCoordinatorClient, topic: str, partitions: int, cou
 def cluster_state(bootstrap: str, groups: list[str]) -> tuple[object, ...]:
     """Everything the state machines hold, as clients see it: topics, brokers, groups' members and offsets."""
     with Admin(bootstrap) as admin:
-        topics = sorted((t.name, len(t.partitions), tuple(p.replicas for p in t.partitions), tuple(sorted(t.config.items())))
+        topics = sorted((t.name, len(t.partitions), tuple(p.replicas for p in t.partitions),
+                         tuple(sorted(t.config.items())))
                         for t in admin.list_topics(include_internal=True))
         described = [admin.describe_group(g) for g in groups]
     conn = ClusterConnection(bootstrap)

@@ -30,11 +30,11 @@ class Loopback:
         self.sent = 0
         self.log: list[tuple[int, str, Message]] = []
 
-    def for_broker(self, broker: int) -> "Loopback.Endpoint":
+    def for_broker(self, broker: int) -> Loopback.Endpoint:
         return Loopback.Endpoint(self, broker)
 
     class Endpoint:
-        def __init__(self, net: "Loopback", broker: int) -> None:
+        def __init__(self, net: Loopback, broker: int) -> None:
             self.net, self.broker = net, broker
 
         def send(self, group: str, message: Message) -> None:

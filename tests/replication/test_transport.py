@@ -199,7 +199,8 @@ def test_down_peer_drops_messages_reports_and_resumes_when_back(free_port: Calla
 
 
 @contextlib.asynccontextmanager
-async def frozen_peer(options: TransportOptions, *, stop_reading: bool) -> AsyncIterator[tuple[RaftTransport, list[int]]]:
+async def frozen_peer(options: TransportOptions, *,
+                      stop_reading: bool) -> AsyncIterator[tuple[RaftTransport, list[int]]]:
     """Broker 1's transport, connected to a "broker 2" that answers the hello and then nothing, as
     a frozen process whose kernel still takes bytes, or with `stop_reading` none once its buffers
     fill. Yields the transport and the peers it reported down."""
@@ -333,7 +334,8 @@ GOOD = encode_message_batch("c1", 1, 2, [("g", heartbeat(1, 2, 0))]).SerializeTo
     ([frame(b"\xff\xff\xff\xff")], "MALFORMED"),
     ([frame(raft_pb2.MessageBatch(cluster_id="c1", from_broker=1, to_broker=2, messages=[
         raft_pb2.GroupMessage(group="g", message=raft_pb2.RaftMessage(type=42))]).SerializeToString())], "MALFORMED"),
-    ([frame(GOOD), frame(encode_message_batch("c1", 3, 2, [("g", heartbeat(3, 2, 0))]).SerializeToString())], "MALFORMED"),
+    ([frame(GOOD), frame(encode_message_batch("c1", 3, 2, [("g", heartbeat(3, 2, 0))]).SerializeToString())],
+     "MALFORMED"),
     ([frame(GOOD), frame(b"\x0a\xff")], "MALFORMED"),
     ([FRAME_HEADER.pack(65 << 20)], "MALFORMED"),
     ([frame(bytes(5000))], "MALFORMED"),
@@ -376,7 +378,8 @@ def test_a_refusal_after_the_first_batch_reaches_the_sender(free_port: Callable[
         await b.serve()
         a.transport.send("g", heartbeat(1, 2, 0))
         await until(lambda: len(b.received) == 1)
-        a.transport.send("g", Message(MessageType.APPEND, 1, 2, 1, index=1, entries=[Entry(2, 1, data=bytes(100 << 10))]))
+        big = Entry(2, 1, data=bytes(100 << 10))
+        a.transport.send("g", Message(MessageType.APPEND, 1, 2, 1, index=1, entries=[big]))
         await until(lambda: a.downs == [2])
         assert b.transport.stats.refused_streams == 1 and len(b.received) == 1
         assert a.transport.stats.refused_by_peers >= 1
