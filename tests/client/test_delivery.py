@@ -27,6 +27,7 @@ import pytest
 from raftka import Admin, Consumer, Producer, Record, TopicPartition
 from raftka.aio import AIOConsumer
 from raftka.errors import UnknownGroupError
+from waiting import wait_until
 
 TOPIC = "jobs"
 GROUP = "crew"
@@ -37,13 +38,6 @@ Ids = set[tuple[int, int]]
 
 class HandlerFailed(Exception):
     """What the application's handler raises for the record it cannot process."""
-
-
-def wait_until(condition: Callable[[], bool], what: str, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def produce(bootstrap: str, count: int, start: int = 0) -> Ids:
@@ -473,7 +467,8 @@ def test_a_member_thawed_past_its_session_hands_out_no_batched_record_of_its_los
         while json.loads(next(lines))["kind"] != "record":
             pass
         thawing.send_signal(signal.SIGSTOP)
-        time.sleep(8)
+        with Admin(broker.address) as admin:
+            wait_until(lambda: not admin.describe_group(GROUP).members, "the frozen member's session expired")
         thawed_at = time.monotonic()
         thawing.send_signal(signal.SIGCONT)
         after = []

@@ -16,6 +16,7 @@ import pytest
 from raftka import Admin, Consumer, Producer, TopicPartition
 from raftka.cluster.coordinator import group_partition
 from raftka.errors import UnknownGroupError
+from waiting import wait_until
 
 WORKER = Path(__file__).with_name("group_worker.py")
 
@@ -82,13 +83,6 @@ def produce(bootstrap: str, topic: str, count: int, start: int = 0) -> list[tupl
             meta = future.result(timeout=60)
             acked.append((meta.partition, meta.offset))
     return acked
-
-
-def wait_until(condition, timeout_s: float = 60, what: str = "condition") -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
 
 
 def poll_until(consumers, condition, what: str) -> None:  # type: ignore[no-untyped-def]

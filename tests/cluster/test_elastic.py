@@ -8,7 +8,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable
 
 import grpc
 import pytest
@@ -17,6 +16,7 @@ from raftka import Admin
 from raftka.client.local import LocalBroker
 from raftka.errors import InvalidRequestError
 from raftka.proto import api_pb2, api_pb2_grpc
+from waiting import wait_until
 
 
 def joiner(broker_id: int, tmp_path: Path, port: int, seeds: list[LocalBroker]) -> LocalBroker:
@@ -34,13 +34,6 @@ def roles(admin: Admin) -> dict[int, str]:
     return {b.broker_id: b.role for b in admin.describe_cluster()}
 
 
-def wait_for(condition: Callable[[], bool], what: str, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting until {what}"
-        time.sleep(0.1)
-
-
 def test_brokers_join_as_learners_and_take_replicas(start_cluster, tmp_path: Path, free_port) -> None:  # type: ignore[no-untyped-def]
     founders = start_cluster(3)
     joiners = [joiner(i, tmp_path, free_port(), founders).spawn() for i in (4, 5)]
@@ -49,7 +42,7 @@ def test_brokers_join_as_learners_and_take_replicas(start_cluster, tmp_path: Pat
             broker.wait(30)
         bootstrap = ",".join(b.address for b in founders)
         with Admin(bootstrap) as admin:
-            wait_for(lambda: roles(admin) == {1: "voter", 2: "voter", 3: "voter", 4: "learner", 5: "learner"},
+            wait_until(lambda: roles(admin) == {1: "voter", 2: "voter", 3: "voter", 4: "learner", 5: "learner"},
                      "the joiners are learners of the metadata log")
             status = {b.broker_id: b for b in admin.describe_cluster()}
             assert status[4].address == joiners[0].address and status[5].address == joiners[1].address
@@ -59,7 +52,7 @@ def test_brokers_join_as_learners_and_take_replicas(start_cluster, tmp_path: Pat
                 assert {b.id: b.address for b in listed} == {b.broker_id: b.address for b in (*founders, *joiners)}
             topic = admin.create_topic("wide", partitions=5, replication_factor=3)
             assert {4, 5} <= {b for p in topic.partitions for b in p.replicas}
-            wait_for(lambda: all(len(p.in_sync_replicas) == 3 for p in admin.describe_topic("wide").partitions),
+            wait_until(lambda: all(len(p.in_sync_replicas) == 3 for p in admin.describe_topic("wide").partitions),
                      "every replica, on the joiners too, is in sync")
     finally:
         for broker in joiners:
@@ -69,7 +62,7 @@ def test_brokers_join_as_learners_and_take_replicas(start_cluster, tmp_path: Pat
 def test_a_broker_back_with_an_empty_data_directory_is_refused(start_cluster) -> None:  # type: ignore[no-untyped-def]
     brokers = start_cluster(3)
     wiped = brokers[2]
-    wait_for(lambda: registered_incarnation(brokers[0], 3) != "", "broker 3 registered")
+    wait_until(lambda: registered_incarnation(brokers[0], 3) != "", "broker 3 registered")
     assert wiped.stop() == 0
     subprocess.run(["rm", "-rf", str(wiped.data_dir)], check=True)
     wiped.spawn()
@@ -82,7 +75,7 @@ def test_a_broker_back_with_an_empty_data_directory_is_refused(start_cluster) ->
 def test_a_joiner_back_with_an_empty_data_directory_is_refused(start_cluster, tmp_path: Path, free_port) -> None:  # type: ignore[no-untyped-def]
     founders = start_cluster(3)
     broker = joiner(4, tmp_path, free_port(), founders).start(30)
-    wait_for(lambda: registered_incarnation(founders[0], 4) != "", "broker 4 registered")
+    wait_until(lambda: registered_incarnation(founders[0], 4) != "", "broker 4 registered")
     assert broker.stop() == 0
     subprocess.run(["rm", "-rf", str(broker.data_dir)], check=True)
     broker.spawn()
@@ -101,7 +94,7 @@ def test_voters_change_one_at_a_time_while_producing(start_cluster, tmp_path: Pa
             producers = ack_recorder(bootstrap, "steady", workers=1, linger_ms=1)
             try:
                 producers.wait_for(200)
-                wait_for(lambda: roles(admin).get(4) == "learner", "broker 4 follows the metadata log")
+                wait_until(lambda: roles(admin).get(4) == "learner", "broker 4 follows the metadata log")
                 assert admin.add_controller(4) == ([1, 2, 3, 4], [])
                 assert admin.remove_controller(1) == ([2, 3, 4], [1])
                 with pytest.raises(InvalidRequestError, match="not a voter"):

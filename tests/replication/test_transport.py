@@ -21,6 +21,7 @@ from raftka.replication.transport import (
     RaftTransport,
     TransportOptions,
 )
+from waiting import until
 
 FAST = TransportOptions(backoff_initial_s=0.02, backoff_max_s=0.2, connect_timeout_s=2.0)
 SERVICE = raft_pb2.DESCRIPTOR.services_by_name["RaftTransport"]
@@ -88,14 +89,6 @@ def run(scenario: Callable[..., Awaitable[None]], free_port: Callable[[], int], 
                 if broker.server is not None:
                     await broker.stop()
     asyncio.run(asyncio.wait_for(main(), 20))
-
-
-async def until(predicate: Callable[[], bool], timeout_s: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.005)
 
 
 def heartbeat(src: int, dst: int, seq: int) -> Message:
@@ -265,9 +258,16 @@ def test_a_peer_that_stops_reading_under_load_is_reported_down() -> None:
 def test_a_quiet_connection_to_a_live_peer_stays_up_across_many_pings(free_port: Callable[[], int]) -> None:
     async def scenario(a: Broker, b: Broker) -> None:
         await b.serve()
+        batches = []
+        check = b.transport._check
+
+        def counted(sender, payload, writer):
+            batches.append(payload)
+            return check(sender, payload, writer)
+        b.transport._check = counted
         a.transport.send("g", heartbeat(1, 2, 0))
         await until(lambda: len(b.received) == 1)
-        await asyncio.sleep(0.6)
+        await until(lambda: len(batches) >= 1 + 12, "a dozen pings reached the receiver")
         a.transport.send("g", heartbeat(1, 2, 1))
         await until(lambda: len(b.received) == 2)
         assert a.downs == [] and a.ups == [2] and a.transport.peer_state(2) is PeerState.UP
