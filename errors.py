@@ -296,11 +296,17 @@ def from_proto(error: api_pb2.Error) -> RaftkaError | None:
     return _BY_CODE.get(error.code, RaftkaError)(error.message)
 
 
+def rpc_metadata(exc: grpc.RpcError) -> dict[str, str]:
+    """The trailing metadata of a failed call by key (empty when it carries none). Raftka's keys are
+    ASCII, so grpc hands their values over as str (its type stub says bytes)."""
+    if not hasattr(exc, "trailing_metadata"):
+        return {}
+    return dict(cast(Iterable[tuple[str, str]], exc.trailing_metadata() or ()))
+
+
 def from_rpc_error(exc: grpc.RpcError) -> RaftkaError:
     """Map a failed call to the typed error the broker raised, or a transport-level one."""
-    # Raftka's metadata keys are ASCII, so grpc hands their values over as str (the stub says bytes).
-    pairs = cast(Iterable[tuple[str, str]], exc.trailing_metadata() or ()) if hasattr(exc, "trailing_metadata") else ()
-    metadata = dict(pairs)
+    metadata = rpc_metadata(exc)
     details = (exc.details() or "") if hasattr(exc, "details") else str(exc)
     name = metadata.get(METADATA_CODE)
     if name is None:

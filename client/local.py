@@ -60,8 +60,8 @@ def wait_serving(address: str, timeout_s: float) -> bool:
         stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
             try:
-                check = stub.Check  # type: ignore[attr-defined]  # the typeshed stub declares no methods
-                if check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
+                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == \
+                        health_pb2.HealthCheckResponse.SERVING:
                     return True
             except grpc.RpcError:
                 pass

@@ -130,13 +130,13 @@ class AckRecorder:
             return list(self.acknowledged)
 
     def _produce(self, worker: int) -> None:
-        producer = Producer(self._bootstrap, **self._options)  # type: ignore[arg-type]
+        producer = Producer(self._bootstrap, **self._options)
         i = 0
         while not self._stop.is_set():
             value = f"w{worker}-{i}".encode()
             i += 1
 
-            def record(future, value: bytes = value) -> None:  # type: ignore[no-untyped-def]
+            def record(future, value: bytes = value) -> None:
                 error = future.exception()
                 with self._lock:
                     if error is None:

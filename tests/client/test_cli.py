@@ -93,6 +93,7 @@ def test_raftka_local_starts_a_cluster_users_can_produce_to(tmp_path: Path, free
     port = free_port()
     local = subprocess.Popen([*RAFTKA, "local", "--data-dir", str(tmp_path / "data"), "--base-port", str(port)],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert local.stdout is not None
     try:
         bootstrap = None
         deadline = time.monotonic() + 60

@@ -129,6 +129,7 @@ def test_leaving_the_loop_commits_only_the_finished_records(broker, how: str) ->
     produced = topic_with_records(broker.address)
     finished: list[tuple[int, int]] = []
     options: dict[str, Any] = {}
+    consumer: Consumer
     if "on_revoked" in how:
         options = {"enable_auto_commit": False, "on_revoked": lambda tps: consumer.commit()}
     with leaving(how), member(broker.address, **options) as consumer:
@@ -162,7 +163,8 @@ def test_pause_and_seek_while_iterating_keep_each_partition_in_order(broker) -> 
             if paused is None and len(seen) == 10:
                 paused = tp
                 consumer.pause(tp)
-            elif paused in consumer.paused() and {(p, o) for p, o in produced if p != paused.partition} <= set(seen):
+            elif (paused is not None and paused in consumer.paused()
+                  and {(p, o) for p, o in produced if p != paused.partition} <= set(seen)):
                 consumer.resume(paused)
             if set(seen) == produced:
                 break
@@ -383,8 +385,10 @@ def test_a_cli_consumer_stopped_by_a_signal_commits_what_it_printed_and_leaves_a
     reading = threading.Event()
     reading.set()
 
+    stdout = cli.stdout
+
     def read() -> None:
-        for line in cli.stdout:
+        for line in stdout:
             reading.wait()
             record = json.loads(line)
             printed.append((record["partition"], record["offset"]))

@@ -34,7 +34,7 @@ def roles(admin: Admin) -> dict[int, str]:
     return {b.broker_id: b.role for b in admin.describe_cluster()}
 
 
-def test_brokers_join_as_learners_and_take_replicas(start_cluster, tmp_path: Path, free_port) -> None:  # type: ignore[no-untyped-def]
+def test_brokers_join_as_learners_and_take_replicas(start_cluster, tmp_path: Path, free_port) -> None:
     founders = start_cluster(3)
     joiners = [joiner(i, tmp_path, free_port(), founders).spawn() for i in (4, 5)]
     try:
@@ -59,7 +59,7 @@ def test_brokers_join_as_learners_and_take_replicas(start_cluster, tmp_path: Pat
             broker.stop()
 
 
-def test_a_broker_back_with_an_empty_data_directory_is_refused(start_cluster) -> None:  # type: ignore[no-untyped-def]
+def test_a_broker_back_with_an_empty_data_directory_is_refused(start_cluster) -> None:
     brokers = start_cluster(3)
     wiped = brokers[2]
     wait_until(lambda: registered_incarnation(brokers[0], 3) != "", "broker 3 registered")
@@ -72,7 +72,7 @@ def test_a_broker_back_with_an_empty_data_directory_is_refused(start_cluster) ->
     assert wiped.process.wait(timeout=60) == 2, "a second start is refused too (it founded no metadata log)"
 
 
-def test_a_joiner_back_with_an_empty_data_directory_is_refused(start_cluster, tmp_path: Path, free_port) -> None:  # type: ignore[no-untyped-def]
+def test_a_joiner_back_with_an_empty_data_directory_is_refused(start_cluster, tmp_path: Path, free_port) -> None:
     founders = start_cluster(3)
     broker = joiner(4, tmp_path, free_port(), founders).start(30)
     wait_until(lambda: registered_incarnation(founders[0], 4) != "", "broker 4 registered")
@@ -83,7 +83,7 @@ def test_a_joiner_back_with_an_empty_data_directory_is_refused(start_cluster, tm
     assert "IncarnationMismatch" in broker.log() or "start it with --replace" in broker.log()
 
 
-def test_voters_change_one_at_a_time_while_producing(start_cluster, tmp_path: Path, free_port,  # type: ignore[no-untyped-def]
+def test_voters_change_one_at_a_time_while_producing(start_cluster, tmp_path: Path, free_port,
                                                     ack_recorder, consume_all, lost) -> None:
     founders = start_cluster(3)
     fourth = joiner(4, tmp_path, free_port(), founders).start(30)
@@ -111,7 +111,7 @@ def test_voters_change_one_at_a_time_while_producing(start_cluster, tmp_path: Pa
         fourth.stop()
 
 
-def test_draining_brokers_take_no_new_replicas(start_cluster, tmp_path: Path, free_port) -> None:  # type: ignore[no-untyped-def]
+def test_draining_brokers_take_no_new_replicas(start_cluster, tmp_path: Path, free_port) -> None:
     founders = start_cluster(3)
     fourth = joiner(4, tmp_path, free_port(), founders).start(30)
     bootstrap = ",".join(b.address for b in founders)
@@ -139,7 +139,7 @@ def test_draining_brokers_take_no_new_replicas(start_cluster, tmp_path: Path, fr
         fourth.stop()
 
 
-def test_a_rolling_restart_of_five_brokers_surfaces_no_error(start_cluster, tmp_path: Path, free_port,  # type: ignore[no-untyped-def]
+def test_a_rolling_restart_of_five_brokers_surfaces_no_error(start_cluster, tmp_path: Path, free_port,
                                                             ack_recorder, consume_all, lost) -> None:
     """Each broker in turn: SIGTERM (it hands its leaderships off), start, wait until it serves again.
     A producer at about 1,000 records/s with acks=all sees no error; every record is in the log once,

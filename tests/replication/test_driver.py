@@ -10,10 +10,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from functools import partial
+
 import pytest
 
-from raftka.replication import (ConfState, GroupFailedError, HardState, MemoryStorage, Message, MessageType,
-                                NotRaftLeaderError, ProposalDroppedError, RaftConfig, Role, bootstrap_snapshot)
+from raftka.replication import (ConfState, Entry, GroupFailedError, HardState, MemoryStorage, Message, MessageType,
+                                NotRaftLeaderError, ProposalDroppedError, RaftConfig, Role, Snapshot,
+                                bootstrap_snapshot)
 from raftka.replication.driver import MultiRaft
 from waiting import until
 
@@ -65,9 +68,8 @@ class Cluster:
                     raise self.sync_errors.pop(broker)
             driver = MultiRaft(broker, self.net.for_broker(broker), sync, tick_interval_s=0.01,
                                quiesce_after_ticks=10, rng=random.Random(rng.random()),
-                               on_group_failed=lambda group, stage, broker=broker: self.failures.append(
-                                   (broker, group, stage)),
-                               on_fatal=lambda exc, broker=broker: self.fatal.__setitem__(broker, exc))
+                               on_group_failed=partial(self._group_failed, broker),
+                               on_fatal=partial(self.fatal.__setitem__, broker))
             self.net.drivers[broker] = driver
             for g in range(groups):
                 storage = MemoryStorage()
@@ -76,11 +78,18 @@ class Cluster:
                 key = (broker, f"g{g}")
                 self.applied[key], self.restored[key] = [], []
                 self.storages[key] = storage
-                driver.add_group(f"g{g}", storage,
-                                 lambda entries, key=key: self.applied[key].extend(e.data for e in entries if e.data),
+                driver.add_group(f"g{g}", storage, partial(self._apply, key),
                                  RaftConfig(id=broker, election_ticks=10, applied=1),
-                                 restore=lambda snapshot, key=key: self.restored[key].append(
-                                     (snapshot.index, snapshot.data)))
+                                 restore=partial(self._restore, key))
+
+    def _group_failed(self, broker: int, group: str, stage: str) -> None:
+        self.failures.append((broker, group, stage))
+
+    def _apply(self, key: tuple[int, str], entries: list[Entry]) -> None:
+        self.applied[key].extend(e.data for e in entries if e.data)
+
+    def _restore(self, key: tuple[int, str], snapshot: Snapshot) -> None:
+        self.restored[key].append((snapshot.index, snapshot.data))
 
     def start(self) -> None:
         for driver in self.net.drivers.values():
@@ -103,7 +112,7 @@ class Cluster:
         return leader
 
 
-def run(coro) -> None:  # type: ignore[no-untyped-def]
+def run(coro) -> None:
     asyncio.run(asyncio.wait_for(coro, 120))
 
 
@@ -111,12 +120,12 @@ def refuse_next_append(storage: MemoryStorage, error: Exception) -> None:
     """The storage refuses its next append of any entry (once), as a full or failing disk would."""
     append = storage.append
 
-    def refuse(entries):  # type: ignore[no-untyped-def]
+    def refuse(entries):
         if entries:
-            storage.append = append  # type: ignore[method-assign]
+            storage.append = append
             raise error
         append(entries)
-    storage.append = refuse  # type: ignore[method-assign]
+    storage.append = refuse  # type: ignore[method-assign]  # a failing disk, injected
 
 
 def test_proposals_commit_in_order_on_every_broker() -> None:
@@ -152,11 +161,11 @@ def test_an_entry_the_leaders_storage_refuses_never_reaches_a_follower() -> None
         storage = cluster.storages[(leader, "g0")]
         append = storage.append
 
-        def refuse(entries):  # type: ignore[no-untyped-def]
+        def refuse(entries):
             if any(e.data == b"poison" for e in entries):
                 raise ValueError("refused by storage")
             append(entries)
-        storage.append = refuse  # type: ignore[method-assign]
+        storage.append = refuse  # type: ignore[method-assign]  # a disk refusing one entry, injected
         cluster.net.drivers[leader].propose("g0", b"poison")
         # The refusal fails the group in the very round that would have sent the entry early, and
         # sends are logged as they happen: once the failure is reported, nothing more can leave.
@@ -195,11 +204,12 @@ def test_a_group_whose_storage_fails_stops_alone_and_reopens() -> None:
                 except (NotRaftLeaderError, ProposalDroppedError, GroupFailedError, TimeoutError):
                     await asyncio.sleep(0.05)
 
+        def applied_everywhere(group: str) -> bool:
+            return all(f"{group}-after".encode() in cluster.applied[(b, group)] for b in BROKERS)
+
         await asyncio.gather(*(write(group, f"{group}-after".encode()) for group in groups))
         for group in groups:
-            await until(lambda group=group: all(
-                f"{group}-after".encode() in cluster.applied[(b, group)] for b in BROKERS),
-                f"every broker applied {group}'s write")
+            await until(partial(applied_everywhere, group), f"every broker applied {group}'s write")
         assert b"refused" not in cluster.applied[(victim, broken)]
         assert cluster.net.drivers[victim].stopped_groups() == []
         assert len(cluster.failures) == 1 and not cluster.fatal
@@ -217,7 +227,7 @@ def test_an_applier_that_raises_gets_the_batch_again_after_the_reopen() -> None:
         group = driver._groups["g0"]
         apply, raised = group.apply, []
 
-        def flaky(entries):  # type: ignore[no-untyped-def]
+        def flaky(entries):
             if not raised:
                 raised.append(True)
                 raise RuntimeError("state machine bug")

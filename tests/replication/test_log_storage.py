@@ -110,7 +110,7 @@ class Differential:
         self.model, self.offsets = copy.deepcopy(self.flushed[0]), dict(self.flushed[1])
 
     def both(self, op) -> None:
-        outcome = []
+        outcome: list[type[Exception] | None] = []
         for storage in (self.model, self.sut):
             try:
                 op(storage)

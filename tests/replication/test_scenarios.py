@@ -50,7 +50,7 @@ REWRITE = os.environ.get("RAFTKA_REWRITE") == "1"
 
 
 class SlowestTimeout(random.Random):
-    def randrange(self, *args: int, **kwargs: object) -> int:  # type: ignore[override]
+    def randrange(self, *args: int, **kwargs: object) -> int:  # type: ignore[override]  # any arguments, one answer
         return args[-1] - 1 if len(args) == 1 else args[1] - 1
 
 
