@@ -14,7 +14,7 @@ layers name their own errors only for what means something else (`raftka.partiti
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Iterable, cast
 
 import grpc
 
@@ -30,7 +30,7 @@ METADATA_LEADER_ADDRESS = "raftka-leader-address"
 class RaftkaError(Exception):
     """Base class: `code` is the API's ErrorCode, `status` the gRPC status it travels as."""
 
-    code: ClassVar[int] = ErrorCode.INVALID_REQUEST
+    code: ClassVar[api_pb2.ErrorCode] = ErrorCode.INVALID_REQUEST
     status: ClassVar[grpc.StatusCode] = grpc.StatusCode.INVALID_ARGUMENT
     retriable: ClassVar[bool] = False
 
@@ -316,10 +316,18 @@ def from_proto(error: api_pb2.Error) -> RaftkaError | None:
     return _BY_CODE.get(error.code, RaftkaError)(error.message)
 
 
+def rpc_metadata(exc: grpc.RpcError) -> dict[str, str]:
+    """The trailing metadata of a failed call by key (empty when it carries none). Raftka's keys are
+    ASCII, so grpc hands their values over as str (its type stub says bytes)."""
+    if not hasattr(exc, "trailing_metadata"):
+        return {}
+    return dict(cast(Iterable[tuple[str, str]], exc.trailing_metadata() or ()))
+
+
 def from_rpc_error(exc: grpc.RpcError) -> RaftkaError:
     """Map a failed call to the typed error the broker raised, or a transport-level one."""
-    metadata = dict(exc.trailing_metadata() or ()) if hasattr(exc, "trailing_metadata") else {}
-    details = exc.details() if hasattr(exc, "details") else str(exc)
+    metadata = rpc_metadata(exc)
+    details = (exc.details() or "") if hasattr(exc, "details") else str(exc)
     name = metadata.get(METADATA_CODE)
     if name is None:
         status = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN

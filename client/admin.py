@@ -332,7 +332,7 @@ class Admin:
             elif spec == "latest":
                 target = latest
             elif spec == "offset":
-                target = value  # type: ignore[assignment]
+                target = value  # type: ignore[assignment]  # an int: checked above for spec offset
             elif spec == "datetime":
                 found = self._conn.list_offset(topic, tp.partition, api_pb2.TIMESTAMP, value or 0)
                 target = latest if found < 0 else found

@@ -58,7 +58,7 @@ def _set(target: asyncio.Future[RecordMetadata], error: BaseException | None, va
     if error is not None:
         target.set_exception(error)
     else:
-        target.set_result(value)  # type: ignore[arg-type]
+        target.set_result(value)  # type: ignore[arg-type]  # value is set whenever error is None
 
 
 class AIOProducer:

@@ -34,6 +34,7 @@ import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -317,7 +318,7 @@ def end_to_end(bootstrap: str, topic: str, rate: int, seconds: float) -> Result:
     def receive() -> None:
         while len(latencies) < count and not done.is_set():
             for record in consumer.poll(timeout_ms=100):
-                latencies.append(time.perf_counter() - struct.unpack_from(">d", record.value)[0])
+                latencies.append(time.perf_counter() - struct.unpack_from(">d", record.value or b"")[0])
 
     receiver = threading.Thread(target=receive, name="bench-e2e-receive", daemon=True)
     receiver.start()
@@ -354,26 +355,29 @@ def consumer_group(bootstrap: str, topic: str, rebalances: int, commits: int) ->
     seen: set[tuple[int, int]] = set()
     repeated = 0
     joins = []
-    options = dict(group_id=group, topics=[topic], auto_offset_reset="earliest", session_timeout_ms=10_000)
+    member = partial(Consumer, bootstrap, group_id=group, topics=[topic], auto_offset_reset="earliest",
+                     session_timeout_ms=10_000)
 
-    def read(consumer: Consumer) -> None:
+    def read(consumer: Consumer) -> bool:
+        """Poll once, counting records read twice; always True, so a wait condition can poll first."""
         nonlocal repeated
         for record in consumer.poll(timeout_ms=20, max_records=20):
             key = (record.partition, record.offset)
             repeated += key in seen
             seen.add(key)
+        return True
 
-    with Consumer(bootstrap, **options) as steady:  # type: ignore[arg-type]
-        _wait_for(lambda: read(steady) is None and len(steady.assignment()) == GROUP_PARTITIONS, 30)
+    with member() as steady:
+        _wait_for(lambda: read(steady) and len(steady.assignment()) == GROUP_PARTITIONS, 30)
         for _ in range(rebalances):
             started = time.perf_counter()
-            with Consumer(bootstrap, **options) as joiner:  # type: ignore[arg-type]
-                _wait_for(lambda: read(steady) is None and read(joiner) is None and bool(joiner.assignment()), 30)
+            with member() as joiner:
+                _wait_for(lambda: read(steady) and read(joiner) and bool(joiner.assignment()), 30)
                 joins.append(time.perf_counter() - started)
                 for _ in range(10):
                     read(steady)
                     read(joiner)
-            _wait_for(lambda: read(steady) is None and len(steady.assignment()) == GROUP_PARTITIONS, 30)
+            _wait_for(lambda: read(steady) and len(steady.assignment()) == GROUP_PARTITIONS, 30)
         p50, p99 = _percentiles(joins * 2 if len(joins) == 1 else joins)
         yield Result("raftka", "group-join", None, None, None, p50, p99,
                      notes=f"{rebalances} joins of a 2nd member to a 6-partition group; {repeated} records read "
@@ -500,7 +504,7 @@ def syncobj_node(argv: Sequence[str]) -> None:
     count, sizes, budget_s = int(argv[0]), [int(s) for s in argv[1].split(",")], float(argv[2])
     me, *peers = [f"127.0.0.1:{port}" for port in argv[3:]]
 
-    class ReplicatedLog(SyncObj):  # type: ignore[misc]
+    class ReplicatedLog(SyncObj):
         def __init__(self) -> None:
             super().__init__(me, peers, SyncObjConf(bindAddress=me, dynamicMembershipChange=False))
             self.records: list[bytes] = []

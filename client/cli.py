@@ -26,7 +26,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
@@ -462,7 +462,7 @@ def cmd_local(args: argparse.Namespace) -> int:
 
 
 def cmd_topic(args: argparse.Namespace) -> int:
-    from raftka.client.admin import Admin, TopicInfo
+    from raftka.client.admin import Admin
 
     with Admin(args.bootstrap, request_timeout_ms=args.timeout_ms) as admin:
         if args.topic_command == "create":
@@ -492,15 +492,15 @@ def cmd_topic(args: argparse.Namespace) -> int:
             rows = [[t.name, str(len(t.partitions)), str(t.replication_factor)] for t in topics]
             _emit(args, [_topic_json(t) for t in topics], _table(["TOPIC", "PARTITIONS", "REPLICATION"], rows))
         else:
-            topic: TopicInfo = admin.describe_topic(args.name)
+            info = admin.describe_topic(args.name)
             rows = [[str(p.partition), str(p.leader), ",".join(map(str, p.replicas)),
                      ",".join(map(str, p.in_sync_replicas)), str(p.log_start_offset), str(p.high_watermark),
-                     str(p.size_bytes)] for p in topic.partitions]
-            config = " ".join(f"{k}={v}" for k, v in sorted(topic.config.items()))
-            text = (f"topic {topic.name}  partitions {len(topic.partitions)}  replication factor "
-                    f"{topic.replication_factor}\nconfig {config}\n"
+                     str(p.size_bytes)] for p in info.partitions]
+            settings = " ".join(f"{k}={v}" for k, v in sorted(info.config.items()))
+            text = (f"topic {info.name}  partitions {len(info.partitions)}  replication factor "
+                    f"{info.replication_factor}\nconfig {settings}\n"
                     + _table(["PARTITION", "LEADER", "REPLICAS", "IN-SYNC", "START", "END", "BYTES"], rows))
-            _emit(args, _topic_json(topic), text)
+            _emit(args, _topic_json(info), text)
     return 0
 
 
@@ -764,7 +764,7 @@ def _record_renderer(args: argparse.Namespace) -> Callable[[Record], str]:
     def text(record: Record) -> str:
         fields = [(record.key or b"").decode(errors="replace")] if args.print_key else []
         if args.print_headers:
-            fields.append(",".join(f"{k}={v.decode(errors='replace')}" for k, v in record.headers))
+            fields.append(",".join(f"{k}={(v or b'').decode(errors='replace')}" for k, v in record.headers))
         fields.append((record.value or b"").decode(errors="replace"))
         return "\t".join(fields) + "\n"
     return text
@@ -823,7 +823,7 @@ def _timestamp_ms(text: str, now: Callable[[], float] = time.time) -> int:
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected ISO 8601 such as 2026-11-23T10:00:00Z, not {text!r}") from None
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
+        moment = moment.replace(tzinfo=UTC)
     return int(moment.timestamp() * 1000)
 
 

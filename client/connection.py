@@ -177,7 +177,8 @@ class ClusterConnection:
             for topic in response.topics:
                 for partition in topic.partitions:
                     other = known.get((topic.name, partition.partition))
-                    if other is not None and (partition.leader_id == NO_LEADER or other.leader_epoch > partition.leader_epoch):
+                    if other is not None and (partition.leader_id == NO_LEADER
+                                              or other.leader_epoch > partition.leader_epoch):
                         partition.leader_id, partition.leader_epoch = other.leader_id, other.leader_epoch
             if not _leaderless(response):
                 return
@@ -245,7 +246,7 @@ class ClusterConnection:
                 time.sleep(min(backoff.delay(attempt), max(0.0, deadline_s - time.monotonic())))
                 attempt += 1
 
-    def list_offset(self, topic: str, partition: int, spec: int, timestamp_ms: int = 0) -> int:
+    def list_offset(self, topic: str, partition: int, spec: api_pb2.OffsetSpec, timestamp_ms: int = 0) -> int:
         """EARLIEST, LATEST or TIMESTAMP offset of a partition, from its leader (retried, following
         leadership); -1 for a timestamp after every record."""
         request = api_pb2.ListOffsetsRequest(queries=[api_pb2.OffsetQuery(

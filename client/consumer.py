@@ -320,7 +320,7 @@ class Consumer:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _list_offset(self, tp: TopicPartition, spec: int, timestamp_ms: int = 0) -> int:
+    def _list_offset(self, tp: TopicPartition, spec: api_pb2.OffsetSpec, timestamp_ms: int = 0) -> int:
         return self._conn.list_offset(tp.topic, tp.partition, spec, timestamp_ms)
 
     def _forget(self, tps: set[TopicPartition]) -> None:
@@ -416,8 +416,11 @@ class Consumer:
 
     def _commit_reset(self, reset: dict[TopicPartition, int]) -> None:
         future = self._submit_commit(reset, "")
-        future.add_done_callback(lambda done: done.exception() is not None and log.warning(
-            "commit of %d reset position(s) failed: %s", len(reset), done.exception()))
+
+        def warn(done: Future[None]) -> None:
+            if done.exception() is not None:
+                log.warning("commit of %d reset position(s) failed: %s", len(reset), done.exception())
+        future.add_done_callback(warn)
         self._committed.update(reset)
 
     @staticmethod

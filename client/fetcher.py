@@ -596,7 +596,7 @@ class Fetcher:
                     log.log(logging.INFO if error.retriable else logging.WARNING,
                             "fetch from %s failed: %s", worker.address, error)
             stream.close()
-        except Exception as exc:  # noqa: BLE001 - a dead fetch thread would stall its partitions silently
+        except Exception as exc:
             log.exception("fetch from %s failed unexpectedly", worker.address)
             with self._cond:
                 for state, epoch, _ in sent.values():

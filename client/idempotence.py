@@ -48,6 +48,7 @@ class Sequences:
                     self._shared = producer_id
                 state = self._partitions[tp] = [producer_id, 0]
                 self._retired.discard(tp)
+        assert state is not None, "renewed whenever there was none"
         with self._lock:
             producer_id, sequence = state
             state[1] += count

@@ -111,7 +111,8 @@ class LocalBroker:
                 raise RuntimeError(f"broker {self.broker_id} exited; log tail:\n{self.log()[-3000:]}")
             if wait_serving(self.address, min(1.0, max(0.0, deadline - time.monotonic()))):
                 return self
-        raise RuntimeError(f"broker {self.broker_id} did not serve within {timeout_s}s; log tail:\n{self.log()[-3000:]}")
+        raise RuntimeError(f"broker {self.broker_id} did not serve within {timeout_s}s; "
+                           f"log tail:\n{self.log()[-3000:]}")
 
     def start(self, timeout_s: float = 60.0) -> LocalBroker:
         return self.spawn().wait(timeout_s)

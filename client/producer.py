@@ -70,7 +70,8 @@ class Producer:
         if enable_idempotence and ACKS[str(acks)] != api_pb2.ACKS_ALL:
             raise ValueError("enable_idempotence needs acks='all'")
         if enable_idempotence and max_in_flight > IDEMPOTENCE_WINDOW:
-            raise ValueError(f"an idempotent producer allows max_in_flight <= {IDEMPOTENCE_WINDOW}, not {max_in_flight}")
+            raise ValueError(f"an idempotent producer allows max_in_flight <= {IDEMPOTENCE_WINDOW}, "
+                             f"not {max_in_flight}")
         if batch_size <= 0 or linger_ms < 0 or max_in_flight < 1 or buffer_memory < batch_size:
             raise ValueError("need batch_size > 0, linger_ms >= 0, max_in_flight >= 1, buffer_memory >= batch_size")
         try:

@@ -54,7 +54,8 @@ class ProgressTracker:
                 "original": list(move.original), "target": list(move.target), "cancelled": move.cancelled,
                 "leader": move.leader, "voters": list(move.voters), "learners": list(move.learners),
                 "bytes_remaining": remaining, "partition_bytes": move.partition_bytes,
-                "rate_bytes_per_s": None if rate is None else int(rate), "eta_s": None if eta is None else round(eta, 1),
+                "rate_bytes_per_s": None if rate is None else int(rate),
+                "eta_s": None if eta is None else round(eta, 1),
                 "throttle_bytes_per_s": move.throttle_bytes_per_s,
                 "warning": (f"writes ({human_bytes(move.write_bytes_per_s)}/s) exceed the throttle: the move "
                             "cannot finish") if move.throttle_too_low else None}

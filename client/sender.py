@@ -95,7 +95,7 @@ class BrokerStream:
 
     def _outgoing(self) -> Iterator[api_pb2.ProduceRequest]:
         while (item := self._requests.get()) is not _CLOSE:
-            yield item  # type: ignore[misc]
+            yield item  # type: ignore[misc]  # the queue holds requests and the _CLOSE sentinel
 
     def _read(self) -> None:
         try:
@@ -120,7 +120,7 @@ class BrokerStream:
 
 
 class Sender(threading.Thread):
-    def __init__(self, conn: ClusterConnection, accumulator: RecordAccumulator, *, acks: int,
+    def __init__(self, conn: ClusterConnection, accumulator: RecordAccumulator, *, acks: api_pb2.Acks,
                  compression: Compression, request_timeout_ms: int, backoff: Backoff,
                  sequences: Sequences | None) -> None:
         """`sequences` makes the producer idempotent; None sends batches without a producer id."""
@@ -177,7 +177,7 @@ class Sender(threading.Thread):
                 acks=self._acks, timeout_ms=self._request_timeout_ms))
         except RaftkaError as exc:
             self.failed(batch, exc)
-        except Exception as exc:  # noqa: BLE001 - the sender thread must outlive any one batch
+        except Exception as exc:
             log.exception("could not send batch for %s", batch.tp)
             self._give_up(batch, InternalError(f"producer could not send the batch: {exc}"))
 

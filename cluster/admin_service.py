@@ -283,7 +283,8 @@ class AdminService(api_pb2_grpc.AdminServicer):
         await state.catch_up_metadata()
         reassigner = self.reassigner
         statuses = [] if reassigner is None else [
-            reassigner.status(topic, partition, move) for (topic, partition), move in sorted(state.metadata.moves().items())]
+            reassigner.status(topic, partition, move)
+            for (topic, partition), move in sorted(state.metadata.moves().items())]
         return api_pb2.ListReassignmentsResponse(reassignments=statuses,
                                                  placement_offset=state.metadata.placement_offset,
                                                  answered_by=state.config.broker_id)
@@ -292,7 +293,8 @@ class AdminService(api_pb2_grpc.AdminServicer):
                                     context: grpc.aio.ServicerContext) -> api_pb2.CompletePartitionMoveResponse:
         return await unary(context, lambda: self.complete_move(request))
 
-    async def complete_move(self, request: api_pb2.CompletePartitionMoveRequest) -> api_pb2.CompletePartitionMoveResponse:
+    async def complete_move(self, request: api_pb2.CompletePartitionMoveRequest
+                            ) -> api_pb2.CompletePartitionMoveResponse:
         """Record that a partition's voters reached its move's target (forwarded to the metadata leader)."""
         async def locally() -> api_pb2.CompletePartitionMoveResponse:
             await self._state.controller.complete_move(request.topic, request.partition, request.topic_id,

@@ -32,7 +32,8 @@ from raftka.replication.raft import Role
 log = logging.getLogger(__name__)
 
 
-def plan(state: BrokerState, draining: Collection[int] = ()) -> tuple[dict[tuple[str, int], tuple[int, ...]], ReassignmentPlan]:
+def plan(state: BrokerState, draining: Collection[int] = ()
+         ) -> tuple[dict[tuple[str, int], tuple[int, ...]], ReassignmentPlan]:
     """(every partition's replicas, the planner's plan) with the registered draining brokers and
     `draining` emptied. Raises the planner's typed errors when it cannot be done."""
     registered = state.metadata.brokers()

@@ -36,7 +36,7 @@ from raftka.cluster.group_commit import GroupCommitter
 from raftka.cluster.groups_service import GroupsService
 from raftka.cluster.handlers import add_servicer
 from raftka.cluster.leadership import LeaderBalancer, hand_off_all
-from raftka.cluster.metadata import BrokerRegistration, MetadataState, MoveLimits
+from raftka.cluster.metadata import MetadataState, MoveLimits
 from raftka.cluster.metrics import BrokerMetrics
 from raftka.cluster.partitions import PartitionManager
 from raftka.cluster.reassignment import Reassigner
@@ -47,6 +47,7 @@ from raftka.errors import BrokerUnavailableError, IncarnationMismatchError, Raft
 from raftka.partition.store import LogStore
 from raftka.proto import NO_LEADER, api_pb2, api_pb2_grpc, raft_pb2
 from raftka.replication.driver import MultiRaft
+from raftka.replication.messages import Message
 from raftka.replication.transport import RaftTransport
 
 log = logging.getLogger(__name__)
@@ -143,9 +144,13 @@ async def serve(config: BrokerConfig) -> int:
             return 2
         if known:
             founders = ()
+
+    def deliver(src: int, messages: list[tuple[str, Message]]) -> None:
+        for group, message in messages:
+            driver.step(group, message)
+
     transport = RaftTransport(
-        config.broker_id, config.cluster_id, {},
-        lambda src, messages: [driver.step(group, message) for group, message in messages],
+        config.broker_id, config.cluster_id, {}, deliver,
         on_peer_down=lambda peer: driver.wake(peer), on_peer_up=lambda peer: driver.wake(peer))
     driver = MultiRaft(config.broker_id, transport, committer.durable, on_round=metrics.round_groups.observe,
                        on_group_failed=lambda _group, stage: metrics.raft_group_failures.labels(stage).inc(),

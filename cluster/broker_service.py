@@ -126,9 +126,10 @@ def _continuation(request: api_pb2.FetchRequest, responses: Sequence[api_pb2.Fet
     for response in responses:
         if response.error.code != api_pb2.NONE:
             return None
-        if response.batches:
+        after = next_offset_after(response.batches)
+        if after is not None:
             sent += len(response.batches)
-            starts[response.topic, response.partition] = next_offset_after(response.batches)
+            starts[response.topic, response.partition] = after
     if sent >= request.follow_bytes:
         return None
     follow = api_pb2.FetchRequest()

@@ -3,9 +3,10 @@
 The metadata log is an internal partition (`__cluster_metadata`) replicated by the controller
 voters (the brokers named by `--peers`). Each command is one record of one batch; when it commits,
 every broker's replica applies it to its `MetadataState` (the controller is that replica's state
-machine: it applies records, snapshots and restores the metadata; `raftka.cluster.state_machine`). A topic operation is accepted only by the
-metadata leader, which validates it, places the replicas, proposes the command and answers with the
-command's outcome once it is applied here; other brokers get NOT_LEADER with the leader's address.
+machine: it applies records, snapshots and restores the metadata; `raftka.cluster.state_machine`).
+A topic operation is accepted only by the metadata leader, which validates it, places the replicas,
+proposes the command and answers with the command's outcome once it is applied here; other brokers
+get NOT_LEADER with the leader's address.
 """
 
 from __future__ import annotations

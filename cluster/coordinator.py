@@ -165,7 +165,7 @@ class GroupCoordinator:
                 if isinstance(result, RaftkaError):
                     answer.error.CopyFrom(result.to_proto())
                 else:
-                    commits.append(((item.topic, item.partition), result))
+                    commits.append((TopicPartition(item.topic, item.partition), result))
                 answers.append(answer)
             if commits:
                 await self._append(group, offsets_command(group.group_id, commits))
@@ -177,7 +177,7 @@ class GroupCoordinator:
         wanted = sorted(from_group_partitions(request.partitions)) if request.partitions else sorted(committed)
         answers = []
         for topic, partition in wanted:
-            found = committed.get((topic, partition))
+            found = committed.get(TopicPartition(topic, partition))
             answers.append(api_pb2.CommittedOffset(topic=topic, partition=partition, offset=-1) if found is None
                            else api_pb2.CommittedOffset(topic=topic, partition=partition, offset=found.offset,
                                                         metadata=found.metadata,

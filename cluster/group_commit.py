@@ -66,7 +66,7 @@ class GroupCommitter:
                 started = time.perf_counter()
                 try:
                     self._store.flush()
-                except Exception as exc:  # noqa: BLE001 - every waiter must learn the write failed
+                except Exception as exc:
                     log.exception("group commit flush failed")
                     round_.set_exception(StorageError(f"write to disk failed: {exc}"))
                     continue

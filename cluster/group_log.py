@@ -71,7 +71,8 @@ class MemberRecord:
         return {"member_id": self.member_id, "instance_id": self.instance_id, "client_id": self.client_id,
                 "topics": list(self.topics), "pattern": self.pattern,
                 "session_timeout_ms": self.session_timeout_ms, "target": sorted(map(list, self.target)),
-                "granted": sorted(map(list, self.granted)), "held": sorted(map(list, self.held)), "epoch": self.epoch, "left": self.left}
+                "granted": sorted(map(list, self.granted)), "held": sorted(map(list, self.held)),
+                "epoch": self.epoch, "left": self.left}
 
     @classmethod
     def from_json(cls, raw: Any) -> MemberRecord:
@@ -167,9 +168,10 @@ class GroupLog:
             forgotten = items_of(raw, "offsets", 3, (str, int, str))
             group = self._group(group_id)
             for topic, partition, topic_id in forgotten:
-                committed = group.offsets.get((topic, partition))
+                tp = TopicPartition(topic, partition)
+                committed = group.offsets.get(tp)
                 if committed is not None and committed.topic_id == topic_id:
-                    del group.offsets[(topic, partition)]
+                    del group.offsets[tp]
         elif op == "members":
             members, epoch, assignor = _members(raw), field_of(raw, "epoch", int), field_of(raw, "assignor", str)
             group = self._group(group_id)

@@ -8,6 +8,8 @@ answers NOT_COORDINATOR when it is not (any more); clients then find it again.
 
 from __future__ import annotations
 
+import contextlib
+
 import grpc
 
 from raftka.cluster.admin_service import AdminService
@@ -70,12 +72,10 @@ class GroupsService(api_pb2_grpc.GroupsServicer):
     async def _create_offsets_topic(self) -> api_pb2.FindCoordinatorResponse:
         """On the metadata leader: create the topic (a concurrent creation is as good)."""
         config = self._state.config
-        try:
+        with contextlib.suppress(TopicExistsError):
             await self._state.controller.create_topic(
-                OFFSETS_TOPIC, config.offsets_partitions, min(OFFSETS_REPLICATION_FACTOR, len(self._state.directory.ids())),
-                OFFSETS_CONFIG, internal=True)
-        except TopicExistsError:
-            pass
+                OFFSETS_TOPIC, config.offsets_partitions,
+                min(OFFSETS_REPLICATION_FACTOR, len(self._state.directory.ids())), OFFSETS_CONFIG, internal=True)
         return api_pb2.FindCoordinatorResponse()
 
     async def Heartbeat(self, request: api_pb2.GroupHeartbeatRequest, context: grpc.aio.ServicerContext

@@ -2,9 +2,9 @@
 
 The metadata log is the Raft log of the internal partition `__cluster_metadata/0`, hosted by the
 controller-eligible brokers. Each record of it is one command (JSON: register_broker, drain_broker,
-unregister_broker, create_topic, delete_topic, reassign, cancel_reassignment, complete_move, allocate_producer_id — whose
-offset in the log is the producer id it allocates, so it changes no state);
-every broker applies the committed commands in log order to the same `MetadataState`, so all of them
+unregister_broker, create_topic, delete_topic, reassign, cancel_reassignment, complete_move,
+allocate_producer_id — whose offset in the log is the producer id it allocates, so it changes no
+state); every broker applies the committed commands in log order to the same `MetadataState`, so all of them
 agree on which brokers registered (address, rack), which topics exist and where their replicas live.
 The state is snapshotted into the partition's Raft snapshot (`snapshot`/`restore`), so a restart
 restores the snapshot and replays only the commands after it.
@@ -290,13 +290,13 @@ class MetadataState:
         elif op == "delete_topic":
             name = field_of(raw, "name", str)
             with self._lock:
-                record = self._topics.pop(name, None)
-            if record is None:
+                dropped = self._topics.pop(name, None)
+            if dropped is None:
                 return UnknownTopicError(f"unknown topic {name!r}")
             with self._lock:
                 for key in [key for key in self._moves if key[0] == name]:
                     del self._moves[key]
-            self._deleted(record)
+            self._deleted(dropped)
         elif op == "reassign":
             return self._reassign(raw)
         elif op == "cancel_reassignment":
@@ -464,9 +464,9 @@ class MetadataState:
             if _topic_id(before.get(record.name)) != record.topic_id:
                 self._created(record)
         for name, partition in sorted(set(moves_before) | set(moves)):
-            record = topics.get(name)
-            if (record is not None and moves_before.get((name, partition)) != moves.get((name, partition))
-                    and _topic_id(before.get(name)) == record.topic_id):
+            moved = topics.get(name)
+            if (moved is not None and moves_before.get((name, partition)) != moves.get((name, partition))
+                    and _topic_id(before.get(name)) == moved.topic_id):
                 self._moved(name, partition)
 
     def _created(self, record: TopicRecord) -> None:

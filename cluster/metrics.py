@@ -6,9 +6,12 @@ partitions exposes the same few series. Per-partition figures belong in the Admi
 
 from __future__ import annotations
 
+from functools import partial
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from raftka.cluster.state_machine import StateMachineStats
+from raftka.replication.transport import TransportStats
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -59,23 +62,22 @@ class BrokerMetrics:
                                    "Raft connections refused since start, by this broker (incoming: another "
                                    "cluster or broker id, malformed) or by its peers (outgoing)", ["by"], registry=r)
 
-    def watch_transport(self, stats: object) -> None:
+    def watch_transport(self, stats: TransportStats) -> None:
         """Export the transport's counters (read when scraped)."""
         for direction in ("sent", "received", "dropped"):
-            self.raft_messages.labels(direction).set_function(
-                lambda d=direction: getattr(stats, f"{d}_messages"))
-            self.raft_bytes.labels(direction).set_function(lambda d=direction: getattr(stats, f"{d}_bytes"))
-        self.raft_refusals.labels("this_broker").set_function(lambda: getattr(stats, "refused_streams"))
-        self.raft_refusals.labels("peers").set_function(lambda: getattr(stats, "refused_by_peers"))
+            self.raft_messages.labels(direction).set_function(partial(getattr, stats, f"{direction}_messages"))
+            self.raft_bytes.labels(direction).set_function(partial(getattr, stats, f"{direction}_bytes"))
+        self.raft_refusals.labels("this_broker").set_function(lambda: stats.refused_streams)
+        self.raft_refusals.labels("peers").set_function(lambda: stats.refused_by_peers)
 
     def watch_state_machines(self, stats: StateMachineStats) -> None:
         """Export the internal state machines' counters (read when scraped)."""
         for machine in ("metadata", "groups"):
-            self.state_machine_skipped.labels(machine).set_function(lambda m=machine: stats.skipped[m])
+            self.state_machine_skipped.labels(machine).set_function(partial(stats.skipped.__getitem__, machine))
             self.state_machine_snapshots.labels(machine, "taken").set_function(
-                lambda m=machine: stats.snapshots_taken[m])
+                partial(stats.snapshots_taken.__getitem__, machine))
             self.state_machine_snapshots.labels(machine, "restored").set_function(
-                lambda m=machine: stats.snapshots_restored[m])
+                partial(stats.snapshots_restored.__getitem__, machine))
 
     def serve(self, host: str, port: int) -> None:
         """Serve /metrics from a daemon thread."""

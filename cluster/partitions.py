@@ -51,7 +51,7 @@ def open_replica(store: LogStore, driver: MultiRaft, group_id: str, voters: tupl
     storage = (PartitionStorage.bootstrap(entry_log, ConfState(voters=tuple(sorted(voters)))) if founded
                else PartitionStorage(entry_log))
     replica = RaftReplica(group_id, entry_log.log, storage, driver, config,
-                          address_of, **options)  # type: ignore[arg-type]
+                          address_of, **options)  # type: ignore[arg-type]  # options: RaftReplica's keywords
     return replica, founded
 
 

@@ -13,9 +13,10 @@ Invariants:
 - a batch is recorded only once it is in the log (proposed by this leader, or committed);
 - the leader's verdict depends only on what is in its log, so it is the same after a failover;
 - memory is bounded: `CACHED_BATCHES` per producer and `MAX_PRODUCERS` per partition (least
-  recently written evicted), and so is the history read back. A forgotten producer gets UNKNOWN_PRODUCER_ID for a non-zero sequence,
-  which writes nothing: the client starts a new producer id. The one case this cannot cover is a
-  retry of a producer's very first batch after the producer was forgotten.
+  recently written evicted), and so is the history read back. A forgotten producer gets
+  UNKNOWN_PRODUCER_ID for a non-zero sequence, which writes nothing: the client starts a new
+  producer id. The one case this cannot cover is a retry of a producer's very first batch after
+  the producer was forgotten.
 """
 
 from __future__ import annotations

@@ -173,7 +173,7 @@ def conf_change_pending(replica: RaftReplica) -> bool:
     return node.conf_state != node.conf_state_at(node.commit_index)
 
 
-def phase(me: int, target: tuple[int, ...], voters: set[int], learners: set[int]) -> int:
+def phase(me: int, target: tuple[int, ...], voters: set[int], learners: set[int]) -> api_pb2.MovePhase:
     """Where the move stands, as `next_move_step` would continue it."""
     wanted = set(target)
     if not wanted <= voters:

@@ -37,7 +37,6 @@ import json
 from collections import Counter, deque
 from collections.abc import Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass
-from typing import Any
 
 from raftka.cluster.placement import BrokerSlot
 from raftka.errors import InvalidReplicationFactorError, InvalidRequestError

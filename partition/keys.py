@@ -42,7 +42,9 @@ max_timestamp >= t" one seek, and lets truncation and retention drop them with r
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from struct import Struct
+from typing import Any, cast
 
 STORE_VERSION = 1
 
@@ -70,6 +72,17 @@ STORE_PREFIX = _ID.pack(0)
 STORE_VERSION_KEY = STORE_PREFIX + bytes([STORE_META])
 CATALOG_PREFIX = STORE_PREFIX + bytes([CATALOG])
 CATALOG_END = STORE_PREFIX + bytes([CATALOG + 1])
+
+
+def bytes_keys(iterator: Iterator[Any]) -> Iterator[bytes]:
+    """A RocksDB key iterator of this store, typed as what it yields: rocksdict types keys as any
+    picklable value, but every key this layout writes is bytes."""
+    return cast(Iterator[bytes], iterator)
+
+
+def bytes_items(iterator: Iterator[Any]) -> Iterator[tuple[bytes, bytes]]:
+    """A RocksDB (key, value) iterator of this store: both are always bytes here (see bytes_keys)."""
+    return cast(Iterator[tuple[bytes, bytes]], iterator)
 
 
 def catalog_key(name: str) -> bytes:

@@ -183,6 +183,7 @@ class PartitionLog:
                 segment = _Segment(base, 0, _NO_TIMESTAMP, now)
                 self._segments.append(segment)
                 self._roll_next = False
+            assert segment is not None, "roll is set whenever there is no segment"
             wb.put(self._keys.batch(base), stamped)
             if max_ts > segment.max_ts:
                 segment.max_ts = max_ts
@@ -205,7 +206,8 @@ class PartitionLog:
         first = self._batch_key_at_or_before(offset)
         options = ReadOptions()
         options.set_iterate_upper_bound(self._keys.batch(bound))
-        parts, total = [], 0
+        parts: list[bytes] = []
+        total = 0
         for value in self._db.values(from_key=first, read_opt=options):
             if parts and total + len(value) > max_bytes:
                 break
@@ -376,17 +378,17 @@ class PartitionLog:
         options = ReadOptions()
         options.set_iterate_upper_bound(self._keys.segment_end)
         segments = [_Segment(keys.offset_of(k), *keys.unpack_segment(v))
-                    for k, v in self._db.items(from_key=self._keys.segment_prefix, read_opt=options)]
+                    for k, v in keys.bytes_items(self._db.items(from_key=self._keys.segment_prefix, read_opt=options))]
         return keys.unpack_meta(meta), segments
 
     def _load_end(self) -> int:
-        last = next(self._db.items(backwards=True, from_key=self._keys.batch(keys.MAX_U64)), None)
+        last = next(keys.bytes_items(self._db.items(backwards=True, from_key=self._keys.batch(keys.MAX_U64))), None)
         if last is None or not last[0].startswith(self._keys.batch_prefix):
             return self._start
         return read_header(last[1], verify_crc=False).next_offset
 
     def _batch_key_at_or_before(self, offset: int) -> bytes:
-        found = next(self._db.keys(backwards=True, from_key=self._keys.batch(offset)), None)
+        found = next(keys.bytes_keys(self._db.keys(backwards=True, from_key=self._keys.batch(offset))), None)
         if found is None or not found.startswith(self._keys.batch_prefix):
             raise LogError(f"log {self.name}: no batch at or before durable offset {offset}")
         return found
@@ -397,7 +399,8 @@ class PartitionLog:
         durable_below = min(offset, self._durable_end)
         if segment.base < durable_below:
             prefix = self._keys.time_segment(segment.base)
-            for key, value in self._db.items(backwards=True, from_key=self._keys.time_segment(segment.base + 1)):
+            newest_first = self._db.items(backwards=True, from_key=self._keys.time_segment(segment.base + 1))
+            for key, value in keys.bytes_items(newest_first):
                 if not key.startswith(prefix):
                     break
                 if keys.offset_of(value) < durable_below:

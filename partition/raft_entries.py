@@ -45,7 +45,7 @@ store, and a leader bug (a badly stamped batch) must be an error, not a dead bro
 from __future__ import annotations
 
 import logging
-from typing import Callable, NamedTuple, Sequence
+from typing import Any, Callable, NamedTuple, Sequence, cast
 
 from rocksdict import ReadOptions, Rdict, WriteBatch
 
@@ -66,7 +66,7 @@ RETAINED_BYTES = 64 * 1024
 
 
 class StoredEntry(NamedTuple):
-    index: int
+    index: int  # type: ignore[assignment]  # shadows tuple.index(), which nothing calls on an entry
     term: int
     type: int
     data: bytes
@@ -82,7 +82,7 @@ class SnapshotRecord(NamedTuple):
     """The latest snapshot: `offset` is the end offset of the records of the entries it covers;
     `conf` and `data` are opaque to this layer. Index 0 means no snapshot yet."""
 
-    index: int
+    index: int  # type: ignore[assignment]  # shadows tuple.index(), which nothing calls on a snapshot
     term: int
     offset: int
     conf: bytes = b""
@@ -120,16 +120,18 @@ class RaftEntryLog:
         self._seq = 0
         raw = db.get(self._keys.hard_state)
         self._hard_state = HardStateRecord(*keys.unpack_hard_state(raw)) if raw else HardStateRecord()
-        first = next(db.keys(from_key=self._keys.entry_prefix), None)
+        first = next(keys.bytes_keys(db.keys(from_key=self._keys.entry_prefix)), None)
         if first is None or not first.startswith(self._keys.entry_prefix):
             self._first, self._last = 1, 0
             with self._staging(self) as wb:
-                self._stage_pointer(wb, 0, _Pointer(NOOP, 0, partition_log.end_offset, partition_log.end_offset, 0, b""))
+                end = partition_log.end_offset
+                self._stage_pointer(wb, 0, _Pointer(NOOP, 0, end, end, 0, b""))
         else:
-            last = next(db.keys(backwards=True, from_key=self._keys.entry(keys.MAX_U64)))
+            last = next(keys.bytes_keys(db.keys(backwards=True, from_key=self._keys.entry(keys.MAX_U64))))
             self._first, self._last = keys.offset_of(first) + 1, keys.offset_of(last)
         raw = db.get(self._keys.snapshot)
-        self._snapshot = SnapshotRecord(*keys.unpack_snapshot(raw)) if raw else SnapshotRecord(0, 0, self.end_offset_at(0))
+        self._snapshot = (SnapshotRecord(*keys.unpack_snapshot(raw)) if raw
+                          else SnapshotRecord(0, 0, self.end_offset_at(0)))
         if self.end_offset_at(self._last) != partition_log.end_offset:
             raise LogError(f"raft log {self.name}: entries end at offset {self.end_offset_at(self._last)} but "
                            f"the record log ends at {partition_log.end_offset}")
@@ -179,12 +181,13 @@ class RaftEntryLog:
         if lo < self._first or hi > self._last + 1:
             raise EntryIndexError(lo, hi, self._first, self._last)
         budget = float("inf") if max_bytes is None else max_bytes
-        total, pointers = 0, []
+        total = 0
+        pointers: list[tuple[int, _Pointer]] = []
         durable_hi = min(hi, self._cache_from)
         if lo < durable_hi:
             options = ReadOptions()
             options.set_iterate_upper_bound(self._keys.entry(durable_hi))
-            for key, value in self._db.items(from_key=self._keys.entry(lo), read_opt=options):
+            for key, value in keys.bytes_items(self._db.items(from_key=self._keys.entry(lo), read_opt=options)):
                 pointer = _unpack(value)
                 total += entry_overhead + pointer.size
                 if total > budget and pointers:
@@ -214,7 +217,8 @@ class RaftEntryLog:
             raise EntryIndexError(lo, hi, self._first, self._last)
         options = ReadOptions()
         options.set_iterate_upper_bound(self._keys.conf_entry(min(hi, self._cache_from)))
-        indexes = [keys.offset_of(k) for k in self._db.keys(from_key=self._keys.conf_entry(lo), read_opt=options)]
+        conf_keys = keys.bytes_keys(self._db.keys(from_key=self._keys.conf_entry(lo), read_opt=options))
+        indexes = [keys.offset_of(k) for k in conf_keys]
         indexes += [i for i in range(max(lo, self._cache_from), hi) if self._pointer(i).type == CONF_CHANGE]
         return [StoredEntry(i, p.term, p.type, p.inline) for i, p in ((i, self._pointer(i)) for i in indexes)]
 
@@ -386,7 +390,8 @@ class RaftEntryLog:
 
     def _with_batches(self, pointers: list[tuple[int, _Pointer]]) -> list[StoredEntry]:
         batch_keys = [self._keys.batch(p.base) for _, p in pointers if p.type == RECORDS]
-        batches = iter(self._db.get(batch_keys) if batch_keys else ())
+        # rocksdict types a multi-get as taking and returning any picklable values; here all are bytes.
+        batches = iter(cast(list[bytes], self._db.get(cast(list[Any], batch_keys))) if batch_keys else ())
         out = []
         for index, p in pointers:
             data = next(batches) if p.type == RECORDS else p.inline

@@ -8,9 +8,9 @@ describes it.
 
 Threading: logs are mutated on one thread (the broker's event loop); `flush()` may run on any thread.
 Staging and the swap of the pending batch happen under one lock; the RocksDB write happens outside
-it, so a flush on a worker would not stop appends being staged during the fsync. Flushes are serialised. The lock is reentrant so
-that a composite operation (a Raft append: record batch plus entry pointer) can nest the stagings
-of its parts and still land in one flush, never split across two.
+it, so a flush on a worker would not stop appends being staged during the fsync. Flushes are
+serialised. The lock is reentrant so that a composite operation (a Raft append: record batch plus
+entry pointer) can nest the stagings of its parts and still land in one flush, never split across two.
 
 Invariant: a log's durable_end_offset only covers data whose write returned from a flush; if a write
 fails, the store refuses all further work (what was staged is in doubt, as with any failed fsync).
@@ -194,7 +194,7 @@ class LogStore:
         options.set_iterate_upper_bound(keys.CATALOG_END)
         prefix = len(keys.CATALOG_PREFIX)
         return {key[prefix:].decode(): keys.unpack_id(value)
-                for key, value in self._db.items(from_key=keys.CATALOG_PREFIX, read_opt=options)}
+                for key, value in keys.bytes_items(self._db.items(from_key=keys.CATALOG_PREFIX, read_opt=options))}
 
 
 class _Staging:

@@ -53,7 +53,7 @@ def message_size(message: Message) -> int:
 
 def fill_proto(pb: raft_pb2.RaftMessage, message: Message) -> None:
     """Write ``message`` into an empty ``pb`` (e.g. one just added to a batch's repeated field)."""
-    pb.type = message.type
+    pb.type = message.type  # type: ignore[assignment]  # MessageType mirrors raft.proto's enum value for value
     pb.src = message.src
     pb.dst = message.dst
     pb.term = message.term

@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import math
 import os
@@ -296,7 +297,7 @@ class MultiRaft:
                     if self._dirty:
                         await self._round()
                 except Exception as exc:  # noqa: BLE001 - groups' own failures never get here
-                    self._stop_fatally(exc.__cause__ if isinstance(exc, _DriverFailed) else exc)
+                    self._stop_fatally((exc.__cause__ or exc) if isinstance(exc, _DriverFailed) else exc)
                     return
         finally:
             ticker.cancel()
@@ -308,7 +309,7 @@ class MultiRaft:
     def _tick(self) -> None:
         now = time.monotonic()
         for group_id, throttle in list(self._throttles.items()):
-            throttle.flush(now, lambda message, g=group_id: self._transport.send(g, message))
+            throttle.flush(now, functools.partial(self._transport.send, group_id))
             self._hold(self._groups[group_id], throttle)
         for group_id, group in list(self._groups.items()):
             node = group.node
@@ -342,14 +343,14 @@ class MultiRaft:
                 continue
             try:
                 self._persist(group, ready)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001 - see the failure contract
                 self._fail(group, "storage", exc)
                 continue
             readies.append((group, node, ready))
         if not readies:
             return
         self.rounds += 1
-        for group, node, ready in readies:
+        for group, _, ready in readies:
             self._send(group, ready.early_messages)
         if any(ready.must_sync for _, _, ready in readies):
             try:
@@ -369,7 +370,7 @@ class MultiRaft:
                     group.restore(ready.snapshot)
                 if ready.committed_entries:
                     group.apply(ready.committed_entries)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001 - see the failure contract
                 self._fail(group, "apply", exc)
                 continue
             if ready.snapshot is not None:
@@ -383,7 +384,7 @@ class MultiRaft:
                     future.set_result(read.index)
             try:
                 node.advance(ready)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001 - see the failure contract
                 self._fail(group, "core", exc)
                 continue
             self._drop_stale_proposals(group)
@@ -440,7 +441,7 @@ class MultiRaft:
                     self._transport.send(group.group_id, message)
             if throttle is not None:
                 self._hold(group, throttle)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - see the failure contract
             self._fail(group, "send", exc)
 
     @staticmethod

@@ -162,7 +162,8 @@ class RaftLog:
             index -= 1
         return 0, 0
 
-    def maybe_append(self, index: int, log_term: int, committed: int, entries: list[Entry]) -> tuple[int, list[Entry]] | None:
+    def maybe_append(self, index: int, log_term: int, committed: int,
+                     entries: list[Entry]) -> tuple[int, list[Entry]] | None:
         """Follower side of AppendEntries.
 
         If our log has (``index``, ``log_term``), keep every matching entry, overwrite from the first

@@ -78,7 +78,8 @@ class SafetyChecker:
 
     def on_commit_persisted(self, node: SimNode, term: int, commit: int) -> None:
         if commit > self.max_committed:
-            if self.max_committed >= node.chain_off and node.chain_at(self.max_committed) != self.canon[self.max_committed][1]:
+            if (self.max_committed >= node.chain_off
+                    and node.chain_at(self.max_committed) != self.canon[self.max_committed][1]):
                 self.fail(f"node {node.id} committed {commit} on a log that disagrees at {self.max_committed}")
             for i in range(max(self.max_committed, node.chain_off) + 1, commit + 1):
                 self.canon[i] = (node.storage.term(i), node.chain_at(i))
@@ -192,7 +193,8 @@ class SimNode:
         self.early_sent = True
         return self.pending.early_messages
 
-    def complete_ready(self, checker: SafetyChecker, on_apply: Callable[[SimNode, Entry], None] | None = None) -> tuple[Message, ...]:
+    def complete_ready(self, checker: SafetyChecker,
+                       on_apply: Callable[[SimNode, Entry], None] | None = None) -> tuple[Message, ...]:
         """Persist the pending Ready, then apply it and advance; returns the messages to send
         (its early ones first, unless ``send_early`` already returned them)."""
         assert self.core is not None and self.pending is not None

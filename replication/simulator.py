@@ -292,7 +292,8 @@ class Simulation:
 
     def _client(self) -> None:
         leader = self._leader()
-        if self.healed and leader is not None and leader.core is not None and leader.core.term not in self._probed_terms:
+        if (self.healed and leader is not None and leader.core is not None
+                and leader.core.term not in self._probed_terms):
             try:
                 index = leader.core.propose(PROBE + b"-%d" % self.now)
                 self._probed_terms.add(leader.core.term)

@@ -84,7 +84,8 @@ class StreamEndedError(TransportError):
     """A peer refused, closed or broke our connection; ``refusal`` is its refusal reason, if any."""
 
     def __init__(self, peer_id: int, reason: str, refusal: str | None = None) -> None:
-        super().__init__(f"connection to broker {peer_id} ended: {reason}" + (f" (refused: {refusal})" if refusal else ""))
+        super().__init__(f"connection to broker {peer_id} ended: {reason}"
+                         + (f" (refused: {refusal})" if refusal else ""))
         self.refusal = refusal
 
 
@@ -328,7 +329,7 @@ class RaftTransport:
             except (OSError, asyncio.IncompleteReadError, DecodeError, FrameTooLargeError) as exc:
                 log.warning("raft transport: connection to broker %d failed: %s: %s", peer.id,
                             type(exc).__name__, exc)
-            except Exception:  # noqa: BLE001 - a dead peer task would cut this broker pair off for good
+            except Exception:
                 log.exception("raft transport: connection to broker %d failed unexpectedly", peer.id)
             peer.state = PeerState.DOWN
             self._drop_queue(peer)
@@ -346,7 +347,8 @@ class RaftTransport:
                 host, port = parse_host_port(await self._resolve(peer.id, peer.address))
                 reader, writer = await asyncio.open_connection(host, port)
         except TimeoutError:
-            raise StreamEndedError(peer.id, f"{peer.address} did not accept a connection within {timeout:.1f} s") from None
+            raise StreamEndedError(peer.id,
+                                   f"{peer.address} did not accept a connection within {timeout:.1f} s") from None
         try:
             self._tune(writer)
             link = _Link(writer)
@@ -378,7 +380,8 @@ class RaftTransport:
                 await peer.wakeup.wait()
             if watcher.done():
                 raise StreamEndedError(peer.id, watcher.result())
-            items, size = [], 0
+            items: list[tuple[str, Message]] = []
+            size = 0
             while peer.queue and (not items or size + peer.queue[0][2] <= cap):
                 group, message, n = peer.queue.popleft()
                 items.append((group, message))
@@ -400,7 +403,8 @@ class RaftTransport:
     async def _ask_endpoint(self, peer_id: int, address: str) -> str:
         request = raft_pb2.EndpointRequest(cluster_id=self.cluster_id, from_broker=self.broker_id, to_broker=peer_id)
         async with grpc.aio.insecure_channel(address) as channel:
-            endpoint = channel.unary_unary(ENDPOINT_METHOD, request_serializer=raft_pb2.EndpointRequest.SerializeToString,
+            endpoint = channel.unary_unary(ENDPOINT_METHOD,
+                                           request_serializer=raft_pb2.EndpointRequest.SerializeToString,
                                            response_deserializer=raft_pb2.EndpointResponse.FromString)
             try:
                 response = await endpoint(request)
@@ -435,7 +439,8 @@ class RaftTransport:
         reason = ""
         try:
             while not reason:
-                done, _ = await asyncio.wait({acks}, timeout=max(0.0, link.heard + interval - loop.time()))
+                ready, _ = await asyncio.wait({acks}, timeout=max(0.0, link.heard + interval - loop.time()))
+                done = bool(ready)
                 if not done and loop.time() - link.heard >= interval:
                     done, reason = await self._await_answer(acks, link, ping)
                 if done:
@@ -504,7 +509,8 @@ class RaftTransport:
                 async with asyncio.timeout(self.options.connect_timeout_s):
                     payload = await _read_frame(reader, MAX_HELLO_BYTES)
             except TimeoutError:
-                raise _Refused(Refusal.MALFORMED, f"no first batch within {self.options.connect_timeout_s:.1f} s") from None
+                raise _Refused(Refusal.MALFORMED,
+                               f"no first batch within {self.options.connect_timeout_s:.1f} s") from None
             except FrameTooLargeError as exc:
                 raise _Refused(Refusal.MALFORMED, f"first batch: {exc}") from None
             while True:

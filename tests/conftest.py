@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import threading
@@ -131,13 +132,13 @@ class AckRecorder:
             return list(self.acknowledged)
 
     def _produce(self, worker: int) -> None:
-        producer = Producer(self._bootstrap, **self._options)  # type: ignore[arg-type]
+        producer = Producer(self._bootstrap, **self._options)
         i = 0
         while not self._stop.is_set():
             value = f"w{worker}-{i}".encode()
             i += 1
 
-            def record(future, value: bytes = value, sent: float = time.monotonic()) -> None:  # type: ignore[no-untyped-def]
+            def record(future, value: bytes = value, sent: float = time.monotonic()) -> None:
                 error = future.exception()
                 with self._lock:
                     if error is None:
@@ -154,10 +155,8 @@ class AckRecorder:
                 break
             if i % 100 == 0:
                 time.sleep(self._pace_s)
-        try:
+        with contextlib.suppress(RaftkaError):
             producer.close(timeout=60)
-        except RaftkaError:
-            pass
 
 
 def lost(acknowledged: list[tuple[int, int, bytes]], found: dict[int, list[Record]]) -> list[tuple[int, int, bytes]]:
@@ -248,20 +247,6 @@ def exactly_once_in_order(acknowledged: list[tuple[int, int, bytes]], found: dic
 def exactly_once_fixture() -> Callable[..., None]:
     """`exactly_once(acknowledged, found)`: see `exactly_once_in_order`."""
     return exactly_once_in_order
-
-
-def wait_until(condition: Callable[[], bool], what: str, timeout_s: float = 60) -> None:
-    """Poll `condition` until it holds; fail naming `what` after `timeout_s`."""
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting until {what}"
-        time.sleep(0.1)
-
-
-@pytest.fixture(name="wait_for")
-def wait_for_fixture() -> Callable[..., None]:
-    """`wait_for(condition, what, timeout_s=60)`: poll until `condition()` holds."""
-    return wait_until
 
 
 def registered_incarnations(asked: LocalBroker) -> dict[int, str]:

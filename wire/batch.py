@@ -58,7 +58,7 @@ from functools import lru_cache
 from itertools import accumulate, chain, repeat
 from struct import Struct
 from struct import error as StructError
-from typing import Any, NamedTuple, Sequence
+from typing import Any, NamedTuple, Sequence, cast
 
 import crc32c
 import lz4.frame
@@ -312,7 +312,7 @@ def _lengths(items: Sequence[bytes | None]) -> list[int]:
 def _concat(items: Sequence[bytes | None]) -> bytes:
     if None in items:
         return b"".join([item for item in items if item is not None])
-    return b"".join(items)
+    return b"".join(cast(Sequence[bytes], items))
 
 
 def _slice_column(payload: bytes, position: int, lengths: Sequence[int]) -> tuple[list[bytes | None], int]:

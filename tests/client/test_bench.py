@@ -29,6 +29,6 @@ def test_quick_bench_writes_one_json_line_per_measurement(tmp_path: Path) -> Non
     assert "WORKLOAD" in completed.stdout, "a readable table is printed too"
 
 
-def test_an_impossible_broker_count_is_refused(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_an_impossible_broker_count_is_refused(tmp_path: Path, capsys) -> None:
     assert main(["--brokers", "0", "--output", str(tmp_path / "out.json")]) == 2
     assert "--brokers must be between 1 and 9" in capsys.readouterr().err

@@ -9,12 +9,14 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from pathlib import Path
 
 import pytest
 
 from raftka import __version__ as raftka_version
+from raftka.proto import api_pb2
+from raftka.wire.batch import encode_batch
 
 RAFTKA = [sys.executable, "-m", "raftka"]
 
@@ -91,6 +93,7 @@ def test_raftka_local_starts_a_cluster_users_can_produce_to(tmp_path: Path, free
     port = free_port()
     local = subprocess.Popen([*RAFTKA, "local", "--data-dir", str(tmp_path / "data"), "--base-port", str(port)],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert local.stdout is not None
     try:
         bootstrap = None
         deadline = time.monotonic() + 60
@@ -199,7 +202,7 @@ def test_headers_keys_and_where_consuming_starts(cli_env) -> None:
     old = raftka("produce", "hdr", "--key", "fixed", "--header", "trace=1", "--header", "trace=2",
                  "--header", "kind=old", env=cli_env, stdin="first\n")
     assert old.returncode == 0, old.stderr
-    cut = datetime.now(timezone.utc)
+    cut = datetime.now(UTC)
     time.sleep(0.05)
     assert raftka("produce", "hdr", "--header", "kind=new", env=cli_env, stdin="second\n").returncode == 0
     [first] = [json.loads(line) for line in raftka("consume", "hdr", "--offset", "start", "--max-messages", "1",
@@ -257,3 +260,14 @@ def test_broker_id_from_a_stateful_set_host_name() -> None:
     assert id_from_hostname("broker7", 0) == 7
     with pytest.raises(ValueError, match="does not end in a number"):
         id_from_hostname("raftka-a", 1)
+
+
+def test_a_null_header_value_prints_as_empty(cli_env, stubs) -> None:
+    """Another client may write a header with a null value (the Raftka producer never does)."""
+    broker_stub, _ = stubs
+    assert raftka("topic", "create", "nulls", env=cli_env).returncode == 0
+    batch = encode_batch([(None, b"v", [("trace", None), ("kind", b"x")], 1_700_000_000_000)])
+    broker_stub.Produce(api_pb2.ProduceRequest(topic="nulls", partition=0, batches=batch), timeout=10)
+    text = raftka("consume", "nulls", "--offset", "start", "--max-messages", "1", "--print-headers", env=cli_env)
+    assert text.returncode == 0, text.stderr
+    assert text.stdout == "trace=,kind=x\tv\n"

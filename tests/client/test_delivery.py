@@ -27,6 +27,7 @@ import pytest
 from raftka import Admin, Consumer, Producer, Record, TopicPartition
 from raftka.aio import AIOConsumer
 from raftka.errors import UnknownGroupError
+from waiting import wait_until
 
 TOPIC = "jobs"
 GROUP = "crew"
@@ -37,13 +38,6 @@ Ids = set[tuple[int, int]]
 
 class HandlerFailed(Exception):
     """What the application's handler raises for the record it cannot process."""
-
-
-def wait_until(condition: Callable[[], bool], what: str, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def produce(bootstrap: str, count: int, start: int = 0) -> Ids:
@@ -135,16 +129,16 @@ def test_leaving_the_loop_commits_only_the_finished_records(broker, how: str) ->
     produced = topic_with_records(broker.address)
     finished: list[tuple[int, int]] = []
     options: dict[str, Any] = {}
+    consumer: Consumer
     if "on_revoked" in how:
         options = {"enable_auto_commit": False, "on_revoked": lambda tps: consumer.commit()}
-    with leaving(how):
-        with member(broker.address, **options) as consumer:
-            for record in consumer:
-                if len(finished) == 40:
-                    if how == "break":
-                        break
-                    raise HandlerFailed(record)
-                finished.append((record.partition, record.offset))
+    with leaving(how), member(broker.address, **options) as consumer:
+        for record in consumer:
+            if len(finished) == 40:
+                if how == "break":
+                    break
+                raise HandlerFailed(record)
+            finished.append((record.partition, record.offset))
     assert_the_next_member_gets_the_rest(broker.address, produced, finished)
 
 
@@ -169,7 +163,8 @@ def test_pause_and_seek_while_iterating_keep_each_partition_in_order(broker) -> 
             if paused is None and len(seen) == 10:
                 paused = tp
                 consumer.pause(tp)
-            elif paused in consumer.paused() and {(p, o) for p, o in produced if p != paused.partition} <= set(seen):
+            elif (paused is not None and paused in consumer.paused()
+                  and {(p, o) for p, o in produced if p != paused.partition} <= set(seen)):
                 consumer.resume(paused)
             if set(seen) == produced:
                 break
@@ -390,8 +385,10 @@ def test_a_cli_consumer_stopped_by_a_signal_commits_what_it_printed_and_leaves_a
     reading = threading.Event()
     reading.set()
 
+    stdout = cli.stdout
+
     def read() -> None:
-        for line in cli.stdout:
+        for line in stdout:
             reading.wait()
             record = json.loads(line)
             printed.append((record["partition"], record["offset"]))
@@ -474,7 +471,8 @@ def test_a_member_thawed_past_its_session_hands_out_no_batched_record_of_its_los
         while json.loads(next(lines))["kind"] != "record":
             pass
         thawing.send_signal(signal.SIGSTOP)
-        time.sleep(8)
+        with Admin(broker.address) as admin:
+            wait_until(lambda: not admin.describe_group(GROUP).members, "the frozen member's session expired")
         thawed_at = time.monotonic()
         thawing.send_signal(signal.SIGCONT)
         after = []

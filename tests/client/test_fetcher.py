@@ -209,18 +209,21 @@ def test_a_consumer_that_stops_polling_is_sent_at_most_one_answer_beyond_its_pre
 
 
 def test_a_paused_partition_is_no_longer_followed(broker) -> None:
+    """A marker written to a followed partition after the paused one's records comes back on the same
+    followed fetch: once it has, those records would have come too, had the pause not stopped them."""
     with Admin(broker.address) as admin:
-        admin.create_topic("paused-follow")
-    tp = TopicPartition("paused-follow", 0)
+        admin.create_topic("paused-follow", partitions=2)
+    tp, followed = TopicPartition("paused-follow", 0), TopicPartition("paused-follow", 1)
     consumer = Consumer(broker.address, auto_offset_reset="earliest")
-    consumer.assign([tp])
+    consumer.assign([tp, followed])
     assert consumer.poll(timeout_ms=300) == []
     consumer.pause(tp)
     before = fetched_bytes(broker)
     with Producer(broker.address, linger_ms=0) as producer:
         for i in range(50):
             producer.send("paused-follow", f"{i:04}".encode() * 250, partition=0).result(timeout=30)
-    time.sleep(1)
+        producer.send("paused-follow", b"marker", partition=1).result(timeout=30)
+    assert [r.value for r in poll_until(consumer, 1)] == [b"marker"]
     assert fetched_bytes(broker) - before < 10_000, "the broker went on sending the paused partition's records"
     consumer.resume(tp)
     assert [r.value[:4] for r in poll_until(consumer, 50)] == [f"{i:04}".encode() for i in range(50)]

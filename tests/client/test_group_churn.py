@@ -328,7 +328,7 @@ def _first_line_after(member: Member, moment: float) -> float:
                  and line.keys() & {"commit", "commit_failed", "revoked", "assigned"}), float("inf"))
 
 
-def run_churn(start_cluster, ack_recorder, seed: int, steps: int, request) -> None:  # type: ignore[no-untyped-def]
+def run_churn(start_cluster, ack_recorder, seed: int, steps: int, request) -> None:
     replay = f"{SEED_ENV}={seed} scripts/test '{request.node.nodeid}'" + (" -m slow" if "slow" in request.keywords
                                                                            else "")
     print(f"churn seed {seed}, {steps} steps; replay: {replay}")

@@ -16,6 +16,7 @@ import pytest
 from raftka import Admin, Consumer, Producer, TopicPartition
 from raftka.cluster.coordinator import group_partition
 from raftka.errors import UnknownGroupError
+from waiting import wait_until
 
 WORKER = Path(__file__).with_name("group_worker.py")
 
@@ -84,14 +85,7 @@ def produce(bootstrap: str, topic: str, count: int, start: int = 0) -> list[tupl
     return acked
 
 
-def wait_until(condition, timeout_s: float = 60, what: str = "condition") -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
-
-
-def poll_until(consumers, condition, what: str) -> None:  # type: ignore[no-untyped-def]
+def poll_until(consumers, condition, what: str) -> None:
     """Keep every consumer polling (a group member must, to stay in and to apply its assignment)
     until `condition()` holds."""
     wait_until(lambda: all(c.poll(timeout_ms=100) is not None for c in consumers) and condition(), what=what)
@@ -144,9 +138,9 @@ def test_members_come_and_go_and_a_killed_one_loses_nothing(start_cluster) -> No
         assert offset >= victim_commits.get(partition, 0), f"{partition}/{offset} was committed, then redelivered"
 
 
-def drain_group(consumer: Consumer, until: int, timeout_s: float = 60) -> list:  # type: ignore[type-arg]
+def drain_group(consumer: Consumer, until: int, timeout_s: float = 60) -> list:
     """Poll until `until` records arrived (and return them)."""
-    records: list = []  # type: ignore[type-arg]
+    records: list = []
     deadline = time.monotonic() + timeout_s
     while len(records) < until:
         assert time.monotonic() < deadline, f"only {len(records)} of {until} records arrived"
@@ -239,7 +233,7 @@ def test_pattern_subscriptions_follow_new_topics_and_static_members_come_back(st
     options = dict(group_id="pods", topics=["logs-web"], group_instance_id="pod-0", session_timeout_ms=10_000)
     other = Consumer(broker.address, group_id="pods", topics=["logs-web"], group_instance_id="pod-1",
                      session_timeout_ms=10_000)
-    pod = Consumer(broker.address, **options)  # type: ignore[arg-type]
+    pod = Consumer(broker.address, **options)
     try:
         poll_until([pod, other], lambda: len(pod.assignment()) == 1 and len(other.assignment()) == 1,
                    "an even split")
@@ -248,7 +242,7 @@ def test_pattern_subscriptions_follow_new_topics_and_static_members_come_back(st
         for _ in range(10):
             other.poll(timeout_ms=100)
         assert len(other.assignment()) == 1, "a static member's partition waits for it"
-        pod = Consumer(broker.address, **options)  # type: ignore[arg-type]
+        pod = Consumer(broker.address, **options)
         poll_until([pod], lambda: pod.assignment() == before, "the restarted static member to get its partition back")
     finally:
         pod.close()
@@ -261,8 +255,10 @@ def test_cli_consumes_as_a_group_and_describes_its_lag(start_cluster) -> None:
         admin.create_topic("cli-events", partitions=2)
     produce(broker.address, "cli-events", 20)
     env = {**os.environ, "RAFTKA_BOOTSTRAP": broker.address}
-    run = lambda *args: subprocess.run([sys.executable, "-m", "raftka", *args], env=env, capture_output=True,  # noqa: E731
-                                       text=True, timeout=120)
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "raftka", *args], env=env, capture_output=True, text=True,
+                              timeout=120)
     consumed = run("consume", "cli-events", "--group", "cli", "--from-beginning", "--max-messages", "20")
     assert consumed.returncode == 0, consumed.stderr
     assert sorted(consumed.stdout.split(), key=int) == [str(i) for i in range(20)]

@@ -23,7 +23,7 @@ def drain(consumer: Consumer, count: int, timeout_s: float = 30) -> list:
 
 
 @pytest.fixture
-def admin(broker):  # type: ignore[no-untyped-def]
+def admin(broker):
     with Admin(broker.address) as client:
         yield client
 
@@ -120,7 +120,7 @@ def test_client_errors_are_typed(broker, admin: Admin) -> None:
         with pytest.raises(UnknownPartitionError):
             producer.send("typed", b"x", partition=2)
         with pytest.raises(TypeError):
-            producer.send("typed", 42)  # type: ignore[arg-type]
+            producer.send("typed", 42)
     with pytest.raises(ClientClosedError):
         producer.send("typed", b"x")
     consumer = Consumer(broker.address)

@@ -14,10 +14,12 @@ README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 
 def block_after(heading: str, language: str) -> str:
     section = README[README.index(heading):]
-    return re.search(rf"```{language}\n(.*?)```", section, re.S).group(1)  # type: ignore[union-attr]
+    block = re.search(rf"```{language}\n(.*?)```", section, re.S)
+    assert block is not None, f"no {language} block after {heading!r}"
+    return block.group(1)
 
 
-def test_the_quickstart_runs_twice(start_cluster) -> None:  # type: ignore[no-untyped-def]
+def test_the_quickstart_runs_twice(start_cluster) -> None:
     brokers = start_cluster(3)
     env = {**os.environ, "RAFTKA_BOOTSTRAP": ",".join(b.address for b in brokers),
            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
@@ -33,7 +35,7 @@ def test_the_quickstart_runs_twice(start_cluster) -> None:  # type: ignore[no-un
                 assert len(result.stdout.splitlines()) == 3 and result.stdout.startswith("line "), result.stdout
 
 
-def test_the_ten_line_example_runs_twice(broker) -> None:  # type: ignore[no-untyped-def]
+def test_the_ten_line_example_runs_twice(broker) -> None:
     code = block_after("## The Python API in ten lines", "python").replace("127.0.0.1:9092", broker.address)
     for _ in range(2):
         result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

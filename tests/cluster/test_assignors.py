@@ -13,7 +13,7 @@ from raftka.wire.structs import TopicPartition
 
 
 def tps(topic: str, *partitions: int) -> frozenset[TopicPartition]:
-    return frozenset((topic, p) for p in partitions)
+    return frozenset(TopicPartition(topic, p) for p in partitions)
 
 
 def member(member_id: str, topics: str, owned: frozenset[TopicPartition] = frozenset()) -> MemberSpec:
@@ -36,7 +36,7 @@ def groups(draw: st.DrawFn, same_topics: bool = False) -> tuple[list[MemberSpec]
     counts = draw(st.dictionaries(st.sampled_from("abce"), st.integers(0, 8)))
     ids = draw(st.lists(st.text("xyz", min_size=1, max_size=3), unique=True, max_size=6))
     shared = draw(st.frozensets(st.sampled_from("abcd")))
-    owned = st.frozensets(st.tuples(st.sampled_from("abcde"), st.integers(-1, 9)), max_size=10)
+    owned = st.frozensets(st.builds(TopicPartition, st.sampled_from("abcde"), st.integers(-1, 9)), max_size=10)
     return [MemberSpec(m, shared if same_topics else draw(st.frozensets(st.sampled_from("abcd"))), draw(owned))
             for m in ids], counts
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -30,7 +31,7 @@ def test_bad_peers_are_refused_with_the_reason(text: str, fragment: str) -> None
 
 
 def test_broker_config_checks() -> None:
-    base = dict(listen="127.0.0.1:9092", data_dir=Path("/tmp/x"))
+    base: dict[str, Any] = dict(listen="127.0.0.1:9092", data_dir=Path("/tmp/x"))
     with pytest.raises(ValueError, match="broker id must be >= 1"):
         BrokerConfig(broker_id=0, **base).validate()
     with pytest.raises(ValueError, match="does not name this broker"):

@@ -12,16 +12,16 @@ import grpc
 import pytest
 
 from raftka import Admin, Producer
-from raftka.client.local import LocalBroker
 from raftka.errors import InvalidReplicationFactorError, InvalidRequestError
 from raftka.proto import api_pb2, api_pb2_grpc
+from waiting import wait_until
 
 
 def roles(admin: Admin) -> dict[int, str]:
     return {b.broker_id: b.role for b in admin.describe_cluster()}
 
 
-def test_brokers_join_as_learners_and_take_replicas(start_cluster, joiner, wait_for) -> None:  # type: ignore[no-untyped-def]
+def test_brokers_join_as_learners_and_take_replicas(start_cluster, joiner) -> None:
     founders = start_cluster(3)
     joiners = [joiner(i, founders).spawn() for i in (4, 5)]
     try:
@@ -29,7 +29,7 @@ def test_brokers_join_as_learners_and_take_replicas(start_cluster, joiner, wait_
             broker.wait(30)
         bootstrap = ",".join(b.address for b in founders)
         with Admin(bootstrap) as admin:
-            wait_for(lambda: roles(admin) == {1: "voter", 2: "voter", 3: "voter", 4: "learner", 5: "learner"},
+            wait_until(lambda: roles(admin) == {1: "voter", 2: "voter", 3: "voter", 4: "learner", 5: "learner"},
                      "the joiners are learners of the metadata log")
             status = {b.broker_id: b for b in admin.describe_cluster()}
             assert status[4].address == joiners[0].address and status[5].address == joiners[1].address
@@ -39,17 +39,17 @@ def test_brokers_join_as_learners_and_take_replicas(start_cluster, joiner, wait_
                 assert {b.id: b.address for b in listed} == {b.broker_id: b.address for b in (*founders, *joiners)}
             topic = admin.create_topic("wide", partitions=5, replication_factor=3)
             assert {4, 5} <= {b for p in topic.partitions for b in p.replicas}
-            wait_for(lambda: all(len(p.in_sync_replicas) == 3 for p in admin.describe_topic("wide").partitions),
+            wait_until(lambda: all(len(p.in_sync_replicas) == 3 for p in admin.describe_topic("wide").partitions),
                      "every replica, on the joiners too, is in sync")
     finally:
         for broker in joiners:
             broker.stop()
 
 
-def test_a_broker_back_with_an_empty_data_directory_is_refused(start_cluster, wait_for, registered) -> None:  # type: ignore[no-untyped-def]
+def test_a_broker_back_with_an_empty_data_directory_is_refused(start_cluster, registered) -> None:
     brokers = start_cluster(3)
     wiped = brokers[2]
-    wait_for(lambda: 3 in registered(brokers[0]), "broker 3 registered")
+    wait_until(lambda: 3 in registered(brokers[0]), "broker 3 registered")
     assert wiped.stop() == 0
     subprocess.run(["rm", "-rf", str(wiped.data_dir)], check=True)
     wiped.spawn()
@@ -59,10 +59,10 @@ def test_a_broker_back_with_an_empty_data_directory_is_refused(start_cluster, wa
     assert wiped.process.wait(timeout=60) == 2, "a second start is refused too (it founded no metadata log)"
 
 
-def test_a_joiner_back_with_an_empty_data_directory_is_refused(start_cluster, joiner, wait_for, registered) -> None:  # type: ignore[no-untyped-def]
+def test_a_joiner_back_with_an_empty_data_directory_is_refused(start_cluster, joiner, registered) -> None:
     founders = start_cluster(3)
     broker = joiner(4, founders).start(30)
-    wait_for(lambda: 4 in registered(founders[0]), "broker 4 registered")
+    wait_until(lambda: 4 in registered(founders[0]), "broker 4 registered")
     assert broker.stop() == 0
     subprocess.run(["rm", "-rf", str(broker.data_dir)], check=True)
     broker.spawn()
@@ -70,7 +70,7 @@ def test_a_joiner_back_with_an_empty_data_directory_is_refused(start_cluster, jo
     assert "IncarnationMismatch" in broker.log() or "start it with --replace" in broker.log()
 
 
-def test_voters_change_one_at_a_time_while_producing(start_cluster, joiner, wait_for,  # type: ignore[no-untyped-def]
+def test_voters_change_one_at_a_time_while_producing(start_cluster, joiner,
                                                     ack_recorder, consume_all, lost) -> None:
     founders = start_cluster(3)
     fourth = joiner(4, founders).start(30)
@@ -81,7 +81,7 @@ def test_voters_change_one_at_a_time_while_producing(start_cluster, joiner, wait
             producers = ack_recorder(bootstrap, "steady", workers=1, linger_ms=1)
             try:
                 producers.wait_for(200)
-                wait_for(lambda: roles(admin).get(4) == "learner", "broker 4 follows the metadata log")
+                wait_until(lambda: roles(admin).get(4) == "learner", "broker 4 follows the metadata log")
                 assert admin.add_controller(4) == ([1, 2, 3, 4], [])
                 assert admin.remove_controller(1) == ([2, 3, 4], [1])
                 with pytest.raises(InvalidRequestError, match="not a voter"):
@@ -98,13 +98,13 @@ def test_voters_change_one_at_a_time_while_producing(start_cluster, joiner, wait
         fourth.stop()
 
 
-def test_draining_brokers_take_no_new_replicas(start_cluster, joiner, wait_for, registered) -> None:  # type: ignore[no-untyped-def]
+def test_draining_brokers_take_no_new_replicas(start_cluster, joiner, registered) -> None:
     """A decommissioning broker gets no new replica while its replicas move away (throttled here, so
     the moves last); recommissioned, it takes new replicas again and stays registered."""
     founders = start_cluster(3)
     fourth = joiner(4, founders).start(30)
     bootstrap = ",".join(b.address for b in founders)
-    wait_for(lambda: registered(founders[0]) == {1, 2, 3, 4}, "four brokers registered")
+    wait_until(lambda: registered(founders[0]) == {1, 2, 3, 4}, "four brokers registered")
     try:
         with Admin(bootstrap) as admin:
             admin.create_topic("rf3", partitions=4, replication_factor=3)
@@ -121,7 +121,7 @@ def test_draining_brokers_take_no_new_replicas(start_cluster, joiner, wait_for, 
             assert admin.decommission_broker(4, draining=False) == {}
             topic = admin.create_topic("again", partitions=8, replication_factor=3)
             assert 4 in {b for p in topic.partitions for b in p.replicas}
-            wait_for(lambda: not admin.list_reassignments().moves, "the moves off broker 4 completed")
+            wait_until(lambda: not admin.list_reassignments().moves, "the moves off broker 4 completed")
             assert 4 in {b.broker_id for b in admin.describe_cluster()}
         status = subprocess.run([sys.executable, "-m", "raftka", "cluster", "status", "--bootstrap", bootstrap],
                                 capture_output=True, text=True, timeout=60)
@@ -135,7 +135,7 @@ def test_draining_brokers_take_no_new_replicas(start_cluster, joiner, wait_for, 
         fourth.stop()
 
 
-def test_a_rolling_restart_of_five_brokers_surfaces_no_error(start_cluster, joiner,  # type: ignore[no-untyped-def]
+def test_a_rolling_restart_of_five_brokers_surfaces_no_error(start_cluster, joiner,
                                                             ack_recorder, consume_all, exactly_once) -> None:
     """Each broker in turn: SIGTERM (it hands its leaderships off), start, wait until it serves again.
     A producer at about 1,000 records/s with acks=all sees no error; every record is in the log once,

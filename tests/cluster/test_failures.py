@@ -15,7 +15,7 @@ import grpc
 import pytest
 
 from raftka.client.local import LocalBroker
-from raftka.errors import METADATA_CODE
+from raftka.errors import METADATA_CODE, rpc_metadata
 from raftka.proto import api_pb2, api_pb2_grpc
 from raftka.wire.batch import encode_batch
 
@@ -45,7 +45,7 @@ def test_a_storage_failure_stops_one_group_and_the_others_keep_committing(
 
         with pytest.raises(grpc.RpcError) as failed:
             produce(stub, FAILING, b"refused")
-        assert dict(failed.value.trailing_metadata())[METADATA_CODE] == "STORAGE_ERROR"
+        assert rpc_metadata(failed.value)[METADATA_CODE] == "STORAGE_ERROR"
         assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
         assert broker.metric_total('raftka_raft_group_failures_total{stage="storage"}') == 1
 
@@ -59,7 +59,7 @@ def test_a_storage_failure_stops_one_group_and_the_others_keep_committing(
                 response = produce(stub, FAILING, b"after the reopen")
                 break
             except grpc.RpcError as exc:
-                assert dict(exc.trailing_metadata())[METADATA_CODE] in ("STORAGE_ERROR", "NOT_LEADER"), exc
+                assert rpc_metadata(exc)[METADATA_CODE] in ("STORAGE_ERROR", "NOT_LEADER"), exc
                 assert time.monotonic() < deadline, "the failed group was never reopened"
                 time.sleep(0.1)
         assert response.base_offset == 0, "the refused record was never written"
@@ -106,7 +106,7 @@ def test_a_full_disk_stops_the_broker_with_status_1_and_loses_nothing_acknowledg
                     continue
                 acknowledged.append(response.base_offset)
         assert broker.process is not None and broker.process.wait(timeout=30) == 1
-        assert dict(errors[0].trailing_metadata())[METADATA_CODE] == "STORAGE_ERROR", errors[0]
+        assert rpc_metadata(errors[0])[METADATA_CODE] == "STORAGE_ERROR", errors[0]
         assert all(e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED) for e in errors[1:]), \
             "requests that reach a broker on its way out end with the connection"
         assert "broker stopping after a storage failure" in broker.log()

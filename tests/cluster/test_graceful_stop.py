@@ -23,7 +23,7 @@ def health(address: str, service: str = "") -> int | None:
         return None
 
 
-def test_a_broker_is_not_serving_until_its_cluster_has_a_metadata_leader(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_a_broker_is_not_serving_until_its_cluster_has_a_metadata_leader(tmp_path) -> None:
     brokers = plan(3, tmp_path, [free_port() for _ in range(3)])
     first = brokers[0].spawn()
     try:
@@ -46,7 +46,7 @@ def test_a_broker_is_not_serving_until_its_cluster_has_a_metadata_leader(tmp_pat
 
 
 def test_a_stopping_broker_hands_off_leadership_and_producers_see_no_error(
-        start_cluster: Callable[..., list[LocalBroker]], ack_recorder, consume_all, lost) -> None:  # type: ignore[no-untyped-def]
+        start_cluster: Callable[..., list[LocalBroker]], ack_recorder, consume_all, lost) -> None:
     brokers = start_cluster(3)
     bootstrap = ",".join(b.address for b in brokers)
     with Admin(bootstrap) as admin:

@@ -13,7 +13,7 @@ from raftka.cluster.group_log import CommittedOffset, GroupLog, members_command
 from raftka.cluster.group_rules import (Assignment, GroupRules, Heartbeat, OffsetCommit, Topic,
                                         MAX_COMMIT_METADATA, RECONCILING_HEARTBEAT_INTERVAL_MS)
 from raftka.errors import (GroupNotEmptyError, InvalidRequestError, NotPartitionOwnerError, UnknownMemberIdError,
-                           UnknownPartitionError, UnknownTopicError, UnreleasedInstanceIdError)
+                           RaftkaError, UnknownPartitionError, UnknownTopicError, UnreleasedInstanceIdError)
 from raftka.wire.batch import encode_batch
 
 EVENTS = {"events": Topic(6, "events-id")}
@@ -21,7 +21,7 @@ SESSION_MS = 10_000
 
 
 def events(*partitions: int) -> frozenset[TopicPartition]:
-    return frozenset(("events", p) for p in partitions)
+    return frozenset(TopicPartition("events", p) for p in partitions)
 
 
 def check_exclusive(rules: GroupRules) -> None:
@@ -172,7 +172,8 @@ def test_no_partition_is_ever_held_by_two_members_and_every_partition_finds_an_o
             continue
         elif step == "apply":
             if member.pending is not None:
-                member.owned, member.epoch, member.pending = member.pending.partitions, member.pending.member_epoch, None
+                pending = member.pending
+                member.owned, member.epoch, member.pending = pending.partitions, pending.member_epoch, None
         else:
             beat(member, now, topics, step)
         for m in members:
@@ -343,7 +344,7 @@ def test_commits_need_a_member_holding_the_partition_or_an_empty_group() -> None
     rules = new_group()
     topics = {**EVENTS, "audit": Topic(1, "audit-id")}
 
-    def commit(member_id: str, *items: OffsetCommit) -> list[CommittedOffset | Exception]:
+    def commit(member_id: str, *items: OffsetCommit) -> list[CommittedOffset | RaftkaError]:
         return rules.commit(member_id, list(items), topics, 1234)
 
     assert commit("", OffsetCommit("events", 0, 5, "m")) == [CommittedOffset(5, "m", 1234, "events-id")]
@@ -386,7 +387,7 @@ def test_bad_heartbeats_are_refused_and_change_no_membership(fields: dict[str, o
                                                              message: str) -> None:
     rules = new_group()
     with pytest.raises(error, match=message):
-        rules.heartbeat(Heartbeat(**fields), EVENTS, 0.0)  # type: ignore[arg-type]
+        rules.heartbeat(Heartbeat(**fields), EVENTS, 0.0)  # type: ignore[arg-type]  # malformed on purpose
     assert rules.members == {} and rules.epoch == 0
 
 

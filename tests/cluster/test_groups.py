@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import pytest
 
@@ -35,7 +36,7 @@ class Member:
 
 
 @pytest.fixture
-def cluster(start_cluster):  # type: ignore[no-untyped-def]
+def cluster(start_cluster):
     brokers = start_cluster(3, "--offsets-partitions", "3")
     bootstrap = ",".join(b.address for b in brokers)
     with Admin(bootstrap) as admin:
@@ -189,7 +190,7 @@ def test_bad_group_requests_get_precise_errors(cluster) -> None:
     _, bootstrap, conn = cluster
     client = GroupCoordinatorClient(conn, "g7")
 
-    def heartbeat(**fields: object) -> None:
+    def heartbeat(**fields: Any) -> None:
         client.call(lambda stub: stub.Heartbeat, api_pb2.GroupHeartbeatRequest(group_id="g7", **fields))
 
     with pytest.raises(InvalidRequestError, match="pattern"):
@@ -204,9 +205,8 @@ def test_bad_group_requests_get_precise_errors(cluster) -> None:
         GroupCoordinatorClient(conn, "").committed()
     from raftka import Producer
     from raftka.errors import InvalidTopicError
-    with Producer(bootstrap, linger_ms=0) as producer:
-        with pytest.raises(InvalidTopicError, match="internal"):
-            producer.send("__consumer_offsets", b"forged", partition=0).result(timeout=30)
+    with Producer(bootstrap, linger_ms=0) as producer, pytest.raises(InvalidTopicError, match="internal"):
+        producer.send("__consumer_offsets", b"forged", partition=0).result(timeout=30)
 
 
 def test_joins_are_retry_safe_and_a_live_static_id_is_not_taken_over(cluster) -> None:

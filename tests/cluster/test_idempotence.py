@@ -8,7 +8,7 @@ import pytest
 
 from raftka import Admin, Producer
 from raftka.client.connection import ClusterConnection
-from raftka.errors import METADATA_CODE
+from raftka.errors import METADATA_CODE, rpc_metadata
 from raftka.proto import api_pb2, api_pb2_grpc
 from raftka.wire.batch import encode_batch
 
@@ -22,7 +22,7 @@ def produce(address: str, topic: str, batch: bytes) -> api_pb2.ProduceResponse:
 def error_code(address: str, topic: str, batch: bytes) -> str:
     with pytest.raises(grpc.RpcError) as info:
         produce(address, topic, batch)
-    return dict(info.value.trailing_metadata())[METADATA_CODE]
+    return rpc_metadata(info.value)[METADATA_CODE]
 
 
 def idempotent(producer_id: int, sequence: int, *values: bytes) -> bytes:

@@ -128,7 +128,7 @@ class Load:
         n = 0
         next_at = time.monotonic()
         while not self._stop.is_set():
-            def acked(future, n: int = n) -> None:  # type: ignore[no-untyped-def]
+            def acked(future, n: int = n) -> None:
                 now = time.monotonic()
                 with self._lock:
                     if future.exception() is None:

@@ -43,7 +43,7 @@ def test_metrics_count_requests_bytes_and_latency(broker) -> None:
     with Admin(broker.address) as admin:
         admin.create_topic("metered")
     with Producer(broker.address) as producer:
-        for i in range(10):
+        for _ in range(10):
             producer.send("metered", b"x" * 100).result(timeout=10)
     consumer = Consumer(broker.address, auto_offset_reset="earliest")
     consumer.assign([TopicPartition("metered", 0)])

@@ -10,7 +10,7 @@ from raftka.errors import (DuplicateSequenceError, OutOfOrderSequenceError, Prod
 from raftka.wire.batch import encode_batch, read_header, stamp_replicated
 
 
-def header(producer_id: int, sequence: int, count: int = 2, *, base_offset: int = 0, epoch: int = 0):  # type: ignore[no-untyped-def]
+def header(producer_id: int, sequence: int, count: int = 2, *, base_offset: int = 0, epoch: int = 0):
     batch = encode_batch([(None, b"v", (), 0)] * count, producer_id=producer_id, producer_epoch=epoch,
                          base_sequence=sequence)
     return read_header(stamp_replicated(batch, base_offset, 0))

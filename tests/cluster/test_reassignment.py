@@ -18,6 +18,7 @@ from raftka.client.local import LocalBroker
 from raftka.errors import (InvalidReplicaAssignmentError, InvalidReplicationFactorError, InvalidRequestError,
                            ReassignmentInProgressError, StalePlanError)
 from raftka.proto import NO_LEADER, api_pb2, api_pb2_grpc
+from waiting import wait_until
 
 
 def leaders_seen_by(broker: LocalBroker, topic: str) -> dict[int, int]:
@@ -27,7 +28,7 @@ def leaders_seen_by(broker: LocalBroker, topic: str) -> dict[int, int]:
     return {p.partition: p.leader_id for p in response.topics[0].partitions}
 
 
-def test_replace_a_broker_everywhere_while_producing(start_cluster, joiner, wait_for, registered,  # type: ignore[no-untyped-def]
+def test_replace_a_broker_everywhere_while_producing(start_cluster, joiner, registered,
                                                      ack_recorder, consume_all, exactly_once) -> None:
     """Every partition of a topic on {1,2,3} moves from broker 1 to the new broker 4 under a producer
     with acks=all: the producer sees no error, every acknowledged record is read back once and in
@@ -43,7 +44,7 @@ def test_replace_a_broker_everywhere_while_producing(start_cluster, joiner, wait
         try:
             producers.wait_for(300)
             with Admin(bootstrap) as admin:
-                wait_for(lambda: 4 in registered(founders[0]), "broker 4 registered")
+                wait_until(lambda: 4 in registered(founders[0]), "broker 4 registered")
                 before = admin.describe_topic("moving")
                 plan = {TopicPartition("moving", p.partition): [4 if b == 1 else b for b in p.replicas]
                         for p in before.partitions}
@@ -51,7 +52,7 @@ def test_replace_a_broker_everywhere_while_producing(start_cluster, joiner, wait
                 admin.reassign_partitions(plan)
                 with pytest.raises(ReassignmentInProgressError):
                     admin.reassign_partitions({TopicPartition("moving", 0): [1, 2, 3]})
-                wait_for(lambda: not admin.list_reassignments().moves, "every move completed", timeout_s=90)
+                wait_until(lambda: not admin.list_reassignments().moves, "every move completed", timeout_s=90)
                 after = admin.describe_topic("moving")
                 assert {p.partition: list(p.replicas) for p in after.partitions} == {
                     tp.partition: replicas for tp, replicas in plan.items()}
@@ -61,7 +62,7 @@ def test_replace_a_broker_everywhere_while_producing(start_cluster, joiner, wait
         finally:
             acked = producers.stop()
         assert producers.failures == [], producers.failures[:3]
-        wait_for(lambda: set(leaders_seen_by(founders[0], "moving").values()) == {NO_LEADER},
+        wait_until(lambda: set(leaders_seen_by(founders[0], "moving").values()) == {NO_LEADER},
                  "broker 1 dropped its replicas")
         exactly_once(acked, consume_all(bootstrap, "moving", partitions))
         print(f"replaced broker 1 by 4 in {partitions} partitions: {len(acked)} records acknowledged, longest "
@@ -70,10 +71,10 @@ def test_replace_a_broker_everywhere_while_producing(start_cluster, joiner, wait
         fourth.stop()
 
 
-def test_bad_moves_are_refused_and_nothing_moves(start_cluster, wait_for, registered) -> None:  # type: ignore[no-untyped-def]
+def test_bad_moves_are_refused_and_nothing_moves(start_cluster, registered) -> None:
     brokers = start_cluster(3)
     bootstrap = ",".join(b.address for b in brokers)
-    wait_for(lambda: registered(brokers[0]) == {1, 2, 3}, "the brokers registered")
+    wait_until(lambda: registered(brokers[0]) == {1, 2, 3}, "the brokers registered")
     with Admin(bootstrap) as admin:
         admin.create_topic("fixed", partitions=2, replication_factor=2)
         placed = {p.partition: p.replicas for p in admin.describe_topic("fixed").partitions}
@@ -89,7 +90,7 @@ def test_bad_moves_are_refused_and_nothing_moves(start_cluster, wait_for, regist
         assert {p.partition: p.replicas for p in admin.describe_topic("fixed").partitions} == placed
 
 
-def test_cancel_returns_unfinished_moves_to_their_original_replicas(start_cluster, joiner, wait_for, registered,  # type: ignore[no-untyped-def]
+def test_cancel_returns_unfinished_moves_to_their_original_replicas(start_cluster, joiner, registered,
                                                                    consume_all) -> None:
     """With a 512 KiB/s throttle, a small partition finishes its move and two large ones are still
     catching up when the moves are cancelled: the large ones go back to their original replicas with
@@ -111,10 +112,10 @@ def test_cancel_returns_unfinished_moves_to_their_original_replicas(start_cluste
         sent[2] += 1
     try:
         with Admin(bootstrap) as admin:
-            wait_for(lambda: 4 in registered(founders[0]), "broker 4 registered")
+            wait_until(lambda: 4 in registered(founders[0]), "broker 4 registered")
             plan = {TopicPartition("big", p): [4, *replicas[1:]] for p, replicas in original.items()}
             admin.reassign_partitions(plan, throttle_bytes_per_s=512 * 1024)
-            wait_for(lambda: {m.partition for m in admin.list_reassignments().moves} == {0, 1},
+            wait_until(lambda: {m.partition for m in admin.list_reassignments().moves} == {0, 1},
                      "the small partition's move completed")
             moving = admin.list_reassignments().moves
             assert all(m.throttle_bytes_per_s == 512 * 1024 for m in moving)
@@ -122,7 +123,7 @@ def test_cancel_returns_unfinished_moves_to_their_original_replicas(start_cluste
             cancelled = admin.cancel_reassignments()
             assert sorted(tp.partition for tp in cancelled) == [0, 1]
             cancelled_at = time.monotonic()
-            wait_for(lambda: not admin.list_reassignments().moves, "the cancelled moves are undone", timeout_s=30)
+            wait_until(lambda: not admin.list_reassignments().moves, "the cancelled moves are undone", timeout_s=30)
             print(f"cancel undone in {time.monotonic() - cancelled_at:.2f} s")
             now = {p.partition: p.replicas for p in admin.describe_topic("big").partitions}
             assert now == {0: original[0], 1: original[1], 2: tuple(plan[TopicPartition("big", 2)])}
@@ -137,11 +138,11 @@ def raftka(bootstrap: str, *args: str) -> subprocess.CompletedProcess[str]:
                           text=True, timeout=120)
 
 
-def test_the_cli_moves_follows_and_refuses_stale_plans(start_cluster, wait_for, registered,  # type: ignore[no-untyped-def]
+def test_the_cli_moves_follows_and_refuses_stale_plans(start_cluster, registered,
                                                       tmp_path: Path) -> None:
     brokers = start_cluster(3)
     bootstrap = ",".join(b.address for b in brokers)
-    wait_for(lambda: registered(brokers[0]) == {1, 2, 3}, "the brokers registered")
+    wait_until(lambda: registered(brokers[0]) == {1, 2, 3}, "the brokers registered")
     with Admin(bootstrap) as admin:
         admin.create_topic("cli", partitions=2, replication_factor=2)
         placed = {p.partition: list(p.replicas) for p in admin.describe_topic("cli").partitions}
@@ -174,8 +175,8 @@ def test_the_cli_moves_follows_and_refuses_stale_plans(start_cluster, wait_for, 
     assert bad_rate.returncode == 2 and "expected a rate such as 50MB/s" in bad_rate.stderr
 
 
-def test_moves_survive_the_metadata_leader_a_partition_leader_and_the_target_being_killed(  # type: ignore[no-untyped-def]
-        start_cluster, joiner, wait_for, registered, ack_recorder, consume_all, exactly_once, leader_of) -> None:
+def test_moves_survive_the_metadata_leader_a_partition_leader_and_the_target_being_killed(
+        start_cluster, joiner, registered, ack_recorder, consume_all, exactly_once, leader_of) -> None:
     """Broker 2 is replaced by broker 4 in every partition, throttled so the moves last, while the
     metadata leader, a partition leader and broker 4 itself are SIGKILLed and restarted in turn. Every
     move completes; each partition's in-sync replicas are then exactly its recorded replicas, the
@@ -190,7 +191,7 @@ def test_moves_survive_the_metadata_leader_a_partition_leader_and_the_target_bei
             producer.send("faulty", bytes(8192), partition=i % partitions)
     fourth = joiner(4, founders).start(30)
     brokers = [*founders, fourth]
-    wait_for(lambda: 4 in registered(founders[0]), "broker 4 registered")
+    wait_until(lambda: 4 in registered(founders[0]), "broker 4 registered")
     producers = ack_recorder(bootstrap, "faulty", workers=1, pace_s=0.1, keyed=True, linger_ms=1)
     try:
         producers.wait_for(200)
@@ -208,14 +209,14 @@ def test_moves_survive_the_metadata_leader_a_partition_leader_and_the_target_bei
             victim.kill()
             if victim is fourth:
                 with Admin(bootstrap) as admin:
-                    wait_for(lambda: any(4 in m.stalled_on for m in admin.list_reassignments().moves),
+                    wait_until(lambda: any(4 in m.stalled_on for m in admin.list_reassignments().moves),
                              "a move shows it is stalled on broker 4")
             victim.start(60)
             count = len(producers.acknowledged)
             producers.wait_for(count + 50)
         with Admin(bootstrap) as admin:
-            wait_for(lambda: not admin.list_reassignments().moves, "every move completed", timeout_s=120)
-            wait_for(lambda: all(sorted(p.in_sync_replicas) == sorted(plan[TopicPartition("faulty", p.partition)])
+            wait_until(lambda: not admin.list_reassignments().moves, "every move completed", timeout_s=120)
+            wait_until(lambda: all(sorted(p.in_sync_replicas) == sorted(plan[TopicPartition("faulty", p.partition)])
                                  for p in admin.describe_topic("faulty").partitions),
                      "each partition's in-sync replicas are its recorded replicas")
         count = len(producers.acknowledged)
@@ -223,7 +224,7 @@ def test_moves_survive_the_metadata_leader_a_partition_leader_and_the_target_bei
     finally:
         acked = producers.stop()
     assert producers.failures == [], producers.failures[:3]
-    wait_for(lambda: set(leaders_seen_by(founders[1], "faulty").values()) == {NO_LEADER},
+    wait_until(lambda: set(leaders_seen_by(founders[1], "faulty").values()) == {NO_LEADER},
              "broker 2 dropped its replicas")
     exactly_once(acked, {p: [r for r in records if r.key is not None]
                       for p, records in consume_all(bootstrap, "faulty", partitions).items()})
@@ -232,7 +233,7 @@ def test_moves_survive_the_metadata_leader_a_partition_leader_and_the_target_bei
 RESULTS = Path("reassignment-results.json")
 
 
-def _save(name: str, figures: dict) -> None:  # type: ignore[type-arg]
+def _save(name: str, figures: dict[str, object]) -> None:
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     results[name] = figures
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
@@ -245,8 +246,8 @@ def _p99(samples: list[float]) -> float:
 
 
 @pytest.mark.slow
-def test_replace_broker_1_by_4_in_30_partitions_at_1000_records_per_s(  # type: ignore[no-untyped-def]
-        start_cluster, joiner, wait_for, registered, ack_recorder, consume_all, exactly_once) -> None:
+def test_replace_broker_1_by_4_in_30_partitions_at_1000_records_per_s(
+        start_cluster, joiner, registered, ack_recorder, consume_all, exactly_once) -> None:
     """The issue's figure: 30 partitions RF 3 on {1,2,3}, an idempotent producer at about 1,000
     records/s with acks=all, a plan replacing broker 1 by broker 4 everywhere. Writes the produce p99
     before and during the move and the longest per-partition gap between acknowledgements to
@@ -256,8 +257,8 @@ def test_replace_broker_1_by_4_in_30_partitions_at_1000_records_per_s(  # type: 
     partitions = 30
     with Admin(bootstrap) as admin:
         admin.create_topic("thirty", partitions=partitions, replication_factor=3)
-    fourth = joiner(4, founders).start(30)
-    wait_for(lambda: 4 in registered(founders[0]), "broker 4 registered")
+    joiner(4, founders).start(30)
+    wait_until(lambda: 4 in registered(founders[0]), "broker 4 registered")
     producers = ack_recorder(bootstrap, "thirty", workers=1, pace_s=0.1, keyed=True, linger_ms=1)
     try:
         producers.wait_for(5000)
@@ -268,7 +269,7 @@ def test_replace_broker_1_by_4_in_30_partitions_at_1000_records_per_s(  # type: 
             started = time.monotonic()
             during_start = len(producers.latencies)
             admin.reassign_partitions(plan)
-            wait_for(lambda: not admin.list_reassignments().moves, "every move completed", timeout_s=300)
+            wait_until(lambda: not admin.list_reassignments().moves, "every move completed", timeout_s=300)
             moved_s = time.monotonic() - started
             during_end = len(producers.latencies)
         producers.wait_for(during_end + 1000)
@@ -276,7 +277,7 @@ def test_replace_broker_1_by_4_in_30_partitions_at_1000_records_per_s(  # type: 
         acked = producers.stop()
     assert producers.failures == [], producers.failures[:3]
     exactly_once(acked, consume_all(bootstrap, "thirty", partitions))
-    wait_for(lambda: set(leaders_seen_by(founders[0], "thirty").values()) == {NO_LEADER},
+    wait_until(lambda: set(leaders_seen_by(founders[0], "thirty").values()) == {NO_LEADER},
              "broker 1 dropped its replicas")
     gaps: dict[int, float] = {}
     last: dict[int, float] = {}
@@ -292,8 +293,8 @@ def test_replace_broker_1_by_4_in_30_partitions_at_1000_records_per_s(  # type: 
 
 
 @pytest.mark.slow
-def test_a_1_mib_per_s_throttle_holds_over_every_10_s_window(  # type: ignore[no-untyped-def]
-        start_cluster, joiner, wait_for, registered) -> None:
+def test_a_1_mib_per_s_throttle_holds_over_every_10_s_window(
+        start_cluster, joiner, registered) -> None:
     """A 50 MiB partition moves to broker 4 at 1 MiB/s: the Raft bytes broker 4 receives, sampled
     every second, stay within ~1.1 MiB/s over every 10 s window (written to reassignment-results.json)."""
     founders = start_cluster(3)
@@ -306,7 +307,7 @@ def test_a_1_mib_per_s_throttle_holds_over_every_10_s_window(  # type: ignore[no
         for _ in range(50 * 1024):
             producer.send("heavy", chunk, partition=0)
     fourth = joiner(4, founders).start(30)
-    wait_for(lambda: 4 in registered(founders[0]), "broker 4 registered")
+    wait_until(lambda: 4 in registered(founders[0]), "broker 4 registered")
     received = "raftka_raft_bytes{direction=\"received\"}"
     with Admin(bootstrap) as admin:
         admin.reassign_partitions({TopicPartition("heavy", 0): [original[0], original[1], 4]},
@@ -325,14 +326,14 @@ def test_a_1_mib_per_s_throttle_holds_over_every_10_s_window(  # type: ignore[no
     assert worst <= 1.15 * (1 << 20), f"{worst / (1 << 20):.2f} MiB/s over a 10 s window"
 
 
-def test_decommission_moves_every_replica_off_and_unregisters_the_broker(  # type: ignore[no-untyped-def]
-        start_cluster, joiner, wait_for, registered, ack_recorder, consume_all, exactly_once) -> None:
+def test_decommission_moves_every_replica_off_and_unregisters_the_broker(
+        start_cluster, joiner, registered, ack_recorder, consume_all, exactly_once) -> None:
     """Broker 3 of 5 (a controller, demoted first) is decommissioned while a producer writes: its
     replicas move to the others, it is unregistered, and nothing acknowledged is lost. On three
     brokers with replication factor 3 a decommission is refused at once and nothing moves."""
     founders = start_cluster(3)
     bootstrap = ",".join(b.address for b in founders)
-    wait_for(lambda: registered(founders[0]) == {1, 2, 3}, "the brokers registered")
+    wait_until(lambda: registered(founders[0]) == {1, 2, 3}, "the brokers registered")
     with Admin(bootstrap) as admin:
         admin.create_topic("three", partitions=2, replication_factor=3)
         with pytest.raises(InvalidReplicationFactorError, match="cannot decommission broker 1: .*replication factor"):
@@ -340,14 +341,14 @@ def test_decommission_moves_every_replica_off_and_unregisters_the_broker(  # typ
         assert admin.list_reassignments().moves == []
         assert not any(b.draining for b in admin.describe_cluster())
     extra = [joiner(i, founders).start(30) for i in (4, 5)]
-    wait_for(lambda: registered(founders[0]) == {1, 2, 3, 4, 5}, "five brokers registered")
+    wait_until(lambda: registered(founders[0]) == {1, 2, 3, 4, 5}, "five brokers registered")
     partitions = 10
     with Admin(bootstrap) as admin:
         admin.create_topic("wide", partitions=partitions, replication_factor=3)
         assert any(3 in p.replicas for p in admin.describe_topic("wide").partitions)
         with pytest.raises(InvalidRequestError, match="controllers remove 3"):
             admin.decommission_broker(3)
-        wait_for(lambda: {b.broker_id: b.role for b in admin.describe_cluster()}[4] == "learner",
+        wait_until(lambda: {b.broker_id: b.role for b in admin.describe_cluster()}[4] == "learner",
                  "broker 4 follows the metadata log")
         admin.add_controller(4)
         admin.remove_controller(3)
@@ -366,14 +367,14 @@ def test_decommission_moves_every_replica_off_and_unregisters_the_broker(  # typ
         assert 3 not in {b.broker_id for b in admin.describe_cluster()}
         for topic in ("three", "wide"):
             assert not any(3 in p.replicas for p in admin.describe_topic(topic).partitions)
-    wait_for(lambda: set(leaders_seen_by(founders[2], "wide").values()) == {NO_LEADER},
+    wait_until(lambda: set(leaders_seen_by(founders[2], "wide").values()) == {NO_LEADER},
              "broker 3 dropped its replicas")
     exactly_once(acked, consume_all(bootstrap, "wide", partitions))
     for broker in extra:
         broker.stop()
 
 
-def test_balance_after_scaling_from_3_to_5_brokers(start_cluster, joiner, wait_for, registered) -> None:  # type: ignore[no-untyped-def]
+def test_balance_after_scaling_from_3_to_5_brokers(start_cluster, joiner, registered) -> None:
     """30 partitions with replication factor 3 on brokers 1-3; brokers 4 and 5 join. The dry run moves
     nothing and plans 18±1 replicas and 6±1 preferred leaders per broker with at most 40 replica
     moves; --execute reaches exactly that, and a second plan is empty."""
@@ -384,7 +385,7 @@ def test_balance_after_scaling_from_3_to_5_brokers(start_cluster, joiner, wait_f
         before = {p.partition: p.replicas for p in admin.describe_topic("scale").partitions}
     for broker_id in (4, 5):
         joiner(broker_id, founders).start(30)
-    wait_for(lambda: registered(founders[0]) == {1, 2, 3, 4, 5}, "five brokers registered")
+    wait_until(lambda: registered(founders[0]) == {1, 2, 3, 4, 5}, "five brokers registered")
 
     dry = raftka(bootstrap, "--format", "json", "cluster", "balance", "--dry-run")
     assert dry.returncode == 0, dry.stderr
@@ -408,7 +409,7 @@ def test_balance_after_scaling_from_3_to_5_brokers(start_cluster, joiner, wait_f
         assert admin.plan_balance().moves == {}
 
 
-def test_balance_keeps_every_replica_set_across_three_racks(start_cluster, joiner, wait_for,  # type: ignore[no-untyped-def]
+def test_balance_keeps_every_replica_set_across_three_racks(start_cluster, joiner,
                                                             registered) -> None:
     founders = start_cluster(3, racks=["A", "B", "C"])
     bootstrap = ",".join(b.address for b in founders)
@@ -416,20 +417,20 @@ def test_balance_keeps_every_replica_set_across_three_racks(start_cluster, joine
         admin.create_topic("racked", partitions=12, replication_factor=3)
     for broker_id, rack in ((4, "A"), (5, "B"), (6, "C")):
         joiner(broker_id, founders, rack).start(30)
-    wait_for(lambda: registered(founders[0]) == {1, 2, 3, 4, 5, 6}, "six brokers registered")
-    rack = {1: "A", 2: "B", 3: "C", 4: "A", 5: "B", 6: "C"}
+    wait_until(lambda: registered(founders[0]) == {1, 2, 3, 4, 5, 6}, "six brokers registered")
+    rack_of = {1: "A", 2: "B", 3: "C", 4: "A", 5: "B", 6: "C"}
     with Admin(bootstrap) as admin:
         plan = admin.plan_balance()
-        assert plan.moves and all(len({rack[b] for b in target}) == 3 for target in plan.moves.values())
+        assert plan.moves and all(len({rack_of[b] for b in target}) == 3 for target in plan.moves.values())
         admin.reassign_partitions(plan.moves, expected_placement_offset=plan.placement_offset)
-        wait_for(lambda: not admin.list_reassignments().moves, "the balance completed")
+        wait_until(lambda: not admin.list_reassignments().moves, "the balance completed")
         after = admin.describe_topic("racked").partitions
-        assert all(len({rack[b] for b in p.replicas}) == 3 for p in after)
+        assert all(len({rack_of[b] for b in p.replicas}) == 3 for p in after)
         assert max(Counter(b for p in after for b in p.replicas).values()) == 6
 
 
-def test_self_healing_balances_onto_a_joiner_and_replaces_a_dead_broker(  # type: ignore[no-untyped-def]
-        start_cluster, joiner, wait_for, registered, ack_recorder, consume_all, exactly_once) -> None:
+def test_self_healing_balances_onto_a_joiner_and_replaces_a_dead_broker(
+        start_cluster, joiner, registered, ack_recorder, consume_all, exactly_once) -> None:
     """With --balance-on-join and --self-heal-after-s 2: a joining broker gets its share of replicas
     without any command, and the replicas of a broker SIGKILLed for good move to the live brokers,
     while a producer loses nothing."""
@@ -443,15 +444,16 @@ def test_self_healing_balances_onto_a_joiner_and_replaces_a_dead_broker(  # type
         producers.wait_for(200)
         fourth = joiner(4, founders).start(30)
         with Admin(bootstrap) as admin:
-            wait_for(lambda: any(4 in p.replicas for p in admin.describe_topic("healing").partitions)
+            wait_until(lambda: any(4 in p.replicas for p in admin.describe_topic("healing").partitions)
                      and not admin.list_reassignments().moves, "the cluster balanced onto broker 4")
             with grpc.insecure_channel(founders[0].address) as channel:
                 controller_id = api_pb2_grpc.AdminStub(channel).DescribeCluster(
                     api_pb2.DescribeClusterRequest(), timeout=10).controller_id
             victim = next(b for b in founders if b.broker_id != controller_id)
             victim.kill()
-            wait_for(lambda: not any(victim.broker_id in p.replicas for p in admin.describe_topic("healing").partitions)
-                     and not admin.list_reassignments().moves, f"broker {victim.broker_id}'s replicas moved away")
+            wait_until(lambda: not admin.list_reassignments().moves and not any(
+                victim.broker_id in p.replicas for p in admin.describe_topic("healing").partitions),
+                f"broker {victim.broker_id}'s replicas moved away")
             assert all(len(p.replicas) == 3 for p in admin.describe_topic("healing").partitions)
         count = len(producers.acknowledged)
         producers.wait_for(count + 200)

@@ -16,6 +16,7 @@ from raftka.client.connection import ClusterConnection
 from raftka.client.local import LocalBroker
 from raftka.errors import RaftkaError, RequestTimedOutError
 from raftka.proto import api_pb2, api_pb2_grpc
+from waiting import wait_until
 
 
 def bootstrap_of(brokers: list[LocalBroker]) -> str:
@@ -68,9 +69,9 @@ def test_minority_cannot_acknowledge_and_majority_continues(start_cluster, consu
     for broker in others:
         broker.pause()
     try:
-        with Producer(leader.address, linger_ms=0, delivery_timeout_ms=3_000, request_timeout_ms=1_000) as producer:
-            with pytest.raises(RequestTimedOutError):
-                producer.send("quorum", b"minority", partition=0).result(timeout=30)
+        with (Producer(leader.address, linger_ms=0, delivery_timeout_ms=3_000, request_timeout_ms=1_000) as producer,
+              pytest.raises(RequestTimedOutError)):
+            producer.send("quorum", b"minority", partition=0).result(timeout=30)
     finally:
         for broker in others:
             broker.resume()
@@ -220,7 +221,8 @@ def test_topics_created_during_a_controller_failover_are_not_lost(start_cluster)
     controller_id = -1
     with grpc.insecure_channel(brokers[0].address) as channel:
         while controller_id < 1:
-            controller_id = api_pb2_grpc.BrokerStub(channel).Metadata(api_pb2.MetadataRequest(), timeout=5).controller_id
+            metadata = api_pb2_grpc.BrokerStub(channel).Metadata(api_pb2.MetadataRequest(), timeout=5)
+            controller_id = metadata.controller_id
             time.sleep(0.05)
     controller = next(b for b in brokers if b.broker_id == controller_id)
     survivors = bootstrap_of([b for b in brokers if b is not controller])
@@ -248,12 +250,28 @@ def test_topics_created_during_a_controller_failover_are_not_lost(start_cluster)
             time.sleep(0.2)
 
 
+def reported_down_by_leader(live: list[LocalBroker], broker_id: int) -> bool:
+    """Whether the metadata leader, which places replicas, has seen `broker_id`'s Raft connection
+    fail (DescribeCluster's `reachable` is the answering broker's own view)."""
+    def describe(broker: LocalBroker) -> api_pb2.DescribeClusterResponse:
+        with grpc.insecure_channel(broker.address) as channel:
+            return api_pb2_grpc.AdminStub(channel).DescribeCluster(api_pb2.DescribeClusterRequest(), timeout=5)
+    try:
+        leader = next((b for b in live if b.broker_id == describe(live[0]).controller_id), None)
+        if leader is None:
+            return False
+        return any(s.broker.id == broker_id and not s.reachable for s in describe(leader).brokers)
+    except grpc.RpcError:
+        return False
+
+
 def test_new_replicas_go_to_live_brokers(start_cluster) -> None:
     brokers = start_cluster(3)
     with Admin(bootstrap_of(brokers)) as admin:
         admin.create_topic("warm-up")
     brokers[2].kill()
-    time.sleep(1.0)
+    wait_until(lambda: reported_down_by_leader(brokers[:2], 3), "the metadata leader saw broker 3 go down",
+               timeout_s=30)
     with Admin(bootstrap_of(brokers[:2])) as admin:
         topic = admin.create_topic("placed", partitions=4, replication_factor=2)
         assert all(sorted(p.replicas) == [1, 2] for p in topic.partitions), topic.partitions
@@ -272,7 +290,8 @@ def test_a_frozen_broker_gets_no_new_replicas_once_its_pings_go_unanswered(start
         admin.create_topic("warm-up")
     brokers[2].pause()
     try:
-        time.sleep(17.0)
+        wait_until(lambda: reported_down_by_leader(brokers[:2], 3), "unanswered pings marked broker 3 down",
+                   timeout_s=60)
         with Admin(bootstrap_of(brokers[:2])) as admin:
             topic = admin.create_topic("placed-around", partitions=4, replication_factor=2)
             assert all(sorted(p.replicas) == [1, 2] for p in topic.partitions), topic.partitions

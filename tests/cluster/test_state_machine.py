@@ -11,9 +11,10 @@ from raftka.cluster.metadata import (BrokerRegistration, MetadataState, MoveLimi
                                      delete_topic_command, reassign_command, register_broker_command)
 from raftka.cluster.state_machine import MalformedRecordError, SnapshotFormatError, SnapshotPolicy
 from raftka.wire.batch import encode_batch, stamp_replicated
+from raftka.wire.structs import TopicPartition
 
-MEMBER = MemberRecord("m1", "", "client", ("t",), "", 30_000, frozenset({("t", 0), ("t", 1)}),
-                      frozenset({("t", 0)}), frozenset({("t", 0)}), 3)
+T0, T1 = TopicPartition("t", 0), TopicPartition("t", 1)
+MEMBER = MemberRecord("m1", "", "client", ("t",), "", 30_000, frozenset({T0, T1}), frozenset({T0}), frozenset({T0}), 3)
 
 
 def batch(offset: int, *values: bytes) -> bytes:
@@ -21,11 +22,12 @@ def batch(offset: int, *values: bytes) -> bytes:
 
 
 def group_records() -> list[bytes]:
-    return [offsets_command("a", [(("t", 0), CommittedOffset(5, "m", 1, "id1")), (("t", 1), CommittedOffset(6, "", 1, "id1"))]),
+    return [offsets_command("a", [(TopicPartition("t", 0), CommittedOffset(5, "m", 1, "id1")),
+                                  (TopicPartition("t", 1), CommittedOffset(6, "", 1, "id1"))]),
             members_command("a", 2, "sticky", [MEMBER]),
-            offsets_command("b", [(("u", 0), CommittedOffset(1, "", 1, "id2"))]),
-            forget_command("a", [(("t", 1), "id1")]),
-            offsets_command("c", [(("t", 0), CommittedOffset(9, "", 1, "id1"))]),
+            offsets_command("b", [(TopicPartition("u", 0), CommittedOffset(1, "", 1, "id2"))]),
+            forget_command("a", [(TopicPartition("t", 1), "id1")]),
+            offsets_command("c", [(TopicPartition("t", 0), CommittedOffset(9, "", 1, "id1"))]),
             delete_command("c")]
 
 

@@ -3,7 +3,6 @@ followers start from the snapshots, and a malformed record is skipped and report
 
 from __future__ import annotations
 
-import time
 import urllib.request
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from raftka.partition.store import LogStore
 from raftka.proto import api_pb2
 from raftka.wire.batch import encode_batch, stamp_replicated
 from raftka.wire.structs import as_group_partitions, from_group_partitions
+from waiting import wait_until
 
 OFFSETS = "__consumer_offsets"
 METADATA_LOG = "__cluster_metadata/0"
@@ -26,13 +26,6 @@ def metric(broker: LocalBroker, series: str) -> float:
     """The value of one series of the broker's metrics (0 if absent)."""
     body = urllib.request.urlopen(f"http://127.0.0.1:{broker.metrics_port}/metrics", timeout=5).read().decode()
     return sum(float(line.rsplit(" ", 1)[1]) for line in body.splitlines() if line.startswith(series + " "))
-
-
-def wait_until(condition, what: str, timeout_s: float = 60) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
 
 
 def join(client: GroupCoordinatorClient, topics: list[str]) -> str:
@@ -56,7 +49,8 @@ def commit_many(client: GroupCoordinatorClient, topic: str, partitions: int, cou
 def cluster_state(bootstrap: str, groups: list[str]) -> tuple[object, ...]:
     """Everything the state machines hold, as clients see it: topics, brokers, groups' members and offsets."""
     with Admin(bootstrap) as admin:
-        topics = sorted((t.name, len(t.partitions), tuple(p.replicas for p in t.partitions), tuple(sorted(t.config.items())))
+        topics = sorted((t.name, len(t.partitions), tuple(p.replicas for p in t.partitions),
+                         tuple(sorted(t.config.items())))
                         for t in admin.list_topics(include_internal=True))
         described = [admin.describe_group(g) for g in groups]
     conn = ClusterConnection(bootstrap)

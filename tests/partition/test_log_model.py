@@ -89,6 +89,10 @@ class LogMachine(RuleBasedStateMachine):
         self.flushed = copy.deepcopy(self.models)
         self._open_store()
 
+    def opened(self) -> LogStore:
+        assert self.store is not None, "initialize() opens the store before any rule"
+        return self.store
+
     def _open_store(self) -> None:
         self.store = LogStore(self.dir, clock=lambda: self.now)
         self.logs = {name: self.store.open_log(name, self.config) for name in NAMES}
@@ -112,7 +116,7 @@ class LogMachine(RuleBasedStateMachine):
 
     @rule()
     def flush(self) -> None:
-        self.store.flush()
+        self.opened().flush()
         for model in self.models.values():
             model.durable = model.end
         self.flushed = copy.deepcopy(self.models)
@@ -184,7 +188,7 @@ class LogMachine(RuleBasedStateMachine):
 
     @rule()
     def close_and_reopen(self) -> None:
-        self.store.close()
+        self.opened().close()
         for model in self.models.values():
             model.durable = model.end
         self.flushed = copy.deepcopy(self.models)
@@ -192,10 +196,10 @@ class LogMachine(RuleBasedStateMachine):
 
     @rule()
     def crash_and_reopen(self) -> None:
-        with self.store._lock:
-            self.store._pending = WriteBatch(raw_mode=True)
-            self.store._dirty = set()
-        self.store.close()
+        with self.opened()._lock:
+            self.opened()._pending = WriteBatch(raw_mode=True)
+            self.opened()._dirty = set()
+        self.opened().close()
         self.models = copy.deepcopy(self.flushed)
         self._open_store()
 

@@ -21,11 +21,17 @@ def gen_proto_check(proto_dir: Path = PROTO) -> subprocess.CompletedProcess[str]
                            "--proto-dir", str(proto_dir)], capture_output=True, text=True)
 
 
+def search(pattern: str, text: str, flags: int = 0) -> re.Match[str]:
+    found = re.search(pattern, text, flags)
+    assert found is not None, f"{pattern!r} not found"
+    return found
+
+
 def stamped_versions() -> tuple[str, str]:
     """(GRPC_GENERATED_VERSION, protobuf gencode version) as written in the committed code."""
-    grpc_versions = {re.search(r"^GRPC_GENERATED_VERSION = '([^']+)'$", p.read_text(), re.M).group(1)
+    grpc_versions = {search(r"^GRPC_GENERATED_VERSION = '([^']+)'$", p.read_text(), re.M).group(1)
                      for p in PROTO.glob("*_pb2_grpc.py")}
-    protobuf_versions = {".".join(re.search(r"Domain\.PUBLIC,\n\s+(\d+),\n\s+(\d+),\n\s+(\d+),",
+    protobuf_versions = {".".join(search(r"Domain\.PUBLIC,\n\s+(\d+),\n\s+(\d+),\n\s+(\d+),",
                                             p.read_text()).groups())
                          for p in PROTO.glob("*_pb2.py")}
     assert len(grpc_versions) == 1 and len(protobuf_versions) == 1, (grpc_versions, protobuf_versions)

@@ -100,7 +100,7 @@ def test_size_estimate_bounds_the_encoding(message: Message) -> None:
     (lambda pb: pb.entries.add(index=1, term=1, type=7), "unknown entry type 7"),
     (lambda pb: (pb.snapshot.voters.append(1), pb.snapshot.learners.append(1)), "invalid snapshot configuration"),
 ])
-def test_invalid_wire_messages_are_refused(mutate, error: str) -> None:  # type: ignore[no-untyped-def]
+def test_invalid_wire_messages_are_refused(mutate, error: str) -> None:
     pb = message_to_proto(Message(MessageType.HEARTBEAT, 1, 2, 3))
     mutate(pb)
     with pytest.raises(CodecError, match=error):

@@ -10,13 +10,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from typing import Callable
+from functools import partial
 
 import pytest
 
-from raftka.replication import (ConfState, GroupFailedError, HardState, MemoryStorage, Message, NotRaftLeaderError,
-                                ProposalDroppedError, RaftConfig, Role, bootstrap_snapshot)
+from raftka.replication import (ConfState, Entry, GroupFailedError, HardState, MemoryStorage, Message, MessageType,
+                                NotRaftLeaderError, ProposalDroppedError, RaftConfig, Role, Snapshot,
+                                bootstrap_snapshot)
 from raftka.replication.driver import MultiRaft
+from waiting import until
 
 BROKERS = (1, 2, 3)
 
@@ -30,11 +32,11 @@ class Loopback:
         self.sent = 0
         self.log: list[tuple[int, str, Message]] = []
 
-    def for_broker(self, broker: int) -> "Loopback.Endpoint":
+    def for_broker(self, broker: int) -> Loopback.Endpoint:
         return Loopback.Endpoint(self, broker)
 
     class Endpoint:
-        def __init__(self, net: "Loopback", broker: int) -> None:
+        def __init__(self, net: Loopback, broker: int) -> None:
             self.net, self.broker = net, broker
 
         def send(self, group: str, message: Message) -> None:
@@ -66,9 +68,8 @@ class Cluster:
                     raise self.sync_errors.pop(broker)
             driver = MultiRaft(broker, self.net.for_broker(broker), sync, tick_interval_s=0.01,
                                quiesce_after_ticks=10, rng=random.Random(rng.random()),
-                               on_group_failed=lambda group, stage, broker=broker: self.failures.append(
-                                   (broker, group, stage)),
-                               on_fatal=lambda exc, broker=broker: self.fatal.__setitem__(broker, exc))
+                               on_group_failed=partial(self._group_failed, broker),
+                               on_fatal=partial(self.fatal.__setitem__, broker))
             self.net.drivers[broker] = driver
             for g in range(groups):
                 storage = MemoryStorage()
@@ -77,11 +78,18 @@ class Cluster:
                 key = (broker, f"g{g}")
                 self.applied[key], self.restored[key] = [], []
                 self.storages[key] = storage
-                driver.add_group(f"g{g}", storage,
-                                 lambda entries, key=key: self.applied[key].extend(e.data for e in entries if e.data),
+                driver.add_group(f"g{g}", storage, partial(self._apply, key),
                                  RaftConfig(id=broker, election_ticks=10, applied=1),
-                                 restore=lambda snapshot, key=key: self.restored[key].append(
-                                     (snapshot.index, snapshot.data)))
+                                 restore=partial(self._restore, key))
+
+    def _group_failed(self, broker: int, group: str, stage: str) -> None:
+        self.failures.append((broker, group, stage))
+
+    def _apply(self, key: tuple[int, str], entries: list[Entry]) -> None:
+        self.applied[key].extend(e.data for e in entries if e.data)
+
+    def _restore(self, key: tuple[int, str], snapshot: Snapshot) -> None:
+        self.restored[key].append((snapshot.index, snapshot.data))
 
     def start(self) -> None:
         for driver in self.net.drivers.values():
@@ -104,27 +112,20 @@ class Cluster:
         return leader
 
 
-def run(coro) -> None:  # type: ignore[no-untyped-def]
+def run(coro) -> None:
     asyncio.run(asyncio.wait_for(coro, 120))
-
-
-async def wait_until(condition: Callable[[], bool], what: str, timeout_s: float = 20) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting until {what}"
-        await asyncio.sleep(0.01)
 
 
 def refuse_next_append(storage: MemoryStorage, error: Exception) -> None:
     """The storage refuses its next append of any entry (once), as a full or failing disk would."""
     append = storage.append
 
-    def refuse(entries):  # type: ignore[no-untyped-def]
+    def refuse(entries):
         if entries:
-            storage.append = append  # type: ignore[method-assign]
+            storage.append = append
             raise error
         append(entries)
-    storage.append = refuse  # type: ignore[method-assign]
+    storage.append = refuse  # type: ignore[method-assign]  # a failing disk, injected
 
 
 def test_proposals_commit_in_order_on_every_broker() -> None:
@@ -138,7 +139,8 @@ def test_proposals_commit_in_order_on_every_broker() -> None:
             futures += [cluster.net.drivers[leader].propose(group, f"{group}-{i}".encode()) for i in range(5)]
         indexes = await asyncio.gather(*futures)
         assert all(index > 1 for index in indexes)
-        await asyncio.sleep(0.3)
+        await until(lambda: all(len(cluster.applied[(b, f"g{g}")]) >= 5 for g in range(20) for b in BROKERS),
+                    "every broker applied every group's proposals")
         for g in range(20):
             expected = [f"g{g}-{i}".encode() for i in range(5)]
             for broker in BROKERS:
@@ -159,13 +161,15 @@ def test_an_entry_the_leaders_storage_refuses_never_reaches_a_follower() -> None
         storage = cluster.storages[(leader, "g0")]
         append = storage.append
 
-        def refuse(entries):  # type: ignore[no-untyped-def]
+        def refuse(entries):
             if any(e.data == b"poison" for e in entries):
                 raise ValueError("refused by storage")
             append(entries)
-        storage.append = refuse  # type: ignore[method-assign]
+        storage.append = refuse  # type: ignore[method-assign]  # a disk refusing one entry, injected
         cluster.net.drivers[leader].propose("g0", b"poison")
-        await asyncio.sleep(0.2)
+        # The refusal fails the group in the very round that would have sent the entry early, and
+        # sends are logged as they happen: once the failure is reported, nothing more can leave.
+        await until(lambda: cluster.failures == [(leader, "g0", "storage")], "the leader's storage refused the entry")
         carried = [m for src, _, m in cluster.net.log if src == leader and any(e.data == b"poison" for e in m.entries)]
         assert carried == []
         assert all(b"poison" not in cluster.applied[(b, "g0")] for b in BROKERS)
@@ -200,11 +204,12 @@ def test_a_group_whose_storage_fails_stops_alone_and_reopens() -> None:
                 except (NotRaftLeaderError, ProposalDroppedError, GroupFailedError, TimeoutError):
                     await asyncio.sleep(0.05)
 
+        def applied_everywhere(group: str) -> bool:
+            return all(f"{group}-after".encode() in cluster.applied[(b, group)] for b in BROKERS)
+
         await asyncio.gather(*(write(group, f"{group}-after".encode()) for group in groups))
         for group in groups:
-            await wait_until(lambda group=group: all(
-                f"{group}-after".encode() in cluster.applied[(b, group)] for b in BROKERS),
-                f"every broker applied {group}'s write")
+            await until(partial(applied_everywhere, group), f"every broker applied {group}'s write")
         assert b"refused" not in cluster.applied[(victim, broken)]
         assert cluster.net.drivers[victim].stopped_groups() == []
         assert len(cluster.failures) == 1 and not cluster.fatal
@@ -222,14 +227,14 @@ def test_an_applier_that_raises_gets_the_batch_again_after_the_reopen() -> None:
         group = driver._groups["g0"]
         apply, raised = group.apply, []
 
-        def flaky(entries):  # type: ignore[no-untyped-def]
+        def flaky(entries):
             if not raised:
                 raised.append(True)
                 raise RuntimeError("state machine bug")
             apply(entries)
         group.apply = flaky
         await cluster.net.drivers[leader].propose("g0", b"once")
-        await wait_until(lambda: cluster.applied[(follower, "g0")] == [b"once"], "the reopened follower applied")
+        await until(lambda: cluster.applied[(follower, "g0")] == [b"once"], "the reopened follower applied")
         assert cluster.failures == [(follower, "g0", "apply")]
         await cluster.stop()
     run(scenario())
@@ -262,7 +267,7 @@ def test_a_failed_sync_stops_the_driver_and_fails_every_waiter(caplog: pytest.Lo
         with pytest.raises(GroupFailedError):
             await asyncio.wait_for(driver.propose("g0", b"in doubt"), 10)
         assert isinstance(cluster.fatal.get(leader), OSError)
-        await wait_until(lambda: driver._task is not None and driver._task.done(), "the driver's loop ended")
+        await until(lambda: driver._task is not None and driver._task.done(), "the driver's loop ended")
         with pytest.raises(GroupFailedError):
             driver.propose("g0", b"after")
         await cluster.stop()
@@ -298,8 +303,8 @@ def test_leader_loss_elects_a_new_leader_and_keeps_committed_entries() -> None:
         new = await cluster.wait_leader("g0")
         assert new != old
         await cluster.net.drivers[new].propose("g0", b"after")
-        await asyncio.sleep(0.2)
         survivors = [b for b in BROKERS if b != old]
+        await until(lambda: all(len(cluster.applied[(b, "g0")]) >= 2 for b in survivors), "the survivors applied both")
         for broker in survivors:
             assert cluster.applied[(broker, "g0")] == [b"before", b"after"]
         await cluster.stop()
@@ -333,20 +338,41 @@ def test_a_follower_behind_the_compacted_log_gets_the_snapshot_restored_before_l
 
 
 def test_idle_groups_quiesce_and_stop_costing_rounds() -> None:
+    """Once quiescent, a group sends nothing however many ticks pass. The ticks are witnessed by one
+    group per broker kept busy: its leader heartbeats on every tick of the driver that ticks the
+    quiescent groups too, so 50 of its heartbeats are 50 ticks (5 quiesce windows) of silence."""
     async def scenario() -> None:
         cluster = Cluster(groups=50)
         cluster.start()
-        for g in range(50):
-            await cluster.wait_leader(f"g{g}")
-        await asyncio.sleep(1.0)
-        quiet = [g for g in range(50) if all(d.node(f"g{g}").is_quiescent for d in cluster.net.drivers.values())]
-        assert len(quiet) == 50
-        sent = cluster.net.sent
-        await asyncio.sleep(0.5)
-        assert cluster.net.sent == sent, "quiescent groups send nothing"
-        leader = cluster.leader("g0")
+        leaders = {f"g{g}": await cluster.wait_leader(f"g{g}") for g in range(50)}
+
+        def quiet() -> list[int]:
+            return [g for g in range(50) if all(d.node(f"g{g}").is_quiescent for d in cluster.net.drivers.values())]
+        await until(lambda: len(quiet()) == 50, "every idle group quiesced", timeout_s=10)
+        assert len(quiet()) == 50
+        witnesses = {broker: next(g for g, leader in leaders.items() if leader == broker) for broker in BROKERS}
+
+        async def keep_busy(group: str, broker: int) -> None:
+            while True:
+                await cluster.net.drivers[broker].propose(group, b"busy")
+        writers = [asyncio.create_task(keep_busy(group, broker)) for broker, group in witnesses.items()]
+        silent = {f"g{g}" for g in range(50)} - set(witnesses.values())
+        start = len(cluster.net.log)
+
+        def heartbeats(broker: int) -> int:
+            return sum(1 for src, group, m in cluster.net.log[start:]
+                       if src == broker and group == witnesses[broker] and m.type == MessageType.HEARTBEAT)
+        await until(lambda: all(heartbeats(b) >= 50 * (len(BROKERS) - 1) for b in BROKERS),
+                    "50 ticks of every driver")
+        for writer in writers:
+            writer.cancel()
+        await asyncio.gather(*writers, return_exceptions=True)
+        assert [m for _, group, m in cluster.net.log[start:] if group in silent] == [], \
+            "quiescent groups send nothing"
+        sleeper = min(silent)
+        leader = cluster.leader(sleeper)
         assert leader is not None
-        await cluster.net.drivers[leader].propose("g0", b"wake up")
+        await cluster.net.drivers[leader].propose(sleeper, b"wake up")
         await cluster.stop()
     run(scenario())
 

@@ -110,7 +110,7 @@ class Differential:
         self.model, self.offsets = copy.deepcopy(self.flushed[0]), dict(self.flushed[1])
 
     def both(self, op) -> None:
-        outcome = []
+        outcome: list[type[Exception] | None] = []
         for storage in (self.model, self.sut):
             try:
                 op(storage)
@@ -281,7 +281,7 @@ def test_three_brokers_replicate_byte_identical_logs_and_a_crashed_one_catches_u
     leader = cluster.leader()
     victim = next(b for b in cluster.brokers.values() if b is not leader)
     leader.node.propose(stamp_replicated(RAW[0], leader.storage.end_offset, leader.node.term))
-    outbox: list = []
+    outbox = []
     leader.handle_ready(outbox)
     for message in outbox:
         cluster.brokers[message.dst].node.step(message)

@@ -50,7 +50,7 @@ REWRITE = os.environ.get("RAFTKA_REWRITE") == "1"
 
 
 class SlowestTimeout(random.Random):
-    def randrange(self, *args: int, **kwargs: object) -> int:  # type: ignore[override]
+    def randrange(self, *args: int, **kwargs: object) -> int:  # type: ignore[override]  # any arguments, one answer
         return args[-1] - 1 if len(args) == 1 else args[1] - 1
 
 
@@ -78,7 +78,7 @@ class ScenarioCluster:
     def ids(self, spec: str | None) -> list[int]:
         return sorted(self.nodes) if spec in (None, "all") else _ids(spec)
 
-    def core(self, i: int):  # noqa: ANN201 - the RaftNode of a live node
+    def core(self, i: int):
         core = self.nodes[i].core
         if core is None:
             raise RuntimeError(f"node {i} is crashed")
@@ -205,7 +205,8 @@ class ScenarioCluster:
         elif cmd == "propose":
             return [f"index {self.core(int(pos[0])).propose(pos[1].encode())}"]
         elif cmd == "conf-change":
-            op = {"add-voter": ConfChangeOp.ADD_VOTER, "add-learner": ConfChangeOp.ADD_LEARNER, "remove": ConfChangeOp.REMOVE}
+            op = {"add-voter": ConfChangeOp.ADD_VOTER, "add-learner": ConfChangeOp.ADD_LEARNER,
+                  "remove": ConfChangeOp.REMOVE}
             return [f"index {self.core(int(pos[0])).propose_conf_change(ConfChange(op[pos[1]], int(pos[2])))}"]
         elif cmd == "transfer":
             self.core(int(pos[0])).transfer_leadership(int(pos[1]))
@@ -308,7 +309,8 @@ def test_scenario(path: Path) -> None:
         path.write_text(rendered)
         return
     for command, actual, expected in results:
-        assert actual == expected, f"{path.name}: output of {command!r} differs\n--- expected\n{expected}\n--- actual\n{actual}"
+        assert actual == expected, \
+            f"{path.name}: output of {command!r} differs\n--- expected\n{expected}\n--- actual\n{actual}"
 
 
 def test_scenario_files_exist() -> None:

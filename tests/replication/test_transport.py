@@ -21,6 +21,7 @@ from raftka.replication.transport import (
     RaftTransport,
     TransportOptions,
 )
+from waiting import until
 
 FAST = TransportOptions(backoff_initial_s=0.02, backoff_max_s=0.2, connect_timeout_s=2.0)
 SERVICE = raft_pb2.DESCRIPTOR.services_by_name["RaftTransport"]
@@ -88,14 +89,6 @@ def run(scenario: Callable[..., Awaitable[None]], free_port: Callable[[], int], 
                 if broker.server is not None:
                     await broker.stop()
     asyncio.run(asyncio.wait_for(main(), 20))
-
-
-async def until(predicate: Callable[[], bool], timeout_s: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.005)
 
 
 def heartbeat(src: int, dst: int, seq: int) -> Message:
@@ -199,7 +192,8 @@ def test_down_peer_drops_messages_reports_and_resumes_when_back(free_port: Calla
 
 
 @contextlib.asynccontextmanager
-async def frozen_peer(options: TransportOptions, *, stop_reading: bool) -> AsyncIterator[tuple[RaftTransport, list[int]]]:
+async def frozen_peer(options: TransportOptions, *,
+                      stop_reading: bool) -> AsyncIterator[tuple[RaftTransport, list[int]]]:
     """Broker 1's transport, connected to a "broker 2" that answers the hello and then nothing, as
     a frozen process whose kernel still takes bytes, or with `stop_reading` none once its buffers
     fill. Yields the transport and the peers it reported down."""
@@ -210,7 +204,7 @@ async def frozen_peer(options: TransportOptions, *, stop_reading: bool) -> Async
         writer.write(frame(raft_pb2.Ack(broker_id=2).SerializeToString()))
         accepted.append(writer)
         if stop_reading:
-            reader._transport.pause_reading()  # type: ignore[attr-defined]
+            reader._transport.pause_reading()  # type: ignore[attr-defined]  # no public way to stop reading
 
     server = await asyncio.start_server(frozen, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
@@ -264,9 +258,16 @@ def test_a_peer_that_stops_reading_under_load_is_reported_down() -> None:
 def test_a_quiet_connection_to_a_live_peer_stays_up_across_many_pings(free_port: Callable[[], int]) -> None:
     async def scenario(a: Broker, b: Broker) -> None:
         await b.serve()
+        batches = []
+        check = b.transport._check
+
+        def counted(sender, payload, writer):
+            batches.append(payload)
+            return check(sender, payload, writer)
+        b.transport._check = counted  # type: ignore[method-assign]  # counts what reaches the receiver
         a.transport.send("g", heartbeat(1, 2, 0))
         await until(lambda: len(b.received) == 1)
-        await asyncio.sleep(0.6)
+        await until(lambda: len(batches) >= 1 + 12, "a dozen pings reached the receiver")
         a.transport.send("g", heartbeat(1, 2, 1))
         await until(lambda: len(b.received) == 2)
         assert a.downs == [] and a.ups == [2] and a.transport.peer_state(2) is PeerState.UP
@@ -332,8 +333,10 @@ GOOD = encode_message_batch("c1", 1, 2, [("g", heartbeat(1, 2, 0))]).SerializeTo
     ([frame(encode_message_batch("c1", 1, 3, [("g", heartbeat(1, 3, 0))]).SerializeToString())], "BROKER_MISMATCH"),
     ([frame(b"\xff\xff\xff\xff")], "MALFORMED"),
     ([frame(raft_pb2.MessageBatch(cluster_id="c1", from_broker=1, to_broker=2, messages=[
-        raft_pb2.GroupMessage(group="g", message=raft_pb2.RaftMessage(type=42))]).SerializeToString())], "MALFORMED"),
-    ([frame(GOOD), frame(encode_message_batch("c1", 3, 2, [("g", heartbeat(3, 2, 0))]).SerializeToString())], "MALFORMED"),
+        raft_pb2.GroupMessage(group="g", message=raft_pb2.RaftMessage(type=42))  # type: ignore[arg-type]  # no such type
+    ]).SerializeToString())], "MALFORMED"),
+    ([frame(GOOD), frame(encode_message_batch("c1", 3, 2, [("g", heartbeat(3, 2, 0))]).SerializeToString())],
+     "MALFORMED"),
     ([frame(GOOD), frame(b"\x0a\xff")], "MALFORMED"),
     ([FRAME_HEADER.pack(65 << 20)], "MALFORMED"),
     ([frame(bytes(5000))], "MALFORMED"),
@@ -376,7 +379,8 @@ def test_a_refusal_after_the_first_batch_reaches_the_sender(free_port: Callable[
         await b.serve()
         a.transport.send("g", heartbeat(1, 2, 0))
         await until(lambda: len(b.received) == 1)
-        a.transport.send("g", Message(MessageType.APPEND, 1, 2, 1, index=1, entries=[Entry(2, 1, data=bytes(100 << 10))]))
+        big = Entry(2, 1, data=bytes(100 << 10))
+        a.transport.send("g", Message(MessageType.APPEND, 1, 2, 1, index=1, entries=[big]))
         await until(lambda: a.downs == [2])
         assert b.transport.stats.refused_streams == 1 and len(b.received) == 1
         assert a.transport.stats.refused_by_peers >= 1
