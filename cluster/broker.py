@@ -181,6 +181,7 @@ async def serve(config: BrokerConfig) -> int:
     ])
     add_servicer(server, api_pb2.DESCRIPTOR.services_by_name["Broker"], BrokerService(state))
     balancer = LeaderBalancer(config.broker_id, metadata, partitions)
+    metrics.leader_imbalance.set_function(lambda: balancer.imbalanced)
     admin = AdminService(state, balancer)
 
     async def complete_move(topic: str, partition: int, topic_id: str, replicas: tuple[int, ...]) -> None:

@@ -32,6 +32,11 @@ class LeaderBalancer:
         self._partitions = partitions
         self._imbalanced_since: dict[tuple[str, int], float] = {}
 
+    @property
+    def imbalanced(self) -> int:
+        """Partitions led here whose preferred leader is in sync elsewhere, as the last look found them."""
+        return len(self._imbalanced_since)
+
     def elect_preferred(self, topic: str = "", *, older_than_s: float = 0.0) -> list[api_pb2.LeaderMove]:
         """Start a transfer for every partition this broker leads whose preferred leader is in sync
         (and, with `older_than_s`, has been so for that long)."""

@@ -42,6 +42,9 @@ class BrokerMetrics:
                                       buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 1024), registry=r)
         self.partitions = Gauge("raftka_partitions", "Partition replicas hosted by this broker", registry=r)
         self.leaders = Gauge("raftka_partition_leaders", "Partitions this broker leads", registry=r)
+        self.leader_imbalance = Gauge("raftka_leader_imbalance_partitions",
+                                      "Partitions this broker leads whose in-sync preferred leader is another "
+                                      "broker (leadership goes back after --leader-balance-delay-ms)", registry=r)
         self.raft_messages = Gauge("raftka_raft_messages", "Raft messages exchanged with peer brokers since start",
                                    ["direction"], registry=r)
         self.raft_bytes = Gauge("raftka_raft_bytes", "Raft message bytes exchanged with peer brokers since start",
