@@ -228,3 +228,29 @@ def test_leader_resends_a_lost_snapshot_after_the_transport_reports_failure() ->
     assert leader.progress()[3].match == leader.last_index
     follower = nodes[3].core
     assert follower is not None and follower.applied_index >= 5
+
+
+def test_a_rejoining_node_takes_only_its_own_barrier() -> None:
+    """Design note 14: only the answer echoing this incarnation's nonce, once committed, lifts the
+    rule; a heartbeat's commit index (which may rest on the lost state's match) is not taken."""
+    storage = MemoryStorage()
+    node = RaftNode(RaftConfig(3, rejoining=True), storage, random.Random(5))
+    rd = node.ready()
+    assert rd is not None and rd.must_sync and rd.hard_state is not None and rd.hard_state.rejoining
+    node.advance(rd)
+    node.step(Message(MessageType.HEARTBEAT, 1, 3, 2, commit=7))
+    assert node.commit_index == 0
+    rd = node.ready()
+    assert rd is not None
+    asks = [m for m in rd.messages if m.type == MessageType.READ_INDEX]
+    assert len(asks) == 1 and asks[0].index > 0 and not asks[0].context
+    node.advance(rd)
+    node.step(Message(MessageType.READ_INDEX_RESP, 1, 3, 2, index=1, commit=asks[0].index + 1))
+    snapshot = MemoryStorage.bootstrap(ConfState((1, 2, 3))).snapshot()
+    node.step(Message(MessageType.SNAPSHOT, 1, 3, 2, snapshot=snapshot))
+    assert node.commit_index == 1 and node.rejoining
+    node.step(Message(MessageType.READ_INDEX_RESP, 1, 3, 2, index=1, commit=asks[0].index))
+    assert not node.rejoining
+    rd = node.ready()
+    assert rd is not None and rd.hard_state is not None
+    assert (rd.hard_state.vote, rd.hard_state.rejoining, rd.must_sync) == (1, False, True)
