@@ -166,10 +166,11 @@ class RaftConfig:
     no reads; the metadata log's do)."""
     rejoining: bool = False
     """This node lost its durable state (its data directory was deleted) and comes back under its old
-    id: it rejoins as an observer until it has caught up (design note 14). The core persists the rule
-    in ``HardState.rejoining`` with its first Ready, so a restart keeps it without this flag; a
-    driver that crashes before that Ready is durable finds its storage still empty and passes it
-    again."""
+    id: it rejoins as an observer until it has caught up (design note 14). It applies only to an
+    empty storage (no hard state, entry or snapshot); a storage with state follows its HardState, so
+    a driver may pass the flag again on every reopen. The core persists the rule in
+    ``HardState.rejoining`` with its first Ready, so a restart keeps it without this flag; a driver
+    that crashes before that Ready is durable finds its storage still empty and passes it again."""
 
     def __post_init__(self) -> None:
         if self.id <= 0:
@@ -196,7 +197,8 @@ class RaftNode:
         self._term = hs.term
         self._vote = hs.vote
         self._hard_state = hs
-        self._rejoining = hs.rejoining or config.rejoining
+        empty = hs == HardState() and snap.index == 0 and storage.last_index() == 0
+        self._rejoining = hs.rejoining or (config.rejoining and empty)
         self._nonce = rng.getrandbits(63) + 1 if self._rejoining else 0
         self._barrier = 0
         self._barrier_leader = 0

@@ -37,7 +37,7 @@ from raftka.replication.messages import Message
 from raftka.replication.raft import RaftConfig, RaftNode, Role
 from raftka.replication.ready import Ready
 from raftka.replication.membership import Membership
-from raftka.replication.state import ConfState, HardState, Snapshot
+from raftka.replication.state import ConfState, Snapshot
 from raftka.replication.storage import MemoryStorage
 
 GENESIS = b"\x00" * 8
@@ -175,10 +175,10 @@ class SimNode:
         return self.core is not None
 
     def start(self) -> None:
-        """Start the core on what the disk holds; a node whose disk was lost and is still empty
-        starts rejoining (``RaftConfig.rejoining``; once persisted, its HardState keeps the rule)."""
-        empty = self.storage.hard_state == HardState() and self.storage.last_index() == 0
-        config = replace(self.config, rejoining=self.lost_state_floor is not None and self.rejoin_rule and empty)
+        """Start the core on what the disk holds; a node whose disk was lost starts rejoining
+        (``RaftConfig.rejoining``, which the core applies to an empty disk only; once persisted, its
+        HardState keeps the rule)."""
+        config = replace(self.config, rejoining=self.lost_state_floor is not None and self.rejoin_rule)
         self.core = RaftNode(config, self.storage, self.make_rng(self.restarts))
         snap = self.storage.snapshot()
         self.sm_index = snap.index

@@ -254,3 +254,11 @@ def test_a_rejoining_node_takes_only_its_own_barrier() -> None:
     rd = node.ready()
     assert rd is not None and rd.hard_state is not None
     assert (rd.hard_state.vote, rd.hard_state.rejoining, rd.must_sync) == (1, False, True)
+
+
+def test_the_rejoining_flag_applies_to_an_empty_storage_only() -> None:
+    """A driver passes RaftConfig.rejoining again when it reopens a group; a storage with state
+    follows its HardState (design note 14)."""
+    fresh = RaftNode(RaftConfig(1, rejoining=True), MemoryStorage(), random.Random(1))
+    founded = RaftNode(RaftConfig(1, rejoining=True), MemoryStorage.bootstrap(ConfState((1, 2, 3))), random.Random(1))
+    assert fresh.rejoining and not founded.rejoining
