@@ -98,7 +98,15 @@ class PartitionManager:
         self._state_machines[topic] = factory
 
     def replica(self, topic: str, partition: int) -> RaftReplica:
-        """This broker's replica of the partition; NOT_LEADER (with the preferred leader) if it has none."""
+        """This broker's replica of the partition; NOT_LEADER (with the preferred leader) if it has none.
+
+        A replaced broker answers NOT_LEADER (retriable) rather than UNKNOWN_TOPIC for a topic it
+        does not know until its replacing registration is applied: before, its metadata log is still
+        catching up, and clients that knew its address as a leader's keep asking it meanwhile."""
+        if (self._metadata.find(topic) is None and self._replaced_incarnation
+                and self._registered_at is None):
+            raise NotLeaderError(f"broker {self._driver.broker_id} replaced a lost disk and is still catching up "
+                                 f"the metadata log; topic {topic!r} is not known here yet")
         record = self._metadata.get(topic)
         if not 0 <= partition < record.partitions:
             raise UnknownPartitionError(
