@@ -3,7 +3,8 @@ stopped together.
 
 Start-up opens the log store, hosts the metadata log (founding it on first start), restores the
 metadata snapshot and lets the multi-Raft driver replay the log after it, which re-opens every
-partition replica this broker holds. Health turns
+partition replica this broker holds. A broker started with `--replace` on a new data directory (its
+disk was lost) founds nothing: its replicas rejoin their groups (`_replaced`). Health turns
 SERVING once the metadata log has a leader, so `raftka local` and orchestrators wait until topic
 operations can succeed. Shutdown on SIGTERM or SIGINT is graceful: health turns NOT_SERVING, the
 server stops taking calls and gives in-flight ones a grace period, the driver finishes its round,
@@ -55,6 +56,8 @@ log = logging.getLogger(__name__)
 GRPC_MAX_MESSAGE_BYTES = 2 * MAX_BATCH_BYTES_LIMIT
 SHUTDOWN_GRACE_S = 1.0
 INCARNATION_FILE = "incarnation"
+REPLACED_FILE = "replaced"
+"""Present in a data directory that took over the id of a broker whose disk was lost (`--replace`)."""
 LIVENESS_SERVICE = "liveness"
 """A health service name that answers SERVING while the process runs, whatever its cluster is doing:
 what a liveness probe asks (restarting a broker because its quorum is away would not help)."""
@@ -133,17 +136,16 @@ async def serve(config: BrokerConfig) -> int:
         stop.set()
 
     incarnation = _incarnation(config.data_dir)
-    founders = tuple(config.founders)
-    if METADATA_GROUP not in store.log_names() and config.peers:
+    replaced = _replaced(config, store, incarnation)
+    founders = () if replaced else tuple(config.founders)
+    if METADATA_GROUP not in store.log_names() and config.peers and not replaced:
         known = await _registered_elsewhere(config, incarnation)
-        if known and not config.replace:
+        if known:
             log.critical("broker refused by its cluster id=%d: it has no metadata log (incarnation %s) but the "
                          "cluster knows broker %d with incarnation %s; if its disk was lost or replaced, start it "
                          "with --replace", config.broker_id, incarnation, config.broker_id, known)
             store.close()
             return 2
-        if known:
-            founders = ()
 
     def deliver(src: int, messages: list[tuple[str, Message]]) -> None:
         for group, message in messages:
@@ -160,12 +162,13 @@ async def serve(config: BrokerConfig) -> int:
     snapshot_policy = SnapshotPolicy(min_bytes=config.snapshot_bytes)
     stats = StateMachineStats()
     metrics.watch_state_machines(stats)
-    partitions = PartitionManager(store, metadata, driver, directory.address_of, snapshot_policy=snapshot_policy)
+    partitions = PartitionManager(store, metadata, driver, directory.address_of, snapshot_policy=snapshot_policy,
+                                  replaced_incarnation=incarnation if replaced else "")
     coordinator = GroupCoordinator(config.broker_id, metadata, partitions,
                                    timeout_s=config.request_timeout_ms / 1000, stats=stats)
     controller = Controller(store, driver, metadata, directory, founders,
                             is_alive=lambda broker: not transport.reported_down(broker), stats=stats,
-                            snapshot_policy=snapshot_policy,
+                            snapshot_policy=snapshot_policy, rejoining=replaced,
                             move_limits=MoveLimits(config.max_moves_per_broker, config.max_moves))
     state = BrokerState(config, metadata, partitions, controller, metrics, directory, incarnation,
                         transport.down_since)
@@ -266,13 +269,34 @@ def _incarnation(data_dir: Path) -> str:
     back from a lost or wiped disk (a new incarnation) from one that merely restarted."""
     path = data_dir / INCARNATION_FILE
     if not path.exists():
-        temporary = path.with_suffix(".tmp")
-        temporary.write_text(uuid.uuid4().hex + "\n")
-        with open(temporary, "rb") as written:
-            os.fsync(written.fileno())
-        temporary.replace(path)
+        _write_durably(path, uuid.uuid4().hex + "\n")
         log.info("data directory initialised path=%s incarnation=%s", data_dir, path.read_text().strip())
     return path.read_text().strip()
+
+
+def _write_durably(path: Path, text: str) -> None:
+    """Create `path` holding `text`, all or nothing, synced before this returns."""
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(text)
+    with open(temporary, "rb") as written:
+        os.fsync(written.fileno())
+    temporary.replace(path)
+
+
+def _replaced(config: BrokerConfig, store: LogStore, incarnation: str) -> bool:
+    """Whether this data directory took over the id of a broker whose disk was lost: `--replace` on
+    a directory without a metadata log marks it so for good (the flag on a later start, or on a
+    directory that has a metadata log, changes nothing). Such a broker founds no group: the metadata
+    log and every partition whose topic predates its registration rejoin, voting and counting
+    towards commits only once they hold what was committed before (`partitions.open_replica`). The
+    mark is durable before any group opens, so a crash before a group has persisted that rule does
+    not make the group forget it."""
+    path = config.data_dir / REPLACED_FILE
+    if not path.exists() and config.replace and METADATA_GROUP not in store.log_names():
+        _write_durably(path, incarnation + "\n")
+        log.warning("broker replaces one whose disk was lost id=%d incarnation=%s: its replicas rejoin their "
+                    "groups and vote once caught up", config.broker_id, incarnation)
+    return path.exists()
 
 
 async def _registered_elsewhere(config: BrokerConfig, incarnation: str) -> str | None:

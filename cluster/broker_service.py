@@ -205,7 +205,8 @@ class BrokerService(api_pb2_grpc.BrokerServicer):
         try:
             if request.acks not in (api_pb2.ACKS_ALL, api_pb2.ACKS_LEADER):
                 raise InvalidRequestError(f"unknown acks value {request.acks}")
-            if self._state.metadata.get(request.topic).internal:
+            record = self._state.metadata.find(request.topic)
+            if record is not None and record.internal:
                 raise InvalidTopicError(f"topic {request.topic!r} is internal; only the brokers write to it")
             replica = self._state.partitions.replica(request.topic, request.partition)
             timeout_ms = request.timeout_ms or self._state.config.request_timeout_ms

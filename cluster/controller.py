@@ -50,10 +50,11 @@ class Controller:
                  founders: tuple[int, ...], *, is_alive: Callable[[int], bool] = lambda broker: True,
                  timeout_s: float = 30.0, stats: StateMachineStats | None = None,
                  move_limits: MoveLimits = MoveLimits(),
-                 snapshot_policy: SnapshotPolicy = SnapshotPolicy()) -> None:
+                 snapshot_policy: SnapshotPolicy = SnapshotPolicy(), rejoining: bool = False) -> None:
         """`founders` are the voters the metadata log is founded with if this broker has none yet
         (empty for a broker that joins: it learns the log from its leader). `is_alive(broker)` is the
-        failure detector's view; new replicas go to live brokers."""
+        failure detector's view; new replicas go to live brokers. `rejoining`: this broker replaced
+        one whose disk was lost, so a new metadata log rejoins (`partitions.open_replica`)."""
         self._state = state
         self.stats = stats or StateMachineStats()
         self._directory = directory
@@ -65,7 +66,7 @@ class Controller:
         voters = tuple(sorted(founders))
         self.replica, founded = open_replica(store, driver, METADATA_GROUP, voters, TopicConfig(
             retention_ms=-1, retention_bytes=-1), directory.address_of, state_machine=self,
-            snapshot_policy=snapshot_policy)
+            snapshot_policy=snapshot_policy, rejoining=rejoining)
         if founded and len(voters) == 1:
             self.replica.campaign()
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 from typing import Callable
 
-from raftka.cluster.metadata import MetadataState, TopicRecord
+from raftka.cluster.metadata import BrokerRegistration, MetadataState, TopicRecord
 from raftka.cluster.replica import RaftReplica
 from raftka.cluster.state_machine import SnapshotPolicy, StateMachine
 from raftka.cluster.topics import TopicConfig
@@ -42,22 +42,45 @@ def log_config(config: TopicConfig) -> LogConfig:
 
 
 def open_replica(store: LogStore, driver: MultiRaft, group_id: str, voters: tuple[int, ...], config: TopicConfig,
-                 address_of: Callable[[int], str], **options: object) -> tuple[RaftReplica, bool]:
+                 address_of: Callable[[int], str], *, rejoining: bool = False,
+                 **options: object) -> tuple[RaftReplica, bool]:
     """The replica of `group_id` on this broker, and whether its group was founded just now: a replica
     with no log founds its group with `voters` as the first configuration, unless `voters` is empty
-    (it joins a group that exists: it starts empty and learns everything from the leader)."""
+    (it joins a group that exists: it starts empty and learns everything from the leader) or
+    `rejoining`.
+
+    `rejoining` says the group may predate this broker's data directory: the broker replaced one
+    whose disk was lost (`raftka broker --replace`), and that one may have been a member. A replica
+    with no log then founds nothing (the group exists, and its old member's votes and
+    acknowledgements are gone with its disk) and starts as a rejoining member (`RaftConfig.rejoining`,
+    design note 14 in replication/raft.py): it neither votes nor counts towards a commit until it
+    holds everything committed before it started; its HardState keeps that rule across restarts.
+    A replica that has a log ignores the flag: its HardState says whether it is still rejoining."""
     entry_log = store.open_raft_log(group_id, log_config(config))
-    founded = bool(voters) and entry_log.last_index == 0 and entry_log.snapshot.index == 0
+    empty = entry_log.last_index == 0 and entry_log.snapshot.index == 0
+    founded = bool(voters) and empty and not rejoining
     storage = (PartitionStorage.bootstrap(entry_log, ConfState(voters=tuple(sorted(voters)))) if founded
                else PartitionStorage(entry_log))
+    if rejoining and empty:
+        log.warning("replica rejoins after its broker's disk was lost group=%s: it votes again once it "
+                    "has caught up", group_id)
     replica = RaftReplica(group_id, entry_log.log, storage, driver, config,
-                          address_of, **options)  # type: ignore[arg-type]  # options: RaftReplica's keywords
+                          address_of, rejoining=rejoining and empty, **options)  # type: ignore[arg-type]  # options: RaftReplica's keywords
     return replica, founded
 
 
 class PartitionManager:
     def __init__(self, store: LogStore, metadata: MetadataState, driver: MultiRaft,
-                 address_of: Callable[[int], str], *, snapshot_policy: SnapshotPolicy = SnapshotPolicy()) -> None:
+                 address_of: Callable[[int], str], *, snapshot_policy: SnapshotPolicy = SnapshotPolicy(),
+                 replaced_incarnation: str = "") -> None:
+        """`replaced_incarnation`: this broker's data directory (that incarnation) replaced one whose
+        disk was lost (`raftka broker --replace`). The partitions whose topic predates the
+        replacement then rejoin rather than found their groups (`open_replica`). The contract: a
+        topic predates it unless its create_topic command is applied after this incarnation's
+        registration (a later metadata log offset), since the lost directory was gone by the time
+        this one registered. A topic restored from a metadata snapshot counts as predating whenever
+        the snapshot holds the registration too (the snapshot does not say which came first), which
+        is only ever too careful: such a replica waits for a majority of the others to catch it up."""
         self._store = store
         self._snapshot_policy = snapshot_policy
         self._metadata = metadata
@@ -65,9 +88,14 @@ class PartitionManager:
         self._address_of = address_of
         self._replicas: dict[tuple[str, int], RaftReplica] = {}
         self._state_machines: dict[str, StateMachineFactory] = {}
+        self._replaced_incarnation = replaced_incarnation
+        self._registered_at: int | None = None
+        """Metadata offset at which this replaced incarnation's registration was applied (or the
+        offset of the snapshot that held it); None until then."""
         metadata.on_created.append(self._host)
         metadata.on_deleted.append(self._unhost)
         metadata.on_moved.append(self._rehost)
+        metadata.on_registered.append(self._registered)
 
     def attach(self, topic: str, factory: StateMachineFactory) -> None:
         """Make the replicas of internal topic `topic` feed a state machine: `factory(partition)`
@@ -76,7 +104,15 @@ class PartitionManager:
         self._state_machines[topic] = factory
 
     def replica(self, topic: str, partition: int) -> RaftReplica:
-        """This broker's replica of the partition; NOT_LEADER (with the preferred leader) if it has none."""
+        """This broker's replica of the partition; NOT_LEADER (with the preferred leader) if it has none.
+
+        A replaced broker answers NOT_LEADER (retriable) rather than UNKNOWN_TOPIC for a topic it
+        does not know until its replacing registration is applied: before, its metadata log is still
+        catching up, and clients that knew its address as a leader's keep asking it meanwhile."""
+        if (self._metadata.find(topic) is None and self._replaced_incarnation
+                and self._registered_at is None):
+            raise NotLeaderError(f"broker {self._driver.broker_id} replaced a lost disk and is still catching up "
+                                 f"the metadata log; topic {topic!r} is not known here yet")
         record = self._metadata.get(topic)
         if not 0 <= partition < record.partitions:
             raise UnknownPartitionError(
@@ -105,6 +141,21 @@ class PartitionManager:
                         name)
             self._store.drop_log(name)
 
+    def _registered(self, registration: BrokerRegistration) -> None:
+        if (self._replaced_incarnation and self._registered_at is None
+                and registration.broker_id == self._driver.broker_id
+                and registration.incarnation == self._replaced_incarnation):
+            self._registered_at = self._metadata.applied_offset
+            log.info("replacing registration applied broker=%d metadata_offset=%d: topics created after it "
+                     "found their groups here", registration.broker_id, self._registered_at)
+
+    def _predates_replacement(self) -> bool:
+        """Whether the group that the command being applied makes this broker host (a topic's creation,
+        or a move adding it) may predate this replaced data directory (see `__init__`)."""
+        if not self._replaced_incarnation:
+            return False
+        return self._registered_at is None or self._metadata.applied_offset <= self._registered_at
+
     def _host(self, record: TopicRecord) -> None:
         for partition in range(record.partitions):
             self._open(record, partition)
@@ -120,7 +171,8 @@ class PartitionManager:
                                               "snapshot_policy": self._snapshot_policy}
         founding = voters if me in voters and (move is None or me in move.original) else ()
         replica, founded = open_replica(self._store, self._driver, record.group_id(partition), founding,
-                                        record.config, self._address_of, **options)
+                                        record.config, self._address_of, rejoining=self._predates_replacement(),
+                                        **options)
         self._replicas[(record.name, partition)] = replica
         if founded and voters[0] == me:
             replica.campaign()

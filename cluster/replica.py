@@ -76,9 +76,11 @@ class ReadResult:
 class RaftReplica:
     def __init__(self, group_id: str, log: PartitionLog, storage: PartitionStorage, driver: MultiRaft,
                  config: TopicConfig, address_of: Callable[[int], str], *, state_machine: StateMachine | None = None,
-                 snapshot_policy: SnapshotPolicy = SnapshotPolicy()) -> None:
+                 snapshot_policy: SnapshotPolicy = SnapshotPolicy(), rejoining: bool = False) -> None:
         """With a `state_machine`, the replica restores it from the Raft snapshot and re-applies every
-        committed entry after it; without one it resumes from its persisted commit index."""
+        committed entry after it; without one it resumes from its persisted commit index. `rejoining`:
+        the log is new but this broker's lost one may have been a member of the group, so the member
+        must catch up before it counts (`RaftConfig.rejoining`; `partitions.open_replica`)."""
         self.group_id = group_id
         self._log = log
         self._storage = storage
@@ -105,7 +107,7 @@ class RaftReplica:
             self._load(storage.snapshot(), "local")
         driver.add_group(group_id, storage, self._apply, RaftConfig(
             id=driver.broker_id, election_ticks=ELECTION_TICKS, heartbeat_ticks=HEARTBEAT_TICKS, applied=applied,
-            broadcast_commit=state_machine is not None), restore=self._restore)
+            broadcast_commit=state_machine is not None, rejoining=rejoining), restore=self._restore)
 
     @property
     def node(self) -> RaftNode:

@@ -183,12 +183,23 @@ def unpack_pointer(value: bytes) -> tuple[int, int, int, int, int]:
     return _POINTER.unpack_from(value)
 
 
-def pack_hard_state(term: int, vote: int, commit: int) -> bytes:
-    return _HARD_STATE.pack(term, vote, commit)
+_HARD_STATE_REJOINING = 1
+"""Flag bit of the optional byte after a hard state's three u64s: the replica lost its durable
+state and is still catching up (``HardState.rejoining``, design note 14 in replication/raft.py).
+The byte is written only when a flag is set, so a hard state without flags is the original 24
+bytes and hard states written before the flag existed read as not rejoining."""
 
 
-def unpack_hard_state(value: bytes) -> tuple[int, int, int]:
-    return _HARD_STATE.unpack(value)
+def pack_hard_state(term: int, vote: int, commit: int, rejoining: bool = False) -> bytes:
+    packed = _HARD_STATE.pack(term, vote, commit)
+    return packed + bytes([_HARD_STATE_REJOINING]) if rejoining else packed
+
+
+def unpack_hard_state(value: bytes) -> tuple[int, int, int, bool]:
+    """(term, vote, commit, rejoining); see ``_HARD_STATE_REJOINING`` for the optional flags byte."""
+    term, vote, commit = _HARD_STATE.unpack_from(value)
+    flags = value[_HARD_STATE.size] if len(value) > _HARD_STATE.size else 0
+    return term, vote, commit, bool(flags & _HARD_STATE_REJOINING)
 
 
 def pack_snapshot(index: int, term: int, offset: int, conf: bytes, data: bytes) -> bytes:

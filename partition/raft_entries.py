@@ -76,6 +76,7 @@ class HardStateRecord(NamedTuple):
     term: int = 0
     vote: int = 0
     commit: int = 0
+    rejoining: bool = False
 
 
 class SnapshotRecord(NamedTuple):
@@ -260,11 +261,11 @@ class RaftEntryLog:
                 self._stage_pointer(wb, index, pointer, data)
             self._last = entries[-1][0]
 
-    def set_hard_state(self, term: int, vote: int, commit: int) -> None:
+    def set_hard_state(self, term: int, vote: int, commit: int, rejoining: bool = False) -> None:
         self.log._check_open()
         with self._staging(self) as wb:
-            wb.put(self._keys.hard_state, keys.pack_hard_state(term, vote, commit))
-            self._hard_state = HardStateRecord(term, vote, commit)
+            wb.put(self._keys.hard_state, keys.pack_hard_state(term, vote, commit, rejoining))
+            self._hard_state = HardStateRecord(term, vote, commit, rejoining)
 
     def create_snapshot(self, index: int, conf: bytes, data: bytes) -> SnapshotRecord:
         """Record a snapshot at `index` (snapshot index < index <= last_index, first_index - 1 <= index);

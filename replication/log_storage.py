@@ -149,7 +149,8 @@ class PartitionStorage:
         self.entry_log.append([(e.index, e.term, e.type, e.data) for e in entries])
 
     def set_hard_state(self, hard_state: HardState) -> None:
-        self.entry_log.set_hard_state(hard_state.term, hard_state.vote, hard_state.commit)
+        hs = hard_state
+        self.entry_log.set_hard_state(hs.term, hs.vote, hs.commit, hs.rejoining)
 
     def apply_snapshot(self, snapshot: Snapshot) -> None:
         """Replace the whole log, records included, by `snapshot`: the record log restarts empty at the

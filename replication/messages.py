@@ -47,6 +47,9 @@ class Message:
       HEARTBEAT_RESP: ``context`` echoed.
       SNAPSHOT: ``snapshot``.
       READ_INDEX: ``context`` (follower -> leader); READ_INDEX_RESP: ``index`` and ``context``.
+        Without a context they ask for and grant a rejoining node's barrier (``raft.py``, design
+        note 14): READ_INDEX ``index`` = the node's nonce; READ_INDEX_RESP ``index`` = the barrier,
+        ``commit`` = the nonce echoed.
     """
 
     type: MessageType

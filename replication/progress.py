@@ -80,6 +80,14 @@ class Progress:
         self._reset(ProgressState.SNAPSHOT)
         self.pending_snapshot = snapshot_index
 
+    def forget(self) -> None:
+        """The follower lost its durable state (design note 14 in ``raft.py``): its log is no
+        longer what it acknowledged, and a rejection below ``match`` would look stale forever, so
+        probe it from the start of the log."""
+        self.match = 0
+        self._reset(ProgressState.PROBE)
+        self.next = 1
+
     def _reset(self, state: ProgressState) -> None:
         self.state = state
         self.probe_sent = False

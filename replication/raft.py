@@ -53,6 +53,44 @@ Design note: where Raftka departs from the Raft paper (Ongaro & Ousterhout, 2014
 12. **Followers do not forward proposals**; :class:`NotRaftLeaderError` carries the leader hint and the
     driver routes (Kafka clients already produce to the partition leader).
 13. Election timeouts are randomized in ``[election_ticks, 2 * election_ticks)`` ticks.
+14. **A node that lost its durable state rejoins as an observer until a barrier commits** (the paper
+    assumes durable state is never lost). A broker whose data directory was deleted comes back under
+    the same id with an empty log (``RaftConfig.rejoining``). Its lost state held promises Raft's
+    safety rests on: the votes it cast, the terms it had seen, the entries it acknowledged. If
+    leader A committed entry e with B, B is wiped, A dies and C (which never got e) asks B for its
+    vote, B's empty log is "less up to date" than C's: B grants and C leads without e. So until it
+    has caught up such a node grants no vote or pre-vote and never campaigns (not on TimeoutNow
+    either), acknowledges appends only up to its own commit index and echoes no ReadIndex context:
+    nothing it says counts towards an election, a commit or a read. It has caught up when its commit
+    index reaches a **barrier**: a no-op that the leader of its current term appended after receiving
+    its request (a READ_INDEX without context carrying a random nonce drawn at start; the answer,
+    a READ_INDEX_RESP without context, carries the barrier's index and echoes the nonce; a new
+    term needs a new barrier). Then it votes again, its vote in that term set to that leader.
+    ``HardState.rejoining`` holds the rule and is durable before any message: a crash while catching
+    up keeps it. A leader that led before the loss still holds the lost state's match for the node:
+    so a rejoining node takes its commit index only from appends (which check log matching), never
+    from a heartbeat's ``min(commit, match)``, and a leader that gets a barrier request with a new
+    nonce forgets the node's progress and replicates to it from scratch (else it would ignore the
+    empty log's rejections as stale, below that match, forever).
+    Why a fresh barrier and not "the commit index the first leader it meets tells it": that commit
+    index may lag what was committed (a new leader has not yet committed an entry of its term, so it
+    does not yet count A's e), and that leader may be stale, of a term below one the lost state had
+    voted in: catching up from it and then acknowledging its appends would let it commit over an
+    entry that a newer leader committed with the lost acknowledgement. The argument: the barrier b,
+    of term t, is appended after the node restarted, so after every promise of the lost state, and
+    commits with a majority Q without the node (its acknowledgements never pass its commit index,
+    which only ever holds entries a majority without it stored). Take a candidate X that the lost
+    state voted for, or a leader it acknowledged, in a term T > t. Any majority electing X meets Q
+    in a node V other than this one; V cannot have voted for X before acknowledging b (its term
+    would then exceed t) nor after (X's log was fixed before the restart, so its last entry is of a
+    term below t, or of term t and older than b: V's log, holding b, is more up to date). So no
+    term above t has a leader that the lost state helped elect or commit, and every entry committed
+    with its help is of a term <= t, appended before the restart, hence at or below b in the log it
+    now holds. In terms below t it never votes again (its term is t); in t it has voted for t's
+    leader, which no other candidate of t can beat. Its state is now as strong as the state it lost.
+    A group in which a majority of voters lost their state has lost data whatever any rule does:
+    it stays unavailable (no barrier can commit, no candidate can win) rather than electing a leader
+    without it.
 """
 
 from __future__ import annotations
@@ -126,6 +164,13 @@ class RaftConfig:
     it rides on the appends anyway, and a lone write saves a message and a reply per follower. Turn
     it off only for groups whose followers need not apply promptly (a partition's followers serve
     no reads; the metadata log's do)."""
+    rejoining: bool = False
+    """This node lost its durable state (its data directory was deleted) and comes back under its old
+    id: it rejoins as an observer until it has caught up (design note 14). It applies only to an
+    empty storage (no hard state, entry or snapshot); a storage with state follows its HardState, so
+    a driver may pass the flag again on every reopen. The core persists the rule in
+    ``HardState.rejoining`` with its first Ready, so a restart keeps it without this flag; a driver
+    that crashes before that Ready is durable finds its storage still empty and passes it again."""
 
     def __post_init__(self) -> None:
         if self.id <= 0:
@@ -152,6 +197,13 @@ class RaftNode:
         self._term = hs.term
         self._vote = hs.vote
         self._hard_state = hs
+        empty = hs == HardState() and snap.index == 0 and storage.last_index() == 0
+        self._rejoining = hs.rejoining or (config.rejoining and empty)
+        self._nonce = rng.getrandbits(63) + 1 if self._rejoining else 0
+        self._barrier = 0
+        self._barrier_leader = 0
+        self._barrier_asked = False
+        self._barriers: dict[int, tuple[int, int]] = {}
         self._lead = 0
         self._role = Role.FOLLOWER
         self._msgs: list[Message] = []
@@ -217,6 +269,11 @@ class RaftNode:
     @property
     def is_quiescent(self) -> bool:
         return self._quiescent
+
+    @property
+    def rejoining(self) -> bool:
+        """Whether this node is catching up after losing its durable state (design note 14)."""
+        return self._rejoining
 
     def term_of(self, index: int) -> int:
         """Term of the entry at ``index`` in this node's log (raises CompactedError/UnavailableError)."""
@@ -401,7 +458,7 @@ class RaftNode:
             raise ReadyContractError("the previous Ready has not been advanced")
         if self._role == Role.LEADER:
             self._flush_appends()
-        hs = HardState(self._term, self._vote, self._log.committed)
+        hs = HardState(self._term, self._vote, self._log.committed, self._rejoining)
         hs_changed = hs != self._hard_state
         entries = tuple(self._log.unstable.entries)
         snapshot = self._log.unstable.snapshot
@@ -413,6 +470,7 @@ class RaftNode:
             or snapshot is not None
             or hs.term != self._hard_state.term
             or hs.vote != self._hard_state.vote
+            or hs.rejoining != self._hard_state.rejoining
         )
         early, late = _split_early(self._msgs, self._hard_state.term)
         rd = Ready(
@@ -458,6 +516,9 @@ class RaftNode:
         if term != self._term:
             self._term = term
             self._vote = 0
+            self._barrier = 0
+            self._barrier_leader = 0
+            self._barrier_asked = False
         self._lead = 0
         self._election_elapsed = 0
         self._heartbeat_elapsed = 0
@@ -468,6 +529,7 @@ class RaftNode:
         self._reads_awaiting_commit = []
         self._lead_transferee = 0
         self._needs_append = set()
+        self._barriers = {}
         self._quiescent = False
 
     def _become_follower(self, term: int, lead: int) -> None:
@@ -501,7 +563,7 @@ class RaftNode:
         logger.debug("node %d: leader at term %d", self.id, self._term)
 
     def _promotable(self) -> bool:
-        return self.id in self._membership.current.voters
+        return self.id in self._membership.current.voters and not self._rejoining
 
     def _in_lease(self) -> bool:
         return self._lead != 0 and self._election_elapsed < self._cfg.election_ticks
@@ -514,13 +576,15 @@ class RaftNode:
 
     def _tick_election(self) -> None:
         self._election_elapsed += 1
+        if self._rejoining and self._election_elapsed % self._cfg.election_ticks == 0:
+            self._ask_barrier()
         if self._promotable() and self._election_elapsed >= self._randomized_election_timeout:
             self._election_elapsed = 0
             self._campaign(_Campaign.PRE_ELECTION)
 
     def _campaign(self, kind: _Campaign) -> None:
         if not self._promotable():
-            logger.debug("node %d: not a voter, not campaigning", self.id)
+            logger.debug("node %d: not a voter or rejoining, not campaigning", self.id)
             return
         if kind == _Campaign.PRE_ELECTION:
             self._become_pre_candidate()
@@ -549,7 +613,7 @@ class RaftNode:
 
     def _handle_vote_request(self, m: Message) -> None:
         resp = MT.PRE_VOTE_RESP if m.type == MT.PRE_VOTE else MT.VOTE_RESP
-        can_vote = (
+        can_vote = not self._rejoining and (
             self._vote == m.src
             or (self._vote == 0 and self._lead == 0)
             or (m.type == MT.PRE_VOTE and m.term > self._term)
@@ -589,10 +653,34 @@ class RaftNode:
                 self._handle_heartbeat(m)
             else:
                 self._handle_snapshot(m)
+            if self._rejoining and not self._barrier and (m.type == MT.HEARTBEAT or not self._barrier_asked):
+                self._ask_barrier()
+            self._maybe_rejoin()
         elif m.type == MT.TIMEOUT_NOW:
             self._campaign(_Campaign.TRANSFER)
         elif m.type == MT.READ_INDEX_RESP:
-            self._read_states.append(ReadState(m.index, m.context))
+            if m.context:
+                self._read_states.append(ReadState(m.index, m.context))
+            elif self._rejoining and m.commit == self._nonce:
+                self._barrier, self._barrier_leader = m.index, m.src
+                self._maybe_rejoin()
+
+    def _ask_barrier(self) -> None:
+        """Rejoining: ask the leader of this term for a barrier (design note 14); the leader answers
+        every request, so asking again after a lost message is harmless."""
+        if self._lead:
+            self._barrier_asked = True
+            self._send(Message(MT.READ_INDEX, self.id, self._lead, self._term, index=self._nonce))
+
+    def _maybe_rejoin(self) -> None:
+        """Lift the rejoin rule once the commit index reaches the barrier of this term."""
+        if not self._rejoining or not self._barrier or self._log.committed < self._barrier:
+            return
+        self._rejoining = False
+        if self._vote == 0:
+            self._vote = self._barrier_leader
+        logger.info("node %d: caught up after losing its state (barrier %d, term %d, leader %d); voting again",
+                    self.id, self._barrier, self._term, self._barrier_leader)
 
     def _handle_append(self, m: Message) -> None:
         if m.index < self._log.committed:
@@ -604,6 +692,8 @@ class RaftNode:
             if written:
                 self._membership.truncate_from(written[0].index)
                 self._membership.append(written)
+            if self._rejoining:
+                last_new = min(last_new, self._log.committed)
             self._send(Message(MT.APPEND_RESP, self.id, m.src, self._term, index=last_new))
             return
         hint_index, hint_term = self._log.find_conflict_by_term(min(m.index, self._log.last_index()), m.log_term)
@@ -621,9 +711,16 @@ class RaftNode:
         )
 
     def _handle_heartbeat(self, m: Message) -> None:
-        self._log.commit_to(m.commit)
-        self._send(Message(MT.HEARTBEAT_RESP, self.id, m.src, self._term, context=m.context))
-        if m.quiesce and self._log.committed == m.commit == self._log.last_index():
+        """A rejoining node takes no commit index from a heartbeat, neither confirms a ReadIndex
+        round nor stops its timer (it may still have a barrier to ask for). The commit index: a
+        heartbeat carries ``min(commit, match)`` without a log-matching check, and the leader's
+        match for this node may be what the lost state acknowledged, past this log's end or over
+        entries this log holds differently; an append, which checks log matching, carries it."""
+        if not self._rejoining:
+            self._log.commit_to(m.commit)
+        context = b"" if self._rejoining else m.context
+        self._send(Message(MT.HEARTBEAT_RESP, self.id, m.src, self._term, context=context))
+        if m.quiesce and not self._rejoining and self._log.committed == m.commit == self._log.last_index():
             self._quiescent = True
 
     def _handle_snapshot(self, m: Message) -> None:
@@ -703,7 +800,9 @@ class RaftNode:
 
     def _step_leader(self, m: Message) -> None:
         if m.type == MT.READ_INDEX:
-            if m.context not in self._reads:
+            if not m.context:
+                self._answer_barrier(m.src, m.index)
+            elif m.context not in self._reads:
                 self._leader_read(m.context, m.src)
             return
         pr = self._progress.get(m.src)
@@ -817,6 +916,21 @@ class RaftNode:
         logger.debug("node %d: sending snapshot %d/%d to %d", self.id, snapshot.index, snapshot.term, to)
         self._send(Message(MT.SNAPSHOT, self.id, to, self._term, snapshot=snapshot))
         return True
+
+    def _answer_barrier(self, requester: int, nonce: int) -> None:
+        """A rejoining member asks for a barrier (design note 14): a no-op appended after its
+        request arrived. One per (member, nonce): a repeated request gets the same index. A new
+        nonce also means the member's log is not what it acknowledged (its progress may still hold
+        the lost state's match): replicate to it from scratch."""
+        pr = self._progress.get(requester)
+        if pr is None or not nonce:
+            return
+        known_nonce, index = self._barriers.get(requester, (0, 0))
+        if known_nonce != nonce:
+            pr.forget()
+            index = self._append_entries([(EntryType.NOOP, b"")])
+            self._barriers[requester] = (nonce, index)
+        self._send(Message(MT.READ_INDEX_RESP, self.id, requester, self._term, index=index, commit=nonce))
 
     # ------------------------------------------------------------------ reads
 

@@ -4,8 +4,11 @@ the scenario tests.
 Each :class:`SimNode` plays the driver of one core: its :class:`MemoryStorage` is the disk (what
 survives a crash), a Ready that was taken but not yet completed is the write in flight (lost on a
 crash, with everything else in the core's memory), and a hash chain over applied entries is the
-state machine. The :class:`Network` delivers, drops, duplicates and reorders messages and honours
-directed blocks (symmetric and asymmetric partitions).
+state machine. :meth:`SimNode.lose_disk` is a crash that also loses the disk: the node restarts
+empty under its old id, as a broker started with ``--replace`` after its data directory was lost,
+and (unless told otherwise, to show what the rule prevents) with ``RaftConfig.rejoining``. The
+:class:`Network` delivers, drops, duplicates and reorders messages and honours directed blocks
+(symmetric and asymmetric partitions).
 
 :class:`SafetyChecker` states the Raft invariants and checks them incrementally, as the cluster
 runs, so every check is cheap:
@@ -26,7 +29,7 @@ from __future__ import annotations
 import hashlib
 import random
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 from raftka.replication.entries import Entry
@@ -34,6 +37,7 @@ from raftka.replication.errors import CompactedError, RaftError
 from raftka.replication.messages import Message
 from raftka.replication.raft import RaftConfig, RaftNode, Role
 from raftka.replication.ready import Ready
+from raftka.replication.membership import Membership
 from raftka.replication.state import ConfState, Snapshot
 from raftka.replication.storage import MemoryStorage
 
@@ -160,6 +164,12 @@ class SimNode:
         self.sm_index = 0
         self.sm_state = GENESIS
         self.applied_data: list[bytes] = []
+        self.rejoin_rule = True
+        self.lost_state_floor: int | None = None
+        """While set, this node's disk was lost and it has not yet caught up: it has not yet
+        persisted a commit index of at least this floor (the highest commit any node had persisted
+        when the disk was lost) with the rejoin rule lifted. Such a node counts as failed when
+        the simulator decides whether another disk may be lost."""
         self.start()
 
     @property
@@ -167,7 +177,11 @@ class SimNode:
         return self.core is not None
 
     def start(self) -> None:
-        self.core = RaftNode(self.config, self.storage, self.make_rng(self.restarts))
+        """Start the core on what the disk holds; a node whose disk was lost starts rejoining
+        (``RaftConfig.rejoining``, which the core applies to an empty disk only; once persisted, its
+        HardState keeps the rule)."""
+        config = replace(self.config, rejoining=self.lost_state_floor is not None and self.rejoin_rule)
+        self.core = RaftNode(config, self.storage, self.make_rng(self.restarts))
         snap = self.storage.snapshot()
         self.sm_index = snap.index
         self.sm_state = snap.data or GENESIS
@@ -176,6 +190,31 @@ class SimNode:
         self.core = None
         self.pending = None
         self.restarts += 1
+
+    def lose_disk(self, committed: int, rejoin_rule: bool = True) -> None:
+        """Crash and lose the disk: the node restarts (``start``) with empty storage. ``committed``
+        is the highest commit persisted anywhere now (see ``lost_state_floor``); ``rejoin_rule``
+        False restarts it as an ordinary empty node, which Raft's safety argument does not cover."""
+        self.crash()
+        self.storage = MemoryStorage()
+        self.chain_off, self.chain = 0, [GENESIS]
+        self.sm_index, self.sm_state = 0, GENESIS
+        self.rejoin_rule = rejoin_rule
+        self.lost_state_floor = committed
+
+    @property
+    def lost_state(self) -> bool:
+        """Whether this node's disk was lost and it has not yet caught up (``lost_state_floor``)."""
+        return self.lost_state_floor is not None
+
+    def latest_conf(self) -> ConfState:
+        """The configuration in force at this node: its core's, or the one its disk holds."""
+        if self.core is not None:
+            return self.core.conf_state
+        snap = self.storage.snapshot()
+        membership = Membership(snap.metadata.conf_state, snap.index)
+        membership.append(self.storage.config_entries(snap.index + 1, self.storage.last_index() + 1))
+        return membership.current
 
     def chain_at(self, index: int) -> bytes:
         return self.chain[index - self.chain_off]
@@ -206,8 +245,11 @@ class SimNode:
         if rd.entries:
             self._persist_entries(list(rd.entries), checker, prev_commit)
         if rd.hard_state is not None:
-            self.storage.set_hard_state(rd.hard_state)
-            checker.on_commit_persisted(self, rd.hard_state.term, rd.hard_state.commit)
+            hs = rd.hard_state
+            self.storage.set_hard_state(hs)
+            checker.on_commit_persisted(self, hs.term, hs.commit)
+            if self.lost_state_floor is not None and not hs.rejoining and hs.commit >= self.lost_state_floor:
+                self.lost_state_floor = None
         if rd.snapshot is not None:
             self.sm_index, self.sm_state = rd.snapshot.index, rd.snapshot.data
             checker.on_applied(self, self.sm_index, self.sm_state)

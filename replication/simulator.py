@@ -3,7 +3,10 @@
 One run (one seed) builds a :class:`~raftka.replication.simcluster` cluster of ``nodes`` voters
 plus spare nodes (so membership can grow), then for ``steps`` ticks injects faults drawn from a
 per-seed fault profile: message drop, delay, duplication and reordering, symmetric and asymmetric
-partitions, crashes that lose every unpersisted write, restarts, snapshots with log compaction,
+partitions, crashes that lose every unpersisted write, restarts, disk losses (a node restarts
+empty under its old id and rejoins by the rule of design note 14 in ``raft.py``; at most a minority
+of every configuration's voters is ever without its state, since a majority that lost its state
+has lost data whatever the protocol does), snapshots with log compaction,
 membership changes (learners, promotions, demotions, removals), leadership transfers, ReadIndex
 reads, quiescence, and a client proposing throughout. The safety checker runs after every event.
 Then every fault heals, the client stops its background load, and the run must elect a leader
@@ -27,7 +30,7 @@ from dataclasses import dataclass, field
 
 from raftka.replication.entries import Entry
 from raftka.replication.errors import RaftError
-from raftka.replication.membership import ConfChange, ConfChangeOp, next_move_step
+from raftka.replication.membership import ConfChange, ConfChangeOp, apply_conf_change, next_move_step
 from raftka.replication.messages import Message
 from raftka.replication.raft import RaftConfig, Role
 from raftka.replication.simcluster import Network, SafetyChecker, SimNode, Violation
@@ -49,6 +52,9 @@ class SimParams:
     geometric probability, highest when the configuration has shrunk to two voters)..."""
     liveness_cap: int = 3000
     """...and the post-heal probe must commit within ``liveness_cap`` ticks in all."""
+    rejoin_rule: bool = True
+    """False restarts a node that lost its disk as an ordinary empty node: the runs then show what
+    the rejoin rule prevents (committed entries lost)."""
 
 
 @dataclass(frozen=True)
@@ -79,6 +85,7 @@ class FaultProfile:
     hold: float
     """Per tick, chance the leader's driver holds back or releases a learner's appends (the move
     throttle's flow control, `RaftNode.throttle`)."""
+    lose_disk: float
 
     @classmethod
     def draw(cls, rng: random.Random) -> FaultProfile:
@@ -102,6 +109,7 @@ class FaultProfile:
             quiesce=rng.choice([0.0, 0.05]),
             move=rng.choice([0.0, 0.01, 0.03]),
             hold=rng.choice([0.0, 0.05, 0.2]),
+            lose_disk=rng.choice([0.0, 0.005, 0.02]),
         )
 
 
@@ -336,6 +344,8 @@ class Simulation:
             self.stats["crashes"] += 1
             self._log(f"crash {victim.id}")
             self._wake_all()
+        if rng.random() < f.lose_disk:
+            self._lose_disk()
         for n in self.nodes.values():
             if not n.alive and rng.random() < f.restart:
                 n.start()
@@ -405,6 +415,8 @@ class Simulation:
         in_sync = [i for i, pr in core.progress().items()
                    if i == leader.id or (pr.recent_active and pr.match >= core.commit_index)]
         step = next_move_step(leader.id, target, set(conf.voters), set(conf.learners), in_sync)
+        if isinstance(step, ConfChange) and not self._keeps_lost_state_minority(conf, step):
+            return
         try:
             if isinstance(step, ConfChange):
                 index = core.propose_conf_change(step)
@@ -436,6 +448,37 @@ class Simulation:
             (self._held.add if paused else self._held.discard)((leader.id, member))
             self.stats["holds"] += paused
             self._log(f"{'hold' if paused else 'release'} learner {member} on {leader.id}")
+
+    def _lose_disk(self) -> None:
+        """Crash a node (live or not, but never the last live one) and lose its disk, unless that
+        could leave a majority of some voter configuration without its state
+        (:meth:`_lost_state_minority`)."""
+        spare_live = len(self._live()) > 1
+        candidates = [
+            n
+            for n in self.nodes.values()
+            if not n.lost_state and (spare_live or not n.alive) and self._lost_state_minority({n.id})
+        ]
+        if not candidates:
+            return
+        victim = self.rng.choice(candidates)
+        victim.lose_disk(self.checker.max_committed, self.params.rejoin_rule)
+        self.stats["disk_losses"] += 1
+        self._log(f"lose the disk of {victim.id}")
+        self._wake_all()
+
+    def _lost_state_minority(self, also: set[int], conf: ConfState | None = None) -> bool:
+        """Whether the nodes without their state (plus ``also``) stay a minority of the voters of
+        every configuration any node holds (and of ``conf``, a change about to be proposed)."""
+        lost = also | {n.id for n in self.nodes.values() if n.lost_state}
+        confs = [n.latest_conf() for n in self.nodes.values()] + ([conf] if conf is not None else [])
+        return all(2 * len(lost.intersection(c.voters)) < len(c.voters) for c in confs if c.voters)
+
+    def _keeps_lost_state_minority(self, conf: ConfState, change: ConfChange) -> bool:
+        try:
+            return self._lost_state_minority(set(), apply_conf_change(conf, change))
+        except RaftError:
+            return True
 
     def _depose_unproven_leaders(self) -> None:
         """Crash or isolate leaders that have not yet committed an entry of their own term.
@@ -486,6 +529,7 @@ class Simulation:
             options += [ConfChange(ConfChangeOp.REMOVE, i) for i in conf.voters]
             options += [ConfChange(ConfChangeOp.ADD_LEARNER, i) for i in conf.voters]
         options += [ConfChange(ConfChangeOp.REMOVE, i) for i in conf.learners]
+        options = [c for c in options if self._keeps_lost_state_minority(conf, c)]
         if not options:
             return
         change = rng.choice(options)
@@ -516,7 +560,8 @@ def run_seed(seed: int, params: SimParams, trace: bool = False) -> SeedResult:
 
 
 def replay_command(seed: int, params: SimParams) -> str:
-    return f"scripts/raft-sim --seeds 1 --first-seed {seed} --nodes {params.nodes} --steps {params.steps} --trace"
+    rule = "" if params.rejoin_rule else " --no-rejoin-rule"
+    return f"scripts/raft-sim --seeds 1 --first-seed {seed} --nodes {params.nodes} --steps {params.steps}{rule} --trace"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -526,8 +571,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nodes", type=int, choices=(3, 5), default=3)
     parser.add_argument("--steps", type=int, default=SimParams.steps, help="fault-injection ticks per run")
     parser.add_argument("--trace", action="store_true", help="print the full event trace of every run")
+    parser.add_argument(
+        "--no-rejoin-rule",
+        action="store_true",
+        help="restart nodes that lost their disk without the rejoin rule (shows what it prevents)",
+    )
     args = parser.parse_args(argv)
-    params = SimParams(nodes=args.nodes, steps=args.steps)
+    params = SimParams(nodes=args.nodes, steps=args.steps, rejoin_rule=not args.no_rejoin_rule)
     started = time.monotonic()
     failed = 0
     totals: Counter[str] = Counter()

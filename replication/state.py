@@ -10,15 +10,18 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True, slots=True)
 class HardState:
-    """The state that must survive a crash: the current term, the vote cast in it, the commit index.
+    """The state that must survive a crash: the current term, the vote cast in it, the commit index,
+    and whether the node is still catching up after losing its durable state (``rejoining``: the
+    rule of design note 14 in ``raft.py``, which a restart must not lift).
 
-    Invariant: a node never sends a message that depends on ``term`` or ``vote`` before the
-    HardState carrying them is durable (the Ready contract enforces the order).
+    Invariant: a node never sends a message that depends on ``term``, ``vote`` or ``rejoining``
+    before the HardState carrying them is durable (the Ready contract enforces the order).
     """
 
     term: int = 0
     vote: int = 0
     commit: int = 0
+    rejoining: bool = False
 
 
 @dataclass(frozen=True, slots=True)

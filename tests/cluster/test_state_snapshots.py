@@ -144,7 +144,7 @@ def append_committed(data_dir: Path, log_name: str, values: list[bytes]) -> None
     """Append one batch of `values` to a stopped broker's Raft log as a committed entry of its term."""
     with LogStore(data_dir / "log") as store:
         raft_log = store.open_raft_log(log_name, LogConfig())
-        term, vote, _ = raft_log.hard_state
+        term, vote = raft_log.hard_state.term, raft_log.hard_state.vote
         index = raft_log.last_index + 1
         batch = stamp_replicated(encode_batch([(None, v, (), 0) for v in values]), raft_log.end_offset, term)
         raft_log.append([(index, term, RECORDS, batch)])

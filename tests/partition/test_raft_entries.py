@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import struct
 import subprocess
 import sys
 import textwrap
@@ -12,6 +13,7 @@ import time
 
 import pytest
 
+from raftka.partition import keys
 from raftka.partition.errors import EntryIndexError, InvalidEntryError
 from raftka.partition.log import LogConfig
 from raftka.partition.raft_entries import CONF_CHANGE, NOOP, RECORDS, SnapshotRecord
@@ -230,3 +232,18 @@ def test_flushed_entries_survive_sigkill_and_nothing_is_half_written(tmp_path):
             assert entry.type == (NOOP if entry.index % 5 == 0 else RECORDS)
             if entry.type == RECORDS:
                 assert read_header(entry.data).term == entry.term
+
+
+def test_the_rejoining_flag_survives_a_reopen_and_old_hard_states_read_without_it(tmp_path):
+    """HardState.rejoining (design note 14 in replication/raft.py) is durable; a hard state
+    written before the flag existed (three u64s) reads as not rejoining, and one without the flag
+    is still written in that original form."""
+    with LogStore(tmp_path / "db") as store:
+        store.open_raft_log("a/0", CONFIG).set_hard_state(3, 2, 9, rejoining=True)
+        store.open_raft_log("b/0", CONFIG).set_hard_state(4, 1, 7)
+        store.flush()
+    with LogStore(tmp_path / "db") as store:
+        assert store.open_raft_log("a/0", CONFIG).hard_state == (3, 2, 9, True)
+        assert store.open_raft_log("b/0", CONFIG).hard_state == (4, 1, 7, False)
+    assert keys.pack_hard_state(4, 1, 7) == struct.pack(">QQQ", 4, 1, 7)
+    assert keys.unpack_hard_state(struct.pack(">QQQ", 4, 1, 7)) == (4, 1, 7, False)

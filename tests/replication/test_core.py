@@ -257,3 +257,37 @@ def test_a_held_member_is_sent_no_append_until_released_and_commits_do_not_wait_
     appends = [m for m in sent if m.type == MessageType.APPEND and m.dst == 3 and m.entries]
     assert appends
     assert leader.progress()[3].match == leader.last_index
+
+
+def test_a_rejoining_node_takes_only_its_own_barrier() -> None:
+    """Design note 14: only the answer echoing this incarnation's nonce, once committed, lifts the
+    rule; a heartbeat's commit index (which may rest on the lost state's match) is not taken."""
+    storage = MemoryStorage()
+    node = RaftNode(RaftConfig(3, rejoining=True), storage, random.Random(5))
+    rd = node.ready()
+    assert rd is not None and rd.must_sync and rd.hard_state is not None and rd.hard_state.rejoining
+    node.advance(rd)
+    node.step(Message(MessageType.HEARTBEAT, 1, 3, 2, commit=7))
+    assert node.commit_index == 0
+    rd = node.ready()
+    assert rd is not None
+    asks = [m for m in rd.messages if m.type == MessageType.READ_INDEX]
+    assert len(asks) == 1 and asks[0].index > 0 and not asks[0].context
+    node.advance(rd)
+    node.step(Message(MessageType.READ_INDEX_RESP, 1, 3, 2, index=1, commit=asks[0].index + 1))
+    snapshot = MemoryStorage.bootstrap(ConfState((1, 2, 3))).snapshot()
+    node.step(Message(MessageType.SNAPSHOT, 1, 3, 2, snapshot=snapshot))
+    assert node.commit_index == 1 and node.rejoining
+    node.step(Message(MessageType.READ_INDEX_RESP, 1, 3, 2, index=1, commit=asks[0].index))
+    assert not node.rejoining
+    rd = node.ready()
+    assert rd is not None and rd.hard_state is not None
+    assert (rd.hard_state.vote, rd.hard_state.rejoining, rd.must_sync) == (1, False, True)
+
+
+def test_the_rejoining_flag_applies_to_an_empty_storage_only() -> None:
+    """A driver passes RaftConfig.rejoining again when it reopens a group; a storage with state
+    follows its HardState (design note 14)."""
+    fresh = RaftNode(RaftConfig(1, rejoining=True), MemoryStorage(), random.Random(1))
+    founded = RaftNode(RaftConfig(1, rejoining=True), MemoryStorage.bootstrap(ConfState((1, 2, 3))), random.Random(1))
+    assert fresh.rejoining and not founded.rejoining

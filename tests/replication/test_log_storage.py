@@ -67,7 +67,7 @@ class Differential:
             self.offsets = {i: o for i, o in planned.items() if i <= entries[-1].index}
 
     def hard(self) -> None:
-        hs = HardState(self.rng.randint(0, 9), self.rng.randint(0, 3), self.rng.randint(0, 50))
+        hs = HardState(self.rng.randint(0, 9), self.rng.randint(0, 3), self.rng.randint(0, 50), self.rng.random() < 0.3)
         self.sut.set_hard_state(hs)
         self.model.set_hard_state(hs)
 

@@ -16,6 +16,8 @@ Commands (node lists are comma-separated ids; ``all`` means every node):
   stabilize [IDS]           process and deliver until quiet (among the given nodes)
   partition 1 2 | 3 ...     block traffic between groups; ``heal`` removes every block
   crash ID | restart ID     a crash loses the Ready taken but not processed and all volatile state
+  lose-disk ID              a crash that also empties the node's storage; ``restart`` then starts
+                            it rejoining (design note 14 in raft.py)
   status [IDS] | logs [IDS]
 
 The harness's nodes draw the largest randomized election timeout (2 * election - 1 ticks), so a
@@ -95,7 +97,8 @@ class ScenarioCluster:
             parts = []
             if rd.hard_state is not None:
                 hs = rd.hard_state
-                parts.append(f"hs term={hs.term} vote={hs.vote} commit={hs.commit}")
+                rejoining = " rejoining" if hs.rejoining else ""
+                parts.append(f"hs term={hs.term} vote={hs.vote} commit={hs.commit}{rejoining}")
             if rd.snapshot is not None:
                 parts.append(f"snapshot {rd.snapshot.index}/{rd.snapshot.term}")
             if rd.entries:
@@ -157,6 +160,7 @@ class ScenarioCluster:
             out.append(
                 f"{i}: {core.role.value} term={core.term} lead={core.leader_id} commit={core.commit_index} "
                 f"applied={core.applied_index} last={core.last_index} voters={list(conf.voters)}{learners}"
+                + (" rejoining" if core.rejoining else "")
             )
         return out
 
@@ -234,6 +238,8 @@ class ScenarioCluster:
             self.blocked = set()
         elif cmd == "crash":
             self.nodes[int(pos[0])].crash()
+        elif cmd == "lose-disk":
+            self.nodes[int(pos[0])].lose_disk(self.checker.max_committed)
         elif cmd == "restart":
             self.nodes[int(pos[0])].start()
         elif cmd == "status":
