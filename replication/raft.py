@@ -126,7 +126,11 @@ MT = MessageType
 
 _WAKING_MESSAGES = frozenset({MT.APPEND, MT.SNAPSHOT, MT.VOTE, MT.TIMEOUT_NOW, MT.READ_INDEX})
 """Messages that end quiescence (a non-quiescing HEARTBEAT does too). PreVotes do not: answering
-one needs no timer, and a lagging node's pre-campaign must not wake a healthy idle group."""
+one needs no timer, and a lagging node's pre-campaign must not wake a healthy idle group. A PreVote
+from the leader a node follows does wake it, and is not refused for the leader's lease: the leader
+campaigning means it lost its leadership (its group failed and was rebuilt from storage, or it
+restarted), and followers of a quiescent group would otherwise stay in its lease, timers stopped,
+with no one left to elect a leader."""
 
 
 class Role(Enum):
@@ -423,10 +427,12 @@ class RaftNode:
         """Process one message from a peer."""
         if m.dst != self.id:
             raise ValueError(f"message for {m.dst} delivered to {self.id}")
-        if m.type in _WAKING_MESSAGES or (m.type == MT.HEARTBEAT and not m.quiesce):
+        from_leader = m.src == self._lead
+        if m.type in _WAKING_MESSAGES or (m.type == MT.HEARTBEAT and not m.quiesce) or (
+                m.type == MT.PRE_VOTE and from_leader):
             self._quiescent = False
         if m.term > self._term:
-            if m.type in (MT.PRE_VOTE, MT.VOTE) and not m.force and self._in_lease():
+            if m.type in (MT.PRE_VOTE, MT.VOTE) and not m.force and self._in_lease() and not from_leader:
                 return
             if m.type == MT.PRE_VOTE or (m.type == MT.PRE_VOTE_RESP and not m.reject):
                 pass

@@ -291,3 +291,25 @@ def test_the_rejoining_flag_applies_to_an_empty_storage_only() -> None:
     fresh = RaftNode(RaftConfig(1, rejoining=True), MemoryStorage(), random.Random(1))
     founded = RaftNode(RaftConfig(1, rejoining=True), MemoryStorage.bootstrap(ConfState((1, 2, 3))), random.Random(1))
     assert fresh.rejoining and not founded.rejoining
+
+
+def test_a_quiescent_group_elects_again_when_its_leader_comes_back_as_a_follower() -> None:
+    """Followers of a quiescent group stop their timers inside their leader's lease. If the leader's
+    group fails and is rebuilt from storage (or its broker restarts) before anything woke them, its
+    pre-campaign is the only sign of life: it wakes them and is not refused for the lease they granted
+    that same leader, so a leader is elected again."""
+    checker = SafetyChecker()
+    nodes, leader = _three_nodes_led_by_1(checker)
+    assert leader.quiesce()
+    _stabilize(nodes, checker)
+    assert all(n.core is not None and n.core.is_quiescent for n in nodes.values())
+    nodes[1].crash()
+    nodes[1].start()
+    for _ in range(200):
+        for n in nodes.values():
+            assert n.core is not None
+            n.core.tick()
+        _stabilize(nodes, checker)
+        if any(n.core is not None and n.core.role == Role.LEADER for n in nodes.values()):
+            break
+    assert any(n.core is not None and n.core.role == Role.LEADER for n in nodes.values())
