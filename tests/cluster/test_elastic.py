@@ -135,6 +135,7 @@ def test_draining_brokers_take_no_new_replicas(start_cluster, joiner, registered
         fourth.stop()
 
 
+@pytest.mark.slow
 def test_a_rolling_restart_of_five_brokers_surfaces_no_error(start_cluster, joiner,
                                                             ack_recorder, consume_all, exactly_once) -> None:
     """Each broker in turn: SIGTERM (it hands its leaderships off), start, wait until it serves again.

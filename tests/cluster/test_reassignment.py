@@ -409,6 +409,7 @@ def test_balance_after_scaling_from_3_to_5_brokers(start_cluster, joiner, regist
         assert admin.plan_balance().moves == {}
 
 
+@pytest.mark.slow
 def test_balance_keeps_every_replica_set_across_three_racks(start_cluster, joiner,
                                                             registered) -> None:
     founders = start_cluster(3, racks=["A", "B", "C"])
