@@ -430,6 +430,7 @@ def test_balance_keeps_every_replica_set_across_three_racks(start_cluster, joine
         assert max(Counter(b for p in after for b in p.replicas).values()) == 6
 
 
+@pytest.mark.slow
 def test_self_healing_balances_onto_a_joiner_and_replaces_a_dead_broker(
         start_cluster, joiner, registered, ack_recorder, consume_all, exactly_once) -> None:
     """With --balance-on-join and --self-heal-after-s 2: a joining broker gets its share of replicas
