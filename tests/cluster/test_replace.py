@@ -8,19 +8,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
-from typing import Callable
 
 from raftka import Admin, Producer
+from waiting import wait_until
 
 PARTITIONS = 3
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting until {what}"
-        time.sleep(0.1)
 
 
 def all_in_sync(admin: Admin, topic: str, brokers: set[int]) -> bool:
@@ -40,7 +32,7 @@ def test_a_replaced_broker_rejoins_and_the_cluster_then_survives_losing_another(
     bootstrap = ",".join(b.address for b in brokers)
     with Admin(bootstrap) as admin:
         admin.create_topic("events", partitions=PARTITIONS, replication_factor=3)
-        wait_for(lambda: all_in_sync(admin, "events", {1, 2, 3}), "every replica is in sync")
+        wait_until(lambda: all_in_sync(admin, "events", {1, 2, 3}), "every replica is in sync")
     recorder = ack_recorder(bootstrap, "events", keyed=True, pace_s=0.05, acks="all")
     recorder.wait_for(300)
 
@@ -52,11 +44,11 @@ def test_a_replaced_broker_rejoins_and_the_cluster_then_survives_losing_another(
     replaced = wiped.start()
     assert "broker replaces one whose disk was lost id=3" in replaced.log()
     with Admin(bootstrap) as admin:
-        wait_for(lambda: all_in_sync(admin, "events", {1, 2, 3}), "the replaced broker's replicas are in sync")
+        wait_until(lambda: all_in_sync(admin, "events", {1, 2, 3}), "the replaced broker's replicas are in sync")
     rejoined = replaced.log().count("replica rejoins after its broker's disk was lost group=")
     assert "rejoins after its broker's disk was lost group=__cluster_metadata/0" in replaced.log()
     assert rejoined == 1 + PARTITIONS, "the metadata log and every partition of the topic rejoin"
-    wait_for(lambda: replaced.log().count("caught up after losing its state") == 1 + PARTITIONS,
+    wait_until(lambda: replaced.log().count("caught up after losing its state") == 1 + PARTITIONS,
              "every rejoining replica has caught up (its barrier committed)")
     status = cluster_status(bootstrap)
     assert (status[3]["role"], status[3]["reachable"], status[3]["replicas"]) == ("voter", True, PARTITIONS)
