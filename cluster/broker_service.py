@@ -116,28 +116,28 @@ def as_error(exc: BaseException) -> api_pb2.Error:
 
 
 def _continuation(request: api_pb2.FetchRequest, responses: Sequence[api_pb2.FetchResponse]
-                  ) -> api_pb2.FetchRequest | None:
+                  ) -> tuple[api_pb2.FetchRequest | None, str]:
     """The request that goes on from where `responses` left each partition of a followed `request`
-    (FetchRequest.follow_bytes), or None when following ends: not asked for, the byte allowance
-    used up, or an error the client must act on first."""
+    (FetchRequest.follow_bytes), or None and why following ends: "" when it was not asked for,
+    "allowance" when the byte allowance is used up, "error" for an error the client must act on first."""
     if not request.follow_bytes or not request.partitions:
-        return None
+        return None, ""
     sent, starts = 0, {}
     for response in responses:
         if response.error.code != api_pb2.NONE:
-            return None
+            return None, "error"
         after = next_offset_after(response.batches)
         if after is not None:
             sent += len(response.batches)
             starts[response.topic, response.partition] = after
     if sent >= request.follow_bytes:
-        return None
+        return None, "allowance"
     follow = api_pb2.FetchRequest()
     follow.CopyFrom(request)
     follow.follow_bytes = request.follow_bytes - sent
     for item in follow.partitions:
         item.offset = starts.get((item.topic, item.partition), item.offset)
-    return follow
+    return follow, ""
 
 
 class BrokerService(api_pb2_grpc.BrokerServicer):
@@ -293,7 +293,11 @@ class BrokerService(api_pb2_grpc.BrokerServicer):
                         await self._check_fetch(request, context)
                     total_max = min(request.max_bytes or DEFAULT_FETCH_MAX_BYTES, STREAM_FETCH_MAX_BYTES)
                     responses = await self._long_poll(request, total_max, newer, started)
-                follow = _continuation(request, responses) if queue.empty() else None
+                follow, ended = _continuation(request, responses)
+                if follow is not None and not queue.empty():
+                    follow, ended = None, "newer"
+                if ended:
+                    self._metrics.fetch_follows_ended.labels(ended).inc()
                 yield api_pb2.FetchStreamResponse(correlation_id=request.correlation_id, partitions=responses,
                                                   follows=follow is not None)
                 if asked:

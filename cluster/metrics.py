@@ -34,6 +34,10 @@ class BrokerMetrics:
                                        "Time to answer a fetch, long-poll wait included (a followed "
                                        "fetch: from its previous answer)",
                                        buckets=_LATENCY_BUCKETS, registry=r)
+        self.fetch_follows_ended = Counter("raftka_fetch_follows_ended",
+                                           "Followed fetches that stopped being followed, by reason: allowance "
+                                           "(their follow_bytes were sent), error, newer (another request "
+                                           "arrived on the stream)", ["reason"], registry=r)
         self.flush_latency = Histogram("raftka_log_flush_latency_seconds",
                                        "Duration of one group-commit write with fsync",
                                        buckets=_LATENCY_BUCKETS, registry=r)

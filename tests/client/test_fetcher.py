@@ -18,6 +18,7 @@ from raftka.client.local import LocalBroker
 from raftka.errors import CorruptBatchError
 from raftka.proto import api_pb2
 from raftka.wire.batch import encode_batch, stamp_replicated
+from waiting import wait_until
 
 
 def bootstrap_of(brokers: list[LocalBroker]) -> str:
@@ -34,6 +35,10 @@ def completed_fetches(broker: LocalBroker) -> float:
 
 def fetched_bytes(broker: LocalBroker) -> float:
     return broker.metric_total("raftka_fetch_bytes_total")
+
+
+def follows_ended(broker: LocalBroker, reason: str) -> float:
+    return broker.metric_total(f'raftka_fetch_follows_ended_total{{reason="{reason}"}}')
 
 
 def produce(bootstrap: str, topic: str, partition: int, values: list[bytes]) -> None:
@@ -202,7 +207,7 @@ def test_a_consumer_that_stops_polling_is_sent_at_most_one_answer_beyond_its_pre
     consumer = Consumer(broker.address, auto_offset_reset="earliest", max_partition_fetch_bytes=4096,
                         prefetch_bytes=8192)
     consumer._fetcher.add({tp: 0 for tp in consumer.partitions_for("slow-reader")})
-    time.sleep(1)
+    wait_until(lambda: follows_ended(broker, "allowance") >= 1, what="the broker to stop following at the room sent")
     assert 8192 <= fetched_bytes(broker) - before <= 8192 + 4096, "the broker stopped once the room was sent"
     assert len(poll_until(consumer, 100)) == 100
     consumer.close()
