@@ -217,15 +217,19 @@ class GroupMembership(threading.Thread):
             self._wake.clear()
 
     def _heartbeat(self) -> None:
+        """One heartbeat. The session it renews counts from when it was sent, not from when its answer
+        was read: an answer read late (the process was suspended while it was in flight) must not
+        make this member think it holds partitions the coordinator has meanwhile given away."""
         request = self._request(leave=False)
+        sent = time.monotonic()
         response = self.coordinator.call(lambda stub: stub.Heartbeat, request,
-                                         deadline_s=time.monotonic() + self._session_timeout_ms / 1000)
+                                         deadline_s=sent + self._session_timeout_ms / 1000)
         assignment = from_group_partitions(response.assignment)
         with self._lock:
             if request.member_id != self._member_id:
                 return
             self._joined = True
-            self._last_heartbeat = time.monotonic()
+            self._last_heartbeat = sent
             self._interval_s = max(0.05, response.heartbeat_interval_ms / 1000)
             if response.member_epoch != self._applied_epoch or assignment != self._owned:
                 self._change = AssignmentChange(assignment, response.member_epoch, self._generation)
