@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Mapping, NamedTuple, Sequence, TypeVar
 
 import grpc
+from pathlib import Path
 
 from raftka.client.connection import ClusterConnection
 from raftka.client.membership import GroupCoordinatorClient
@@ -16,6 +17,7 @@ from raftka.errors import (GroupNotEmptyError, OffsetOutOfRangeError, TopicExist
                            from_rpc_error)
 from raftka.proto import api_pb2, api_pb2_grpc
 from raftka.wire.structs import TopicPartition, from_group_partitions
+from raftka.wire.tls import ClientTls
 
 T = TypeVar("T")
 
@@ -187,8 +189,14 @@ class Reassignments(NamedTuple):
 class Admin:
     """Topic administration. Errors are the typed `raftka.errors` classes (TopicExistsError, ...)."""
 
-    def __init__(self, bootstrap: str | Sequence[str], *, request_timeout_ms: int = 30_000) -> None:
-        self._conn = ClusterConnection(bootstrap, request_timeout_s=request_timeout_ms / 1000)
+    def __init__(self, bootstrap: str | Sequence[str], *, request_timeout_ms: int = 30_000,
+                 tls_ca: str | Path | None = None, tls_cert: str | Path | None = None,
+                 tls_key: str | Path | None = None, tls_server_name: str | None = None) -> None:
+        """`tls_ca` (a PEM bundle) turns TLS on and verifies the brokers; `tls_cert` and `tls_key` present
+        a client certificate (brokers require one by default); `tls_server_name` is the name to verify
+        instead of the address's host. Producer and Consumer take the same four."""
+        self._conn = ClusterConnection(bootstrap, request_timeout_s=request_timeout_ms / 1000,
+                                       tls=ClientTls.of(tls_ca, tls_cert, tls_key, tls_server_name))
 
     def create_topic(self, name: str, partitions: int = 1, replication_factor: int | None = None,
                      config: Mapping[str, str | int] | None = None, *, exist_ok: bool = False) -> TopicInfo:

@@ -15,7 +15,9 @@ Workloads: windowed publish (every record acknowledged; the window is the produc
 publishing; with one broker that includes restarting it), consumer groups (time for a joining member
 to receive partitions, records read again per rebalance, and commit latency), and the baseline: the
 same windowed publish through a minimal log replicated by pysyncobj (3 processes), the approach we
-chose not to take.
+chose not to take. `--tls` adds, in the same run, the publish, sync publish and end-to-end workloads on
+a second cluster with TLS on every port (client certificates required; system `raftka+tls`), so the
+cost of TLS reads off one table.
 """
 
 from __future__ import annotations
@@ -33,12 +35,13 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from raftka.client.admin import Admin
+from raftka.client.certs import local_pki
 from raftka.client.consumer import Consumer
 from raftka.client.local import LocalBroker, free_port, plan
 from raftka.client.producer import Producer
@@ -99,6 +102,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true",
                         help="a smoke run of about a minute: smaller counts, no pysyncobj baseline")
     parser.add_argument("--skip-baseline", action="store_true", help="leave out the pysyncobj baseline")
+    parser.add_argument("--tls", action="store_true",
+                        help="also run publish, sync publish and end-to-end on a cluster with TLS on every port "
+                             "(client certificates required), reported as raftka+tls")
     parser.add_argument("--data-dir", type=Path, default=None,
                         help="parent directory for the brokers' data (must not be tmpfs; default: a "
                              "temporary directory on disk, deleted afterwards)")
@@ -118,6 +124,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.bootstrap is None and not 1 <= args.brokers <= 9:
             raise BenchError(f"--brokers must be between 1 and 9, not {args.brokers}")
+        if args.tls and args.bootstrap is not None:
+            raise BenchError("--tls starts its own TLS cluster: leave out --bootstrap")
         results: list[Result] = []
         args.output.write_text("")
         with _cluster(args) as cluster:
@@ -127,6 +135,12 @@ def run(args: argparse.Namespace) -> int:
                     out.write(json.dumps(asdict(result)) + "\n")
                 print(f"bench: {result.system} {result.workload} {result.msg_size or ''} done",
                       file=sys.stderr, flush=True)
+        if args.tls:
+            with _cluster(args, tls=True) as cluster:
+                for result in _tls_workloads(cluster, plan):
+                    results.append(result)
+                    with args.output.open("a") as out:
+                        out.write(json.dumps(asdict(result)) + "\n")
         if not (args.quick or args.skip_baseline):
             for result in baseline(plan.baseline_count, plan.sizes):
                 results.append(result)
@@ -156,10 +170,13 @@ def _cell(value: float | int | None, fmt: str = "{}") -> str:
 class BenchCluster:
     """Brokers the bench started (or none, for `--bootstrap`), able to SIGKILL and restart them."""
 
-    def __init__(self, bootstrap: str, processes: list[LocalBroker], filesystem: str) -> None:
+    def __init__(self, bootstrap: str, processes: list[LocalBroker], filesystem: str,
+                 client: dict[str, Any] | None = None) -> None:
         self.bootstrap = bootstrap
         self.processes = processes
         self.filesystem = filesystem
+        self.client = client or {}
+        """The client API's TLS arguments (`tls_ca`, ...) when the cluster runs with TLS."""
 
     @property
     def owned(self) -> bool:
@@ -169,8 +186,9 @@ class BenchCluster:
 class _cluster:
     """Context manager: the cluster to measure, started and torn down when the bench owns it."""
 
-    def __init__(self, args: argparse.Namespace) -> None:
+    def __init__(self, args: argparse.Namespace, *, tls: bool = False) -> None:
         self._args = args
+        self._tls = tls
         self._root: Path | None = None
         self._cluster: BenchCluster | None = None
 
@@ -182,9 +200,11 @@ class _cluster:
         if filesystem in MEMORY_FILESYSTEMS:
             raise BenchError(f"{parent} is on {filesystem}: fsync there costs nothing; choose --data-dir on a disk")
         self._root = Path(tempfile.mkdtemp(prefix="raftka-bench-", dir=parent))
+        pki = local_pki(self._root / "tls", self._args.brokers) if self._tls else None
         processes = plan(self._args.brokers, self._root, [free_port() for _ in range(self._args.brokers)],
-                         cluster_id="raftka-bench")
-        self._cluster = BenchCluster(",".join(p.address for p in processes), processes, filesystem)
+                         cluster_id="raftka-bench", pki=pki)
+        client = {"tls_ca": pki.ca, "tls_cert": pki.client[0], "tls_key": pki.client[1]} if pki is not None else {}
+        self._cluster = BenchCluster(",".join(p.address for p in processes), processes, filesystem, client)
         for process in processes:
             process.spawn()
         for process in processes:
@@ -249,21 +269,43 @@ def _workloads(cluster: BenchCluster, plan: Plan) -> Iterator[Result]:
     yield failover(cluster, f"bench-{run_id}-failover")
 
 
-def publish(bootstrap: str, topic: str, count: int, size: int, setup: str) -> Result:
+def _tls_workloads(cluster: BenchCluster, plan: Plan) -> Iterator[Result]:
+    """The workloads whose cost TLS could change, on a TLS cluster: reported as `raftka+tls`."""
+    run_id = f"{os.getpid()}-{int(time.time())}"
+    setup = f"{PARTITIONS} partitions, acks=all, fsync before ack, TLS 1.3 + client certificates"
+    topics = {size: f"bench-tls-{run_id}-{size}" for size in plan.sizes}
+    with Admin(cluster.bootstrap, **cluster.client) as admin:
+        for topic in topics.values():
+            admin.create_topic(topic, partitions=PARTITIONS)
+        for name in ("sync", "e2e"):
+            admin.create_topic(f"bench-tls-{run_id}-{name}", partitions=1)
+    results = [publish(cluster.bootstrap, topic, plan.publish_count, size, setup, cluster.client)
+               for size, topic in topics.items()]
+    results.append(sync_publish(cluster.bootstrap, f"bench-tls-{run_id}-sync", plan.sync_count, cluster.client))
+    results.append(end_to_end(cluster.bootstrap, f"bench-tls-{run_id}-e2e", plan.e2e_rate, plan.e2e_seconds,
+                              cluster.client))
+    for result in results:
+        print(f"bench: raftka+tls {result.workload} {result.msg_size or ''} done", file=sys.stderr, flush=True)
+        yield replace(result, system="raftka+tls")
+
+
+def publish(bootstrap: str, topic: str, count: int, size: int, setup: str,
+            client: dict[str, Any] | None = None) -> Result:
     """Windowed publish: `count` unkeyed records, one `send` each, timed until all are acknowledged.
 
     The futures are dropped, as a fire-and-forget publisher does (holding 200,000 of them mostly
     measures the garbage collector); the topic's end offsets afterwards prove every record landed.
     """
     value = os.urandom(size)
-    with Producer(bootstrap) as producer:
+    client = client or {}
+    with Producer(bootstrap, **client) as producer:
         send = producer.send
         started = time.perf_counter()
         for _ in range(count):
             send(topic, value)
         producer.flush()
         elapsed = time.perf_counter() - started
-    with Consumer(bootstrap) as consumer:
+    with Consumer(bootstrap, **client) as consumer:
         stored = sum(consumer.end_offsets(consumer.partitions_for(topic)).values())
     if stored != count:
         raise BenchError(f"published {count} records to {topic} but it holds {stored}")
@@ -289,11 +331,11 @@ def consume(bootstrap: str, topic: str, count: int, size: int) -> Result:
                   notes=f"{received:,} records from {PARTITIONS} partitions, from the beginning")
 
 
-def sync_publish(bootstrap: str, topic: str, count: int) -> Result:
+def sync_publish(bootstrap: str, topic: str, count: int, client: dict[str, Any] | None = None) -> Result:
     """One record at a time, each awaited before the next: the latency of one durable write."""
     value = os.urandom(100)
     latencies = []
-    with Producer(bootstrap, linger_ms=0) as producer:
+    with Producer(bootstrap, linger_ms=0, **(client or {})) as producer:
         producer.send(topic, value).result(timeout=30)
         for _ in range(count):
             started = time.perf_counter()
@@ -305,11 +347,13 @@ def sync_publish(bootstrap: str, topic: str, count: int) -> Result:
                   notes=f"{count:,} records, linger 0, each awaited before the next")
 
 
-def end_to_end(bootstrap: str, topic: str, rate: int, seconds: float) -> Result:
+def end_to_end(bootstrap: str, topic: str, rate: int, seconds: float,
+               client: dict[str, Any] | None = None) -> Result:
     """Records paced at `rate`/s, their send time in the payload; latency from send to poll."""
     count = int(rate * seconds)
     latencies: list[float] = []
-    consumer = Consumer(bootstrap, auto_offset_reset="latest", fetch_max_wait_ms=100)
+    client = client or {}
+    consumer = Consumer(bootstrap, auto_offset_reset="latest", fetch_max_wait_ms=100, **client)
     tp = TopicPartition(topic, 0)
     consumer.assign([tp])
     consumer.position(tp)
@@ -323,7 +367,7 @@ def end_to_end(bootstrap: str, topic: str, rate: int, seconds: float) -> Result:
     receiver = threading.Thread(target=receive, name="bench-e2e-receive", daemon=True)
     receiver.start()
     padding = os.urandom(100 - 8)
-    with Producer(bootstrap, linger_ms=0) as producer:
+    with Producer(bootstrap, linger_ms=0, **client) as producer:
         started = time.perf_counter()
         for i in range(count):
             delay = started + i / rate - time.perf_counter()

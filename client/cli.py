@@ -29,18 +29,19 @@ from dataclasses import dataclass
 from datetime import datetime, UTC
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence, TypedDict
 
 from raftka.client.local import DEFAULT_LOCAL_BROKERS
 from raftka.client.records import Record, first_offsets
 from raftka.errors import InvalidRequestError, RaftkaError, TopicExistsError, UnknownTopicError
-from raftka.wire.settings import env
+from raftka.wire.settings import env, flag
 from raftka.wire.structs import TopicPartition
 
 if TYPE_CHECKING:
     from raftka.client.consumer import Consumer
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
+TLS_OPTIONS = ("tls_ca", "tls_cert", "tls_key", "tls_server_name")
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 STOP_CHECK_MS = 200
 """`raftka consume` notices a stop signal within this long while it waits for records."""
@@ -56,6 +57,30 @@ def _client_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
     parser.add_argument("--request-timeout-ms", dest="timeout_ms", type=int, default=default,
                         help="how long requests may take, retries included (env RAFTKA_REQUEST_TIMEOUT_MS; "
                              "default 30000)")
+    parser.add_argument("--tls-ca", default=default,
+                        help="CA bundle (PEM) that verifies the brokers: turns TLS on (env RAFTKA_TLS_CA); for "
+                             "`raftka broker`, the cluster CA, which also verifies clients")
+    parser.add_argument("--tls-cert", default=default,
+                        help="certificate (PEM) to present (env RAFTKA_TLS_CERT); for `raftka broker`, its own, "
+                             "naming its id as SAN URI raftka://broker/ID; with --tls-key and --tls-ca it turns TLS "
+                             "on for every port; the broker re-reads the three files when they change")
+    parser.add_argument("--tls-key", default=default, help="the certificate's key (PEM) (env RAFTKA_TLS_KEY)")
+    parser.add_argument("--tls-server-name", default=default,
+                        help="name to verify in the brokers' certificates instead of the address's host "
+                             "(env RAFTKA_TLS_SERVER_NAME)")
+
+
+class TlsArguments(TypedDict):
+    tls_ca: str | None
+    tls_cert: str | None
+    tls_key: str | None
+    tls_server_name: str | None
+
+
+def _tls(args: argparse.Namespace) -> TlsArguments:
+    """The client API's TLS arguments from --tls-* (or RAFTKA_TLS_*)."""
+    return TlsArguments(tls_ca=args.tls_ca, tls_cert=args.tls_cert, tls_key=args.tls_key,
+                        tls_server_name=args.tls_server_name)
 
 
 @dataclass(frozen=True)
@@ -70,7 +95,9 @@ class Command:
 
 def build_parser(extra: Mapping[str, Command]) -> argparse.ArgumentParser:
     """The `raftka` parser: the `extra` commands first, then the client's."""
-    parser = argparse.ArgumentParser(prog="raftka", description="Raftka: a Raft-replicated, durable log.")
+    # No abbreviations of the global flags: `raftka local --tls` would be an ambiguous `--tls-*`.
+    parser = argparse.ArgumentParser(prog="raftka", description="Raftka: a Raft-replicated, durable log.",
+                                     allow_abbrev=False)
     parser.add_argument("--version", action=_Version, help="print the client's version and, when a broker at "
                         "--bootstrap answers within 2 s, the cluster's; then exit")
     _client_options(parser, suppress=False)
@@ -86,6 +113,9 @@ def build_parser(extra: Mapping[str, Command]) -> argparse.ArgumentParser:
                        help="where the brokers keep data (env RAFTKA_LOCAL_DATA_DIR; default ./raftka-data)")
     local.add_argument("--base-port", type=int, default=env("LOCAL_BASE_PORT", 9092, int),
                        help="broker i listens on base-port + i (env RAFTKA_LOCAL_BASE_PORT; default 9092)")
+    local.add_argument("--tls", action="store_true", default=env("LOCAL_TLS", False, flag),
+                       help="make a local CA and certificates in DATA_DIR/tls and run every port with TLS "
+                            "(env RAFTKA_LOCAL_TLS=1)")
 
     topic = commands.add_parser("topic", help="create, list, describe and delete topics")
     topic_commands = topic.add_subparsers(dest="topic_command", required=True, metavar="ACTION")
@@ -231,6 +261,8 @@ def main(extra: Mapping[str, Command], argv: Sequence[str] | None = None) -> int
         args.bootstrap = args.bootstrap or env("BOOTSTRAP", DEFAULT_BOOTSTRAP)
         args.format = args.format or env("FORMAT", "text")
         args.timeout_ms = args.timeout_ms or env("REQUEST_TIMEOUT_MS", 30_000, int)
+        for name in TLS_OPTIONS:
+            setattr(args, name, getattr(args, name, None) or env(name.upper()))
     try:
         return extra[args.command].run(args) if args.command in extra else COMMANDS[args.command](args)
     except RaftkaError as exc:
@@ -265,7 +297,7 @@ def cmd_broker_admin(args: argparse.Namespace) -> int:
     if args.target is None:
         raise ValueError(f"raftka broker {args.action} needs a broker id")
     draining = args.action == "decommission"
-    with Admin(args.bootstrap, request_timeout_ms=args.timeout_ms) as admin:
+    with Admin(args.bootstrap, request_timeout_ms=args.timeout_ms, **_tls(args)) as admin:
         moves = admin.decommission_broker(args.target, draining=draining, throttle_bytes_per_s=args.throttle)
         _emit(args, {args.action: args.target, "moves": [{"topic": tp.topic, "partition": tp.partition,
                                                           "replicas": replicas} for tp, replicas in moves.items()]},
@@ -312,7 +344,7 @@ def _broker_ids(text: str) -> list[int]:
 def cmd_partition(args: argparse.Namespace) -> int:
     from raftka.client.admin import Admin
 
-    with Admin(args.bootstrap, request_timeout_ms=args.timeout_ms) as admin:
+    with Admin(args.bootstrap, request_timeout_ms=args.timeout_ms, **_tls(args)) as admin:
         admin.reassign_partitions({TopicPartition(args.topic, args.partition): args.replicas},
                                   throttle_bytes_per_s=args.throttle)
         if args.format != "json" or not args.wait:
@@ -337,7 +369,7 @@ def cmd_reassign(args: argparse.Namespace) -> int:
     elif args.execute:
         raise ValueError("raftka reassign --execute needs --plan FILE")
     moves = {TopicPartition(topic, partition): list(replicas) for (topic, partition), replicas in targets.items()}
-    with Admin(args.bootstrap, request_timeout_ms=args.timeout_ms) as admin:
+    with Admin(args.bootstrap, request_timeout_ms=args.timeout_ms, **_tls(args)) as admin:
         if args.execute:
             admin.reassign_partitions(moves, throttle_bytes_per_s=args.throttle, expected_placement_offset=offset)
             if args.format != "json" or not args.wait:
@@ -429,7 +461,7 @@ def _balance(args: argparse.Namespace, admin: Any) -> int:
 def cmd_cluster(args: argparse.Namespace) -> int:
     from raftka.client.admin import Admin
 
-    with Admin(args.bootstrap, request_timeout_ms=args.timeout_ms) as admin:
+    with Admin(args.bootstrap, request_timeout_ms=args.timeout_ms, **_tls(args)) as admin:
         if args.cluster_command == "controllers":
             change = admin.add_controller if args.change == "add" else admin.remove_controller
             voters, learners = change(args.broker_id)
@@ -458,13 +490,13 @@ def cmd_cluster(args: argparse.Namespace) -> int:
 def cmd_local(args: argparse.Namespace) -> int:
     from raftka.client.local import run
 
-    return run(args.brokers, args.data_dir, args.base_port)
+    return run(args.brokers, args.data_dir, args.base_port, tls=args.tls)
 
 
 def cmd_topic(args: argparse.Namespace) -> int:
     from raftka.client.admin import Admin
 
-    with Admin(args.bootstrap, request_timeout_ms=args.timeout_ms) as admin:
+    with Admin(args.bootstrap, request_timeout_ms=args.timeout_ms, **_tls(args)) as admin:
         if args.topic_command == "create":
             config = dict(_key_value(item, "--config") for item in args.config)
             try:
@@ -507,7 +539,7 @@ def cmd_topic(args: argparse.Namespace) -> int:
 def cmd_group(args: argparse.Namespace) -> int:
     from raftka.client.admin import Admin
 
-    with Admin(args.bootstrap, request_timeout_ms=args.timeout_ms) as admin:
+    with Admin(args.bootstrap, request_timeout_ms=args.timeout_ms, **_tls(args)) as admin:
         if args.group_command == "list":
             groups = admin.list_groups()
             _emit(args, [{"group": g.group_id, "state": g.state, "members": g.members,
@@ -584,7 +616,7 @@ def cmd_produce(args: argparse.Namespace) -> int:
                 failures.append(error)
 
     with Producer(args.bootstrap, acks=args.acks, compression=args.compression,
-                  request_timeout_ms=args.timeout_ms) as producer:
+                  request_timeout_ms=args.timeout_ms, **_tls(args)) as producer:
         for number, raw in enumerate(sys.stdin.buffer, start=1):
             line_key, value = _parse_line(raw.rstrip(b"\r\n"), number, args)
             producer.send(args.topic, value, key=key if line_key is None else line_key, headers=headers,
@@ -670,7 +702,7 @@ def cmd_consume(args: argparse.Namespace) -> int:
     group = ({"group_id": args.group, "topics": [args.topic], "client_id": "raftka-cli",
               "session_timeout_ms": args.session_timeout_ms} if args.group else {})
     with _StopSignals() as stop, Consumer(args.bootstrap, auto_offset_reset=reset,
-                                          request_timeout_ms=args.timeout_ms, **group) as consumer:
+                                          request_timeout_ms=args.timeout_ms, **_tls(args), **group) as consumer:
         if args.group:
             try:
                 consumer.partitions_for(args.topic)
@@ -839,13 +871,15 @@ class _Version(argparse.Action):
 
         from raftka import __version__
         from raftka.wire.settings import parse_bootstrap
+        from raftka.wire.tls import ClientTls, open_channel
         from raftka.proto import api_pb2, api_pb2_grpc
 
         print(f"raftka {__version__} (client)")
         bootstrap = getattr(namespace, "bootstrap", None) or env("BOOTSTRAP", DEFAULT_BOOTSTRAP)
+        tls = ClientTls.of(*(getattr(namespace, name, None) or env(name.upper()) for name in TLS_OPTIONS))
         for address in parse_bootstrap(bootstrap):
             try:
-                with grpc.insecure_channel(address) as channel:
+                with open_channel(address, tls) as channel:
                     answer = api_pb2_grpc.BrokerStub(channel).Metadata(api_pb2.MetadataRequest(), timeout=2)
             except grpc.RpcError:
                 continue

@@ -22,6 +22,7 @@ from raftka.errors import (BrokerUnavailableError, NotLeaderError, RaftkaError, 
                            UnknownPartitionError, UnknownTopicError, from_proto, from_rpc_error)
 from raftka.proto import NO_LEADER, api_pb2, api_pb2_grpc
 from raftka.wire.settings import parse_bootstrap
+from raftka.wire.tls import ClientTls, open_channel
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +70,11 @@ class Backoff:
 class ClusterConnection:
     """Thread-safe: the producer's sender, its response readers and user threads share one."""
 
-    def __init__(self, bootstrap: str | Sequence[str], *, request_timeout_s: float = 30.0) -> None:
+    def __init__(self, bootstrap: str | Sequence[str], *, request_timeout_s: float = 30.0,
+                 tls: ClientTls | None = None) -> None:
         self.bootstrap = parse_bootstrap(bootstrap)
+        self.tls = tls
+        """TLS for every channel (None: plaintext); its files are read as each channel is opened."""
         self.request_timeout_s = request_timeout_s
         self._lock = threading.Lock()
         self._channels: dict[str, grpc.Channel] = {}
@@ -86,7 +90,7 @@ class ClusterConnection:
         with self._lock:
             channel = self._channels.get(address)
             if channel is None:
-                channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+                channel = open_channel(address, self.tls, CHANNEL_OPTIONS)
                 self._channels[address] = channel
             return channel
 

@@ -45,6 +45,7 @@ import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
 
 from raftka.client.connection import ClusterConnection
 from raftka.client.fetcher import FetchConfig, Fetcher
@@ -54,6 +55,7 @@ from raftka.errors import (ClientClosedError, RaftkaError, UnknownMemberIdError,
                            UnknownTopicError)
 from raftka.proto import api_pb2
 from raftka.wire.structs import TopicPartition
+from raftka.wire.tls import ClientTls
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +82,9 @@ class Consumer:
                  enable_auto_commit: bool = True, auto_commit_interval_ms: int = 5_000,
                  session_timeout_ms: int = 45_000, max_poll_interval_ms: int = 300_000,
                  on_assigned: Rebalance | None = None, on_revoked: Rebalance | None = None,
-                 on_lost: Rebalance | None = None) -> None:
+                 on_lost: Rebalance | None = None,
+                 tls_ca: str | Path | None = None, tls_cert: str | Path | None = None,
+                 tls_key: str | Path | None = None, tls_server_name: str | None = None) -> None:
         """`group_id` alone lets a manually assigned consumer commit offsets; with `topics` (names) or
         `pattern` (a regular expression over topic names, following topics created later) the
         consumer joins the group. `group_instance_id` makes it a static member: restarted within
@@ -94,7 +98,8 @@ class Consumer:
             raise ValueError("subscribing to topics or a pattern needs a group_id")
         if topics and pattern:
             raise ValueError("give topics or a pattern, not both")
-        self._conn = ClusterConnection(bootstrap, request_timeout_s=request_timeout_ms / 1000)
+        self._conn = ClusterConnection(bootstrap, request_timeout_s=request_timeout_ms / 1000,
+                                       tls=ClientTls.of(tls_ca, tls_cert, tls_key, tls_server_name))
         config = FetchConfig(max_wait_ms=fetch_max_wait_ms, min_bytes=fetch_min_bytes, max_bytes=fetch_max_bytes,
                              partition_max_bytes=max_partition_fetch_bytes, prefetch_bytes=prefetch_bytes)
         spec = RESET_SPECS.get(auto_offset_reset)

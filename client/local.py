@@ -5,6 +5,10 @@ every broker of a cluster names all of them in `--peers`, so `raftka local --bro
 3-broker Raft cluster. Stopping and restarting `raftka local` keeps the data. Ctrl-C (or SIGTERM)
 stops the brokers gracefully. A broker that dies (say, `kill -9` to watch a failover) is restarted
 after a second, as a supervisor would; one that keeps dying right after it starts ends the command.
+
+`raftka local --tls` makes a local CA and certificates in `<data-dir>/tls` (`raftka.client.certs`), starts
+every broker with TLS on all its ports (client certificates required), and prints the RAFTKA_TLS_*
+variables that make the `raftka` command connect.
 """
 
 from __future__ import annotations
@@ -21,6 +25,9 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from raftka.client.certs import LocalPki, local_pki
+from raftka.wire.tls import ClientTls, open_channel
 
 DEFAULT_LOCAL_BROKERS = 3
 RESTART_DELAY_S = 1.0
@@ -53,10 +60,10 @@ def _ephemeral_low() -> int:
         return 32768
 
 
-def wait_serving(address: str, timeout_s: float) -> bool:
+def wait_serving(address: str, timeout_s: float, tls: ClientTls | None = None) -> bool:
     """Whether the broker at `address` reports SERVING (it has a metadata leader) within the time."""
     deadline = time.monotonic() + timeout_s
-    with grpc.insecure_channel(address) as channel:
+    with open_channel(address, tls) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
             try:
@@ -80,6 +87,8 @@ class LocalBroker:
     metrics_port: int | None = None
     cluster_id: str = "raftka-local"
     extra_args: tuple[str, ...] = ()
+    tls: ClientTls | None = None
+    """How clients (and `wait`) reach this broker when it runs with TLS."""
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -109,7 +118,7 @@ class LocalBroker:
         while time.monotonic() < deadline:
             if not self.alive():
                 raise RuntimeError(f"broker {self.broker_id} exited; log tail:\n{self.log()[-3000:]}")
-            if wait_serving(self.address, min(1.0, max(0.0, deadline - time.monotonic()))):
+            if wait_serving(self.address, min(1.0, max(0.0, deadline - time.monotonic())), self.tls):
                 return self
         raise RuntimeError(f"broker {self.broker_id} did not serve within {timeout_s}s; "
                            f"log tail:\n{self.log()[-3000:]}")
@@ -162,24 +171,28 @@ class LocalBroker:
 
 def plan(brokers: int, data_dir: Path, ports: list[int], *, metrics_ports: list[int] | None = None,
          cluster_id: str = "raftka-local", extra_args: tuple[str, ...] = (),
-         racks: list[str] | None = None) -> list[LocalBroker]:
-    """Brokers 1..N on 127.0.0.1 at `ports`, each naming all of them as peers (and its `--rack`)."""
+         racks: list[str] | None = None, pki: LocalPki | None = None) -> list[LocalBroker]:
+    """Brokers 1..N on 127.0.0.1 at `ports`, each naming all of them as peers (and its `--rack`), with
+    TLS from `pki` when given (its client certificate is what `LocalBroker.tls` presents)."""
     addresses = [f"127.0.0.1:{port}" for port in ports[:brokers]]
     peers = ",".join(f"{i + 1}={address}" for i, address in enumerate(addresses))
+    client_tls = ClientTls(pki.ca, *pki.client) if pki is not None else None
     return [LocalBroker(i + 1, address, data_dir / f"broker-{i + 1}", peers,
                         metrics_ports[i] if metrics_ports else None, cluster_id,
-                        extra_args + (("--rack", racks[i]) if racks else ()))
+                        extra_args + (("--rack", racks[i]) if racks else ())
+                        + (pki.broker_args(i + 1) if pki is not None else ()), client_tls)
             for i, address in enumerate(addresses)]
 
 
-def run(brokers: int, data_dir: Path, base_port: int, *, startup_timeout_s: float = 60.0) -> int:
-    """`raftka local`: run a cluster in the foreground until Ctrl-C."""
+def run(brokers: int, data_dir: Path, base_port: int, *, startup_timeout_s: float = 60.0, tls: bool = False) -> int:
+    """`raftka local`: run a cluster in the foreground until Ctrl-C (`tls`: `raftka local --tls`)."""
     if not 1 <= brokers <= 9:
         print(f"raftka local: --brokers must be between 1 and 9, not {brokers}", file=sys.stderr)
         return 2
     data_dir = data_dir.resolve()
+    pki = local_pki(data_dir / "tls", brokers) if tls else None
     layout = plan(brokers, data_dir, [base_port + i for i in range(brokers)],
-                  metrics_ports=[base_port + 100 + i for i in range(brokers)])
+                  metrics_ports=[base_port + 100 + i for i in range(brokers)], pki=pki)
     stopping = False
 
     def stop(signum: int, frame: object) -> None:
@@ -203,7 +216,13 @@ def run(brokers: int, data_dir: Path, base_port: int, *, startup_timeout_s: floa
             print(f"  broker {broker.broker_id}: {broker.address}  metrics http://127.0.0.1:{broker.metrics_port}/metrics"
                   f"  log {broker.log_path}", flush=True)
         print(f"bootstrap: {bootstrap}", flush=True)
-        print(f"try: export RAFTKA_BOOTSTRAP={bootstrap}; raftka topic create demo --partitions 3", flush=True)
+        connect = f"export RAFTKA_BOOTSTRAP={bootstrap}"
+        if pki is not None:
+            cert, key = pki.client
+            connect += f" RAFTKA_TLS_CA={pki.ca} RAFTKA_TLS_CERT={cert} RAFTKA_TLS_KEY={key}"
+            print(f"TLS on every port (client certificates required); CA and certificates in {pki.directory}",
+                  flush=True)
+        print(f"try: {connect}; raftka topic create demo --partitions 3", flush=True)
         print("Ctrl-C stops the cluster.", flush=True)
         started = {broker.broker_id: time.monotonic() for broker in layout}
         quick_deaths = {broker.broker_id: 0 for broker in layout}

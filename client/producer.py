@@ -23,6 +23,7 @@ from __future__ import annotations
 import time
 from time import time_ns
 from typing import Mapping, Sequence
+from pathlib import Path
 
 from raftka.client.accumulator import RecordAccumulator, RecordFuture
 from raftka.client.connection import Backoff, ClusterConnection
@@ -33,6 +34,7 @@ from raftka.proto import api_pb2
 from raftka.wire.batch import IDEMPOTENCE_WINDOW, Compression
 from raftka.wire.partitioning import partition_for_key
 from raftka.wire.structs import TopicPartition
+from raftka.wire.tls import ClientTls
 
 ACKS = {"all": api_pb2.ACKS_ALL, "-1": api_pb2.ACKS_ALL, "leader": api_pb2.ACKS_LEADER, "1": api_pb2.ACKS_LEADER}
 
@@ -62,7 +64,9 @@ class Producer:
                  buffer_memory: int = 64 * 1024 * 1024, max_block_ms: int = 60_000,
                  request_timeout_ms: int = 30_000, delivery_timeout_ms: int = 120_000,
                  retry_backoff_ms: int = 50, retry_backoff_max_ms: int = 2_000,
-                 enable_idempotence: bool | None = None) -> None:
+                 enable_idempotence: bool | None = None,
+                 tls_ca: str | Path | None = None, tls_cert: str | Path | None = None,
+                 tls_key: str | Path | None = None, tls_server_name: str | None = None) -> None:
         if str(acks) not in ACKS:
             raise ValueError(f"acks must be 'all' or 'leader', not {acks!r}")
         if enable_idempotence is None:
@@ -78,7 +82,8 @@ class Producer:
             codec = Compression[compression.upper()]
         except KeyError:
             raise ValueError(f"compression must be one of none, zstd, lz4; not {compression!r}") from None
-        self._conn = ClusterConnection(bootstrap, request_timeout_s=request_timeout_ms / 1000)
+        self._conn = ClusterConnection(bootstrap, request_timeout_s=request_timeout_ms / 1000,
+                                       tls=ClientTls.of(tls_ca, tls_cert, tls_key, tls_server_name))
         self._acc = RecordAccumulator(batch_size=batch_size, linger_s=linger_ms / 1000,
                                       buffer_memory=buffer_memory, max_block_s=max_block_ms / 1000,
                                       max_in_flight=max_in_flight, delivery_timeout_s=delivery_timeout_ms / 1000)

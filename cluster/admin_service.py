@@ -35,7 +35,6 @@ class AdminService(api_pb2_grpc.AdminServicer):
         self._balancer = balancer
         self.reassigner: Reassigner | None = None
         """Set by the broker once its partitions are managed (ListReassignments reports its progress)."""
-        self._channels: dict[str, grpc.aio.Channel] = {}
 
     async def CreateTopic(self, request: api_pb2.CreateTopicRequest, context: grpc.aio.ServicerContext
                           ) -> api_pb2.CreateTopicResponse:
@@ -313,9 +312,7 @@ class AdminService(api_pb2_grpc.AdminServicer):
             if not exc.leader_address:
                 raise
             address = exc.leader_address
-        channel = self._channels.get(address)
-        if channel is None:
-            channel = self._channels[address] = grpc.aio.insecure_channel(address)
+        channel = self._state.channels.cached(address)
         try:
             return await getattr(stub(channel), method)(request, timeout=FORWARD_TIMEOUT_S)
         except grpc.aio.AioRpcError as exc:

@@ -14,6 +14,7 @@ staged writes are flushed, and the store is closed.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
 import signal
@@ -43,6 +44,7 @@ from raftka.cluster.partitions import PartitionManager
 from raftka.cluster.reassignment import Reassigner
 from raftka.cluster.replica import RaftReplica
 from raftka.cluster.state_machine import SnapshotPolicy, StateMachineStats
+from raftka.cluster.tls import RELOAD_INTERVAL_S, BrokerTls, ClientAuth, PeerChannels, TlsFiles
 from raftka.cluster.topics import MAX_BATCH_BYTES_LIMIT
 from raftka.errors import BrokerUnavailableError, IncarnationMismatchError, RaftkaError, from_rpc_error
 from raftka.partition.store import LogStore
@@ -50,6 +52,7 @@ from raftka.proto import NO_LEADER, api_pb2, api_pb2_grpc, raft_pb2
 from raftka.replication.driver import MultiRaft
 from raftka.replication.messages import Message
 from raftka.replication.transport import RaftTransport
+from raftka.wire.settings import parse_host_port
 
 log = logging.getLogger(__name__)
 
@@ -135,11 +138,13 @@ async def serve(config: BrokerConfig) -> int:
         refusal.append(exc)
         stop.set()
 
+    tls = _tls(config)
+    channels = PeerChannels(tls)
     incarnation = _incarnation(config.data_dir)
     replaced = _replaced(config, store, incarnation)
     founders = () if replaced else tuple(config.founders)
     if METADATA_GROUP not in store.log_names() and config.peers and not replaced:
-        known = await _registered_elsewhere(config, incarnation)
+        known = await _registered_elsewhere(config, incarnation, channels)
         if known:
             log.critical("broker refused by its cluster id=%d: it has no metadata log (incarnation %s) but the "
                          "cluster knows broker %d with incarnation %s; if its disk was lost or replaced, start it "
@@ -153,7 +158,7 @@ async def serve(config: BrokerConfig) -> int:
 
     transport = RaftTransport(
         config.broker_id, config.cluster_id, {}, deliver,
-        on_peer_down=lambda peer: driver.wake(peer), on_peer_up=lambda peer: driver.wake(peer))
+        on_peer_down=lambda peer: driver.wake(peer), on_peer_up=lambda peer: driver.wake(peer), tls=tls)
     driver = MultiRaft(config.broker_id, transport, committer.durable, on_round=metrics.round_groups.observe,
                        on_group_failed=lambda _group, stage: metrics.raft_group_failures.labels(stage).inc(),
                        on_fatal=fail_stop)
@@ -171,7 +176,7 @@ async def serve(config: BrokerConfig) -> int:
                             snapshot_policy=snapshot_policy, rejoining=replaced,
                             move_limits=MoveLimits(config.max_moves_per_broker, config.max_moves))
     state = BrokerState(config, metadata, partitions, controller, metrics, directory, incarnation,
-                        transport.down_since)
+                        transport.down_since, channels)
     metrics.partitions.set_function(lambda: len(partitions.replicas()))
     metrics.leaders.set_function(lambda: sum(r.leader_id == config.broker_id for _, _, r in partitions.replicas()))
     metrics.raft_groups_stopped.set_function(lambda: len(driver.stopped_groups()))
@@ -204,16 +209,22 @@ async def serve(config: BrokerConfig) -> int:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     await health_servicer.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
     reflection.enable_server_reflection([*services, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
-    if server.add_insecure_port(config.listen) == 0:
+    bound = server.add_insecure_port(config.listen) if tls is None else \
+        server.add_secure_port(config.listen, tls.grpc_credentials())
+    if bound == 0:
         raise OSError(f"cannot listen on {config.listen}")
     await server.start()
     driver.start()
     if config.metrics_port is not None:
-        metrics.serve(config.metrics_host, config.metrics_port)
-    log.info("broker started id=%d listen=%s advertise=%s raft=%s data_dir=%s brokers=%s metrics_port=%s loop=%s",
-             config.broker_id, config.listen, config.advertised_address, transport.address, config.data_dir,
+        metrics.serve(config.metrics_host, config.metrics_port,
+                      tls.metrics_context() if tls is not None and config.metrics_tls else None)
+    log.info("broker started id=%d listen=%s advertise=%s raft=%s data_dir=%s brokers=%s metrics_port=%s loop=%s "
+             "tls=%s", config.broker_id, config.listen, config.advertised_address, transport.address, config.data_dir,
              dict(config.founders) or f"join {','.join(config.join)}",
-             config.metrics_port, type(asyncio.get_running_loop()).__module__.split(".")[0])
+             config.metrics_port, type(asyncio.get_running_loop()).__module__.split(".")[0],
+             f"client_auth={tls.client_auth.value}" if tls is not None else "off")
+    if tls is None:
+        _warn_plaintext(config, raft_host)
 
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -223,6 +234,7 @@ async def serve(config: BrokerConfig) -> int:
         asyncio.create_task(_serve_when_led(controller, health_servicer, services)),
         asyncio.create_task(_drop_orphans_after_replay(partitions, controller)),
         asyncio.create_task(_register(admin, state, refuse)),
+        *([asyncio.create_task(_reload_tls(tls))] if tls is not None else []),
         asyncio.create_task(coordinator.run()),
         asyncio.create_task(reassigner.run(REASSIGNMENT_INTERVAL_S)),
         asyncio.create_task(controller.run_decommissions(DECOMMISSION_INTERVAL_S)),
@@ -264,6 +276,42 @@ async def _hand_off_leadership(broker_id: int, replicas: list[RaftReplica]) -> N
              len(remaining), (time.monotonic() - started) * 1000)
 
 
+def _tls(config: BrokerConfig) -> BrokerTls | None:
+    if not config.tls:
+        return None
+    assert config.tls_cert is not None and config.tls_key is not None and config.tls_ca is not None
+    return BrokerTls(TlsFiles(config.tls_cert, config.tls_key, config.tls_ca), ClientAuth(config.tls_client_auth))
+
+
+async def _reload_tls(tls: BrokerTls) -> None:
+    """Take rotated certificate files (`raftka.cluster.tls`)."""
+    while True:
+        await asyncio.sleep(RELOAD_INTERVAL_S)
+        tls.refresh()
+
+
+def _warn_plaintext(config: BrokerConfig, raft_host: str) -> None:
+    """Say so when a broker without TLS is reachable from other hosts."""
+    exposed = [f"{name}={address}" for name, address, host in (
+        ("listen", config.listen, parse_host_port(config.listen)[0]), ("raft", raft_host, raft_host),
+        ("metrics", f"{config.metrics_host}:{config.metrics_port}",
+         config.metrics_host if config.metrics_port is not None else "localhost"))
+        if not _loopback(host)]
+    if exposed:
+        log.warning("listening without TLS on a non-loopback address %s: anyone who can reach it can read and "
+                    "write every topic and speak as a broker; give --tls-cert, --tls-key and --tls-ca",
+                    " ".join(exposed))
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _incarnation(data_dir: Path) -> str:
     """The id of this data directory, written at its first start: the cluster tells a broker that comes
     back from a lost or wiped disk (a new incarnation) from one that merely restarted."""
@@ -299,7 +347,7 @@ def _replaced(config: BrokerConfig, store: LogStore, incarnation: str) -> bool:
     return path.exists()
 
 
-async def _registered_elsewhere(config: BrokerConfig, incarnation: str) -> str | None:
+async def _registered_elsewhere(config: BrokerConfig, incarnation: str, channels: PeerChannels) -> str | None:
     """The incarnation another founding controller says this broker id is registered with, if it is
     not this one: a new data directory must not found the metadata log again (its empty log would
     vote as if it held what the old one acknowledged)."""
@@ -307,7 +355,7 @@ async def _registered_elsewhere(config: BrokerConfig, incarnation: str) -> str |
         if broker == config.broker_id:
             continue
         try:
-            async with grpc.aio.insecure_channel(address) as channel:
+            async with channels.open(address) as channel:
                 answer = await api_pb2_grpc.BrokerStub(channel).Metadata(api_pb2.MetadataRequest(), timeout=2)
         except grpc.aio.AioRpcError:
             continue
@@ -343,7 +391,7 @@ async def _register(admin: AdminService, state: BrokerState, refused: Callable[[
             if state.controller.leader_id != NO_LEADER:
                 await admin.register(request)
             elif config.join:
-                await _register_through(config.join, request, state.directory)
+                await _register_through(config.join, request, state.directory, state.channels)
         except IncarnationMismatchError as exc:
             refused(exc)
             return
@@ -353,11 +401,11 @@ async def _register(admin: AdminService, state: BrokerState, refused: Callable[[
 
 
 async def _register_through(seeds: tuple[str, ...], request: api_pb2.RegisterBrokerRequest,
-                            directory: BrokerDirectory) -> None:
+                            directory: BrokerDirectory, channels: PeerChannels) -> None:
     """Register through the first of `seeds` that answers, after learning every broker's address from it."""
     last: RaftkaError | None = None
     for seed in seeds:
-        async with grpc.aio.insecure_channel(seed) as channel:
+        async with channels.open(seed) as channel:
             try:
                 metadata = await api_pb2_grpc.BrokerStub(channel).Metadata(api_pb2.MetadataRequest(), timeout=5)
                 for broker in metadata.brokers:

@@ -23,6 +23,7 @@ from raftka.cluster.controller import Controller
 from raftka.cluster.metadata import MetadataState, TopicRecord
 from raftka.cluster.metrics import BrokerMetrics
 from raftka.cluster.partitions import PartitionManager
+from raftka.cluster.tls import PeerChannels
 from raftka.cluster.topics import MAX_BATCH_BYTES_LIMIT
 from raftka.errors import InternalError, InvalidRequestError, InvalidTopicError, RaftkaError
 from raftka.proto import NO_LEADER, api_pb2, api_pb2_grpc
@@ -58,6 +59,8 @@ class BrokerState:
     """The id of this broker's data directory."""
     down_since: Callable[[int], float | None]
     """When the Raft transport last lost a broker (s since the epoch), or None while it reaches it."""
+    channels: PeerChannels
+    """gRPC channels to the other brokers (TLS with this broker's certificate when TLS is on)."""
 
     async def catch_up_metadata(self) -> None:
         """Apply every metadata change committed before this call (ReadIndex), so an answer given

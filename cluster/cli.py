@@ -3,6 +3,10 @@ they configure (`raftka.cluster.broker.run`).
 
 `raftka.cli`, the `raftka` entry point, adds this command to the client's (`raftka.client.cli`), so
 the client never imports the broker. The broker itself is imported only when the command runs.
+
+`--tls-cert`, `--tls-key` and `--tls-ca` are the client's connection flags (`raftka.client.cli`), which
+`raftka broker` shares: a broker's certificate is both its server and its client certificate, so
+`raftka broker decommission N` run with a broker's flags connects as that broker would.
 """
 
 from __future__ import annotations
@@ -75,6 +79,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "default 100; 0: no limit)")
     parser.add_argument("--balance-on-join", action="store_true", default=env("BALANCE_ON_JOIN", False, flag),
                         help="balance the cluster onto each broker that joins (env RAFTKA_BALANCE_ON_JOIN=1)")
+    parser.add_argument("--tls-client-auth", choices=("required", "none"), default=env("TLS_CLIENT_AUTH", "required"),
+                        help="client certificates on the gRPC port: required (verified against --tls-ca) or none "
+                             "(env RAFTKA_TLS_CLIENT_AUTH; default required)")
+    parser.add_argument("--metrics-tls", action="store_true", default=env("METRICS_TLS", False, flag),
+                        help="serve /metrics over TLS with the broker's certificate (env RAFTKA_METRICS_TLS=1)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -95,7 +104,14 @@ def run(args: argparse.Namespace) -> int:
                                    leader_balance_delay_s=args.leader_balance_delay_ms / 1000,
                                    offsets_partitions=args.offsets_partitions, snapshot_bytes=args.snapshot_bytes,
                                    self_heal_after_s=args.self_heal_after_s, balance_on_join=args.balance_on_join,
-                                   max_moves_per_broker=args.max_moves_per_broker, max_moves=args.max_moves))
+                                   max_moves_per_broker=args.max_moves_per_broker, max_moves=args.max_moves,
+                                   tls_cert=_path(args.tls_cert), tls_key=_path(args.tls_key),
+                                   tls_ca=_path(args.tls_ca), tls_client_auth=args.tls_client_auth,
+                                   metrics_tls=args.metrics_tls))
+
+
+def _path(text: str | None) -> Path | None:
+    return Path(text) if text else None
 
 
 def id_from_hostname(hostname: str, offset: int) -> int:

@@ -73,6 +73,21 @@ class BrokerConfig:
     """Partition moves copying data to one broker at once (0: no limit); more wait, queued."""
     max_moves: int = 100
     """Partition moves copying data in the whole cluster at once (0: no limit)."""
+    tls_cert: Path | None = None
+    """This broker's certificate (PEM; its chain may follow), which names its id as the SAN URI
+    `raftka://broker/<id>` (`raftka.wire.tls`). With `tls_key` and `tls_ca`, turns TLS on for every
+    listener: client gRPC, the Raft transport (mutual, always) and broker-to-broker gRPC."""
+    tls_key: Path | None = None
+    tls_ca: Path | None = None
+    """The cluster CA (PEM bundle): verifies peers' and clients' certificates."""
+    tls_client_auth: str = "required"
+    """Client certificates on the gRPC listener: `required` (verified against `tls_ca`) or `none`."""
+    metrics_tls: bool = False
+    """Serve /metrics over TLS with the broker's certificate (`--metrics-tls`)."""
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None
 
     @property
     def advertised_address(self) -> str:
@@ -121,5 +136,12 @@ class BrokerConfig:
             raise ValueError(f"--self-heal-after-s must be 0 (off) or positive, not {self.self_heal_after_s}")
         if self.snapshot_bytes < 1:
             raise ValueError(f"snapshot bytes must be positive, not {self.snapshot_bytes}")
+        if len({self.tls_cert is None, self.tls_key is None, self.tls_ca is None}) != 1:
+            raise ValueError("TLS needs --tls-cert, --tls-key and --tls-ca together (the CA verifies the other "
+                             "brokers, whose Raft connections are always mutually authenticated)")
+        if self.tls_client_auth not in ("required", "none"):
+            raise ValueError(f"--tls-client-auth must be required or none, not {self.tls_client_auth!r}")
+        if self.metrics_tls and not self.tls:
+            raise ValueError("--metrics-tls needs --tls-cert, --tls-key and --tls-ca")
         if not 1 <= self.offsets_partitions <= 1000:
             raise ValueError(f"offsets partitions must be between 1 and 1000, not {self.offsets_partitions}")

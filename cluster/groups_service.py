@@ -31,7 +31,6 @@ class GroupsService(api_pb2_grpc.GroupsServicer):
         self._state = state
         self._coordinator = coordinator
         self._admin = admin
-        self._channels: dict[str, grpc.aio.Channel] = {}
 
     async def FindCoordinator(self, request: api_pb2.FindCoordinatorRequest, context: grpc.aio.ServicerContext
                               ) -> api_pb2.FindCoordinatorResponse:
@@ -60,9 +59,7 @@ class GroupsService(api_pb2_grpc.GroupsServicer):
         last: RaftkaError = NotCoordinatorError(f"no replica of group {request.group_id!r}'s partition answered")
         for broker in replicas:
             address = self._state.address_of(broker)
-            channel = self._channels.get(address)
-            if channel is None:
-                channel = self._channels[address] = grpc.aio.insecure_channel(address)
+            channel = self._state.channels.cached(address)
             try:
                 return await api_pb2_grpc.GroupsStub(channel).FindCoordinator(request, timeout=FORWARD_TIMEOUT_S)
             except grpc.aio.AioRpcError as exc:

@@ -6,9 +6,15 @@ partitions exposes the same few series. Per-partition figures belong in the Admi
 
 from __future__ import annotations
 
+import socket
+import ssl
+import threading
 from functools import partial
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
+from prometheus_client.exposition import ThreadingWSGIServer
 
 from raftka.cluster.state_machine import StateMachineStats
 from raftka.replication.transport import TransportStats
@@ -86,6 +92,20 @@ class BrokerMetrics:
             self.state_machine_snapshots.labels(machine, "restored").set_function(
                 partial(stats.snapshots_restored.__getitem__, machine))
 
-    def serve(self, host: str, port: int) -> None:
-        """Serve /metrics from a daemon thread."""
-        start_http_server(port, addr=host, registry=self.registry)
+    def serve(self, host: str, port: int, tls: ssl.SSLContext | None = None) -> None:
+        """Serve /metrics from a daemon thread, over TLS with `tls` (`raftka.cluster.tls`), which wraps
+        the listening socket before the thread accepts anything."""
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        server: ThreadingWSGIServer = make_server(host, port, make_wsgi_app(self.registry),
+                             type("MetricsServer", (ThreadingWSGIServer,), {"address_family": family}),
+                             handler_class=_QuietHandler)
+        if tls is not None:
+            server.socket = tls.wrap_socket(server.socket, server_side=True)
+        threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """Scrapes are not worth a log line each."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass

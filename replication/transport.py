@@ -24,6 +24,10 @@ Invariants:
   are dropped, which keeps what is queued a contiguous prefix of each group's stream. While a peer
   is down (between a failure and the next connection attempt) its messages are dropped at once.
 * Nothing is delivered from a connection before its first batch names this cluster and this broker.
+* With TLS (``tls``), both ends present a certificate of the cluster CA and each checks that the
+  other's names the broker it is talking to (SAN URI ``raftka://broker/<id>``, `raftka.wire.tls`):
+  the dialler, that it reached the broker it meant to; the receiver, that the first batch's sender
+  is the broker the certificate names. So no broker can speak as another, whatever it claims.
 """
 
 from __future__ import annotations
@@ -33,11 +37,12 @@ import enum
 import logging
 import random
 import socket
+import ssl
 import struct
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable, NoReturn
+from typing import Awaitable, Callable, NoReturn, Protocol
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -47,6 +52,7 @@ from raftka.replication.codec import CodecError, decode_message_batch, encode_me
 from raftka.replication.errors import RaftError
 from raftka.replication.messages import Message
 from raftka.wire.settings import parse_host_port
+from raftka.wire.tls import broker_id_of
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +101,8 @@ class Refusal(enum.Enum):
     CLUSTER_MISMATCH = grpc.StatusCode.PERMISSION_DENIED
     BROKER_MISMATCH = grpc.StatusCode.FAILED_PRECONDITION
     MALFORMED = grpc.StatusCode.INVALID_ARGUMENT
+    CERTIFICATE_MISMATCH = grpc.StatusCode.UNAUTHENTICATED
+    """The peer's certificate names another broker than the one it claims (or none)."""
 
 
 class _Refused(Exception):
@@ -102,6 +110,29 @@ class _Refused(Exception):
         super().__init__(detail)
         self.refusal = refusal
         self.detail = detail
+
+
+class TransportTls(Protocol):
+    """The TLS material of a broker, current at each call (certificates rotate)."""
+
+    def server_context(self) -> ssl.SSLContext:
+        """For connections we accept: requires the peer's certificate, of the cluster CA."""
+
+    def client_context(self) -> ssl.SSLContext:
+        """For connections we open: verifies the peer's certificate, presents ours."""
+
+    def channel(self, address: str) -> grpc.aio.Channel:
+        """A TLS gRPC channel to a broker (for its Endpoint)."""
+
+
+def _certified_broker(writer: asyncio.StreamWriter) -> int | None:
+    """The broker id the verified certificate of the connection's peer names, if any."""
+    cert = writer.get_extra_info("peercert") or {}
+    return broker_id_of(value for kind, value in cert.get("subjectAltName", ()) if kind == "URI")
+
+
+def _named(broker: int | None) -> str:
+    return "no broker" if broker is None else f"broker {broker}"
 
 
 @dataclass(frozen=True)
@@ -186,13 +217,16 @@ class RaftTransport:
     connection to it is accepted again (the driver may ``wake`` quiesced groups); each fires once
     per transition. Incoming connections are accepted once :meth:`listen` has been awaited, and
     :attr:`servicer` (registered on the broker's gRPC server) tells peers where that is.
-    ``resolve`` replaces the Endpoint call (tests that run no gRPC server).
+    ``resolve`` replaces the Endpoint call (tests that run no gRPC server). ``tls`` turns on mutual
+    TLS for every connection, both ways (see the module's invariants).
     """
 
     def __init__(self, broker_id: int, cluster_id: str, peers: dict[int, str], on_receive: OnReceive, *,
                  on_peer_down: PeerHook | None = None, on_peer_up: PeerHook | None = None,
-                 options: TransportOptions = TransportOptions(), resolve: Resolve | None = None) -> None:
+                 options: TransportOptions = TransportOptions(), resolve: Resolve | None = None,
+                 tls: TransportTls | None = None) -> None:
         self.broker_id = broker_id
+        self.tls = tls
         self.cluster_id = cluster_id
         self.options = options
         self.stats = TransportStats()
@@ -207,6 +241,11 @@ class RaftTransport:
         self._unknown_warned: set[int] = set()
         self._server: asyncio.Server | None = None
         self._incoming: set[asyncio.StreamWriter] = set()
+        self._handshakes: set[asyncio.Task[None]] = set()
+        self._listener: socket.socket | None = None
+        """With TLS: the listening socket, whose connections are accepted bare and handed to the TLS
+        handshake before anything reads them (`_accept_tls`)."""
+        self._acceptor: asyncio.Task[None] | None = None
         self._closed = False
         for peer_id, address in peers.items():
             self.add_peer(peer_id, address)
@@ -214,8 +253,15 @@ class RaftTransport:
     async def listen(self, host: str, port: int = 0, *, advertise_host: str = "") -> str:
         """Accept peers' connections on ``host:port`` (0: any free port); returns the address
         peers are told, with ``advertise_host`` in place of ``host`` when given."""
-        self._server = await asyncio.start_server(self._accept, host, port)
-        bound = self._server.sockets[0].getsockname()[1]
+        if self.tls is None:
+            self._server = await asyncio.start_server(self._accept, host, port)
+            bound = self._server.sockets[0].getsockname()[1]
+        else:
+            self._listener = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else
+                                                  socket.AF_INET)
+            self._listener.setblocking(False)
+            self._acceptor = asyncio.get_running_loop().create_task(self._accept_tls_loop(self._listener))
+            bound = self._listener.getsockname()[1]
         self.address = f"{advertise_host or host}:{bound}"
         log.info("raft transport: listening on %s:%d, advertised as %s", host, bound, self.address)
         return self.address
@@ -286,6 +332,10 @@ class RaftTransport:
             self._server.close()
         for writer in list(self._incoming):
             writer.close()
+        for task in [*self._handshakes, *([self._acceptor] if self._acceptor is not None else [])]:
+            task.cancel()
+        if self._listener is not None:
+            self._listener.close()
         await asyncio.gather(*tasks, return_exceptions=True)
         if self._server is not None:
             await self._server.wait_closed()
@@ -345,11 +395,22 @@ class RaftTransport:
         try:
             async with asyncio.timeout(timeout):
                 host, port = parse_host_port(await self._resolve(peer.id, peer.address))
-                reader, writer = await asyncio.open_connection(host, port)
+                if self.tls is None:
+                    reader, writer = await asyncio.open_connection(host, port)
+                else:
+                    reader, writer = await asyncio.open_connection(host, port, ssl=self.tls.client_context(),
+                                                                   server_hostname=host)
         except TimeoutError:
             raise StreamEndedError(peer.id,
                                    f"{peer.address} did not accept a connection within {timeout:.1f} s") from None
+        except ssl.SSLError as exc:
+            raise StreamEndedError(peer.id, f"TLS handshake with {host}:{port} failed: {exc}",
+                                   Refusal.CERTIFICATE_MISMATCH.name) from None
         try:
+            if self.tls is not None and _certified_broker(writer) != peer.id:
+                raise StreamEndedError(peer.id, f"the certificate at {host}:{port} is that of "
+                                                f"{_named(_certified_broker(writer))}",
+                                       Refusal.CERTIFICATE_MISMATCH.name)
             self._tune(writer)
             link = _Link(writer)
             link.write(encode_message_batch(self.cluster_id, self.broker_id, peer.id, ()).SerializeToString())
@@ -402,7 +463,7 @@ class RaftTransport:
 
     async def _ask_endpoint(self, peer_id: int, address: str) -> str:
         request = raft_pb2.EndpointRequest(cluster_id=self.cluster_id, from_broker=self.broker_id, to_broker=peer_id)
-        async with grpc.aio.insecure_channel(address) as channel:
+        async with (grpc.aio.insecure_channel(address) if self.tls is None else self.tls.channel(address)) as channel:
             endpoint = channel.unary_unary(ENDPOINT_METHOD,
                                            request_serializer=raft_pb2.EndpointRequest.SerializeToString,
                                            response_deserializer=raft_pb2.EndpointResponse.FromString)
@@ -505,6 +566,7 @@ class RaftTransport:
         sender: int | None = None
         try:
             self._tune(writer)
+            certified = _certified_broker(writer) if self.tls is not None else None
             try:
                 async with asyncio.timeout(self.options.connect_timeout_s):
                     payload = await _read_frame(reader, MAX_HELLO_BYTES)
@@ -514,7 +576,7 @@ class RaftTransport:
             except FrameTooLargeError as exc:
                 raise _Refused(Refusal.MALFORMED, f"first batch: {exc}") from None
             while True:
-                sender, messages = self._check(sender, payload, writer)
+                sender, messages = self._check(sender, payload, writer, certified)
                 self._deliver(sender, messages, payload)
                 try:
                     payload = await _read_frame(reader, self.options.max_message_bytes)
@@ -535,6 +597,37 @@ class RaftTransport:
             self._incoming.discard(writer)
             writer.close()
 
+    async def _accept_tls_loop(self, listener: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                connection, _ = await loop.sock_accept(listener)
+            except OSError as exc:  # out of file descriptors, say: the listener stays; try again shortly
+                log.warning("raft transport: accept failed: %s", exc)
+                await asyncio.sleep(0.1)
+                continue
+            task = loop.create_task(self._accept_tls(connection))
+            self._handshakes.add(task)
+            task.add_done_callback(self._handshakes.discard)
+
+    async def _accept_tls(self, connection: socket.socket) -> None:
+        """TLS on an accepted connection (the current certificate; the peer's required), then serve it.
+        A failed handshake is a refusal, logged and counted."""
+        assert self.tls is not None
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader()
+        protocol = asyncio.StreamReaderProtocol(reader)
+        peer = connection.getpeername()
+        try:
+            secure, _ = await loop.connect_accepted_socket(lambda: protocol, connection, ssl=self.tls.server_context(),
+                                                           ssl_handshake_timeout=self.options.connect_timeout_s)
+        except (ssl.SSLError, OSError, TimeoutError) as exc:
+            self.stats.refused_streams += 1
+            log.error("raft transport: refused connection from %s: TLS: %s: %s", peer, type(exc).__name__, exc)
+            connection.close()
+            return
+        await self._accept(reader, asyncio.StreamWriter(secure, protocol, reader, loop))
+
     def _deliver(self, sender: int, messages: list[tuple[str, Message]], payload: bytes) -> None:
         if messages:
             self.stats.received_messages += len(messages)
@@ -546,17 +639,18 @@ class RaftTransport:
         """After a refusal: end our side, then discard what the peer still sends until it closes
         (bounded), because closing with unread bytes resets the connection and loses the refusal."""
         try:
-            writer.write_eof()
+            if writer.can_write_eof():  # TLS cannot half-close
+                writer.write_eof()
             async with asyncio.timeout(self.options.connect_timeout_s):
                 while await reader.read(1 << 16):
                     pass
         except (OSError, TimeoutError):
             pass
 
-    def _check(self, sender: int | None, payload: bytes,
-               writer: asyncio.StreamWriter) -> tuple[int, list[tuple[str, Message]]]:
-        """Validate one batch. The first one, and every empty one after it (a ping), is answered
-        with an Ack."""
+    def _check(self, sender: int | None, payload: bytes, writer: asyncio.StreamWriter,
+               certified: int | None) -> tuple[int, list[tuple[str, Message]]]:
+        """Validate one batch (`certified`: the broker id the peer's TLS certificate names). The first
+        one, and every empty one after it (a ping), is answered with an Ack."""
         try:
             batch = raft_pb2.MessageBatch.FromString(payload)
         except DecodeError as exc:
@@ -567,6 +661,9 @@ class RaftTransport:
         if batch.to_broker != self.broker_id:
             raise _Refused(Refusal.BROKER_MISMATCH, f"batch from broker {batch.from_broker} is for broker "
                                                     f"{batch.to_broker}, this is broker {self.broker_id}")
+        if self.tls is not None and batch.from_broker != certified:
+            raise _Refused(Refusal.CERTIFICATE_MISMATCH, f"batch from broker {batch.from_broker} comes with the "
+                                                         f"certificate of {_named(certified)}")
         if sender is not None and batch.from_broker != sender:
             raise _Refused(Refusal.MALFORMED, f"connection of broker {sender} carries a batch from broker "
                                               f"{batch.from_broker}")

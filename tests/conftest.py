@@ -14,6 +14,7 @@ import grpc
 import pytest
 
 from raftka import Admin, Consumer, Producer, Record, TopicPartition
+from raftka.client.certs import LocalPki
 from raftka.client.local import LocalBroker, free_port, plan
 from raftka.errors import RaftkaError
 from raftka.proto import api_pb2, api_pb2_grpc
@@ -21,12 +22,15 @@ from raftka.proto import api_pb2, api_pb2_grpc
 
 @pytest.fixture
 def start_cluster(tmp_path: Path) -> Iterator[Callable[..., list[LocalBroker]]]:
-    """Start a cluster of N brokers (extra `raftka broker` flags allowed); stopped after the test."""
+    """Start a cluster of N brokers (extra `raftka broker` flags allowed; TLS from `pki`, a
+    `raftka.client.certs.LocalPki`); stopped after the test."""
     started: list[LocalBroker] = []
 
-    def start(brokers: int = 1, *extra_args: str, racks: list[str] | None = None) -> list[LocalBroker]:
+    def start(brokers: int = 1, *extra_args: str, racks: list[str] | None = None,
+              pki: LocalPki | None = None) -> list[LocalBroker]:
         layout = plan(brokers, tmp_path / f"cluster-{len(started)}", [free_port() for _ in range(brokers)],
-                      metrics_ports=[free_port() for _ in range(brokers)], extra_args=extra_args, racks=racks)
+                      metrics_ports=[free_port() for _ in range(brokers)], extra_args=extra_args, racks=racks,
+                      pki=pki)
         started.extend(layout)
         for broker in layout:
             broker.spawn()

@@ -48,6 +48,14 @@ def test_broker_config_checks() -> None:
         BrokerConfig(broker_id=4, join=("nowhere",), **base).validate()
     with pytest.raises(ValueError, match="expected HOST:PORT"):
         BrokerConfig(broker_id=1, raft_listen="nowhere", **base).validate()
+    with pytest.raises(ValueError, match="--tls-cert, --tls-key and --tls-ca together"):
+        BrokerConfig(broker_id=1, tls_cert=Path("c.pem"), tls_key=Path("k.pem"), **base).validate()
+    with pytest.raises(ValueError, match="--metrics-tls needs"):
+        BrokerConfig(broker_id=1, metrics_tls=True, **base).validate()
+    tls: dict[str, Any] = dict(tls_cert=Path("c.pem"), tls_key=Path("k.pem"), tls_ca=Path("ca.pem"))
+    with pytest.raises(ValueError, match="required or none"):
+        BrokerConfig(broker_id=1, tls_client_auth="optional", **tls, **base).validate()
+    BrokerConfig(broker_id=1, tls_client_auth="none", metrics_tls=True, **tls, **base).validate()
 
 
 @pytest.mark.parametrize("listen, advertise, raft_listen, bind", [

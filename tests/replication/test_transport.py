@@ -261,9 +261,9 @@ def test_a_quiet_connection_to_a_live_peer_stays_up_across_many_pings(free_port:
         batches = []
         check = b.transport._check
 
-        def counted(sender, payload, writer):
+        def counted(sender, payload, writer, certified):
             batches.append(payload)
-            return check(sender, payload, writer)
+            return check(sender, payload, writer, certified)
         b.transport._check = counted  # type: ignore[method-assign]  # counts what reaches the receiver
         a.transport.send("g", heartbeat(1, 2, 0))
         await until(lambda: len(b.received) == 1)
