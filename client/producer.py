@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import time
 from time import time_ns
+from pathlib import Path
 from typing import Mapping, Sequence
 
 from raftka.client.accumulator import RecordAccumulator, RecordFuture
 from raftka.client.connection import Backoff, ClusterConnection
+from raftka.client.credentials import TokenProvider, token_source
 from raftka.client.idempotence import Sequences
 from raftka.client.sender import Sender
 from raftka.errors import ClientClosedError, RequestTimedOutError, UnknownPartitionError
@@ -62,7 +64,8 @@ class Producer:
                  buffer_memory: int = 64 * 1024 * 1024, max_block_ms: int = 60_000,
                  request_timeout_ms: int = 30_000, delivery_timeout_ms: int = 120_000,
                  retry_backoff_ms: int = 50, retry_backoff_max_ms: int = 2_000,
-                 enable_idempotence: bool | None = None) -> None:
+                 enable_idempotence: bool | None = None, token: str | None = None,
+                 token_file: str | Path | None = None, token_provider: TokenProvider | None = None) -> None:
         if str(acks) not in ACKS:
             raise ValueError(f"acks must be 'all' or 'leader', not {acks!r}")
         if enable_idempotence is None:
@@ -78,7 +81,8 @@ class Producer:
             codec = Compression[compression.upper()]
         except KeyError:
             raise ValueError(f"compression must be one of none, zstd, lz4; not {compression!r}") from None
-        self._conn = ClusterConnection(bootstrap, request_timeout_s=request_timeout_ms / 1000)
+        self._conn = ClusterConnection(bootstrap, request_timeout_s=request_timeout_ms / 1000,
+                                       token=token_source(token, token_file, token_provider))
         self._acc = RecordAccumulator(batch_size=batch_size, linger_s=linger_ms / 1000,
                                       buffer_memory=buffer_memory, max_block_s=max_block_ms / 1000,
                                       max_in_flight=max_in_flight, delivery_timeout_s=delivery_timeout_ms / 1000)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from raftka.cluster.authentication import AuthSettings
 from raftka.wire.settings import parse_host_port
 
 _WILDCARDS = ("0.0.0.0", "::")
@@ -73,6 +74,15 @@ class BrokerConfig:
     """Partition moves copying data to one broker at once (0: no limit); more wait, queued."""
     max_moves: int = 100
     """Partition moves copying data in the whole cluster at once (0: no limit)."""
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    """How callers of the client listener are authenticated (none configured: every caller is anonymous)."""
+    authorizer: str = ""
+    """`acl`: every call is checked against the ACLs of the metadata log; empty: everything is allowed."""
+    super_users: tuple[str, ...] = ()
+    """Principals allowed everything whatever the ACLs say."""
+    broker_token_file: Path | None = None
+    """The bearer token this broker sends on its own calls to other brokers (registration, forwarded
+    admin calls); the principal it proves is a super-user."""
 
     @property
     def advertised_address(self) -> str:
@@ -121,5 +131,11 @@ class BrokerConfig:
             raise ValueError(f"--self-heal-after-s must be 0 (off) or positive, not {self.self_heal_after_s}")
         if self.snapshot_bytes < 1:
             raise ValueError(f"snapshot bytes must be positive, not {self.snapshot_bytes}")
+        self.auth.validate()
+        if self.authorizer not in ("", "acl"):
+            raise ValueError(f"--authorizer must be 'acl' (or omitted), not {self.authorizer!r}")
+        if self.authorizer and self.auth.configured and not self.broker_token_file and (self.peers or self.join):
+            raise ValueError("with authentication and ACLs, brokers of a cluster call each other as a super-user: "
+                             "give --broker-token-file")
         if not 1 <= self.offsets_partitions <= 1000:
             raise ValueError(f"offsets partitions must be between 1 and 1000, not {self.offsets_partitions}")
