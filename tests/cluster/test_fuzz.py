@@ -44,7 +44,7 @@ def inputs(draw):
     return service, method, payload
 
 
-def invoke(channel: grpc.Channel, service: str, method, payload: bytes) -> None:
+def invoke(channel, service, method, payload) -> None:
     path = f"/{service}/{method.name}"
     identity = {"request_serializer": None, "response_deserializer": None}
     if method.client_streaming:

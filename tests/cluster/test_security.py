@@ -94,7 +94,7 @@ def forged(algorithm: str, subject: str, secret: bytes = b"") -> str:
     return signed + "." + base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
 
 
-def test_bad_credentials_are_refused_precisely_and_change_nothing(secured, signing_key) -> None:
+def test_bad_credentials_are_refused_precisely_and_change_nothing(secured, signing_key):
     other_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     public_pem = signing_key.public_key().public_bytes(serialization.Encoding.PEM,
                                                        serialization.PublicFormat.SubjectPublicKeyInfo)
@@ -124,7 +124,7 @@ def test_bad_credentials_are_refused_precisely_and_change_nothing(secured, signi
                 token(signing_key, "admin")).topic.name == "made"
 
 
-def test_a_principal_without_acls_is_denied_and_sees_no_topic(secured, signing_key) -> None:
+def test_a_principal_without_acls_is_denied_and_sees_no_topic(secured, signing_key):
     admin = "static-admin-token"
     call(secured.address, "CreateTopic", api_pb2.CreateTopicRequest(name="secret"), admin)
     alice = token(signing_key, "alice")
@@ -150,7 +150,7 @@ def test_a_principal_without_acls_is_denied_and_sees_no_topic(secured, signing_k
     assert not call(secured.address, "ListAcls", api_pb2.ListAclsRequest(), admin).acls
 
 
-def test_malformed_acl_commands_are_invalid_and_change_nothing(secured) -> None:
+def test_malformed_acl_commands_are_invalid_and_change_nothing(secured):
     admin = "static-admin-token"
     good = AclEntry("User:bob", "topic", "t", "read").to_proto()
     bad = {
@@ -172,7 +172,7 @@ def test_malformed_acl_commands_are_invalid_and_change_nothing(secured) -> None:
     assert not call(secured.address, "ListAcls", api_pb2.ListAclsRequest(), admin).acls
 
 
-def test_principals_by_operations_behave_as_the_acls_say(secured, signing_key) -> None:
+def test_principals_by_operations_behave_as_the_acls_say(secured, signing_key):
     with Admin(secured.address, token="static-admin-token") as admin:
         for name in ("orders-eu", "orders-us", "payments"):
             admin.create_topic(name)
@@ -224,7 +224,7 @@ def test_principals_by_operations_behave_as_the_acls_say(secured, signing_key) -
     call(secured.address, "DeleteTopic", api_pb2.DeleteTopicRequest(name="orders-us"), alice)
 
 
-def test_clients_send_tokens_and_refusals_arrive_typed(secured, signing_key, tmp_path) -> None:
+def test_clients_send_tokens_and_refusals_arrive_typed(secured, signing_key, tmp_path):
     with Admin(secured.address, token="static-admin-token") as admin:
         admin.create_topic("events")
         admin.add_acls([AclEntry("User:alice", "topic", "events", "write"),
@@ -256,7 +256,7 @@ def test_clients_send_tokens_and_refusals_arrive_typed(secured, signing_key, tmp
         admin.list_topics()
 
 
-def test_cli_manages_acls_with_a_token_file(secured, tmp_path) -> None:
+def test_cli_manages_acls_with_a_token_file(secured, tmp_path):
     token_file = tmp_path / "admin.token"
     token_file.write_text("static-admin-token\n")
     env = {**os.environ, "RAFTKA_BOOTSTRAP": secured.address, "RAFTKA_TOKEN_FILE": str(token_file)}
