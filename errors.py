@@ -253,6 +253,20 @@ class UnreleasedInstanceIdError(RaftkaError):
     retriable = True
 
 
+class AuthenticationFailedError(RaftkaError):
+    """The call's credentials are missing, malformed, expired or not trusted by the broker."""
+
+    code = ErrorCode.AUTHENTICATION_FAILED
+    status = grpc.StatusCode.UNAUTHENTICATED
+
+
+class AuthorizationFailedError(RaftkaError):
+    """The caller's ACLs do not allow the operation; the message names only what the caller asked for."""
+
+    code = ErrorCode.AUTHORIZATION_FAILED
+    status = grpc.StatusCode.PERMISSION_DENIED
+
+
 class BrokerUnavailableError(RaftkaError):
     """Client side only: no broker could be reached (the status is whatever the transport said)."""
 

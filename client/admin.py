@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Mapping, NamedTuple, Sequence, TypeVar
 
 import grpc
-from pathlib import Path
 
 from raftka.client.connection import ClusterConnection
+from raftka.client.credentials import TokenProvider, token_source
 from raftka.client.membership import GroupCoordinatorClient
 from raftka.errors import (GroupNotEmptyError, OffsetOutOfRangeError, TopicExistsError, UnknownTopicError,
                            from_rpc_error)
@@ -186,17 +187,51 @@ class Reassignments(NamedTuple):
     moves: list[ReassignmentInfo]
 
 
+@dataclass(frozen=True)
+class AclEntry:
+    """An ACL as the broker stores it, in the CLI's words: `resource` topic, group or cluster; `pattern`
+    literal or prefixed; `operation` read, write, create, delete, alter, describe, cluster-admin or
+    all; `permission` allow or deny. `principal` is "User:<name>" or "*"."""
+
+    principal: str
+    resource: str
+    name: str
+    operation: str
+    permission: str = "allow"
+    pattern: str = "literal"
+
+    def to_proto(self) -> api_pb2.AclBinding:
+        try:
+            return api_pb2.AclBinding(
+                principal=self.principal, name=self.name,
+                resource_type=f"RESOURCE_{self.resource.upper()}", pattern_type=f"PATTERN_{self.pattern.upper()}",
+                operation=f"OP_{self.operation.upper().replace('-', '_')}", permission=self.permission.upper())
+        except ValueError as exc:
+            raise ValueError(f"bad ACL {self}: {exc}") from None
+
+    @classmethod
+    def from_proto(cls, binding: api_pb2.AclBinding) -> AclEntry:
+        return cls(binding.principal,
+                   api_pb2.ResourceType.Name(binding.resource_type).removeprefix("RESOURCE_").lower(), binding.name,
+                   api_pb2.AclOperation.Name(binding.operation).removeprefix("OP_").lower().replace("_", "-"),
+                   api_pb2.AclPermission.Name(binding.permission).lower(),
+                   api_pb2.PatternType.Name(binding.pattern_type).removeprefix("PATTERN_").lower())
+
+
 class Admin:
     """Topic administration. Errors are the typed `raftka.errors` classes (TopicExistsError, ...)."""
 
     def __init__(self, bootstrap: str | Sequence[str], *, request_timeout_ms: int = 30_000,
                  tls_ca: str | Path | None = None, tls_cert: str | Path | None = None,
-                 tls_key: str | Path | None = None, tls_server_name: str | None = None) -> None:
+                 tls_key: str | Path | None = None, tls_server_name: str | None = None, token: str | None = None,
+                 token_file: str | Path | None = None, token_provider: TokenProvider | None = None) -> None:
         """`tls_ca` (a PEM bundle) turns TLS on and verifies the brokers; `tls_cert` and `tls_key` present
         a client certificate (brokers require one by default); `tls_server_name` is the name to verify
-        instead of the address's host. Producer and Consumer take the same four."""
+        instead of the address's host. `token`, `token_file` or `token_provider`: the bearer token calls
+        carry (`raftka.client.credentials`). Producer and Consumer take the same seven."""
         self._conn = ClusterConnection(bootstrap, request_timeout_s=request_timeout_ms / 1000,
-                                       tls=ClientTls.of(tls_ca, tls_cert, tls_key, tls_server_name))
+                                       tls=ClientTls.of(tls_ca, tls_cert, tls_key, tls_server_name),
+                                       token=token_source(token, token_file, token_provider))
 
     def create_topic(self, name: str, partitions: int = 1, replication_factor: int | None = None,
                      config: Mapping[str, str | int] | None = None, *, exist_ok: bool = False) -> TopicInfo:
@@ -460,6 +495,39 @@ class Admin:
                            response.placement_offset, response.replicas_moved, response.bytes_moved,
                            {b.broker_id: (b.replicas_before, b.replicas_after, b.leaders_before, b.leaders_after)
                             for b in response.brokers})
+
+    def add_acls(self, acls: Sequence[AclEntry]) -> None:
+        """Record ACLs in the metadata log (those that exist already change nothing)."""
+        request = api_pb2.CreateAclsRequest(acls=[acl.to_proto() for acl in acls])
+        self._admin(lambda stub: stub.CreateAcls(request, timeout=self._conn.request_timeout_s))
+
+    def list_acls(self, principal: str = "") -> list[AclEntry]:
+        """Every ACL, or those of `principal` exactly."""
+        request = api_pb2.ListAclsRequest(principal=principal)
+        response = self._admin(lambda stub: stub.ListAcls(request, timeout=self._conn.request_timeout_s))
+        return [AclEntry.from_proto(binding) for binding in response.acls]
+
+    def remove_acls(self, acls: Sequence[AclEntry]) -> list[AclEntry]:
+        """Remove ACLs; returns those that existed."""
+        request = api_pb2.DeleteAclsRequest(acls=[acl.to_proto() for acl in acls])
+        response = self._admin(lambda stub: stub.DeleteAcls(request, timeout=self._conn.request_timeout_s))
+        return [AclEntry.from_proto(binding) for binding in response.deleted]
+
+    def set_quota(self, principal: str, *, produce_bytes_per_s: int = 0, fetch_bytes_per_s: int = 0,
+                  requests_per_s: int = 0) -> None:
+        """Set `principal`'s quota ("*": the default of principals without one); 0 is unlimited."""
+        request = api_pb2.SetQuotaRequest(quota=api_pb2.Quota(
+            principal=principal, produce_bytes_per_s=produce_bytes_per_s, fetch_bytes_per_s=fetch_bytes_per_s,
+            requests_per_s=requests_per_s))
+        self._admin(lambda stub: stub.SetQuota(request, timeout=self._conn.request_timeout_s))
+
+    def list_quotas(self) -> list[api_pb2.Quota]:
+        request = api_pb2.ListQuotasRequest()
+        return list(self._admin(lambda stub: stub.ListQuotas(request, timeout=self._conn.request_timeout_s)).quotas)
+
+    def remove_quota(self, principal: str) -> None:
+        request = api_pb2.RemoveQuotaRequest(principal=principal)
+        self._admin(lambda stub: stub.RemoveQuota(request, timeout=self._conn.request_timeout_s))
 
     def close(self) -> None:
         self._conn.close()

@@ -68,19 +68,23 @@ def _client_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
     parser.add_argument("--tls-server-name", default=default,
                         help="name to verify in the brokers' certificates instead of the address's host "
                              "(env RAFTKA_TLS_SERVER_NAME)")
+    parser.add_argument("--token-file", type=Path, default=default,
+                        help="send the bearer token in this file with every call (re-read when it changes) "
+                             "(env RAFTKA_TOKEN_FILE)")
 
 
-class TlsArguments(TypedDict):
+class SecurityArguments(TypedDict):
     tls_ca: str | None
     tls_cert: str | None
     tls_key: str | None
     tls_server_name: str | None
+    token_file: Path | None
 
 
-def _tls(args: argparse.Namespace) -> TlsArguments:
-    """The client API's TLS arguments from --tls-* (or RAFTKA_TLS_*)."""
-    return TlsArguments(tls_ca=args.tls_ca, tls_cert=args.tls_cert, tls_key=args.tls_key,
-                        tls_server_name=args.tls_server_name)
+def _security(args: argparse.Namespace) -> SecurityArguments:
+    """The client API's TLS and credential arguments from --tls-* and --token-file (or RAFTKA_*)."""
+    return SecurityArguments(tls_ca=args.tls_ca, tls_cert=args.tls_cert, tls_key=args.tls_key,
+                             tls_server_name=args.tls_server_name, token_file=args.token_file)
 
 
 @dataclass(frozen=True)
@@ -204,6 +208,38 @@ def build_parser(extra: Mapping[str, Command]) -> argparse.ArgumentParser:
     for sub in group_commands.choices.values():
         _client_options(sub, suppress=True)
 
+    acl = commands.add_parser("acl", help="add, list and remove ACLs (enforced by brokers run with --authorizer acl)")
+    acl_commands = acl.add_subparsers(dest="acl_command", required=True, metavar="ACTION")
+    for name, text in (("add", "add an ACL"), ("remove", "remove an ACL"), ("list", "list ACLs")):
+        sub = acl_commands.add_parser(name, help=text)
+        sub.add_argument("--principal", required=name != "list", default="",
+                         help="User:NAME, or '*' for every principal" + (" (list: only its ACLs)" if name == "list"
+                                                                          else ""))
+        if name != "list":
+            target = sub.add_mutually_exclusive_group(required=True)
+            target.add_argument("--topic", help="a topic name ('*': every topic)")
+            target.add_argument("--group", help="a consumer group id ('*': every group)")
+            target.add_argument("--cluster", action="store_true", help="the cluster itself")
+            sub.add_argument("--prefixed", action="store_true", help="the name is a prefix of the resources' names")
+            sub.add_argument("--operation", required=True, choices=("read", "write", "create", "delete", "alter",
+                                                                     "describe", "cluster-admin", "all"))
+            sub.add_argument("--deny", action="store_true", help="a deny ACL (deny wins over allow)")
+        _client_options(sub, suppress=True)
+
+    quota = commands.add_parser("quota", help="set, list and remove quotas per principal")
+    quota_commands = quota.add_subparsers(dest="quota_command", required=True, metavar="ACTION")
+    quota_set = quota_commands.add_parser("set", help="set a principal's quota (unnamed rates are unlimited)")
+    quota_set.add_argument("principal", help="User:NAME, or '*' for principals without a quota of their own")
+    quota_set.add_argument("--produce-rate", type=_rate, default=0, metavar="RATE",
+                           help="bytes per second of produced batches, e.g. 1MB/s")
+    quota_set.add_argument("--fetch-rate", type=_rate, default=0, metavar="RATE",
+                           help="bytes per second of fetched batches")
+    quota_set.add_argument("--requests-per-s", type=int, default=0, help="requests per second of any kind")
+    quota_commands.add_parser("remove", help="remove a principal's quota").add_argument("principal")
+    quota_commands.add_parser("list", help="list quotas")
+    for sub in quota_commands.choices.values():
+        _client_options(sub, suppress=True)
+
     produce = commands.add_parser("produce", help="publish stdin, one record per line")
     produce.add_argument("topic")
     keys = produce.add_mutually_exclusive_group()
@@ -263,6 +299,7 @@ def main(extra: Mapping[str, Command], argv: Sequence[str] | None = None) -> int
         args.timeout_ms = args.timeout_ms or env("REQUEST_TIMEOUT_MS", 30_000, int)
         for name in TLS_OPTIONS:
             setattr(args, name, getattr(args, name, None) or env(name.upper()))
+        args.token_file = getattr(args, "token_file", None) or (Path(path) if (path := env("TOKEN_FILE", "")) else None)
     try:
         return extra[args.command].run(args) if args.command in extra else COMMANDS[args.command](args)
     except RaftkaError as exc:
@@ -297,7 +334,7 @@ def cmd_broker_admin(args: argparse.Namespace) -> int:
     if args.target is None:
         raise ValueError(f"raftka broker {args.action} needs a broker id")
     draining = args.action == "decommission"
-    with Admin(args.bootstrap, request_timeout_ms=args.timeout_ms, **_tls(args)) as admin:
+    with Admin(args.bootstrap, request_timeout_ms=args.timeout_ms, **_security(args)) as admin:
         moves = admin.decommission_broker(args.target, draining=draining, throttle_bytes_per_s=args.throttle)
         _emit(args, {args.action: args.target, "moves": [{"topic": tp.topic, "partition": tp.partition,
                                                           "replicas": replicas} for tp, replicas in moves.items()]},
@@ -344,7 +381,7 @@ def _broker_ids(text: str) -> list[int]:
 def cmd_partition(args: argparse.Namespace) -> int:
     from raftka.client.admin import Admin
 
-    with Admin(args.bootstrap, request_timeout_ms=args.timeout_ms, **_tls(args)) as admin:
+    with Admin(args.bootstrap, request_timeout_ms=args.timeout_ms, **_security(args)) as admin:
         admin.reassign_partitions({TopicPartition(args.topic, args.partition): args.replicas},
                                   throttle_bytes_per_s=args.throttle)
         if args.format != "json" or not args.wait:
@@ -369,7 +406,7 @@ def cmd_reassign(args: argparse.Namespace) -> int:
     elif args.execute:
         raise ValueError("raftka reassign --execute needs --plan FILE")
     moves = {TopicPartition(topic, partition): list(replicas) for (topic, partition), replicas in targets.items()}
-    with Admin(args.bootstrap, request_timeout_ms=args.timeout_ms, **_tls(args)) as admin:
+    with Admin(args.bootstrap, request_timeout_ms=args.timeout_ms, **_security(args)) as admin:
         if args.execute:
             admin.reassign_partitions(moves, throttle_bytes_per_s=args.throttle, expected_placement_offset=offset)
             if args.format != "json" or not args.wait:
@@ -461,7 +498,7 @@ def _balance(args: argparse.Namespace, admin: Any) -> int:
 def cmd_cluster(args: argparse.Namespace) -> int:
     from raftka.client.admin import Admin
 
-    with Admin(args.bootstrap, request_timeout_ms=args.timeout_ms, **_tls(args)) as admin:
+    with Admin(args.bootstrap, request_timeout_ms=args.timeout_ms, **_security(args)) as admin:
         if args.cluster_command == "controllers":
             change = admin.add_controller if args.change == "add" else admin.remove_controller
             voters, learners = change(args.broker_id)
@@ -496,7 +533,7 @@ def cmd_local(args: argparse.Namespace) -> int:
 def cmd_topic(args: argparse.Namespace) -> int:
     from raftka.client.admin import Admin
 
-    with Admin(args.bootstrap, request_timeout_ms=args.timeout_ms, **_tls(args)) as admin:
+    with Admin(args.bootstrap, request_timeout_ms=args.timeout_ms, **_security(args)) as admin:
         if args.topic_command == "create":
             config = dict(_key_value(item, "--config") for item in args.config)
             try:
@@ -539,7 +576,7 @@ def cmd_topic(args: argparse.Namespace) -> int:
 def cmd_group(args: argparse.Namespace) -> int:
     from raftka.client.admin import Admin
 
-    with Admin(args.bootstrap, request_timeout_ms=args.timeout_ms, **_tls(args)) as admin:
+    with Admin(args.bootstrap, request_timeout_ms=args.timeout_ms, **_security(args)) as admin:
         if args.group_command == "list":
             groups = admin.list_groups()
             _emit(args, [{"group": g.group_id, "state": g.state, "members": g.members,
@@ -599,6 +636,54 @@ def _dash(value: int | None) -> str:
     return "-" if value is None else str(value)
 
 
+def cmd_acl(args: argparse.Namespace) -> int:
+    from raftka.client.admin import Admin, AclEntry
+
+    with Admin(args.bootstrap, request_timeout_ms=args.timeout_ms, **_security(args)) as admin:
+        if args.acl_command == "list":
+            acls = admin.list_acls(args.principal)
+            _emit(args, [vars(acl) for acl in acls], "\n".join(_acl_text(acl) for acl in acls) or "(no ACLs)")
+            return 0
+        resource, name = (("topic", args.topic) if args.topic is not None else ("group", args.group)
+                          if args.group is not None else ("cluster", ""))
+        acl = AclEntry(args.principal, resource, name, args.operation, "deny" if args.deny else "allow",
+                       "prefixed" if args.prefixed else "literal")
+        if args.acl_command == "add":
+            admin.add_acls([acl])
+            _emit(args, {"added": vars(acl)}, f"added: {_acl_text(acl)}")
+        else:
+            removed = admin.remove_acls([acl])
+            _emit(args, {"removed": [vars(a) for a in removed]},
+                  f"removed: {_acl_text(acl)}" if removed else f"no such ACL: {_acl_text(acl)}")
+    return 0
+
+
+def _acl_text(acl: Any) -> str:
+    target = "cluster" if acl.resource == "cluster" else f"{acl.resource} {acl.name}" + (
+        "*" if acl.pattern == "prefixed" else "")
+    return f"{acl.permission} {acl.principal} {acl.operation} on {target}"
+
+
+def cmd_quota(args: argparse.Namespace) -> int:
+    from raftka.client.admin import Admin
+
+    with Admin(args.bootstrap, request_timeout_ms=args.timeout_ms, **_security(args)) as admin:
+        if args.quota_command == "set":
+            admin.set_quota(args.principal, produce_bytes_per_s=args.produce_rate, fetch_bytes_per_s=args.fetch_rate,
+                            requests_per_s=args.requests_per_s)
+            _emit(args, {"set": args.principal}, f"quota of {args.principal} set")
+        elif args.quota_command == "remove":
+            admin.remove_quota(args.principal)
+            _emit(args, {"removed": args.principal}, f"quota of {args.principal} removed")
+        else:
+            quotas = [{"principal": q.principal, "produce_bytes_per_s": q.produce_bytes_per_s,
+                       "fetch_bytes_per_s": q.fetch_bytes_per_s, "requests_per_s": q.requests_per_s}
+                      for q in admin.list_quotas()]
+            _emit(args, quotas, "\n".join(" ".join(f"{k}={v}" for k, v in q.items()) for q in quotas)
+                  or "(no quotas)")
+    return 0
+
+
 def cmd_produce(args: argparse.Namespace) -> int:
     from raftka.client.producer import Producer
 
@@ -616,7 +701,7 @@ def cmd_produce(args: argparse.Namespace) -> int:
                 failures.append(error)
 
     with Producer(args.bootstrap, acks=args.acks, compression=args.compression,
-                  request_timeout_ms=args.timeout_ms, **_tls(args)) as producer:
+                  request_timeout_ms=args.timeout_ms, **_security(args)) as producer:
         for number, raw in enumerate(sys.stdin.buffer, start=1):
             line_key, value = _parse_line(raw.rstrip(b"\r\n"), number, args)
             producer.send(args.topic, value, key=key if line_key is None else line_key, headers=headers,
@@ -702,7 +787,7 @@ def cmd_consume(args: argparse.Namespace) -> int:
     group = ({"group_id": args.group, "topics": [args.topic], "client_id": "raftka-cli",
               "session_timeout_ms": args.session_timeout_ms} if args.group else {})
     with _StopSignals() as stop, Consumer(args.bootstrap, auto_offset_reset=reset,
-                                          request_timeout_ms=args.timeout_ms, **_tls(args), **group) as consumer:
+                                          request_timeout_ms=args.timeout_ms, **_security(args), **group) as consumer:
         if args.group:
             try:
                 consumer.partitions_for(args.topic)
@@ -811,6 +896,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "local": cmd_local, "topic": cmd_topic, "cluster": cmd_cluster, "partition": cmd_partition,
     "reassign": cmd_reassign, "group": cmd_group, "produce": cmd_produce, "consume": cmd_consume,
+    "acl": cmd_acl, "quota": cmd_quota,
     "bench": cmd_bench,
 }
 

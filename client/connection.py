@@ -18,6 +18,7 @@ from typing import Callable, Sequence, TypeVar
 
 import grpc
 
+from raftka.client.credentials import TokenProvider, authenticated
 from raftka.errors import (BrokerUnavailableError, NotLeaderError, RaftkaError, RequestTimedOutError,
                            UnknownPartitionError, UnknownTopicError, from_proto, from_rpc_error)
 from raftka.proto import NO_LEADER, api_pb2, api_pb2_grpc
@@ -71,10 +72,12 @@ class ClusterConnection:
     """Thread-safe: the producer's sender, its response readers and user threads share one."""
 
     def __init__(self, bootstrap: str | Sequence[str], *, request_timeout_s: float = 30.0,
-                 tls: ClientTls | None = None) -> None:
+                 tls: ClientTls | None = None, token: TokenProvider | None = None) -> None:
+        """`tls`: TLS for every channel (None: plaintext; its files are read as each channel is opened).
+        `token`: the bearer token every call carries (`raftka.client.credentials`), if any."""
         self.bootstrap = parse_bootstrap(bootstrap)
         self.tls = tls
-        """TLS for every channel (None: plaintext); its files are read as each channel is opened."""
+        self._token = token
         self.request_timeout_s = request_timeout_s
         self._lock = threading.Lock()
         self._channels: dict[str, grpc.Channel] = {}
@@ -90,7 +93,7 @@ class ClusterConnection:
         with self._lock:
             channel = self._channels.get(address)
             if channel is None:
-                channel = open_channel(address, self.tls, CHANNEL_OPTIONS)
+                channel = authenticated(open_channel(address, self.tls, CHANNEL_OPTIONS), self._token)
                 self._channels[address] = channel
             return channel
 

@@ -44,10 +44,11 @@ import math
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Callable, Iterable, Mapping, Sequence
 
 from raftka.client.connection import ClusterConnection
+from raftka.client.credentials import TokenProvider, token_source
 from raftka.client.fetcher import FetchConfig, Fetcher
 from raftka.client.membership import GroupCoordinatorClient, GroupMembership
 from raftka.client.records import Record, first_offsets
@@ -84,7 +85,9 @@ class Consumer:
                  on_assigned: Rebalance | None = None, on_revoked: Rebalance | None = None,
                  on_lost: Rebalance | None = None,
                  tls_ca: str | Path | None = None, tls_cert: str | Path | None = None,
-                 tls_key: str | Path | None = None, tls_server_name: str | None = None) -> None:
+                 tls_key: str | Path | None = None, tls_server_name: str | None = None,
+                 token: str | None = None, token_file: str | Path | None = None,
+                 token_provider: TokenProvider | None = None) -> None:
         """`group_id` alone lets a manually assigned consumer commit offsets; with `topics` (names) or
         `pattern` (a regular expression over topic names, following topics created later) the
         consumer joins the group. `group_instance_id` makes it a static member: restarted within
@@ -99,7 +102,8 @@ class Consumer:
         if topics and pattern:
             raise ValueError("give topics or a pattern, not both")
         self._conn = ClusterConnection(bootstrap, request_timeout_s=request_timeout_ms / 1000,
-                                       tls=ClientTls.of(tls_ca, tls_cert, tls_key, tls_server_name))
+                                       tls=ClientTls.of(tls_ca, tls_cert, tls_key, tls_server_name),
+                                       token=token_source(token, token_file, token_provider))
         config = FetchConfig(max_wait_ms=fetch_max_wait_ms, min_bytes=fetch_min_bytes, max_bytes=fetch_max_bytes,
                              partition_max_bytes=max_partition_fetch_bytes, prefetch_bytes=prefetch_bytes)
         spec = RESET_SPECS.get(auto_offset_reset)

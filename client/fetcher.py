@@ -196,7 +196,9 @@ class _Worker:
     `answered`: its response arrived, so it is not waiting any more; `interrupted`: a wake was sent
     for it (one is enough); `sent_at`: when it was sent, or when the broker went on following it
     (monotonic), None while none is out; `following`: the fetch the broker goes on answering, which
-    the next fetch awaits instead of sending one when it would ask for exactly the same."""
+    the next fetch awaits instead of sending one when it would ask for exactly the same;
+    `throttled_until`: no new fetch before then (monotonic), as the last answer's throttle_time_ms
+    asked (the caller is over its fetch quota)."""
 
     address: str
     stub: api_pb2_grpc.BrokerStub
@@ -207,6 +209,7 @@ class _Worker:
     interrupted: bool = False
     sent_at: float | None = None
     following: _Following | None = None
+    throttled_until: float = 0.0
 
     def interrupt(self) -> None:
         """Cut the broker's wait short; the wake is a newer request, so the broker stops following."""
@@ -547,6 +550,9 @@ class Fetcher:
         when the fetcher closes or the broker leads none of our partitions any more (lock held)."""
         while not self._closed:
             now = time.monotonic()
+            if worker.throttled_until > now:
+                self._cond.wait(worker.throttled_until - now)
+                continue
             owned = [s for s in self._partitions.values() if s.leader == worker.address]
             if not owned:
                 del self._workers[worker.address]
@@ -573,6 +579,8 @@ class Fetcher:
         lost: dict[_Partition, RaftkaError] = {}
         try:
             answer = stream.response(correlation_id)
+            if answer.throttle_time_ms:
+                worker.throttled_until = time.monotonic() + answer.throttle_time_ms / 1000
             for response in answer.partitions:
                 self._apply(worker, response, sent, lost)
             if answer.follows:

@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import time
 from time import time_ns
-from typing import Mapping, Sequence
 from pathlib import Path
+from typing import Mapping, Sequence
 
 from raftka.client.accumulator import RecordAccumulator, RecordFuture
 from raftka.client.connection import Backoff, ClusterConnection
+from raftka.client.credentials import TokenProvider, token_source
 from raftka.client.idempotence import Sequences
 from raftka.client.sender import Sender
 from raftka.errors import ClientClosedError, RequestTimedOutError, UnknownPartitionError
@@ -66,7 +67,9 @@ class Producer:
                  retry_backoff_ms: int = 50, retry_backoff_max_ms: int = 2_000,
                  enable_idempotence: bool | None = None,
                  tls_ca: str | Path | None = None, tls_cert: str | Path | None = None,
-                 tls_key: str | Path | None = None, tls_server_name: str | None = None) -> None:
+                 tls_key: str | Path | None = None, tls_server_name: str | None = None,
+                 token: str | None = None, token_file: str | Path | None = None,
+                 token_provider: TokenProvider | None = None) -> None:
         if str(acks) not in ACKS:
             raise ValueError(f"acks must be 'all' or 'leader', not {acks!r}")
         if enable_idempotence is None:
@@ -83,7 +86,8 @@ class Producer:
         except KeyError:
             raise ValueError(f"compression must be one of none, zstd, lz4; not {compression!r}") from None
         self._conn = ClusterConnection(bootstrap, request_timeout_s=request_timeout_ms / 1000,
-                                       tls=ClientTls.of(tls_ca, tls_cert, tls_key, tls_server_name))
+                                       tls=ClientTls.of(tls_ca, tls_cert, tls_key, tls_server_name),
+                                       token=token_source(token, token_file, token_provider))
         self._acc = RecordAccumulator(batch_size=batch_size, linger_s=linger_ms / 1000,
                                       buffer_memory=buffer_memory, max_block_s=max_block_ms / 1000,
                                       max_in_flight=max_in_flight, delivery_timeout_s=delivery_timeout_ms / 1000)

@@ -48,6 +48,9 @@ class BrokerStream:
     within 5-15 s (`connection.CHANNEL_OPTIONS`), and a shorter request timeout sooner. The broker
     answers a request that could not commit in time itself, so a live broker is never abandoned for
     slowness alone.
+
+    A response's `throttle_time_ms` (the caller is over its produce quota, KIP-219) holds the
+    stream's next request back for that long: the broker would hold it anyway.
     """
 
     def __init__(self, conn: ClusterConnection, address: str, sender: Sender) -> None:
@@ -60,6 +63,7 @@ class BrokerStream:
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
         self._abandoned: RaftkaError | None = None
+        self._throttled_until = 0.0
         self.alive = True
         self._call = conn.broker(address).ProduceStream(self._outgoing())
         self._reader = threading.Thread(target=self._read, name=f"raftka-producer-read-{address}", daemon=True)
@@ -95,11 +99,15 @@ class BrokerStream:
 
     def _outgoing(self) -> Iterator[api_pb2.ProduceRequest]:
         while (item := self._requests.get()) is not _CLOSE:
+            if (wait := self._throttled_until - time.monotonic()) > 0:
+                time.sleep(wait)
             yield item  # type: ignore[misc]  # the queue holds requests and the _CLOSE sentinel
 
     def _read(self) -> None:
         try:
             for response in self._call:
+                if response.throttle_time_ms:
+                    self._throttled_until = time.monotonic() + response.throttle_time_ms / 1000
                 with self._lock:
                     batch = self._in_flight.pop(response.correlation_id, None)
                     self._sent_at.pop(response.correlation_id, None)

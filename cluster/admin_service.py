@@ -13,9 +13,11 @@ from typing import Any, Awaitable, Callable
 import grpc
 
 from raftka.cluster.broker_service import BrokerState, unary
+from raftka.cluster.authorizer import DESCRIBE, TOPIC, Acl
 from raftka.cluster.leadership import LeaderBalancer
 from raftka.cluster.metadata import BrokerRegistration
 from raftka.cluster import balancing
+from raftka.cluster.quotas import Quota
 from raftka.cluster.reassignment import Reassigner
 from raftka.cluster.topics import TopicConfig, validate_topic_name
 from raftka.cluster.config import parse_host_port
@@ -66,7 +68,8 @@ class AdminService(api_pb2_grpc.AdminServicer):
         await self._state.catch_up_metadata()
         return api_pb2.ListTopicsResponse(topics=[
             self._state.topic_metadata(record) for record in self._state.metadata.topics()
-            if request.include_internal or not record.internal])
+            if (request.include_internal or not record.internal)
+            and self._state.access.may(TOPIC, record.name, DESCRIBE)])
 
     async def DescribeTopic(self, request: api_pb2.DescribeTopicRequest, context: grpc.aio.ServicerContext
                             ) -> api_pb2.DescribeTopicResponse:
@@ -302,10 +305,79 @@ class AdminService(api_pb2_grpc.AdminServicer):
 
         return await self.on_controller("CompletePartitionMove", request, locally)
 
+    async def CreateAcls(self, request: api_pb2.CreateAclsRequest, context: grpc.aio.ServicerContext
+                         ) -> api_pb2.CreateAclsResponse:
+        return await unary(context, lambda: self._change_acls("CreateAcls", "create_acls", request,
+                                                              api_pb2.CreateAclsResponse()))
+
+    async def DeleteAcls(self, request: api_pb2.DeleteAclsRequest, context: grpc.aio.ServicerContext
+                         ) -> api_pb2.DeleteAclsResponse:
+        async def delete() -> api_pb2.DeleteAclsResponse:
+            present = set(self._state.metadata.acls()[1])
+            existing = [acl for acl in self._acls_of(request) if acl in present]
+            await self._change_acls("DeleteAcls", "delete_acls", request, api_pb2.DeleteAclsResponse())
+            return api_pb2.DeleteAclsResponse(deleted=[acl.to_proto() for acl in existing])
+        return await unary(context, delete)
+
+    @staticmethod
+    def _acls_of(request: api_pb2.CreateAclsRequest | api_pb2.DeleteAclsRequest) -> list[Acl]:
+        if not request.acls:
+            raise InvalidRequestError("the request names no ACL")
+        return [Acl.from_proto(binding) for binding in request.acls]
+
+    async def _change_acls(self, method: str, op: str, request: Any, answer: Any) -> Any:
+        acls = self._acls_of(request)
+
+        async def locally() -> Any:
+            await self._state.controller.change_acls(op, acls)
+            return answer
+
+        return await self.on_controller(method, request, locally)
+
+    async def ListAcls(self, request: api_pb2.ListAclsRequest, context: grpc.aio.ServicerContext
+                       ) -> api_pb2.ListAclsResponse:
+        async def listing() -> api_pb2.ListAclsResponse:
+            await self._state.catch_up_metadata()
+            return api_pb2.ListAclsResponse(acls=[
+                acl.to_proto() for acl in sorted(self._state.metadata.acls()[1])
+                if not request.principal or acl.principal == request.principal])
+        return await unary(context, listing)
+
+    async def SetQuota(self, request: api_pb2.SetQuotaRequest, context: grpc.aio.ServicerContext
+                       ) -> api_pb2.SetQuotaResponse:
+        async def set_quota() -> api_pb2.SetQuotaResponse:
+            quota = Quota.from_proto(request.quota)
+
+            async def locally() -> api_pb2.SetQuotaResponse:
+                await self._state.controller.set_quota(quota)
+                return api_pb2.SetQuotaResponse()
+            return await self.on_controller("SetQuota", request, locally)
+        return await unary(context, set_quota)
+
+    async def RemoveQuota(self, request: api_pb2.RemoveQuotaRequest, context: grpc.aio.ServicerContext
+                          ) -> api_pb2.RemoveQuotaResponse:
+        async def remove() -> api_pb2.RemoveQuotaResponse:
+            if not request.principal:
+                raise InvalidRequestError("the request names no principal")
+
+            async def locally() -> api_pb2.RemoveQuotaResponse:
+                await self._state.controller.remove_quota(request.principal)
+                return api_pb2.RemoveQuotaResponse()
+            return await self.on_controller("RemoveQuota", request, locally)
+        return await unary(context, remove)
+
+    async def ListQuotas(self, request: api_pb2.ListQuotasRequest, context: grpc.aio.ServicerContext
+                         ) -> api_pb2.ListQuotasResponse:
+        async def listing() -> api_pb2.ListQuotasResponse:
+            await self._state.catch_up_metadata()
+            return api_pb2.ListQuotasResponse(quotas=[quota.to_proto() for quota in self._state.metadata.quotas()])
+        return await unary(context, listing)
+
     async def on_controller(self, method: str, request: Any, locally: Callable[[], Awaitable[Any]],
                              stub: Callable[[grpc.aio.Channel], Any] = api_pb2_grpc.AdminStub) -> Any:
         """Run a metadata change here if this broker leads the metadata log, else forward the call
-        (`stub(channel).<method>`) to the leader."""
+        (`stub(channel).<method>`) to the leader, as this broker (its `--broker-token-file`
+        credentials): the caller was authorized here, where it called."""
         try:
             return await locally()
         except NotLeaderError as exc:
@@ -314,7 +386,8 @@ class AdminService(api_pb2_grpc.AdminServicer):
             address = exc.leader_address
         channel = self._state.channels.cached(address)
         try:
-            return await getattr(stub(channel), method)(request, timeout=FORWARD_TIMEOUT_S)
+            return await getattr(stub(channel), method)(request, timeout=FORWARD_TIMEOUT_S,
+                                                        metadata=self._state.peer_metadata)
         except grpc.aio.AioRpcError as exc:
             error = from_rpc_error(exc)
             if isinstance(error, BrokerUnavailableError):

@@ -27,7 +27,11 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from raftka.cluster.principal import BROKER_PRINCIPAL_PREFIX
+from raftka.cluster.access import Access
 from raftka.cluster.admin_service import AdminService
+from raftka.cluster.authentication import AUTHORIZATION_HEADER, Authentication, authenticators, token_principal
+from raftka.cluster.authorizer import Authorizer
 from raftka.cluster.balancing import SelfHealer
 from raftka.cluster.broker_service import BrokerService, BrokerState
 from raftka.cluster.brokers import BrokerDirectory
@@ -41,6 +45,7 @@ from raftka.cluster.leadership import LeaderBalancer, hand_off_all
 from raftka.cluster.metadata import MetadataState, MoveLimits
 from raftka.cluster.metrics import BrokerMetrics
 from raftka.cluster.partitions import PartitionManager
+from raftka.cluster.quotas import QuotaManager
 from raftka.cluster.reassignment import Reassigner
 from raftka.cluster.replica import RaftReplica
 from raftka.cluster.state_machine import SnapshotPolicy, StateMachineStats
@@ -175,8 +180,9 @@ async def serve(config: BrokerConfig) -> int:
                             is_alive=lambda broker: not transport.reported_down(broker), stats=stats,
                             snapshot_policy=snapshot_policy, rejoining=replaced,
                             move_limits=MoveLimits(config.max_moves_per_broker, config.max_moves))
+    access = _access_control(config, metadata, metrics)
     state = BrokerState(config, metadata, partitions, controller, metrics, directory, incarnation,
-                        transport.down_since, channels)
+                        transport.down_since, channels, access, _peer_metadata(config))
     metrics.partitions.set_function(lambda: len(partitions.replicas()))
     metrics.leaders.set_function(lambda: sum(r.leader_id == config.broker_id for _, _, r in partitions.replicas()))
     metrics.raft_groups_stopped.set_function(lambda: len(driver.stopped_groups()))
@@ -187,7 +193,7 @@ async def serve(config: BrokerConfig) -> int:
         ("grpc.max_send_message_length", GRPC_MAX_MESSAGE_BYTES),
         ("grpc.so_reuseport", 0),
     ])
-    add_servicer(server, api_pb2.DESCRIPTOR.services_by_name["Broker"], BrokerService(state))
+    add_servicer(server, api_pb2.DESCRIPTOR.services_by_name["Broker"], BrokerService(state), access)
     balancer = LeaderBalancer(config.broker_id, metadata, partitions)
     metrics.leader_imbalance.set_function(lambda: balancer.imbalanced)
     admin = AdminService(state, balancer)
@@ -197,9 +203,10 @@ async def serve(config: BrokerConfig) -> int:
                                                                        topic_id=topic_id, replicas=replicas))
 
     admin.reassigner = reassigner = Reassigner(config.broker_id, metadata, partitions, driver, complete_move)
-    add_servicer(server, api_pb2.DESCRIPTOR.services_by_name["Admin"], admin)
-    add_servicer(server, api_pb2.DESCRIPTOR.services_by_name["Groups"], GroupsService(state, coordinator, admin))
-    add_servicer(server, raft_pb2.DESCRIPTOR.services_by_name["RaftTransport"], transport.servicer)
+    add_servicer(server, api_pb2.DESCRIPTOR.services_by_name["Admin"], admin, access)
+    add_servicer(server, api_pb2.DESCRIPTOR.services_by_name["Groups"], GroupsService(state, coordinator, admin),
+                 access)
+    add_servicer(server, raft_pb2.DESCRIPTOR.services_by_name["RaftTransport"], transport.servicer, None)
     raft_host, raft_port, raft_advertised = config.raft_bind
     await transport.listen(raft_host, raft_port, advertise_host=raft_advertised)
     health_servicer = health.aio.HealthServicer()
@@ -264,6 +271,34 @@ async def serve(config: BrokerConfig) -> int:
     status = 1 if fatal else 2 if refusal else 0
     log.info("broker stopped id=%d exit_status=%d", config.broker_id, status)
     return status
+
+
+def _broker_token(config: BrokerConfig) -> str | None:
+    return config.broker_token_file.read_text().strip() if config.broker_token_file is not None else None
+
+
+def _peer_metadata(config: BrokerConfig) -> tuple[tuple[str, str], ...]:
+    """What this broker's own calls to other brokers carry: its `--broker-token-file` token."""
+    token = _broker_token(config)
+    return ((AUTHORIZATION_HEADER, f"Bearer {token}"),) if token is not None else ()
+
+
+def _access_control(config: BrokerConfig, metadata: MetadataState, metrics: BrokerMetrics) -> Access:
+    """The broker's access control. The principal of its `--broker-token-file` is a super-user, like
+    `--super-users`, and so is every broker's certificate (`Broker:<id>`) when TLS is on."""
+    chain = authenticators(config.auth, client_certificates=config.tls and config.tls_client_auth == "required")
+    super_users = set(config.super_users)
+    token = _broker_token(config)
+    if token is not None and chain:
+        super_users.add(token_principal(chain, token))
+    authorizer = Authorizer(metadata.acls, super_users=super_users, enabled=config.authorizer == "acl",
+                            super_prefix=BROKER_PRINCIPAL_PREFIX if config.tls else None)
+    quotas = QuotaManager(metadata.quota_of,
+                          on_throttled=lambda kind, seconds: metrics.throttle_seconds.labels(kind).inc(seconds))
+    log.info("access control authentication=%s anonymous=%s authorizer=%s super_users=%s",
+             ",".join(type(a).__name__ for a in chain) or "none", config.auth.allow_anonymous or not chain,
+             config.authorizer or "allow-all", sorted(super_users))
+    return Access(Authentication(chain, allow_anonymous=config.auth.allow_anonymous), authorizer, quotas, metrics)
 
 
 async def _hand_off_leadership(broker_id: int, replicas: list[RaftReplica]) -> None:
@@ -356,7 +391,8 @@ async def _registered_elsewhere(config: BrokerConfig, incarnation: str, channels
             continue
         try:
             async with channels.open(address) as channel:
-                answer = await api_pb2_grpc.BrokerStub(channel).Metadata(api_pb2.MetadataRequest(), timeout=2)
+                answer = await api_pb2_grpc.BrokerStub(channel).Metadata(api_pb2.MetadataRequest(), timeout=2,
+                                                                         metadata=_peer_metadata(config))
         except grpc.aio.AioRpcError:
             continue
         known = next((b.incarnation for b in answer.brokers if b.id == config.broker_id), "")
@@ -391,7 +427,7 @@ async def _register(admin: AdminService, state: BrokerState, refused: Callable[[
             if state.controller.leader_id != NO_LEADER:
                 await admin.register(request)
             elif config.join:
-                await _register_through(config.join, request, state.directory, state.channels)
+                await _register_through(config.join, request, state.directory, state.channels, state.peer_metadata)
         except IncarnationMismatchError as exc:
             refused(exc)
             return
@@ -401,16 +437,18 @@ async def _register(admin: AdminService, state: BrokerState, refused: Callable[[
 
 
 async def _register_through(seeds: tuple[str, ...], request: api_pb2.RegisterBrokerRequest,
-                            directory: BrokerDirectory, channels: PeerChannels) -> None:
+                            directory: BrokerDirectory, channels: PeerChannels,
+                            peer_metadata: tuple[tuple[str, str], ...]) -> None:
     """Register through the first of `seeds` that answers, after learning every broker's address from it."""
     last: RaftkaError | None = None
     for seed in seeds:
         async with channels.open(seed) as channel:
             try:
-                metadata = await api_pb2_grpc.BrokerStub(channel).Metadata(api_pb2.MetadataRequest(), timeout=5)
+                metadata = await api_pb2_grpc.BrokerStub(channel).Metadata(api_pb2.MetadataRequest(), timeout=5,
+                                                                           metadata=peer_metadata)
                 for broker in metadata.brokers:
                     directory.learn(broker.id, broker.address)
-                await api_pb2_grpc.AdminStub(channel).RegisterBroker(request, timeout=30)
+                await api_pb2_grpc.AdminStub(channel).RegisterBroker(request, timeout=30, metadata=peer_metadata)
                 return
             except grpc.aio.AioRpcError as exc:
                 last = from_rpc_error(exc)

@@ -11,12 +11,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import AsyncIterator, Awaitable, Callable, Sequence, TypeVar
 
 import grpc
 
 from raftka import __version__
+from raftka.cluster.access import Access, caller, open_access
+from raftka.cluster.authorizer import DESCRIBE, TOPIC
 from raftka.cluster.brokers import BrokerDirectory
 from raftka.cluster.config import BrokerConfig
 from raftka.cluster.controller import Controller
@@ -24,6 +26,7 @@ from raftka.cluster.metadata import MetadataState, TopicRecord
 from raftka.cluster.metrics import BrokerMetrics
 from raftka.cluster.partitions import PartitionManager
 from raftka.cluster.tls import PeerChannels
+from raftka.cluster.quotas import FETCH, PRODUCE, throttle_ms
 from raftka.cluster.topics import MAX_BATCH_BYTES_LIMIT
 from raftka.errors import InternalError, InvalidRequestError, InvalidTopicError, RaftkaError
 from raftka.proto import NO_LEADER, api_pb2, api_pb2_grpc
@@ -61,6 +64,9 @@ class BrokerState:
     """When the Raft transport last lost a broker (s since the epoch), or None while it reaches it."""
     channels: PeerChannels
     """gRPC channels to the other brokers (TLS with this broker's certificate when TLS is on)."""
+    access: Access = field(default_factory=open_access)
+    peer_metadata: tuple[tuple[str, str], ...] = ()
+    """Sent with this broker's own calls to other brokers: its credentials (`--broker-token-file`)."""
 
     async def catch_up_metadata(self) -> None:
         """Apply every metadata change committed before this call (ReadIndex), so an answer given
@@ -223,7 +229,15 @@ class BrokerService(api_pb2_grpc.BrokerServicer):
         return api_pb2.ProduceResponse(correlation_id=request.correlation_id, topic=request.topic,
                                        partition=request.partition, base_offset=outcome.base_offset,
                                        last_offset=outcome.last_offset,
-                                       log_append_time_ms=outcome.append_time_ms)
+                                       log_append_time_ms=outcome.append_time_ms,
+                                       throttle_time_ms=self._charge(PRODUCE, len(request.batches)))
+
+    def _charge(self, kind: str, size: int) -> int:
+        """Count `size` bytes against the caller's quota; the time its next request will be held (ms)."""
+        quotas = self._state.access.quotas
+        principal = caller()
+        quotas.charge(principal, kind, size)
+        return throttle_ms(quotas.hold_s(principal))
 
     async def Fetch(self, request: api_pb2.FetchRequest, context: grpc.aio.ServicerContext
                     ) -> AsyncIterator[api_pb2.FetchResponse]:
@@ -233,7 +247,10 @@ class BrokerService(api_pb2_grpc.BrokerServicer):
         """
         started = time.perf_counter()
         await self._check_fetch(request, context)
-        for response in await self._long_poll(request, request.max_bytes or DEFAULT_FETCH_MAX_BYTES, None, started):
+        responses = await self._long_poll(request, request.max_bytes or DEFAULT_FETCH_MAX_BYTES, None, started)
+        throttle = self._charge(FETCH, sum(len(response.batches) for response in responses))
+        for response in responses:
+            response.throttle_time_ms = throttle
             yield response
 
     async def FetchStream(self, requests: AsyncIterator[api_pb2.FetchRequest], context: grpc.aio.ServicerContext
@@ -278,6 +295,7 @@ class BrokerService(api_pb2_grpc.BrokerServicer):
         try:
             while True:
                 if follow is not None:
+                    await self._state.access.quotas.hold(caller())
                     request, asked = follow, False
                 else:
                     item = await queue.get()
@@ -301,8 +319,9 @@ class BrokerService(api_pb2_grpc.BrokerServicer):
                     follow, ended = None, "newer"
                 if ended:
                     self._metrics.fetch_follows_ended.labels(ended).inc()
-                yield api_pb2.FetchStreamResponse(correlation_id=request.correlation_id, partitions=responses,
-                                                  follows=follow is not None)
+                yield api_pb2.FetchStreamResponse(
+                    correlation_id=request.correlation_id, partitions=responses, follows=follow is not None,
+                    throttle_time_ms=self._charge(FETCH, sum(len(response.batches) for response in responses)))
                 if asked:
                     slots.release()
         finally:
@@ -399,6 +418,8 @@ class BrokerService(api_pb2_grpc.BrokerServicer):
         return await unary(context, lambda: self._metadata(request))
 
     async def _metadata(self, request: api_pb2.MetadataRequest) -> api_pb2.MetadataResponse:
+        """Topics the caller may not describe are left out, or reported unknown when named, as if
+        they did not exist."""
         state = self._state
         response = api_pb2.MetadataResponse(
             cluster_id=state.config.cluster_id, controller_id=state.controller.leader_id, broker_version=__version__,
@@ -408,11 +429,12 @@ class BrokerService(api_pb2_grpc.BrokerServicer):
                 await state.catch_up_metadata()
             for name in request.topics:
                 record = state.metadata.find(name)
-                if record is None:
+                if record is None or not state.access.may(TOPIC, name, DESCRIBE):
                     response.unknown_topics.append(name)
                 else:
                     response.topics.append(state.topic_metadata(record))
         else:
-            response.topics.extend(state.topic_metadata(record) for record in state.metadata.topics())
+            response.topics.extend(state.topic_metadata(record) for record in state.metadata.topics()
+                                   if state.access.may(TOPIC, record.name, DESCRIBE))
         return response
 

@@ -15,6 +15,7 @@ import argparse
 import socket
 from pathlib import Path
 
+from raftka.cluster.authentication import AuthSettings, JwtSettings
 from raftka.cluster.config import BrokerConfig, parse_peers
 from raftka.wire.settings import env, flag
 
@@ -84,6 +85,42 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(env RAFTKA_TLS_CLIENT_AUTH; default required)")
     parser.add_argument("--metrics-tls", action="store_true", default=env("METRICS_TLS", False, flag),
                         help="serve /metrics over TLS with the broker's certificate (env RAFTKA_METRICS_TLS=1)")
+    parser.add_argument("--auth-jwks", type=Path, default=env("AUTH_JWKS", None, Path),
+                        help="verify bearer JWTs against the keys of this JWKS file (env RAFTKA_AUTH_JWKS)")
+    parser.add_argument("--auth-jwt-key", type=Path, default=env("AUTH_JWT_KEY", None, Path),
+                        help="verify bearer JWTs against this PEM public key, RSA (RS256) or EC P-256 (ES256) "
+                             "(env RAFTKA_AUTH_JWT_KEY)")
+    parser.add_argument("--auth-issuer", default=env("AUTH_ISSUER", ""),
+                        help="JWTs must have this issuer (env RAFTKA_AUTH_ISSUER)")
+    parser.add_argument("--auth-audience", default=env("AUTH_AUDIENCE", ""),
+                        help="JWTs must have this audience (env RAFTKA_AUTH_AUDIENCE)")
+    parser.add_argument("--auth-clock-skew-s", type=float, default=env("AUTH_CLOCK_SKEW_S", 30.0, float),
+                        help="leeway for JWT exp and nbf (env RAFTKA_AUTH_CLOCK_SKEW_S; default 30)")
+    parser.add_argument("--auth-principal-claim", default=env("AUTH_PRINCIPAL_CLAIM", "sub"),
+                        help="the JWT claim naming the principal User:<claim> (env RAFTKA_AUTH_PRINCIPAL_CLAIM; "
+                             "default sub)")
+    parser.add_argument("--auth-token-file", type=Path, default=env("AUTH_TOKEN_FILE", None, Path),
+                        help="static bearer tokens, one 'TOKEN User:NAME' per line (env RAFTKA_AUTH_TOKEN_FILE)")
+    parser.add_argument("--allow-anonymous", action="store_true", default=env("ALLOW_ANONYMOUS", False, flag),
+                        help="with an authenticator configured, still accept calls without credentials as "
+                             "User:ANONYMOUS (env RAFTKA_ALLOW_ANONYMOUS=1)")
+    parser.add_argument("--authorizer", default=env("AUTHORIZER", ""), choices=["", "acl"],
+                        help="'acl': check every call against the ACLs (raftka acl add); default: allow all "
+                             "(env RAFTKA_AUTHORIZER)")
+    parser.add_argument("--super-users", default=env("SUPER_USERS", ""),
+                        help="principals allowed everything, comma-separated, e.g. User:admin "
+                             "(env RAFTKA_SUPER_USERS)")
+    parser.add_argument("--broker-token-file", type=Path, default=env("BROKER_TOKEN_FILE", None, Path),
+                        help="the bearer token this broker presents to other brokers; its principal is a "
+                             "super-user (env RAFTKA_BROKER_TOKEN_FILE)")
+
+
+def auth_settings(args: argparse.Namespace) -> AuthSettings:
+    return AuthSettings(jwks=args.auth_jwks, jwt_key=args.auth_jwt_key, token_file=args.auth_token_file,
+                        jwt=JwtSettings(issuer=args.auth_issuer, audience=args.auth_audience,
+                                        clock_skew_s=args.auth_clock_skew_s,
+                                        principal_claim=args.auth_principal_claim),
+                        allow_anonymous=args.allow_anonymous)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -107,7 +144,10 @@ def run(args: argparse.Namespace) -> int:
                                    max_moves_per_broker=args.max_moves_per_broker, max_moves=args.max_moves,
                                    tls_cert=_path(args.tls_cert), tls_key=_path(args.tls_key),
                                    tls_ca=_path(args.tls_ca), tls_client_auth=args.tls_client_auth,
-                                   metrics_tls=args.metrics_tls))
+                                   metrics_tls=args.metrics_tls,
+                                   auth=auth_settings(args), authorizer=args.authorizer,
+                                   super_users=tuple(u.strip() for u in args.super_users.split(",") if u.strip()),
+                                   broker_token_file=args.broker_token_file))
 
 
 def _path(text: str | None) -> Path | None:

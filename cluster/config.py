@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from raftka.cluster.authentication import AuthSettings
 from raftka.wire.settings import parse_host_port
 
 _WILDCARDS = ("0.0.0.0", "::")
@@ -88,6 +89,15 @@ class BrokerConfig:
     @property
     def tls(self) -> bool:
         return self.tls_cert is not None
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    """How callers of the client listener are authenticated (none configured: every caller is anonymous)."""
+    authorizer: str = ""
+    """`acl`: every call is checked against the ACLs of the metadata log; empty: everything is allowed."""
+    super_users: tuple[str, ...] = ()
+    """Principals allowed everything whatever the ACLs say."""
+    broker_token_file: Path | None = None
+    """The bearer token this broker sends on its own calls to other brokers (registration, forwarded
+    admin calls); the principal it proves is a super-user."""
 
     @property
     def advertised_address(self) -> str:
@@ -143,5 +153,12 @@ class BrokerConfig:
             raise ValueError(f"--tls-client-auth must be required or none, not {self.tls_client_auth!r}")
         if self.metrics_tls and not self.tls:
             raise ValueError("--metrics-tls needs --tls-cert, --tls-key and --tls-ca")
+        self.auth.validate()
+        if self.authorizer not in ("", "acl"):
+            raise ValueError(f"--authorizer must be 'acl' (or omitted), not {self.authorizer!r}")
+        if (self.authorizer and self.auth.configured and not self.broker_token_file and (self.peers or self.join)
+                and not (self.tls and self.tls_client_auth == "required")):
+            raise ValueError("with authentication and ACLs, brokers of a cluster call each other as a super-user: "
+                             "give --broker-token-file (or turn on TLS: brokers' certificates prove who they are)")
         if not 1 <= self.offsets_partitions <= 1000:
             raise ValueError(f"offsets partitions must be between 1 and 1000, not {self.offsets_partitions}")

@@ -19,10 +19,12 @@ from typing import Callable
 
 from raftka.cluster.brokers import BrokerDirectory
 from raftka.cluster.metadata import (ALLOCATE_PRODUCER_ID_COMMAND, METADATA_TOPIC, BrokerRegistration,
-                                     MetadataState, MoveLimits, TopicRecord, cancel_reassignment_command,
+                                     MetadataState, MoveLimits, TopicRecord, acls_command, cancel_reassignment_command,
                                      complete_move_command, create_topic_command, delete_topic_command,
                                      drain_broker_command, reassign_command, register_broker_command,
-                                     unregister_broker_command)
+                                     remove_quota_command, set_quota_command, unregister_broker_command)
+from raftka.cluster.authorizer import Acl
+from raftka.cluster.quotas import Quota
 from raftka.cluster.partitions import open_replica
 from raftka.cluster.placement import BrokerSlot, assign_replicas
 from raftka.cluster.state_machine import SnapshotPolicy, StateMachineStats, apply_records
@@ -127,6 +129,16 @@ class Controller:
 
     async def drain_broker(self, broker_id: int, draining: bool) -> None:
         await self._propose(drain_broker_command(broker_id, draining))
+
+    async def change_acls(self, op: str, acls: list[Acl]) -> None:
+        """`create_acls` or `delete_acls` (each ACL validated by the caller)."""
+        await self._propose(acls_command(op, acls))
+
+    async def set_quota(self, quota: Quota) -> None:
+        await self._propose(set_quota_command(quota))
+
+    async def remove_quota(self, principal: str) -> None:
+        await self._propose(remove_quota_command(principal))
 
     async def finish_decommissions(self) -> list[int]:
         """On the metadata leader: every draining broker that hosts no replica any more leaves the

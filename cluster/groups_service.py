@@ -13,6 +13,7 @@ import contextlib
 import grpc
 
 from raftka.cluster.admin_service import AdminService
+from raftka.cluster.authorizer import DESCRIBE, GROUP
 from raftka.cluster.broker_service import BrokerState, unary
 from raftka.cluster.coordinator import GroupCoordinator, validate_group_id
 from raftka.cluster.group_log import OFFSETS_TOPIC
@@ -61,7 +62,8 @@ class GroupsService(api_pb2_grpc.GroupsServicer):
             address = self._state.address_of(broker)
             channel = self._state.channels.cached(address)
             try:
-                return await api_pb2_grpc.GroupsStub(channel).FindCoordinator(request, timeout=FORWARD_TIMEOUT_S)
+                return await api_pb2_grpc.GroupsStub(channel).FindCoordinator(request, timeout=FORWARD_TIMEOUT_S,
+                                                                              metadata=self._state.peer_metadata)
             except grpc.aio.AioRpcError as exc:
                 last = from_rpc_error(exc)
         raise NotCoordinatorError(f"cannot locate the coordinator of group {request.group_id!r}: {last.message}")
@@ -90,7 +92,9 @@ class GroupsService(api_pb2_grpc.GroupsServicer):
     async def ListGroups(self, request: api_pb2.ListGroupsRequest, context: grpc.aio.ServicerContext
                          ) -> api_pb2.ListGroupsResponse:
         async def groups() -> api_pb2.ListGroupsResponse:
-            return api_pb2.ListGroupsResponse(groups=self._coordinator.list_groups())
+            return api_pb2.ListGroupsResponse(groups=[
+                group for group in self._coordinator.list_groups()
+                if self._state.access.may(GROUP, group.group_id, DESCRIBE)])
         return await unary(context, groups)
 
     async def DescribeGroup(self, request: api_pb2.DescribeGroupRequest, context: grpc.aio.ServicerContext

@@ -4,8 +4,9 @@ The metadata log is the Raft log of the internal partition `__cluster_metadata/0
 controller-eligible brokers. Each record of it is one command (JSON: register_broker, drain_broker,
 unregister_broker, create_topic, delete_topic, reassign, cancel_reassignment, complete_move,
 allocate_producer_id — whose offset in the log is the producer id it allocates, so it changes no
-state); every broker applies the committed commands in log order to the same `MetadataState`, so all of them
-agree on which brokers registered (address, rack), which topics exist and where their replicas live.
+state —, create_acls, delete_acls, set_quota, remove_quota); every broker applies the committed
+commands in log order to the same `MetadataState`, so all of them agree on which brokers registered
+(address, rack), which topics exist and where their replicas live, and on the ACLs and quotas.
 The state is snapshotted into the partition's Raft snapshot (`snapshot`/`restore`), so a restart
 restores the snapshot and replays only the commands after it.
 
@@ -28,6 +29,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from raftka.cluster.authorizer import Acl
+from raftka.cluster.quotas import DEFAULT as DEFAULT_QUOTA
+from raftka.cluster.quotas import Quota
 from raftka.cluster.state_machine import MalformedRecordError, SnapshotFormatError, field_of, parse_json
 from raftka.cluster.topics import TopicConfig
 from raftka.errors import (InvalidConfigError, InvalidReplicaAssignmentError, InvalidRequestError, RaftkaError,
@@ -131,6 +135,27 @@ def delete_topic_command(name: str) -> bytes:
 ALLOCATE_PRODUCER_ID_COMMAND = json.dumps({"op": "allocate_producer_id"}).encode()
 
 
+def acls_command(op: str, acls: list[Acl]) -> bytes:
+    """`create_acls` or `delete_acls` of `acls`."""
+    return json.dumps({"op": op, "acls": [acl.to_json() for acl in acls]}, sort_keys=True).encode()
+
+
+def set_quota_command(quota: Quota) -> bytes:
+    return json.dumps({"op": "set_quota", "quota": quota.to_json()}, sort_keys=True).encode()
+
+
+def remove_quota_command(principal: str) -> bytes:
+    return json.dumps({"op": "remove_quota", "principal": principal}, sort_keys=True).encode()
+
+
+def _access_records(raw: Any, name: str, parse: Callable[[Any], Any]) -> list[Any]:
+    """Parse a list of ACLs or quotas of a command or snapshot; MalformedRecordError if one is invalid."""
+    try:
+        return [parse(item) for item in field_of(raw, name, list)]
+    except InvalidRequestError as exc:
+        raise MalformedRecordError(exc.message) from None
+
+
 @dataclass(frozen=True)
 class PartitionMove:
     """A partition on its way from `original` to `target` replicas (KIP-455's adding/removing sets).
@@ -226,6 +251,10 @@ class MetadataState:
         self.move_limits = MoveLimits()
         self.decommissioned: set[int] = set()
         """Brokers whose decommission ended (unregistered), until one registers again."""
+        self._acls: dict[Acl, None] = {}
+        self._acl_version = 0
+        """Changes whenever the ACLs do (the authorizer's cache key)."""
+        self._quotas: dict[str, Quota] = {}
         self.applied_offset = -1
         self.placement_offset = -1
         """The offset of the last command that changed where replicas are or may go (a topic created or
@@ -255,6 +284,9 @@ class MetadataState:
             return error
         if op == "allocate_producer_id":
             log.debug("producer id allocated id=%d", offset)
+            return None
+        if op in _ACCESS_OPS:
+            self._apply_access(op, raw)
             return None
         raise MalformedRecordError(f"unknown metadata command {op!r}")
 
@@ -304,6 +336,28 @@ class MetadataState:
         else:
             return self._complete(raw)
         return None
+
+    def _apply_access(self, op: str, raw: Any) -> None:
+        if op in ("create_acls", "delete_acls"):
+            acls = _access_records(raw, "acls", Acl.from_json)
+            with self._lock:
+                for acl in acls:
+                    if op == "create_acls":
+                        self._acls[acl] = None
+                    else:
+                        self._acls.pop(acl, None)
+                self._acl_version += 1
+            log.info("acls changed op=%s acls=%s", op, [acl.to_json() for acl in acls])
+        elif op == "set_quota":
+            (quota,) = _access_records({"quotas": [field_of(raw, "quota", dict)]}, "quotas", Quota.from_json)
+            with self._lock:
+                self._quotas[quota.principal] = quota
+            log.info("quota set %s", " ".join(f"{k}={v}" for k, v in quota.to_json().items()))
+        else:
+            principal = field_of(raw, "principal", str)
+            with self._lock:
+                self._quotas.pop(principal, None)
+            log.info("quota removed principal=%s", principal)
 
     def _unregister(self, broker_id: int, incarnation: str) -> RaftkaError | None:
         """The end of a decommission: a draining broker that hosts no replica leaves the cluster (its
@@ -428,7 +482,9 @@ class MetadataState:
                                "brokers": [b.to_json() for b in self._brokers.values()],
                                "topics": [t.to_json() for t in self._topics.values()],
                                "moves": [{"topic": t, "partition": p, **m.to_json()}
-                                         for (t, p), m in self._moves.items()]},
+                                         for (t, p), m in self._moves.items()],
+                               "acls": [acl.to_json() for acl in self._acls],
+                               "quotas": [quota.to_json() for quota in self._quotas.values()]},
                               sort_keys=True).encode()
 
     def restore(self, data: bytes) -> None:
@@ -445,6 +501,8 @@ class MetadataState:
             placement_offset = raw.get("placement_offset", applied_offset)
             decommissioned = set(raw.get("decommissioned", []))
             move_limits = MoveLimits(*raw.get("move_limits", [0, 0]))
+            acls = _access_records({"acls": raw.get("acls", [])}, "acls", Acl.from_json)
+            quotas = _access_records({"quotas": raw.get("quotas", [])}, "quotas", Quota.from_json)
         except MalformedRecordError as exc:
             raise SnapshotFormatError(f"metadata snapshot does not decode: {exc}") from None
         with self._lock:
@@ -455,6 +513,9 @@ class MetadataState:
             self.placement_offset = placement_offset
             self.decommissioned = decommissioned
             self.move_limits = move_limits
+            self._acls = dict.fromkeys(acls)
+            self._acl_version += 1
+            self._quotas = {quota.principal: quota for quota in quotas}
         for registration in brokers:
             self._registered(registration)
         for record in before.values():
@@ -507,6 +568,20 @@ class MetadataState:
         with self._lock:
             return self._topics.get(name)
 
+    def acls(self) -> tuple[int, tuple[Acl, ...]]:
+        """(version, every ACL); the version changes whenever the ACLs do."""
+        with self._lock:
+            return self._acl_version, tuple(self._acls)
+
+    def quotas(self) -> list[Quota]:
+        with self._lock:
+            return sorted(self._quotas.values(), key=lambda quota: quota.principal)
+
+    def quota_of(self, principal: str) -> Quota | None:
+        """The principal's own quota, else the default (`*`) one, else None (unlimited)."""
+        with self._lock:
+            return self._quotas.get(principal) or self._quotas.get(DEFAULT_QUOTA)
+
     def moves(self) -> dict[tuple[str, int], PartitionMove]:
         with self._lock:
             return dict(self._moves)
@@ -534,6 +609,9 @@ class MetadataState:
 
 _PLACEMENT_OPS = frozenset({"create_topic", "register_broker", "drain_broker", "unregister_broker", "delete_topic",
                             "reassign", "cancel_reassignment", "complete_move"})
+
+
+_ACCESS_OPS = frozenset({"create_acls", "delete_acls", "set_quota", "remove_quota"})
 
 
 def _topic_id(record: TopicRecord | None) -> str | None:

@@ -74,6 +74,12 @@ class BrokerMetrics:
         self.raft_refusals = Gauge("raftka_raft_refusals",
                                    "Raft connections refused since start, by this broker (incoming: another "
                                    "cluster or broker id, malformed) or by its peers (outgoing)", ["by"], registry=r)
+        self.throttle_seconds = Counter("raftka_quota_throttle_seconds",
+                                        "Time callers over their quota were told to wait, by quota kind "
+                                        "(produce, fetch, requests); not by principal, whose number is unbounded",
+                                        ["kind"], registry=r)
+        self.access_refusals = Counter("raftka_access_refusals",
+                                       "Calls refused: unauthenticated or not authorized", ["reason"], registry=r)
 
     def watch_transport(self, stats: TransportStats) -> None:
         """Export the transport's counters (read when scraped)."""

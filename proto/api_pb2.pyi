@@ -42,6 +42,8 @@ class ErrorCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     INVALID_REPLICA_ASSIGNMENT: _ClassVar[ErrorCode]
     REASSIGNMENT_IN_PROGRESS: _ClassVar[ErrorCode]
     STALE_PLAN: _ClassVar[ErrorCode]
+    AUTHENTICATION_FAILED: _ClassVar[ErrorCode]
+    AUTHORIZATION_FAILED: _ClassVar[ErrorCode]
 
 class Acks(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -69,6 +71,37 @@ class MovePhase(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     REMOVING: _ClassVar[MovePhase]
     COMPLETING: _ClassVar[MovePhase]
     QUEUED: _ClassVar[MovePhase]
+
+class ResourceType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    RESOURCE_TYPE_UNSPECIFIED: _ClassVar[ResourceType]
+    RESOURCE_TOPIC: _ClassVar[ResourceType]
+    RESOURCE_GROUP: _ClassVar[ResourceType]
+    RESOURCE_CLUSTER: _ClassVar[ResourceType]
+
+class PatternType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PATTERN_TYPE_UNSPECIFIED: _ClassVar[PatternType]
+    PATTERN_LITERAL: _ClassVar[PatternType]
+    PATTERN_PREFIXED: _ClassVar[PatternType]
+
+class AclOperation(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ACL_OPERATION_UNSPECIFIED: _ClassVar[AclOperation]
+    OP_ALL: _ClassVar[AclOperation]
+    OP_READ: _ClassVar[AclOperation]
+    OP_WRITE: _ClassVar[AclOperation]
+    OP_CREATE: _ClassVar[AclOperation]
+    OP_DELETE: _ClassVar[AclOperation]
+    OP_ALTER: _ClassVar[AclOperation]
+    OP_DESCRIBE: _ClassVar[AclOperation]
+    OP_CLUSTER_ADMIN: _ClassVar[AclOperation]
+
+class AclPermission(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ACL_PERMISSION_UNSPECIFIED: _ClassVar[AclPermission]
+    ALLOW: _ClassVar[AclPermission]
+    DENY: _ClassVar[AclPermission]
 NONE: ErrorCode
 INVALID_REQUEST: ErrorCode
 INVALID_TOPIC: ErrorCode
@@ -102,6 +135,8 @@ INCARNATION_MISMATCH: ErrorCode
 INVALID_REPLICA_ASSIGNMENT: ErrorCode
 REASSIGNMENT_IN_PROGRESS: ErrorCode
 STALE_PLAN: ErrorCode
+AUTHENTICATION_FAILED: ErrorCode
+AUTHORIZATION_FAILED: ErrorCode
 ACKS_ALL: Acks
 ACKS_LEADER: Acks
 OFFSET_SPEC_UNSPECIFIED: OffsetSpec
@@ -117,6 +152,25 @@ TRANSFERRING_LEADERSHIP: MovePhase
 REMOVING: MovePhase
 COMPLETING: MovePhase
 QUEUED: MovePhase
+RESOURCE_TYPE_UNSPECIFIED: ResourceType
+RESOURCE_TOPIC: ResourceType
+RESOURCE_GROUP: ResourceType
+RESOURCE_CLUSTER: ResourceType
+PATTERN_TYPE_UNSPECIFIED: PatternType
+PATTERN_LITERAL: PatternType
+PATTERN_PREFIXED: PatternType
+ACL_OPERATION_UNSPECIFIED: AclOperation
+OP_ALL: AclOperation
+OP_READ: AclOperation
+OP_WRITE: AclOperation
+OP_CREATE: AclOperation
+OP_DELETE: AclOperation
+OP_ALTER: AclOperation
+OP_DESCRIBE: AclOperation
+OP_CLUSTER_ADMIN: AclOperation
+ACL_PERMISSION_UNSPECIFIED: AclPermission
+ALLOW: AclPermission
+DENY: AclPermission
 
 class Error(_message.Message):
     __slots__ = ("code", "message", "leader_id", "leader_address")
@@ -147,7 +201,7 @@ class ProduceRequest(_message.Message):
     def __init__(self, correlation_id: _Optional[int] = ..., topic: _Optional[str] = ..., partition: _Optional[int] = ..., batches: _Optional[bytes] = ..., acks: _Optional[_Union[Acks, str]] = ..., timeout_ms: _Optional[int] = ...) -> None: ...
 
 class ProduceResponse(_message.Message):
-    __slots__ = ("correlation_id", "topic", "partition", "base_offset", "last_offset", "log_append_time_ms", "error")
+    __slots__ = ("correlation_id", "topic", "partition", "base_offset", "last_offset", "log_append_time_ms", "error", "throttle_time_ms")
     CORRELATION_ID_FIELD_NUMBER: _ClassVar[int]
     TOPIC_FIELD_NUMBER: _ClassVar[int]
     PARTITION_FIELD_NUMBER: _ClassVar[int]
@@ -155,6 +209,7 @@ class ProduceResponse(_message.Message):
     LAST_OFFSET_FIELD_NUMBER: _ClassVar[int]
     LOG_APPEND_TIME_MS_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    THROTTLE_TIME_MS_FIELD_NUMBER: _ClassVar[int]
     correlation_id: int
     topic: str
     partition: int
@@ -162,7 +217,8 @@ class ProduceResponse(_message.Message):
     last_offset: int
     log_append_time_ms: int
     error: Error
-    def __init__(self, correlation_id: _Optional[int] = ..., topic: _Optional[str] = ..., partition: _Optional[int] = ..., base_offset: _Optional[int] = ..., last_offset: _Optional[int] = ..., log_append_time_ms: _Optional[int] = ..., error: _Optional[_Union[Error, _Mapping]] = ...) -> None: ...
+    throttle_time_ms: int
+    def __init__(self, correlation_id: _Optional[int] = ..., topic: _Optional[str] = ..., partition: _Optional[int] = ..., base_offset: _Optional[int] = ..., last_offset: _Optional[int] = ..., log_append_time_ms: _Optional[int] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., throttle_time_ms: _Optional[int] = ...) -> None: ...
 
 class FetchPartition(_message.Message):
     __slots__ = ("topic", "partition", "offset", "max_bytes")
@@ -193,30 +249,34 @@ class FetchRequest(_message.Message):
     def __init__(self, partitions: _Optional[_Iterable[_Union[FetchPartition, _Mapping]]] = ..., max_wait_ms: _Optional[int] = ..., min_bytes: _Optional[int] = ..., max_bytes: _Optional[int] = ..., correlation_id: _Optional[int] = ..., follow_bytes: _Optional[int] = ...) -> None: ...
 
 class FetchStreamResponse(_message.Message):
-    __slots__ = ("correlation_id", "partitions", "follows")
+    __slots__ = ("correlation_id", "partitions", "follows", "throttle_time_ms")
     CORRELATION_ID_FIELD_NUMBER: _ClassVar[int]
     PARTITIONS_FIELD_NUMBER: _ClassVar[int]
     FOLLOWS_FIELD_NUMBER: _ClassVar[int]
+    THROTTLE_TIME_MS_FIELD_NUMBER: _ClassVar[int]
     correlation_id: int
     partitions: _containers.RepeatedCompositeFieldContainer[FetchResponse]
     follows: bool
-    def __init__(self, correlation_id: _Optional[int] = ..., partitions: _Optional[_Iterable[_Union[FetchResponse, _Mapping]]] = ..., follows: _Optional[bool] = ...) -> None: ...
+    throttle_time_ms: int
+    def __init__(self, correlation_id: _Optional[int] = ..., partitions: _Optional[_Iterable[_Union[FetchResponse, _Mapping]]] = ..., follows: _Optional[bool] = ..., throttle_time_ms: _Optional[int] = ...) -> None: ...
 
 class FetchResponse(_message.Message):
-    __slots__ = ("topic", "partition", "high_watermark", "log_start_offset", "batches", "error")
+    __slots__ = ("topic", "partition", "high_watermark", "log_start_offset", "batches", "error", "throttle_time_ms")
     TOPIC_FIELD_NUMBER: _ClassVar[int]
     PARTITION_FIELD_NUMBER: _ClassVar[int]
     HIGH_WATERMARK_FIELD_NUMBER: _ClassVar[int]
     LOG_START_OFFSET_FIELD_NUMBER: _ClassVar[int]
     BATCHES_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    THROTTLE_TIME_MS_FIELD_NUMBER: _ClassVar[int]
     topic: str
     partition: int
     high_watermark: int
     log_start_offset: int
     batches: bytes
     error: Error
-    def __init__(self, topic: _Optional[str] = ..., partition: _Optional[int] = ..., high_watermark: _Optional[int] = ..., log_start_offset: _Optional[int] = ..., batches: _Optional[bytes] = ..., error: _Optional[_Union[Error, _Mapping]] = ...) -> None: ...
+    throttle_time_ms: int
+    def __init__(self, topic: _Optional[str] = ..., partition: _Optional[int] = ..., high_watermark: _Optional[int] = ..., log_start_offset: _Optional[int] = ..., batches: _Optional[bytes] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., throttle_time_ms: _Optional[int] = ...) -> None: ...
 
 class OffsetQuery(_message.Message):
     __slots__ = ("topic", "partition", "spec", "timestamp_ms")
@@ -831,5 +891,97 @@ class DeleteGroupRequest(_message.Message):
     def __init__(self, group_id: _Optional[str] = ...) -> None: ...
 
 class DeleteGroupResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class AclBinding(_message.Message):
+    __slots__ = ("principal", "resource_type", "name", "pattern_type", "operation", "permission")
+    PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
+    RESOURCE_TYPE_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PATTERN_TYPE_FIELD_NUMBER: _ClassVar[int]
+    OPERATION_FIELD_NUMBER: _ClassVar[int]
+    PERMISSION_FIELD_NUMBER: _ClassVar[int]
+    principal: str
+    resource_type: ResourceType
+    name: str
+    pattern_type: PatternType
+    operation: AclOperation
+    permission: AclPermission
+    def __init__(self, principal: _Optional[str] = ..., resource_type: _Optional[_Union[ResourceType, str]] = ..., name: _Optional[str] = ..., pattern_type: _Optional[_Union[PatternType, str]] = ..., operation: _Optional[_Union[AclOperation, str]] = ..., permission: _Optional[_Union[AclPermission, str]] = ...) -> None: ...
+
+class CreateAclsRequest(_message.Message):
+    __slots__ = ("acls",)
+    ACLS_FIELD_NUMBER: _ClassVar[int]
+    acls: _containers.RepeatedCompositeFieldContainer[AclBinding]
+    def __init__(self, acls: _Optional[_Iterable[_Union[AclBinding, _Mapping]]] = ...) -> None: ...
+
+class CreateAclsResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListAclsRequest(_message.Message):
+    __slots__ = ("principal",)
+    PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
+    principal: str
+    def __init__(self, principal: _Optional[str] = ...) -> None: ...
+
+class ListAclsResponse(_message.Message):
+    __slots__ = ("acls",)
+    ACLS_FIELD_NUMBER: _ClassVar[int]
+    acls: _containers.RepeatedCompositeFieldContainer[AclBinding]
+    def __init__(self, acls: _Optional[_Iterable[_Union[AclBinding, _Mapping]]] = ...) -> None: ...
+
+class DeleteAclsRequest(_message.Message):
+    __slots__ = ("acls",)
+    ACLS_FIELD_NUMBER: _ClassVar[int]
+    acls: _containers.RepeatedCompositeFieldContainer[AclBinding]
+    def __init__(self, acls: _Optional[_Iterable[_Union[AclBinding, _Mapping]]] = ...) -> None: ...
+
+class DeleteAclsResponse(_message.Message):
+    __slots__ = ("deleted",)
+    DELETED_FIELD_NUMBER: _ClassVar[int]
+    deleted: _containers.RepeatedCompositeFieldContainer[AclBinding]
+    def __init__(self, deleted: _Optional[_Iterable[_Union[AclBinding, _Mapping]]] = ...) -> None: ...
+
+class Quota(_message.Message):
+    __slots__ = ("principal", "produce_bytes_per_s", "fetch_bytes_per_s", "requests_per_s")
+    PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
+    PRODUCE_BYTES_PER_S_FIELD_NUMBER: _ClassVar[int]
+    FETCH_BYTES_PER_S_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_PER_S_FIELD_NUMBER: _ClassVar[int]
+    principal: str
+    produce_bytes_per_s: int
+    fetch_bytes_per_s: int
+    requests_per_s: int
+    def __init__(self, principal: _Optional[str] = ..., produce_bytes_per_s: _Optional[int] = ..., fetch_bytes_per_s: _Optional[int] = ..., requests_per_s: _Optional[int] = ...) -> None: ...
+
+class SetQuotaRequest(_message.Message):
+    __slots__ = ("quota",)
+    QUOTA_FIELD_NUMBER: _ClassVar[int]
+    quota: Quota
+    def __init__(self, quota: _Optional[_Union[Quota, _Mapping]] = ...) -> None: ...
+
+class SetQuotaResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListQuotasRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListQuotasResponse(_message.Message):
+    __slots__ = ("quotas",)
+    QUOTAS_FIELD_NUMBER: _ClassVar[int]
+    quotas: _containers.RepeatedCompositeFieldContainer[Quota]
+    def __init__(self, quotas: _Optional[_Iterable[_Union[Quota, _Mapping]]] = ...) -> None: ...
+
+class RemoveQuotaRequest(_message.Message):
+    __slots__ = ("principal",)
+    PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
+    principal: str
+    def __init__(self, principal: _Optional[str] = ...) -> None: ...
+
+class RemoveQuotaResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

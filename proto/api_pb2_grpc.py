@@ -406,6 +406,36 @@ class AdminStub:
                 request_serializer=raftka_dot_proto_dot_api__pb2.CompletePartitionMoveRequest.SerializeToString,
                 response_deserializer=raftka_dot_proto_dot_api__pb2.CompletePartitionMoveResponse.FromString,
                 _registered_method=True)
+        self.CreateAcls = channel.unary_unary(
+                '/raftka.v1.Admin/CreateAcls',
+                request_serializer=raftka_dot_proto_dot_api__pb2.CreateAclsRequest.SerializeToString,
+                response_deserializer=raftka_dot_proto_dot_api__pb2.CreateAclsResponse.FromString,
+                _registered_method=True)
+        self.ListAcls = channel.unary_unary(
+                '/raftka.v1.Admin/ListAcls',
+                request_serializer=raftka_dot_proto_dot_api__pb2.ListAclsRequest.SerializeToString,
+                response_deserializer=raftka_dot_proto_dot_api__pb2.ListAclsResponse.FromString,
+                _registered_method=True)
+        self.DeleteAcls = channel.unary_unary(
+                '/raftka.v1.Admin/DeleteAcls',
+                request_serializer=raftka_dot_proto_dot_api__pb2.DeleteAclsRequest.SerializeToString,
+                response_deserializer=raftka_dot_proto_dot_api__pb2.DeleteAclsResponse.FromString,
+                _registered_method=True)
+        self.SetQuota = channel.unary_unary(
+                '/raftka.v1.Admin/SetQuota',
+                request_serializer=raftka_dot_proto_dot_api__pb2.SetQuotaRequest.SerializeToString,
+                response_deserializer=raftka_dot_proto_dot_api__pb2.SetQuotaResponse.FromString,
+                _registered_method=True)
+        self.ListQuotas = channel.unary_unary(
+                '/raftka.v1.Admin/ListQuotas',
+                request_serializer=raftka_dot_proto_dot_api__pb2.ListQuotasRequest.SerializeToString,
+                response_deserializer=raftka_dot_proto_dot_api__pb2.ListQuotasResponse.FromString,
+                _registered_method=True)
+        self.RemoveQuota = channel.unary_unary(
+                '/raftka.v1.Admin/RemoveQuota',
+                request_serializer=raftka_dot_proto_dot_api__pb2.RemoveQuotaRequest.SerializeToString,
+                response_deserializer=raftka_dot_proto_dot_api__pb2.RemoveQuotaResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -519,6 +549,44 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateAcls(self, request, context):
+        """ACLs, stored in the metadata log. Adding one that exists, or removing one that does not, changes nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAcls(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteAcls(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetQuota(self, request, context):
+        """Quotas per principal, stored in the metadata log.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListQuotas(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveQuota(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -596,6 +664,36 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.CompletePartitionMove,
                     request_deserializer=raftka_dot_proto_dot_api__pb2.CompletePartitionMoveRequest.FromString,
                     response_serializer=raftka_dot_proto_dot_api__pb2.CompletePartitionMoveResponse.SerializeToString,
+            ),
+            'CreateAcls': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateAcls,
+                    request_deserializer=raftka_dot_proto_dot_api__pb2.CreateAclsRequest.FromString,
+                    response_serializer=raftka_dot_proto_dot_api__pb2.CreateAclsResponse.SerializeToString,
+            ),
+            'ListAcls': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAcls,
+                    request_deserializer=raftka_dot_proto_dot_api__pb2.ListAclsRequest.FromString,
+                    response_serializer=raftka_dot_proto_dot_api__pb2.ListAclsResponse.SerializeToString,
+            ),
+            'DeleteAcls': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteAcls,
+                    request_deserializer=raftka_dot_proto_dot_api__pb2.DeleteAclsRequest.FromString,
+                    response_serializer=raftka_dot_proto_dot_api__pb2.DeleteAclsResponse.SerializeToString,
+            ),
+            'SetQuota': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetQuota,
+                    request_deserializer=raftka_dot_proto_dot_api__pb2.SetQuotaRequest.FromString,
+                    response_serializer=raftka_dot_proto_dot_api__pb2.SetQuotaResponse.SerializeToString,
+            ),
+            'ListQuotas': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListQuotas,
+                    request_deserializer=raftka_dot_proto_dot_api__pb2.ListQuotasRequest.FromString,
+                    response_serializer=raftka_dot_proto_dot_api__pb2.ListQuotasResponse.SerializeToString,
+            ),
+            'RemoveQuota': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveQuota,
+                    request_deserializer=raftka_dot_proto_dot_api__pb2.RemoveQuotaRequest.FromString,
+                    response_serializer=raftka_dot_proto_dot_api__pb2.RemoveQuotaResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1003,6 +1101,168 @@ class Admin:
             '/raftka.v1.Admin/CompletePartitionMove',
             raftka_dot_proto_dot_api__pb2.CompletePartitionMoveRequest.SerializeToString,
             raftka_dot_proto_dot_api__pb2.CompletePartitionMoveResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateAcls(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/raftka.v1.Admin/CreateAcls',
+            raftka_dot_proto_dot_api__pb2.CreateAclsRequest.SerializeToString,
+            raftka_dot_proto_dot_api__pb2.CreateAclsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAcls(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/raftka.v1.Admin/ListAcls',
+            raftka_dot_proto_dot_api__pb2.ListAclsRequest.SerializeToString,
+            raftka_dot_proto_dot_api__pb2.ListAclsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteAcls(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/raftka.v1.Admin/DeleteAcls',
+            raftka_dot_proto_dot_api__pb2.DeleteAclsRequest.SerializeToString,
+            raftka_dot_proto_dot_api__pb2.DeleteAclsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetQuota(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/raftka.v1.Admin/SetQuota',
+            raftka_dot_proto_dot_api__pb2.SetQuotaRequest.SerializeToString,
+            raftka_dot_proto_dot_api__pb2.SetQuotaResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListQuotas(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/raftka.v1.Admin/ListQuotas',
+            raftka_dot_proto_dot_api__pb2.ListQuotasRequest.SerializeToString,
+            raftka_dot_proto_dot_api__pb2.ListQuotasResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveQuota(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/raftka.v1.Admin/RemoveQuota',
+            raftka_dot_proto_dot_api__pb2.RemoveQuotaRequest.SerializeToString,
+            raftka_dot_proto_dot_api__pb2.RemoveQuotaResponse.FromString,
             options,
             channel_credentials,
             insecure,

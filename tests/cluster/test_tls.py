@@ -23,7 +23,8 @@ from cryptography import x509
 from raftka import Admin, Consumer, Producer, TopicPartition
 from raftka.client.certs import Issued, LocalPki, issue, issue_broker, local_pki, make_ca
 from raftka.client.local import LocalBroker, free_port
-from raftka.errors import BrokerUnavailableError
+from raftka.client.admin import AclEntry
+from raftka.errors import AuthorizationFailedError, BrokerUnavailableError
 from raftka.proto import api_pb2, api_pb2_grpc, raft_pb2
 from raftka.replication.codec import encode_message_batch
 from raftka.replication.transport import ENDPOINT_METHOD, FRAME_HEADER
@@ -259,3 +260,26 @@ def test_raftka_local_tls_prints_a_command_that_works(tmp_path: Path) -> None:
     finally:
         os.killpg(local.pid, signal.SIGINT)
         local.wait(timeout=30)
+
+
+def test_client_certificates_name_the_principal_the_acls_check_and_brokers_need_no_token(
+        start_cluster: Callable[..., list[LocalBroker]], pki: LocalPki) -> None:
+    """With mutual TLS, a call's principal is its certificate's (`User:<CN>`); brokers' certificates
+    (`Broker:<id>`) are super-users, so a three-broker cluster with ACLs on forms and forwards calls
+    without a broker token."""
+    brokers = start_cluster(3, "--authorizer", "acl", "--super-users", "User:client", pki=pki)
+    bootstrap = ",".join(b.address for b in brokers)
+    issue(ca_of(pki), "alice").write(pki.directory, "alice")
+    alice = {"tls_ca": pki.ca, "tls_cert": pki.directory / "alice.pem", "tls_key": pki.directory / "alice-key.pem"}
+    with Admin(bootstrap, **client_tls(pki)) as admin:
+        admin.create_topic("guarded", partitions=3, replication_factor=3)
+    with Admin(bootstrap, **alice) as admin:
+        assert "guarded" not in [t.name for t in admin.list_topics()]
+        with pytest.raises(AuthorizationFailedError, match="User:alice"):
+            admin.delete_topic("guarded")
+    with Admin(bootstrap, **client_tls(pki)) as admin:
+        admin.add_acls([AclEntry("User:alice", "topic", "guarded", "write")])
+    with Producer(bootstrap, **alice) as producer:
+        assert producer.send("guarded", b"from alice", partition=1).result(timeout=30).offset == 0
+    with Admin(bootstrap, **alice) as admin:
+        assert "guarded" in [t.name for t in admin.list_topics()]

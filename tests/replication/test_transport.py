@@ -57,7 +57,7 @@ class Broker:
     async def serve(self) -> None:
         await self.transport.listen("127.0.0.1")
         self.server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-        add_servicer(self.server, SERVICE, self.transport.servicer)
+        add_servicer(self.server, SERVICE, self.transport.servicer, None)
         assert self.server.add_insecure_port(self.address) != 0
         await self.server.start()
 

@@ -1,0 +1,95 @@
+"""Bearer-token credentials for every call a client makes.
+
+A client takes one of `token` (a fixed string), `token_file` (a file holding the token, read again
+whenever it changes, so a sidecar that rotates the file is followed without a restart) or
+`token_provider` (a callable returning the current token; it is called for every new call and
+stream, so it should return a cached token and refresh it itself shortly before it expires). The
+token travels as `authorization: Bearer <token>` metadata, added by a channel interceptor; a call
+with no credentials configured is sent as before.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import Any, Callable
+
+import grpc
+
+TokenProvider = Callable[[], str]
+AUTHORIZATION_HEADER = "authorization"
+
+
+class _TokenFile:
+    """Reads the file again when its modification time or size changes."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._lock = threading.Lock()
+        self._stamp: tuple[int, int] | None = None
+        self._token = ""
+        self()
+
+    def __call__(self) -> str:
+        status = os.stat(self._path)
+        stamp = (status.st_mtime_ns, status.st_size)
+        with self._lock:
+            if stamp != self._stamp:
+                self._token, self._stamp = self._path.read_text().strip(), stamp
+            return self._token
+
+
+def token_source(token: str | None = None, token_file: str | Path | None = None,
+                 token_provider: TokenProvider | None = None) -> TokenProvider | None:
+    """One provider from the client options (at most one of them may be given)."""
+    given = [option for option in (token, token_file, token_provider) if option is not None]
+    if len(given) > 1:
+        raise ValueError("give at most one of token, token_file and token_provider")
+    if token is not None:
+        if not token.strip():
+            raise ValueError("token is empty")
+        fixed = token.strip()
+        return lambda: fixed
+    if token_file is not None:
+        return _TokenFile(Path(token_file))
+    return token_provider
+
+
+class _BearerInterceptor(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,
+                         grpc.StreamUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
+    def __init__(self, provider: TokenProvider) -> None:
+        self._provider = provider
+
+    def _details(self, details: grpc.ClientCallDetails) -> grpc.ClientCallDetails:
+        metadata = [*(details.metadata or ()), (AUTHORIZATION_HEADER, f"Bearer {self._provider()}")]
+        return _CallDetails(details.method, details.timeout, metadata, details.credentials,
+                            getattr(details, "wait_for_ready", None), getattr(details, "compression", None))
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._details(details), request)
+
+    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._details(details), request)
+
+    def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return continuation(self._details(details), requests)
+
+    def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return continuation(self._details(details), requests)
+
+
+class _CallDetails(grpc.ClientCallDetails):
+    def __init__(self, method: str, timeout: float | None, metadata: Any, credentials: Any,
+                 wait_for_ready: bool | None, compression: Any) -> None:
+        self.method = method
+        self.timeout = timeout
+        self.metadata = metadata
+        self.credentials = credentials
+        self.wait_for_ready = wait_for_ready
+        self.compression = compression
+
+
+def authenticated(channel: grpc.Channel, provider: TokenProvider | None) -> grpc.Channel:
+    """`channel` whose calls carry the provider's token (the channel itself without a provider)."""
+    return channel if provider is None else grpc.intercept_channel(channel, _BearerInterceptor(provider))
