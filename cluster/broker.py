@@ -212,7 +212,7 @@ async def serve(config: BrokerConfig) -> int:
         metrics.serve(config.metrics_host, config.metrics_port)
     log.info("broker started id=%d listen=%s advertise=%s raft=%s data_dir=%s brokers=%s metrics_port=%s loop=%s",
              config.broker_id, config.listen, config.advertised_address, transport.address, config.data_dir,
-             dict(config.founders) or f"join {','.join(config.join)}",
+             dict(config.founders) or f"join {','.join(config.seeds)}",
              config.metrics_port, type(asyncio.get_running_loop()).__module__.split(".")[0])
 
     loop = asyncio.get_running_loop()
@@ -326,8 +326,9 @@ def _report_failure(task: asyncio.Task[None]) -> None:
 async def _register(admin: AdminService, state: BrokerState, refused: Callable[[RaftkaError], None]) -> None:
     """Record this broker's address, rack and incarnation in the metadata log, retrying until it is
     applied here. While this broker knows no metadata leader (it is joining), the registration goes
-    to its `--join` brokers, which forward it; they also say where every broker is, so that the
-    leader's messages can be answered. A registration refused for another incarnation stops the broker."""
+    to its seeds (`--join`, or the founders of a `--peers` that does not name it), which forward it;
+    they also say where every broker is, so that the leader's messages can be answered. A
+    registration refused for another incarnation stops the broker."""
     config = state.config
     request = api_pb2.RegisterBrokerRequest(broker=api_pb2.BrokerInfo(
         id=config.broker_id, address=config.advertised_address, rack=config.rack, incarnation=state.incarnation),
@@ -342,8 +343,8 @@ async def _register(admin: AdminService, state: BrokerState, refused: Callable[[
         try:
             if state.controller.leader_id != NO_LEADER:
                 await admin.register(request)
-            elif config.join:
-                await _register_through(config.join, request, state.directory)
+            elif config.seeds:
+                await _register_through(config.seeds, request, state.directory)
         except IncarnationMismatchError as exc:
             refused(exc)
             return

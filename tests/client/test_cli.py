@@ -253,13 +253,13 @@ def test_version_names_the_client_and_the_cluster(cli_env, free_port) -> None:
 
 def test_broker_id_from_a_stateful_set_host_name() -> None:
     """A StatefulSet names its pods `<name>-0`, `<name>-1`, ...; broker ids start at 1."""
-    from raftka.cluster.cli import id_from_hostname
+    from raftka.cluster.cli import id_from_name
 
-    assert id_from_hostname("raftka-0", 1) == 1
-    assert id_from_hostname("raftka-12", 1) == 13
-    assert id_from_hostname("broker7", 0) == 7
+    assert id_from_name("raftka-0", 1) == 1
+    assert id_from_name("raftka-12", 1) == 13
+    assert id_from_name("broker7", 0) == 7
     with pytest.raises(ValueError, match="does not end in a number"):
-        id_from_hostname("raftka-a", 1)
+        id_from_name("raftka-a", 1)
 
 
 def test_a_null_header_value_prints_as_empty(cli_env, stubs) -> None:
