@@ -197,7 +197,7 @@ def test_the_health_services_the_probes_name_exist_in_the_broker() -> None:
     assert api_pb2.DESCRIPTOR.services_by_name["Broker"].full_name == "raftka.v1.Broker"
 
 
-def test_pods_run_restricted_by_default(helm) -> None:
+def test_pods_run_restricted_and_without_service_links_by_default(helm) -> None:
     objects = render(helm)
     pods = [objects[("StatefulSet", FULLNAME)]["spec"]["template"]["spec"],
             objects[("Job", f"{FULLNAME}-scale-check")]["spec"]["template"]["spec"],
@@ -206,6 +206,7 @@ def test_pods_run_restricted_by_default(helm) -> None:
         assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] == 10001
         assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
         assert pod["automountServiceAccountToken"] is False
+        assert pod["enableServiceLinks"] is False, "no RAFTKA_*_PORT=tcp://... variables from Services"
         for container in pod["containers"]:
             assert container["securityContext"] == {"allowPrivilegeEscalation": False,
                                                     "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]}}
