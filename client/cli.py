@@ -161,6 +161,11 @@ def build_parser(extra: Mapping[str, Command]) -> argparse.ArgumentParser:
     balance.add_argument("--throttle", type=_rate, default=0, metavar="RATE",
                          help="with --execute: limit what each new replica is sent while it catches up")
     balance.add_argument("--wait", action="store_true", help="with --execute: follow the moves until done")
+    scale_check = cluster_commands.add_parser(
+        "scale-check", help="exit non-zero while a broker that a scale-down to N brokers removes (an id above N) "
+                            "is still in the cluster; decommission those first")
+    scale_check.add_argument("--brokers", type=_positive, required=True, metavar="N",
+                             help="brokers left after the scale-down: ids 1..N (a StatefulSet's N pods)")
     for sub in cluster_commands.choices.values():
         _client_options(sub, suppress=True)
 
@@ -495,6 +500,36 @@ def _balance(args: argparse.Namespace, admin: Any) -> int:
     return _follow(args, admin, quiet=True) if args.execute and args.wait else 0
 
 
+def _scale_check(args: argparse.Namespace, admin: Any) -> int:
+    """`raftka cluster scale-check --brokers N`: a scale-down to N brokers is safe once no broker above N
+    is in the cluster any more, which `raftka broker decommission ID --wait` ensures (its replicas
+    moved away, then it left). Removing one earlier takes its replicas, or a controller's vote, with it.
+    The Helm chart runs this as its pre-upgrade hook; exit status 1 while something is left."""
+    kept = args.brokers
+    above = [b for b in admin.describe_cluster() if b.broker_id > kept]
+    held: dict[int, list[str]] = {b.broker_id: [] for b in above}
+    if above:
+        for topic in admin.list_topics(include_internal=True):
+            for p in topic.partitions:
+                for broker in held.keys() & set(p.replicas):
+                    held[broker].append(f"{topic.name}/{p.partition}")
+    remaining = [{"id": b.broker_id, "role": b.role, "draining": b.draining, "replicas": b.replicas,
+                  "partitions": held[b.broker_id]} for b in above]
+    if args.format == "json":
+        print(json.dumps({"brokers": kept, "safe": not above, "remaining": remaining}))
+    elif above:
+        lines = [f"broker {r['id']}: {r['role'] or 'no role'}, {'draining' if r['draining'] else 'not draining'}, "
+                 f"{r['replicas']} replica(s){': ' + ', '.join(r['partitions']) if r['partitions'] else ''}"
+                 for r in remaining]
+        print("\n".join([f"raftka: a scale-down to {kept} broker(s) would remove brokers still in the cluster:",
+                         *lines, "decommission each first: "
+                         + "; ".join(f"raftka broker decommission {r['id']} --wait" for r in remaining)]),
+              file=sys.stderr)
+    else:
+        print(f"a scale-down to {kept} broker(s) is safe: no broker above {kept} is in the cluster")
+    return 1 if above else 0
+
+
 def cmd_cluster(args: argparse.Namespace) -> int:
     from raftka.client.admin import Admin
 
@@ -507,6 +542,8 @@ def cmd_cluster(args: argparse.Namespace) -> int:
             return 0
         if args.cluster_command == "balance":
             return _balance(args, admin)
+        if args.cluster_command == "scale-check":
+            return _scale_check(args, admin)
         brokers = admin.describe_cluster()
     now_ms = time.time() * 1000
 

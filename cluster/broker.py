@@ -227,7 +227,7 @@ async def serve(config: BrokerConfig) -> int:
                       tls.metrics_context() if tls is not None and config.metrics_tls else None)
     log.info("broker started id=%d listen=%s advertise=%s raft=%s data_dir=%s brokers=%s metrics_port=%s loop=%s "
              "tls=%s", config.broker_id, config.listen, config.advertised_address, transport.address, config.data_dir,
-             dict(config.founders) or f"join {','.join(config.join)}",
+             dict(config.founders) or f"join {','.join(config.seeds)}",
              config.metrics_port, type(asyncio.get_running_loop()).__module__.split(".")[0],
              f"client_auth={tls.client_auth.value}" if tls is not None else "off")
     if tls is None:
@@ -410,8 +410,9 @@ def _report_failure(task: asyncio.Task[None]) -> None:
 async def _register(admin: AdminService, state: BrokerState, refused: Callable[[RaftkaError], None]) -> None:
     """Record this broker's address, rack and incarnation in the metadata log, retrying until it is
     applied here. While this broker knows no metadata leader (it is joining), the registration goes
-    to its `--join` brokers, which forward it; they also say where every broker is, so that the
-    leader's messages can be answered. A registration refused for another incarnation stops the broker."""
+    to its seeds (`--join`, or the founders of a `--peers` that does not name it), which forward it;
+    they also say where every broker is, so that the leader's messages can be answered. A
+    registration refused for another incarnation stops the broker."""
     config = state.config
     request = api_pb2.RegisterBrokerRequest(broker=api_pb2.BrokerInfo(
         id=config.broker_id, address=config.advertised_address, rack=config.rack, incarnation=state.incarnation),
@@ -426,8 +427,8 @@ async def _register(admin: AdminService, state: BrokerState, refused: Callable[[
         try:
             if state.controller.leader_id != NO_LEADER:
                 await admin.register(request)
-            elif config.join:
-                await _register_through(config.join, request, state.directory, state.channels, state.peer_metadata)
+            elif config.seeds:
+                await _register_through(config.seeds, request, state.directory, state.channels, state.peer_metadata)
         except IncarnationMismatchError as exc:
             refused(exc)
             return

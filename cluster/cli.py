@@ -26,9 +26,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="take the id from the number at the end of the host name plus --id-offset, as a "
                              "StatefulSet's pod ordinal (raftka-0 is broker 1 by default) "
                              "(env RAFTKA_ID_FROM_HOSTNAME=1)")
+    parser.add_argument("--id-from-name", metavar="NAME", default=env("ID_FROM_NAME", ""),
+                        help="take the id from the number at the end of NAME plus --id-offset, as "
+                             "--id-from-hostname does, for when the host name is not the pod's name (host "
+                             "networking gives a pod the node's): pass the pod name from the downward API "
+                             "(env RAFTKA_ID_FROM_NAME)")
     parser.add_argument("--id-offset", type=int, default=env("ID_OFFSET", 1, int),
-                        help="added to the host name's number with --id-from-hostname (env RAFTKA_ID_OFFSET; "
-                             "default 1)")
+                        help="added to the name's number with --id-from-hostname or --id-from-name "
+                             "(env RAFTKA_ID_OFFSET; default 1)")
     parser.add_argument("--join", default=env("JOIN", ""),
                         help="HOST:PORT[,...] of brokers of a running cluster: start a broker that is not a "
                              "founding controller; it registers and follows the metadata log as a learner "
@@ -46,8 +51,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", type=Path, default=env("DATA_DIR", None, Path),
                         help="directory for this broker's data (env RAFTKA_DATA_DIR)")
     parser.add_argument("--peers", default=env("PEERS", ""),
-                        help="every broker of the cluster as ID=HOST:PORT[@RACK],... including this one; "
-                             "omitted: a one-broker cluster (env RAFTKA_PEERS)")
+                        help="the founding controllers as ID=HOST:PORT[@RACK],...; a broker they do not name "
+                             "joins the running cluster through them, as with --join; omitted: a one-broker "
+                             "cluster (env RAFTKA_PEERS)")
     parser.add_argument("--rack", default=env("RACK", ""),
                         help="this broker's rack or zone; replicas of a partition are spread over racks "
                              "(env RAFTKA_RACK)")
@@ -126,10 +132,11 @@ def auth_settings(args: argparse.Namespace) -> AuthSettings:
 def run(args: argparse.Namespace) -> int:
     from raftka.cluster.broker import run as run_broker
 
-    broker_id = id_from_hostname(socket.gethostname(), args.id_offset) if args.id_from_hostname else args.id
+    name = args.id_from_name or (socket.gethostname() if args.id_from_name else "")
+    broker_id = id_from_name(name, args.id_offset) if name else args.id
     if broker_id is None or args.data_dir is None:
-        raise ValueError("raftka broker needs --id (or --id-from-hostname) and --data-dir (or RAFTKA_ID and "
-                         "RAFTKA_DATA_DIR)")
+        raise ValueError("raftka broker needs --id (or --id-from-hostname or --id-from-name) and --data-dir (or "
+                         "RAFTKA_ID and RAFTKA_DATA_DIR)")
     peers, racks = parse_peers(args.peers)
     join = tuple(seed.strip() for seed in args.join.split(",") if seed.strip())
     return run_broker(BrokerConfig(broker_id=broker_id, listen=args.listen, advertise=args.advertise, join=join,
@@ -154,9 +161,9 @@ def _path(text: str | None) -> Path | None:
     return Path(text) if text else None
 
 
-def id_from_hostname(hostname: str, offset: int) -> int:
+def id_from_name(hostname: str, offset: int) -> int:
     """`raftka-2` (a StatefulSet's pod 2) with offset 1 is broker 3."""
     digits = len(hostname) - len(hostname.rstrip("0123456789"))
     if not digits:
-        raise ValueError(f"--id-from-hostname: host name {hostname!r} does not end in a number")
+        raise ValueError(f"--id-from-hostname/--id-from-name: {hostname!r} does not end in a number")
     return int(hostname[-digits:]) + offset

@@ -39,7 +39,8 @@ class BrokerConfig:
     peers: dict[int, str] = field(default_factory=dict)
     """The founding controllers: the voters of the metadata log when it is founded, with their
     addresses (used until they have registered). Empty, and no `join`: a one-broker cluster of this
-    broker alone."""
+    broker alone. A broker they do not name joins through them, as with `join`: every pod of a
+    StatefulSet has the same flags, and the pods beyond the founders are joiners."""
     join: tuple[str, ...] = ()
     """gRPC addresses of brokers of a running cluster (`--join`): this broker is not a founding
     controller; it registers through them and follows the metadata log as a learner."""
@@ -113,11 +114,19 @@ class BrokerConfig:
 
     @property
     def founders(self) -> dict[int, str]:
-        """The founding controllers and their addresses: `--peers`, or this broker alone when it
-        founds a one-broker cluster; nobody for a broker that joins."""
+        """The founding controllers and their addresses: `--peers` when they name this broker, or this
+        broker alone when it founds a one-broker cluster; nobody for a broker that joins."""
         if self.peers:
-            return self.peers
+            return self.peers if self.broker_id in self.peers else {}
         return {} if self.join else {self.broker_id: self.advertised_address}
+
+    @property
+    def seeds(self) -> tuple[str, ...]:
+        """The gRPC addresses a joining broker registers through: `--join`, or the founding controllers
+        of a `--peers` that does not name this broker; empty for a founding controller."""
+        if self.join:
+            return self.join
+        return () if self.founders else tuple(self.peers.values())
 
     def validate(self) -> None:
         if self.broker_id < 1:
@@ -133,9 +142,6 @@ class BrokerConfig:
         if self.peers and self.join:
             raise ValueError("give --peers (a founding controller) or --join (a broker joining a running "
                              "cluster), not both")
-        if self.peers and self.broker_id not in self.peers:
-            raise ValueError(f"--peers {self.peers} does not name this broker (id {self.broker_id}); "
-                             "a broker that is not a founding controller starts with --join")
         for seed in self.join:
             parse_host_port(seed)
         if not self.cluster_id:

@@ -253,13 +253,13 @@ def test_version_names_the_client_and_the_cluster(cli_env, free_port) -> None:
 
 def test_broker_id_from_a_stateful_set_host_name() -> None:
     """A StatefulSet names its pods `<name>-0`, `<name>-1`, ...; broker ids start at 1."""
-    from raftka.cluster.cli import id_from_hostname
+    from raftka.cluster.cli import id_from_name
 
-    assert id_from_hostname("raftka-0", 1) == 1
-    assert id_from_hostname("raftka-12", 1) == 13
-    assert id_from_hostname("broker7", 0) == 7
+    assert id_from_name("raftka-0", 1) == 1
+    assert id_from_name("raftka-12", 1) == 13
+    assert id_from_name("broker7", 0) == 7
     with pytest.raises(ValueError, match="does not end in a number"):
-        id_from_hostname("raftka-a", 1)
+        id_from_name("raftka-a", 1)
 
 
 def test_a_null_header_value_prints_as_empty(cli_env, stubs) -> None:
@@ -271,3 +271,32 @@ def test_a_null_header_value_prints_as_empty(cli_env, stubs) -> None:
     text = raftka("consume", "nulls", "--offset", "start", "--max-messages", "1", "--print-headers", env=cli_env)
     assert text.returncode == 0, text.stderr
     assert text.stdout == "trace=,kind=x\tv\n"
+
+
+def test_scale_check_refuses_until_the_brokers_above_n_are_decommissioned(start_cluster, joiner) -> None:
+    """What the Helm chart's pre-upgrade hook runs: dropping to 3 pods would remove broker 4, which
+    still holds replicas, until `raftka broker decommission 4 --wait` has moved them and it has left."""
+    founders = start_cluster(3)
+    joiner(4, founders).start(30)
+    env = {**os.environ, "RAFTKA_BOOTSTRAP": founders[0].address}
+    assert raftka("topic", "create", "spread", "--partitions", "4", "--replication-factor", "3",
+                  env=env).returncode == 0
+    described = json.loads(raftka("topic", "describe", "spread", "--format", "json", env=env).stdout)
+    on_four = [f"spread/{p['partition']}" for p in described["partitions"] if 4 in p["replicas"]]
+    assert on_four, "placement spreads replicas onto the joiner"
+
+    refused = raftka("cluster", "scale-check", "--brokers", "3", env=env)
+    assert refused.returncode == 1
+    assert f"broker 4: learner, not draining, {len(on_four)} replica(s): {', '.join(on_four)}" in refused.stderr
+    assert "raftka broker decommission 4 --wait" in refused.stderr
+    as_json = json.loads(raftka("cluster", "scale-check", "--brokers", "3", "--format", "json", env=env).stdout)
+    assert as_json == {"brokers": 3, "safe": False, "remaining": [
+        {"id": 4, "role": "learner", "draining": False, "replicas": len(on_four), "partitions": on_four}]}
+    assert raftka("cluster", "scale-check", "--brokers", "4", env=env).returncode == 0
+    assert raftka("cluster", "scale-check", "--brokers", "0", env=env).returncode == 2
+
+    decommissioned = raftka("broker", "decommission", "4", "--wait", env=env, timeout=120)
+    assert decommissioned.returncode == 0, decommissioned.stderr
+    allowed = raftka("cluster", "scale-check", "--brokers", "3", env=env)
+    assert allowed.returncode == 0, allowed.stderr
+    assert allowed.stdout == "a scale-down to 3 broker(s) is safe: no broker above 3 is in the cluster\n"

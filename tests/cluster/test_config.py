@@ -34,8 +34,11 @@ def test_broker_config_checks() -> None:
     base: dict[str, Any] = dict(listen="127.0.0.1:9092", data_dir=Path("/tmp/x"))
     with pytest.raises(ValueError, match="broker id must be >= 1"):
         BrokerConfig(broker_id=0, **base).validate()
-    with pytest.raises(ValueError, match="does not name this broker"):
-        BrokerConfig(broker_id=4, peers={1: "h:1", 2: "h:2"}, **base).validate()
+    unnamed = BrokerConfig(broker_id=4, peers={1: "h:1", 2: "h:2"}, **base)
+    unnamed.validate()
+    assert (unnamed.founders, unnamed.seeds) == ({}, ("h:1", "h:2")), "a broker --peers does not name joins"
+    named = BrokerConfig(broker_id=2, peers={1: "h:1", 2: "h:2"}, **base)
+    assert (named.founders, named.seeds) == ({1: "h:1", 2: "h:2"}, ())
     with pytest.raises(ValueError, match="wildcard"):
         BrokerConfig(broker_id=1, listen="0.0.0.0:9092", data_dir=Path("/tmp/x")).validate()
     config = BrokerConfig(broker_id=1, **base)

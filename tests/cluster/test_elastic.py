@@ -12,6 +12,7 @@ import grpc
 import pytest
 
 from raftka import Admin, Producer
+from raftka.client.local import LocalBroker, free_port, plan
 from raftka.errors import InvalidReplicationFactorError, InvalidRequestError
 from raftka.proto import api_pb2, api_pb2_grpc
 from waiting import wait_until
@@ -43,6 +44,33 @@ def test_brokers_join_as_learners_and_take_replicas(start_cluster, joiner) -> No
                      "every replica, on the joiners too, is in sync")
     finally:
         for broker in joiners:
+            broker.stop()
+
+
+def test_pods_of_one_template_found_or_join_by_whether_peers_name_them(tmp_path) -> None:
+    """A StatefulSet's pods all start at once with the same flags: `--peers` names the founding
+    controllers, and a pod it does not name (here the fourth, its id from its pod name) joins through
+    them, also after a restart."""
+    founders = plan(3, tmp_path, [free_port() for _ in range(3)])
+    fourth = LocalBroker(9, f"127.0.0.1:{free_port()}", tmp_path / "pod-3", founders[0].peers,
+                         extra_args=("--id-from-name", "raftka-3"))
+    brokers = [*founders, fourth]
+    try:
+        for broker in brokers:
+            broker.spawn()
+        for broker in brokers:
+            broker.wait(60)
+        with Admin(founders[0].address) as admin:
+            wait_until(lambda: roles(admin) == {1: "voter", 2: "voter", 3: "voter", 4: "learner"},
+                       "the pod --peers does not name is a learner, broker 4 (raftka-3's ordinal + 1)")
+            assert fourth.stop() == 0
+            fourth.start(30)
+            topic = admin.create_topic("spread", partitions=4, replication_factor=3)
+            assert 4 in {b for p in topic.partitions for b in p.replicas}
+            wait_until(lambda: roles(admin) == {1: "voter", 2: "voter", 3: "voter", 4: "learner"},
+                       "after a restart it is the same learner")
+    finally:
+        for broker in brokers:
             broker.stop()
 
 
