@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import grpc
 
-from raftka.wire.tls import broker_id_of
+from raftka.wire.tls import ANY_BROKER, broker_id_of
 
 USER_PRINCIPAL_PREFIX = "User:"
 BROKER_PRINCIPAL_PREFIX = "Broker:"
@@ -25,6 +25,6 @@ def tls_principal(context: grpc.aio.ServicerContext) -> str | None:
         return None
     broker = broker_id_of(uri.decode() for uri in auth.get("peer_uri", ()))
     if broker is not None:
-        return f"{BROKER_PRINCIPAL_PREFIX}{broker}"
+        return f"{BROKER_PRINCIPAL_PREFIX}{'*' if broker == ANY_BROKER else broker}"
     names = list(auth.get("x509_common_name", ()))
     return f"{USER_PRINCIPAL_PREFIX}{names[0].decode()}" if names else None

@@ -52,7 +52,7 @@ from raftka.replication.codec import CodecError, decode_message_batch, encode_me
 from raftka.replication.errors import RaftError
 from raftka.replication.messages import Message
 from raftka.wire.settings import parse_host_port
-from raftka.wire.tls import broker_id_of
+from raftka.wire.tls import ANY_BROKER, broker_id_of, certifies
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +132,7 @@ def _certified_broker(writer: asyncio.StreamWriter) -> int | None:
 
 
 def _named(broker: int | None) -> str:
-    return "no broker" if broker is None else f"broker {broker}"
+    return "no broker" if broker is None else "any broker" if broker == ANY_BROKER else f"broker {broker}"
 
 
 @dataclass(frozen=True)
@@ -407,7 +407,7 @@ class RaftTransport:
             raise StreamEndedError(peer.id, f"TLS handshake with {host}:{port} failed: {exc}",
                                    Refusal.CERTIFICATE_MISMATCH.name) from None
         try:
-            if self.tls is not None and _certified_broker(writer) != peer.id:
+            if self.tls is not None and not certifies(_certified_broker(writer), peer.id):
                 raise StreamEndedError(peer.id, f"the certificate at {host}:{port} is that of "
                                                 f"{_named(_certified_broker(writer))}",
                                        Refusal.CERTIFICATE_MISMATCH.name)
@@ -661,7 +661,7 @@ class RaftTransport:
         if batch.to_broker != self.broker_id:
             raise _Refused(Refusal.BROKER_MISMATCH, f"batch from broker {batch.from_broker} is for broker "
                                                     f"{batch.to_broker}, this is broker {self.broker_id}")
-        if self.tls is not None and batch.from_broker != certified:
+        if self.tls is not None and not certifies(certified, batch.from_broker):
             raise _Refused(Refusal.CERTIFICATE_MISMATCH, f"batch from broker {batch.from_broker} comes with the "
                                                          f"certificate of {_named(certified)}")
         if sender is not None and batch.from_broker != sender:

@@ -4,6 +4,9 @@ one place a gRPC channel to a broker is opened (plaintext, or TLS with an option
 A broker's certificate names its broker id as a SAN URI ``raftka://broker/<id>`` (`broker_uri`), next
 to the DNS names and IP addresses clients reach it by. The Raft transport and the authorizer read the
 id from there: a certificate of the cluster CA without that URI is a client's, not a broker's.
+``raftka://broker/*`` (`ANY_BROKER_URI`) names a certificate that all brokers share (one Kubernetes
+Secret mounted by every pod): it vouches for any broker id, so its holders can pose as each other —
+the price of sharing one key; per-broker certificates keep them apart.
 """
 
 from __future__ import annotations
@@ -20,16 +23,29 @@ ChannelOptions = Sequence[tuple[str, object]]
 
 
 def broker_uri(broker_id: int) -> str:
-    """The SAN URI a certificate of broker `broker_id` carries."""
-    return f"{BROKER_URI_PREFIX}{broker_id}"
+    """The SAN URI a certificate of broker `broker_id` carries (ANY_BROKER: of every broker)."""
+    return ANY_BROKER_URI if broker_id == ANY_BROKER else f"{BROKER_URI_PREFIX}{broker_id}"
+
+
+def certifies(certified: int | None, broker_id: int) -> bool:
+    """Whether a certificate naming `certified` (`broker_id_of`) may speak for broker `broker_id`."""
+    return certified is not None and certified in (broker_id, ANY_BROKER)
+
+
+ANY_BROKER = 0
+"""What `broker_id_of` returns for a certificate shared by all brokers (`ANY_BROKER_URI`)."""
+ANY_BROKER_URI = f"{BROKER_URI_PREFIX}*"
 
 
 def broker_id_of(uris: Iterable[str]) -> int | None:
-    """The broker id the SAN URIs of a certificate name, or None when they name none (or several)."""
+    """The broker id the SAN URIs of a certificate name, ANY_BROKER for a certificate all brokers
+    share, or None when they name none (or several)."""
     ids = {uri.removeprefix(BROKER_URI_PREFIX) for uri in uris if uri.startswith(BROKER_URI_PREFIX)}
     if len(ids) != 1:
         return None
     text = ids.pop()
+    if text == "*":
+        return ANY_BROKER
     return int(text) if text.isdigit() and int(text) > 0 else None
 
 

@@ -28,7 +28,7 @@ from raftka.errors import AuthorizationFailedError, BrokerUnavailableError
 from raftka.proto import api_pb2, api_pb2_grpc, raft_pb2
 from raftka.replication.codec import encode_message_batch
 from raftka.replication.transport import ENDPOINT_METHOD, FRAME_HEADER
-from raftka.wire.tls import ClientTls, open_channel
+from raftka.wire.tls import ANY_BROKER, ClientTls, open_channel
 from waiting import wait_until
 
 CLUSTER_ID = "raftka-local"
@@ -283,3 +283,19 @@ def test_client_certificates_name_the_principal_the_acls_check_and_brokers_need_
         assert producer.send("guarded", b"from alice", partition=1).result(timeout=30).offset == 0
     with Admin(bootstrap, **alice) as admin:
         assert "guarded" in [t.name for t in admin.list_topics()]
+
+
+def test_brokers_sharing_one_certificate_for_any_broker_form_a_cluster(
+        start_cluster: Callable[..., list[LocalBroker]], pki: LocalPki) -> None:
+    """One certificate naming `raftka://broker/*` (a Kubernetes Secret every pod mounts) is accepted on
+    the Raft port for whichever broker id its holder claims."""
+    shared = issue(ca_of(pki), "raftka-brokers", hosts=["127.0.0.1", "localhost"], broker_id=ANY_BROKER)
+    for broker_id in (1, 2, 3):
+        cert, key = pki.broker(broker_id)
+        replace_files(shared, cert, key)
+    brokers = start_cluster(3, pki=pki)
+    bootstrap = ",".join(b.address for b in brokers)
+    with Admin(bootstrap, **client_tls(pki)) as admin:
+        admin.create_topic("shared", partitions=2, replication_factor=3)
+        wait_until(lambda: all(len(p.in_sync_replicas) == 3 for p in admin.describe_topic("shared").partitions),
+                   "every replica in sync over the shared certificate")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from raftka.wire.tls import ClientTls, broker_id_of, broker_uri
+from raftka.wire.tls import ANY_BROKER, ANY_BROKER_URI, ClientTls, broker_id_of, broker_uri, certifies
 
 
 def test_a_broker_certificate_names_exactly_one_positive_broker_id() -> None:
@@ -13,6 +13,12 @@ def test_a_broker_certificate_names_exactly_one_positive_broker_id() -> None:
     assert broker_id_of([]) is None
     assert broker_id_of([broker_uri(1), broker_uri(2)]) is None, "two ids name no one"
     assert broker_id_of(["raftka://broker/0", "raftka://broker/x", "raftka://broker/-1"]) is None
+
+
+def test_a_certificate_all_brokers_share_vouches_for_any_of_them_and_a_broker_s_only_for_itself() -> None:
+    assert broker_id_of([ANY_BROKER_URI]) == ANY_BROKER and broker_uri(ANY_BROKER) == ANY_BROKER_URI
+    assert certifies(ANY_BROKER, 3) and certifies(3, 3)
+    assert not certifies(2, 3) and not certifies(None, 3)
 
 
 def test_client_tls_is_off_unless_asked_and_needs_key_and_cert_together(tmp_path) -> None:
