@@ -273,7 +273,7 @@ class _State:
         order of cost: re-routing replicas this plan already moves (no extra copy), possibly through
         intermediate brokers; one direct move; with racks, a chain of moves through brokers the rack
         constraint makes the only way. False when none exists (the replica phase is done)."""
-        fewest = min(self.replicas[b] for b in self.eligible)
+        fewest = min((self.replicas[b] for b in self.eligible), default=0)
         donors = [b for b in sorted(self.eligible, key=lambda b: (-self.replicas[b], -self.bytes[b], b))
                   if self.replicas[b] - fewest >= 2]
         for donor in donors:

@@ -1,7 +1,6 @@
 """Random and mutated protobuf messages against every RPC of a live broker: each call ends with an
-answer or a status (never UNKNOWN, never a hang), and the broker keeps serving. INTERNAL answers (a
-handler's unexpected exception, reported as such) are printed: PlanBalance on a cluster without
-topics answers one ("min() arg is an empty sequence"), a known defect outside access control."""
+answer or a status (never UNKNOWN or INTERNAL — a handler's unexpected exception —, never a hang), and
+the broker keeps serving."""
 
 from __future__ import annotations
 
@@ -58,7 +57,6 @@ def invoke(channel, service, method, payload) -> None:
 
 def fuzz(address: str, examples: int) -> int:
     tried = []
-    internal: set[str] = set()
     with grpc.insecure_channel(address) as channel:
         @settings(max_examples=examples, deadline=None, database=None,
                   suppress_health_check=list(HealthCheck))
@@ -69,14 +67,13 @@ def fuzz(address: str, examples: int) -> int:
             try:
                 invoke(channel, service, method, payload)
             except grpc.RpcError as exc:
-                assert exc.code() not in (grpc.StatusCode.UNKNOWN, grpc.StatusCode.DEADLINE_EXCEEDED,
-                                          grpc.StatusCode.UNAVAILABLE), (method.name, payload, exc)
-                if exc.code() == grpc.StatusCode.INTERNAL:
-                    internal.add(f"{method.name}: {exc.details()}")
+                assert exc.code() not in (grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL,
+                                          grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE), (
+                    method.name, payload, exc)
 
         one()
         api_pb2_grpc.BrokerStub(channel).Metadata(api_pb2.MetadataRequest(), timeout=10)
-    print(f"fuzz: {len(tried)} inputs over {len(set(tried))} of {len(METHODS)} methods; INTERNAL: {sorted(internal)}")
+    print(f"fuzz: {len(tried)} inputs over {len(set(tried))} of {len(METHODS)} methods")
     return len(tried)
 
 

@@ -63,6 +63,11 @@ def test_a_balanced_cluster_gives_an_empty_plan() -> None:
     assert plan.empty and plan.replicas_moved == 0 and plan.to_json() == '{"version": 1, "partitions": []}'
 
 
+def test_a_cluster_without_topics_or_eligible_brokers_gives_an_empty_plan() -> None:
+    assert plan_balance({}, [BrokerSlot(1, "")], draining={1}).empty
+    assert plan_balance({}, []).empty
+
+
 def test_leaders_are_balanced_by_reordering_without_moving_replicas() -> None:
     current = topic("t", [[1, 2, 3]] * 6)
     plan = plan_balance(current, slots(1, 2, 3))
