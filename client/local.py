@@ -53,14 +53,15 @@ def _ephemeral_low() -> int:
         return 32768
 
 
-def wait_serving(address: str, timeout_s: float) -> bool:
-    """Whether the broker at `address` reports SERVING (it has a metadata leader) within the time."""
+def wait_serving(address: str, timeout_s: float, service: str = "") -> bool:
+    """Whether the broker at `address` reports SERVING (it has a metadata leader) within the time, for
+    the server as a whole (`""`) or one of its gRPC services (`raftka.v1.Broker`, ...)."""
     deadline = time.monotonic() + timeout_s
     with grpc.insecure_channel(address) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
             try:
-                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == \
+                if stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=1).status == \
                         health_pb2.HealthCheckResponse.SERVING:
                     return True
             except grpc.RpcError:
