@@ -11,8 +11,8 @@ such addresses. testcontainers runs without Ryuk (its image cannot be pulled her
 remove every container and volume they made themselves.
 
 For other container tests (the Helm chart's pods in motion): `raftka_image` is the built image's tag;
-`start_container(env=..., command=..., volume=..., extra_hosts=...)` starts one broker container as
-a pod would run it; `docker_volume()` makes a named volume that outlives its containers, so a broker
+`start_container(env, args, volume, entrypoint=..., hostname=..., extra_hosts=...)` starts one broker
+container as a pod would run it; `docker_volume()` makes a named volume that outlives its containers, so a broker
 restarts on its data; `free_loopback_address()` picks an address for a broker and `broker_env(host)`
 binds one to it.
 """
@@ -168,26 +168,31 @@ def docker_volume(docker_client: docker.DockerClient) -> Iterator[Callable[[], s
 
 @pytest.fixture
 def start_container(raftka_image: str, docker_volume: Callable[[], str]) -> Iterator[Callable[..., BrokerContainer]]:
-    """`start_container(env=..., command=(), volume=None, extra_hosts=None, read_only=True, address=None)`
-    starts the image as a pod would run it: host network, read-only root file system, `volume` (a
-    named volume, new if None) at the data directory, `command` as arguments after the entrypoint
-    (`raftka broker`). Without `address` (the broker's gRPC HOST:PORT), it is taken from
-    RAFTKA_ADVERTISE in `env`. Returns once the container runs, not once it serves (`.wait()`).
-    Every container is removed after the test; their volumes are `docker_volume`'s."""
+    """`start_container(env, args=(), volume=None, ...)` starts the image as a pod would run it: host
+    network, read-only root file system, `volume` (a named volume, new if None) at the data directory.
+    A pod's `command` is Docker's `entrypoint` (None keeps `raftka broker`) and its `args` are `args`;
+    `hostname` is the pod's (`raftka-2`: RAFTKA_ID_FROM_HOSTNAME reads it), `extra_hosts` maps names
+    to addresses (pod DNS names to loopback addresses). Without `address` (the broker's gRPC
+    HOST:PORT), it is RAFTKA_ADVERTISE of `env`. Returns once the container runs, not once it serves
+    (`.wait()`). Every container is removed after the test; the volumes by `docker_volume`."""
     started: list[DockerContainer] = []
 
-    def start(env: dict[str, str], command: tuple[str, ...] = (), volume: str | None = None,
+    def start(env: dict[str, str], args: tuple[str, ...] = (), volume: str | None = None, *,
+              entrypoint: list[str] | None = None, hostname: str | None = None,
               extra_hosts: dict[str, str] | None = None, read_only: bool = True,
               address: str | None = None) -> BrokerContainer:
-        container = DockerContainer(raftka_image).with_envs(**env).with_kwargs(
-            network_mode="host", read_only=read_only, extra_hosts=extra_hosts or {})
+        options: dict[str, object] = {"network_mode": "host", "read_only": read_only, "extra_hosts": extra_hosts or {}}
+        if entrypoint is not None:
+            options["entrypoint"] = entrypoint
+        if hostname is not None:
+            options["hostname"] = hostname
+        container = DockerContainer(raftka_image).with_envs(**env).with_kwargs(**options)
         container.with_volume_mapping(volume or docker_volume(), DATA_DIR, "rw")
-        if command:
-            container.with_command(list(command))
+        if args:
+            container.with_command(list(args))
         started.append(container.start())
         return BrokerContainer(container, address or env["RAFTKA_ADVERTISE"])
 
     yield start
     for container in started:
         container.stop()
-

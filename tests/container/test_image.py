@@ -83,3 +83,18 @@ def test_a_read_only_non_root_broker_serves_stops_gracefully_and_keeps_its_recor
     assert {p: [(r.offset, r.value) for r in records] for p, records in found_again.items()} == \
         {p: [(r.offset, r.value) for r in records] for p, records in found.items()}
     assert sum(map(len, found_again.values())) == RECORDS
+
+
+def test_a_pod_takes_its_id_from_its_host_name_and_the_image_runs_the_cli(
+        start_container: Callable[..., Any], free_loopback_address: Callable[[], str],
+        broker_env: Callable[..., dict[str, str]]) -> None:
+    """A StatefulSet's pod `raftka-2` is broker 3 (RAFTKA_ID_FROM_HOSTNAME), and the image serves as a
+    client too, as a `helm test` pod does: `raftka` with the client's commands as the entrypoint."""
+    host = free_loopback_address()
+    broker = start_container(broker_env(host, RAFTKA_ID_FROM_HOSTNAME="1"), hostname="raftka-2").wait()
+    assert "broker started id=3 " in broker.log(), broker.log()[-3000:]
+    cli = start_container({"RAFTKA_BOOTSTRAP": broker.address}, ("topic", "create", "from-a-pod", "--partitions", "2"),
+                          entrypoint=["raftka"], address=broker.address)
+    assert cli.docker.wait(timeout=60)["StatusCode"] == 0, cli.log()
+    with Admin(broker.address) as admin:
+        assert len(admin.describe_topic("from-a-pod").partitions) == 2
