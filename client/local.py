@@ -60,14 +60,15 @@ def _ephemeral_low() -> int:
         return 32768
 
 
-def wait_serving(address: str, timeout_s: float, tls: ClientTls | None = None) -> bool:
-    """Whether the broker at `address` reports SERVING (it has a metadata leader) within the time."""
+def wait_serving(address: str, timeout_s: float, service: str = "", tls: ClientTls | None = None) -> bool:
+    """Whether the broker at `address` reports SERVING (it has a metadata leader) within the time, for
+    the server as a whole (`""`) or one of its gRPC services (`raftka.v1.Broker`, ...)."""
     deadline = time.monotonic() + timeout_s
     with open_channel(address, tls) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
             try:
-                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == \
+                if stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=1).status == \
                         health_pb2.HealthCheckResponse.SERVING:
                     return True
             except grpc.RpcError:
@@ -118,7 +119,7 @@ class LocalBroker:
         while time.monotonic() < deadline:
             if not self.alive():
                 raise RuntimeError(f"broker {self.broker_id} exited; log tail:\n{self.log()[-3000:]}")
-            if wait_serving(self.address, min(1.0, max(0.0, deadline - time.monotonic())), self.tls):
+            if wait_serving(self.address, min(1.0, max(0.0, deadline - time.monotonic())), tls=self.tls):
                 return self
         raise RuntimeError(f"broker {self.broker_id} did not serve within {timeout_s}s; "
                            f"log tail:\n{self.log()[-3000:]}")

@@ -306,9 +306,9 @@ async def _hand_off_leadership(broker_id: int, replicas: list[RaftReplica]) -> N
     are redirected at once instead of waiting an election timeout for the survivors to notice."""
     started = time.monotonic()
     led = sum(replica.leader_id == broker_id for replica in replicas)
-    remaining = await hand_off_all(broker_id, replicas, HAND_OFF_TIMEOUT_S)
-    log.info("leadership handed off broker=%d groups=%d remaining=%d elapsed_ms=%d", broker_id, led,
-             len(remaining), (time.monotonic() - started) * 1000)
+    remaining, alone = await hand_off_all(broker_id, replicas, HAND_OFF_TIMEOUT_S)
+    log.info("leadership handed off broker=%d groups=%d remaining=%d sole_voter=%d elapsed_ms=%d", broker_id, led,
+             len(remaining), len(alone), (time.monotonic() - started) * 1000)
 
 
 def _tls(config: BrokerConfig) -> BrokerTls | None:

@@ -93,17 +93,21 @@ def hand_off(broker_id: int, replicas: list[RaftReplica]) -> list[RaftReplica]:
 
 
 async def hand_off_all(broker_id: int, replicas: list[RaftReplica], timeout_s: float,
-                       retry_s: float = 0.5) -> list[RaftReplica]:
+                       retry_s: float = 0.5) -> tuple[list[RaftReplica], list[RaftReplica]]:
     """Hand off leadership of every group this broker leads and wait until none is led here, or
     `timeout_s` passed (a transfer the core abandoned is started again every `retry_s`). Returns
-    the groups still led here."""
+    (the groups still led that another voter could lead, the groups this broker is the only voter
+    of). The latter are not waited for: no one can ever take them, so a one-broker cluster stops at
+    once instead of after `timeout_s`."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
     led = hand_off(broker_id, replicas)
+    alone = [replica for replica in led if set(replica.node.conf_state.voters) <= {broker_id}]
+    led = [replica for replica in led if replica not in alone]
     started = loop.time()
     while led and loop.time() < deadline:
         await asyncio.sleep(0.02)
         led = [replica for replica in led if replica.leader_id == broker_id]
         if led and loop.time() - started >= retry_s:
             led, started = hand_off(broker_id, led), loop.time()
-    return led
+    return led, alone
