@@ -176,6 +176,8 @@ class PartitionManager:
         self._replicas[(record.name, partition)] = replica
         if founded and voters[0] == me:
             replica.campaign()
+        elif founded:
+            replica.defer_election()
 
     def _rehost(self, record: TopicRecord, partition: int) -> None:
         """A move of the partition started, was cancelled or completed: open or drop this broker's replica."""

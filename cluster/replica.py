@@ -154,6 +154,11 @@ class RaftReplica:
         self.node.campaign()
         self._driver.mark(self.group_id)
 
+    def defer_election(self) -> None:
+        """Wait two more election timeouts before campaigning (a new group's other replicas do, so the
+        preferred leader wins even when its first vote request reached them before they hosted the group)."""
+        self.node.defer_election(2 * ELECTION_TICKS)
+
     def validate(self, batches: bytes) -> list[tuple[int, int]]:
         """The (start, end) spans of the request's batches; raises on any bad one."""
         if not batches:

@@ -300,6 +300,14 @@ class RaftNode:
         if self._role != Role.LEADER:
             self._campaign(_Campaign.PRE_ELECTION)
 
+    def defer_election(self, ticks: int) -> None:
+        """Let ``ticks`` more pass before this node's next election timeout. A replica of a new group that
+        is not its preferred leader defers, so that the preferred one, whose first vote request may have
+        come before this node hosted the group, wins the next round. Only delays a timer: safety is
+        unaffected, and any message from a leader resets the timer as usual."""
+        if self._role != Role.LEADER:
+            self._election_elapsed -= ticks
+
     def propose(self, data: bytes) -> int:
         """Append ``data`` as a new entry on the leader; returns its index (committed later).
 

@@ -86,6 +86,9 @@ class FaultProfile:
     """Per tick, chance the leader's driver holds back or releases a learner's appends (the move
     throttle's flow control, `RaftNode.throttle`)."""
     lose_disk: float
+    defer: float
+    """Per tick, chance a node defers its next election timeout (`RaftNode.defer_election`, what a new
+    group's non-preferred replicas do)."""
 
     @classmethod
     def draw(cls, rng: random.Random) -> FaultProfile:
@@ -110,6 +113,7 @@ class FaultProfile:
             move=rng.choice([0.0, 0.01, 0.03]),
             hold=rng.choice([0.0, 0.05, 0.2]),
             lose_disk=rng.choice([0.0, 0.005, 0.02]),
+            defer=rng.choice([0.0, 0.02, 0.1]),
         )
 
 
@@ -369,6 +373,13 @@ class Simulation:
             self.net.heal()
             self._log("heal network")
             self._wake_all()
+        if rng.random() < f.defer:
+            node = rng.choice(self._live())
+            if node.core is not None:
+                ticks = rng.randint(1, 30)
+                node.core.defer_election(ticks)
+                self.stats["deferrals"] += 1
+                self._log(f"defer election {node.id} by {ticks} ticks")
         if rng.random() < f.snapshot:
             node = rng.choice(self._live())
             if node.snapshot_and_compact(keep=rng.randint(0, 3)):

@@ -313,3 +313,23 @@ def test_a_quiescent_group_elects_again_when_its_leader_comes_back_as_a_follower
         if any(n.core is not None and n.core.role == Role.LEADER for n in nodes.values()):
             break
     assert any(n.core is not None and n.core.role == Role.LEADER for n in nodes.values())
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_replicas_that_defer_their_first_election_leave_it_to_the_preferred_leader(seed: int) -> None:
+    """A new group's preferred leader (1) campaigns before its peers host the group (its vote requests
+    are lost); the others defer their first election, so 1's next campaign wins."""
+    checker = SafetyChecker()
+    nodes = {i: SimNode(i, ConfState((1, 2, 3)), RaftConfig(i), seed=seed * 3 + i) for i in (1, 2, 3)}
+    cores = {i: node.core for i, node in nodes.items() if node.core is not None}
+    cores[1].campaign()
+    _stabilize(nodes, checker, cut_off=1)
+    for i in (2, 3):
+        cores[i].defer_election(2 * RaftConfig(i).election_ticks)
+    for _ in range(5 * RaftConfig(1).election_ticks):
+        for core in cores.values():
+            core.tick()
+        _stabilize(nodes, checker)
+        if any(core.role == Role.LEADER for core in cores.values()):
+            break
+    assert [i for i, core in cores.items() if core.role == Role.LEADER] == [1]

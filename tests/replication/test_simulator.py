@@ -58,7 +58,7 @@ def test_runs_exercise_the_features() -> None:
         assert totals.get(feature, 0) > 0, f"no {feature} in 40 runs: {totals}"
 
 
-@pytest.mark.parametrize(("nodes", "seed"), [(3, 5), (3, 15), (5, 88), (5, 138)])
+@pytest.mark.parametrize(("nodes", "seed"), [(3, 44), (3, 54), (5, 49), (5, 151)])
 def test_disk_loss_breaks_safety_without_the_rejoin_rule(nodes: int, seed: int) -> None:
     """A node that restarts empty as an ordinary node lets a leader without a committed entry be
     elected (design note 14 in raft.py); the same seed with the rule passes."""
