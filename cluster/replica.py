@@ -154,12 +154,17 @@ class RaftReplica:
         self.node.campaign()
         self._driver.mark(self.group_id)
 
+    @property
+    def max_message_bytes(self) -> int:
+        """The topic's max.message.bytes: the largest batch `append` accepts."""
+        return self._config.max_message_bytes
+
     def validate(self, batches: bytes) -> list[tuple[int, int]]:
         """The (start, end) spans of the request's batches; raises on any bad one."""
         if not batches:
             raise InvalidBatchError("produce request holds no record batch")
         spans = batch_format.split_batches(batches)
-        limit = self._config.max_message_bytes
+        limit = self.max_message_bytes
         for start, end in spans:
             if end - start > limit:
                 raise BatchTooLargeError(f"record batch of {end - start} bytes exceeds max.message.bytes={limit}")
