@@ -38,9 +38,10 @@ def test_the_node_client_produces_records_and_reads_them_back_both_ways(node_dep
 
     def content(records: list[dict]) -> list[tuple]:
         return [(r["offset"], r["key"], r["value"], [tuple(h) for h in r["headers"]]) for r in records]
-    written = [("0", "user-1", "signed up", [("trace-id", "t-001"), ("source", "node")]),
-               ("1", None, "no key here", [("flag", None)]),
-               ("2", "user-2", "logged in", [])]
+    written: list[tuple[str, str | None, str, list[tuple[str, str | None]]]] = [
+        ("0", "user-1", "signed up", [("trace-id", "t-001"), ("source", "node")]),
+        ("1", None, "no key here", [("flag", None)]),
+        ("2", "user-2", "logged in", [])]
     assert content(steps["record"]) == written[1:], "decoded records start at the requested offset"
     assert content(steps["batch-record"]) == written
 
