@@ -125,6 +125,21 @@ class BatchTooLargeError(RaftkaError):
     status = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
+class RecordTooLargeError(RaftkaError):
+    """A protobuf record that no batch of its topic could hold (key, value and headers above
+    max.message.bytes), or whose header name or header count overflows the batch format's u16."""
+
+    code = ErrorCode.RECORD_TOO_LARGE
+    status = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class InvalidTimestampError(RaftkaError):
+    """A protobuf record's timestamp outside 0..9999-12-31, or records of one request spanning 2**31 ms
+    or more (one batch stores each timestamp as a 32-bit delta from the first)."""
+
+    code = ErrorCode.INVALID_TIMESTAMP
+
+
 class RequestTimedOutError(RaftkaError):
     code = ErrorCode.REQUEST_TIMED_OUT
     status = grpc.StatusCode.DEADLINE_EXCEEDED

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Callable, Mapping, NamedTuple, Sequence, TypeVar
 
 import grpc
+from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
 
 from raftka.client.connection import ClusterConnection
 from raftka.client.credentials import TokenProvider, token_source
@@ -204,18 +205,21 @@ class AclEntry:
         try:
             return api_pb2.AclBinding(
                 principal=self.principal, name=self.name,
-                resource_type=f"RESOURCE_{self.resource.upper()}", pattern_type=f"PATTERN_{self.pattern.upper()}",
-                operation=f"OP_{self.operation.upper().replace('-', '_')}", permission=self.permission.upper())
+                resource_type=f"RESOURCE_TYPE_{self.resource.upper()}",
+                pattern_type=f"PATTERN_TYPE_{self.pattern.upper()}",
+                operation=f"ACL_OPERATION_{self.operation.upper().replace('-', '_')}",
+                permission=f"ACL_PERMISSION_{self.permission.upper()}")
         except ValueError as exc:
             raise ValueError(f"bad ACL {self}: {exc}") from None
 
     @classmethod
     def from_proto(cls, binding: api_pb2.AclBinding) -> AclEntry:
-        return cls(binding.principal,
-                   api_pb2.ResourceType.Name(binding.resource_type).removeprefix("RESOURCE_").lower(), binding.name,
-                   api_pb2.AclOperation.Name(binding.operation).removeprefix("OP_").lower().replace("_", "-"),
-                   api_pb2.AclPermission.Name(binding.permission).lower(),
-                   api_pb2.PatternType.Name(binding.pattern_type).removeprefix("PATTERN_").lower())
+        def name(enum: EnumTypeWrapper, value: int, prefix: str) -> str:
+            return enum.Name(value).removeprefix(prefix).lower().replace("_", "-")
+        return cls(binding.principal, name(api_pb2.ResourceType, binding.resource_type, "RESOURCE_TYPE_"),
+                   binding.name, name(api_pb2.AclOperation, binding.operation, "ACL_OPERATION_"),
+                   name(api_pb2.AclPermission, binding.permission, "ACL_PERMISSION_"),
+                   name(api_pb2.PatternType, binding.pattern_type, "PATTERN_TYPE_"))
 
 
 class Admin:

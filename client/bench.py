@@ -13,9 +13,11 @@ Workloads: windowed publish (every record acknowledged; the window is the produc
 (drain what was published), sync publish (one record at a time, each awaited), end-to-end latency
 (paced sends, send time in the payload, measured at poll), failover (SIGKILL the leader while
 publishing; with one broker that includes restarting it), consumer groups (time for a joining member
-to receive partitions, records read again per rebalance, and commit latency), and the baseline: the
-same windowed publish through a minimal log replicated by pysyncobj (3 processes), the approach we
-chose not to take. `--tls` adds, in the same run, the publish, sync publish and end-to-end workloads on
+to receive partitions, records read again per rebalance, and commit latency), the two forms of a
+produce request side by side (`produce_paths`: the same records as client-encoded batches and as
+protobuf records the leader encodes, with the brokers' CPU per record), and the baseline: the same
+windowed publish through a minimal log replicated by pysyncobj (3 processes), the approach we chose
+not to take. `--tls` adds, in the same run, the publish, sync publish and end-to-end workloads on
 a second cluster with TLS on every port (client certificates required; system `raftka+tls`), so the
 cost of TLS reads off one table.
 """
@@ -40,14 +42,19 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
+import grpc
+
 from raftka.client.admin import Admin
 from raftka.client.certs import local_pki
 from raftka.client.consumer import Consumer
 from raftka.client.local import LocalBroker, free_port, plan
 from raftka.client.producer import Producer
+from raftka.proto import api_pb2, api_pb2_grpc
+from raftka.wire.batch import encode_batch
 from raftka.wire.structs import TopicPartition
 
-RESULT_FIELDS = ("system", "workload", "msg_size", "msgs_per_s", "MB_per_s", "p50_ms", "p99_ms", "notes")
+RESULT_FIELDS = ("system", "workload", "msg_size", "msgs_per_s", "MB_per_s", "p50_ms", "p99_ms",
+                 "broker_cpu_us_per_msg", "notes")
 MEMORY_FILESYSTEMS = frozenset({"tmpfs", "ramfs", "devtmpfs", "hugetlbfs"})
 PARTITIONS = 3
 """Partitions of the throughput topics: one per broker of the 3-broker cluster the figures aim at."""
@@ -82,6 +89,9 @@ class Result:
     MB_per_s: float | None = None
     p50_ms: float | None = None
     p99_ms: float | None = None
+    broker_cpu_us_per_msg: float | None = None
+    """CPU time (user + system) of every broker process per record, where the bench owns the brokers
+    and the workload measures it."""
     notes: str = ""
 
 
@@ -155,9 +165,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def table(results: Sequence[Result]) -> str:
-    header = ["SYSTEM", "WORKLOAD", "SIZE", "MSGS/S", "MB/S", "P50 MS", "P99 MS", "NOTES"]
+    header = ["SYSTEM", "WORKLOAD", "SIZE", "MSGS/S", "MB/S", "P50 MS", "P99 MS", "CPU US/MSG", "NOTES"]
     rows = [[r.system, r.workload, _cell(r.msg_size), _cell(r.msgs_per_s, "{:,.0f}"), _cell(r.MB_per_s, "{:.1f}"),
-             _cell(r.p50_ms, "{:.2f}"), _cell(r.p99_ms, "{:.2f}"), r.notes] for r in results]
+             _cell(r.p50_ms, "{:.2f}"), _cell(r.p99_ms, "{:.2f}"), _cell(r.broker_cpu_us_per_msg, "{:.2f}"), r.notes]
+            for r in results]
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header) - 1)]
     return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1]
                      for row in [header, *rows]).rstrip()
@@ -256,13 +267,14 @@ def _workloads(cluster: BenchCluster, plan: Plan) -> Iterator[Result]:
         topics = {size: f"bench-{run_id}-{size}" for size in plan.sizes}
         for topic in topics.values():
             admin.create_topic(topic, partitions=PARTITIONS)
-        for name in ("sync", "e2e", "failover"):
+        for name in ("sync", "e2e", "failover", "paths"):
             admin.create_topic(f"bench-{run_id}-{name}", partitions=1)
         admin.create_topic(f"bench-{run_id}-group", partitions=GROUP_PARTITIONS)
     for size, topic in topics.items():
         yield publish(cluster.bootstrap, topic, plan.publish_count, size, setup)
     for size, topic in topics.items():
         yield consume(cluster.bootstrap, topic, plan.publish_count, size)
+    yield from produce_paths(cluster, f"bench-{run_id}-paths", plan.publish_count, 100)
     yield sync_publish(cluster.bootstrap, f"bench-{run_id}-sync", plan.sync_count)
     yield end_to_end(cluster.bootstrap, f"bench-{run_id}-e2e", plan.e2e_rate, plan.e2e_seconds)
     yield from consumer_group(cluster.bootstrap, f"bench-{run_id}-group", plan.rebalances, plan.commits)
@@ -311,6 +323,84 @@ def publish(bootstrap: str, topic: str, count: int, size: int, setup: str,
         raise BenchError(f"published {count} records to {topic} but it holds {stored}")
     return Result("raftka", "publish", size, count / elapsed, count * size / elapsed / 1e6,
                   notes=f"{count:,} records, unkeyed, linger 5 ms, window = 64 MiB producer buffer; {setup}")
+
+
+PATHS_RECORDS_PER_REQUEST = 500
+PATHS_IN_FLIGHT = 8
+
+
+def produce_paths(cluster: BenchCluster, topic: str, count: int, size: int) -> Iterator[Result]:
+    """The same `count` records published to one partition's leader twice, over ProduceStream with
+    PATHS_IN_FLIGHT requests of PATHS_RECORDS_PER_REQUEST records in flight: first as batches the client
+    encoded (the batch path), then as protobuf records the leader turns into one batch per request.
+    Requests are built before the clock starts, so the figures are the brokers' and the wire's; the
+    brokers' CPU per record (/proc) is the cost each path puts on the cluster."""
+    value = os.urandom(size)
+    rows = [(None, value, (), 1_767_225_600_000 + i // 100) for i in range(PATHS_RECORDS_PER_REQUEST)]
+    requests = count // PATHS_RECORDS_PER_REQUEST
+    batch = encode_batch(rows)
+    records = [api_pb2.Record(value=value, timestamp_ms=timestamp) for _, _, _, timestamp in rows]
+    shapes = {
+        "publish-batches": [api_pb2.ProduceRequest(topic=topic, batches=batch) for _ in range(requests)],
+        "publish-records": [api_pb2.ProduceRequest(topic=topic, records=records) for _ in range(requests)],
+    }
+    leader = _leader_address(cluster.bootstrap.split(",")[0], topic)
+    for workload, batch_requests in shapes.items():
+        cpu_before = _brokers_cpu_s(cluster)
+        started = time.perf_counter()
+        _produce_stream(leader, batch_requests)
+        elapsed = time.perf_counter() - started
+        cpu_after = _brokers_cpu_s(cluster)
+        written = requests * PATHS_RECORDS_PER_REQUEST
+        cpu = None if cpu_before is None or cpu_after is None else (cpu_after - cpu_before) / written * 1e6
+        yield Result("raftka", workload, size, written / elapsed, written * size / elapsed / 1e6,
+                     broker_cpu_us_per_msg=cpu,
+                     notes=f"{written:,} records to 1 partition, {PATHS_RECORDS_PER_REQUEST} per ProduceStream "
+                           f"request, {PATHS_IN_FLIGHT} requests in flight; broker CPU summed over all brokers")
+
+
+def _leader_address(bootstrap: str, topic: str) -> str:
+    with grpc.insecure_channel(bootstrap) as channel:
+        stub = api_pb2_grpc.BrokerStub(channel)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            metadata = stub.Metadata(api_pb2.MetadataRequest(topics=[topic]), timeout=10)
+            leader = metadata.topics[0].partitions[0].leader_id if metadata.topics else -1
+            addresses = {broker.id: broker.address for broker in metadata.brokers}
+            if leader in addresses:
+                return addresses[leader]
+            time.sleep(0.1)
+    raise BenchError(f"no leader for {topic}/0 within 30 s")
+
+
+def _produce_stream(address: str, requests: list[api_pb2.ProduceRequest]) -> None:
+    """Send `requests` on one ProduceStream with PATHS_IN_FLIGHT unanswered at most; raise on any error."""
+    window = threading.Semaphore(PATHS_IN_FLIGHT)
+
+    def paced() -> Iterator[api_pb2.ProduceRequest]:
+        for correlation_id, request in enumerate(requests):
+            window.acquire()
+            request.correlation_id = correlation_id
+            yield request
+
+    with grpc.insecure_channel(address, options=[("grpc.max_send_message_length", 64 << 20)]) as channel:
+        for response in api_pb2_grpc.BrokerStub(channel).ProduceStream(paced(), timeout=300):
+            if response.error.code != api_pb2.NONE:
+                raise BenchError(f"produce failed: {api_pb2.ErrorCode.Name(response.error.code)} "
+                                 f"{response.error.message}")
+            window.release()
+
+
+def _brokers_cpu_s(cluster: BenchCluster) -> float | None:
+    """User plus system CPU seconds of the bench's broker processes so far (None for --bootstrap)."""
+    pids = [broker.process.pid for broker in cluster.processes if broker.process is not None]
+    if not cluster.owned or len(pids) < len(cluster.processes):
+        return None
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def consume(bootstrap: str, topic: str, count: int, size: int) -> Result:

@@ -1,9 +1,11 @@
 """The `raftka.v1.Broker` gRPC service: produce, fetch, offsets and metadata.
 
 The service moves whole record batches between clients and partition replicas; it never decodes
-records. Every failure becomes a typed `RaftkaError`, sent as a gRPC status with the error code in
-trailing metadata (unary calls) or as an `Error` message (items of a stream), so a bad request is
-answered precisely and the broker keeps serving.
+records, except for clients that send or ask for protobuf records (`raftka.wire.proto_records`): the
+records of a produce request become one batch before the replica sees them, and a fetch asking for
+RECORD_FORMAT_RECORDS has the batches it read decoded. Every failure becomes a typed `RaftkaError`,
+sent as a gRPC status with the error code in trailing metadata (unary calls) or as an `Error` message
+(items of a stream), so a bad request is answered precisely and the broker keeps serving.
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ from raftka.cluster.quotas import FETCH, PRODUCE, throttle_ms
 from raftka.cluster.topics import MAX_BATCH_BYTES_LIMIT
 from raftka.errors import InternalError, InvalidRequestError, InvalidTopicError, RaftkaError
 from raftka.proto import NO_LEADER, api_pb2, api_pb2_grpc
-from raftka.wire.batch import next_offset_after
+from raftka.wire.batch import Compression, next_offset_after
+from raftka.wire.proto_records import decode_records, encode_records
 
 log = logging.getLogger(__name__)
 
@@ -135,9 +138,9 @@ def _continuation(request: api_pb2.FetchRequest, responses: Sequence[api_pb2.Fet
     for response in responses:
         if response.error.code != api_pb2.NONE:
             return None, "error"
-        after = next_offset_after(response.batches)
+        after, size = _answered(response)
         if after is not None:
-            sent += len(response.batches)
+            sent += size
             starts[response.topic, response.partition] = after
     if sent >= request.follow_bytes:
         return None, "allowance"
@@ -147,6 +150,30 @@ def _continuation(request: api_pb2.FetchRequest, responses: Sequence[api_pb2.Fet
     for item in follow.partitions:
         item.offset = starts.get((item.topic, item.partition), item.offset)
     return follow, ""
+
+
+def _answered(response: api_pb2.FetchResponse) -> tuple[int | None, int]:
+    """The offset after the data a fetch response carries (None without data), and its size: the bytes
+    of its batches, or of its encoded records."""
+    if response.records:
+        return response.records[-1].offset + 1, response.ByteSize()
+    return next_offset_after(response.batches), len(response.batches)
+
+
+def request_batches(request: api_pb2.ProduceRequest, max_message_bytes: int) -> bytes:
+    """The batches a produce request writes: its `batches`, or one batch built from its `records`."""
+    if not request.records:
+        if request.compression or request.HasField("producer"):
+            raise InvalidRequestError("compression and producer apply to a request's records; a batch carries "
+                                      "its own in its header")
+        return request.batches
+    if request.batches:
+        raise InvalidRequestError("a produce request carries records or batches, not both")
+    if request.compression not in Compression._value2member_map_:
+        raise InvalidRequestError(f"unknown compression {request.compression}")
+    return encode_records(request.records, now_ms=int(time.time() * 1000), max_record_bytes=max_message_bytes,
+                          compression=Compression(request.compression),
+                          producer=request.producer if request.HasField("producer") else None)
 
 
 class BrokerService(api_pb2_grpc.BrokerServicer):
@@ -218,14 +245,15 @@ class BrokerService(api_pb2_grpc.BrokerServicer):
             if record is not None and record.internal:
                 raise InvalidTopicError(f"topic {request.topic!r} is internal; only the brokers write to it")
             replica = self._state.partitions.replica(request.topic, request.partition)
+            batches = request_batches(request, replica.max_message_bytes)
             timeout_ms = request.timeout_ms or self._state.config.request_timeout_ms
-            outcome = await replica.append(request.batches, durable=request.acks == api_pb2.ACKS_ALL,
+            outcome = await replica.append(batches, durable=request.acks == api_pb2.ACKS_ALL,
                                            timeout_s=timeout_ms / 1000)
         except RaftkaError as exc:
             self._metrics.produce_requests.labels(api_pb2.ErrorCode.Name(exc.code)).inc()
             raise
         self._metrics.produce_requests.labels("ok").inc()
-        self._metrics.produce_bytes.inc(len(request.batches))
+        self._metrics.produce_bytes.inc(len(batches))
         return api_pb2.ProduceResponse(correlation_id=request.correlation_id, topic=request.topic,
                                        partition=request.partition, base_offset=outcome.base_offset,
                                        last_offset=outcome.last_offset,
@@ -332,6 +360,8 @@ class BrokerService(api_pb2_grpc.BrokerServicer):
         try:
             if not request.partitions:
                 raise InvalidRequestError("fetch request names no partition")
+            if request.record_format not in api_pb2.RecordFormat.values():
+                raise InvalidRequestError(f"unknown record_format {request.record_format}")
             for item in request.partitions:
                 if item.offset < 0:
                     raise InvalidRequestError(
@@ -363,6 +393,7 @@ class BrokerService(api_pb2_grpc.BrokerServicer):
         responses: list[api_pb2.FetchResponse] = []
         waits: list[asyncio.Future[None]] = []
         size = 0
+        as_records = request.record_format == api_pb2.RECORD_FORMAT_RECORDS
         for item in request.partitions:
             try:
                 replica = self._state.partitions.replica(item.topic, item.partition)
@@ -375,10 +406,15 @@ class BrokerService(api_pb2_grpc.BrokerServicer):
             if result is None:
                 continue
             if result.batches:
-                size += len(result.batches)
-                responses.append(api_pb2.FetchResponse(
-                    topic=item.topic, partition=item.partition, high_watermark=result.high_watermark,
-                    log_start_offset=result.log_start_offset, batches=result.batches))
+                response = api_pb2.FetchResponse(topic=item.topic, partition=item.partition,
+                                                 high_watermark=result.high_watermark,
+                                                 log_start_offset=result.log_start_offset)
+                if as_records:
+                    response.records.extend(decode_records(result.batches, item.offset))
+                else:
+                    response.batches = result.batches
+                size += _answered(response)[1]
+                responses.append(response)
             else:
                 waits.append(replica.data_after(item.offset))
                 responses.append(api_pb2.FetchResponse(

@@ -158,13 +158,17 @@ class RaftReplica:
         """Wait two more election timeouts before campaigning (a new group's other replicas do, so the
         preferred leader wins even when its first vote request reached them before they hosted the group)."""
         self.node.defer_election(2 * ELECTION_TICKS)
+    @property
+    def max_message_bytes(self) -> int:
+        """The topic's max.message.bytes: the largest batch `append` accepts."""
+        return self._config.max_message_bytes
 
     def validate(self, batches: bytes) -> list[tuple[int, int]]:
         """The (start, end) spans of the request's batches; raises on any bad one."""
         if not batches:
             raise InvalidBatchError("produce request holds no record batch")
         spans = batch_format.split_batches(batches)
-        limit = self._config.max_message_bytes
+        limit = self.max_message_bytes
         for start, end in spans:
             if end - start > limit:
                 raise BatchTooLargeError(f"record batch of {end - start} bytes exceeds max.message.bytes={limit}")

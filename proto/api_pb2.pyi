@@ -44,11 +44,24 @@ class ErrorCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     STALE_PLAN: _ClassVar[ErrorCode]
     AUTHENTICATION_FAILED: _ClassVar[ErrorCode]
     AUTHORIZATION_FAILED: _ClassVar[ErrorCode]
+    RECORD_TOO_LARGE: _ClassVar[ErrorCode]
+    INVALID_TIMESTAMP: _ClassVar[ErrorCode]
 
 class Acks(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     ACKS_ALL: _ClassVar[Acks]
     ACKS_LEADER: _ClassVar[Acks]
+
+class Compression(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    COMPRESSION_NONE: _ClassVar[Compression]
+    COMPRESSION_ZSTD: _ClassVar[Compression]
+    COMPRESSION_LZ4: _ClassVar[Compression]
+
+class RecordFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    RECORD_FORMAT_BATCHES: _ClassVar[RecordFormat]
+    RECORD_FORMAT_RECORDS: _ClassVar[RecordFormat]
 
 class OffsetSpec(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -75,33 +88,33 @@ class MovePhase(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
 class ResourceType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     RESOURCE_TYPE_UNSPECIFIED: _ClassVar[ResourceType]
-    RESOURCE_TOPIC: _ClassVar[ResourceType]
-    RESOURCE_GROUP: _ClassVar[ResourceType]
-    RESOURCE_CLUSTER: _ClassVar[ResourceType]
+    RESOURCE_TYPE_TOPIC: _ClassVar[ResourceType]
+    RESOURCE_TYPE_GROUP: _ClassVar[ResourceType]
+    RESOURCE_TYPE_CLUSTER: _ClassVar[ResourceType]
 
 class PatternType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     PATTERN_TYPE_UNSPECIFIED: _ClassVar[PatternType]
-    PATTERN_LITERAL: _ClassVar[PatternType]
-    PATTERN_PREFIXED: _ClassVar[PatternType]
+    PATTERN_TYPE_LITERAL: _ClassVar[PatternType]
+    PATTERN_TYPE_PREFIXED: _ClassVar[PatternType]
 
 class AclOperation(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     ACL_OPERATION_UNSPECIFIED: _ClassVar[AclOperation]
-    OP_ALL: _ClassVar[AclOperation]
-    OP_READ: _ClassVar[AclOperation]
-    OP_WRITE: _ClassVar[AclOperation]
-    OP_CREATE: _ClassVar[AclOperation]
-    OP_DELETE: _ClassVar[AclOperation]
-    OP_ALTER: _ClassVar[AclOperation]
-    OP_DESCRIBE: _ClassVar[AclOperation]
-    OP_CLUSTER_ADMIN: _ClassVar[AclOperation]
+    ACL_OPERATION_ALL: _ClassVar[AclOperation]
+    ACL_OPERATION_READ: _ClassVar[AclOperation]
+    ACL_OPERATION_WRITE: _ClassVar[AclOperation]
+    ACL_OPERATION_CREATE: _ClassVar[AclOperation]
+    ACL_OPERATION_DELETE: _ClassVar[AclOperation]
+    ACL_OPERATION_ALTER: _ClassVar[AclOperation]
+    ACL_OPERATION_DESCRIBE: _ClassVar[AclOperation]
+    ACL_OPERATION_CLUSTER_ADMIN: _ClassVar[AclOperation]
 
 class AclPermission(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     ACL_PERMISSION_UNSPECIFIED: _ClassVar[AclPermission]
-    ALLOW: _ClassVar[AclPermission]
-    DENY: _ClassVar[AclPermission]
+    ACL_PERMISSION_ALLOW: _ClassVar[AclPermission]
+    ACL_PERMISSION_DENY: _ClassVar[AclPermission]
 NONE: ErrorCode
 INVALID_REQUEST: ErrorCode
 INVALID_TOPIC: ErrorCode
@@ -137,8 +150,15 @@ REASSIGNMENT_IN_PROGRESS: ErrorCode
 STALE_PLAN: ErrorCode
 AUTHENTICATION_FAILED: ErrorCode
 AUTHORIZATION_FAILED: ErrorCode
+RECORD_TOO_LARGE: ErrorCode
+INVALID_TIMESTAMP: ErrorCode
 ACKS_ALL: Acks
 ACKS_LEADER: Acks
+COMPRESSION_NONE: Compression
+COMPRESSION_ZSTD: Compression
+COMPRESSION_LZ4: Compression
+RECORD_FORMAT_BATCHES: RecordFormat
+RECORD_FORMAT_RECORDS: RecordFormat
 OFFSET_SPEC_UNSPECIFIED: OffsetSpec
 EARLIEST: OffsetSpec
 LATEST: OffsetSpec
@@ -153,24 +173,24 @@ REMOVING: MovePhase
 COMPLETING: MovePhase
 QUEUED: MovePhase
 RESOURCE_TYPE_UNSPECIFIED: ResourceType
-RESOURCE_TOPIC: ResourceType
-RESOURCE_GROUP: ResourceType
-RESOURCE_CLUSTER: ResourceType
+RESOURCE_TYPE_TOPIC: ResourceType
+RESOURCE_TYPE_GROUP: ResourceType
+RESOURCE_TYPE_CLUSTER: ResourceType
 PATTERN_TYPE_UNSPECIFIED: PatternType
-PATTERN_LITERAL: PatternType
-PATTERN_PREFIXED: PatternType
+PATTERN_TYPE_LITERAL: PatternType
+PATTERN_TYPE_PREFIXED: PatternType
 ACL_OPERATION_UNSPECIFIED: AclOperation
-OP_ALL: AclOperation
-OP_READ: AclOperation
-OP_WRITE: AclOperation
-OP_CREATE: AclOperation
-OP_DELETE: AclOperation
-OP_ALTER: AclOperation
-OP_DESCRIBE: AclOperation
-OP_CLUSTER_ADMIN: AclOperation
+ACL_OPERATION_ALL: AclOperation
+ACL_OPERATION_READ: AclOperation
+ACL_OPERATION_WRITE: AclOperation
+ACL_OPERATION_CREATE: AclOperation
+ACL_OPERATION_DELETE: AclOperation
+ACL_OPERATION_ALTER: AclOperation
+ACL_OPERATION_DESCRIBE: AclOperation
+ACL_OPERATION_CLUSTER_ADMIN: AclOperation
 ACL_PERMISSION_UNSPECIFIED: AclPermission
-ALLOW: AclPermission
-DENY: AclPermission
+ACL_PERMISSION_ALLOW: AclPermission
+ACL_PERMISSION_DENY: AclPermission
 
 class Error(_message.Message):
     __slots__ = ("code", "message", "leader_id", "leader_address")
@@ -185,20 +205,58 @@ class Error(_message.Message):
     def __init__(self, code: _Optional[_Union[ErrorCode, str]] = ..., message: _Optional[str] = ..., leader_id: _Optional[int] = ..., leader_address: _Optional[str] = ...) -> None: ...
 
 class ProduceRequest(_message.Message):
-    __slots__ = ("correlation_id", "topic", "partition", "batches", "acks", "timeout_ms")
+    __slots__ = ("correlation_id", "topic", "partition", "batches", "acks", "timeout_ms", "records", "compression", "producer")
     CORRELATION_ID_FIELD_NUMBER: _ClassVar[int]
     TOPIC_FIELD_NUMBER: _ClassVar[int]
     PARTITION_FIELD_NUMBER: _ClassVar[int]
     BATCHES_FIELD_NUMBER: _ClassVar[int]
     ACKS_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    COMPRESSION_FIELD_NUMBER: _ClassVar[int]
+    PRODUCER_FIELD_NUMBER: _ClassVar[int]
     correlation_id: int
     topic: str
     partition: int
     batches: bytes
     acks: Acks
     timeout_ms: int
-    def __init__(self, correlation_id: _Optional[int] = ..., topic: _Optional[str] = ..., partition: _Optional[int] = ..., batches: _Optional[bytes] = ..., acks: _Optional[_Union[Acks, str]] = ..., timeout_ms: _Optional[int] = ...) -> None: ...
+    records: _containers.RepeatedCompositeFieldContainer[Record]
+    compression: Compression
+    producer: ProducerSequence
+    def __init__(self, correlation_id: _Optional[int] = ..., topic: _Optional[str] = ..., partition: _Optional[int] = ..., batches: _Optional[bytes] = ..., acks: _Optional[_Union[Acks, str]] = ..., timeout_ms: _Optional[int] = ..., records: _Optional[_Iterable[_Union[Record, _Mapping]]] = ..., compression: _Optional[_Union[Compression, str]] = ..., producer: _Optional[_Union[ProducerSequence, _Mapping]] = ...) -> None: ...
+
+class Record(_message.Message):
+    __slots__ = ("key", "value", "headers", "timestamp_ms", "offset")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    HEADERS_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_MS_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    key: bytes
+    value: bytes
+    headers: _containers.RepeatedCompositeFieldContainer[RecordHeader]
+    timestamp_ms: int
+    offset: int
+    def __init__(self, key: _Optional[bytes] = ..., value: _Optional[bytes] = ..., headers: _Optional[_Iterable[_Union[RecordHeader, _Mapping]]] = ..., timestamp_ms: _Optional[int] = ..., offset: _Optional[int] = ...) -> None: ...
+
+class RecordHeader(_message.Message):
+    __slots__ = ("key", "value")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    value: bytes
+    def __init__(self, key: _Optional[str] = ..., value: _Optional[bytes] = ...) -> None: ...
+
+class ProducerSequence(_message.Message):
+    __slots__ = ("producer_id", "producer_epoch", "base_sequence")
+    PRODUCER_ID_FIELD_NUMBER: _ClassVar[int]
+    PRODUCER_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    BASE_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    producer_id: int
+    producer_epoch: int
+    base_sequence: int
+    def __init__(self, producer_id: _Optional[int] = ..., producer_epoch: _Optional[int] = ..., base_sequence: _Optional[int] = ...) -> None: ...
 
 class ProduceResponse(_message.Message):
     __slots__ = ("correlation_id", "topic", "partition", "base_offset", "last_offset", "log_append_time_ms", "error", "throttle_time_ms")
@@ -233,20 +291,22 @@ class FetchPartition(_message.Message):
     def __init__(self, topic: _Optional[str] = ..., partition: _Optional[int] = ..., offset: _Optional[int] = ..., max_bytes: _Optional[int] = ...) -> None: ...
 
 class FetchRequest(_message.Message):
-    __slots__ = ("partitions", "max_wait_ms", "min_bytes", "max_bytes", "correlation_id", "follow_bytes")
+    __slots__ = ("partitions", "max_wait_ms", "min_bytes", "max_bytes", "correlation_id", "follow_bytes", "record_format")
     PARTITIONS_FIELD_NUMBER: _ClassVar[int]
     MAX_WAIT_MS_FIELD_NUMBER: _ClassVar[int]
     MIN_BYTES_FIELD_NUMBER: _ClassVar[int]
     MAX_BYTES_FIELD_NUMBER: _ClassVar[int]
     CORRELATION_ID_FIELD_NUMBER: _ClassVar[int]
     FOLLOW_BYTES_FIELD_NUMBER: _ClassVar[int]
+    RECORD_FORMAT_FIELD_NUMBER: _ClassVar[int]
     partitions: _containers.RepeatedCompositeFieldContainer[FetchPartition]
     max_wait_ms: int
     min_bytes: int
     max_bytes: int
     correlation_id: int
     follow_bytes: int
-    def __init__(self, partitions: _Optional[_Iterable[_Union[FetchPartition, _Mapping]]] = ..., max_wait_ms: _Optional[int] = ..., min_bytes: _Optional[int] = ..., max_bytes: _Optional[int] = ..., correlation_id: _Optional[int] = ..., follow_bytes: _Optional[int] = ...) -> None: ...
+    record_format: RecordFormat
+    def __init__(self, partitions: _Optional[_Iterable[_Union[FetchPartition, _Mapping]]] = ..., max_wait_ms: _Optional[int] = ..., min_bytes: _Optional[int] = ..., max_bytes: _Optional[int] = ..., correlation_id: _Optional[int] = ..., follow_bytes: _Optional[int] = ..., record_format: _Optional[_Union[RecordFormat, str]] = ...) -> None: ...
 
 class FetchStreamResponse(_message.Message):
     __slots__ = ("correlation_id", "partitions", "follows", "throttle_time_ms")
@@ -261,7 +321,7 @@ class FetchStreamResponse(_message.Message):
     def __init__(self, correlation_id: _Optional[int] = ..., partitions: _Optional[_Iterable[_Union[FetchResponse, _Mapping]]] = ..., follows: _Optional[bool] = ..., throttle_time_ms: _Optional[int] = ...) -> None: ...
 
 class FetchResponse(_message.Message):
-    __slots__ = ("topic", "partition", "high_watermark", "log_start_offset", "batches", "error", "throttle_time_ms")
+    __slots__ = ("topic", "partition", "high_watermark", "log_start_offset", "batches", "error", "throttle_time_ms", "records")
     TOPIC_FIELD_NUMBER: _ClassVar[int]
     PARTITION_FIELD_NUMBER: _ClassVar[int]
     HIGH_WATERMARK_FIELD_NUMBER: _ClassVar[int]
@@ -269,6 +329,7 @@ class FetchResponse(_message.Message):
     BATCHES_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     THROTTLE_TIME_MS_FIELD_NUMBER: _ClassVar[int]
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
     topic: str
     partition: int
     high_watermark: int
@@ -276,7 +337,8 @@ class FetchResponse(_message.Message):
     batches: bytes
     error: Error
     throttle_time_ms: int
-    def __init__(self, topic: _Optional[str] = ..., partition: _Optional[int] = ..., high_watermark: _Optional[int] = ..., log_start_offset: _Optional[int] = ..., batches: _Optional[bytes] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., throttle_time_ms: _Optional[int] = ...) -> None: ...
+    records: _containers.RepeatedCompositeFieldContainer[Record]
+    def __init__(self, topic: _Optional[str] = ..., partition: _Optional[int] = ..., high_watermark: _Optional[int] = ..., log_start_offset: _Optional[int] = ..., batches: _Optional[bytes] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., throttle_time_ms: _Optional[int] = ..., records: _Optional[_Iterable[_Union[Record, _Mapping]]] = ...) -> None: ...
 
 class OffsetQuery(_message.Message):
     __slots__ = ("topic", "partition", "spec", "timestamp_ms")

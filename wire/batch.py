@@ -5,7 +5,9 @@ Raft term by the partition leader (`split_batches`, `stamp_replicated`), stored 
 decoded by the consumer (`decode_columns`). The broker never looks past the header: per-record work
 is client work, except in the broker's own internal logs (`decode_batch`). Both sides speak this
 format, so it lives in `raftka.wire`; a bad batch raises `raftka.errors.CorruptBatchError` or
-`InvalidBatchError` wherever it is found.
+`InvalidBatchError` wherever it is found. The format is specified for implementers in other
+languages in proto/BATCH_FORMAT.md, with test vectors (proto/batch-vectors.json); a change here is a
+change there.
 
 Header (61 bytes, every integer big-endian, fixed width)::
 

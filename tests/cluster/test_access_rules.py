@@ -72,10 +72,11 @@ def test_off_allows_everything_and_decisions_follow_acl_changes() -> None:
 
 @pytest.mark.parametrize("binding", [
     api_pb2.AclBinding(),
-    api_pb2.AclBinding(principal="User:a", resource_type=api_pb2.RESOURCE_TOPIC, name="t",
-                       pattern_type=api_pb2.PATTERN_LITERAL, operation=api_pb2.OP_READ),
-    api_pb2.AclBinding(principal="a", resource_type=api_pb2.RESOURCE_TOPIC, name="t",
-                       pattern_type=api_pb2.PATTERN_LITERAL, operation=api_pb2.OP_READ, permission=api_pb2.ALLOW),
+    api_pb2.AclBinding(principal="User:a", resource_type=api_pb2.RESOURCE_TYPE_TOPIC, name="t",
+                       pattern_type=api_pb2.PATTERN_TYPE_LITERAL, operation=api_pb2.ACL_OPERATION_READ),
+    api_pb2.AclBinding(principal="a", resource_type=api_pb2.RESOURCE_TYPE_TOPIC, name="t",
+                       pattern_type=api_pb2.PATTERN_TYPE_LITERAL, operation=api_pb2.ACL_OPERATION_READ,
+                       permission=api_pb2.ACL_PERMISSION_ALLOW),
 ])
 def test_malformed_bindings_are_invalid(binding: api_pb2.AclBinding) -> None:
     with pytest.raises(InvalidRequestError):

@@ -154,14 +154,15 @@ def test_malformed_acl_commands_are_invalid_and_change_nothing(secured):
     admin = "static-admin-token"
     good = AclEntry("User:bob", "topic", "t", "read").to_proto()
     bad = {
-        "no operation": api_pb2.AclBinding(principal="User:bob", resource_type=api_pb2.RESOURCE_TOPIC, name="t",
-                                           pattern_type=api_pb2.PATTERN_LITERAL, permission=api_pb2.ALLOW),
+        "no operation": api_pb2.AclBinding(principal="User:bob", resource_type=api_pb2.RESOURCE_TYPE_TOPIC, name="t",
+                                           pattern_type=api_pb2.PATTERN_TYPE_LITERAL,
+                                           permission=api_pb2.ACL_PERMISSION_ALLOW),
         "principal without type": AclEntry("bob", "topic", "t", "read").to_proto(),
         "topic without a name": AclEntry("User:bob", "topic", "", "read").to_proto(),
         "cluster with a name": AclEntry("User:bob", "cluster", "x", "alter").to_proto(),
-        "unknown permission": api_pb2.AclBinding(principal="User:bob", resource_type=api_pb2.RESOURCE_TOPIC,
-                                                 name="t", pattern_type=api_pb2.PATTERN_LITERAL,
-                                                 operation=api_pb2.OP_READ, permission=7),
+        "unknown permission": api_pb2.AclBinding(principal="User:bob", resource_type=api_pb2.RESOURCE_TYPE_TOPIC,
+                                                 name="t", pattern_type=api_pb2.PATTERN_TYPE_LITERAL,
+                                                 operation=api_pb2.ACL_OPERATION_READ, permission=7),
     }
     for case, binding in bad.items():
         error = refused(secured.address, "CreateAcls", api_pb2.CreateAclsRequest(acls=[good, binding]), admin)
