@@ -6,7 +6,8 @@ metadata snapshot and lets the multi-Raft driver replay the log after it, which 
 partition replica this broker holds. A broker started with `--replace` on a new data directory (its
 disk was lost) founds nothing: its replicas rejoin their groups (`_replaced`). Health turns
 SERVING once the metadata log has a leader, so `raftka local` and orchestrators wait until topic
-operations can succeed. Shutdown on SIGTERM or SIGINT is graceful: health turns NOT_SERVING, the
+operations can succeed (gRPC health, and `/healthz/ready` on the metrics port for probes that cannot
+speak TLS: `raftka.cluster.health`). Shutdown on SIGTERM or SIGINT is graceful: health turns NOT_SERVING, the
 server stops taking calls and gives in-flight ones a grace period, the driver finishes its round,
 staged writes are flushed, and the store is closed.
 """
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Callable
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from raftka.cluster.principal import BROKER_PRINCIPAL_PREFIX
@@ -41,6 +42,7 @@ from raftka.cluster.coordinator import GroupCoordinator
 from raftka.cluster.group_commit import GroupCommitter
 from raftka.cluster.groups_service import GroupsService
 from raftka.cluster.handlers import add_servicer
+from raftka.cluster.health import LIVENESS_SERVICE, BrokerHealth
 from raftka.cluster.leadership import LeaderBalancer, hand_off_all
 from raftka.cluster.metadata import MetadataState, MoveLimits
 from raftka.cluster.metrics import BrokerMetrics
@@ -66,9 +68,6 @@ SHUTDOWN_GRACE_S = 1.0
 INCARNATION_FILE = "incarnation"
 REPLACED_FILE = "replaced"
 """Present in a data directory that took over the id of a broker whose disk was lost (`--replace`)."""
-LIVENESS_SERVICE = "liveness"
-"""A health service name that answers SERVING while the process runs, whatever its cluster is doing:
-what a liveness probe asks (restarting a broker because its quorum is away would not help)."""
 HAND_OFF_TIMEOUT_S = 5.0
 """How long a stopping broker waits for the groups it leads to elect the followers it chose."""
 REASSIGNMENT_INTERVAL_S = 0.2
@@ -94,12 +93,11 @@ async def _enforce_retention(partitions: PartitionManager, committer: GroupCommi
             await committer.durable()
 
 
-async def _serve_when_led(controller: Controller, health_servicer: health.aio.HealthServicer,
-                          services: list[str]) -> None:
+async def _serve_when_led(controller: Controller, broker_health: BrokerHealth, services: list[str]) -> None:
     while controller.leader_id == NO_LEADER:
         await asyncio.sleep(0.05)
     for name in ("", *services):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        await broker_health.set(name, True)
     log.info("serving: metadata leader is broker %d", controller.leader_id)
 
 
@@ -209,12 +207,12 @@ async def serve(config: BrokerConfig) -> int:
     add_servicer(server, raft_pb2.DESCRIPTOR.services_by_name["RaftTransport"], transport.servicer, None)
     raft_host, raft_port, raft_advertised = config.raft_bind
     await transport.listen(raft_host, raft_port, advertise_host=raft_advertised)
-    health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    broker_health = BrokerHealth()
+    health_pb2_grpc.add_HealthServicer_to_server(broker_health.servicer, server)
     services = [api_pb2.DESCRIPTOR.services_by_name[name].full_name for name in ("Broker", "Admin", "Groups")]
     for name in ("", *services):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-    await health_servicer.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
+        await broker_health.set(name, False)
+    await broker_health.set(LIVENESS_SERVICE, True)
     reflection.enable_server_reflection([*services, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
     bound = server.add_insecure_port(config.listen) if tls is None else \
         server.add_secure_port(config.listen, tls.grpc_credentials())
@@ -224,7 +222,8 @@ async def serve(config: BrokerConfig) -> int:
     driver.start()
     if config.metrics_port is not None:
         metrics.serve(config.metrics_host, config.metrics_port,
-                      tls.metrics_context() if tls is not None and config.metrics_tls else None)
+                      tls.metrics_context() if tls is not None and config.metrics_tls else None,
+                      broker_health.http_probes())
     log.info("broker started id=%d listen=%s advertise=%s raft=%s data_dir=%s brokers=%s metrics_port=%s loop=%s "
              "tls=%s", config.broker_id, config.listen, config.advertised_address, transport.address, config.data_dir,
              dict(config.founders) or f"join {','.join(config.seeds)}",
@@ -238,7 +237,7 @@ async def serve(config: BrokerConfig) -> int:
         loop.add_signal_handler(signum, stop.set)
     background = [
         asyncio.create_task(_enforce_retention(partitions, committer, config.retention_check_interval_s)),
-        asyncio.create_task(_serve_when_led(controller, health_servicer, services)),
+        asyncio.create_task(_serve_when_led(controller, broker_health, services)),
         asyncio.create_task(_drop_orphans_after_replay(partitions, controller)),
         asyncio.create_task(_register(admin, state, refuse)),
         *([asyncio.create_task(_reload_tls(tls))] if tls is not None else []),
@@ -262,7 +261,7 @@ async def serve(config: BrokerConfig) -> int:
         task.cancel()
     if not fatal:
         await _hand_off_leadership(config.broker_id, [controller.replica, *(r for _, _, r in partitions.replicas())])
-    await health_servicer.enter_graceful_shutdown()
+    await broker_health.shut_down()
     await server.stop(SHUTDOWN_GRACE_S)
     await driver.stop()
     await transport.close()

@@ -1,4 +1,5 @@
-"""Prometheus metrics of one broker, served on `/metrics` of the metrics port.
+"""Prometheus metrics of one broker, served on `/metrics` of the metrics port (which also serves the
+health paths `raftka.cluster.health` gives it).
 
 Labels stay low-cardinality (request outcome, never topic or client), so a broker with thousands of
 partitions exposes the same few series. Per-partition figures belong in the Admin API.
@@ -10,8 +11,9 @@ import socket
 import ssl
 import threading
 from functools import partial
-from typing import Any
+from typing import Any, Iterable, Mapping
 from wsgiref.simple_server import WSGIRequestHandler, make_server
+from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
 from prometheus_client.exposition import ThreadingWSGIServer
@@ -98,16 +100,26 @@ class BrokerMetrics:
             self.state_machine_snapshots.labels(machine, "restored").set_function(
                 partial(stats.snapshots_restored.__getitem__, machine))
 
-    def serve(self, host: str, port: int, tls: ssl.SSLContext | None = None) -> None:
+    def serve(self, host: str, port: int, tls: ssl.SSLContext | None = None,
+              routes: Mapping[str, WSGIApplication] | None = None) -> None:
         """Serve /metrics from a daemon thread, over TLS with `tls` (`raftka.cluster.tls`), which wraps
-        the listening socket before the thread accepts anything."""
+        the listening socket before the thread accepts anything. `routes` answer their exact paths
+        (health probes); every other path is the metrics, as prometheus_client serves them."""
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        server: ThreadingWSGIServer = make_server(host, port, make_wsgi_app(self.registry),
+        app = _route(dict(routes or {}), make_wsgi_app(self.registry))
+        server: ThreadingWSGIServer = make_server(host, port, app,
                              type("MetricsServer", (ThreadingWSGIServer,), {"address_family": family}),
                              handler_class=_QuietHandler)
         if tls is not None:
             server.socket = tls.wrap_socket(server.socket, server_side=True)
         threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+
+
+def _route(routes: dict[str, WSGIApplication], default: WSGIApplication) -> WSGIApplication:
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        return routes.get(environ.get("PATH_INFO", ""), default)(environ, start_response)
+
+    return app
 
 
 class _QuietHandler(WSGIRequestHandler):

@@ -1,10 +1,12 @@
-"""A broker is SERVING only once it can serve, and a broker that stops gracefully hands the
-leadership of every group it leads to an in-sync follower first, so a rolling restart costs its
-clients a redirect, not an election timeout."""
+"""A broker is SERVING only once it can serve (gRPC health and the metrics port's HTTP probes agree),
+and a broker that stops gracefully hands the leadership of every group it leads to an in-sync follower
+first, so a rolling restart costs its clients a redirect, not an election timeout."""
 
 from __future__ import annotations
 
 import time
+import urllib.error
+import urllib.request
 from typing import Callable
 
 import grpc
@@ -23,9 +25,19 @@ def health(address: str, service: str = "") -> int | None:
         return None
 
 
+def http_probe(port: int, path: str) -> tuple[int, str]:
+    """(status, body) of a GET on the metrics port, as a kubelet httpGet probe sends it."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
 def test_a_broker_is_not_serving_until_its_cluster_has_a_metadata_leader(tmp_path) -> None:
-    brokers = plan(3, tmp_path, [free_port() for _ in range(3)])
+    brokers = plan(3, tmp_path, [free_port() for _ in range(3)], metrics_ports=[free_port() for _ in range(3)])
     first = brokers[0].spawn()
+    assert first.metrics_port is not None
     try:
         deadline = time.monotonic() + 30
         while (status := health(first.address)) is None:
@@ -35,11 +47,17 @@ def test_a_broker_is_not_serving_until_its_cluster_has_a_metadata_leader(tmp_pat
         assert health(first.address, "raftka.v1.Broker") == health_pb2.HealthCheckResponse.NOT_SERVING
         assert health(first.address, "liveness") == health_pb2.HealthCheckResponse.SERVING, \
             "liveness does not depend on the quorum"
+        assert http_probe(first.metrics_port, "/healthz/ready") == (503, "NOT_SERVING\n")
+        assert http_probe(first.metrics_port, "/healthz/live") == (200, "SERVING\n")
         for broker in brokers[1:]:
             broker.spawn()
         for broker in brokers:
             broker.wait()
         assert health(first.address) == health_pb2.HealthCheckResponse.SERVING
+        assert http_probe(first.metrics_port, "/healthz/ready") == (200, "SERVING\n")
+        assert http_probe(first.metrics_port, "/healthz/live") == (200, "SERVING\n")
+        status, body = http_probe(first.metrics_port, "/metrics")
+        assert status == 200 and "raftka_partitions" in body, "the metrics are still served beside the probes"
     finally:
         for broker in brokers:
             broker.stop()

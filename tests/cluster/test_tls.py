@@ -12,6 +12,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Callable
@@ -299,3 +300,22 @@ def test_brokers_sharing_one_certificate_for_any_broker_form_a_cluster(
         admin.create_topic("shared", partitions=2, replication_factor=3)
         wait_until(lambda: all(len(p.in_sync_replicas) == 3 for p in admin.describe_topic("shared").partitions),
                    "every replica in sync over the shared certificate")
+
+
+def test_the_https_probes_answer_a_kubelet_while_the_grpc_port_requires_client_certificates(
+        start_cluster: Callable[..., list[LocalBroker]], pki: LocalPki) -> None:
+    """What the chart's httpGet probes (scheme HTTPS) see: the kubelet neither verifies the broker's
+    certificate nor presents one, which the gRPC port would refuse, and which /healthz serves."""
+    broker = start_cluster(1, "--metrics-tls", pki=pki)[0]
+    kubelet = ssl.create_default_context()
+    kubelet.check_hostname = False
+    kubelet.verify_mode = ssl.CERT_NONE
+    for path in ("/healthz/ready", "/healthz/live"):
+        with urllib.request.urlopen(f"https://127.0.0.1:{broker.metrics_port}{path}", context=kubelet,
+                                    timeout=5) as response:
+            assert (response.status, response.read()) == (200, b"SERVING\n")
+    without_certificate = ClientTls(ca=pki.ca, server_name="localhost")
+    assert metadata_call(broker.address, without_certificate) == grpc.StatusCode.UNAVAILABLE, \
+        "the gRPC port refuses what the probes send"
+    with pytest.raises((urllib.error.URLError, ConnectionError)):
+        urllib.request.urlopen(f"http://127.0.0.1:{broker.metrics_port}/healthz/ready", timeout=5)

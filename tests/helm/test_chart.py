@@ -14,6 +14,9 @@ from typing import Any
 import pytest
 import yaml
 
+from raftka.client.certs import Issued, issue, local_pki
+from raftka.wire.tls import ANY_BROKER
+
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "raftka"
 VALIDATOR = Path(sys.executable).parent / "kubernetes-validate"
@@ -23,6 +26,8 @@ POD_DOMAIN = f"{FULLNAME}-headless.{NAMESPACE}.svc.cluster.local"
 BOOTSTRAP = f"{FULLNAME}.{NAMESPACE}.svc.cluster.local:9092"
 MONITORING = ("--set", "monitoring.podMonitor.enabled=true", "--api-versions", "monitoring.coreos.com/v1")
 TLS = ("--set", "tls.enabled=true", "--set", "tls.secretName=raftka-tls")
+CERT_MANAGER = ("--set", "tls.enabled=true", "--set", "tls.certManager.issuer.name=raftka-ca",
+                "--api-versions", "cert-manager.io/v1")
 
 
 @pytest.fixture(scope="module")
@@ -70,30 +75,34 @@ def test_lint_strict(helm) -> None:
     assert "0 chart(s) failed" in result.stdout
 
 
-@pytest.mark.parametrize("args", [
-    (),
-    ("--set", "replicas=5"),
-    ("--set", "replicas=5", "--set", "controllers=5"),
-    ("--set", "rack.value=eu-west-1a"),
-    ("--set", "rack.fromNodeZone=true", "--set", "placement.antiAffinity=hard"),
-    TLS,
-    MONITORING,
-    ("--set", "networkPolicy.allowExternal=false",
-     "--set", "networkPolicy.metricsFrom[0].namespaceSelector.matchLabels.name=monitoring"),
-    ("--set", "networkPolicy.enabled=false", "--set", "scaleDownGuard.enabled=false",
-     "--set", "placement.antiAffinity=none", "--set", "placement.topologySpread.enabled=false"),
-    ("--set", "replicas=1", "--set", "controllers=1"),
-], ids=["defaults", "5-replicas", "5-controllers", "rack", "zone-rack-hard-anti-affinity", "tls", "monitoring",
-        "closed-network-policy", "minimal", "one-broker"])
-def test_rendered_manifests_are_valid_kubernetes_1_30(helm, tmp_path, args) -> None:
+@pytest.mark.parametrize("args, custom_resources", [
+    ((), 0),
+    (("--set", "replicas=5"), 0),
+    (("--set", "replicas=5", "--set", "controllers=5"), 0),
+    (("--set", "rack.value=eu-west-1a"), 0),
+    (("--set", "rack.fromNodeZone=true", "--set", "placement.antiAffinity=hard"), 0),
+    (TLS, 0),
+    (TLS + ("--set", "tls.metrics=false"), 0),
+    (CERT_MANAGER, 1),
+    (MONITORING, 1),
+    (MONITORING + CERT_MANAGER, 2),
+    (("--set", "networkPolicy.allowExternal=false",
+      "--set", "networkPolicy.metricsFrom[0].namespaceSelector.matchLabels.name=monitoring"), 0),
+    (("--set", "networkPolicy.enabled=false", "--set", "scaleDownGuard.enabled=false",
+      "--set", "placement.antiAffinity=none", "--set", "placement.topologySpread.enabled=false"), 0),
+    (("--set", "replicas=1", "--set", "controllers=1"), 0),
+], ids=["defaults", "5-replicas", "5-controllers", "rack", "zone-rack-hard-anti-affinity", "tls", "tls-plain-metrics",
+        "tls-cert-manager", "monitoring", "monitoring-tls-cert-manager", "closed-network-policy", "minimal",
+        "one-broker"])
+def test_rendered_manifests_are_valid_kubernetes_1_30(helm, tmp_path, args, custom_resources) -> None:
+    """Custom resources (PodMonitor, Certificate) get one WARN each: the validator has no schema for CRDs."""
     rendered = tmp_path / "rendered.yaml"
     rendered.write_text(render_text(helm, *args))
     result = subprocess.run([str(VALIDATOR), "--strict", "-k", "1.30", str(rendered)], capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
     warnings = [line for line in (result.stdout + result.stderr).splitlines() if not line.startswith("INFO")]
-    expected = ["WARN"] if args == MONITORING else []
-    assert [line.split()[0] for line in warnings] == expected, warnings
+    assert [line.split()[0] for line in warnings] == ["WARN"] * custom_resources, warnings
     assert "passed for resource statefulset/rk-raftka" in result.stdout
 
 
@@ -118,6 +127,9 @@ def test_the_validator_rejects_an_unknown_field(tmp_path) -> None:
                                                     "'hard', 'none'"),
     (("--set", "storage.size=lots"), "at '/storage/size'"),
     (("--set", "extraArgs[0]=balance-on-join"), "at '/extraArgs/0'"),
+    (("--set", "tls.certManager.issuer.kind=Vault"), "at '/tls/certManager/issuer/kind': value must be one of "
+                                                     "'Issuer', 'ClusterIssuer'"),
+    (("--set", "tls.certManager.duration=1h"), "at '/tls/certManager': additional properties 'duration' not allowed"),
 ])
 def test_the_schema_refuses_bad_values(helm, args, message) -> None:
     stderr = refusal(helm, *args)
@@ -130,6 +142,10 @@ def test_the_schema_refuses_bad_values(helm, args, message) -> None:
     (("--set", "controllers=1"), "controllers 1 with replicas 3: the PodDisruptionBudget (maxUnavailable 1) would "
                                  "let a voluntary disruption take the only controller"),
     (("--set", "tls.enabled=true"), "tls.enabled needs tls.secretName"),
+    (("--set", "tls.enabled=true", "--set", "tls.certManager.issuer.name=raftka-ca"),
+     "tls.certManager.issuer needs the cert-manager.io/v1 API"),
+    (("--set", "tls.certManager.issuer.name=raftka-ca", "--api-versions", "cert-manager.io/v1"),
+     "tls.certManager.issuer is set but tls.enabled is false"),
     (("--set", "monitoring.podMonitor.enabled=true"), "monitoring.podMonitor.enabled needs the "
                                                       "monitoring.coreos.com/v1 API"),
 ])
@@ -189,12 +205,26 @@ def test_probes_ask_the_broker_service_for_readiness_and_liveness_for_liveness(h
     assert "lifecycle" not in container, "SIGTERM itself hands leadership off; no preStop is needed"
 
 
-def test_the_health_services_the_probes_name_exist_in_the_broker() -> None:
-    from raftka.cluster.broker import LIVENESS_SERVICE
-    from raftka.proto import api_pb2
+def test_with_tls_the_probes_get_the_metrics_ports_health_paths(helm) -> None:
+    """Kubernetes' gRPC probe speaks neither TLS nor mTLS: with TLS on, the probes are httpGet of the same
+    services' paths on the metrics port, HTTPS when the metrics port serves TLS."""
+    from raftka.cluster.health import HTTP_PROBES
 
-    assert LIVENESS_SERVICE == "liveness"
-    assert api_pb2.DESCRIPTOR.services_by_name["Broker"].full_name == "raftka.v1.Broker"
+    for args, scheme in ((TLS, "HTTPS"), (TLS + ("--set", "tls.metrics=false"), "HTTP")):
+        container = broker_container(render(helm, *args))
+        probes = {kind: container[f"{kind}Probe"] for kind in ("startup", "readiness", "liveness")}
+        assert not [probe for probe in probes.values() if "grpc" in probe]
+        paths = {kind: probe["httpGet"].pop("path") for kind, probe in probes.items()}
+        assert {kind: HTTP_PROBES[path] for kind, path in paths.items()} == {
+            "startup": "raftka.v1.Broker", "readiness": "raftka.v1.Broker", "liveness": "liveness"}
+        assert [probe["httpGet"] for probe in probes.values()] == [{"port": 9644, "scheme": scheme}] * 3
+        assert ("--metrics-tls" in container["args"]) == (scheme == "HTTPS")
+
+
+def test_the_health_services_the_probes_name_exist_in_the_broker() -> None:
+    from raftka.cluster.health import LIVENESS_SERVICE, READINESS_SERVICE
+
+    assert (READINESS_SERVICE, LIVENESS_SERVICE) == ("raftka.v1.Broker", "liveness")
 
 
 def test_pods_run_restricted_and_without_service_links_by_default(helm) -> None:
@@ -241,15 +271,81 @@ def test_placement_presets(helm) -> None:
     assert "topologySpreadConstraints" not in none[("StatefulSet", FULLNAME)]["spec"]["template"]["spec"]
 
 
+TLS_ENV = [{"name": "RAFTKA_TLS_CA", "value": "/etc/raftka/tls/ca.crt"},
+           {"name": "RAFTKA_TLS_CERT", "value": "/etc/raftka/tls/tls.crt"},
+           {"name": "RAFTKA_TLS_KEY", "value": "/etc/raftka/tls/tls.key"}]
+TLS_MOUNT = {"name": "tls", "mountPath": "/etc/raftka/tls", "readOnly": True}
+
+
 def test_tls_mounts_the_secret_and_passes_its_files(helm) -> None:
     objects = render(helm, *TLS)
     container = broker_container(objects)
-    assert container["args"][-3:] == ["--tls-cert=/etc/raftka/tls/tls.crt", "--tls-key=/etc/raftka/tls/tls.key",
-                                      "--tls-ca=/etc/raftka/tls/ca.crt"]
-    assert {"name": "tls", "mountPath": "/etc/raftka/tls", "readOnly": True} in container["volumeMounts"]
+    assert container["args"][-4:] == ["--tls-cert=/etc/raftka/tls/tls.crt", "--tls-key=/etc/raftka/tls/tls.key",
+                                      "--tls-ca=/etc/raftka/tls/ca.crt", "--metrics-tls"]
+    assert TLS_MOUNT in container["volumeMounts"]
     volumes = objects[("StatefulSet", FULLNAME)]["spec"]["template"]["spec"]["volumes"]
     assert volumes == [{"name": "tls", "secret": {"secretName": "raftka-tls"}}]
-    assert not [arg for arg in broker_container(render(helm))["args"] if arg.startswith("--tls")]
+    assert not [arg for arg in broker_container(render(helm))["args"] if arg.startswith(("--tls", "--metrics-tls"))]
+
+
+def test_with_tls_every_pods_cli_connects_with_the_secrets_files(helm) -> None:
+    """`kubectl exec ... raftka`, the scale-check hook and the helm test Pod: the CLI's RAFTKA_TLS_*
+    variables name the mounted Secret's files, and the broker pod's bootstrap is its own DNS name (which
+    the certificate names; the pod IP it does not)."""
+    objects = render(helm, *TLS)
+    env = broker_container(objects)["env"]
+    assert env[2:] == [{"name": "RAFTKA_BOOTSTRAP", "value": f"$(POD_NAME).{POD_DOMAIN}:9092"}, *TLS_ENV]
+    pods = {"scale-check": objects[("Job", f"{FULLNAME}-scale-check")]["spec"]["template"]["spec"],
+            "test": objects[("Pod", f"{FULLNAME}-test")]["spec"]}
+    for name, pod in pods.items():
+        [container] = pod["containers"]
+        assert container["env"] == [{"name": "RAFTKA_BOOTSTRAP", "value": BOOTSTRAP}, *TLS_ENV], name
+        assert container["volumeMounts"] == [TLS_MOUNT], name
+        assert pod["volumes"] == [{"name": "tls", "secret": {"secretName": "raftka-tls"}}], name
+    plaintext = render(helm)
+    for pod in (plaintext[("Job", f"{FULLNAME}-scale-check")]["spec"]["template"]["spec"],
+                plaintext[("Pod", f"{FULLNAME}-test")]["spec"]):
+        assert "volumes" not in pod and "volumeMounts" not in pod["containers"][0]
+
+
+def test_cert_manager_issues_the_secret_the_pods_mount(helm) -> None:
+    objects = render(helm, *CERT_MANAGER)
+    certificate = objects[("Certificate", f"{FULLNAME}-tls")]
+    assert certificate["apiVersion"] == "cert-manager.io/v1"
+    spec = certificate["spec"]
+    assert spec["secretName"] == f"{FULLNAME}-tls"
+    assert spec["dnsNames"] == [f"*.{POD_DOMAIN}", f"{FULLNAME}.{NAMESPACE}.svc.cluster.local",
+                                f"{FULLNAME}.{NAMESPACE}.svc", f"{FULLNAME}.{NAMESPACE}", FULLNAME]
+    assert spec["uris"] == ["raftka://broker/*"]
+    assert {"server auth", "client auth"} <= set(spec["usages"])
+    assert spec["issuerRef"] == {"name": "raftka-ca", "kind": "Issuer", "group": "cert-manager.io"}
+    volumes = objects[("StatefulSet", FULLNAME)]["spec"]["template"]["spec"]["volumes"]
+    assert volumes == [{"name": "tls", "secret": {"secretName": f"{FULLNAME}-tls"}}]
+    named = render(helm, *CERT_MANAGER, "--set", "tls.secretName=mine", "--set",
+                   "tls.certManager.issuer.kind=ClusterIssuer")
+    assert named[("Certificate", f"{FULLNAME}-tls")]["spec"]["secretName"] == "mine"
+    assert named[("Certificate", f"{FULLNAME}-tls")]["spec"]["issuerRef"]["kind"] == "ClusterIssuer"
+    [volume] = named[("StatefulSet", FULLNAME)]["spec"]["template"]["spec"]["volumes"]
+    assert volume["secret"] == {"secretName": "mine"}
+    assert not [key for key in render(helm, *TLS) if key[0] == "Certificate"]
+
+
+def test_the_certificate_names_what_clients_and_brokers_verify(helm) -> None:
+    """The advertised pod names and the client Service (what the pods' CLI and the PodMonitor verify) match
+    the Certificate's names, and its URI is the one every broker id accepts."""
+    from raftka.wire.tls import ANY_BROKER, broker_uri
+
+    objects = render(helm, *CERT_MANAGER, *MONITORING)
+    spec = objects[("Certificate", f"{FULLNAME}-tls")]["spec"]
+    assert spec["uris"] == [broker_uri(ANY_BROKER)]
+    names = set(spec["dnsNames"])
+    container = broker_container(objects)
+    advertised = next(arg for arg in container["args"] if arg.startswith("--advertise="))
+    pod_name = advertised.removeprefix("--advertise=$(POD_NAME)").rsplit(":", 1)[0]
+    assert f"*{pod_name}" in names
+    assert BOOTSTRAP.rsplit(":", 1)[0] in names
+    endpoint = objects[("PodMonitor", FULLNAME)]["spec"]["podMetricsEndpoints"][0]
+    assert endpoint["tlsConfig"]["serverName"] in names
 
 
 def test_the_network_policy_keeps_raft_to_the_brokers(helm) -> None:
@@ -268,6 +364,13 @@ def test_the_network_policy_keeps_raft_to_the_brokers(helm) -> None:
 def test_the_pod_monitor_scrapes_every_broker(helm) -> None:
     monitor = render(helm, *MONITORING)[("PodMonitor", FULLNAME)]["spec"]
     assert monitor["podMetricsEndpoints"] == [{"port": "metrics", "path": "/metrics", "interval": "30s"}]
+    [https] = render(helm, *MONITORING, *TLS)[("PodMonitor", FULLNAME)]["spec"]["podMetricsEndpoints"]
+    assert https["scheme"] == "https"
+    assert https["tlsConfig"] == {"ca": {"secret": {"name": "raftka-tls", "key": "ca.crt"}},
+                                  "serverName": BOOTSTRAP.rsplit(":", 1)[0]}
+    [plain] = render(helm, *MONITORING, *TLS, "--set", "tls.metrics=false")[("PodMonitor", FULLNAME)]["spec"][
+        "podMetricsEndpoints"]
+    assert "scheme" not in plain and "tlsConfig" not in plain
     assert monitor["selector"]["matchLabels"]["app.kubernetes.io/component"] == "broker"
     assert not [key for key in render(helm) if key[0] == "PodMonitor"]
 
@@ -308,6 +411,47 @@ def test_the_helm_test_script_passes_against_real_brokers_and_fails_without_them
     unreachable = subprocess.run(container["command"], env={**env, "RAFTKA_BOOTSTRAP": f"127.0.0.1:{free_port()}"},
                                  capture_output=True, text=True, timeout=120)
     assert unreachable.returncode != 0 and "produced and consumed" not in unreachable.stdout
+
+
+def test_with_tls_the_helm_test_script_and_the_scale_check_pass_against_a_tls_cluster(
+        helm, start_cluster, tmp_path) -> None:
+    """The test Pod and the scale-check Job as rendered with TLS (their command and env; the Secret's mount
+    path pointed at a directory holding what the Secret would: one certificate naming raftka://broker/*,
+    which every broker and these pods share, its key and the CA) against brokers requiring client
+    certificates. The same script rendered without TLS fails against them."""
+    pki = local_pki(tmp_path / "pki", 3)
+    ca = Issued(pki.ca.read_bytes(), (pki.directory / "ca-key.pem").read_bytes())
+    shared = issue(ca, "raftka-brokers", hosts=["127.0.0.1", "localhost"], broker_id=ANY_BROKER)
+    for broker_id in (1, 2, 3):
+        cert, key = pki.broker(broker_id)
+        cert.write_bytes(shared.cert)
+        key.write_bytes(shared.key)
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    (secret / "tls.crt").write_bytes(shared.cert)
+    (secret / "tls.key").write_bytes(shared.key)
+    (secret / "ca.crt").write_bytes(pki.ca.read_bytes())
+    brokers = start_cluster(3, pki=pki)
+    objects = render(helm, *TLS, "--set", f"tls.mountPath={secret}")
+    [test_pod] = objects[("Pod", f"{FULLNAME}-test")]["spec"]["containers"]
+    [scale_check] = objects[("Job", f"{FULLNAME}-scale-check")]["spec"]["template"]["spec"]["containers"]
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+           "RAFTKA_REQUEST_TIMEOUT_MS": "5000"}
+
+    def run(container: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+        rendered = {e["name"]: e["value"] for e in container["env"]}
+        assert rendered["RAFTKA_BOOTSTRAP"] == BOOTSTRAP
+        return subprocess.run(container["command"], env={**env, **rendered, "RAFTKA_BOOTSTRAP": brokers[0].address},
+                              capture_output=True, text=True, timeout=120)
+
+    result = run(test_pod)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1].startswith("produced and consumed 'hello from helm test ")
+    checked = run(scale_check)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    [plaintext] = render(helm)[("Pod", f"{FULLNAME}-test")]["spec"]["containers"]
+    refused = run(plaintext)
+    assert refused.returncode != 0 and "produced and consumed" not in refused.stdout
 
 
 def test_notes_say_how_to_produce_and_consume(helm) -> None:

@@ -70,7 +70,57 @@ app.kubernetes.io/component: broker
 {{- if and (eq (int .Values.controllers) 1) (gt (int .Values.replicas) 1) -}}
 {{- fail (printf "controllers 1 with replicas %d: the PodDisruptionBudget (maxUnavailable 1) would let a voluntary disruption take the only controller and with it the metadata log's quorum; use controllers 3" (int .Values.replicas)) -}}
 {{- end -}}
-{{- if and .Values.tls.enabled (not .Values.tls.secretName) -}}
-{{- fail "tls.enabled needs tls.secretName: a kubernetes.io/tls Secret holding tls.crt, tls.key and ca.crt" -}}
+{{- if and .Values.tls.enabled (not .Values.tls.secretName) (not .Values.tls.certManager.issuer.name) -}}
+{{- fail "tls.enabled needs tls.secretName: a kubernetes.io/tls Secret holding tls.crt, tls.key and ca.crt (or tls.certManager.issuer.name, to have cert-manager issue it)" -}}
+{{- end -}}
+{{- if and .Values.tls.certManager.issuer.name (not .Values.tls.enabled) -}}
+{{- fail "tls.certManager.issuer is set but tls.enabled is false: nothing would mount the certificate; set tls.enabled=true" -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The Secret holding tls.crt, tls.key and ca.crt: the one given, else the one the Certificate fills. */}}
+{{- define "raftka.tlsSecret" -}}
+{{- default (printf "%s-tls" (include "raftka.fullname" .)) .Values.tls.secretName -}}
+{{- end -}}
+
+{{/* TLS of the raftka CLI in every pod of the chart (with tls.enabled): the flags' RAFTKA_TLS_* variables,
+pointing at the mounted Secret. A pod's client certificate is the brokers' own (to the authorizer,
+Broker:*, a super-user). */}}
+{{- define "raftka.tlsEnv" -}}
+- name: RAFTKA_TLS_CA
+  value: {{ .Values.tls.mountPath }}/ca.crt
+- name: RAFTKA_TLS_CERT
+  value: {{ .Values.tls.mountPath }}/tls.crt
+- name: RAFTKA_TLS_KEY
+  value: {{ .Values.tls.mountPath }}/tls.key
+{{- end -}}
+
+{{- define "raftka.tlsVolumeMount" -}}
+- name: tls
+  mountPath: {{ .Values.tls.mountPath }}
+  readOnly: true
+{{- end -}}
+
+{{- define "raftka.tlsVolume" -}}
+- name: tls
+  secret:
+    secretName: {{ include "raftka.tlsSecret" . }}
+{{- end -}}
+
+{{/* A probe of one health service of the broker (dict: root, service, path). Without TLS, Kubernetes'
+gRPC probe. With TLS, which that probe cannot speak (plaintext only, no client certificate), an httpGet
+of the metrics port's path answering for the same service (`raftka.cluster.health`), HTTPS with
+tls.metrics: the kubelet does not verify the certificate of an HTTPS probe. */}}
+{{- define "raftka.probe" -}}
+{{- $values := .root.Values -}}
+{{- if $values.tls.enabled -}}
+httpGet:
+  path: {{ .path }}
+  port: {{ $values.ports.metrics }}
+  scheme: {{ ternary "HTTPS" "HTTP" $values.tls.metrics }}
+{{- else -}}
+grpc:
+  port: {{ $values.ports.grpc }}
+  service: {{ .service }}
 {{- end -}}
 {{- end -}}
