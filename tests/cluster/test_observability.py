@@ -53,10 +53,12 @@ def test_metrics_count_requests_bytes_and_latency(broker) -> None:
     samples = {line.split(" ")[0]: float(line.split(" ")[1]) for line in body.splitlines()
                if line and not line.startswith("#")}
     assert samples['raftka_produce_requests_total{outcome="ok"}'] == 10
-    assert samples["raftka_produce_bytes_total"] > 1000
+    assert samples['raftka_produce_bytes_total{topic="metered"}'] > 1000
+    assert samples['raftka_produce_records_total{topic="metered"}'] == 10
     assert samples["raftka_produce_latency_seconds_count"] == 10
     assert samples['raftka_fetch_requests_total{outcome="ok"}'] >= 1
-    assert samples["raftka_fetch_bytes_total"] > 1000
+    assert samples['raftka_fetch_bytes_total{topic="metered"}'] > 1000
+    assert samples['raftka_fetch_records_total{topic="metered"}'] >= 10
     assert samples["raftka_log_flush_latency_seconds_count"] >= 1
     assert samples["raftka_partitions"] == 1
     assert samples["raftka_partition_leaders"] == 1
