@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterable
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 from prometheus_client import (PLATFORM_COLLECTOR, PROCESS_COLLECTOR, CollectorRegistry, Counter, Gauge, Histogram,
-                               make_wsgi_app)
+                               disable_created_metrics, make_wsgi_app)
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.metrics_core import Metric
@@ -33,11 +33,15 @@ from prometheus_client.registry import Collector
 
 from raftka import __version__
 
+from raftka.cluster.quotas import FETCH, PRODUCE, REQUESTS
 from raftka.cluster.state_machine import StateMachineStats
 from raftka.replication.transport import TransportStats
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
+
+disable_created_metrics()
+"""No `_created` series: a counter's or histogram's start time is not worth a second series each."""
 
 COLLECT_TIMEOUT_S = 10.0
 """How long a scrape waits for the event loop to compute the scrape-time metrics."""
@@ -184,6 +188,8 @@ class BrokerMetrics:
                                         "Time callers over their quota were told to wait, by quota kind "
                                         "(produce, fetch, requests); not by principal, whose number is unbounded",
                                         ["kind"], registry=r)
+        for kind in (PRODUCE, FETCH, REQUESTS):
+            self.throttle_seconds.labels(kind)
         self.access_refusals = Counter("raftka_access_refusals",
                                        "Calls refused: unauthenticated or not authorized", ["reason"], registry=r)
 

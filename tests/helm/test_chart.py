@@ -21,7 +21,8 @@ RELEASE, NAMESPACE = "rk", "streams"
 FULLNAME = "rk-raftka"
 POD_DOMAIN = f"{FULLNAME}-headless.{NAMESPACE}.svc.cluster.local"
 BOOTSTRAP = f"{FULLNAME}.{NAMESPACE}.svc.cluster.local:9092"
-MONITORING = ("--set", "monitoring.podMonitor.enabled=true", "--api-versions", "monitoring.coreos.com/v1")
+MONITORING = ("--set", "monitoring.podMonitor.enabled=true", "--set", "monitoring.prometheusRule.enabled=true",
+              "--set", "monitoring.dashboards.enabled=true", "--api-versions", "monitoring.coreos.com/v1")
 TLS = ("--set", "tls.enabled=true", "--set", "tls.secretName=raftka-tls")
 
 
@@ -92,7 +93,7 @@ def test_rendered_manifests_are_valid_kubernetes_1_30(helm, tmp_path, args) -> N
                             text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
     warnings = [line for line in (result.stdout + result.stderr).splitlines() if not line.startswith("INFO")]
-    expected = ["WARN"] if args == MONITORING else []
+    expected = ["WARN", "WARN"] if args == MONITORING else []  # PodMonitor, PrometheusRule: CRDs, no schema
     assert [line.split()[0] for line in warnings] == expected, warnings
     assert "passed for resource statefulset/rk-raftka" in result.stdout
 
@@ -132,6 +133,8 @@ def test_the_schema_refuses_bad_values(helm, args, message) -> None:
     (("--set", "tls.enabled=true"), "tls.enabled needs tls.secretName"),
     (("--set", "monitoring.podMonitor.enabled=true"), "monitoring.podMonitor.enabled needs the "
                                                       "monitoring.coreos.com/v1 API"),
+    (("--set", "monitoring.prometheusRule.enabled=true"), "monitoring.prometheusRule.enabled needs the "
+                                                          "monitoring.coreos.com/v1 API"),
 ])
 def test_the_templates_refuse_what_would_lose_quorum_or_cannot_work(helm, args, message) -> None:
     stderr = refusal(helm, *args)
@@ -318,3 +321,19 @@ def test_notes_say_how_to_produce_and_consume(helm) -> None:
     assert f"exec -i {FULLNAME}-0 -- raftka produce orders" in notes
     assert f"exec -it {FULLNAME}-0 -- raftka consume orders" in notes
     assert "raftka broker decommission ID --wait" in notes
+
+
+def test_the_prometheus_rule_is_the_alert_rules_file(helm) -> None:
+    rule = render(helm, *MONITORING)[("PrometheusRule", FULLNAME)]
+    assert rule["spec"] == yaml.safe_load((CHART / "alerts" / "raftka.rules.yml").read_text())
+    assert {r["alert"] for group in rule["spec"]["groups"] for r in group["rules"]} >= {
+        "RaftkaLeaderlessPartitions", "RaftkaUnderReplicatedPartitions", "RaftkaConsumerLagGrowing",
+        "RaftkaDiskNearlyFull", "RaftkaBrokerDown", "RaftkaFsyncLatencyHigh"}
+    assert not [key for key in render(helm) if key[0] == "PrometheusRule"]
+
+
+def test_the_dashboard_config_map_carries_the_dashboard_for_grafanas_sidecar(helm) -> None:
+    config_map = render(helm, *MONITORING)[("ConfigMap", f"{FULLNAME}-dashboards")]
+    assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert config_map["data"]["raftka.json"] == (CHART / "dashboards" / "raftka.json").read_text().rstrip("\n")
+    assert not [key for key in render(helm) if key == ("ConfigMap", f"{FULLNAME}-dashboards")]
