@@ -110,7 +110,8 @@ class OnLoop(Collector):
 class BrokerMetrics:
     def __init__(self, *, per_topic: bool = True) -> None:
         """`per_topic`: label traffic, storage and partition-health series by topic (else one series
-        each for the whole broker)."""
+        each for the whole broker). Every labelled counter starts with a zero series per known label
+        value, so rates and alerts have a series before the first event."""
         self.per_topic = per_topic
         self.registry = CollectorRegistry()
         r = self.registry
@@ -158,8 +159,6 @@ class BrokerMetrics:
                                        "Times this broker became a Raft group's leader, by cause: election (a "
                                        "campaign after an election timeout) or transfer (leadership handed over)",
                                        ["cause"], registry=r)
-        for cause in ("election", "transfer"):
-            self.leaderships_won.labels(cause)
         self.partitions = Gauge("raftka_partitions", "Partition replicas hosted by this broker", registry=r)
         self.leaders = Gauge("raftka_partition_leaders", "Partitions this broker leads", registry=r)
         self.leader_imbalance = Gauge("raftka_leader_imbalance_partitions",
@@ -188,10 +187,15 @@ class BrokerMetrics:
                                         "Time callers over their quota were told to wait, by quota kind "
                                         "(produce, fetch, requests); not by principal, whose number is unbounded",
                                         ["kind"], registry=r)
-        for kind in (PRODUCE, FETCH, REQUESTS):
-            self.throttle_seconds.labels(kind)
         self.access_refusals = Counter("raftka_access_refusals",
                                        "Calls refused: unauthenticated or not authorized", ["reason"], registry=r)
+        for counter, values in ((self.access_refusals, ("unauthenticated", "unauthorized")),
+                                (self.fetch_follows_ended, ("allowance", "error", "newer")),
+                                (self.raft_group_failures, ("storage", "apply", "core", "send")),
+                                (self.throttle_seconds, (PRODUCE, FETCH, REQUESTS)),
+                                (self.leaderships_won, ("election", "transfer"))):
+            for value in values:
+                counter.labels(value)
 
     def produced(self, topic: str, records: int, size: int) -> None:
         self.topic_counters.add("produce_records", topic, records)
