@@ -4,7 +4,7 @@ Cardinality is bounded by design: labels are request outcomes, reasons and stage
 topics that exist, and none at all with `per_topic=False`, `--no-metrics-per-topic`) and the consumer
 group (exported only by the group's coordinator); never a client, principal, partition or record.
 Per-partition figures belong in the Admin API. The README's "Observability" section is the catalogue
-(tests/cluster/test_metrics_catalogue.py keeps the two in step).
+(tests/cluster/test_prometheus.py keeps the two in step).
 
 The hot path counts per request or per batch into plain numbers (`TopicCounters`); everything about
 partitions, groups and storage is computed when scraped (raftka.cluster.collectors), on the broker's
@@ -32,7 +32,6 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from raftka import __version__
-
 from raftka.cluster.quotas import FETCH, PRODUCE, REQUESTS
 from raftka.cluster.state_machine import StateMachineStats
 from raftka.replication.transport import TransportStats
