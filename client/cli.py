@@ -20,7 +20,6 @@ import argparse
 import base64
 import binascii
 import json
-import logging
 import signal
 import sys
 import threading
@@ -34,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence, TypedDict
 from raftka.client.local import DEFAULT_LOCAL_BROKERS
 from raftka.client.records import Record, first_offsets
 from raftka.errors import InvalidRequestError, RaftkaError, TopicExistsError, UnknownTopicError
+from raftka.wire.logs import configure as configure_logging
 from raftka.wire.settings import env, flag
 from raftka.wire.structs import TopicPartition
 
@@ -106,6 +106,9 @@ def build_parser(extra: Mapping[str, Command]) -> argparse.ArgumentParser:
                         "--bootstrap answers within 2 s, the cluster's; then exit")
     _client_options(parser, suppress=False)
     parser.add_argument("--log-level", default=env("LOG_LEVEL", "INFO"), help="env RAFTKA_LOG_LEVEL")
+    parser.add_argument("--log-format", choices=("text", "json"), default=env("LOG_FORMAT", "text"),
+                        help="text, or json: one object per line with the key=value fields as keys, for log "
+                             "shippers (env RAFTKA_LOG_FORMAT; default text)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, command in extra.items():
         command.add_arguments(commands.add_parser(name, help=command.help))
@@ -296,8 +299,7 @@ def build_parser(extra: Mapping[str, Command]) -> argparse.ArgumentParser:
 def main(extra: Mapping[str, Command], argv: Sequence[str] | None = None) -> int:
     """Run the command `argv` names (the client's, or one of `extra`); the exit status."""
     args = build_parser(extra).parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging(args.log_level, args.log_format)
     if args.command != "bench":
         args.bootstrap = args.bootstrap or env("BOOTSTRAP", DEFAULT_BOOTSTRAP)
         args.format = args.format or env("FORMAT", "text")

@@ -45,6 +45,7 @@ from raftka.cluster.handlers import add_servicer
 from raftka.cluster.health import LIVENESS_SERVICE, BrokerHealth
 from raftka.cluster.leadership import LeaderBalancer, hand_off_all
 from raftka.cluster.metadata import MetadataState, MoveLimits
+from raftka.cluster.collectors import GroupCollector, PartitionCollector
 from raftka.cluster.metrics import BrokerMetrics
 from raftka.cluster.partitions import PartitionManager
 from raftka.cluster.quotas import QuotaManager
@@ -78,17 +79,22 @@ SELF_HEAL_INTERVAL_S = 1.0
 """How often the metadata leader looks for brokers to heal or balance onto (when configured)."""
 
 
-async def _enforce_retention(partitions: PartitionManager, committer: GroupCommitter, interval_s: float) -> None:
+async def _enforce_retention(partitions: PartitionManager, committer: GroupCommitter, interval_s: float,
+                             metrics: BrokerMetrics) -> None:
     """Delete expired segments now and then; the deletions are made durable by one group commit."""
     while True:
         await asyncio.sleep(interval_s)
         now_ms = int(time.time() * 1000)
         deleted_any = False
         for topic, partition, replica in partitions.replicas():
+            size_before = replica.size_bytes
             deleted = replica.apply_retention(now_ms)
             if deleted:
                 deleted_any = True
-                log.info("retention deleted segments topic=%s partition=%d segments=%d", topic, partition, deleted)
+                freed = size_before - replica.size_bytes
+                metrics.retention_deleted(topic, deleted, freed)
+                log.info("retention deleted segments topic=%s partition=%d segments=%d bytes=%d", topic, partition,
+                         deleted, freed)
         if deleted_any:
             await committer.durable()
 
@@ -123,7 +129,7 @@ async def serve(config: BrokerConfig) -> int:
     supervisor restarts it from its durable state."""
     config.validate()
     config.data_dir.mkdir(parents=True, exist_ok=True)
-    metrics = BrokerMetrics()
+    metrics = BrokerMetrics(per_topic=config.metrics_per_topic)
     store = LogStore(config.data_dir / "log")
     committer = GroupCommitter(store, on_flushed=metrics.flush_latency.observe)
     driver: MultiRaft
@@ -164,7 +170,8 @@ async def serve(config: BrokerConfig) -> int:
         on_peer_down=lambda peer: driver.wake(peer), on_peer_up=lambda peer: driver.wake(peer), tls=tls)
     driver = MultiRaft(config.broker_id, transport, committer.durable, on_round=metrics.round_groups.observe,
                        on_group_failed=lambda _group, stage: metrics.raft_group_failures.labels(stage).inc(),
-                       on_fatal=fail_stop)
+                       on_fatal=fail_stop, on_elected=lambda cause: metrics.leaderships_won.labels(cause).inc(),
+                       on_committed=metrics.commit_latency.observe)
     metadata = MetadataState()
     directory = BrokerDirectory(config, metadata, transport.add_peer)
     snapshot_policy = SnapshotPolicy(min_bytes=config.snapshot_bytes)
@@ -185,6 +192,13 @@ async def serve(config: BrokerConfig) -> int:
     metrics.leaders.set_function(lambda: sum(r.leader_id == config.broker_id for _, _, r in partitions.replicas()))
     metrics.raft_groups_stopped.set_function(lambda: len(driver.stopped_groups()))
     metrics.watch_transport(transport.stats)
+    metrics.topic_counters.topics = lambda: [record.name for record in metadata.topics()]
+    loop = asyncio.get_running_loop()
+    metrics.watch(PartitionCollector(config.broker_id, partitions, metadata,
+                                     is_metadata_leader=lambda: controller.leader_id == config.broker_id,
+                                     reported_down=transport.reported_down, data_dir=config.data_dir,
+                                     per_topic=config.metrics_per_topic), loop)
+    metrics.watch(GroupCollector(coordinator, partitions, per_topic=config.metrics_per_topic), loop)
 
     server = grpc.aio.server(options=[
         ("grpc.max_receive_message_length", GRPC_MAX_MESSAGE_BYTES),
@@ -221,7 +235,7 @@ async def serve(config: BrokerConfig) -> int:
     await server.start()
     driver.start()
     if config.metrics_port is not None:
-        metrics.serve(config.metrics_host, config.metrics_port,
+        metrics.serve(config.metrics_bind_host, config.metrics_port,
                       tls.metrics_context() if tls is not None and config.metrics_tls else None,
                       broker_health.http_probes())
     log.info("broker started id=%d listen=%s advertise=%s raft=%s data_dir=%s brokers=%s metrics_port=%s loop=%s "
@@ -232,11 +246,10 @@ async def serve(config: BrokerConfig) -> int:
     if tls is None:
         _warn_plaintext(config, raft_host)
 
-    loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     background = [
-        asyncio.create_task(_enforce_retention(partitions, committer, config.retention_check_interval_s)),
+        asyncio.create_task(_enforce_retention(partitions, committer, config.retention_check_interval_s, metrics)),
         asyncio.create_task(_serve_when_led(controller, broker_health, services)),
         asyncio.create_task(_drop_orphans_after_replay(partitions, controller)),
         asyncio.create_task(_register(admin, state, refuse)),
@@ -328,8 +341,8 @@ def _warn_plaintext(config: BrokerConfig, raft_host: str) -> None:
     """Say so when a broker without TLS is reachable from other hosts."""
     exposed = [f"{name}={address}" for name, address, host in (
         ("listen", config.listen, parse_host_port(config.listen)[0]), ("raft", raft_host, raft_host),
-        ("metrics", f"{config.metrics_host}:{config.metrics_port}",
-         config.metrics_host if config.metrics_port is not None else "localhost"))
+        ("metrics", f"{config.metrics_bind_host}:{config.metrics_port}",
+         config.metrics_bind_host if config.metrics_port is not None else "localhost"))
         if not _loopback(host)]
     if exposed:
         log.warning("listening without TLS on a non-loopback address %s: anyone who can reach it can read and "

@@ -32,7 +32,7 @@ from raftka.cluster.quotas import FETCH, PRODUCE, throttle_ms
 from raftka.cluster.topics import MAX_BATCH_BYTES_LIMIT
 from raftka.errors import InternalError, InvalidRequestError, InvalidTopicError, RaftkaError
 from raftka.proto import NO_LEADER, api_pb2, api_pb2_grpc
-from raftka.wire.batch import Compression, next_offset_after
+from raftka.wire.batch import Compression, next_offset_after, offsets_spanned
 from raftka.wire.proto_records import decode_records, encode_records
 
 log = logging.getLogger(__name__)
@@ -253,7 +253,7 @@ class BrokerService(api_pb2_grpc.BrokerServicer):
             self._metrics.produce_requests.labels(api_pb2.ErrorCode.Name(exc.code)).inc()
             raise
         self._metrics.produce_requests.labels("ok").inc()
-        self._metrics.produce_bytes.inc(len(batches))
+        self._metrics.produced(request.topic, outcome.last_offset - outcome.base_offset + 1, len(batches))
         return api_pb2.ProduceResponse(correlation_id=request.correlation_id, topic=request.topic,
                                        partition=request.partition, base_offset=outcome.base_offset,
                                        last_offset=outcome.last_offset,
@@ -383,7 +383,11 @@ class BrokerService(api_pb2_grpc.BrokerServicer):
             await asyncio.wait([*waits, interrupt] if interrupt else waits, timeout=remaining,
                                return_when=asyncio.FIRST_COMPLETED)
         self._metrics.fetch_requests.labels("ok").inc()
-        self._metrics.fetch_bytes.inc(size)
+        for response in responses:
+            if response.batches:
+                self._metrics.fetched(response.topic, offsets_spanned(response.batches), len(response.batches))
+            elif response.records:
+                self._metrics.fetched(response.topic, len(response.records), _answered(response)[1])
         self._metrics.fetch_latency.observe(time.perf_counter() - started)
         return responses
 

@@ -61,8 +61,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="brokers refuse Raft traffic from another cluster id (env RAFTKA_CLUSTER_ID)")
     parser.add_argument("--metrics-port", type=int, default=env("METRICS_PORT", None, int),
                         help="serve Prometheus /metrics on this port (env RAFTKA_METRICS_PORT)")
-    parser.add_argument("--metrics-host", default=env("METRICS_HOST", "127.0.0.1"),
-                        help="address for /metrics (env RAFTKA_METRICS_HOST; default 127.0.0.1)")
+    parser.add_argument("--metrics-host", default=env("METRICS_HOST", ""),
+                        help="address for /metrics (env RAFTKA_METRICS_HOST; default the --listen host, so "
+                             "metrics are as reachable as the client API; 127.0.0.1 keeps them local)")
+    parser.add_argument("--metrics-per-topic", action=argparse.BooleanOptionalAction,
+                        default=env("METRICS_PER_TOPIC", True, flag),
+                        help="label traffic, storage and partition-health metrics by topic; "
+                             "--no-metrics-per-topic exports one series each for the whole broker "
+                             "(env RAFTKA_METRICS_PER_TOPIC=0; default on)")
     parser.add_argument("--leader-balance-delay-ms", type=int, default=env("LEADER_BALANCE_DELAY_MS", 30_000, int),
                         help="hand leadership back to an in-sync preferred leader after this long "
                              "(env RAFTKA_LEADER_BALANCE_DELAY_MS; default 30000)")
@@ -143,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
                                    replace=args.replace,
                                    raft_listen=args.raft_listen, data_dir=args.data_dir, peers=peers, racks=racks,
                                    rack=args.rack, cluster_id=args.cluster_id, metrics_port=args.metrics_port,
-                                   metrics_host=args.metrics_host,
+                                   metrics_host=args.metrics_host, metrics_per_topic=args.metrics_per_topic,
                                    retention_check_interval_s=args.retention_check_ms / 1000,
                                    leader_balance_delay_s=args.leader_balance_delay_ms / 1000,
                                    offsets_partitions=args.offsets_partitions, snapshot_bytes=args.snapshot_bytes,

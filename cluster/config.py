@@ -54,7 +54,13 @@ class BrokerConfig:
     """This broker's rack (`--rack`)."""
     cluster_id: str = "raftka"
     metrics_port: int | None = None
-    metrics_host: str = "127.0.0.1"
+    metrics_host: str = ""
+    """Where /metrics listens (`--metrics-host`); empty: the host of `listen`, so metrics are exactly as
+    reachable as the client API (loopback by default, every interface with `--listen 0.0.0.0:9092`,
+    the pod IP in the Helm chart). `metrics_bind_host` resolves it."""
+    metrics_per_topic: bool = True
+    """Label traffic, storage and partition-health series by topic (`--no-metrics-per-topic`: one
+    series each for the whole broker, for clusters with very many topics)."""
     request_timeout_ms: int = 30_000
     max_fetch_wait_ms: int = 30_000
     retention_check_interval_s: float = 60.0
@@ -86,6 +92,10 @@ class BrokerConfig:
     """Client certificates on the gRPC listener: `required` (verified against `tls_ca`) or `none`."""
     metrics_tls: bool = False
     """Serve /metrics over TLS with the broker's certificate (`--metrics-tls`)."""
+
+    @property
+    def metrics_bind_host(self) -> str:
+        return self.metrics_host or parse_host_port(self.listen)[0]
 
     @property
     def tls(self) -> bool:

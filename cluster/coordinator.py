@@ -230,6 +230,19 @@ class GroupCoordinator:
                         members=len(record.members), coordinator_id=self._broker_id))
         return summaries
 
+    def committed_offsets(self) -> dict[str, dict[TopicPartition, int]]:
+        """The committed offsets of every group this broker coordinates (of the partitions it leads),
+        of topics that still exist: what its lag metrics are computed from."""
+        live = {t.name: t.topic_id for t in self._metadata.topics()}
+        offsets = {}
+        for partition, group_log in self._logs.items():
+            replica = self._replica(partition)
+            if replica is None or replica.leading_term() is None:
+                continue
+            for group_id, record in group_log.groups.items():
+                offsets[group_id] = {tp: c.offset for tp, c in record.offsets.items() if live.get(tp[0]) == c.topic_id}
+        return offsets
+
     async def run(self) -> None:
         """Expire silent members, forget groups whose partition this broker no longer leads, and now
         and then clean up offsets of deleted topics."""

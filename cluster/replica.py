@@ -124,7 +124,12 @@ class RaftReplica:
 
     @property
     def size_bytes(self) -> int:
-        return sum(segment.size_bytes for segment in self._log.segments())
+        return self.storage_usage()[0]
+
+    def storage_usage(self) -> tuple[int, int]:
+        """(bytes of record batches, segments) of this replica's log."""
+        segments = self._log.segments()
+        return sum(segment.size_bytes for segment in segments), len(segments)
 
     @property
     def leader_id(self) -> int:

@@ -105,12 +105,15 @@ class _Group:
     config: RaftConfig
     applied: int
     """The last index the applier accepted, or the snapshot restored (or the index the node resumed from)."""
-    pending: dict[int, tuple[int, asyncio.Future[int]]] = field(default_factory=dict)
+    pending: dict[int, tuple[int, asyncio.Future[int], float]] = field(default_factory=dict)
+    """Proposals awaiting commit: index -> (term proposed in, future, monotonic time proposed)."""
     reads: dict[bytes, asyncio.Future[int]] = field(default_factory=dict)
     idle_ticks: int = 0
     stopped: bool = False
     failures: int = 0
     reopened_at: float = -math.inf
+    led_term: int = 0
+    """The last term in which this broker became the group's leader (counted once per term)."""
 
 
 class _DriverFailed(Exception):
@@ -122,13 +125,19 @@ class MultiRaft:
                  tick_interval_s: float = 0.05, quiesce_after_ticks: int = 20,
                  rng: random.Random | None = None, on_round: Callable[[int], None] | None = None,
                  on_group_failed: Callable[[str, str], None] | None = None,
-                 on_fatal: Callable[[BaseException], None] | None = None) -> None:
+                 on_fatal: Callable[[BaseException], None] | None = None,
+                 on_elected: Callable[[str], None] | None = None,
+                 on_committed: Callable[[float], None] | None = None) -> None:
         """`sync` makes every storage write staged so far durable (one fsync for all groups).
 
         A group whose leader saw no proposal for `quiesce_after_ticks` ticks is asked to quiesce,
         so idle groups stop heartbeating and cost nothing until traffic or `wake` revives them.
         `on_round(groups)` is told how many groups each synced round made durable;
         `on_group_failed(group, stage)` and `on_fatal(error)`: see the failure contract above.
+        `on_elected(cause)` is told each time this broker becomes a group's leader, once per term, by
+        "election" (a timeout's campaign) or "transfer" (a leadership transfer handed it over);
+        `on_committed(seconds)` the time each proposal this broker made took to commit (one call per
+        entry, i.e. per record batch).
         """
         self.broker_id = broker_id
         self._transport = transport
@@ -138,6 +147,8 @@ class MultiRaft:
         self._on_round = on_round
         self._on_group_failed = on_group_failed
         self._on_fatal = on_fatal
+        self._on_elected = on_elected
+        self._on_committed = on_committed
         self._reopening: set[str] = set()
         self._failure: BaseException | None = None
         self._rng = rng or random.Random()
@@ -201,7 +212,7 @@ class MultiRaft:
 
     def _track(self, group: _Group, index: int) -> asyncio.Future[int]:
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        group.pending[index] = (group.node.term, future)
+        group.pending[index] = (group.node.term, future, time.monotonic())
         group.idle_ticks = 0
         self._mark(group.group_id)
         return future
@@ -338,6 +349,10 @@ class MultiRaft:
             except Exception as exc:  # noqa: BLE001 - see the failure contract
                 self._fail(group, "core", exc)
                 continue
+            if node.role == Role.LEADER and node.term != group.led_term:
+                group.led_term = node.term
+                if self._on_elected is not None:
+                    self._on_elected("transfer" if node.elected_by_transfer else "election")
             if ready is None:
                 self._drop_stale_proposals(group)
                 continue
@@ -455,7 +470,7 @@ class MultiRaft:
         leading = node.role == Role.LEADER
         if leading and next(iter(group.pending.values()))[0] == node.term:
             return
-        for index, (term, future) in list(group.pending.items()):
+        for index, (term, future, _) in list(group.pending.items()):
             if leading and term == node.term:
                 continue
             del group.pending[index]
@@ -532,7 +547,7 @@ class MultiRaft:
 
     @staticmethod
     def _fail_waiters(group: _Group, error: Exception) -> None:
-        waiting = [*(future for _, future in group.pending.values()), *group.reads.values()]
+        waiting = [*(future for _, future, _ in group.pending.values()), *group.reads.values()]
         group.pending.clear()
         group.reads.clear()
         for future in waiting:
@@ -550,13 +565,15 @@ class MultiRaft:
         if self._on_fatal is not None:
             self._on_fatal(exc)
 
-    @staticmethod
-    def _settle(group: _Group, committed: Sequence[Entry]) -> None:
+    def _settle(self, group: _Group, committed: Sequence[Entry]) -> None:
+        now = time.monotonic()
         for entry in committed:
             waiting = group.pending.pop(entry.index, None)
             if waiting is None:
                 continue
-            term, future = waiting
+            term, future, proposed = waiting
+            if entry.term == term and self._on_committed is not None:
+                self._on_committed(now - proposed)
             if future.done():
                 continue
             if entry.term == term:

@@ -218,6 +218,7 @@ class RaftNode:
         self._reads = ReadIndexQueue()
         self._reads_awaiting_commit: list[tuple[bytes, int]] = []
         self._lead_transferee = 0
+        self._transfer_campaign = False
         self._term_start_index = 0
         self._needs_append: set[int] = set()
         self._throttled: dict[int, tuple[int, bool]] = {}
@@ -269,6 +270,12 @@ class RaftNode:
         """Per-member replication progress (leader only; empty otherwise). Match indexes give the
         in-sync replica set; the leader's own entry is its durable last index."""
         return {i: pr.view() for i, pr in self._progress.items()}
+
+    @property
+    def elected_by_transfer(self) -> bool:
+        """Whether this node's latest campaign was a leadership transfer's (TimeoutNow), not an election
+        timeout's: tells a leader how it came to lead, for the driver's statistics."""
+        return self._transfer_campaign
 
     @property
     def is_quiescent(self) -> bool:
@@ -605,6 +612,7 @@ class RaftNode:
             vote_type, term = MT.PRE_VOTE, self._term + 1
         else:
             self._become_candidate()
+            self._transfer_campaign = kind == _Campaign.TRANSFER
             vote_type, term = MT.VOTE, self._term
         self._votes[self.id] = True
         if self._tally() == VoteResult.WON:

@@ -244,6 +244,13 @@ def next_offset_after(buf: bytes | bytearray | memoryview) -> int | None:
     return batch_next_offset(buf, last) if last >= 0 else None
 
 
+def offsets_spanned(buf: bytes | bytearray | memoryview) -> int:
+    """How many offsets the whole, stored batches concatenated in `buf` cover (0 when it is empty): the
+    records a fetch answer carries, counted from batch headers alone."""
+    after = next_offset_after(buf)
+    return 0 if after is None else after - _U64.unpack_from(buf, 0)[0]
+
+
 def stamp_replicated(buf: bytes | bytearray | memoryview, base_offset: int, term: int) -> bytes:
     """A copy of the batch with its base offset and Raft term set, as the leader proposes it; the CRC
     stays valid (neither field is covered)."""

@@ -73,3 +73,11 @@ def test_raft_listener_defaults_to_the_listen_host_and_is_advertised_by_name(
                           data_dir=Path("/tmp/x"))
     config.validate()
     assert config.raft_bind == bind
+
+
+def test_metrics_listen_on_the_client_listeners_host_unless_told_otherwise() -> None:
+    assert BrokerConfig(broker_id=1, data_dir=Path("d"), listen="0.0.0.0:9092").metrics_bind_host == "0.0.0.0"
+    assert BrokerConfig(broker_id=1, data_dir=Path("d"), listen="127.0.0.1:9092").metrics_bind_host == "127.0.0.1"
+    assert BrokerConfig(broker_id=1, data_dir=Path("d"), listen="[::]:9092").metrics_bind_host == "::"
+    assert BrokerConfig(broker_id=1, data_dir=Path("d"), listen="0.0.0.0:9092",
+                        metrics_host="127.0.0.1").metrics_bind_host == "127.0.0.1"

@@ -53,16 +53,35 @@ def test_metrics_count_requests_bytes_and_latency(broker) -> None:
     samples = {line.split(" ")[0]: float(line.split(" ")[1]) for line in body.splitlines()
                if line and not line.startswith("#")}
     assert samples['raftka_produce_requests_total{outcome="ok"}'] == 10
-    assert samples["raftka_produce_bytes_total"] > 1000
+    assert samples['raftka_produce_bytes_total{topic="metered"}'] > 1000
+    assert samples['raftka_produce_records_total{topic="metered"}'] == 10
     assert samples["raftka_produce_latency_seconds_count"] == 10
     assert samples['raftka_fetch_requests_total{outcome="ok"}'] >= 1
-    assert samples["raftka_fetch_bytes_total"] > 1000
+    assert samples['raftka_fetch_bytes_total{topic="metered"}'] > 1000
+    assert samples['raftka_fetch_records_total{topic="metered"}'] >= 10
     assert samples["raftka_log_flush_latency_seconds_count"] >= 1
     assert samples["raftka_partitions"] == 1
     assert samples["raftka_partition_leaders"] == 1
     assert samples["raftka_raft_round_groups_count"] >= 1
     assert samples['raftka_raft_messages{direction="sent"}'] == 0, "a one-broker cluster sends no Raft messages"
     assert samples['raftka_raft_refusals{by="this_broker"}'] == 0 and samples['raftka_raft_refusals{by="peers"}'] == 0
+
+
+def test_metrics_aggregate_topics_on_request_and_time_raft_commits(start_broker) -> None:
+    broker = start_broker("--no-metrics-per-topic")
+    with Admin(broker.address) as admin:
+        admin.create_topic("one")
+        admin.create_topic("two")
+    with Producer(broker.address) as producer:
+        for topic in ("one", "two"):
+            producer.send(topic, b"x").result(timeout=10)
+    body = urllib.request.urlopen(f"http://127.0.0.1:{broker.metrics_port}/metrics", timeout=5).read().decode()
+    samples = {line.split(" ")[0]: float(line.split(" ")[1]) for line in body.splitlines()
+               if line and not line.startswith("#")}
+    assert samples["raftka_produce_records_total"] == 2
+    assert samples["raftka_log_segments"] == 2
+    assert not [name for name in samples if 'topic="' in name], "no series names a topic"
+    assert samples["raftka_raft_commit_latency_seconds_count"] >= 2
 
 
 def test_the_raft_listener_is_found_over_grpc_and_refuses_another_cluster(broker) -> None:

@@ -78,8 +78,10 @@ def test_records_are_written_as_one_batch_per_request_and_read_back_either_way(s
     for batch in decoded:
         assert [(r.key, r.value, r.headers, r.timestamp_ms) for r in batch.records] == expected
 
+    served = broker.metric_total('raftka_fetch_records_total{topic="events"}')
     from_middle = fetch_records(stub, "events", 6)
     assert [r.offset for r in from_middle] == list(range(6, 12))
+    assert broker.metric_total('raftka_fetch_records_total{topic="events"}') - served == 6
     assert [as_tuple(r) for r in from_middle] == expected[2:] + expected
 
     with Consumer(broker.address, auto_offset_reset="earliest") as consumer:

@@ -24,7 +24,8 @@ RELEASE, NAMESPACE = "rk", "streams"
 FULLNAME = "rk-raftka"
 POD_DOMAIN = f"{FULLNAME}-headless.{NAMESPACE}.svc.cluster.local"
 BOOTSTRAP = f"{FULLNAME}.{NAMESPACE}.svc.cluster.local:9092"
-MONITORING = ("--set", "monitoring.podMonitor.enabled=true", "--api-versions", "monitoring.coreos.com/v1")
+MONITORING = ("--set", "monitoring.podMonitor.enabled=true", "--set", "monitoring.prometheusRule.enabled=true",
+              "--set", "monitoring.dashboards.enabled=true", "--api-versions", "monitoring.coreos.com/v1")
 TLS = ("--set", "tls.enabled=true", "--set", "tls.secretName=raftka-tls")
 CERT_MANAGER = ("--set", "tls.enabled=true", "--set", "tls.certManager.issuer.name=raftka-ca",
                 "--api-versions", "cert-manager.io/v1")
@@ -84,8 +85,8 @@ def test_lint_strict(helm) -> None:
     (TLS, 0),
     (TLS + ("--set", "tls.metrics=false"), 0),
     (CERT_MANAGER, 1),
-    (MONITORING, 1),
-    (MONITORING + CERT_MANAGER, 2),
+    (MONITORING, 2),
+    (MONITORING + CERT_MANAGER, 3),
     (("--set", "networkPolicy.allowExternal=false",
       "--set", "networkPolicy.metricsFrom[0].namespaceSelector.matchLabels.name=monitoring"), 0),
     (("--set", "networkPolicy.enabled=false", "--set", "scaleDownGuard.enabled=false",
@@ -95,7 +96,8 @@ def test_lint_strict(helm) -> None:
         "tls-cert-manager", "monitoring", "monitoring-tls-cert-manager", "closed-network-policy", "minimal",
         "one-broker"])
 def test_rendered_manifests_are_valid_kubernetes_1_30(helm, tmp_path, args, custom_resources) -> None:
-    """Custom resources (PodMonitor, Certificate) get one WARN each: the validator has no schema for CRDs."""
+    """Custom resources (PodMonitor, PrometheusRule, Certificate) get one WARN each: the validator has no schema
+    for CRDs."""
     rendered = tmp_path / "rendered.yaml"
     rendered.write_text(render_text(helm, *args))
     result = subprocess.run([str(VALIDATOR), "--strict", "-k", "1.30", str(rendered)], capture_output=True,
@@ -148,6 +150,8 @@ def test_the_schema_refuses_bad_values(helm, args, message) -> None:
      "tls.certManager.issuer is set but tls.enabled is false"),
     (("--set", "monitoring.podMonitor.enabled=true"), "monitoring.podMonitor.enabled needs the "
                                                       "monitoring.coreos.com/v1 API"),
+    (("--set", "monitoring.prometheusRule.enabled=true"), "monitoring.prometheusRule.enabled needs the "
+                                                          "monitoring.coreos.com/v1 API"),
 ])
 def test_the_templates_refuse_what_would_lose_quorum_or_cannot_work(helm, args, message) -> None:
     stderr = refusal(helm, *args)
@@ -462,3 +466,19 @@ def test_notes_say_how_to_produce_and_consume(helm) -> None:
     assert f"exec -i {FULLNAME}-0 -- raftka produce orders" in notes
     assert f"exec -it {FULLNAME}-0 -- raftka consume orders" in notes
     assert "raftka broker decommission ID --wait" in notes
+
+
+def test_the_prometheus_rule_is_the_alert_rules_file(helm) -> None:
+    rule = render(helm, *MONITORING)[("PrometheusRule", FULLNAME)]
+    assert rule["spec"] == yaml.safe_load((CHART / "alerts" / "raftka.rules.yml").read_text())
+    assert {r["alert"] for group in rule["spec"]["groups"] for r in group["rules"]} >= {
+        "RaftkaLeaderlessPartitions", "RaftkaUnderReplicatedPartitions", "RaftkaConsumerLagGrowing",
+        "RaftkaDiskNearlyFull", "RaftkaBrokerDown", "RaftkaFsyncLatencyHigh"}
+    assert not [key for key in render(helm) if key[0] == "PrometheusRule"]
+
+
+def test_the_dashboard_config_map_carries_the_dashboard_for_grafanas_sidecar(helm) -> None:
+    config_map = render(helm, *MONITORING)[("ConfigMap", f"{FULLNAME}-dashboards")]
+    assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert config_map["data"]["raftka.json"] == (CHART / "dashboards" / "raftka.json").read_text().rstrip("\n")
+    assert not [key for key in render(helm) if key == ("ConfigMap", f"{FULLNAME}-dashboards")]
