@@ -18,10 +18,10 @@ from waiting import wait_until
 
 
 def produce(address: str, topic: str, count: int, partition: int = 0, size: int = 8) -> None:
+    """`count` records, one batch each (each is acknowledged before the next is sent)."""
     with Producer(address, linger_ms=0) as producer:
-        futures = [producer.send(topic, f"{i:0{size}d}".encode(), partition=partition) for i in range(count)]
-        for future in futures:
-            future.result(timeout=30)
+        for i in range(count):
+            producer.send(topic, f"{i:0{size}d}".encode(), partition=partition).result(timeout=30)
 
 
 def consume(consumer: Consumer, count: int, what: str) -> list[Record]:
@@ -100,10 +100,11 @@ def test_partitions_are_added_and_never_removed(start_broker) -> None:
 
 
 def test_records_are_deleted_below_an_offset_and_consumers_reset(start_broker) -> None:
-    address = start_broker().address
+    address = start_broker("--retention-check-ms", "200").address
     with Admin(address) as admin:
-        admin.create_topic("trim", partitions=2)
+        admin.create_topic("trim", partitions=2, config={"segment.bytes": 1024})
         produce(address, "trim", 100)
+        size = admin.describe_topic("trim").partitions[0].size_bytes
         for offsets, error, why in [({0: 101}, OffsetOutOfRangeError, "high watermark is 100"),
                                     ({0: -1}, InvalidRequestError, "offset must be >= 0"),
                                     ({1: 1}, OffsetOutOfRangeError, "high watermark is 0"),
@@ -116,6 +117,8 @@ def test_records_are_deleted_below_an_offset_and_consumers_reset(start_broker) -
         assert admin.delete_records("trim", {0: 40, 1: 0}) == {0: 40, 1: 0}
         assert admin.delete_records("trim", {0: 30}) == {0: 40}, "a lower offset changes nothing"
         assert admin.describe_topic("trim").partitions[0].log_start_offset == 40
+        wait_until(lambda: admin.describe_topic("trim").partitions[0].size_bytes < size * 0.7,
+                   "retention deletes the segments below the new log start")
     tp = TopicPartition("trim", 0)
     strict = Consumer(address, auto_offset_reset="error")
     strict.assign([tp])
