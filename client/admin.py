@@ -1,6 +1,6 @@
-"""`Admin`: topics (create, delete, list, describe, leader elections), consumer groups (list,
-describe with lag, delete, reset offsets), the cluster's brokers, and partition moves (reassign,
-status, cancel)."""
+"""`Admin`: topics (create, delete, list, describe, settings, more partitions, deleting records,
+leader elections), consumer groups (list, describe with lag, delete, reset offsets), the cluster's
+brokers, and partition moves (reassign, status, cancel)."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
 from raftka.client.connection import ClusterConnection
 from raftka.client.credentials import TokenProvider, token_source
 from raftka.client.membership import GroupCoordinatorClient
-from raftka.errors import (GroupNotEmptyError, OffsetOutOfRangeError, TopicExistsError, UnknownTopicError,
-                           from_rpc_error)
+from raftka.errors import (GroupNotEmptyError, InvalidPartitionsError, OffsetOutOfRangeError,
+                           TopicExistsError, UnknownTopicError, from_rpc_error)
 from raftka.proto import api_pb2, api_pb2_grpc
 from raftka.wire.structs import TopicPartition, from_group_partitions
 from raftka.wire.tls import ClientTls
@@ -109,6 +109,27 @@ class BrokerStatusInfo:
     replicas: int
     leaders: int | None
     """Partitions it leads, as it reports itself (None when it did not answer)."""
+
+
+class ConfigEntry(NamedTuple):
+    name: str
+    value: str
+    is_default: bool
+    """The value is the broker's default for the key."""
+
+
+@dataclass(frozen=True)
+class ClusterInfo:
+    """`Admin.describe_cluster_info`: the cluster id, the metadata leader (the controller, None while
+    none is known) with its Raft term, the controllers (voters of the metadata log) and learners, and
+    every broker as `Admin.describe_cluster` reports it."""
+
+    cluster_id: str
+    controller_id: int | None
+    controller_epoch: int
+    voters: tuple[int, ...]
+    learners: tuple[int, ...]
+    brokers: tuple[BrokerStatusInfo, ...]
 
 
 ROLES = {api_pb2.VOTER: "voter", api_pb2.LEARNER: "learner", api_pb2.NOT_A_CONTROLLER: ""}
@@ -305,6 +326,59 @@ class Admin:
         topic.partitions.extend(partitions[p] for p in sorted(partitions))
         return TopicInfo.from_proto(topic, list(offsets.values()))
 
+    def alter_topic_config(self, name: str, changes: Mapping[str, str | int] | None = None,
+                           reset: Sequence[str] = ()) -> list[ConfigEntry]:
+        """Set the `changes` keys and return the `reset` keys to their defaults, all or none (an
+        unknown key or a bad value raises InvalidConfigError and changes nothing); every replica
+        applies retention and segment settings at once. Returns every setting after the change."""
+        request = api_pb2.AlterTopicConfigRequest(name=name, set={k: str(v) for k, v in (changes or {}).items()},
+                                                  reset=list(reset))
+        response = self._admin(lambda stub: stub.AlterTopicConfig(request, timeout=self._conn.request_timeout_s))
+        return [ConfigEntry(e.name, e.value, e.is_default) for e in response.config]
+
+    def describe_topic_config(self, name: str) -> list[ConfigEntry]:
+        request = api_pb2.DescribeTopicConfigRequest(name=name)
+        response = self._admin(lambda stub: stub.DescribeTopicConfig(request, timeout=self._conn.request_timeout_s))
+        return [ConfigEntry(e.name, e.value, e.is_default) for e in response.config]
+
+    def create_partitions(self, name: str, partitions: int) -> TopicInfo:
+        """Raise the topic's partition count to `partitions` (InvalidPartitionsError unless that is more
+        than it has). Producers see the new count when they next refresh the topic's metadata
+        (`Producer(metadata_max_age_ms=...)`); from then on a key may map to another partition
+        (murmur2(key) mod the count, as in Kafka), so per-key order holds only among records written
+        under one count. When a retry follows a lost answer and finds the count already raised to
+        `partitions`, the call succeeded: it returns the topic."""
+        request = api_pb2.CreatePartitionsRequest(name=name, partitions=partitions)
+        retried = False
+
+        def attempt(stub: api_pb2_grpc.AdminStub) -> api_pb2.CreatePartitionsResponse:
+            nonlocal retried
+            try:
+                return stub.CreatePartitions(request, timeout=self._conn.request_timeout_s)
+            except grpc.RpcError as exc:
+                retried = retried or from_rpc_error(exc).retriable
+                raise
+        try:
+            self._admin(attempt)
+        except InvalidPartitionsError:
+            if not retried or len(self.describe_topic(name).partitions) != partitions:
+                raise
+        self._conn.topic(name, refresh=True)
+        return self.describe_topic(name)
+
+    def delete_records(self, topic: str, offsets: Mapping[int, int]) -> dict[int, int]:
+        """Delete each partition's records below its offset (at most its high watermark: else
+        OffsetOutOfRangeError, and negative offsets InvalidRequestError); returns each partition's log
+        start offset after it. A consumer whose position is below it gets OFFSET_OUT_OF_RANGE and
+        applies its auto_offset_reset. Partitions are done one by one: an error leaves the ones before
+        it done."""
+        def delete(partition: int, offset: int) -> int:
+            request = api_pb2.DeleteRecordsRequest(topic=topic, partition=partition, offset=offset)
+            return self._admin(lambda stub: stub.DeleteRecords(request, timeout=self._conn.request_timeout_s)
+                               ).low_watermark
+
+        return {partition: delete(partition, offset) for partition, offset in sorted(offsets.items())}
+
     def elect_preferred_leaders(self, topic: str = "") -> list[api_pb2.LeaderMove]:
         """Hand leadership back to in-sync preferred leaders (of `topic`, or all); every broker is
         asked, since each moves the partitions it leads. Returns the transfers started."""
@@ -401,6 +475,12 @@ class Admin:
         """Every broker: address, rack, role in the metadata log, draining, reachability (as the
         metadata leader sees it), replicas placed on it and partitions it leads (its own report:
         every broker is asked)."""
+        return list(self.describe_cluster_info().brokers)
+
+    def describe_cluster_info(self) -> ClusterInfo:
+        """The cluster id, controller (metadata leader), controllers and learners, and every broker
+        (`describe_cluster`), as the metadata leader answers (the first broker that answered when the
+        leader did not)."""
         request = api_pb2.DescribeClusterRequest()
         answers: dict[int, api_pb2.DescribeClusterResponse] = {}
         first = self._admin(lambda stub: stub.DescribeCluster(request, timeout=self._conn.request_timeout_s))
@@ -416,10 +496,13 @@ class Admin:
             answers[answer.answered_by] = answer
         view = answers.get(first.controller_id, first)
         own = {b: next((s.leaders for s in a.brokers if s.broker.id == b), -1) for b, a in answers.items()}
-        return [BrokerStatusInfo(s.broker.id, s.broker.address, s.broker.rack, ROLES[s.role], s.draining,
-                                 s.reachable, s.unreachable_since_ms, s.replicas,
-                                 own[s.broker.id] if own.get(s.broker.id, -1) >= 0 else None)
-                for s in view.brokers]
+        brokers = tuple(BrokerStatusInfo(s.broker.id, s.broker.address, s.broker.rack, ROLES[s.role], s.draining,
+                                         s.reachable, s.unreachable_since_ms, s.replicas,
+                                         own[s.broker.id] if own.get(s.broker.id, -1) >= 0 else None)
+                        for s in view.brokers)
+        return ClusterInfo(view.cluster_id, view.controller_id if view.controller_id > 0 else None,
+                           view.controller_epoch, tuple(view.controller_voters), tuple(view.controller_learners),
+                           brokers)
 
     def add_controller(self, broker_id: int) -> tuple[list[int], list[int]]:
         """Make a caught-up learner of the metadata log a voter; returns (voters, learners)."""

@@ -135,7 +135,24 @@ def build_parser(extra: Mapping[str, Command]) -> argparse.ArgumentParser:
                         help="succeed, changing nothing, when the topic already exists")
     create.add_argument("--config", action="append", default=[], metavar="KEY=VALUE",
                         help="topic config such as retention.ms=86400000 (repeatable)")
+    alter = topic_commands.add_parser("alter-config", help="change a live topic's settings (all or none)")
+    alter.add_argument("name")
+    alter.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="a setting such as retention.ms=86400000 (repeatable)")
+    alter.add_argument("--reset", action="append", default=[], metavar="KEY",
+                       help="return a setting to its default (repeatable)")
+    add_partitions = topic_commands.add_parser(
+        "add-partitions", help="raise a topic's partition count (keys may map to other partitions afterwards)")
+    add_partitions.add_argument("name")
+    add_partitions.add_argument("--partitions", type=_positive, required=True, metavar="N",
+                                help="the new total, more than the topic has")
+    delete_records = topic_commands.add_parser("delete-records",
+                                               help="delete a partition's records below an offset")
+    delete_records.add_argument("name")
+    delete_records.add_argument("--offset", action="append", default=[], required=True, metavar="PARTITION=OFFSET",
+                                help="delete the partition's records below OFFSET, at most its end (repeatable)")
     for name, text in (("list", "list topics"), ("describe", "show partitions, leaders and offsets"),
+                       ("describe-config", "show every setting of a topic and whether it is the default"),
                        ("delete", "delete a topic and its records"),
                        ("elect-leaders", "hand leadership back to preferred leaders that are in sync")):
         sub = topic_commands.add_parser(name, help=text)
@@ -151,6 +168,8 @@ def build_parser(extra: Mapping[str, Command]) -> argparse.ArgumentParser:
     cluster = commands.add_parser("cluster", help="the cluster's brokers and controllers")
     cluster_commands = cluster.add_subparsers(dest="cluster_command", required=True, metavar="ACTION")
     cluster_commands.add_parser("status", help="every broker: address, rack, role, state, replicas, leaders")
+    cluster_commands.add_parser("describe", help="the cluster id, the controller (metadata leader), the "
+                                "controllers, and every broker as `status` shows it")
     controllers = cluster_commands.add_parser("controllers", help="add or remove a voter of the metadata log")
     controllers.add_argument("change", choices=("add", "remove"))
     controllers.add_argument("broker_id", type=int)
@@ -546,7 +565,8 @@ def cmd_cluster(args: argparse.Namespace) -> int:
             return _balance(args, admin)
         if args.cluster_command == "scale-check":
             return _scale_check(args, admin)
-        brokers = admin.describe_cluster()
+        cluster = admin.describe_cluster_info()
+    brokers = cluster.brokers
     now_ms = time.time() * 1000
 
     def state(b: Any) -> str:
@@ -556,10 +576,19 @@ def cmd_cluster(args: argparse.Namespace) -> int:
 
     rows = [[str(b.broker_id), b.address, b.rack or "-", b.role or "-", state(b), str(b.replicas), _dash(b.leaders)]
             for b in brokers]
-    _emit(args, [{"id": b.broker_id, "address": b.address, "rack": b.rack, "role": b.role, "draining": b.draining,
-                  "reachable": b.reachable, "unreachable_since_ms": b.unreachable_since_ms or None,
-                  "replicas": b.replicas, "leaders": b.leaders} for b in brokers],
-          _table(["ID", "ADDRESS", "RACK", "ROLE", "STATE", "REPLICAS", "LEADERS"], rows))
+    listing = [{"id": b.broker_id, "address": b.address, "rack": b.rack, "role": b.role, "draining": b.draining,
+                "reachable": b.reachable, "unreachable_since_ms": b.unreachable_since_ms or None,
+                "replicas": b.replicas, "leaders": b.leaders} for b in brokers]
+    table = _table(["ID", "ADDRESS", "RACK", "ROLE", "STATE", "REPLICAS", "LEADERS"], rows)
+    if args.cluster_command == "status":
+        _emit(args, listing, table)
+        return 0
+    _emit(args, {"cluster_id": cluster.cluster_id, "controller": cluster.controller_id,
+                 "controller_epoch": cluster.controller_epoch, "controllers": list(cluster.voters),
+                 "learners": list(cluster.learners), "brokers": listing},
+          f"cluster {cluster.cluster_id}  controller {_dash(cluster.controller_id)} (epoch "
+          f"{cluster.controller_epoch})  controllers {','.join(map(str, cluster.voters))}  learners "
+          f"{','.join(map(str, cluster.learners)) or '-'}\n{table}")
     return 0
 
 
@@ -595,6 +624,24 @@ def cmd_topic(args: argparse.Namespace) -> int:
             rows = [[m.topic, str(m.partition), str(m.from_broker), str(m.to_broker)] for m in moves]
             _emit(args, [{"topic": m.topic, "partition": m.partition, "from": m.from_broker, "to": m.to_broker}
                          for m in moves], _table(["TOPIC", "PARTITION", "FROM", "TO"], rows))
+        elif args.topic_command in ("alter-config", "describe-config"):
+            if args.topic_command == "alter-config":
+                entries = admin.alter_topic_config(args.name, dict(_key_value(item, "--set") for item in args.set),
+                                                   args.reset)
+            else:
+                entries = admin.describe_topic_config(args.name)
+            _emit(args, [{"name": e.name, "value": e.value, "default": e.is_default} for e in entries],
+                  _table(["KEY", "VALUE", "SOURCE"], [[e.name, e.value, "default" if e.is_default else "topic"]
+                                                      for e in entries]))
+        elif args.topic_command == "add-partitions":
+            topic = admin.create_partitions(args.name, args.partitions)
+            _emit(args, {"altered": _topic_json(topic)},
+                  f"topic {topic.name} now has {len(topic.partitions)} partition(s)")
+        elif args.topic_command == "delete-records":
+            offsets = {int(p): int(o) for p, o in (_key_value(item, "--offset") for item in args.offset)}
+            starts = admin.delete_records(args.name, offsets)
+            _emit(args, [{"partition": p, "log_start_offset": o} for p, o in sorted(starts.items())],
+                  _table(["PARTITION", "START"], [[str(p), str(o)] for p, o in sorted(starts.items())]))
         elif args.topic_command == "list":
             topics = admin.list_topics(include_internal=args.internal)
             rows = [[t.name, str(len(t.partitions)), str(t.replication_factor)] for t in topics]

@@ -16,6 +16,12 @@ Batching: a partition's records go out together once the batch is full (`batch_s
 `linger_ms` old and the partition has no batch in flight; full batches pipeline up to `max_in_flight`.
 So with `linger_ms=0` a lone record leaves at once, and records sent while it is on its way share
 the next request.
+
+Partitions: a topic's partition count is looked up at its first record and again once it is
+`metadata_max_age_ms` old (Kafka's metadata.max.age.ms, 5 minutes by default), so partitions added
+with `Admin.create_partitions` take records from then on. A keyed record goes to murmur2(key) mod
+the count, as in Kafka: once the count grows, new records of a key may go to another partition
+than its earlier ones, and per-key order holds only among records sent under one count.
 """
 
 from __future__ import annotations
@@ -65,7 +71,7 @@ class Producer:
                  buffer_memory: int = 64 * 1024 * 1024, max_block_ms: int = 60_000,
                  request_timeout_ms: int = 30_000, delivery_timeout_ms: int = 120_000,
                  retry_backoff_ms: int = 50, retry_backoff_max_ms: int = 2_000,
-                 enable_idempotence: bool | None = None,
+                 enable_idempotence: bool | None = None, metadata_max_age_ms: int = 300_000,
                  tls_ca: str | Path | None = None, tls_cert: str | Path | None = None,
                  tls_key: str | Path | None = None, tls_server_name: str | None = None,
                  token: str | None = None, token_file: str | Path | None = None,
@@ -91,7 +97,9 @@ class Producer:
         self._acc = RecordAccumulator(batch_size=batch_size, linger_s=linger_ms / 1000,
                                       buffer_memory=buffer_memory, max_block_s=max_block_ms / 1000,
                                       max_in_flight=max_in_flight, delivery_timeout_s=delivery_timeout_ms / 1000)
-        self._topics: dict[str, tuple[TopicPartition, ...]] = {}
+        self._topics: dict[str, tuple[tuple[TopicPartition, ...], float]] = {}
+        """Each topic's partitions, and when (monotonic) to look its count up again."""
+        self._metadata_max_age_s = metadata_max_age_ms / 1000
         self._closed = False
         self._sender = Sender(self._conn, self._acc, acks=ACKS[str(acks)], compression=codec,
                               request_timeout_ms=request_timeout_ms,
@@ -106,8 +114,8 @@ class Producer:
 
         Raises at once for what can never succeed (a closed producer, an unknown topic or partition,
         a wrong type) and BufferExhaustedError if the buffer stays full for max_block_ms. A topic's
-        partitions are looked up once and cached: this is the per-record hot path, so it does no
-        more than type checks, one lock and one append.
+        partitions are cached for metadata_max_age_ms: this is the per-record hot path, so it does no
+        more than type checks, one clock read, one lock and one append.
         """
         if self._closed:
             raise ClientClosedError("producer is closed")
@@ -115,10 +123,13 @@ class Producer:
             value = _as_bytes("value", value)
         if key is not None and key.__class__ is not bytes:
             key = _as_bytes("key", key)
-        tps = self._topics.get(topic)
-        if tps is None:
-            count = self._conn.partition_count(topic)
-            tps = self._topics[topic] = tuple(TopicPartition(topic, p) for p in range(count))
+        known = self._topics.get(topic)
+        if known is None or known[1] < time.monotonic():
+            count = len(self._conn.topic(topic, refresh=known is not None).partitions)
+            tps = tuple(TopicPartition(topic, p) for p in range(count))
+            self._topics[topic] = (tps, time.monotonic() + self._metadata_max_age_s)
+        else:
+            tps = known[0]
         if partition is None:
             if key is not None:
                 partition = partition_for_key(key, len(tps))

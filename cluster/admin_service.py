@@ -3,10 +3,20 @@
 Topic changes go through the metadata log, whose leader alone may propose them; any broker accepts
 them and forwards to that leader, so clients need not know which broker it is. Reads are served
 from the broker's own applied metadata.
+
+DeleteRecords is recorded in the metadata log too (a `delete_records` command setting the
+partition's log start offset in its topic record), not in the partition's own Raft log: the
+metadata log already carries every replica's view of its topic (settings, placement), snapshots
+it and restores it, and a command there leaves the partition's batches, and so every consumer's
+and producer's view of them, untouched. The check that needs the partition (the offset is at most
+its high watermark) is made by its leader, which alone knows the high watermark: any broker
+forwards the call there, and the leader, once the offset is checked (the high watermark never
+shrinks, so it stays valid), has the metadata leader record it (`AdvanceLogStart`).
 """
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from typing import Any, Awaitable, Callable
 
@@ -21,10 +31,13 @@ from raftka.cluster.quotas import Quota
 from raftka.cluster.reassignment import Reassigner
 from raftka.cluster.topics import TopicConfig, validate_topic_name
 from raftka.cluster.config import parse_host_port
-from raftka.errors import (BrokerUnavailableError, InvalidRequestError, NotEnoughReplicasError, NotLeaderError,
-                           RaftkaError, ReassignmentInProgressError, from_rpc_error)
+from raftka.errors import (BrokerUnavailableError, InvalidRequestError, InvalidTopicError, NotEnoughReplicasError,
+                           NotLeaderError, OffsetOutOfRangeError, RaftkaError, ReassignmentInProgressError,
+                           from_rpc_error)
 from raftka.replication.membership import ConfChange, ConfChangeOp
 from raftka.proto import api_pb2, api_pb2_grpc
+
+log = logging.getLogger(__name__)
 
 DEFAULT_PARTITIONS = 1
 DEFAULT_REPLICATION_FACTOR = 3
@@ -90,6 +103,80 @@ class AdminService(api_pb2_grpc.AdminServicer):
                     high_watermark=replica.high_watermark, size_bytes=replica.size_bytes))
         return api_pb2.DescribeTopicResponse(topic=self._state.topic_metadata(record), offsets=offsets)
 
+    async def AlterTopicConfig(self, request: api_pb2.AlterTopicConfigRequest, context: grpc.aio.ServicerContext
+                               ) -> api_pb2.AlterTopicConfigResponse:
+        async def locally() -> api_pb2.AlterTopicConfigResponse:
+            validate_topic_name(request.name, allow_internal=True)
+            record = await self._state.controller.alter_topic_config(request.name, dict(request.set),
+                                                                     list(request.reset))
+            return api_pb2.AlterTopicConfigResponse(config=_config_entries(record.config))
+
+        return await unary(context, lambda: self.on_controller("AlterTopicConfig", request, locally))
+
+    async def DescribeTopicConfig(self, request: api_pb2.DescribeTopicConfigRequest,
+                                  context: grpc.aio.ServicerContext) -> api_pb2.DescribeTopicConfigResponse:
+        async def describe() -> api_pb2.DescribeTopicConfigResponse:
+            validate_topic_name(request.name, allow_internal=True)
+            await self._state.catch_up_metadata()
+            return api_pb2.DescribeTopicConfigResponse(
+                config=_config_entries(self._state.metadata.get(request.name).config))
+
+        return await unary(context, describe)
+
+    async def CreatePartitions(self, request: api_pb2.CreatePartitionsRequest, context: grpc.aio.ServicerContext
+                               ) -> api_pb2.CreatePartitionsResponse:
+        async def locally() -> api_pb2.CreatePartitionsResponse:
+            validate_topic_name(request.name, allow_internal=True)
+            record = await self._state.controller.create_partitions(request.name, request.partitions)
+            return api_pb2.CreatePartitionsResponse(topic=self._state.topic_metadata(record))
+
+        return await unary(context, lambda: self.on_controller("CreatePartitions", request, locally))
+
+    async def DeleteRecords(self, request: api_pb2.DeleteRecordsRequest, context: grpc.aio.ServicerContext
+                            ) -> api_pb2.DeleteRecordsResponse:
+        return await unary(context, lambda: self._delete_records(request))
+
+    async def _delete_records(self, request: api_pb2.DeleteRecordsRequest) -> api_pb2.DeleteRecordsResponse:
+        """On the partition's leader (forwarded there): check the offset against the high watermark,
+        then record it in the metadata log (see the module docstring)."""
+        validate_topic_name(request.topic, allow_internal=True)
+        if request.offset < 0:
+            raise InvalidRequestError(f"offset must be >= 0 (records below it are deleted), not {request.offset}")
+        if self._state.metadata.find(request.topic) is None:
+            await self._state.catch_up_metadata()
+        record = self._state.metadata.get(request.topic)
+        if record.internal:
+            raise InvalidTopicError(f"records of internal topic {record.name!r} cannot be deleted")
+        try:
+            replica = self._state.partitions.replica(request.topic, request.partition)
+            replica.require_leader()
+        except NotLeaderError as exc:
+            if not exc.leader_address:
+                raise
+            return await self._forward(exc.leader_address, "DeleteRecords", request)
+        high_watermark = replica.high_watermark
+        if request.offset > high_watermark:
+            raise OffsetOutOfRangeError(
+                f"cannot delete {request.topic}/{request.partition} below offset {request.offset}: its high "
+                f"watermark is {high_watermark}", offset=request.offset, start_offset=replica.log_start_offset,
+                end_offset=high_watermark)
+        answer = await self.advance_log_start(api_pb2.AdvanceLogStartRequest(
+            topic=record.name, topic_id=record.topic_id, partition=request.partition, offset=request.offset))
+        log.info("records deleted topic=%s partition=%d offset=%d log_start=%d", record.name, request.partition,
+                 request.offset, answer.low_watermark)
+        return api_pb2.DeleteRecordsResponse(low_watermark=answer.low_watermark)
+
+    async def AdvanceLogStart(self, request: api_pb2.AdvanceLogStartRequest, context: grpc.aio.ServicerContext
+                              ) -> api_pb2.AdvanceLogStartResponse:
+        return await unary(context, lambda: self.advance_log_start(request))
+
+    async def advance_log_start(self, request: api_pb2.AdvanceLogStartRequest) -> api_pb2.AdvanceLogStartResponse:
+        async def locally() -> api_pb2.AdvanceLogStartResponse:
+            return api_pb2.AdvanceLogStartResponse(low_watermark=await self._state.controller.advance_log_start(
+                request.topic, request.topic_id, request.partition, request.offset))
+
+        return await self.on_controller("AdvanceLogStart", request, locally)
+
     async def ElectPreferredLeaders(self, request: api_pb2.ElectPreferredLeadersRequest,
                                     context: grpc.aio.ServicerContext) -> api_pb2.ElectPreferredLeadersResponse:
         return await unary(context, lambda: self._elect(request))
@@ -150,9 +237,10 @@ class AdminService(api_pb2_grpc.AdminServicer):
                 draining=broker in registered and registered[broker].draining, reachable=since is None,
                 unreachable_since_ms=int(since * 1000) if since is not None else 0, replicas=hosted[broker],
                 leaders=sum(r.leader_id == me for _, _, r in state.partitions.replicas()) if broker == me else -1))
-        return api_pb2.DescribeClusterResponse(cluster_id=state.config.cluster_id,
-                                               controller_id=state.controller.leader_id, answered_by=me,
-                                               brokers=statuses)
+        leader_id, epoch = state.controller.replica.leadership()
+        return api_pb2.DescribeClusterResponse(cluster_id=state.config.cluster_id, controller_id=leader_id,
+                                               answered_by=me, brokers=statuses, controller_voters=members.voters,
+                                               controller_learners=members.learners, controller_epoch=epoch)
 
     async def ChangeControllers(self, request: api_pb2.ChangeControllersRequest, context: grpc.aio.ServicerContext
                                 ) -> api_pb2.ChangeControllersResponse:
@@ -383,7 +471,11 @@ class AdminService(api_pb2_grpc.AdminServicer):
         except NotLeaderError as exc:
             if not exc.leader_address:
                 raise
-            address = exc.leader_address
+            return await self._forward(exc.leader_address, method, request, stub)
+
+    async def _forward(self, address: str, method: str, request: Any,
+                       stub: Callable[[grpc.aio.Channel], Any] = api_pb2_grpc.AdminStub) -> Any:
+        """Call `method` on the leader at `address` (of the metadata log, or of a partition)."""
         channel = self._state.channels.cached(address)
         try:
             return await getattr(stub(channel), method)(request, timeout=FORWARD_TIMEOUT_S,
@@ -391,6 +483,10 @@ class AdminService(api_pb2_grpc.AdminServicer):
         except grpc.aio.AioRpcError as exc:
             error = from_rpc_error(exc)
             if isinstance(error, BrokerUnavailableError):
-                raise NotLeaderError(f"the metadata leader at {address} is unreachable; a new one is being "
-                                     "elected, retry") from None
+                raise NotLeaderError(f"the leader at {address} is unreachable; a new one is being elected, "
+                                     "retry") from None
             raise error from None
+
+
+def _config_entries(config: TopicConfig) -> list[api_pb2.ConfigEntry]:
+    return [api_pb2.ConfigEntry(name=key, value=value, is_default=default) for key, value, default in config.entries()]

@@ -19,8 +19,9 @@ from typing import Callable
 
 from raftka.cluster.brokers import BrokerDirectory
 from raftka.cluster.metadata import (ALLOCATE_PRODUCER_ID_COMMAND, METADATA_TOPIC, BrokerRegistration,
-                                     MetadataState, MoveLimits, TopicRecord, acls_command, cancel_reassignment_command,
-                                     complete_move_command, create_topic_command, delete_topic_command,
+                                     MetadataState, MoveLimits, TopicRecord, acls_command, alter_topic_config_command,
+                                     cancel_reassignment_command, complete_move_command, create_partitions_command,
+                                     create_topic_command, delete_records_command, delete_topic_command,
                                      drain_broker_command, reassign_command, register_broker_command,
                                      remove_quota_command, set_quota_command, unregister_broker_command)
 from raftka.cluster.authorizer import Acl
@@ -89,6 +90,39 @@ class Controller:
         record = TopicRecord(name, uuid.uuid4().hex, tuple(map(tuple, replicas)), config, internal)
         await self._propose(create_topic_command(record))
         return self._state.get(name)
+
+    async def create_partitions(self, name: str, partitions: int) -> TopicRecord:
+        """Raise the topic's partition count to `partitions`, placing the new ones as a new topic's
+        would be (spread over live brokers, balancing preferred leaders). Refused for internal topics:
+        their partitioning is part of their meaning (a group's coordinator is murmur2(group) mod N)."""
+        record = self._state.get(name)
+        if record.internal:
+            raise InvalidTopicError(f"internal topic {name!r} cannot get more partitions")
+        if not record.partitions < partitions <= MAX_PARTITIONS:
+            raise InvalidPartitionsError(
+                f"topic {name!r} has {record.partitions} partitions; the new count must be more than that "
+                f"(partitions are never removed) and at most {MAX_PARTITIONS}, not {partitions}")
+        added = assign_replicas(partitions - record.partitions, record.replication_factor,
+                                self._placeable(record.replication_factor), self._state.leader_load())
+        await self._propose(create_partitions_command(record, [tuple(r) for r in added]))
+        return self._state.get(name)
+
+    async def alter_topic_config(self, name: str, changes: dict[str, str], reset: list[str]) -> TopicRecord:
+        record = self._state.get(name)
+        if record.internal:
+            raise InvalidTopicError(f"internal topic {name!r} keeps its settings")
+        if not changes and not reset:
+            raise InvalidRequestError("the request changes no setting (give keys to set or to reset)")
+        await self._propose(alter_topic_config_command(record, record.config.altered(changes, reset)))
+        return self._state.get(name)
+
+    async def advance_log_start(self, name: str, topic_id: str, partition: int, offset: int) -> int:
+        """Record a partition's new log start offset (checked against its high watermark by its
+        leader); returns its log start offset after the command."""
+        if offset < 0:
+            raise InvalidRequestError(f"offset must be >= 0, not {offset}")
+        await self._propose(delete_records_command(name, topic_id, partition, offset))
+        return self._state.get(name).log_start(partition)
 
     async def register_broker(self, registration: BrokerRegistration, *, replace: bool = False) -> None:
         """Record a broker's address, rack and incarnation; a broker the metadata log does not know yet

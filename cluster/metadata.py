@@ -3,10 +3,12 @@
 The metadata log is the Raft log of the internal partition `__cluster_metadata/0`, hosted by the
 controller-eligible brokers. Each record of it is one command (JSON: register_broker, drain_broker,
 unregister_broker, create_topic, delete_topic, reassign, cancel_reassignment, complete_move,
-allocate_producer_id — whose offset in the log is the producer id it allocates, so it changes no
-state —, create_acls, delete_acls, set_quota, remove_quota); every broker applies the committed
-commands in log order to the same `MetadataState`, so all of them agree on which brokers registered
-(address, rack), which topics exist and where their replicas live, and on the ACLs and quotas.
+create_partitions, alter_topic_config, delete_records, allocate_producer_id — whose offset in the log
+is the producer id it allocates, so it changes no state —, create_acls, delete_acls, set_quota,
+remove_quota); every broker applies the committed commands in log order to the same
+`MetadataState`, so all of them agree on which brokers registered (address, rack), which topics
+exist, their settings, partitions and log start offsets (DeleteRecords), and where their replicas
+live, and on the ACLs and quotas.
 The state is snapshotted into the partition's Raft snapshot (`snapshot`/`restore`), so a restart
 restores the snapshot and replays only the commands after it.
 
@@ -34,9 +36,9 @@ from raftka.cluster.quotas import DEFAULT as DEFAULT_QUOTA
 from raftka.cluster.quotas import Quota
 from raftka.cluster.state_machine import MalformedRecordError, SnapshotFormatError, field_of, parse_json
 from raftka.cluster.topics import TopicConfig
-from raftka.errors import (InvalidConfigError, InvalidReplicaAssignmentError, InvalidRequestError, RaftkaError,
-                           ReassignmentInProgressError, StalePlanError, TopicExistsError, UnknownPartitionError,
-                           UnknownTopicError)
+from raftka.errors import (InvalidConfigError, InvalidPartitionsError, InvalidReplicaAssignmentError,
+                           InvalidRequestError, RaftkaError, ReassignmentInProgressError, StalePlanError,
+                           TopicExistsError, UnknownPartitionError, UnknownTopicError)
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +53,9 @@ class TopicRecord:
     """Replica broker ids of each partition; the first is the preferred leader."""
     config: TopicConfig = field(default_factory=TopicConfig)
     internal: bool = False
+    log_starts: tuple[int, ...] = ()
+    """Each partition's log start offset as DeleteRecords left it (records below it are deleted on every
+    replica); empty, or shorter than the partitions, means 0 for the rest."""
 
     @property
     def partitions(self) -> int:
@@ -60,13 +65,16 @@ class TopicRecord:
     def replication_factor(self) -> int:
         return len(self.replicas[0])
 
+    def log_start(self, partition: int) -> int:
+        return self.log_starts[partition] if partition < len(self.log_starts) else 0
+
     def group_id(self, partition: int) -> str:
         """The partition's Raft group id, also its log's name in the broker's LogStore."""
         return f"{self.topic_id}/{partition}"
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "topic_id": self.topic_id, "replicas": [list(r) for r in self.replicas],
-                "config": self.config.as_strings(), "internal": self.internal}
+                "config": self.config.as_strings(), "internal": self.internal, "log_starts": list(self.log_starts)}
 
     @classmethod
     def from_json(cls, raw: Any) -> TopicRecord:
@@ -80,8 +88,13 @@ class TopicRecord:
             config = TopicConfig.parse(field_of(raw, "config", dict))
         except InvalidConfigError as exc:
             raise MalformedRecordError(f"bad topic config: {exc.message}") from None
+        log_starts = raw.get("log_starts", [])
+        if not isinstance(log_starts, list) or len(log_starts) > len(replicas) or not all(
+                isinstance(o, int) and not isinstance(o, bool) and o >= 0 for o in log_starts):
+            raise MalformedRecordError(f"log_starts {log_starts!r} are not offsets of the partitions")
         return cls(name=field_of(raw, "name", str), topic_id=field_of(raw, "topic_id", str),
-                   replicas=tuple(map(tuple, replicas)), config=config, internal=field_of(raw, "internal", bool))
+                   replicas=tuple(map(tuple, replicas)), config=config, internal=field_of(raw, "internal", bool),
+                   log_starts=tuple(log_starts))
 
 
 @dataclass(frozen=True)
@@ -126,6 +139,22 @@ def unregister_broker_command(broker_id: int, incarnation: str) -> bytes:
 
 def create_topic_command(record: TopicRecord) -> bytes:
     return json.dumps({"op": "create_topic", "topic": record.to_json()}, sort_keys=True).encode()
+
+
+def create_partitions_command(record: TopicRecord, added: list[tuple[int, ...]]) -> bytes:
+    """Add partitions with replicas `added` to `record` (refused unless the topic still has its partitions)."""
+    return json.dumps({"op": "create_partitions", "name": record.name, "topic_id": record.topic_id,
+                       "from": record.partitions, "replicas": [list(r) for r in added]}, sort_keys=True).encode()
+
+
+def alter_topic_config_command(record: TopicRecord, config: TopicConfig) -> bytes:
+    return json.dumps({"op": "alter_topic_config", "name": record.name, "topic_id": record.topic_id,
+                       "config": config.as_strings()}, sort_keys=True).encode()
+
+
+def delete_records_command(name: str, topic_id: str, partition: int, offset: int) -> bytes:
+    return json.dumps({"op": "delete_records", "name": name, "topic_id": topic_id, "partition": partition,
+                       "offset": offset}, sort_keys=True).encode()
 
 
 def delete_topic_command(name: str) -> bytes:
@@ -264,6 +293,9 @@ class MetadataState:
         self.on_deleted: list[Listener] = []
         self.on_registered: list[BrokerListener] = []
         """Told of every registration applied or restored (a broker's address may have changed)."""
+        self.on_altered: list[Listener] = []
+        """Told when a topic changes in place (its settings, partitions or log start offsets), or a
+        snapshot restored changes it."""
         self.on_moved: list[MoveListener] = []
         """Told (topic, partition) when a partition's move starts, is cancelled or completes, or a
         snapshot restored changes it: the brokers that host the partition may have changed."""
@@ -288,6 +320,8 @@ class MetadataState:
         if op in _ACCESS_OPS:
             self._apply_access(op, raw)
             return None
+        if op in ("alter_topic_config", "delete_records"):
+            return self._alter_topic(op, raw)
         raise MalformedRecordError(f"unknown metadata command {op!r}")
 
     def _apply_placement(self, offset: int, op: str, raw: Any) -> RaftkaError | None:
@@ -329,12 +363,73 @@ class MetadataState:
                 for key in [key for key in self._moves if key[0] == name]:
                     del self._moves[key]
             self._deleted(dropped)
+        elif op == "create_partitions":
+            return self._create_partitions(raw)
         elif op == "reassign":
             return self._reassign(raw)
         elif op == "cancel_reassignment":
             self._cancel(raw)
         else:
             return self._complete(raw)
+        return None
+
+    def _same_topic(self, raw: Any) -> TopicRecord | RaftkaError:
+        """The topic a command names by name and id (holds the lock), or why there is none."""
+        name, topic_id = field_of(raw, "name", str), field_of(raw, "topic_id", str)
+        record = self._topics.get(name)
+        if record is None or record.topic_id != topic_id:
+            return UnknownTopicError(f"unknown topic {name!r} (deleted since, or re-created)")
+        return record
+
+    def _create_partitions(self, raw: Any) -> RaftkaError | None:
+        """Append the new partitions, if the topic still has the count they were placed after (of two
+        racing commands the second changes nothing)."""
+        added = [_broker_ids({"r": r}, "r") for r in field_of(raw, "replicas", list)]
+        with self._lock:
+            record = self._same_topic(raw)
+            if isinstance(record, RaftkaError):
+                return record
+            if field_of(raw, "from", int) != record.partitions or not added:
+                return InvalidPartitionsError(f"topic {record.name!r} has {record.partitions} partitions now; "
+                                              "describe it and try again")
+            if any(len(r) != record.replication_factor for r in added):
+                raise MalformedRecordError(f"replicas {added!r} do not have the topic's replication factor")
+            record = dataclasses.replace(record, replicas=record.replicas + tuple(added))
+            self._topics[record.name] = record
+        log.info("partitions created topic=%s partitions=%d replicas=%s", record.name, record.partitions,
+                 [list(r) for r in added])
+        self._altered(record)
+        return None
+
+    def _alter_topic(self, op: str, raw: Any) -> RaftkaError | None:
+        """alter_topic_config: the topic's settings become the command's. delete_records: the partition's
+        log start offset becomes the command's offset if that is higher (so a retry changes nothing)."""
+        with self._lock:
+            record = self._same_topic(raw)
+            if isinstance(record, RaftkaError):
+                return record
+            if op == "alter_topic_config":
+                try:
+                    config = TopicConfig.parse(field_of(raw, "config", dict))
+                except InvalidConfigError as exc:
+                    raise MalformedRecordError(f"bad topic config: {exc.message}") from None
+                record = dataclasses.replace(record, config=config)
+                change = " ".join(f"{k}={v}" for k, v in sorted(config.as_strings().items()))
+            else:
+                partition, offset = field_of(raw, "partition", int), field_of(raw, "offset", int)
+                if offset < 0:
+                    raise MalformedRecordError(f"offset {offset} is negative")
+                if not 0 <= partition < record.partitions:
+                    return UnknownPartitionError(f"topic {record.name!r} has no partition {partition}")
+                if offset <= record.log_start(partition):
+                    return None
+                starts = [record.log_start(p) for p in range(record.partitions)]
+                starts[partition] = offset
+                record = dataclasses.replace(record, log_starts=tuple(starts))
+                change = f"partition={partition} log_start={offset}"
+            self._topics[record.name] = record
+        log.info("topic altered op=%s topic=%s %s", op, record.name, change)
+        self._altered(record)
         return None
 
     def _apply_access(self, op: str, raw: Any) -> None:
@@ -522,8 +617,11 @@ class MetadataState:
             if _topic_id(topics.get(record.name)) != record.topic_id:
                 self._deleted(record)
         for record in topics.values():
-            if _topic_id(before.get(record.name)) != record.topic_id:
+            previous = before.get(record.name)
+            if _topic_id(previous) != record.topic_id:
                 self._created(record)
+            elif previous != record:
+                self._altered(record)
         for name, partition in sorted(set(moves_before) | set(moves)):
             moved = topics.get(name)
             if (moved is not None and moves_before.get((name, partition)) != moves.get((name, partition))
@@ -540,6 +638,10 @@ class MetadataState:
         record = self._topics[name]
         for listener in self.on_moved:
             listener(record, partition)
+
+    def _altered(self, record: TopicRecord) -> None:
+        for listener in self.on_altered:
+            listener(record)
 
     def _registered(self, registration: BrokerRegistration) -> None:
         for listener in self.on_registered:
@@ -608,7 +710,7 @@ class MetadataState:
 
 
 _PLACEMENT_OPS = frozenset({"create_topic", "register_broker", "drain_broker", "unregister_broker", "delete_topic",
-                            "reassign", "cancel_reassignment", "complete_move"})
+                            "reassign", "cancel_reassignment", "complete_move", "create_partitions"})
 
 
 _ACCESS_OPS = frozenset({"create_acls", "delete_acls", "set_quota", "remove_quota"})

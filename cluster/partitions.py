@@ -13,6 +13,10 @@ A partition being moved (`PartitionMove`) is hosted by every broker the move inv
 added by the move opens an empty replica that founds nothing (the leader adds it to the group as a
 learner and sends it the log); a broker the move removes keeps its replica until the move completes
 (the group may count on it until the leader removed it), then drops it and its log.
+
+A topic altered in place (`MetadataState.on_altered`) changes its replicas here at once: new
+partitions are opened (founded as a new topic's are), new settings reach every replica's log, and
+a DeleteRecords' log start offset every replica's reads and retention.
 """
 
 from __future__ import annotations
@@ -95,6 +99,7 @@ class PartitionManager:
         metadata.on_created.append(self._host)
         metadata.on_deleted.append(self._unhost)
         metadata.on_moved.append(self._rehost)
+        metadata.on_altered.append(self._alter)
         metadata.on_registered.append(self._registered)
 
     def attach(self, topic: str, factory: StateMachineFactory) -> None:
@@ -174,10 +179,20 @@ class PartitionManager:
                                         record.config, self._address_of, rejoining=self._predates_replacement(),
                                         **options)
         self._replicas[(record.name, partition)] = replica
+        replica.deleted_before = record.log_start(partition)
         if founded and voters[0] == me:
             replica.campaign()
         elif founded:
             replica.defer_election()
+
+    def _alter(self, record: TopicRecord) -> None:
+        for partition in range(record.partitions):
+            replica = self._replicas.get((record.name, partition))
+            if replica is None:
+                self._open(record, partition)
+            else:
+                replica.reconfigure(record.config, log_config(record.config))
+                replica.deleted_before = record.log_start(partition)
 
     def _rehost(self, record: TopicRecord, partition: int) -> None:
         """A move of the partition started, was cancelled or completed: open or drop this broker's replica."""

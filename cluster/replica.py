@@ -23,6 +23,10 @@ round's entries), the replica snapshots it at the last applied entry and truncat
 after it; a replica that installs its leader's snapshot (it fell behind the truncated log, or is new)
 restores the state machine from it. Retention never applies to such a partition: its snapshots would
 carry no state.
+
+DeleteRecords moves `deleted_before` up (from the topic's record in the metadata log, so every
+replica agrees): the log starts there for readers at once (`log_start_offset`, OFFSET_OUT_OF_RANGE
+below it), and retention deletes the segments wholly below it.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from raftka.cluster.state_machine import SnapshotPolicy, StateMachine
 from raftka.cluster.topics import TopicConfig
 from raftka.errors import (BatchTooLargeError, InvalidBatchError, NotEnoughReplicasError, NotLeaderError,
                            OffsetOutOfRangeError, RequestTimedOutError, StorageError)
-from raftka.partition.log import PartitionLog
+from raftka.partition.log import LogConfig, PartitionLog
 from raftka.proto import NO_LEADER
 from raftka.replication import errors as raft_errors
 from raftka.replication.driver import MultiRaft
@@ -86,6 +90,8 @@ class RaftReplica:
         self._storage = storage
         self._driver = driver
         self._config = config
+        self.deleted_before = 0
+        """DeleteRecords' log start offset (the topic record's `log_start`): set by the partition manager."""
         self._address_of = address_of
         self._state_machine = state_machine
         self._snapshot_policy = snapshot_policy
@@ -120,7 +126,13 @@ class RaftReplica:
 
     @property
     def log_start_offset(self) -> int:
-        return self._log.start_offset
+        return max(self._log.start_offset, self.deleted_before)
+
+    def reconfigure(self, config: TopicConfig, log_config: LogConfig) -> None:
+        """The topic's settings changed: new batches are checked against them, the log rolls and
+        retention expires by them from now on."""
+        self._config = config
+        self._log.config = log_config
 
     @property
     def size_bytes(self) -> int:
@@ -245,7 +257,7 @@ class RaftReplica:
     def read(self, offset: int, max_bytes: int) -> ReadResult:
         """Whole batches from the one holding `offset`, below the high watermark (leader only)."""
         self.require_leader()
-        hw, start, end = self._hw, self._log.start_offset, self._log.end_offset
+        hw, start, end = self._hw, self.log_start_offset, self._log.end_offset
         if offset < start or offset > end:
             raise OffsetOutOfRangeError(
                 f"offset {offset} is out of range: the log runs from {start} to {end} (high watermark {hw})",
@@ -293,12 +305,14 @@ class RaftReplica:
                     f"{self.group_id}: index {index} not applied within {timeout_s:.3f}s") from None
 
     def offset_for_timestamp(self, timestamp_ms: int) -> int | None:
-        return self._log.offset_for_timestamp(timestamp_ms, upper_bound=self._hw)
+        found = self._log.offset_for_timestamp(timestamp_ms, upper_bound=self._hw)
+        return None if found is None else max(found, self.deleted_before)
 
     def apply_retention(self, now_ms: int) -> int:
         if self._state_machine is not None:
             return 0
-        return self._storage.apply_retention(now_ms, self.node.applied_index, self.node.conf_state_at)
+        return self._storage.apply_retention(now_ms, self.node.applied_index, self.node.conf_state_at,
+                                             deleted_before=self.deleted_before)
 
     def require_leader(self) -> None:
         if self.node.role != Role.LEADER:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, fields
-from typing import Mapping
+from typing import Iterable, Mapping
 
 from raftka.errors import InvalidConfigError, InvalidTopicError
 
@@ -87,6 +87,25 @@ class TopicConfig:
         if not 1024 <= self.max_message_bytes <= MAX_BATCH_BYTES_LIMIT:
             raise InvalidConfigError(
                 f"max.message.bytes must be between 1024 and {MAX_BATCH_BYTES_LIMIT}, not {self.max_message_bytes}")
+
+    def altered(self, changes: Mapping[str, str], reset: Iterable[str]) -> TopicConfig:
+        """This config with the `changes` keys set and the `reset` keys back to their defaults, validated
+        as a whole: an unknown key, a key both set and reset, or a bad value raises InvalidConfigError."""
+        current, reset = self.as_strings(), list(reset)
+        unknown = sorted(key for key in [*changes, *reset] if key not in current)
+        if unknown:
+            raise InvalidConfigError(f"unknown topic config {', '.join(map(repr, unknown))}; known keys are "
+                                     f"{', '.join(sorted(current))}")
+        both = sorted(set(changes) & set(reset))
+        if both:
+            raise InvalidConfigError(f"topic config {', '.join(map(repr, both))} is both set and reset")
+        defaults = TopicConfig().as_strings()
+        return self.parse({**current, **{key: defaults[key] for key in reset}, **changes})
+
+    def entries(self) -> list[tuple[str, str, bool]]:
+        """(key, value, whether it is the default) of every setting, by key."""
+        defaults = TopicConfig().as_strings()
+        return sorted((key, value, value == defaults[key]) for key, value in self.as_strings().items())
 
     def as_strings(self) -> dict[str, str]:
         return {self.key(f.name): str(getattr(self, f.name)) for f in fields(self)}

@@ -274,13 +274,14 @@ class PartitionLog:
             self._durable_end = min(self._durable_end, offset)
             self._low_water = min(self._low_water, offset)
 
-    def retention_start(self, now_ms: int, *, limit: int | None = None) -> int:
+    def retention_start(self, now_ms: int, *, limit: int | None = None, deleted_before: int = 0) -> int:
         """The start offset retention leaves at `now_ms` (a segment base), never past `limit` (a Raft log
         passes the end offset of its applied entries); `delete_segments_before` it applies it. Stages
         nothing.
 
         Like Kafka: a segment expires when its max timestamp is more than retention_ms before now_ms;
         by size, the oldest segment goes only if the log still holds >= retention_bytes without it.
+        A segment that ends at or before `deleted_before` (records deleted by DeleteRecords) goes too.
         The active segment, and any segment not yet wholly durable, is never deleted.
         """
         self._check_open()
@@ -293,7 +294,8 @@ class PartitionLog:
             oldest = segments[doomed]
             expired = retention_ms >= 0 and now_ms - oldest.max_ts > retention_ms
             oversize = retention_bytes >= 0 and total - oldest.size >= retention_bytes
-            if not (expired or oversize):
+            deleted = segments[doomed + 1].base <= deleted_before
+            if not (expired or oversize or deleted):
                 break
             total -= oldest.size
             doomed += 1

@@ -329,14 +329,16 @@ class RaftEntryLog:
         with self._staging(self) as wb:
             self._stage_compact(wb, index)
 
-    def apply_retention(self, now_ms: int, max_index: int, conf_at: Callable[[int], bytes]) -> int:
-        """Apply the log's retention to records of entries <= `max_index` (pass the applied index), and
+    def apply_retention(self, now_ms: int, max_index: int, conf_at: Callable[[int], bytes], *,
+                        deleted_before: int = 0) -> int:
+        """Apply the log's retention (and `deleted_before`: `PartitionLog.retention_start`) to records of
+        entries <= `max_index` (pass the applied index), and
         compact the entries whose records it deletes, snapshotting the last of them (its
         configuration from `conf_at(index)`) if the current snapshot is older. Returns the number of
         segments deleted; everything is staged in one write."""
         self.log._check_open()
         anchor = max(self._first - 1, min(max_index, self._last))
-        new_start = self.log.retention_start(now_ms, limit=self.end_offset_at(anchor))
+        new_start = self.log.retention_start(now_ms, limit=self.end_offset_at(anchor), deleted_before=deleted_before)
         if new_start == self.log.start_offset:
             return 0
         cut = min(self._first_ending_after(new_start) - 1, anchor)

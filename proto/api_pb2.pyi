@@ -577,16 +577,22 @@ class BrokerStatus(_message.Message):
     def __init__(self, broker: _Optional[_Union[BrokerInfo, _Mapping]] = ..., role: _Optional[_Union[ControllerRole, str]] = ..., draining: _Optional[bool] = ..., reachable: _Optional[bool] = ..., unreachable_since_ms: _Optional[int] = ..., replicas: _Optional[int] = ..., leaders: _Optional[int] = ...) -> None: ...
 
 class DescribeClusterResponse(_message.Message):
-    __slots__ = ("cluster_id", "controller_id", "answered_by", "brokers")
+    __slots__ = ("cluster_id", "controller_id", "answered_by", "brokers", "controller_voters", "controller_learners", "controller_epoch")
     CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
     CONTROLLER_ID_FIELD_NUMBER: _ClassVar[int]
     ANSWERED_BY_FIELD_NUMBER: _ClassVar[int]
     BROKERS_FIELD_NUMBER: _ClassVar[int]
+    CONTROLLER_VOTERS_FIELD_NUMBER: _ClassVar[int]
+    CONTROLLER_LEARNERS_FIELD_NUMBER: _ClassVar[int]
+    CONTROLLER_EPOCH_FIELD_NUMBER: _ClassVar[int]
     cluster_id: str
     controller_id: int
     answered_by: int
     brokers: _containers.RepeatedCompositeFieldContainer[BrokerStatus]
-    def __init__(self, cluster_id: _Optional[str] = ..., controller_id: _Optional[int] = ..., answered_by: _Optional[int] = ..., brokers: _Optional[_Iterable[_Union[BrokerStatus, _Mapping]]] = ...) -> None: ...
+    controller_voters: _containers.RepeatedScalarFieldContainer[int]
+    controller_learners: _containers.RepeatedScalarFieldContainer[int]
+    controller_epoch: int
+    def __init__(self, cluster_id: _Optional[str] = ..., controller_id: _Optional[int] = ..., answered_by: _Optional[int] = ..., brokers: _Optional[_Iterable[_Union[BrokerStatus, _Mapping]]] = ..., controller_voters: _Optional[_Iterable[int]] = ..., controller_learners: _Optional[_Iterable[int]] = ..., controller_epoch: _Optional[int] = ...) -> None: ...
 
 class ChangeControllersRequest(_message.Message):
     __slots__ = ("add", "remove")
@@ -1047,3 +1053,96 @@ class RemoveQuotaRequest(_message.Message):
 class RemoveQuotaResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class AlterTopicConfigRequest(_message.Message):
+    __slots__ = ("name", "set", "reset")
+    class SetEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SET_FIELD_NUMBER: _ClassVar[int]
+    RESET_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    set: _containers.ScalarMap[str, str]
+    reset: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., set: _Optional[_Mapping[str, str]] = ..., reset: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ConfigEntry(_message.Message):
+    __slots__ = ("name", "value", "is_default")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    IS_DEFAULT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    value: str
+    is_default: bool
+    def __init__(self, name: _Optional[str] = ..., value: _Optional[str] = ..., is_default: _Optional[bool] = ...) -> None: ...
+
+class AlterTopicConfigResponse(_message.Message):
+    __slots__ = ("config",)
+    CONFIG_FIELD_NUMBER: _ClassVar[int]
+    config: _containers.RepeatedCompositeFieldContainer[ConfigEntry]
+    def __init__(self, config: _Optional[_Iterable[_Union[ConfigEntry, _Mapping]]] = ...) -> None: ...
+
+class DescribeTopicConfigRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class DescribeTopicConfigResponse(_message.Message):
+    __slots__ = ("config",)
+    CONFIG_FIELD_NUMBER: _ClassVar[int]
+    config: _containers.RepeatedCompositeFieldContainer[ConfigEntry]
+    def __init__(self, config: _Optional[_Iterable[_Union[ConfigEntry, _Mapping]]] = ...) -> None: ...
+
+class CreatePartitionsRequest(_message.Message):
+    __slots__ = ("name", "partitions")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PARTITIONS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    partitions: int
+    def __init__(self, name: _Optional[str] = ..., partitions: _Optional[int] = ...) -> None: ...
+
+class CreatePartitionsResponse(_message.Message):
+    __slots__ = ("topic",)
+    TOPIC_FIELD_NUMBER: _ClassVar[int]
+    topic: TopicMetadata
+    def __init__(self, topic: _Optional[_Union[TopicMetadata, _Mapping]] = ...) -> None: ...
+
+class DeleteRecordsRequest(_message.Message):
+    __slots__ = ("topic", "partition", "offset")
+    TOPIC_FIELD_NUMBER: _ClassVar[int]
+    PARTITION_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    topic: str
+    partition: int
+    offset: int
+    def __init__(self, topic: _Optional[str] = ..., partition: _Optional[int] = ..., offset: _Optional[int] = ...) -> None: ...
+
+class DeleteRecordsResponse(_message.Message):
+    __slots__ = ("low_watermark",)
+    LOW_WATERMARK_FIELD_NUMBER: _ClassVar[int]
+    low_watermark: int
+    def __init__(self, low_watermark: _Optional[int] = ...) -> None: ...
+
+class AdvanceLogStartRequest(_message.Message):
+    __slots__ = ("topic", "topic_id", "partition", "offset")
+    TOPIC_FIELD_NUMBER: _ClassVar[int]
+    TOPIC_ID_FIELD_NUMBER: _ClassVar[int]
+    PARTITION_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    topic: str
+    topic_id: str
+    partition: int
+    offset: int
+    def __init__(self, topic: _Optional[str] = ..., topic_id: _Optional[str] = ..., partition: _Optional[int] = ..., offset: _Optional[int] = ...) -> None: ...
+
+class AdvanceLogStartResponse(_message.Message):
+    __slots__ = ("low_watermark",)
+    LOW_WATERMARK_FIELD_NUMBER: _ClassVar[int]
+    low_watermark: int
+    def __init__(self, low_watermark: _Optional[int] = ...) -> None: ...

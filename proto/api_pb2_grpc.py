@@ -449,6 +449,31 @@ class AdminStub:
                 request_serializer=raftka_dot_proto_dot_api__pb2.RemoveQuotaRequest.SerializeToString,
                 response_deserializer=raftka_dot_proto_dot_api__pb2.RemoveQuotaResponse.FromString,
                 _registered_method=True)
+        self.AlterTopicConfig = channel.unary_unary(
+                '/raftka.v1.Admin/AlterTopicConfig',
+                request_serializer=raftka_dot_proto_dot_api__pb2.AlterTopicConfigRequest.SerializeToString,
+                response_deserializer=raftka_dot_proto_dot_api__pb2.AlterTopicConfigResponse.FromString,
+                _registered_method=True)
+        self.DescribeTopicConfig = channel.unary_unary(
+                '/raftka.v1.Admin/DescribeTopicConfig',
+                request_serializer=raftka_dot_proto_dot_api__pb2.DescribeTopicConfigRequest.SerializeToString,
+                response_deserializer=raftka_dot_proto_dot_api__pb2.DescribeTopicConfigResponse.FromString,
+                _registered_method=True)
+        self.CreatePartitions = channel.unary_unary(
+                '/raftka.v1.Admin/CreatePartitions',
+                request_serializer=raftka_dot_proto_dot_api__pb2.CreatePartitionsRequest.SerializeToString,
+                response_deserializer=raftka_dot_proto_dot_api__pb2.CreatePartitionsResponse.FromString,
+                _registered_method=True)
+        self.DeleteRecords = channel.unary_unary(
+                '/raftka.v1.Admin/DeleteRecords',
+                request_serializer=raftka_dot_proto_dot_api__pb2.DeleteRecordsRequest.SerializeToString,
+                response_deserializer=raftka_dot_proto_dot_api__pb2.DeleteRecordsResponse.FromString,
+                _registered_method=True)
+        self.AdvanceLogStart = channel.unary_unary(
+                '/raftka.v1.Admin/AdvanceLogStart',
+                request_serializer=raftka_dot_proto_dot_api__pb2.AdvanceLogStartRequest.SerializeToString,
+                response_deserializer=raftka_dot_proto_dot_api__pb2.AdvanceLogStartResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -601,6 +626,47 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AlterTopicConfig(self, request, context):
+        """Change a live topic's settings (see CreateTopicRequest.config): `set` keys take the given
+        values, `reset` keys return to their defaults; validated as a whole (an unknown key or a bad value
+        changes nothing). Every replica applies the new retention and segment settings at once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DescribeTopicConfig(self, request, context):
+        """Every setting of a topic, with whether it is the default.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreatePartitions(self, request, context):
+        """Raise a topic's partition count (never lower it). Records already written stay where they are; a
+        key's partition is murmur2(key) mod the count, so new records of a key may go to another partition.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteRecords(self, request, context):
+        """Delete the records of a partition below an offset (at most its high watermark): its log start
+        offset moves up on every replica, a fetch below it fails with OFFSET_OUT_OF_RANGE, and retention
+        removes the segments wholly below it. Moving it to where it is already, or below, changes nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AdvanceLogStart(self, request, context):
+        """Between brokers: a partition's leader, having checked a DeleteRecords against its high
+        watermark, records the new log start offset in the metadata log.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -708,6 +774,31 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.RemoveQuota,
                     request_deserializer=raftka_dot_proto_dot_api__pb2.RemoveQuotaRequest.FromString,
                     response_serializer=raftka_dot_proto_dot_api__pb2.RemoveQuotaResponse.SerializeToString,
+            ),
+            'AlterTopicConfig': grpc.unary_unary_rpc_method_handler(
+                    servicer.AlterTopicConfig,
+                    request_deserializer=raftka_dot_proto_dot_api__pb2.AlterTopicConfigRequest.FromString,
+                    response_serializer=raftka_dot_proto_dot_api__pb2.AlterTopicConfigResponse.SerializeToString,
+            ),
+            'DescribeTopicConfig': grpc.unary_unary_rpc_method_handler(
+                    servicer.DescribeTopicConfig,
+                    request_deserializer=raftka_dot_proto_dot_api__pb2.DescribeTopicConfigRequest.FromString,
+                    response_serializer=raftka_dot_proto_dot_api__pb2.DescribeTopicConfigResponse.SerializeToString,
+            ),
+            'CreatePartitions': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreatePartitions,
+                    request_deserializer=raftka_dot_proto_dot_api__pb2.CreatePartitionsRequest.FromString,
+                    response_serializer=raftka_dot_proto_dot_api__pb2.CreatePartitionsResponse.SerializeToString,
+            ),
+            'DeleteRecords': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteRecords,
+                    request_deserializer=raftka_dot_proto_dot_api__pb2.DeleteRecordsRequest.FromString,
+                    response_serializer=raftka_dot_proto_dot_api__pb2.DeleteRecordsResponse.SerializeToString,
+            ),
+            'AdvanceLogStart': grpc.unary_unary_rpc_method_handler(
+                    servicer.AdvanceLogStart,
+                    request_deserializer=raftka_dot_proto_dot_api__pb2.AdvanceLogStartRequest.FromString,
+                    response_serializer=raftka_dot_proto_dot_api__pb2.AdvanceLogStartResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1278,6 +1369,141 @@ class Admin:
             '/raftka.v1.Admin/RemoveQuota',
             raftka_dot_proto_dot_api__pb2.RemoveQuotaRequest.SerializeToString,
             raftka_dot_proto_dot_api__pb2.RemoveQuotaResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AlterTopicConfig(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/raftka.v1.Admin/AlterTopicConfig',
+            raftka_dot_proto_dot_api__pb2.AlterTopicConfigRequest.SerializeToString,
+            raftka_dot_proto_dot_api__pb2.AlterTopicConfigResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DescribeTopicConfig(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/raftka.v1.Admin/DescribeTopicConfig',
+            raftka_dot_proto_dot_api__pb2.DescribeTopicConfigRequest.SerializeToString,
+            raftka_dot_proto_dot_api__pb2.DescribeTopicConfigResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreatePartitions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/raftka.v1.Admin/CreatePartitions',
+            raftka_dot_proto_dot_api__pb2.CreatePartitionsRequest.SerializeToString,
+            raftka_dot_proto_dot_api__pb2.CreatePartitionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteRecords(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/raftka.v1.Admin/DeleteRecords',
+            raftka_dot_proto_dot_api__pb2.DeleteRecordsRequest.SerializeToString,
+            raftka_dot_proto_dot_api__pb2.DeleteRecordsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AdvanceLogStart(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/raftka.v1.Admin/AdvanceLogStart',
+            raftka_dot_proto_dot_api__pb2.AdvanceLogStartRequest.SerializeToString,
+            raftka_dot_proto_dot_api__pb2.AdvanceLogStartResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -197,11 +197,14 @@ class PartitionStorage:
         self._check_term_index(index)
         return self.entry_log.end_offset_at(index)
 
-    def apply_retention(self, now_ms: int, applied: int, conf_state_at: Callable[[int], ConfState]) -> int:
-        """Delete the segments the log's retention expires, among the records of entries <= `applied`,
+    def apply_retention(self, now_ms: int, applied: int, conf_state_at: Callable[[int], ConfState], *,
+                        deleted_before: int = 0) -> int:
+        """Delete the segments the log's retention expires (and those wholly below `deleted_before`, the
+        partition's DeleteRecords offset), among the records of entries <= `applied`,
         and compact the entries whose records went (snapshotting the last of them, with configuration
         `conf_state_at(index)`, e.g. `RaftNode.conf_state_at`). Returns the segments deleted."""
-        return self.entry_log.apply_retention(now_ms, applied, lambda i: encode_conf_state(conf_state_at(i)))
+        return self.entry_log.apply_retention(now_ms, applied, lambda i: encode_conf_state(conf_state_at(i)),
+                                              deleted_before=deleted_before)
 
     def _check_snapshot_index(self, index: int) -> None:
         current = self.entry_log.snapshot.index

@@ -61,6 +61,37 @@ def test_errors_are_one_clear_line_and_a_nonzero_exit(cli_env, free_port) -> Non
     assert unreachable.returncode == 1 and "BrokerUnavailableError" in unreachable.stderr
 
 
+def test_topic_changes_and_the_cluster_description(cli_env) -> None:
+    assert raftka("topic", "create", "changing", env=cli_env).returncode == 0
+    produced = raftka("produce", "changing", env=cli_env, stdin="a\nb\nc\n")
+    assert produced.returncode == 0, produced.stderr
+    altered = raftka("topic", "alter-config", "changing", "--set", "retention.ms=60000", "--format", "json",
+                     env=cli_env)
+    assert altered.returncode == 0, altered.stderr
+    assert {"name": "retention.ms", "value": "60000", "default": False} in json.loads(altered.stdout)
+    shown = raftka("topic", "describe-config", "changing", env=cli_env).stdout.splitlines()
+    assert shown[0].split() == ["KEY", "VALUE", "SOURCE"] and "retention.ms 60000 topic" in [
+        " ".join(line.split()) for line in shown]
+    bad = raftka("topic", "alter-config", "changing", "--set", "retention.ms=soon", env=cli_env)
+    assert bad.returncode == 1 and "InvalidConfigError: topic config retention.ms='soon' is not" in bad.stderr
+    grown = raftka("topic", "add-partitions", "changing", "--partitions", "3", env=cli_env)
+    assert grown.returncode == 0 and "topic changing now has 3 partition(s)" in grown.stdout
+    fewer = raftka("topic", "add-partitions", "changing", "--partitions", "2", env=cli_env)
+    assert fewer.returncode == 1 and "InvalidPartitionsError: topic 'changing' has 3 partitions" in fewer.stderr
+    trimmed = raftka("topic", "delete-records", "changing", "--offset", "0=2", "--format", "json", env=cli_env)
+    assert json.loads(trimmed.stdout) == [{"partition": 0, "log_start_offset": 2}]
+    past = raftka("topic", "delete-records", "changing", "--offset", "0=4", env=cli_env)
+    assert past.returncode == 1 and "OffsetOutOfRangeError" in past.stderr and "high watermark is 3" in past.stderr
+    consumed = raftka("consume", "changing", "--partition", "0", "--from-beginning", "--max-messages", "1",
+                      env=cli_env)
+    assert consumed.stdout == "c\n", consumed.stderr
+    cluster = json.loads(raftka("cluster", "describe", "--format", "json", env=cli_env).stdout)
+    assert cluster["controller"] == 1 and cluster["controllers"] == [1] and cluster["cluster_id"]
+    assert [b["id"] for b in cluster["brokers"]] == [1]
+    text = raftka("cluster", "describe", env=cli_env).stdout
+    assert text.startswith(f"cluster {cluster['cluster_id']}  controller 1 ") and "controllers 1  learners -" in text
+
+
 def test_ten_thousand_lines_round_trip_exactly(cli_env) -> None:
     assert raftka("topic", "create", "lines", "--partitions", "3", env=cli_env).returncode == 0
     lines = [f"line {i} ünïcödé \t tabs and spaces " for i in range(10_000)]

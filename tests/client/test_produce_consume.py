@@ -58,6 +58,22 @@ def test_round_trip_keeps_every_field_and_partition_order(broker, admin: Admin) 
         assert offsets == list(range(len(offsets))), "each partition arrives in offset order, without gaps"
 
 
+def test_a_keyed_producer_uses_added_partitions_once_its_metadata_ages(broker, admin: Admin) -> None:
+    """murmur2(key) mod the new count, as in Kafka: a key may move to a new partition."""
+    key = next(k for k in (f"key-{i}".encode() for i in range(1000))
+               if partition_for_key(k, 1) == 0 and partition_for_key(k, 3) == 2)
+    admin.create_topic("growing", partitions=1)
+    with Producer(broker.address, linger_ms=0, metadata_max_age_ms=200) as producer:
+        assert producer.send("growing", b"before", key=key).result(timeout=10).partition == 0
+        admin.create_partitions("growing", 3)
+        deadline = time.monotonic() + 30
+        while (metadata := producer.send("growing", b"after", key=key).result(timeout=10)).partition == 0:
+            assert time.monotonic() < deadline, "the producer never used the new partition count"
+        assert metadata.partition == 2
+    with Producer(broker.address, linger_ms=0) as producer:
+        assert producer.send("growing", b"fresh", key=key).result(timeout=10).partition == 2
+
+
 def test_seek_position_and_offsets_for_time(broker, admin: Admin) -> None:
     admin.create_topic("seekable", partitions=1)
     tp = TopicPartition("seekable", 0)

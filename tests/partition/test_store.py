@@ -143,3 +143,15 @@ def test_appends_and_reads_run_while_another_thread_flushes(tmp_path):
             assert log.durable_end_offset == log.end_offset
             data = log.read(0, 1 << 30)
             assert len(data) == sum(s.size_bytes for s in log.segments())
+
+
+def test_retention_deletes_the_segments_wholly_below_a_deleted_before_offset(tmp_path):
+    with LogStore(tmp_path) as store:
+        log = store.open_log("a/0", LogConfig(segment_bytes=1, retention_ms=-1))
+        for _ in range(5):
+            append(log, batch())
+        store.flush()
+        assert log.retention_start(T0, deleted_before=0) == 0, "unlimited retention keeps everything"
+        assert log.retention_start(T0, deleted_before=3) == 3
+        assert log.retention_start(T0, deleted_before=3, limit=2) == 2, "never past the caller's limit"
+        assert log.retention_start(T0, deleted_before=9) == 4, "the active segment stays"
