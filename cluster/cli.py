@@ -132,7 +132,7 @@ def auth_settings(args: argparse.Namespace) -> AuthSettings:
 def run(args: argparse.Namespace) -> int:
     from raftka.cluster.broker import run as run_broker
 
-    name = args.id_from_name or (socket.gethostname() if args.id_from_name else "")
+    name = args.id_from_name or (socket.gethostname() if args.id_from_hostname else "")
     broker_id = id_from_name(name, args.id_offset) if name else args.id
     if broker_id is None or args.data_dir is None:
         raise ValueError("raftka broker needs --id (or --id-from-hostname or --id-from-name) and --data-dir (or "
