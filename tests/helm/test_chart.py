@@ -9,59 +9,22 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
-CHART = ROOT / "helm" / "raftka"
+from helm_chart import (BOOTSTRAP, CHART, FULLNAME, NAMESPACE, POD_DOMAIN, RELEASE, Helm, broker_container, render,
+                        render_text, run_helm)
+
 VALIDATOR = Path(sys.executable).parent / "kubernetes-validate"
-RELEASE, NAMESPACE = "rk", "streams"
-FULLNAME = "rk-raftka"
-POD_DOMAIN = f"{FULLNAME}-headless.{NAMESPACE}.svc.cluster.local"
-BOOTSTRAP = f"{FULLNAME}.{NAMESPACE}.svc.cluster.local:9092"
 MONITORING = ("--set", "monitoring.podMonitor.enabled=true", "--api-versions", "monitoring.coreos.com/v1")
 TLS = ("--set", "tls.enabled=true", "--set", "tls.secretName=raftka-tls")
 
 
-@pytest.fixture(scope="module")
-def helm(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, str]]:
-    """The helm binary and an environment whose HOME and HELM_* directories are writable and private."""
-    binary = subprocess.run([str(ROOT / "scripts" / "install-helm")], capture_output=True, text=True, check=True,
-                            timeout=300).stdout.strip()
-    home = tmp_path_factory.mktemp("helm-home")
-    env = {**os.environ, "HOME": str(home), "HELM_CACHE_HOME": str(home / "cache"),
-           "HELM_CONFIG_HOME": str(home / "config"), "HELM_DATA_HOME": str(home / "data")}
-    return binary, env
-
-
-def run_helm(helm: tuple[str, dict[str, str]], *args: str) -> subprocess.CompletedProcess[str]:
-    binary, env = helm
-    return subprocess.run([binary, *args], capture_output=True, text=True, env=env, timeout=60)
-
-
-def render_text(helm: tuple[str, dict[str, str]], *args: str) -> str:
-    result = run_helm(helm, "template", RELEASE, str(CHART), "--namespace", NAMESPACE, *args)
-    assert result.returncode == 0, result.stderr
-    return result.stdout
-
-
-def render(helm: tuple[str, dict[str, str]], *args: str) -> dict[tuple[str, str], dict[str, Any]]:
-    """Every rendered object by (kind, name)."""
-    return {(doc["kind"], doc["metadata"]["name"]): doc
-            for doc in yaml.safe_load_all(render_text(helm, *args)) if doc}
-
-
-def refusal(helm: tuple[str, dict[str, str]], *args: str) -> str:
+def refusal(helm: Helm, *args: str) -> str:
     result = run_helm(helm, "template", RELEASE, str(CHART), "--namespace", NAMESPACE, *args)
     assert result.returncode != 0, f"helm rendered {args} instead of refusing it"
     return result.stderr
-
-
-def broker_container(objects: dict[tuple[str, str], dict[str, Any]]) -> dict[str, Any]:
-    [container] = objects[("StatefulSet", FULLNAME)]["spec"]["template"]["spec"]["containers"]
-    return container
 
 
 def test_lint_strict(helm) -> None:
