@@ -6,8 +6,10 @@ rolled and scaled as Kubernetes would (issue #20, tests 2 and 3).
 entrypoint unless the spec has a `command`, `args` and `env` values with Kubernetes' $(VAR) expansion,
 downward-API fieldRefs filled (the pod's name and namespace, its IP, its node), the securityContext's
 uid:gid, read-only root and dropped capabilities, and one Docker volume per pod at the volumeMount path
-(a PersistentVolumeClaim: it outlives the pod's containers). Each pod's IP is a loopback address of its
-own, so the chart's fixed ports never collide under host networking.
+(a PersistentVolumeClaim: it outlives the pod's containers; Docker fills a new volume from the image's
+/var/lib/raftka, owned by 10001, the ownership the chart's fsGroup gives a claim). Each pod's IP is a
+loopback address of its own, so the chart's fixed ports never collide under host networking; probes
+and the Service reach a pod there.
 
 Cluster DNS is /etc/hosts: every container gets `extra_hosts` mapping each pod's name under the headless
 Service to its address, and the client Service's name to one running pod, each in turn (a ClusterIP
@@ -110,6 +112,7 @@ class ChartCluster:
         self.volumes: dict[int, str] = {}
         self.pods: dict[int, BrokerContainer] = {}
         """Running pods by ordinal."""
+        self.clients: list[BrokerContainer] = []
         headless = self.statefulset["spec"]["serviceName"]
         self._names = [f"{FULLNAME}-{i}.{headless}.{NAMESPACE}.svc.{CLUSTER_DOMAIN}" for i in range(MAX_PODS)]
         self._service = f"{service}.{NAMESPACE}.svc.{CLUSTER_DOMAIN}"
@@ -125,21 +128,21 @@ class ChartCluster:
         target = running[next(self._turn) % len(running)]
         return {**dict(zip(self._names, self.addresses)), self._service: self.addresses[target]}
 
-    def start(self, *ordinals: int) -> list[BrokerContainer]:
-        """Start pods (each on its own volume, made at its first start) and wait until each is ready."""
+    def start(self, *ordinals: int) -> None:
+        """Start pods (each on its own volume, made at its first start), then wait until each is ready and live."""
         started = []
         for ordinal in ordinals:
-            volume = self.volumes.setdefault(ordinal, self._docker_volume())
+            if ordinal not in self.volumes:
+                self.volumes[ordinal] = self._docker_volume()
             started.append((time.monotonic(), self._start_container(**kubelet(
                 self.template["spec"], name=f"{FULLNAME}-{ordinal}", ip=self.addresses[ordinal], hosts=self.hosts(),
-                volume=volume))))
+                volume=self.volumes[ordinal]))))
         [container] = self.template["spec"]["containers"]
         probes = {probe: container[probe]["grpc"]["service"] for probe in ("readinessProbe", "livenessProbe")}
         for ordinal, (since, pod) in zip(ordinals, started):
             self.pods[ordinal] = pod.wait(probes["readinessProbe"], timeout_s=120)
             print(f"pod {ordinal}: container start to ready {time.monotonic() - since:.1f} s")
             pod.wait(probes["livenessProbe"], timeout_s=10)
-        return [pod for _, pod in started]
 
     def stop(self, ordinal: int) -> int:
         """A pod deleted: SIGTERM, SIGKILL after the rendered terminationGracePeriodSeconds; the exit status."""
@@ -148,9 +151,24 @@ class ChartCluster:
     def kill(self, ordinal: int) -> int:
         return self.pods.pop(ordinal).kill()
 
+    def reschedule(self, ordinal: int) -> None:
+        """Give a stopped pod a new IP, as a StatefulSet's pod recreated by a rolling update gets, and
+        update cluster DNS: each container's /etc/hosts (Docker's file, bind-mounted) rewritten in place."""
+        old, self.addresses[ordinal] = self.addresses[ordinal], free_loopback_address()
+        for pod in [*self.pods.values(), *self.clients]:
+            pod.docker.reload()
+            path = Path(pod.docker.attrs["HostsPath"])
+            lines = [f"{self.addresses[ordinal]}\t{line.split(maxsplit=1)[1]}" if line.split()[:1] == [old] else line
+                     for line in path.read_text().splitlines()]
+            with path.open("r+") as hosts:
+                hosts.truncate()
+                hosts.write("\n".join(lines) + "\n")
+
     def pod(self, spec: dict[str, Any], name: str) -> BrokerContainer:
         """Start a pod that is not a broker (a client, a Job's, the test Pod) from its rendered spec."""
-        return self._start_container(**kubelet(spec, name=name, ip=free_loopback_address(), hosts=self.hosts()))
+        self.clients.append(self._start_container(**kubelet(spec, name=name, ip=free_loopback_address(),
+                                                            hosts=self.hosts())))
+        return self.clients[-1]
 
     def client(self, command: list[str]) -> BrokerContainer:
         """Start a client pod: the chart's test Pod with `command`, its Service name mapped to a running pod."""
@@ -228,8 +246,9 @@ def chart_cluster(helm: Helm, start_container: Callable[..., BrokerContainer],
     the client Service (replication factor 3)."""
     cluster = ChartCluster(render(helm), start_container, docker_volume)
     started = time.monotonic()
-    cluster.start(*range(cluster.statefulset["spec"]["replicas"]))
-    print(f"\n3 pods ready in {time.monotonic() - started:.1f} s")
+    replicas = cluster.statefulset["spec"]["replicas"]
+    cluster.start(*range(replicas))
+    print(f"\n{replicas} pods ready in {time.monotonic() - started:.1f} s")
     cluster.cli_json("topic", "create", TOPIC, "--partitions", str(PARTITIONS), "--replication-factor", "3")
     yield cluster
 
@@ -299,18 +318,27 @@ def test_produce_through_the_service_sigkill_a_leader_and_restart_it_on_its_volu
 def test_a_rolling_restart_under_a_producer_loses_nothing(chart_cluster: ChartCluster,
                                                           exactly_once: Callable[..., None]) -> None:
     """Scenario 3: the StatefulSet controller's rolling update, highest ordinal first: each pod stopped
-    (SIGTERM, exit 0 within the grace period), started again on its volume and ready before the next,
-    while a producer pod writes through the Service: no producer error, nothing lost or doubled."""
+    (SIGTERM, exit 0 within the grace period), recreated on its volume with a new IP under the same DNS
+    name, and ready before the next, while a producer pod writes through the Service: no producer
+    error, nothing lost or doubled, and every replica back in sync."""
     cluster = chart_cluster
     producer = cluster.start_producer()
     wait_for_acks(producer, 100)
     started = time.monotonic()
     for ordinal in sorted(cluster.pods, reverse=True):
-        before = len(acknowledged(producer)[0])
-        assert cluster.stop(ordinal) == 0, cluster.pods.get(ordinal)
+        before, pod, step = len(acknowledged(producer)[0]), cluster.pods[ordinal], time.monotonic()
+        assert cluster.stop(ordinal) == 0, pod.log()[-3000:]
+        stopped = time.monotonic()
+        cluster.reschedule(ordinal)
         cluster.start(ordinal)
+        ready = time.monotonic()
         wait_for_acks(producer, before + 100)
+        print(f"pod {ordinal}: stopped in {stopped - step:.1f} s, ready {ready - stopped:.1f} s later, 100 more "
+              f"records acknowledged {time.monotonic() - ready:.1f} s later")
     rolled = time.monotonic() - started
+    wait_until(lambda: all(len(p["in_sync_replicas"]) == 3 for p in cluster.cli_json("topic", "describe", TOPIC)[
+        "partitions"]), "every replica in sync again, each broker reaching the others at their new addresses",
+        timeout_s=60, interval_s=0.5)
     acks = stop_producer(producer)
     found = cluster.consume_all()
     exactly_once(acks, records(found))
