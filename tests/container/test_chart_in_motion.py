@@ -13,10 +13,11 @@ and the Service reach a pod there.
 
 Cluster DNS is /etc/hosts: every container gets `extra_hosts` mapping each pod's name under the headless
 Service to its address, and the client Service's name to one running pod, each in turn (a ClusterIP
-balances connections over ready pods). Docker writes /etc/hosts once per container, so the names of
-every pod the test will ever run (pods 3 and 4 of the scale-up too) are mapped from the start; a name
-whose pod is not running refuses connections, as an unresolvable one would. Pods keep their address
-across restarts, so a pod IP change (a rescheduled pod) is not exercised here.
+balances connections over ready pods). The names of every pod the test will ever run (pods 3 and 4 of
+the scale-up too) are mapped from the start; a name whose pod is not running refuses connections, as
+an unresolvable one would. A container restarted in its pod (the SIGKILL scenario) keeps the pod's
+IP; a pod recreated by the rolling update gets a new one, and `reschedule()` rewrites every running
+container's /etc/hosts in place, as the headless Service's DNS record changes.
 
 Clients run INSIDE containers of the image, as the chart's own `helm test` Pod does (its spec, with
 another command): the brokers advertise pod DNS names that only those /etc/hosts resolve. Editing the
