@@ -197,7 +197,7 @@ class PeerChannels:
 
     def open(self, address: str) -> grpc.aio.Channel:
         """A new channel (the caller closes it)."""
-        return grpc.aio.insecure_channel(address) if self._tls is None else self._tls.channel(address)
+        return open_aio_channel(address, None) if self._tls is None else self._tls.channel(address)
 
     def cached(self, address: str) -> grpc.aio.Channel:
         channel = self._cached.get(address)

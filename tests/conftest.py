@@ -13,6 +13,7 @@ from typing import Callable, Iterator
 import grpc
 import pytest
 
+from helm_chart import Helm, install_helm
 from raftka import Admin, Consumer, Producer, Record, TopicPartition
 from raftka.client.certs import LocalPki
 from raftka.client.local import LocalBroker, free_port, plan
@@ -64,6 +65,12 @@ def stubs(broker: LocalBroker) -> Iterator[tuple[api_pb2_grpc.BrokerStub, api_pb
 @pytest.fixture
 def cli_env(broker: LocalBroker) -> dict[str, str]:
     return {**os.environ, "RAFTKA_BOOTSTRAP": broker.address}
+
+
+@pytest.fixture(scope="session")
+def helm(tmp_path_factory: pytest.TempPathFactory) -> Helm:
+    """The helm binary (scripts/install-helm) and an environment whose HOME and HELM_* are private."""
+    return install_helm(tmp_path_factory.mktemp("helm-home"))
 
 
 @pytest.fixture(name="free_port")

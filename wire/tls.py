@@ -21,6 +21,13 @@ BROKER_URI_PREFIX = "raftka://broker/"
 
 ChannelOptions = Sequence[tuple[str, object]]
 
+RERESOLVE_OPTIONS: ChannelOptions = (("grpc.dns_min_time_between_resolutions_ms", 1_000),)
+"""Every channel to a broker looks its name up again at most a second after the last lookup, not
+gRPC's default 30 s. A broker's name outlives its address: a StatefulSet pod recreated by a rolling
+update comes back under the same DNS name at a new IP. A channel that looked the name up while the pod
+was down kept the old address for the rest of the 30 s; the chart's rolling-restart container test
+measured a producer acknowledging nothing for 21-22 s after pod 0 (broker 1) was ready again."""
+
 
 def broker_uri(broker_id: int) -> str:
     """The SAN URI a certificate of broker `broker_id` carries (ANY_BROKER: of every broker)."""
@@ -89,6 +96,7 @@ class ClientTls:
 
 def open_channel(address: str, tls: ClientTls | None, options: ChannelOptions = ()) -> grpc.Channel:
     """A blocking-API channel to `address`: TLS when `tls` is given, else plaintext."""
+    options = [*RERESOLVE_OPTIONS, *options]
     if tls is None:
         return grpc.insecure_channel(address, options=options)
     return grpc.secure_channel(address, tls.credentials(), options=tls.options(options))
@@ -96,6 +104,7 @@ def open_channel(address: str, tls: ClientTls | None, options: ChannelOptions = 
 
 def open_aio_channel(address: str, tls: ClientTls | None, options: ChannelOptions = ()) -> grpc.aio.Channel:
     """An asyncio channel to `address`: TLS when `tls` is given, else plaintext."""
+    options = [*RERESOLVE_OPTIONS, *options]
     if tls is None:
         return grpc.aio.insecure_channel(address, options=options)
     return grpc.aio.secure_channel(address, tls.credentials(), options=tls.options(options))

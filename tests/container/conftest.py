@@ -172,22 +172,29 @@ def start_container(raftka_image: str, docker_volume: Callable[[], str]) -> Iter
     network, read-only root file system, `volume` (a named volume, new if None) at the data directory.
     A pod's `command` is Docker's `entrypoint` (None keeps `raftka broker`) and its `args` are `args`;
     `hostname` is the pod's (`raftka-2`: RAFTKA_ID_FROM_HOSTNAME reads it), `extra_hosts` maps names
-    to addresses (pod DNS names to loopback addresses). Without `address` (the broker's gRPC
-    HOST:PORT), it is RAFTKA_ADVERTISE of `env`. Returns once the container runs, not once it serves
-    (`.wait()`). Every container is removed after the test; the volumes by `docker_volume`."""
+    to addresses (pod DNS names to loopback addresses). A pod's securityContext maps onto `user`
+    ("UID:GID"; None keeps the image's), `cap_drop` and `no_new_privileges`; its volumeMount onto
+    `volume_path`. Without `address` (the broker's gRPC HOST:PORT), it is RAFTKA_ADVERTISE of `env`.
+    Returns once the container runs, not once it serves (`.wait()`). Every container is removed after
+    the test; the volumes by `docker_volume`."""
     started: list[DockerContainer] = []
 
     def start(env: dict[str, str], args: tuple[str, ...] = (), volume: str | None = None, *,
               entrypoint: list[str] | None = None, hostname: str | None = None,
-              extra_hosts: dict[str, str] | None = None, read_only: bool = True,
+              extra_hosts: dict[str, str] | None = None, read_only: bool = True, user: str | None = None,
+              cap_drop: list[str] | None = None, no_new_privileges: bool = False, volume_path: str = DATA_DIR,
               address: str | None = None) -> BrokerContainer:
-        options: dict[str, object] = {"network_mode": "host", "read_only": read_only, "extra_hosts": extra_hosts or {}}
+        options: dict[str, object] = {"network_mode": "host", "read_only": read_only, "extra_hosts": extra_hosts or {},
+                                      "cap_drop": cap_drop or [],
+                                      "security_opt": ["no-new-privileges"] if no_new_privileges else []}
         if entrypoint is not None:
             options["entrypoint"] = entrypoint
         if hostname is not None:
             options["hostname"] = hostname
+        if user is not None:
+            options["user"] = user
         container = DockerContainer(raftka_image).with_envs(**env).with_kwargs(**options)
-        container.with_volume_mapping(volume or docker_volume(), DATA_DIR, "rw")
+        container.with_volume_mapping(volume or docker_volume(), volume_path, "rw")
         if args:
             container.with_command(list(args))
         started.append(container.start())

@@ -14,16 +14,12 @@ from typing import Any
 import pytest
 import yaml
 
+from helm_chart import (BOOTSTRAP, CHART, FULLNAME, NAMESPACE, POD_DOMAIN, RELEASE, Helm, broker_container, render,
+                        render_text, run_helm)
 from raftka.client.certs import Issued, issue, local_pki
 from raftka.wire.tls import ANY_BROKER
 
-ROOT = Path(__file__).resolve().parents[2]
-CHART = ROOT / "helm" / "raftka"
 VALIDATOR = Path(sys.executable).parent / "kubernetes-validate"
-RELEASE, NAMESPACE = "rk", "streams"
-FULLNAME = "rk-raftka"
-POD_DOMAIN = f"{FULLNAME}-headless.{NAMESPACE}.svc.cluster.local"
-BOOTSTRAP = f"{FULLNAME}.{NAMESPACE}.svc.cluster.local:9092"
 MONITORING = ("--set", "monitoring.podMonitor.enabled=true", "--set", "monitoring.prometheusRule.enabled=true",
               "--set", "monitoring.dashboards.enabled=true", "--api-versions", "monitoring.coreos.com/v1")
 TLS = ("--set", "tls.enabled=true", "--set", "tls.secretName=raftka-tls")
@@ -31,43 +27,10 @@ CERT_MANAGER = ("--set", "tls.enabled=true", "--set", "tls.certManager.issuer.na
                 "--api-versions", "cert-manager.io/v1")
 
 
-@pytest.fixture(scope="module")
-def helm(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, str]]:
-    """The helm binary and an environment whose HOME and HELM_* directories are writable and private."""
-    binary = subprocess.run([str(ROOT / "scripts" / "install-helm")], capture_output=True, text=True, check=True,
-                            timeout=300).stdout.strip()
-    home = tmp_path_factory.mktemp("helm-home")
-    env = {**os.environ, "HOME": str(home), "HELM_CACHE_HOME": str(home / "cache"),
-           "HELM_CONFIG_HOME": str(home / "config"), "HELM_DATA_HOME": str(home / "data")}
-    return binary, env
-
-
-def run_helm(helm: tuple[str, dict[str, str]], *args: str) -> subprocess.CompletedProcess[str]:
-    binary, env = helm
-    return subprocess.run([binary, *args], capture_output=True, text=True, env=env, timeout=60)
-
-
-def render_text(helm: tuple[str, dict[str, str]], *args: str) -> str:
-    result = run_helm(helm, "template", RELEASE, str(CHART), "--namespace", NAMESPACE, *args)
-    assert result.returncode == 0, result.stderr
-    return result.stdout
-
-
-def render(helm: tuple[str, dict[str, str]], *args: str) -> dict[tuple[str, str], dict[str, Any]]:
-    """Every rendered object by (kind, name)."""
-    return {(doc["kind"], doc["metadata"]["name"]): doc
-            for doc in yaml.safe_load_all(render_text(helm, *args)) if doc}
-
-
-def refusal(helm: tuple[str, dict[str, str]], *args: str) -> str:
+def refusal(helm: Helm, *args: str) -> str:
     result = run_helm(helm, "template", RELEASE, str(CHART), "--namespace", NAMESPACE, *args)
     assert result.returncode != 0, f"helm rendered {args} instead of refusing it"
     return result.stderr
-
-
-def broker_container(objects: dict[tuple[str, str], dict[str, Any]]) -> dict[str, Any]:
-    [container] = objects[("StatefulSet", FULLNAME)]["spec"]["template"]["spec"]["containers"]
-    return container
 
 
 def test_lint_strict(helm) -> None:

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import grpc
 import pytest
 
-from raftka.wire.tls import ANY_BROKER, ANY_BROKER_URI, ClientTls, broker_id_of, broker_uri, certifies
+from raftka.cluster.tls import PeerChannels
+from raftka.wire.tls import (ANY_BROKER, ANY_BROKER_URI, ClientTls, broker_id_of, broker_uri, certifies,
+                             open_aio_channel, open_channel)
 
 
 def test_a_broker_certificate_names_exactly_one_positive_broker_id() -> None:
@@ -28,3 +33,26 @@ def test_client_tls_is_off_unless_asked_and_needs_key_and_cert_together(tmp_path
                                                                     ("grpc.ssl_target_name_override", "broker-1")]
     with pytest.raises(ValueError, match="needs its key"):
         ClientTls.of(ca="ca.pem", cert="client.pem")
+
+
+def test_every_channel_to_a_broker_looks_its_name_up_again_within_a_second(monkeypatch, tmp_path) -> None:
+    """A rescheduled pod keeps its DNS name and changes its IP: no channel may keep the old address for
+    gRPC's default 30 s (the chart's rolling-restart container test measures the stall this caused)."""
+    opened: list[dict[str, Any]] = []
+
+    def record(address: str, *credentials: object, options: Any = ()) -> None:
+        opened.append(dict(options))
+
+    for name in ("insecure_channel", "secure_channel"):
+        monkeypatch.setattr(grpc, name, record)
+        monkeypatch.setattr(grpc.aio, name, record)
+    ca = tmp_path / "ca.pem"
+    ca.write_text("")
+    tls = ClientTls(ca=ca)
+    open_channel("broker-1:9092", None, [("grpc.max_reconnect_backoff_ms", 1000)])
+    open_channel("broker-1:9092", tls)
+    open_aio_channel("broker-1:9092", None)
+    open_aio_channel("broker-1:9092", tls)
+    PeerChannels(None).open("broker-1:9092")
+    assert [options.get("grpc.dns_min_time_between_resolutions_ms") for options in opened] == [1000] * 5
+    assert opened[0]["grpc.max_reconnect_backoff_ms"] == 1000, "the caller's options are kept"
