@@ -54,7 +54,7 @@ from raftka.wire.batch import encode_batch
 from raftka.wire.structs import TopicPartition
 
 RESULT_FIELDS = ("system", "workload", "msg_size", "msgs_per_s", "MB_per_s", "p50_ms", "p99_ms",
-                 "broker_cpu_us_per_msg", "notes")
+                 "broker_cpu_us_per_msg", "write_amp", "notes")
 MEMORY_FILESYSTEMS = frozenset({"tmpfs", "ramfs", "devtmpfs", "hugetlbfs"})
 PARTITIONS = 3
 """Partitions of the throughput topics: one per broker of the 3-broker cluster the figures aim at."""
@@ -72,12 +72,14 @@ class Plan:
     baseline_count: int
     rebalances: int
     commits: int
+    sustained_s: float
+    sustained_window_s: float
 
 
 FULL = Plan(publish_count=200_000, sizes=(100, 1024), sync_count=5_000, e2e_rate=1_000, e2e_seconds=10.0,
-            baseline_count=200_000, rebalances=10, commits=2_000)
+            baseline_count=200_000, rebalances=10, commits=2_000, sustained_s=120.0, sustained_window_s=10.0)
 QUICK = Plan(publish_count=20_000, sizes=(100, 1024), sync_count=500, e2e_rate=1_000, e2e_seconds=2.0,
-             baseline_count=0, rebalances=2, commits=200)
+             baseline_count=0, rebalances=2, commits=200, sustained_s=8.0, sustained_window_s=2.0)
 
 
 @dataclass
@@ -92,6 +94,10 @@ class Result:
     broker_cpu_us_per_msg: float | None = None
     """CPU time (user + system) of every broker process per record, where the bench owns the brokers
     and the workload measures it."""
+    write_amp: float | None = None
+    """Bytes the broker processes wrote (the sum of their /proc/<pid>/io write_bytes: what they handed
+    the block layer, WAL, flushes and compactions alike) per byte of replicated payload (record values
+    times the replication factor), where the bench owns the brokers and the workload measures it."""
     notes: str = ""
 
 
@@ -118,6 +124,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", type=Path, default=None,
                         help="parent directory for the brokers' data (must not be tmpfs; default: a "
                              "temporary directory on disk, deleted afterwards)")
+    parser.add_argument("--sustained-seconds", type=float, default=None,
+                        help="how long the sustained workload publishes (default 120, 8 with --quick; 0 leaves "
+                             "it out)")
+    parser.add_argument("--only-sustained", action="store_true",
+                        help="run the sustained workload alone (to compare storage engines side by side)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -130,28 +141,33 @@ def main(argv: Sequence[str] | None = None) -> int:
 def run(args: argparse.Namespace) -> int:
     """Run every workload, write `args.output`, print the table; 0 on success, 2 on bad arguments."""
     plan = QUICK if args.quick else FULL
+    if args.sustained_seconds is not None:
+        plan = replace(plan, sustained_s=args.sustained_seconds)
     args.bootstrap = getattr(args, "bootstrap", None)
     try:
         if args.bootstrap is None and not 1 <= args.brokers <= 9:
             raise BenchError(f"--brokers must be between 1 and 9, not {args.brokers}")
         if args.tls and args.bootstrap is not None:
             raise BenchError("--tls starts its own TLS cluster: leave out --bootstrap")
+        if args.only_sustained and plan.sustained_s <= 0:
+            raise BenchError("--only-sustained needs --sustained-seconds above 0")
         results: list[Result] = []
         args.output.write_text("")
         with _cluster(args) as cluster:
-            for result in _workloads(cluster, plan):
+            workloads = _sustained_workload(cluster, plan) if args.only_sustained else _workloads(cluster, plan)
+            for result in workloads:
                 results.append(result)
                 with args.output.open("a") as out:
                     out.write(json.dumps(asdict(result)) + "\n")
                 print(f"bench: {result.system} {result.workload} {result.msg_size or ''} done",
                       file=sys.stderr, flush=True)
-        if args.tls:
+        if args.tls and not args.only_sustained:
             with _cluster(args, tls=True) as cluster:
                 for result in _tls_workloads(cluster, plan):
                     results.append(result)
                     with args.output.open("a") as out:
                         out.write(json.dumps(asdict(result)) + "\n")
-        if not (args.quick or args.skip_baseline):
+        if not (args.quick or args.skip_baseline or args.only_sustained):
             for result in baseline(plan.baseline_count, plan.sizes):
                 results.append(result)
                 with args.output.open("a") as out:
@@ -165,9 +181,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def table(results: Sequence[Result]) -> str:
-    header = ["SYSTEM", "WORKLOAD", "SIZE", "MSGS/S", "MB/S", "P50 MS", "P99 MS", "CPU US/MSG", "NOTES"]
+    header = ["SYSTEM", "WORKLOAD", "SIZE", "MSGS/S", "MB/S", "P50 MS", "P99 MS", "CPU US/MSG", "WRITE AMP", "NOTES"]
     rows = [[r.system, r.workload, _cell(r.msg_size), _cell(r.msgs_per_s, "{:,.0f}"), _cell(r.MB_per_s, "{:.1f}"),
-             _cell(r.p50_ms, "{:.2f}"), _cell(r.p99_ms, "{:.2f}"), _cell(r.broker_cpu_us_per_msg, "{:.2f}"), r.notes]
+             _cell(r.p50_ms, "{:.2f}"), _cell(r.p99_ms, "{:.2f}"), _cell(r.broker_cpu_us_per_msg, "{:.2f}"),
+             _cell(r.write_amp, "{:.2f}"), r.notes]
             for r in results]
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header) - 1)]
     return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1]
@@ -279,6 +296,17 @@ def _workloads(cluster: BenchCluster, plan: Plan) -> Iterator[Result]:
     yield end_to_end(cluster.bootstrap, f"bench-{run_id}-e2e", plan.e2e_rate, plan.e2e_seconds)
     yield from consumer_group(cluster.bootstrap, f"bench-{run_id}-group", plan.rebalances, plan.commits)
     yield failover(cluster, f"bench-{run_id}-failover")
+    yield from _sustained_workload(cluster, plan)
+
+
+def _sustained_workload(cluster: BenchCluster, plan: Plan) -> Iterator[Result]:
+    if plan.sustained_s <= 0:
+        return
+    topic = f"bench-{os.getpid()}-{int(time.time())}-sustained"
+    with Admin(cluster.bootstrap) as admin:
+        admin.create_topic(topic, partitions=PARTITIONS)
+        replication = admin.describe_topic(topic).replication_factor
+    yield sustained(cluster, topic, plan.sustained_s, plan.sustained_window_s, replication)
 
 
 def _tls_workloads(cluster: BenchCluster, plan: Plan) -> Iterator[Result]:
@@ -389,6 +417,86 @@ def _produce_stream(address: str, requests: list[api_pb2.ProduceRequest]) -> Non
                 raise BenchError(f"produce failed: {api_pb2.ErrorCode.Name(response.error.code)} "
                                  f"{response.error.message}")
             window.release()
+
+
+SUSTAINED_SIZE = 1024
+
+
+def sustained(cluster: BenchCluster, topic: str, seconds: float, window_s: float, replication: int) -> Result:
+    """Publish distinct incompressible 1 KiB values (`os.urandom` per record) as fast as acknowledgements
+    allow for `seconds`, sampling every `window_s` how many records the topic holds (its end offsets:
+    acknowledged, replicated records) and how many bytes the brokers wrote (`_brokers_written_bytes`).
+
+    This is the workload that shows what storage costs: a repeated value fits in memtables and
+    compresses at flush, distinct random ones do neither, and a longer run lets flushes and
+    compactions catch up with the ingest. Write amplification is brokers' bytes written per replicated
+    payload byte (values x `replication`), per window and over the run."""
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def publish_loop(producer: Producer) -> None:
+        send, random_bytes = producer.send, os.urandom
+        try:
+            while not stop.is_set():
+                for _ in range(1_000):
+                    send(topic, random_bytes(SUSTAINED_SIZE))
+        except BaseException as exc:  # noqa: BLE001 - reported by the caller
+            errors.append(exc)
+
+    with Consumer(cluster.bootstrap) as watcher, Producer(cluster.bootstrap) as producer:
+        partitions = watcher.partitions_for(topic)
+
+        def sample() -> tuple[float, int, int | None]:
+            return (time.perf_counter(), sum(watcher.end_offsets(partitions).values()),
+                    _brokers_written_bytes(cluster))
+
+        publisher = threading.Thread(target=publish_loop, args=(producer,), name="bench-sustained", daemon=True)
+        samples = [sample()]
+        publisher.start()
+        while samples[-1][0] - samples[0][0] < seconds and not errors:
+            time.sleep(window_s)
+            samples.append(sample())
+        stop.set()
+        publisher.join(timeout=120)
+        producer.flush()
+    if errors:
+        raise BenchError(f"sustained: publishing failed: {errors[0]!r}")
+    payload_per_record = SUSTAINED_SIZE * replication
+    windows = [_rate_and_amp(before, after, payload_per_record) for before, after in zip(samples, samples[1:])]
+    rate, amp = _rate_and_amp(samples[0], samples[-1], payload_per_record)
+    records = samples[-1][1] - samples[0][1]
+    rates = " ".join(f"{window_rate / 1000:.1f}k" for window_rate, _ in windows)
+    amps = " ".join(_cell(window_amp, "{:.2f}") for _, window_amp in windows)
+    return Result("raftka", "sustained", SUSTAINED_SIZE, rate, rate * SUSTAINED_SIZE / 1e6, write_amp=amp,
+                  notes=f"{records:,} distinct random values in {samples[-1][0] - samples[0][0]:.0f} s, "
+                        f"{PARTITIONS} partitions, replication {replication}; per {window_s:.0f} s window msgs/s: "
+                        f"{rates}; write amp: {amps}; write amp = brokers' /proc/<pid>/io write_bytes / "
+                        "(payload x replication)")
+
+
+def _rate_and_amp(before: tuple[float, int, int | None], after: tuple[float, int, int | None],
+                  payload_per_record: int) -> tuple[float, float | None]:
+    """Records per second between two samples (time, records stored, bytes written) and the bytes
+    written per payload byte (None when either sample has no byte count or nothing was stored)."""
+    (t0, n0, w0), (t1, n1, w1) = before, after
+    payload = (n1 - n0) * payload_per_record
+    amp = None if w0 is None or w1 is None or payload == 0 else (w1 - w0) / payload
+    return (n1 - n0) / (t1 - t0), amp
+
+
+def _brokers_written_bytes(cluster: BenchCluster) -> int | None:
+    """Bytes the bench's broker processes have written so far (/proc/<pid>/io write_bytes: charged when
+    a page is dirtied, to the process that dirtied it, background RocksDB threads included); None for
+    --bootstrap."""
+    pids = [broker.process.pid for broker in cluster.processes if broker.process is not None]
+    if not cluster.owned or len(pids) < len(cluster.processes):
+        return None
+    total = 0
+    for pid in pids:
+        for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+            if line.startswith("write_bytes:"):
+                total += int(line.split()[1])
+    return total
 
 
 def _brokers_cpu_s(cluster: BenchCluster) -> float | None:

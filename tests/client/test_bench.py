@@ -20,7 +20,8 @@ def test_quick_bench_writes_one_json_line_per_measurement(tmp_path: Path) -> Non
     results = [json.loads(line) for line in output.read_text().splitlines()]
     assert {(r["workload"], r["msg_size"]) for r in results} >= {
         ("publish", 100), ("publish", 1024), ("consume", 100), ("consume", 1024), ("sync-publish", 100),
-        ("end-to-end", 100), ("failover", 100), ("publish-batches", 100), ("publish-records", 100)}
+        ("end-to-end", 100), ("failover", 100), ("publish-batches", 100), ("publish-records", 100),
+        ("sustained", 1024)}
     for result in results:
         assert tuple(result) == RESULT_FIELDS
         assert result["system"] == "raftka"
@@ -28,6 +29,9 @@ def test_quick_bench_writes_one_json_line_per_measurement(tmp_path: Path) -> Non
             assert result[name] is None or result[name] >= 0
     paths = [r for r in results if r["workload"] in ("publish-batches", "publish-records")]
     assert all(r["broker_cpu_us_per_msg"] > 0 for r in paths), "the bench owns the brokers: their CPU is read"
+    sustained = next(r for r in results if r["workload"] == "sustained")
+    assert sustained["msgs_per_s"] > 0
+    assert sustained["write_amp"] > 0, "the bench owns the brokers: their bytes written are read"
     assert "WORKLOAD" in completed.stdout, "a readable table is printed too"
 
 
