@@ -221,8 +221,8 @@ def run(brokers: int, data_dir: Path, base_port: int, *, startup_timeout_s: floa
         if pki is not None:
             cert, key = pki.client
             connect += f" RAFTKA_TLS_CA={pki.ca} RAFTKA_TLS_CERT={cert} RAFTKA_TLS_KEY={key}"
-            print(f"TLS on every port (client certificates required); CA and certificates in {pki.directory}",
-                  flush=True)
+            print("TLS on the client and Raft ports (client certificates required; metrics stay plain HTTP on "
+                  f"loopback); CA and certificates in {pki.directory}", flush=True)
         print(f"try: {connect}; raftka topic create demo --partitions 3", flush=True)
         print("Ctrl-C stops the cluster.", flush=True)
         started = {broker.broker_id: time.monotonic() for broker in layout}
