@@ -258,7 +258,7 @@ class BrokerService(api_pb2_grpc.BrokerServicer):
                                        partition=request.partition, base_offset=outcome.base_offset,
                                        last_offset=outcome.last_offset,
                                        log_append_time_ms=outcome.append_time_ms,
-                                       throttle_time_ms=self._charge(PRODUCE, len(request.batches)))
+                                       throttle_time_ms=self._charge(PRODUCE, len(batches)))
 
     def _charge(self, kind: str, size: int) -> int:
         """Count `size` bytes against the caller's quota; the time its next request will be held (ms)."""
@@ -276,7 +276,7 @@ class BrokerService(api_pb2_grpc.BrokerServicer):
         started = time.perf_counter()
         await self._check_fetch(request, context)
         responses = await self._long_poll(request, request.max_bytes or DEFAULT_FETCH_MAX_BYTES, None, started)
-        throttle = self._charge(FETCH, sum(len(response.batches) for response in responses))
+        throttle = self._charge(FETCH, sum(_answered(response)[1] for response in responses))
         for response in responses:
             response.throttle_time_ms = throttle
             yield response
@@ -349,7 +349,7 @@ class BrokerService(api_pb2_grpc.BrokerServicer):
                     self._metrics.fetch_follows_ended.labels(ended).inc()
                 yield api_pb2.FetchStreamResponse(
                     correlation_id=request.correlation_id, partitions=responses, follows=follow is not None,
-                    throttle_time_ms=self._charge(FETCH, sum(len(response.batches) for response in responses)))
+                    throttle_time_ms=self._charge(FETCH, sum(_answered(response)[1] for response in responses)))
                 if asked:
                     slots.release()
         finally:

@@ -12,7 +12,7 @@ from typing import Any, Iterator, cast
 import grpc
 import pytest
 
-from raftka.client import Consumer
+from raftka.client import Admin, Consumer
 from raftka.client.local import LocalBroker, free_port, plan
 from raftka.errors import METADATA_CODE, rpc_metadata
 from raftka.proto import api_pb2, api_pb2_grpc
@@ -236,3 +236,25 @@ def test_an_unknown_record_format_is_refused(stubs) -> None:
         list(stub.Fetch(request, timeout=10))
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "unknown record_format 9" in (info.value.details() or "")
+
+
+def test_records_count_against_byte_quotas_like_batches(start_broker, tmp_path) -> None:
+    """A protobuf-records produce and a records-format fetch are charged the bytes they write and
+    serve: over its quota, the caller is told to wait (throttle_time_ms)."""
+    tokens = tmp_path / "tokens"
+    tokens.write_text("admin-token User:admin\nslow-token User:slow\n")
+    broker = start_broker("--auth-token-file", str(tokens))
+    with Admin(broker.address, token="admin-token") as admin:
+        admin.create_topic("metered")
+        admin.set_quota("User:slow", produce_bytes_per_s=1000, fetch_bytes_per_s=1000)
+    slow = (("authorization", "Bearer slow-token"),)
+    with grpc.insecure_channel(broker.address) as channel:
+        stub = api_pb2_grpc.BrokerStub(channel)
+        produced = stub.Produce(api_pb2.ProduceRequest(topic="metered", partition=0,
+                                                       records=[Record(value=b"v" * 5000)]),
+                                timeout=10, metadata=slow)
+        assert produced.throttle_time_ms > 0
+        request = api_pb2.FetchRequest(partitions=[api_pb2.FetchPartition(topic="metered", partition=0, offset=0)],
+                                       max_wait_ms=0, record_format=api_pb2.RECORD_FORMAT_RECORDS)
+        [fetched] = stub.Fetch(request, timeout=10, metadata=slow)
+        assert len(fetched.records) == 1 and fetched.throttle_time_ms > 0
