@@ -10,13 +10,13 @@ from pathlib import Path
 from typing import Callable, Mapping, NamedTuple, Sequence, TypeVar
 
 import grpc
-from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
 
 from raftka.client.connection import ClusterConnection
 from raftka.client.credentials import TokenProvider, token_source
 from raftka.client.membership import GroupCoordinatorClient
 from raftka.errors import (GroupNotEmptyError, InvalidPartitionsError, OffsetOutOfRangeError,
                            TopicExistsError, UnknownTopicError, from_rpc_error)
+from raftka.wire.acl import from_binding, to_binding
 from raftka.proto import api_pb2, api_pb2_grpc
 from raftka.wire.structs import TopicPartition, from_group_partitions
 from raftka.wire.tls import ClientTls
@@ -224,23 +224,14 @@ class AclEntry:
 
     def to_proto(self) -> api_pb2.AclBinding:
         try:
-            return api_pb2.AclBinding(
-                principal=self.principal, name=self.name,
-                resource_type=f"RESOURCE_TYPE_{self.resource.upper()}",
-                pattern_type=f"PATTERN_TYPE_{self.pattern.upper()}",
-                operation=f"ACL_OPERATION_{self.operation.upper().replace('-', '_')}",
-                permission=f"ACL_PERMISSION_{self.permission.upper()}")
+            return to_binding(self.principal, self.resource, self.name, self.pattern, self.operation, self.permission)
         except ValueError as exc:
             raise ValueError(f"bad ACL {self}: {exc}") from None
 
     @classmethod
     def from_proto(cls, binding: api_pb2.AclBinding) -> AclEntry:
-        def name(enum: EnumTypeWrapper, value: int, prefix: str) -> str:
-            return enum.Name(value).removeprefix(prefix).lower().replace("_", "-")
-        return cls(binding.principal, name(api_pb2.ResourceType, binding.resource_type, "RESOURCE_TYPE_"),
-                   binding.name, name(api_pb2.AclOperation, binding.operation, "ACL_OPERATION_"),
-                   name(api_pb2.AclPermission, binding.permission, "ACL_PERMISSION_"),
-                   name(api_pb2.PatternType, binding.pattern_type, "PATTERN_TYPE_"))
+        principal, resource, name, pattern, operation, permission = from_binding(binding)
+        return cls(principal, resource, name, operation, permission, pattern)
 
 
 class Admin:

@@ -23,10 +23,10 @@ from typing import Any, Callable, Iterable
 import grpc
 
 from raftka.cluster.authentication import ANONYMOUS, Authentication, Principal
-from raftka.cluster.authorizer import (ALTER, CLUSTER, CLUSTER_ADMIN, CREATE, DELETE, DESCRIBE, GROUP, READ, TOPIC,
-                                       WRITE, Authorizer)
+from raftka.cluster.authorizer import Authorizer
 from raftka.cluster.metrics import BrokerMetrics
 from raftka.cluster.quotas import REQUESTS, QuotaManager
+from raftka.wire.acl import ALTER, CLUSTER, CLUSTER_ADMIN, CREATE, DELETE, DESCRIBE, GROUP, READ, TOPIC, WRITE
 from raftka.errors import AuthenticationFailedError, AuthorizationFailedError
 
 log = logging.getLogger(__name__)

@@ -23,7 +23,7 @@ from typing import Any, Awaitable, Callable
 import grpc
 
 from raftka.cluster.broker_service import BrokerState, unary
-from raftka.cluster.authorizer import DESCRIBE, TOPIC, Acl
+from raftka.cluster.authorizer import Acl
 from raftka.cluster.leadership import LeaderBalancer
 from raftka.cluster.metadata import BrokerRegistration
 from raftka.cluster import balancing
@@ -36,6 +36,7 @@ from raftka.errors import (BrokerUnavailableError, InvalidRequestError, InvalidT
                            from_rpc_error)
 from raftka.replication.membership import ConfChange, ConfChangeOp
 from raftka.proto import api_pb2, api_pb2_grpc
+from raftka.wire.acl import DESCRIBE, TOPIC
 
 log = logging.getLogger(__name__)
 

@@ -16,36 +16,15 @@ With the authorizer off (`enabled=False`) everything is allowed. Decisions are c
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable
 
 from raftka.errors import InvalidRequestError
 from raftka.proto import api_pb2
+from raftka.wire.acl import (ALL, ALLOW, ALTER, CLUSTER, DELETE, DENY, DESCRIBE, LITERAL, OPERATIONS, PREFIXED, READ,
+                             RESOURCES, WRITE, from_binding, to_binding)
 
-TOPIC, GROUP, CLUSTER = "topic", "group", "cluster"
-RESOURCES = (TOPIC, GROUP, CLUSTER)
-LITERAL, PREFIXED = "literal", "prefixed"
-ALLOW, DENY = "allow", "deny"
-READ, WRITE, CREATE, DELETE, ALTER, DESCRIBE, CLUSTER_ADMIN, ALL = (
-    "read", "write", "create", "delete", "alter", "describe", "cluster-admin", "all")
-OPERATIONS = (READ, WRITE, CREATE, DELETE, ALTER, DESCRIBE, CLUSTER_ADMIN, ALL)
 WILDCARD = "*"
 _IMPLIES_DESCRIBE = frozenset({READ, WRITE, DELETE, ALTER})
-
-_RESOURCE_PROTO = {TOPIC: api_pb2.RESOURCE_TYPE_TOPIC, GROUP: api_pb2.RESOURCE_TYPE_GROUP,
-                   CLUSTER: api_pb2.RESOURCE_TYPE_CLUSTER}
-_PATTERN_PROTO = {LITERAL: api_pb2.PATTERN_TYPE_LITERAL, PREFIXED: api_pb2.PATTERN_TYPE_PREFIXED}
-_OPERATION_PROTO = {READ: api_pb2.ACL_OPERATION_READ, WRITE: api_pb2.ACL_OPERATION_WRITE,
-                    CREATE: api_pb2.ACL_OPERATION_CREATE, DELETE: api_pb2.ACL_OPERATION_DELETE,
-                    ALTER: api_pb2.ACL_OPERATION_ALTER, DESCRIBE: api_pb2.ACL_OPERATION_DESCRIBE,
-                    CLUSTER_ADMIN: api_pb2.ACL_OPERATION_CLUSTER_ADMIN, ALL: api_pb2.ACL_OPERATION_ALL}
-_PERMISSION_PROTO = {ALLOW: api_pb2.ACL_PERMISSION_ALLOW, DENY: api_pb2.ACL_PERMISSION_DENY}
-
-
-def _name_of(table: Mapping[str, int], value: int, what: str) -> str:
-    for name, number in table.items():
-        if number == value:
-            return name
-    raise InvalidRequestError(f"ACL has no {what} (one of {', '.join(table)})")
 
 
 @dataclass(frozen=True, order=True)
@@ -97,18 +76,15 @@ class Acl:
         return cls(*raw).validate()
 
     def to_proto(self) -> api_pb2.AclBinding:
-        return api_pb2.AclBinding(principal=self.principal, resource_type=_RESOURCE_PROTO[self.resource],
-                                  name=self.name, pattern_type=_PATTERN_PROTO[self.pattern],
-                                  operation=_OPERATION_PROTO[self.operation],
-                                  permission=_PERMISSION_PROTO[self.permission])
+        return to_binding(self.principal, self.resource, self.name, self.pattern, self.operation, self.permission)
 
     @classmethod
     def from_proto(cls, binding: api_pb2.AclBinding) -> Acl:
         """Raises InvalidRequestError for a binding with an unset or unknown field."""
-        return cls(binding.principal, _name_of(_RESOURCE_PROTO, binding.resource_type, "resource type"),
-                   binding.name, _name_of(_PATTERN_PROTO, binding.pattern_type, "pattern type"),
-                   _name_of(_OPERATION_PROTO, binding.operation, "operation"),
-                   _name_of(_PERMISSION_PROTO, binding.permission, "permission")).validate()
+        try:
+            return cls(*from_binding(binding)).validate()
+        except ValueError as exc:
+            raise InvalidRequestError(str(exc)) from None
 
 
 class Authorizer:

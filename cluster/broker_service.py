@@ -20,7 +20,6 @@ import grpc
 
 from raftka import __version__
 from raftka.cluster.access import Access, caller, open_access
-from raftka.cluster.authorizer import DESCRIBE, TOPIC
 from raftka.cluster.brokers import BrokerDirectory
 from raftka.cluster.config import BrokerConfig
 from raftka.cluster.controller import Controller
@@ -32,6 +31,7 @@ from raftka.cluster.quotas import FETCH, PRODUCE, throttle_ms
 from raftka.cluster.topics import MAX_BATCH_BYTES_LIMIT
 from raftka.errors import InternalError, InvalidRequestError, InvalidTopicError, RaftkaError
 from raftka.proto import NO_LEADER, api_pb2, api_pb2_grpc
+from raftka.wire.acl import DESCRIBE, TOPIC
 from raftka.wire.batch import Compression, next_offset_after, offsets_spanned
 from raftka.wire.proto_records import decode_records, encode_records
 

@@ -13,13 +13,13 @@ import contextlib
 import grpc
 
 from raftka.cluster.admin_service import AdminService
-from raftka.cluster.authorizer import DESCRIBE, GROUP
 from raftka.cluster.broker_service import BrokerState, unary
 from raftka.cluster.coordinator import GroupCoordinator, validate_group_id
 from raftka.cluster.group_log import OFFSETS_TOPIC
 from raftka.cluster.topics import TopicConfig
 from raftka.errors import NotCoordinatorError, RaftkaError, TopicExistsError, from_rpc_error
 from raftka.proto import NO_LEADER, api_pb2, api_pb2_grpc
+from raftka.wire.acl import DESCRIBE, GROUP
 
 OFFSETS_REPLICATION_FACTOR = 3
 FORWARD_TIMEOUT_S = 5.0
