@@ -12,7 +12,7 @@ from typing import Any, Iterator, cast
 import grpc
 import pytest
 
-from raftka.client import Admin, Consumer
+from raftka.client import Admin
 from raftka.client.local import LocalBroker, free_port, plan
 from raftka.errors import METADATA_CODE, rpc_metadata
 from raftka.proto import api_pb2, api_pb2_grpc
@@ -62,7 +62,7 @@ def high_watermark(admin: api_pb2_grpc.AdminStub, topic: str) -> int:
     return admin.DescribeTopic(api_pb2.DescribeTopicRequest(name=topic), timeout=10).offsets[0].high_watermark
 
 
-def test_records_are_written_as_one_batch_per_request_and_read_back_either_way(stubs, broker) -> None:
+def test_records_are_written_as_one_batch_per_request_and_read_back_either_way(stubs, broker, consume_all) -> None:
     stub, admin = stubs
     admin.CreateTopic(api_pb2.CreateTopicRequest(name="events", partitions=1), timeout=10)
     offsets = []
@@ -84,12 +84,7 @@ def test_records_are_written_as_one_batch_per_request_and_read_back_either_way(s
     assert broker.metric_total('raftka_fetch_records_total{topic="events"}') - served == 6
     assert [as_tuple(r) for r in from_middle] == expected[2:] + expected
 
-    with Consumer(broker.address, auto_offset_reset="earliest") as consumer:
-        consumer.assign([("events", 0)])
-        consumed = []
-        deadline = time.monotonic() + 30
-        while len(consumed) < 12 and time.monotonic() < deadline:
-            consumed.extend(consumer.poll(timeout_ms=500))
+    consumed = consume_all(broker.address, "events", 1)[0]
     assert [(r.key, r.value, r.headers, r.timestamp) for r in consumed] == expected * 3
 
 
