@@ -18,8 +18,10 @@ produce request side by side (`produce_paths`: the same records as client-encode
 protobuf records the leader encodes, with the brokers' CPU per record), and the baseline: the same
 windowed publish through a minimal log replicated by pysyncobj (3 processes), the approach we chose
 not to take. `--tls` adds, in the same run, the publish, sync publish and end-to-end workloads on
-a second cluster with TLS on every port (client certificates required; system `raftka+tls`), so the
-cost of TLS reads off one table.
+a second cluster with security on: TLS on every port, client certificates required, and ACL
+authorization (`--authorizer acl`), the workloads running as a principal that is not a super-user, so
+every call is authenticated and checked against its ACLs (system `raftka+tls+acl`); the cost of
+security reads off one table.
 """
 
 from __future__ import annotations
@@ -44,8 +46,8 @@ from typing import Any, Callable, Iterator, Sequence
 
 import grpc
 
-from raftka.client.admin import Admin
-from raftka.client.certs import local_pki
+from raftka.client.admin import AclEntry, Admin
+from raftka.client.certs import CLIENT_NAME, local_pki
 from raftka.client.consumer import Consumer
 from raftka.client.local import LocalBroker, free_port, plan
 from raftka.client.producer import Producer
@@ -119,8 +121,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a smoke run of about a minute: smaller counts, no pysyncobj baseline")
     parser.add_argument("--skip-baseline", action="store_true", help="leave out the pysyncobj baseline")
     parser.add_argument("--tls", action="store_true",
-                        help="also run publish, sync publish and end-to-end on a cluster with TLS on every port "
-                             "(client certificates required), reported as raftka+tls")
+                        help="also run publish, sync publish and end-to-end on a cluster with TLS on every port, "
+                             "client certificates and ACL authorization, reported as raftka+tls+acl")
     parser.add_argument("--data-dir", type=Path, default=None,
                         help="parent directory for the brokers' data (must not be tmpfs; default: a "
                              "temporary directory on disk, deleted afterwards)")
@@ -195,16 +197,24 @@ def _cell(value: float | int | None, fmt: str = "{}") -> str:
     return "-" if value is None else fmt.format(value)
 
 
+BENCH_ADMIN = "bench-admin"
+"""Common name of the certificate the bench administers the secure cluster with (its one super-user)."""
+SECURE_SYSTEM = "raftka+tls+acl"
+
+
 class BenchCluster:
     """Brokers the bench started (or none, for `--bootstrap`), able to SIGKILL and restart them."""
 
     def __init__(self, bootstrap: str, processes: list[LocalBroker], filesystem: str,
-                 client: dict[str, Any] | None = None) -> None:
+                 client: dict[str, Any] | None = None, admin: dict[str, Any] | None = None) -> None:
         self.bootstrap = bootstrap
         self.processes = processes
         self.filesystem = filesystem
         self.client = client or {}
-        """The client API's TLS arguments (`tls_ca`, ...) when the cluster runs with TLS."""
+        """The client API's TLS arguments (`tls_ca`, ...) of the workloads' principal when the cluster
+        runs with TLS."""
+        self.admin = admin or self.client
+        """The same for the bench's super-user, which creates topics and grants the workloads' ACLs."""
 
     @property
     def owned(self) -> bool:
@@ -228,11 +238,18 @@ class _cluster:
         if filesystem in MEMORY_FILESYSTEMS:
             raise BenchError(f"{parent} is on {filesystem}: fsync there costs nothing; choose --data-dir on a disk")
         self._root = Path(tempfile.mkdtemp(prefix="raftka-bench-", dir=parent))
+        client: dict[str, Any] = {}
+        admin: dict[str, Any] = {}
+        secure: tuple[str, ...] = ()
         pki = local_pki(self._root / "tls", self._args.brokers) if self._tls else None
+        if pki is not None:
+            admin_cert, admin_key = pki.issue_client(BENCH_ADMIN)
+            client = {"tls_ca": pki.ca, "tls_cert": pki.client[0], "tls_key": pki.client[1]}
+            admin = {"tls_ca": pki.ca, "tls_cert": admin_cert, "tls_key": admin_key}
+            secure = ("--authorizer", "acl", "--super-users", f"User:{BENCH_ADMIN}")
         processes = plan(self._args.brokers, self._root, [free_port() for _ in range(self._args.brokers)],
-                         cluster_id="raftka-bench", pki=pki)
-        client = {"tls_ca": pki.ca, "tls_cert": pki.client[0], "tls_key": pki.client[1]} if pki is not None else {}
-        self._cluster = BenchCluster(",".join(p.address for p in processes), processes, filesystem, client)
+                         cluster_id="raftka-bench", extra_args=secure, pki=pki)
+        self._cluster = BenchCluster(",".join(p.address for p in processes), processes, filesystem, client, admin)
         for process in processes:
             process.spawn()
         for process in processes:
@@ -310,23 +327,30 @@ def _sustained_workload(cluster: BenchCluster, plan: Plan) -> Iterator[Result]:
 
 
 def _tls_workloads(cluster: BenchCluster, plan: Plan) -> Iterator[Result]:
-    """The workloads whose cost TLS could change, on a TLS cluster: reported as `raftka+tls`."""
+    """The workloads whose cost security could change, on the TLS cluster with ACL authorization:
+    reported as `raftka+tls+acl`. The bench's super-user creates the topics and grants the workloads'
+    principal (`User:client`, not a super-user) write and read on them by prefix, the way an operator
+    would, so each produce and fetch is checked against ACLs."""
     run_id = f"{os.getpid()}-{int(time.time())}"
-    setup = f"{PARTITIONS} partitions, acks=all, fsync before ack, TLS 1.3 + client certificates"
-    topics = {size: f"bench-tls-{run_id}-{size}" for size in plan.sizes}
-    with Admin(cluster.bootstrap, **cluster.client) as admin:
+    prefix = f"bench-tls-{run_id}-"
+    setup = (f"{PARTITIONS} partitions, acks=all, fsync before ack, TLS 1.3 + client certificates, "
+             f"ACLs (principal User:{CLIENT_NAME}, prefixed topic ACLs)")
+    topics = {size: f"{prefix}{size}" for size in plan.sizes}
+    with Admin(cluster.bootstrap, **cluster.admin) as admin:
         for topic in topics.values():
             admin.create_topic(topic, partitions=PARTITIONS)
         for name in ("sync", "e2e"):
-            admin.create_topic(f"bench-tls-{run_id}-{name}", partitions=1)
+            admin.create_topic(f"{prefix}{name}", partitions=1)
+        admin.add_acls([AclEntry(f"User:{CLIENT_NAME}", "topic", prefix, operation, pattern="prefixed")
+                        for operation in ("write", "read")])
     results = [publish(cluster.bootstrap, topic, plan.publish_count, size, setup, cluster.client)
                for size, topic in topics.items()]
-    results.append(sync_publish(cluster.bootstrap, f"bench-tls-{run_id}-sync", plan.sync_count, cluster.client))
-    results.append(end_to_end(cluster.bootstrap, f"bench-tls-{run_id}-e2e", plan.e2e_rate, plan.e2e_seconds,
+    results.append(sync_publish(cluster.bootstrap, f"{prefix}sync", plan.sync_count, cluster.client))
+    results.append(end_to_end(cluster.bootstrap, f"{prefix}e2e", plan.e2e_rate, plan.e2e_seconds,
                               cluster.client))
     for result in results:
-        print(f"bench: raftka+tls {result.workload} {result.msg_size or ''} done", file=sys.stderr, flush=True)
-        yield replace(result, system="raftka+tls")
+        print(f"bench: {SECURE_SYSTEM} {result.workload} {result.msg_size or ''} done", file=sys.stderr, flush=True)
+        yield replace(result, system=SECURE_SYSTEM)
 
 
 def publish(bootstrap: str, topic: str, count: int, size: int, setup: str,

@@ -24,6 +24,8 @@ from raftka.wire.tls import broker_uri
 
 LOCAL_HOSTS = ("localhost", "127.0.0.1")
 VALIDITY = datetime.timedelta(days=365)
+CLIENT_NAME = "client"
+"""Common name of `local_pki`'s client certificate, so its principal is ``User:client``."""
 
 
 @dataclass(frozen=True)
@@ -124,7 +126,16 @@ class LocalPki:
 
     @property
     def client(self) -> tuple[Path, Path]:
-        return self.directory / "client.pem", self.directory / "client-key.pem"
+        """(certificate, key) of the client, whose principal is ``User:client``."""
+        return self.directory / f"{CLIENT_NAME}.pem", self.directory / f"{CLIENT_NAME}-key.pem"
+
+    def authority(self) -> Issued:
+        """The CA certificate and key, to sign more certificates with."""
+        return Issued(self.ca.read_bytes(), (self.directory / "ca-key.pem").read_bytes())
+
+    def issue_client(self, common_name: str) -> tuple[Path, Path]:
+        """(certificate, key) of another client, principal ``User:<common_name>``, signed by this CA."""
+        return issue(self.authority(), common_name).write(self.directory, common_name)
 
     def broker_args(self, broker_id: int) -> tuple[str, ...]:
         """The `raftka broker` flags that turn TLS on with these files."""
@@ -137,9 +148,8 @@ def local_pki(directory: Path, brokers: int) -> LocalPki:
     client in `directory`. A kept CA gets certificates for brokers it lacks, so `raftka local --tls`
     restarted with more brokers still has one CA."""
     pki = LocalPki(directory)
-    ca_key = directory / "ca-key.pem"
-    if pki.ca.exists() and ca_key.exists():
-        ca = Issued(pki.ca.read_bytes(), ca_key.read_bytes())
+    if pki.ca.exists() and (directory / "ca-key.pem").exists():
+        ca = pki.authority()
     else:
         ca = make_ca()
         ca.write(directory, "ca")
@@ -147,5 +157,5 @@ def local_pki(directory: Path, brokers: int) -> LocalPki:
         if not pki.broker(broker_id)[0].exists():
             issue_broker(ca, broker_id).write(directory, f"broker-{broker_id}")
     if not pki.client[0].exists():
-        issue(ca, "client").write(directory, "client")
+        issue(ca, CLIENT_NAME).write(directory, CLIENT_NAME)
     return pki

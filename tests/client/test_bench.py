@@ -1,4 +1,4 @@
-"""`scripts/bench --quick` runs end to end and writes well-formed results; timings are never asserted."""
+"""`scripts/bench --quick --tls` runs end to end and writes well-formed results; timings are never asserted."""
 
 from __future__ import annotations
 
@@ -14,17 +14,20 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_quick_bench_writes_one_json_line_per_measurement(tmp_path: Path) -> None:
     output = tmp_path / "results.json"
-    completed = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench"), "--quick", "--output", str(output)],
-                               capture_output=True, text=True, timeout=150)
+    completed = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench"), "--quick", "--tls",
+                                "--output", str(output)], capture_output=True, text=True, timeout=240)
     assert completed.returncode == 0, completed.stderr
     results = [json.loads(line) for line in output.read_text().splitlines()]
     assert {(r["workload"], r["msg_size"]) for r in results} >= {
         ("publish", 100), ("publish", 1024), ("consume", 100), ("consume", 1024), ("sync-publish", 100),
         ("end-to-end", 100), ("failover", 100), ("publish-batches", 100), ("publish-records", 100),
         ("sustained", 1024)}
+    secure = {(r["workload"], r["msg_size"]) for r in results if r["system"] == "raftka+tls+acl"}
+    assert secure == {("publish", 100), ("publish", 1024), ("sync-publish", 100), ("end-to-end", 100)}, \
+        "the secure cluster's workloads ran as a principal its ACLs allow"
     for result in results:
         assert tuple(result) == RESULT_FIELDS
-        assert result["system"] == "raftka"
+        assert result["system"] in ("raftka", "raftka+tls+acl")
         for name in ("msgs_per_s", "MB_per_s", "p50_ms", "p99_ms"):
             assert result[name] is None or result[name] >= 0
     paths = [r for r in results if r["workload"] in ("publish-batches", "publish-records")]
