@@ -76,18 +76,22 @@ def make_ca(common_name: str = "raftka local CA", *, valid_for: datetime.timedel
 
 
 def issue(ca: Issued, common_name: str, *, hosts: Sequence[str] = (), broker_id: int | None = None,
-          not_before: datetime.datetime | None = None, not_after: datetime.datetime | None = None) -> Issued:
+          not_before: datetime.datetime | None = None, not_after: datetime.datetime | None = None,
+          subject: str = "", sans: Sequence[x509.GeneralName] = ()) -> Issued:
     """A certificate signed by `ca`, for servers and clients alike (brokers are both), naming `hosts`
-    and, for a broker, its id (SAN URI). `not_before`/`not_after` default to now-5min and a year on."""
+    and, for a broker, its id (SAN URI). `not_before`/`not_after` default to now-5min and a year on.
+    `subject` (RFC 4514, e.g. ``CN=alice,OU=Payments,O=Acme``) replaces ``CN=<common_name>``; `sans`
+    are further SANs (a SPIFFE URI, an email address)."""
     ca_cert = x509.load_pem_x509_certificate(ca.cert)
     ca_key = serialization.load_pem_private_key(ca.key, password=None)
     assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.datetime.now(datetime.UTC)
-    names: list[x509.GeneralName] = [_san(host) for host in hosts]
+    names: list[x509.GeneralName] = [*(_san(host) for host in hosts), *sans]
     if broker_id is not None:
         names.append(x509.UniformResourceIdentifier(broker_uri(broker_id)))
-    builder = (x509.CertificateBuilder().subject_name(_name(common_name)).issuer_name(ca_cert.subject)
+    name = x509.Name.from_rfc4514_string(subject) if subject else _name(common_name)
+    builder = (x509.CertificateBuilder().subject_name(name).issuer_name(ca_cert.subject)
                .public_key(key.public_key()).serial_number(x509.random_serial_number())
                .not_valid_before(not_before or now - datetime.timedelta(minutes=5))
                .not_valid_after(not_after or now + VALIDITY)

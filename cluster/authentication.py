@@ -34,7 +34,8 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-from raftka.cluster.principal import tls_principal
+from raftka.cluster.principal import CertificatePrincipal
+from raftka.cluster.principal_rules import PrincipalRule
 from raftka.errors import AuthenticationFailedError
 
 log = logging.getLogger(__name__)
@@ -198,6 +199,8 @@ class AuthSettings:
     token_file: Path | None = None
     jwt: JwtSettings = JwtSettings()
     allow_anonymous: bool = False
+    principal_rules: tuple[PrincipalRule, ...] = ()
+    """`--tls-principal-rule`: how a verified client certificate names its principal; none: DEFAULT."""
 
     @property
     def configured(self) -> bool:
@@ -212,7 +215,8 @@ class AuthSettings:
 
 def authenticators(settings: AuthSettings, *, client_certificates: bool = False) -> list[Authenticator]:
     """The chain the broker asks, in order: a bearer token, then (when the gRPC listener requires
-    verified client certificates) the certificate's principal (`raftka.cluster.principal`)."""
+    verified client certificates) the certificate's principal under `settings.principal_rules`
+    (`raftka.cluster.principal`)."""
     chain: list[Authenticator] = []
     verifier = (JwtVerifier.from_jwks(settings.jwks, settings.jwt) if settings.jwks
                 else JwtVerifier.from_pem(settings.jwt_key, settings.jwt) if settings.jwt_key else None)
@@ -220,7 +224,7 @@ def authenticators(settings: AuthSettings, *, client_certificates: bool = False)
     if verifier is not None or static is not None:
         chain.append(BearerAuthenticator(static, verifier))
     if client_certificates:
-        chain.append(tls_principal)
+        chain.append(CertificatePrincipal(settings.principal_rules))
     return chain
 
 

@@ -307,9 +307,10 @@ def _access_control(config: BrokerConfig, metadata: MetadataState, metrics: Brok
                             super_prefix=BROKER_PRINCIPAL_PREFIX if config.tls else None)
     quotas = QuotaManager(metadata.quota_of,
                           on_throttled=lambda kind, seconds: metrics.throttle_seconds.labels(kind).inc(seconds))
-    log.info("access control authentication=%s anonymous=%s authorizer=%s super_users=%s",
+    log.info("access control authentication=%s anonymous=%s authorizer=%s super_users=%s tls_principal_rules=%s",
              ",".join(type(a).__name__ for a in chain) or "none", config.auth.allow_anonymous or not chain,
-             config.authorizer or "allow-all", sorted(super_users))
+             config.authorizer or "allow-all", sorted(super_users),
+             [rule.text for rule in config.auth.principal_rules] or ["DEFAULT"])
     return Access(Authentication(chain, allow_anonymous=config.auth.allow_anonymous), authorizer, quotas, metrics)
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from raftka.cluster.authentication import AuthSettings, JwtSettings
 from raftka.cluster.config import BrokerConfig, parse_peers
+from raftka.cluster.principal_rules import PrincipalRule, parse_rules
 from raftka.wire.settings import env, flag
 
 
@@ -95,6 +96,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tls-client-auth", choices=("required", "none"), default=env("TLS_CLIENT_AUTH", "required"),
                         help="client certificates on the gRPC port: required (verified against --tls-ca) or none "
                              "(env RAFTKA_TLS_CLIENT_AUTH; default required)")
+    parser.add_argument("--tls-principal-rule", action="append", metavar="RULE",
+                        help="how a verified client certificate names its principal User:<name>: DEFAULT (its CN), "
+                             "RULE:pattern/replacement/[L|U] (Kafka's, against the subject DN in RFC 2253 form) or "
+                             "SAN:URI|DNS|EMAIL|IP:pattern/replacement/[L|U] (against its SANs of that type); "
+                             "repeatable, tried in order, the first that applies wins; a certificate none applies "
+                             "to is refused; broker certificates are always Broker:<id> (env "
+                             "RAFTKA_TLS_PRINCIPAL_RULES, rules separated by commas or newlines; default DEFAULT)")
     parser.add_argument("--metrics-tls", action="store_true", default=env("METRICS_TLS", False, flag),
                         help="serve /metrics over TLS with the broker's certificate (env RAFTKA_METRICS_TLS=1)")
     parser.add_argument("--auth-jwks", type=Path, default=env("AUTH_JWKS", None, Path),
@@ -132,7 +140,16 @@ def auth_settings(args: argparse.Namespace) -> AuthSettings:
                         jwt=JwtSettings(issuer=args.auth_issuer, audience=args.auth_audience,
                                         clock_skew_s=args.auth_clock_skew_s,
                                         principal_claim=args.auth_principal_claim),
-                        allow_anonymous=args.allow_anonymous)
+                        allow_anonymous=args.allow_anonymous, principal_rules=principal_rules(args))
+
+
+def principal_rules(args: argparse.Namespace) -> tuple[PrincipalRule, ...]:
+    """The `--tls-principal-rule` flags in order, else RAFTKA_TLS_PRINCIPAL_RULES (the flags replace it)."""
+    texts = args.tls_principal_rule or [env("TLS_PRINCIPAL_RULES", "")]
+    try:
+        return tuple(rule for text in texts for rule in parse_rules(text))
+    except ValueError as exc:
+        raise ValueError(f"--tls-principal-rule: {exc}") from None
 
 
 def run(args: argparse.Namespace) -> int:

@@ -169,6 +169,9 @@ class BrokerConfig:
             raise ValueError(f"--tls-client-auth must be required or none, not {self.tls_client_auth!r}")
         if self.metrics_tls and not self.tls:
             raise ValueError("--metrics-tls needs --tls-cert, --tls-key and --tls-ca")
+        if self.auth.principal_rules and not (self.tls and self.tls_client_auth == "required"):
+            raise ValueError("--tls-principal-rule maps verified client certificates: it needs --tls-cert, --tls-key "
+                             "and --tls-ca with --tls-client-auth required")
         self.auth.validate()
         if self.authorizer not in ("", "acl"):
             raise ValueError(f"--authorizer must be 'acl' (or omitted), not {self.authorizer!r}")

@@ -15,7 +15,8 @@ connections keep their session and new ones get the new certificate:
 
 Client certificates on the gRPC listener are `required` (verified against the CA) or not requested
 (`none`). grpcio's Python API has no "request but do not require" mode: a server that does not require
-a client certificate does not ask for one, so its verified identity would never reach `tls_principal`.
+a client certificate does not ask for one, so its verified identity would never reach
+`raftka.cluster.principal`.
 """
 
 from __future__ import annotations

@@ -5,7 +5,9 @@ runs here; the container tests start the rendered pods. helm comes from scripts/
 
 from __future__ import annotations
 
+import argparse
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +19,7 @@ import yaml
 from helm_chart import (BOOTSTRAP, CHART, FULLNAME, NAMESPACE, POD_DOMAIN, RELEASE, Helm, broker_container, render,
                         render_text, run_helm)
 from raftka.client.certs import Issued, issue, local_pki
+from raftka.cluster import cli as broker_cli
 from raftka.wire.tls import ANY_BROKER
 
 VALIDATOR = Path(sys.executable).parent / "kubernetes-validate"
@@ -47,6 +50,7 @@ def test_lint_strict(helm) -> None:
     (("--set", "rack.fromNodeZone=true", "--set", "placement.antiAffinity=hard"), 0),
     (TLS, 0),
     (TLS + ("--set", "tls.metrics=false"), 0),
+    (TLS + ("--set", "tls.principalRules[0]=RULE:^CN=(.*)$/$1/L", "--set", "tls.principalRules[1]=DEFAULT"), 0),
     (CERT_MANAGER, 1),
     (MONITORING, 2),
     (MONITORING + CERT_MANAGER, 3),
@@ -56,8 +60,8 @@ def test_lint_strict(helm) -> None:
       "--set", "placement.antiAffinity=none", "--set", "placement.topologySpread.enabled=false"), 0),
     (("--set", "replicas=1", "--set", "controllers=1"), 0),
 ], ids=["defaults", "5-replicas", "5-controllers", "rack", "zone-rack-hard-anti-affinity", "tls", "tls-plain-metrics",
-        "tls-cert-manager", "monitoring", "monitoring-tls-cert-manager", "closed-network-policy", "minimal",
-        "one-broker"])
+        "tls-principal-rules", "tls-cert-manager", "monitoring", "monitoring-tls-cert-manager", "closed-network-policy",
+        "minimal", "one-broker"])
 def test_rendered_manifests_are_valid_kubernetes_1_30(helm, tmp_path, args, custom_resources) -> None:
     """Custom resources (PodMonitor, PrometheusRule, Certificate) get one WARN each: the validator has no schema
     for CRDs."""
@@ -95,6 +99,7 @@ def test_the_validator_rejects_an_unknown_field(tmp_path) -> None:
     (("--set", "tls.certManager.issuer.kind=Vault"), "at '/tls/certManager/issuer/kind': value must be one of "
                                                      "'Issuer', 'ClusterIssuer'"),
     (("--set", "tls.certManager.duration=1h"), "at '/tls/certManager': additional properties 'duration' not allowed"),
+    (("--set", "tls.principalRules[0]=CN"), "at '/tls/principalRules/0'"),
 ])
 def test_the_schema_refuses_bad_values(helm, args, message) -> None:
     stderr = refusal(helm, *args)
@@ -111,6 +116,7 @@ def test_the_schema_refuses_bad_values(helm, args, message) -> None:
      "tls.certManager.issuer needs the cert-manager.io/v1 API"),
     (("--set", "tls.certManager.issuer.name=raftka-ca", "--api-versions", "cert-manager.io/v1"),
      "tls.certManager.issuer is set but tls.enabled is false"),
+    (("--set", "tls.principalRules[0]=DEFAULT"), "tls.principalRules map client certificates, which only tls.enabled"),
     (("--set", "monitoring.podMonitor.enabled=true"), "monitoring.podMonitor.enabled needs the "
                                                       "monitoring.coreos.com/v1 API"),
     (("--set", "monitoring.prometheusRule.enabled=true"), "monitoring.prometheusRule.enabled needs the "
@@ -253,6 +259,30 @@ def test_tls_mounts_the_secret_and_passes_its_files(helm) -> None:
     volumes = objects[("StatefulSet", FULLNAME)]["spec"]["template"]["spec"]["volumes"]
     assert volumes == [{"name": "tls", "secret": {"secretName": "raftka-tls"}}]
     assert not [arg for arg in broker_container(render(helm))["args"] if arg.startswith(("--tls", "--metrics-tls"))]
+
+
+def kubernetes_expand(arg: str, variables: dict[str, str]) -> str:
+    """What Kubernetes makes of a container argument: `$(VAR)` is the variable's value, `$$` is `$`."""
+    return re.sub(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_]*)\)",
+                  lambda match: "$" if match.group(0) == "$$" else variables.get(match.group(1), match.group(0)), arg)
+
+
+def test_principal_rules_reach_the_broker_as_written(helm, tmp_path) -> None:
+    """tls.principalRules become --tls-principal-rule flags in order, each '$' doubled, so that after
+    Kubernetes' $(VAR) expansion the broker's parser reads the rules as written (even one whose regex
+    contains `$(POD_NAME)`)."""
+    rules = [r"SAN:URI:spiffe:\/\/example\.org\/ns\/[^\/]+\/sa\/([^\/]+)/$1/",
+             r"RULE:^CN=([^,]+),OU=Payments$(POD_NAME)?/$1/L", "DEFAULT"]
+    values = tmp_path / "values.yaml"
+    values.write_text(yaml.safe_dump({"tls": {"principalRules": rules}}))
+    flags = [arg for arg in broker_container(render(helm, *TLS, "-f", str(values)))["args"]
+             if arg.startswith("--tls-principal-rule")]
+    assert flags == [f"--tls-principal-rule={rule.replace('$', '$$')}" for rule in rules]
+    parser = argparse.ArgumentParser()
+    broker_cli.add_arguments(parser)
+    args = parser.parse_args([kubernetes_expand(flag, {"POD_NAME": "rk-raftka-0"}) for flag in flags])
+    assert [rule.text for rule in broker_cli.principal_rules(args)] == rules
+    assert not [arg for arg in broker_container(render(helm, *TLS))["args"] if arg.startswith("--tls-principal")]
 
 
 def test_with_tls_every_pods_cli_connects_with_the_secrets_files(helm) -> None:

@@ -76,6 +76,9 @@ app.kubernetes.io/component: broker
 {{- if and .Values.tls.certManager.issuer.name (not .Values.tls.enabled) -}}
 {{- fail "tls.certManager.issuer is set but tls.enabled is false: nothing would mount the certificate; set tls.enabled=true" -}}
 {{- end -}}
+{{- if and .Values.tls.principalRules (not .Values.tls.enabled) -}}
+{{- fail "tls.principalRules map client certificates, which only tls.enabled asks for; set tls.enabled=true" -}}
+{{- end -}}
 {{- end -}}
 
 {{/* The Secret holding tls.crt, tls.key and ca.crt: the one given, else the one the Certificate fills. */}}
