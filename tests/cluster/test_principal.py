@@ -13,7 +13,7 @@ import pytest
 from cryptography import x509
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from raftka.client.certs import Issued, issue, local_pki
+from raftka.client.certs import LocalPki, issue, local_pki
 from raftka.cluster.principal import AUTH_CONTEXT_KEYS, BROKER_PRINCIPAL_PREFIX, CertificatePrincipal
 from raftka.cluster.principal_rules import SOURCES, parse_rules
 from raftka.errors import AuthenticationFailedError
@@ -68,10 +68,6 @@ def calls(tmp_path: Path, authenticators: dict[str, CertificatePrincipal], requi
     return asyncio.run(scenario())
 
 
-def ca_of(directory: Path) -> Issued:
-    return Issued((directory / "ca.pem").read_bytes(), (directory / "ca-key.pem").read_bytes())
-
-
 @pytest.mark.parametrize("require", [True, False])
 def test_the_principal_of_a_call_is_its_verified_certificates(tmp_path: Path, require: bool) -> None:
     """A broker's certificate is `Broker:<id>` whatever the rules say; a client's is `User:<CN>` by
@@ -80,7 +76,7 @@ def test_the_principal_of_a_call_is_its_verified_certificates(tmp_path: Path, re
 
     def callers(ca: Path, port: int, insecure_port: int) -> list[tuple[int, ClientTls | None]]:
         pki = local_pki(tmp_path, 2)
-        alice = issue(ca_of(tmp_path), "alice").write(tmp_path, "alice")
+        alice = issue(pki.authority(), "alice").write(tmp_path, "alice")
         return [(port, ClientTls(ca, *pki.broker(2))), (port, ClientTls(ca, *alice)), (insecure_port, None)]
 
     outcomes = calls(tmp_path, {"default": CertificatePrincipal(), "rules": rules}, require, callers)
@@ -107,7 +103,8 @@ def test_each_rule_source_reads_its_part_of_the_certificate(tmp_path: Path) -> N
     def callers(ca: Path, port: int, insecure_port: int) -> list[tuple[int, ClientTls | None]]:
         sans = [x509.UniformResourceIdentifier("spiffe://example.org/ns/x/sa/y"),
                 x509.RFC822Name("alice@example.org"), x509.IPAddress(ipaddress.ip_address("10.1.2.3"))]
-        files = issue(ca_of(tmp_path), "", subject=subject, hosts=["svc.example.org"], sans=sans).write(tmp_path, "ab")
+        files = issue(LocalPki(tmp_path).authority(), "", subject=subject, hosts=["svc.example.org"],
+                      sans=sans).write(tmp_path, "ab")
         return [(port, ClientTls(ca, *files))]
 
     [outcome] = calls(tmp_path, authenticators, True, callers)

@@ -14,7 +14,7 @@ from cryptography import x509
 
 from raftka import Admin, Producer
 from raftka.client.admin import AclEntry
-from raftka.client.certs import Issued, LocalPki, issue, local_pki
+from raftka.client.certs import LocalPki, issue, local_pki
 from raftka.client.local import LocalBroker, free_port
 from raftka.cluster import cli as broker_cli
 from raftka.cluster.principal_rules import DEFAULT_RULES, parse_rules, principal_name
@@ -116,9 +116,8 @@ def pki(tmp_path: Path) -> LocalPki:
 
 def client(pki: LocalPki, subject: str, *sans: x509.GeneralName) -> dict[str, Path]:
     """Client options presenting a certificate of the cluster CA with `subject` and `sans`."""
-    ca = Issued(pki.ca.read_bytes(), (pki.directory / "ca-key.pem").read_bytes())
     label = f"client-{len(list(pki.directory.glob('client-*-key.pem')))}"
-    cert, key = issue(ca, "", subject=subject, sans=sans).write(pki.directory, label)
+    cert, key = issue(pki.authority(), "", subject=subject, sans=sans).write(pki.directory, label)
     return {"tls_ca": pki.ca, "tls_cert": cert, "tls_key": key}
 
 

@@ -45,10 +45,6 @@ def client_tls(pki: LocalPki) -> dict[str, Path]:
     return {"tls_ca": pki.ca, "tls_cert": cert, "tls_key": key}
 
 
-def ca_of(pki: LocalPki) -> Issued:
-    return Issued(pki.ca.read_bytes(), (pki.directory / "ca-key.pem").read_bytes())
-
-
 def metadata_call(address: str, tls: ClientTls | None) -> grpc.StatusCode:
     """The status of a Metadata call over a fresh channel (OK when it answers)."""
     with open_channel(address, tls) as channel:
@@ -144,7 +140,7 @@ def test_plaintext_and_foreign_or_expired_client_certificates_are_refused(
     stranger = issue(make_ca("another CA"), "stranger").write(tmp_path, "stranger")
     assert metadata_call(broker.address, ClientTls(pki.ca, *stranger)) == grpc.StatusCode.UNAVAILABLE
     now = datetime.datetime.now(datetime.UTC)
-    expired = issue(ca_of(pki), "expired", not_before=now - datetime.timedelta(days=2),
+    expired = issue(pki.authority(), "expired", not_before=now - datetime.timedelta(days=2),
                     not_after=now - datetime.timedelta(days=1)).write(tmp_path, "expired")
     assert metadata_call(broker.address, ClientTls(pki.ca, *expired)) == grpc.StatusCode.UNAVAILABLE
     assert metadata_call(broker.address, ClientTls(pki.ca)) == grpc.StatusCode.UNAVAILABLE, "no client certificate"
@@ -161,13 +157,13 @@ def test_the_raft_port_refuses_a_strangers_certificate_and_a_broker_claiming_ano
     host, port = raft_address(broker)
     stranger_ca = make_ca("another CA")
     assert raft_hello(host, port, pki.ca, issue_broker(stranger_ca, 2), 2, 1, tmp_path) is None
-    ack = raft_hello(host, port, pki.ca, issue_broker(ca_of(pki), 2), 3, 1, tmp_path)
+    ack = raft_hello(host, port, pki.ca, issue_broker(pki.authority(), 2), 3, 1, tmp_path)
     assert ack is not None and ack.refusal == "CERTIFICATE_MISMATCH", ack
     assert "broker 3 comes with the certificate of broker 2" in ack.detail
     client = Issued(*(path.read_bytes() for path in pki.client))
     ack = raft_hello(host, port, pki.ca, client, 2, 1, tmp_path)
     assert ack is not None and ack.refusal == "CERTIFICATE_MISMATCH", "a client's certificate names no broker"
-    ack = raft_hello(host, port, pki.ca, issue_broker(ca_of(pki), 2), 2, 1, tmp_path)
+    ack = raft_hello(host, port, pki.ca, issue_broker(pki.authority(), 2), 2, 1, tmp_path)
     assert ack is not None and not ack.refusal, "a broker's own certificate is accepted"
     wait_until(lambda: broker.metric_total('raftka_raft_refusals{by="this_broker"}') >= 3, "the refusals are counted")
     log = broker.log()
@@ -200,7 +196,7 @@ def test_rotating_the_files_keeps_existing_clients_and_serves_the_new_certificat
     admin = Admin(broker.address, **client_tls(pki))
     admin.create_topic("before", partitions=1)
 
-    new = issue_broker(ca_of(pki), 1)
+    new = issue_broker(pki.authority(), 1)
     replace_files(new, cert_path, key_path)
     wait_until(lambda: served_serial(host, int(port), pki) == new.serial, "the gRPC port serves the new certificate")
     wait_until(lambda: served_serial(raft_host, raft_port, pki, alpn=False) == new.serial,
@@ -270,7 +266,7 @@ def test_client_certificates_name_the_principal_the_acls_check_and_brokers_need_
     without a broker token."""
     brokers = start_cluster(3, "--authorizer", "acl", "--super-users", "User:client", pki=pki)
     bootstrap = ",".join(b.address for b in brokers)
-    issue(ca_of(pki), "alice").write(pki.directory, "alice")
+    issue(pki.authority(), "alice").write(pki.directory, "alice")
     alice = {"tls_ca": pki.ca, "tls_cert": pki.directory / "alice.pem", "tls_key": pki.directory / "alice-key.pem"}
     with Admin(bootstrap, **client_tls(pki)) as admin:
         admin.create_topic("guarded", partitions=3, replication_factor=3)
@@ -290,7 +286,7 @@ def test_brokers_sharing_one_certificate_for_any_broker_form_a_cluster(
         start_cluster: Callable[..., list[LocalBroker]], pki: LocalPki) -> None:
     """One certificate naming `raftka://broker/*` (a Kubernetes Secret every pod mounts) is accepted on
     the Raft port for whichever broker id its holder claims."""
-    shared = issue(ca_of(pki), "raftka-brokers", hosts=["127.0.0.1", "localhost"], broker_id=ANY_BROKER)
+    shared = issue(pki.authority(), "raftka-brokers", hosts=["127.0.0.1", "localhost"], broker_id=ANY_BROKER)
     for broker_id in (1, 2, 3):
         cert, key = pki.broker(broker_id)
         replace_files(shared, cert, key)

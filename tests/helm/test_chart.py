@@ -18,7 +18,7 @@ import yaml
 
 from helm_chart import (BOOTSTRAP, CHART, FULLNAME, NAMESPACE, POD_DOMAIN, RELEASE, Helm, broker_container, render,
                         render_text, run_helm)
-from raftka.client.certs import Issued, issue, local_pki
+from raftka.client.certs import issue, local_pki
 from raftka.cluster import cli as broker_cli
 from raftka.wire.tls import ANY_BROKER
 
@@ -417,8 +417,7 @@ def test_with_tls_the_helm_test_script_and_the_scale_check_pass_against_a_tls_cl
     which every broker and these pods share, its key and the CA) against brokers requiring client
     certificates. The same script rendered without TLS fails against them."""
     pki = local_pki(tmp_path / "pki", 3)
-    ca = Issued(pki.ca.read_bytes(), (pki.directory / "ca-key.pem").read_bytes())
-    shared = issue(ca, "raftka-brokers", hosts=["127.0.0.1", "localhost"], broker_id=ANY_BROKER)
+    shared = issue(pki.authority(), "raftka-brokers", hosts=["127.0.0.1", "localhost"], broker_id=ANY_BROKER)
     for broker_id in (1, 2, 3):
         cert, key = pki.broker(broker_id)
         cert.write_bytes(shared.cert)
