@@ -10,32 +10,32 @@ with no credentials configured is sent as before.
 
 from __future__ import annotations
 
-import os
 import threading
 from pathlib import Path
 from typing import Any, Callable
 
 import grpc
 
+from raftka.wire.files import FileStamp, file_stamp
+
 TokenProvider = Callable[[], str]
 AUTHORIZATION_HEADER = "authorization"
 
 
 class _TokenFile:
-    """Reads the file again when its modification time or size changes."""
+    """Reads the file again when it changes (`raftka.wire.files`)."""
 
     def __init__(self, path: Path) -> None:
         self._path = path
         self._lock = threading.Lock()
-        self._stamp: tuple[int, int] | None = None
+        self._stamp: FileStamp = None
         self._token = ""
         self()
 
     def __call__(self) -> str:
-        status = os.stat(self._path)
-        stamp = (status.st_mtime_ns, status.st_size)
+        stamp = file_stamp(self._path)
         with self._lock:
-            if stamp != self._stamp:
+            if stamp is None or stamp != self._stamp:
                 self._token, self._stamp = self._path.read_text().strip(), stamp
             return self._token
 

@@ -16,6 +16,10 @@ confusion (an HMAC token "signed" with the public key) are refused. Issuer, audi
 required) and `nbf` are checked with `--auth-clock-skew-s` of leeway; the principal is `User:` plus
 the claim `--auth-principal-claim` (default `sub`).
 
+The JWKS or key file and the static token file are read again when they change (checked with the
+TLS files, every `RELOAD_INTERVAL_S`: `Authentication.refresh`), so keys and tokens rotate without a
+restart; a replacement that cannot be parsed is logged and the previous content stays in force.
+
 Invariant: `principal_of` either returns a principal the operator configured a way to prove, or
 ANONYMOUS under the rules above, or raises AuthenticationFailedError; it never blocks.
 """
@@ -27,7 +31,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Generic, Sequence, TypeVar
 
 import grpc
 import jwt
@@ -37,6 +41,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from raftka.cluster.principal import CertificatePrincipal
 from raftka.cluster.principal_rules import PrincipalRule
 from raftka.errors import AuthenticationFailedError
+from raftka.wire.files import file_stamp
 
 log = logging.getLogger(__name__)
 
@@ -67,23 +72,63 @@ def _digest(token: str) -> bytes:
     return hashlib.sha256(token.encode()).digest()
 
 
+T = TypeVar("T")
+
+
+class _Reloaded(Generic[T]):
+    """What `load` makes of a file, made again by `refresh` when the file changed. The first load's
+    errors propagate (the broker refuses to start); a later one's are logged and the previous value
+    stays, until the file changes again."""
+
+    def __init__(self, path: Path, load: Callable[[Path], T]) -> None:
+        self.path = path
+        self._load = load
+        self._stamp = file_stamp(path)
+        self.value = load(path)
+
+    def refresh(self) -> bool:
+        """Whether a changed file was taken."""
+        stamp = file_stamp(self.path)
+        if stamp == self._stamp:
+            return False
+        self._stamp = stamp
+        try:
+            value = self._load(self.path)
+        except (OSError, ValueError, jwt.PyJWTError) as exc:
+            log.warning("auth file reload failed, keeping its previous content path=%s error=%s: %s", self.path,
+                        type(exc).__name__, exc)
+            return False
+        self.value = value
+        log.info("auth file reloaded path=%s", self.path)
+        return True
+
+
+def _static_tokens(path: Path) -> dict[bytes, Principal]:
+    principals: dict[bytes, Principal] = {}
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = line.split()
+        if len(parts) != 2 or ":" not in parts[1]:
+            raise ValueError(f"{path}:{number}: expected 'TOKEN PRINCIPAL' (e.g. 's3cret User:alice')")
+        principals[_digest(parts[0])] = parts[1]
+    return principals
+
+
 class StaticTokens:
-    """`--auth-token-file`: one `TOKEN PRINCIPAL` per line (blank lines and `#` comments skipped).
-    Tokens are kept only as SHA-256 digests, so lookups do not compare the secret byte by byte."""
+    """`--auth-token-file`: one `TOKEN PRINCIPAL` per line (blank lines and `#` comments skipped), read
+    again when the file changes. Tokens are kept only as SHA-256 digests, so lookups do not compare the
+    secret byte by byte."""
 
     def __init__(self, path: Path) -> None:
-        self._principals: dict[bytes, Principal] = {}
-        for number, line in enumerate(path.read_text().splitlines(), 1):
-            line = line.strip()
-            if not line or line.startswith("#"):
-                continue
-            parts = line.split()
-            if len(parts) != 2 or ":" not in parts[1]:
-                raise ValueError(f"{path}:{number}: expected 'TOKEN PRINCIPAL' (e.g. 's3cret User:alice')")
-            self._principals[_digest(parts[0])] = parts[1]
+        self._principals = _Reloaded(path, _static_tokens)
 
     def find(self, token: str) -> Principal | None:
-        return self._principals.get(_digest(token))
+        return self._principals.value.get(_digest(token))
+
+    def refresh(self) -> bool:
+        return self._principals.refresh()
 
 
 _ALGORITHMS = {"RSA": "RS256", "EC": "ES256"}
@@ -106,39 +151,59 @@ class JwtSettings:
     principal_claim: str = "sub"
 
 
-class JwtVerifier:
-    """Verifies JWTs against a JWKS file's keys (chosen by the token's `kid`) or one PEM public key."""
+VerificationKeys = dict[str, tuple[Any, str]]
+"""kid -> (public key, the one algorithm it verifies); a PEM key has kid ""."""
 
-    def __init__(self, keys: dict[str, tuple[Any, str]], settings: JwtSettings) -> None:
-        if not keys:
-            raise ValueError("no JWT verification key given")
+
+def _pem_keys(path: Path) -> VerificationKeys:
+    key = load_pem_public_key(path.read_bytes())
+    return {"": (key, _algorithm_of(key))}
+
+
+def _jwks_keys(path: Path) -> VerificationKeys:
+    keys: VerificationKeys = {}
+    document = json.loads(path.read_text())
+    if not isinstance(document, dict):
+        raise ValueError(f"{path}: a JWKS is a JSON object with a 'keys' list")
+    for raw in document.get("keys", []):
+        if raw.get("use", "sig") != "sig" or raw.get("kty") not in _ALGORITHMS:
+            continue
+        key = jwt.PyJWK(raw, algorithm=_ALGORITHMS[raw["kty"]]).key
+        keys[raw.get("kid", "")] = (key, _algorithm_of(key))
+    if not keys:
+        raise ValueError(f"{path}: no RSA or EC signing key in the JWKS")
+    return keys
+
+
+class JwtVerifier:
+    """Verifies JWTs against a JWKS file's keys (chosen by the token's `kid`) or one PEM public key,
+    the file read again when it changes (`refresh`)."""
+
+    def __init__(self, keys: _Reloaded[VerificationKeys], settings: JwtSettings) -> None:
         self._keys = keys
         self._settings = settings
 
     @classmethod
     def from_pem(cls, path: Path, settings: JwtSettings) -> JwtVerifier:
-        key = load_pem_public_key(path.read_bytes())
-        return cls({"": (key, _algorithm_of(key))}, settings)
+        return cls(_Reloaded(path, _pem_keys), settings)
 
     @classmethod
     def from_jwks(cls, path: Path, settings: JwtSettings) -> JwtVerifier:
-        keys: dict[str, tuple[Any, str]] = {}
-        for raw in json.loads(path.read_text()).get("keys", []):
-            if raw.get("use", "sig") != "sig" or raw.get("kty") not in _ALGORITHMS:
-                continue
-            key = jwt.PyJWK(raw, algorithm=_ALGORITHMS[raw["kty"]]).key
-            keys[raw.get("kid", "")] = (key, _algorithm_of(key))
-        return cls(keys, settings)
+        return cls(_Reloaded(path, _jwks_keys), settings)
+
+    def refresh(self) -> bool:
+        return self._keys.refresh()
 
     def verify(self, token: str) -> Principal:
         settings = self._settings
+        keys = self._keys.value
         try:
             header = jwt.get_unverified_header(token)
             kid = header.get("kid", "")
-            if kid in self._keys:
-                key, algorithm = self._keys[kid]
-            elif len(self._keys) == 1 and not kid:
-                key, algorithm = next(iter(self._keys.values()))
+            if kid in keys:
+                key, algorithm = keys[kid]
+            elif len(keys) == 1 and not kid:
+                key, algorithm = next(iter(keys.values()))
             else:
                 raise AuthenticationFailedError(f"JWT rejected: no verification key with kid {kid!r}")
             claims = jwt.decode(token, key, algorithms=[algorithm], audience=settings.audience or None,
@@ -180,6 +245,12 @@ class BearerAuthenticator:
     def __call__(self, context: grpc.aio.ServicerContext) -> Principal | None:
         token = bearer_token(context)
         return None if token is None else self.verify(token)
+
+    def refresh(self) -> None:
+        """Take changed token and key files."""
+        for source in (self._static, self._verifier):
+            if source is not None:
+                source.refresh()
 
     def verify(self, token: str) -> Principal:
         principal = self._static.find(token) if self._static is not None else None
@@ -245,6 +316,12 @@ class Authentication:
     @property
     def enabled(self) -> bool:
         return bool(self._chain)
+
+    def refresh(self) -> None:
+        """Take changed token and key files (the broker calls this every RELOAD_INTERVAL_S)."""
+        for authenticator in self._chain:
+            if isinstance(authenticator, BearerAuthenticator):
+                authenticator.refresh()
 
     def principal_of(self, context: grpc.aio.ServicerContext) -> Principal:
         """The caller's principal; raises AuthenticationFailedError for bad or missing credentials."""

@@ -253,7 +253,7 @@ async def serve(config: BrokerConfig) -> int:
         asyncio.create_task(_serve_when_led(controller, broker_health, services)),
         asyncio.create_task(_drop_orphans_after_replay(partitions, controller)),
         asyncio.create_task(_register(admin, state, refuse)),
-        *([asyncio.create_task(_reload_tls(tls))] if tls is not None else []),
+        asyncio.create_task(_reload_files(tls, access)),
         asyncio.create_task(coordinator.run()),
         asyncio.create_task(reassigner.run(REASSIGNMENT_INTERVAL_S)),
         asyncio.create_task(controller.run_decommissions(DECOMMISSION_INTERVAL_S)),
@@ -331,11 +331,14 @@ def _tls(config: BrokerConfig) -> BrokerTls | None:
     return BrokerTls(TlsFiles(config.tls_cert, config.tls_key, config.tls_ca), ClientAuth(config.tls_client_auth))
 
 
-async def _reload_tls(tls: BrokerTls) -> None:
-    """Take rotated certificate files (`raftka.cluster.tls`)."""
+async def _reload_files(tls: BrokerTls | None, access: Access) -> None:
+    """Take rotated certificate files (`raftka.cluster.tls`) and changed JWKS, key and token files
+    (`raftka.cluster.authentication`)."""
     while True:
         await asyncio.sleep(RELOAD_INTERVAL_S)
-        tls.refresh()
+        if tls is not None:
+            tls.refresh()
+        access.authentication.refresh()
 
 
 def _warn_plaintext(config: BrokerConfig, raft_host: str) -> None:

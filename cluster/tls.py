@@ -29,10 +29,11 @@ import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, cast
+from typing import Callable, cast
 
 import grpc
 
+from raftka.wire.files import FileStamp, file_stamp
 from raftka.wire.tls import ChannelOptions, ClientTls, open_aio_channel
 
 log = logging.getLogger(__name__)
@@ -152,16 +153,8 @@ class BrokerTls:
         return grpc.ssl_server_certificate_configuration([(material.key, material.cert)],
                                                          root_certificates=material.ca)
 
-    def _stat(self) -> tuple[Any, ...]:
-        stamps: list[Any] = []
-        for path in (self.files.cert, self.files.key, self.files.ca):
-            try:
-                st = path.stat()
-            except OSError:
-                stamps.append(None)
-            else:
-                stamps.append((st.st_mtime_ns, st.st_size, st.st_ino))
-        return tuple(stamps)
+    def _stat(self) -> tuple[FileStamp, ...]:
+        return tuple(file_stamp(path) for path in (self.files.cert, self.files.key, self.files.ca))
 
     def _load(self, generation: int) -> _Material:
         cert, key, ca = (path.read_bytes() for path in (self.files.cert, self.files.key, self.files.ca))

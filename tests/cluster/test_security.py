@@ -21,6 +21,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from jwt.algorithms import RSAAlgorithm
 
 from raftka.client.admin import AclEntry, Admin
 from raftka.client.consumer import Consumer
@@ -28,6 +29,7 @@ from raftka.client.producer import Producer
 from raftka.errors import AuthenticationFailedError, AuthorizationFailedError
 from raftka.proto import api_pb2, api_pb2_grpc
 from raftka.wire.batch import encode_batch
+from waiting import wait_until
 
 ISSUER, AUDIENCE = "https://issuer.test", "raftka"
 STATIC = {"static-admin-token": "User:admin", "static-bob-token": "User:bob", "broker-token": "User:broker"}
@@ -38,10 +40,10 @@ def signing_key() -> rsa.RSAPrivateKey:
     return rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
 
-def token(key: rsa.RSAPrivateKey, subject: str, **claims: object) -> str:
+def token(key: rsa.RSAPrivateKey, subject: str, *, kid: str | None = None, **claims: object) -> str:
     now = int(time.time())
     payload = {"sub": subject, "iss": ISSUER, "aud": AUDIENCE, "exp": now + 600, "nbf": now - 5, **claims}
-    return jwt.encode(payload, key, algorithm="RS256")
+    return jwt.encode(payload, key, algorithm="RS256", headers={"kid": kid} if kid else None)
 
 
 @pytest.fixture
@@ -277,3 +279,48 @@ def test_cli_manages_acls_with_a_token_file(secured, tmp_path):
     without = subprocess.run([sys.executable, "-m", "raftka", "acl", "list"], capture_output=True, text=True,
                              env={**env, "RAFTKA_TOKEN_FILE": ""}, timeout=60)
     assert without.returncode == 1 and "AuthenticationFailedError" in without.stderr
+
+
+def jwks(**keys: rsa.RSAPrivateKey) -> str:
+    """A JWKS document of the public halves of `keys`, by kid."""
+    return json.dumps({"keys": [{**json.loads(RSAAlgorithm.to_jwk(key.public_key())), "kid": kid, "use": "sig"}
+                                for kid, key in keys.items()]})
+
+
+def replace_file(path, text: str) -> None:
+    """Replace a file whole, as a rotating Secret or sidecar does."""
+    staged = path.with_name(path.name + ".new")
+    staged.write_text(text)
+    os.replace(staged, path)
+
+
+def test_jwks_and_token_files_are_read_again_when_they_change(start_broker, signing_key, tmp_path):
+    """Keys and tokens rotate without a restart: the JWKS's new key's tokens get in and the removed key's
+    stop; a token added to the token file works and a removed one fails; a replacement that cannot be
+    parsed is logged and leaves the previous content in force."""
+    rotated = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    keys_file, tokens = tmp_path / "jwks.json", tmp_path / "tokens"
+    keys_file.write_text(jwks(one=signing_key))
+    tokens.write_text("first-token User:admin\n")
+    broker = start_broker("--auth-jwks", str(keys_file), "--auth-issuer", ISSUER, "--auth-audience", AUDIENCE,
+                          "--auth-token-file", str(tokens))
+
+    def accepted(credentials: str) -> bool:
+        try:
+            call(broker.address, "ListTopics", api_pb2.ListTopicsRequest(), credentials)
+        except grpc.RpcError as error:
+            assert error.code() == grpc.StatusCode.UNAUTHENTICATED, error.details()
+            return False
+        return True
+
+    old, new = token(signing_key, "alice", kid="one"), token(rotated, "alice", kid="two")
+    assert (accepted(old), accepted(new), accepted("first-token"), accepted("second-token")) == (
+        True, False, True, False)
+    replace_file(keys_file, jwks(two=rotated))
+    replace_file(tokens, "second-token User:admin\n")
+    wait_until(lambda: accepted(new) and accepted("second-token"), "the rotated key and token are taken", 30)
+    assert not accepted(old) and not accepted("first-token")
+    replace_file(keys_file, "{not json")
+    replace_file(tokens, "a-line-without-principal\n")
+    wait_until(lambda: broker.log().count("auth file reload failed") >= 2, "both bad files are refused", 30)
+    assert accepted(new) and accepted("second-token")
