@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from raftka.cluster.principal import tls_principal
 from raftka.errors import AuthenticationFailedError
+from raftka.wire.headers import AUTHORIZATION_HEADER
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,6 @@ Principal = str
 """`User:<name>` (Kafka's principal form)."""
 
 ANONYMOUS: Principal = "User:ANONYMOUS"
-AUTHORIZATION_HEADER = "authorization"
 BEARER = "bearer "
 
 Authenticator = Callable[[grpc.aio.ServicerContext], "Principal | None"]
