@@ -240,14 +240,16 @@ class Admin:
     def __init__(self, bootstrap: str | Sequence[str], *, request_timeout_ms: int = 30_000,
                  tls_ca: str | Path | None = None, tls_cert: str | Path | None = None,
                  tls_key: str | Path | None = None, tls_server_name: str | None = None, token: str | None = None,
-                 token_file: str | Path | None = None, token_provider: TokenProvider | None = None) -> None:
+                 token_file: str | Path | None = None, token_provider: TokenProvider | None = None,
+                 client_id: str = "") -> None:
         """`tls_ca` (a PEM bundle) turns TLS on and verifies the brokers; `tls_cert` and `tls_key` present
         a client certificate (brokers require one by default); `tls_server_name` is the name to verify
         instead of the address's host. `token`, `token_file` or `token_provider`: the bearer token calls
-        carry (`raftka.client.credentials`). Producer and Consumer take the same seven."""
+        carry (`raftka.client.credentials`). `client_id`: the client id every call carries (quotas may
+        be set per client id). Producer and Consumer take the same eight."""
         self._conn = ClusterConnection(bootstrap, request_timeout_s=request_timeout_ms / 1000,
                                        tls=ClientTls.of(tls_ca, tls_cert, tls_key, tls_server_name),
-                                       token=token_source(token, token_file, token_provider))
+                                       token=token_source(token, token_file, token_provider), client_id=client_id)
 
     def create_topic(self, name: str, partitions: int = 1, replication_factor: int | None = None,
                      config: Mapping[str, str | int] | None = None, *, exist_ok: bool = False) -> TopicInfo:
@@ -591,20 +593,24 @@ class Admin:
         response = self._admin(lambda stub: stub.DeleteAcls(request, timeout=self._conn.request_timeout_s))
         return [AclEntry.from_proto(binding) for binding in response.deleted]
 
-    def set_quota(self, principal: str, *, produce_bytes_per_s: int = 0, fetch_bytes_per_s: int = 0,
-                  requests_per_s: int = 0) -> None:
-        """Set `principal`'s quota ("*": the default of principals without one); 0 is unlimited."""
+    def set_quota(self, principal: str = "", *, client_id: str = "", produce_bytes_per_s: int = 0,
+                  fetch_bytes_per_s: int = 0, requests_per_s: int = 0) -> None:
+        """Set the quota of an entity: a principal (`User:NAME`, or "*": the default of principals
+        without one), a client id (a name, or "*": the default of client ids without one), or both
+        (api.proto's Quota says which applies to a caller). A rate of 0 is not limited by this entity."""
         request = api_pb2.SetQuotaRequest(quota=api_pb2.Quota(
-            principal=principal, produce_bytes_per_s=produce_bytes_per_s, fetch_bytes_per_s=fetch_bytes_per_s,
-            requests_per_s=requests_per_s))
+            principal=principal, client_id=client_id, produce_bytes_per_s=produce_bytes_per_s,
+            fetch_bytes_per_s=fetch_bytes_per_s, requests_per_s=requests_per_s))
         self._admin(lambda stub: stub.SetQuota(request, timeout=self._conn.request_timeout_s))
 
     def list_quotas(self) -> list[api_pb2.Quota]:
+        """Every quota, by entity (principal, then client id; "" where the entity has none)."""
         request = api_pb2.ListQuotasRequest()
         return list(self._admin(lambda stub: stub.ListQuotas(request, timeout=self._conn.request_timeout_s)).quotas)
 
-    def remove_quota(self, principal: str) -> None:
-        request = api_pb2.RemoveQuotaRequest(principal=principal)
+    def remove_quota(self, principal: str = "", *, client_id: str = "") -> None:
+        """Remove the quota of exactly this entity (as given to `set_quota`)."""
+        request = api_pb2.RemoveQuotaRequest(principal=principal, client_id=client_id)
         self._admin(lambda stub: stub.RemoveQuota(request, timeout=self._conn.request_timeout_s))
 
     def close(self) -> None:

@@ -41,15 +41,21 @@ if TYPE_CHECKING:
     from raftka.client.consumer import Consumer
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
+DEFAULT_CLIENT_ID = "raftka-cli"
 TLS_OPTIONS = ("tls_ca", "tls_cert", "tls_key", "tls_server_name")
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 STOP_CHECK_MS = 200
 """`raftka consume` notices a stop signal within this long while it waits for records."""
 
 
-def _client_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
-    """--bootstrap and --format, accepted before or after the subcommand."""
+def _client_options(parser: argparse.ArgumentParser, *, suppress: bool, client_id: bool = True) -> None:
+    """--bootstrap, --format and the connection's options, accepted before or after the subcommand
+    (--client-id only before it where the subcommand has a --client-id of its own, as `quota` does)."""
     default = argparse.SUPPRESS if suppress else None
+    if client_id:
+        parser.add_argument("--client-id", default=default,
+                            help="the client id every call carries, for quotas per client id and group "
+                                 f"membership (env RAFTKA_CLIENT_ID; default {DEFAULT_CLIENT_ID})")
     parser.add_argument("--bootstrap", default=default,
                         help=f"HOST:PORT[,HOST:PORT...] of brokers (env RAFTKA_BOOTSTRAP; default {DEFAULT_BOOTSTRAP})")
     parser.add_argument("--format", choices=("text", "json"), default=default,
@@ -73,18 +79,21 @@ def _client_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
                              "(env RAFTKA_TOKEN_FILE)")
 
 
-class SecurityArguments(TypedDict):
+class ConnectionArguments(TypedDict):
     tls_ca: str | None
     tls_cert: str | None
     tls_key: str | None
     tls_server_name: str | None
     token_file: Path | None
+    client_id: str
 
 
-def _security(args: argparse.Namespace) -> SecurityArguments:
-    """The client API's TLS and credential arguments from --tls-* and --token-file (or RAFTKA_*)."""
-    return SecurityArguments(tls_ca=args.tls_ca, tls_cert=args.tls_cert, tls_key=args.tls_key,
-                             tls_server_name=args.tls_server_name, token_file=args.token_file)
+def _connection(args: argparse.Namespace) -> ConnectionArguments:
+    """The client API's TLS, credential and client id arguments from --tls-*, --token-file and
+    --client-id (or RAFTKA_*)."""
+    return ConnectionArguments(tls_ca=args.tls_ca, tls_cert=args.tls_cert, tls_key=args.tls_key,
+                               tls_server_name=args.tls_server_name, token_file=args.token_file,
+                               client_id=args.client_id)
 
 
 @dataclass(frozen=True)
@@ -253,19 +262,28 @@ def build_parser(extra: Mapping[str, Command]) -> argparse.ArgumentParser:
             sub.add_argument("--deny", action="store_true", help="a deny ACL (deny wins over allow)")
         _client_options(sub, suppress=True)
 
-    quota = commands.add_parser("quota", help="set, list and remove quotas per principal")
+    quota = commands.add_parser("quota", help="set, list and remove quotas per principal and client id")
     quota_commands = quota.add_subparsers(dest="quota_command", required=True, metavar="ACTION")
-    quota_set = quota_commands.add_parser("set", help="set a principal's quota (unnamed rates are unlimited)")
-    quota_set.add_argument("principal", help="User:NAME, or '*' for principals without a quota of their own")
+    quota_set = quota_commands.add_parser("set", help="set the quota of a principal, a client id or both "
+                                          "(unnamed rates are not limited by it)")
+    quota_remove = quota_commands.add_parser("remove", help="remove the quota of exactly this principal, client "
+                                             "id or both")
+    for sub in (quota_set, quota_remove):
+        entity = sub.add_mutually_exclusive_group()
+        entity.add_argument("principal", nargs="?", default="", help="the same as --principal")
+        entity.add_argument("--principal", dest="principal_option", default="", metavar="PRINCIPAL",
+                            help="User:NAME, or '*' for principals without a quota of their own")
+        sub.add_argument("--client-id", dest="quota_client_id", default="", metavar="CLIENT_ID",
+                         help="a client id, or '*' for client ids without a quota of their own (the CLI's own "
+                              "client id goes before `quota`: raftka --client-id ID quota ...)")
     quota_set.add_argument("--produce-rate", type=_rate, default=0, metavar="RATE",
                            help="bytes per second of produced batches, e.g. 1MB/s")
     quota_set.add_argument("--fetch-rate", type=_rate, default=0, metavar="RATE",
                            help="bytes per second of fetched batches")
     quota_set.add_argument("--requests-per-s", type=int, default=0, help="requests per second of any kind")
-    quota_commands.add_parser("remove", help="remove a principal's quota").add_argument("principal")
     quota_commands.add_parser("list", help="list quotas")
-    for sub in quota_commands.choices.values():
-        _client_options(sub, suppress=True)
+    for name, sub in quota_commands.choices.items():
+        _client_options(sub, suppress=True, client_id=name == "list")
 
     produce = commands.add_parser("produce", help="publish stdin, one record per line")
     produce.add_argument("topic")
@@ -326,6 +344,7 @@ def main(extra: Mapping[str, Command], argv: Sequence[str] | None = None) -> int
         for name in TLS_OPTIONS:
             setattr(args, name, getattr(args, name, None) or env(name.upper()))
         args.token_file = getattr(args, "token_file", None) or (Path(path) if (path := env("TOKEN_FILE", "")) else None)
+        args.client_id = getattr(args, "client_id", None) or env("CLIENT_ID", DEFAULT_CLIENT_ID)
     try:
         return extra[args.command].run(args) if args.command in extra else COMMANDS[args.command](args)
     except RaftkaError as exc:
@@ -360,7 +379,7 @@ def cmd_broker_admin(args: argparse.Namespace) -> int:
     if args.target is None:
         raise ValueError(f"raftka broker {args.action} needs a broker id")
     draining = args.action == "decommission"
-    with Admin(args.bootstrap, request_timeout_ms=args.timeout_ms, **_security(args)) as admin:
+    with Admin(args.bootstrap, request_timeout_ms=args.timeout_ms, **_connection(args)) as admin:
         moves = admin.decommission_broker(args.target, draining=draining, throttle_bytes_per_s=args.throttle)
         _emit(args, {args.action: args.target, "moves": [{"topic": tp.topic, "partition": tp.partition,
                                                           "replicas": replicas} for tp, replicas in moves.items()]},
@@ -407,7 +426,7 @@ def _broker_ids(text: str) -> list[int]:
 def cmd_partition(args: argparse.Namespace) -> int:
     from raftka.client.admin import Admin
 
-    with Admin(args.bootstrap, request_timeout_ms=args.timeout_ms, **_security(args)) as admin:
+    with Admin(args.bootstrap, request_timeout_ms=args.timeout_ms, **_connection(args)) as admin:
         admin.reassign_partitions({TopicPartition(args.topic, args.partition): args.replicas},
                                   throttle_bytes_per_s=args.throttle)
         if args.format != "json" or not args.wait:
@@ -432,7 +451,7 @@ def cmd_reassign(args: argparse.Namespace) -> int:
     elif args.execute:
         raise ValueError("raftka reassign --execute needs --plan FILE")
     moves = {TopicPartition(topic, partition): list(replicas) for (topic, partition), replicas in targets.items()}
-    with Admin(args.bootstrap, request_timeout_ms=args.timeout_ms, **_security(args)) as admin:
+    with Admin(args.bootstrap, request_timeout_ms=args.timeout_ms, **_connection(args)) as admin:
         if args.execute:
             admin.reassign_partitions(moves, throttle_bytes_per_s=args.throttle, expected_placement_offset=offset)
             if args.format != "json" or not args.wait:
@@ -554,7 +573,7 @@ def _scale_check(args: argparse.Namespace, admin: Any) -> int:
 def cmd_cluster(args: argparse.Namespace) -> int:
     from raftka.client.admin import Admin
 
-    with Admin(args.bootstrap, request_timeout_ms=args.timeout_ms, **_security(args)) as admin:
+    with Admin(args.bootstrap, request_timeout_ms=args.timeout_ms, **_connection(args)) as admin:
         if args.cluster_command == "controllers":
             change = admin.add_controller if args.change == "add" else admin.remove_controller
             voters, learners = change(args.broker_id)
@@ -601,7 +620,7 @@ def cmd_local(args: argparse.Namespace) -> int:
 def cmd_topic(args: argparse.Namespace) -> int:
     from raftka.client.admin import Admin
 
-    with Admin(args.bootstrap, request_timeout_ms=args.timeout_ms, **_security(args)) as admin:
+    with Admin(args.bootstrap, request_timeout_ms=args.timeout_ms, **_connection(args)) as admin:
         if args.topic_command == "create":
             config = dict(_key_value(item, "--config") for item in args.config)
             try:
@@ -662,7 +681,7 @@ def cmd_topic(args: argparse.Namespace) -> int:
 def cmd_group(args: argparse.Namespace) -> int:
     from raftka.client.admin import Admin
 
-    with Admin(args.bootstrap, request_timeout_ms=args.timeout_ms, **_security(args)) as admin:
+    with Admin(args.bootstrap, request_timeout_ms=args.timeout_ms, **_connection(args)) as admin:
         if args.group_command == "list":
             groups = admin.list_groups()
             _emit(args, [{"group": g.group_id, "state": g.state, "members": g.members,
@@ -725,7 +744,7 @@ def _dash(value: int | None) -> str:
 def cmd_acl(args: argparse.Namespace) -> int:
     from raftka.client.admin import Admin, AclEntry
 
-    with Admin(args.bootstrap, request_timeout_ms=args.timeout_ms, **_security(args)) as admin:
+    with Admin(args.bootstrap, request_timeout_ms=args.timeout_ms, **_connection(args)) as admin:
         if args.acl_command == "list":
             acls = admin.list_acls(args.principal)
             _emit(args, [vars(acl) for acl in acls], "\n".join(_acl_text(acl) for acl in acls) or "(no ACLs)")
@@ -753,20 +772,25 @@ def _acl_text(acl: Any) -> str:
 def cmd_quota(args: argparse.Namespace) -> int:
     from raftka.client.admin import Admin
 
-    with Admin(args.bootstrap, request_timeout_ms=args.timeout_ms, **_security(args)) as admin:
-        if args.quota_command == "set":
-            admin.set_quota(args.principal, produce_bytes_per_s=args.produce_rate, fetch_bytes_per_s=args.fetch_rate,
-                            requests_per_s=args.requests_per_s)
-            _emit(args, {"set": args.principal}, f"quota of {args.principal} set")
-        elif args.quota_command == "remove":
-            admin.remove_quota(args.principal)
-            _emit(args, {"removed": args.principal}, f"quota of {args.principal} removed")
-        else:
-            quotas = [{"principal": q.principal, "produce_bytes_per_s": q.produce_bytes_per_s,
+    with Admin(args.bootstrap, request_timeout_ms=args.timeout_ms, **_connection(args)) as admin:
+        if args.quota_command == "list":
+            quotas = [{"principal": q.principal, "client_id": q.client_id, "produce_bytes_per_s": q.produce_bytes_per_s,
                        "fetch_bytes_per_s": q.fetch_bytes_per_s, "requests_per_s": q.requests_per_s}
                       for q in admin.list_quotas()]
-            _emit(args, quotas, "\n".join(" ".join(f"{k}={v}" for k, v in q.items()) for q in quotas)
+            _emit(args, quotas, "\n".join(" ".join(f"{k}={v}" for k, v in q.items() if v != "") for q in quotas)
                   or "(no quotas)")
+            return 0
+        entity = {"principal": args.principal or args.principal_option, "client_id": args.quota_client_id}
+        if not any(entity.values()):
+            raise ValueError("name a principal (--principal), a client id (--client-id) or both")
+        named = " ".join(f"{k}={v}" for k, v in entity.items() if v)
+        if args.quota_command == "set":
+            admin.set_quota(entity["principal"], client_id=entity["client_id"], produce_bytes_per_s=args.produce_rate,
+                            fetch_bytes_per_s=args.fetch_rate, requests_per_s=args.requests_per_s)
+            _emit(args, {"set": entity}, f"quota of {named} set")
+        else:
+            admin.remove_quota(entity["principal"], client_id=entity["client_id"])
+            _emit(args, {"removed": entity}, f"quota of {named} removed")
     return 0
 
 
@@ -787,7 +811,7 @@ def cmd_produce(args: argparse.Namespace) -> int:
                 failures.append(error)
 
     with Producer(args.bootstrap, acks=args.acks, compression=args.compression,
-                  request_timeout_ms=args.timeout_ms, **_security(args)) as producer:
+                  request_timeout_ms=args.timeout_ms, **_connection(args)) as producer:
         for number, raw in enumerate(sys.stdin.buffer, start=1):
             line_key, value = _parse_line(raw.rstrip(b"\r\n"), number, args)
             producer.send(args.topic, value, key=key if line_key is None else line_key, headers=headers,
@@ -870,10 +894,10 @@ def cmd_consume(args: argparse.Namespace) -> int:
                          "--offset and --from-timestamp (use `raftka group reset-offsets` to move the group)")
     reset = "earliest" if args.from_beginning else "latest"
     render = _record_renderer(args)
-    group = ({"group_id": args.group, "topics": [args.topic], "client_id": "raftka-cli",
+    group = ({"group_id": args.group, "topics": [args.topic],
               "session_timeout_ms": args.session_timeout_ms} if args.group else {})
     with _StopSignals() as stop, Consumer(args.bootstrap, auto_offset_reset=reset,
-                                          request_timeout_ms=args.timeout_ms, **_security(args), **group) as consumer:
+                                          request_timeout_ms=args.timeout_ms, **_connection(args), **group) as consumer:
         if args.group:
             try:
                 consumer.partitions_for(args.topic)

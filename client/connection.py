@@ -18,7 +18,7 @@ from typing import Callable, Sequence, TypeVar
 
 import grpc
 
-from raftka.client.credentials import TokenProvider, authenticated
+from raftka.client.credentials import TokenProvider, checked_client_id, identified
 from raftka.errors import (BrokerUnavailableError, NotLeaderError, RaftkaError, RequestTimedOutError,
                            UnknownPartitionError, UnknownTopicError, from_proto, from_rpc_error)
 from raftka.proto import NO_LEADER, api_pb2, api_pb2_grpc
@@ -72,10 +72,12 @@ class ClusterConnection:
     """Thread-safe: the producer's sender, its response readers and user threads share one."""
 
     def __init__(self, bootstrap: str | Sequence[str], *, request_timeout_s: float = 30.0,
-                 tls: ClientTls | None = None, token: TokenProvider | None = None) -> None:
+                 tls: ClientTls | None = None, token: TokenProvider | None = None, client_id: str = "") -> None:
         """`tls`: TLS for every channel (None: plaintext; its files are read as each channel is opened).
-        `token`: the bearer token every call carries (`raftka.client.credentials`), if any."""
+        `token`: the bearer token every call carries (`raftka.client.credentials`), if any; `client_id`:
+        the client id every call carries ("": none; ValueError for a bad one)."""
         self.bootstrap = parse_bootstrap(bootstrap)
+        self.client_id = checked_client_id(client_id)
         self.tls = tls
         self._token = token
         self.request_timeout_s = request_timeout_s
@@ -93,7 +95,7 @@ class ClusterConnection:
         with self._lock:
             channel = self._channels.get(address)
             if channel is None:
-                channel = authenticated(open_channel(address, self.tls, CHANNEL_OPTIONS), self._token)
+                channel = identified(open_channel(address, self.tls, CHANNEL_OPTIONS), self._token, self.client_id)
                 self._channels[address] = channel
             return channel
 

@@ -94,7 +94,8 @@ class Consumer:
         `session_timeout_ms`, it gets its partitions back without a rebalance. A consumer that does
         not poll for `max_poll_interval_ms` leaves the group (its partitions move; it rejoins at its
         next poll). `on_lost` (default: `on_revoked`) is told of partitions taken away without a
-        chance to commit."""
+        chance to commit. `client_id` names the application on every call (quotas may be set per
+        client id) and in its group membership."""
         if auto_offset_reset not in RESETS:
             raise ValueError(f"auto_offset_reset must be one of {', '.join(RESETS)}, not {auto_offset_reset!r}")
         if (topics or pattern) and not group_id:
@@ -103,7 +104,7 @@ class Consumer:
             raise ValueError("give topics or a pattern, not both")
         self._conn = ClusterConnection(bootstrap, request_timeout_s=request_timeout_ms / 1000,
                                        tls=ClientTls.of(tls_ca, tls_cert, tls_key, tls_server_name),
-                                       token=token_source(token, token_file, token_provider))
+                                       token=token_source(token, token_file, token_provider), client_id=client_id)
         config = FetchConfig(max_wait_ms=fetch_max_wait_ms, min_bytes=fetch_min_bytes, max_bytes=fetch_max_bytes,
                              partition_max_bytes=max_partition_fetch_bytes, prefetch_bytes=prefetch_bytes)
         spec = RESET_SPECS.get(auto_offset_reset)

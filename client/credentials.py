@@ -1,4 +1,4 @@
-"""Bearer-token credentials for every call a client makes.
+"""What every call a client makes carries: its bearer-token credentials and its client id.
 
 A client takes one of `token` (a fixed string), `token_file` (a file holding the token, read again
 whenever it changes, so a sidecar that rotates the file is followed without a restart) or
@@ -6,6 +6,10 @@ whenever it changes, so a sidecar that rotates the file is followed without a re
 stream, so it should return a cached token and refresh it itself shortly before it expires). The
 token travels as `authorization: Bearer <token>` metadata, added by a channel interceptor; a call
 with no credentials configured is sent as before.
+
+The client id (`client_id=`, Kafka's `client.id`) names the application, for quotas per client id:
+the same interceptor adds it as `raftka-client-id` metadata (`raftka.wire.headers`), after checking
+it here, so a bad one is a ValueError when the client is made rather than a refused call later.
 """
 
 from __future__ import annotations
@@ -17,9 +21,9 @@ from typing import Any, Callable
 import grpc
 
 from raftka.wire.files import FileStamp, file_stamp
+from raftka.wire.headers import AUTHORIZATION_HEADER, CLIENT_ID_HEADER, client_id_problem
 
 TokenProvider = Callable[[], str]
-AUTHORIZATION_HEADER = "authorization"
 
 
 class _TokenFile:
@@ -56,13 +60,23 @@ def token_source(token: str | None = None, token_file: str | Path | None = None,
     return token_provider
 
 
-class _BearerInterceptor(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,
-                         grpc.StreamUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
-    def __init__(self, provider: TokenProvider) -> None:
+def checked_client_id(client_id: str) -> str:
+    """`client_id` if it is one ("" is: none); ValueError saying why not."""
+    problem = client_id_problem(client_id)
+    if problem is not None:
+        raise ValueError(problem)
+    return client_id
+
+
+class _MetadataInterceptor(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,
+                           grpc.StreamUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
+    def __init__(self, provider: TokenProvider | None, client_id: str) -> None:
         self._provider = provider
+        self._client_id = ((CLIENT_ID_HEADER, client_id),) if client_id else ()
 
     def _details(self, details: grpc.ClientCallDetails) -> grpc.ClientCallDetails:
-        metadata = [*(details.metadata or ()), (AUTHORIZATION_HEADER, f"Bearer {self._provider()}")]
+        token = ((AUTHORIZATION_HEADER, f"Bearer {self._provider()}"),) if self._provider is not None else ()
+        metadata = [*(details.metadata or ()), *token, *self._client_id]
         return _CallDetails(details.method, details.timeout, metadata, details.credentials,
                             getattr(details, "wait_for_ready", None), getattr(details, "compression", None))
 
@@ -90,6 +104,9 @@ class _CallDetails(grpc.ClientCallDetails):
         self.compression = compression
 
 
-def authenticated(channel: grpc.Channel, provider: TokenProvider | None) -> grpc.Channel:
-    """`channel` whose calls carry the provider's token (the channel itself without a provider)."""
-    return channel if provider is None else grpc.intercept_channel(channel, _BearerInterceptor(provider))
+def identified(channel: grpc.Channel, provider: TokenProvider | None, client_id: str) -> grpc.Channel:
+    """`channel` whose calls carry the provider's token and the client id (the channel itself when
+    there is neither)."""
+    if provider is None and not client_id:
+        return channel
+    return grpc.intercept_channel(channel, _MetadataInterceptor(provider, client_id))

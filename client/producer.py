@@ -75,7 +75,9 @@ class Producer:
                  tls_ca: str | Path | None = None, tls_cert: str | Path | None = None,
                  tls_key: str | Path | None = None, tls_server_name: str | None = None,
                  token: str | None = None, token_file: str | Path | None = None,
-                 token_provider: TokenProvider | None = None) -> None:
+                 token_provider: TokenProvider | None = None, client_id: str = "") -> None:
+        """`client_id` names the application on every call (Kafka's `client.id`): quotas may be set per
+        client id. The TLS and token options are Admin's."""
         if str(acks) not in ACKS:
             raise ValueError(f"acks must be 'all' or 'leader', not {acks!r}")
         if enable_idempotence is None:
@@ -93,7 +95,7 @@ class Producer:
             raise ValueError(f"compression must be one of none, zstd, lz4; not {compression!r}") from None
         self._conn = ClusterConnection(bootstrap, request_timeout_s=request_timeout_ms / 1000,
                                        tls=ClientTls.of(tls_ca, tls_cert, tls_key, tls_server_name),
-                                       token=token_source(token, token_file, token_provider))
+                                       token=token_source(token, token_file, token_provider), client_id=client_id)
         self._acc = RecordAccumulator(batch_size=batch_size, linger_s=linger_ms / 1000,
                                       buffer_memory=buffer_memory, max_block_s=max_block_ms / 1000,
                                       max_in_flight=max_in_flight, delivery_timeout_s=delivery_timeout_ms / 1000)

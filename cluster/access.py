@@ -8,10 +8,11 @@ None means "some resource of the type" (`Authorizer.allowed_on_some`). Calls tha
 describe, and a topic named in a Metadata request that the caller may not describe is reported
 unknown, exactly as a topic that does not exist, so nothing is revealed about it.
 
-Invariants: every call of a registered public service is authenticated before its handler runs; a
-request (each item of a request stream) is authorized before it is handled; the caller's principal
-is `caller()` for the whole call; a caller over quota has its next request held (`hold`) before it
-is handled.
+Invariants: every call of a registered public service is authenticated, and its client id
+(`raftka-client-id` metadata, `raftka.wire.headers`) checked, before its handler runs; a request
+(each item of a request stream) is authorized before it is handled; the caller (principal and client
+id) is `caller()` for the whole call; a caller over quota has its next request held (`hold`) before
+it is handled.
 """
 
 from __future__ import annotations
@@ -25,20 +26,34 @@ import grpc
 from raftka.cluster.authentication import ANONYMOUS, Authentication, Principal
 from raftka.cluster.authorizer import Authorizer
 from raftka.cluster.metrics import BrokerMetrics
-from raftka.cluster.quotas import REQUESTS, QuotaManager
+from raftka.cluster.quotas import REQUESTS, Caller, QuotaManager
 from raftka.wire.acl import ALTER, CLUSTER, CLUSTER_ADMIN, CREATE, DELETE, DESCRIBE, GROUP, READ, TOPIC, WRITE
-from raftka.errors import AuthenticationFailedError, AuthorizationFailedError
+from raftka.wire.headers import CLIENT_ID_HEADER, client_id_problem
+from raftka.errors import AuthenticationFailedError, AuthorizationFailedError, InvalidRequestError
 
 log = logging.getLogger(__name__)
 
 Check = tuple[str, "str | None", str]
 
-_CALLER: contextvars.ContextVar[Principal] = contextvars.ContextVar("raftka_caller", default=ANONYMOUS)
+_ANONYMOUS_CALLER = Caller(ANONYMOUS)
+_CALLER: contextvars.ContextVar[Caller] = contextvars.ContextVar("raftka_caller", default=_ANONYMOUS_CALLER)
 
 
-def caller() -> Principal:
-    """The principal of the call being served."""
+def caller() -> Caller:
+    """The principal and client id of the call being served."""
     return _CALLER.get()
+
+
+def client_id_of(context: grpc.aio.ServicerContext) -> str:
+    """The call's client id ("" without one); InvalidRequestError for a bad one or more than one."""
+    values = [value.decode("latin-1") if isinstance(value, bytes) else value
+              for key, value in context.invocation_metadata() or () if key == CLIENT_ID_HEADER]
+    if len(values) > 1:
+        raise InvalidRequestError(f"a call carries at most one {CLIENT_ID_HEADER} metadata entry, not {len(values)}")
+    problem = client_id_problem(values[0]) if values else None
+    if problem is not None:
+        raise InvalidRequestError(f"bad {CLIENT_ID_HEADER} metadata: {problem}")
+    return values[0] if values else ""
 
 
 def _topics(operation: str, names: Iterable[str]) -> list[Check]:
@@ -109,16 +124,22 @@ class Access:
         self.quotas = quotas
         self._metrics = metrics
 
-    def enter(self, context: grpc.aio.ServicerContext) -> Principal:
-        """Authenticate the call and make its principal `caller()` for the rest of it."""
+    def enter(self, context: grpc.aio.ServicerContext) -> Caller:
+        """Authenticate the call, read its client id, and make both `caller()` for the rest of it."""
         try:
             principal = self.authentication.principal_of(context)
         except AuthenticationFailedError as exc:
             self._refused("unauthenticated")
             log.info("call refused: unauthenticated peer=%s reason=%r", context.peer(), exc.message)
             raise
-        _CALLER.set(principal)
-        return principal
+        try:
+            who = Caller(principal, client_id_of(context))
+        except InvalidRequestError as exc:
+            log.info("call refused: bad client id peer=%s principal=%s reason=%r", context.peer(), principal,
+                     exc.message)
+            raise
+        _CALLER.set(who)
+        return who
 
     def authorize(self, method: str, request: Any, principal: Principal) -> None:
         """Raises AuthorizationFailedError unless every operation `method` needs on `request` is allowed."""
@@ -135,15 +156,15 @@ class Access:
             log.info("call refused: not authorized principal=%s method=%s need=%r", principal, method, what)
             raise AuthorizationFailedError(f"{principal} is not authorized to {what}")
 
-    async def admit(self, method: str, request: Any, principal: Principal) -> None:
+    async def admit(self, method: str, request: Any, who: Caller) -> None:
         """Authorize one request, then hold it while its caller is throttled and count it."""
-        self.authorize(method, request, principal)
-        await self.quotas.hold(principal)
-        self.quotas.charge(principal, REQUESTS, 1)
+        self.authorize(method, request, who.principal)
+        await self.quotas.hold(who)
+        self.quotas.charge(who, REQUESTS, 1)
 
     def may(self, resource: str, name: str, operation: str) -> bool:
         """Whether the current caller may (for calls that leave out what it may not see)."""
-        return self.authorizer.allowed(caller(), resource, name, operation)
+        return self.authorizer.allowed(caller().principal, resource, name, operation)
 
     def _refused(self, reason: str) -> None:
         if self._metrics is not None:
@@ -153,5 +174,5 @@ class Access:
 def open_access(quotas: QuotaManager | None = None) -> Access:
     """No authentication, no authorization: every caller is ANONYMOUS and may do everything."""
     return Access(Authentication((), allow_anonymous=True), Authorizer(lambda: (0, ())),
-                  quotas or QuotaManager(lambda principal: None))
+                  quotas or QuotaManager(lambda who, kind: None))
 

@@ -446,11 +446,11 @@ class AdminService(api_pb2_grpc.AdminServicer):
     async def RemoveQuota(self, request: api_pb2.RemoveQuotaRequest, context: grpc.aio.ServicerContext
                           ) -> api_pb2.RemoveQuotaResponse:
         async def remove() -> api_pb2.RemoveQuotaResponse:
-            if not request.principal:
-                raise InvalidRequestError("the request names no principal")
+            if not (request.principal or request.client_id):
+                raise InvalidRequestError("the request names no principal and no client id")
 
             async def locally() -> api_pb2.RemoveQuotaResponse:
-                await self._state.controller.remove_quota(request.principal)
+                await self._state.controller.remove_quota(request.principal, request.client_id)
                 return api_pb2.RemoveQuotaResponse()
             return await self.on_controller("RemoveQuota", request, locally)
         return await unary(context, remove)

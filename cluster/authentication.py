@@ -42,6 +42,7 @@ from raftka.cluster.principal import CertificatePrincipal
 from raftka.cluster.principal_rules import PrincipalRule
 from raftka.errors import AuthenticationFailedError
 from raftka.wire.files import file_stamp
+from raftka.wire.headers import AUTHORIZATION_HEADER
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,6 @@ Principal = str
 """`User:<name>` (Kafka's principal form)."""
 
 ANONYMOUS: Principal = "User:ANONYMOUS"
-AUTHORIZATION_HEADER = "authorization"
 BEARER = "bearer "
 
 Authenticator = Callable[[grpc.aio.ServicerContext], "Principal | None"]

@@ -31,7 +31,7 @@ from grpc_reflection.v1alpha import reflection
 from raftka.cluster.principal import BROKER_PRINCIPAL_PREFIX
 from raftka.cluster.access import Access
 from raftka.cluster.admin_service import AdminService
-from raftka.cluster.authentication import AUTHORIZATION_HEADER, Authentication, authenticators, token_principal
+from raftka.cluster.authentication import Authentication, authenticators, token_principal
 from raftka.cluster.authorizer import Authorizer
 from raftka.cluster.balancing import SelfHealer
 from raftka.cluster.broker_service import BrokerService, BrokerState
@@ -60,6 +60,7 @@ from raftka.proto import NO_LEADER, api_pb2, api_pb2_grpc, raft_pb2
 from raftka.replication.driver import MultiRaft
 from raftka.replication.messages import Message
 from raftka.replication.transport import RaftTransport
+from raftka.wire.headers import AUTHORIZATION_HEADER
 from raftka.wire.settings import parse_host_port
 
 log = logging.getLogger(__name__)
@@ -305,8 +306,8 @@ def _access_control(config: BrokerConfig, metadata: MetadataState, metrics: Brok
         super_users.add(token_principal(chain, token))
     authorizer = Authorizer(metadata.acls, super_users=super_users, enabled=config.authorizer == "acl",
                             super_prefix=BROKER_PRINCIPAL_PREFIX if config.tls else None)
-    quotas = QuotaManager(metadata.quota_of,
-                          on_throttled=lambda kind, seconds: metrics.throttle_seconds.labels(kind).inc(seconds))
+    quotas = QuotaManager(metadata.quota_for, on_throttled=lambda kind, entity, seconds:
+                          metrics.throttle_seconds.labels(kind, entity).inc(seconds))
     log.info("access control authentication=%s anonymous=%s authorizer=%s super_users=%s tls_principal_rules=%s",
              ",".join(type(a).__name__ for a in chain) or "none", config.auth.allow_anonymous or not chain,
              config.authorizer or "allow-all", sorted(super_users),

@@ -263,9 +263,9 @@ class BrokerService(api_pb2_grpc.BrokerServicer):
     def _charge(self, kind: str, size: int) -> int:
         """Count `size` bytes against the caller's quota; the time its next request will be held (ms)."""
         quotas = self._state.access.quotas
-        principal = caller()
-        quotas.charge(principal, kind, size)
-        return throttle_ms(quotas.hold_s(principal))
+        who = caller()
+        quotas.charge(who, kind, size)
+        return throttle_ms(quotas.hold_s(who))
 
     async def Fetch(self, request: api_pb2.FetchRequest, context: grpc.aio.ServicerContext
                     ) -> AsyncIterator[api_pb2.FetchResponse]:

@@ -171,8 +171,8 @@ class Controller:
     async def set_quota(self, quota: Quota) -> None:
         await self._propose(set_quota_command(quota))
 
-    async def remove_quota(self, principal: str) -> None:
-        await self._propose(remove_quota_command(principal))
+    async def remove_quota(self, principal: str, client_id: str = "") -> None:
+        await self._propose(remove_quota_command(principal, client_id))
 
     async def finish_decommissions(self) -> list[int]:
         """On the metadata leader: every draining broker that hosts no replica any more leaves the

@@ -7,9 +7,9 @@ INVALID_REQUEST before the servicer method runs. In a request stream, the malfor
 call with that status (there is no correlation id to answer it by).
 
 The same wrapper applies access control (`raftka.cluster.access`) to every call: it authenticates the
-caller before the servicer method runs, and authorizes and (under a quota) holds each request — each
-item of a request stream — before the method sees it. A refusal is a status (UNAUTHENTICATED,
-PERMISSION_DENIED) that ends the call.
+caller and checks its client id before the servicer method runs, and authorizes and (under a quota)
+holds each request — each item of a request stream — before the method sees it. A refusal is a
+status (UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT for a bad client id) that ends the call.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ from google.protobuf.message import DecodeError
 from google.protobuf.message_factory import GetMessageClass
 
 from raftka.cluster.access import Access
-from raftka.cluster.authentication import ANONYMOUS, Principal
+from raftka.cluster.authentication import ANONYMOUS
+from raftka.cluster.quotas import Caller
 from raftka.errors import InvalidRequestError, RaftkaError
 
 
@@ -59,26 +60,26 @@ async def checked_stream(requests: AsyncIterator[Any], admit: Callable[[Any], Aw
 
 def _wrap(behavior: Callable[..., Any], method: str, access: Access | None, client_streaming: bool,
           server_streaming: bool) -> Callable[..., Any]:
-    async def enter(request: Any, context: grpc.aio.ServicerContext) -> Principal:
+    async def enter(request: Any, context: grpc.aio.ServicerContext) -> Caller:
         """Aborts the call unless its request decoded and is admitted."""
         try:
             if isinstance(request, MalformedRequest):
                 raise request.error
             if access is None:
-                return ANONYMOUS
-            principal = access.enter(context)
+                return Caller(ANONYMOUS)
+            who = access.enter(context)
             if request is not None:
-                await access.admit(method, request, principal)
-            return principal
+                await access.admit(method, request, who)
+            return who
         except RaftkaError as exc:
             await _abort(context, exc)
             raise
 
     if client_streaming and server_streaming:
         async def bidi(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            principal = await enter(None, context)
+            who = await enter(None, context)
             async for response in behavior(checked_stream(requests, lambda request: (
-                    access.admit(method, request, principal) if access is not None else _admitted())), context):
+                    access.admit(method, request, who) if access is not None else _admitted())), context):
                 yield response
         return bidi
     if server_streaming:

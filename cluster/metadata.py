@@ -32,8 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from raftka.cluster.authorizer import Acl
-from raftka.cluster.quotas import DEFAULT as DEFAULT_QUOTA
-from raftka.cluster.quotas import Quota
+from raftka.cluster.quotas import Caller, Entity, Quota, resolve
 from raftka.cluster.state_machine import MalformedRecordError, SnapshotFormatError, field_of, parse_json
 from raftka.cluster.topics import TopicConfig
 from raftka.errors import (InvalidConfigError, InvalidPartitionsError, InvalidReplicaAssignmentError,
@@ -173,8 +172,10 @@ def set_quota_command(quota: Quota) -> bytes:
     return json.dumps({"op": "set_quota", "quota": quota.to_json()}, sort_keys=True).encode()
 
 
-def remove_quota_command(principal: str) -> bytes:
-    return json.dumps({"op": "remove_quota", "principal": principal}, sort_keys=True).encode()
+def remove_quota_command(principal: str, client_id: str = "") -> bytes:
+    """A command written before client ids existed has no `client_id`: it removes a principal's quota."""
+    return json.dumps({"op": "remove_quota", "principal": principal,
+                       **({"client_id": client_id} if client_id else {})}, sort_keys=True).encode()
 
 
 def _access_records(raw: Any, name: str, parse: Callable[[Any], Any]) -> list[Any]:
@@ -283,7 +284,7 @@ class MetadataState:
         self._acls: dict[Acl, None] = {}
         self._acl_version = 0
         """Changes whenever the ACLs do (the authorizer's cache key)."""
-        self._quotas: dict[str, Quota] = {}
+        self._quotas: dict[Entity, Quota] = {}
         self.applied_offset = -1
         self.placement_offset = -1
         """The offset of the last command that changed where replicas are or may go (a topic created or
@@ -446,13 +447,15 @@ class MetadataState:
         elif op == "set_quota":
             (quota,) = _access_records({"quotas": [field_of(raw, "quota", dict)]}, "quotas", Quota.from_json)
             with self._lock:
-                self._quotas[quota.principal] = quota
+                self._quotas[quota.entity] = quota
             log.info("quota set %s", " ".join(f"{k}={v}" for k, v in quota.to_json().items()))
         else:
-            principal = field_of(raw, "principal", str)
+            principal, client_id = field_of(raw, "principal", str), raw.get("client_id", "")
+            if not isinstance(client_id, str):
+                raise MalformedRecordError(f"remove_quota client_id {client_id!r} is not a string")
             with self._lock:
-                self._quotas.pop(principal, None)
-            log.info("quota removed principal=%s", principal)
+                self._quotas.pop((principal, client_id), None)
+            log.info("quota removed principal=%s client_id=%s", principal, client_id)
 
     def _unregister(self, broker_id: int, incarnation: str) -> RaftkaError | None:
         """The end of a decommission: a draining broker that hosts no replica leaves the cluster (its
@@ -610,7 +613,7 @@ class MetadataState:
             self.move_limits = move_limits
             self._acls = dict.fromkeys(acls)
             self._acl_version += 1
-            self._quotas = {quota.principal: quota for quota in quotas}
+            self._quotas = {quota.entity: quota for quota in quotas}
         for registration in brokers:
             self._registered(registration)
         for record in before.values():
@@ -677,12 +680,12 @@ class MetadataState:
 
     def quotas(self) -> list[Quota]:
         with self._lock:
-            return sorted(self._quotas.values(), key=lambda quota: quota.principal)
+            return sorted(self._quotas.values(), key=lambda quota: quota.entity)
 
-    def quota_of(self, principal: str) -> Quota | None:
-        """The principal's own quota, else the default (`*`) one, else None (unlimited)."""
+    def quota_for(self, caller: Caller, kind: str) -> Quota | None:
+        """The quota `caller` is held to for `kind` (`raftka.cluster.quotas.resolve`), None: unlimited."""
         with self._lock:
-            return self._quotas.get(principal) or self._quotas.get(DEFAULT_QUOTA)
+            return resolve(self._quotas, caller, kind) if self._quotas else None
 
     def moves(self) -> dict[tuple[str, int], PartitionMove]:
         with self._lock:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import itertools
 import platform
 import socket
 import ssl
@@ -34,7 +35,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from raftka import __version__
-from raftka.cluster.quotas import FETCH, PRODUCE, REQUESTS
+from raftka.cluster.quotas import ENTITY_KINDS, FETCH, PRODUCE, REQUESTS
 from raftka.cluster.state_machine import StateMachineStats
 from raftka.replication.transport import TransportStats
 
@@ -185,18 +186,20 @@ class BrokerMetrics:
                                    "Raft connections refused since start, by this broker (incoming: another "
                                    "cluster or broker id, malformed) or by its peers (outgoing)", ["by"], registry=r)
         self.throttle_seconds = Counter("raftka_quota_throttle_seconds",
-                                        "Time callers over their quota were told to wait, by quota kind "
-                                        "(produce, fetch, requests); not by principal, whose number is unbounded",
-                                        ["kind"], registry=r)
+                                        "Time callers over their quota were told to wait, by quota kind (produce, "
+                                        "fetch, requests) and the shape of the quota's entity (user, client, "
+                                        "user+client, ...-default); not by principal or client id, whose number "
+                                        "is unbounded", ["kind", "entity"], registry=r)
         self.access_refusals = Counter("raftka_access_refusals",
                                        "Calls refused: unauthenticated or not authorized", ["reason"], registry=r)
         for counter, values in ((self.access_refusals, ("unauthenticated", "unauthorized")),
                                 (self.fetch_follows_ended, ("allowance", "error", "newer")),
                                 (self.raft_group_failures, ("storage", "apply", "core", "send")),
-                                (self.throttle_seconds, (PRODUCE, FETCH, REQUESTS)),
                                 (self.leaderships_won, ("election", "transfer"))):
             for value in values:
                 counter.labels(value)
+        for kind, entity in itertools.product((PRODUCE, FETCH, REQUESTS), ENTITY_KINDS):
+            self.throttle_seconds.labels(kind, entity)
 
     def produced(self, topic: str, records: int, size: int) -> None:
         self.topic_counters.add("produce_records", topic, records)

@@ -1013,16 +1013,18 @@ class DeleteAclsResponse(_message.Message):
     def __init__(self, deleted: _Optional[_Iterable[_Union[AclBinding, _Mapping]]] = ...) -> None: ...
 
 class Quota(_message.Message):
-    __slots__ = ("principal", "produce_bytes_per_s", "fetch_bytes_per_s", "requests_per_s")
+    __slots__ = ("principal", "produce_bytes_per_s", "fetch_bytes_per_s", "requests_per_s", "client_id")
     PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
     PRODUCE_BYTES_PER_S_FIELD_NUMBER: _ClassVar[int]
     FETCH_BYTES_PER_S_FIELD_NUMBER: _ClassVar[int]
     REQUESTS_PER_S_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     principal: str
     produce_bytes_per_s: int
     fetch_bytes_per_s: int
     requests_per_s: int
-    def __init__(self, principal: _Optional[str] = ..., produce_bytes_per_s: _Optional[int] = ..., fetch_bytes_per_s: _Optional[int] = ..., requests_per_s: _Optional[int] = ...) -> None: ...
+    client_id: str
+    def __init__(self, principal: _Optional[str] = ..., produce_bytes_per_s: _Optional[int] = ..., fetch_bytes_per_s: _Optional[int] = ..., requests_per_s: _Optional[int] = ..., client_id: _Optional[str] = ...) -> None: ...
 
 class SetQuotaRequest(_message.Message):
     __slots__ = ("quota",)
@@ -1045,10 +1047,12 @@ class ListQuotasResponse(_message.Message):
     def __init__(self, quotas: _Optional[_Iterable[_Union[Quota, _Mapping]]] = ...) -> None: ...
 
 class RemoveQuotaRequest(_message.Message):
-    __slots__ = ("principal",)
+    __slots__ = ("principal", "client_id")
     PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     principal: str
-    def __init__(self, principal: _Optional[str] = ...) -> None: ...
+    client_id: str
+    def __init__(self, principal: _Optional[str] = ..., client_id: _Optional[str] = ...) -> None: ...
 
 class RemoveQuotaResponse(_message.Message):
     __slots__ = ()

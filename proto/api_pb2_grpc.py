@@ -608,7 +608,7 @@ class AdminServicer:
         raise NotImplementedError('Method not implemented!')
 
     def SetQuota(self, request, context):
-        """Quotas per principal, stored in the metadata log.
+        """Quotas per principal and client id (see Quota), stored in the metadata log.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
