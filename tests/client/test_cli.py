@@ -7,23 +7,15 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
-from datetime import datetime, UTC
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-
+from commands import RAFTKA, raftka
 from raftka import __version__ as raftka_version
 from raftka.proto import api_pb2
 from raftka.wire.batch import encode_batch
-
-RAFTKA = [sys.executable, "-m", "raftka"]
-
-
-def raftka(*args: str, env: dict[str, str], stdin: str | None = None, timeout: float = 60
-           ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*RAFTKA, *args], input=stdin, capture_output=True, text=True, env=env, timeout=timeout)
 
 
 def test_topic_commands_in_text_and_json(cli_env) -> None:

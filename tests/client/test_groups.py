@@ -9,10 +9,11 @@ import subprocess
 import sys
 import threading
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
-
+from commands import raftka
 from raftka import Admin, Consumer, Producer, TopicPartition
 from raftka.cluster.coordinator import group_partition
 from raftka.errors import UnknownGroupError
@@ -256,9 +257,7 @@ def test_cli_consumes_as_a_group_and_describes_its_lag(start_cluster) -> None:
     produce(broker.address, "cli-events", 20)
     env = {**os.environ, "RAFTKA_BOOTSTRAP": broker.address}
 
-    def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "raftka", *args], env=env, capture_output=True, text=True,
-                              timeout=120)
+    run = partial(raftka, env=env, timeout=120)
     consumed = run("consume", "cli-events", "--group", "cli", "--from-beginning", "--max-messages", "20")
     assert consumed.returncode == 0, consumed.stderr
     assert sorted(consumed.stdout.split(), key=int) == [str(i) for i in range(20)]

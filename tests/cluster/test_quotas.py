@@ -8,17 +8,16 @@ import json
 import os
 import re
 import statistics
-import subprocess
-import sys
 import threading
 import time
 import urllib.request
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
 import grpc
 import pytest
-
+from commands import raftka
 from raftka.client.admin import Admin
 from raftka.client.aio import AIOProducer
 from raftka.client.consumer import Consumer
@@ -145,32 +144,30 @@ def test_cli_sets_lists_and_removes_quotas_by_entity(secured, tmp_path) -> None:
     token_file.write_text("admin-token\n")
     env = {**os.environ, "RAFTKA_BOOTSTRAP": secured.address, "RAFTKA_TOKEN_FILE": str(token_file)}
 
-    def raftka(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "raftka", *args], env=env, capture_output=True, text=True,
-                              timeout=60)
+    cli = partial(raftka, env=env)
 
     for args in (("User:old", "--produce-rate", "1MB/s"),
                  ("--principal", "User:app", "--client-id", "batch", "--fetch-rate", "2MB/s"),
                  ("--client-id", "*", "--requests-per-s", "50")):
-        done = raftka("quota", "set", *args)
+        done = cli("quota", "set", *args)
         assert done.returncode == 0, done.stderr
-    listed = raftka("quota", "list", "--format", "json")
+    listed = cli("quota", "list", "--format", "json")
     assert json.loads(listed.stdout) == [
         {"principal": "", "client_id": "*", "produce_bytes_per_s": 0, "fetch_bytes_per_s": 0, "requests_per_s": 50},
         {"principal": "User:app", "client_id": "batch", "produce_bytes_per_s": 0, "fetch_bytes_per_s": 2_000_000,
          "requests_per_s": 0},
         {"principal": "User:old", "client_id": "", "produce_bytes_per_s": 1_000_000, "fetch_bytes_per_s": 0,
          "requests_per_s": 0}]
-    assert raftka("quota", "list").stdout.splitlines()[0] == ("client_id=* produce_bytes_per_s=0 fetch_bytes_per_s=0 "
+    assert cli("quota", "list").stdout.splitlines()[0] == ("client_id=* produce_bytes_per_s=0 fetch_bytes_per_s=0 "
                                                               "requests_per_s=50")
-    removed = raftka("quota", "remove", "--principal", "User:app", "--client-id", "batch")
+    removed = cli("quota", "remove", "--principal", "User:app", "--client-id", "batch")
     assert removed.returncode == 0 and "quota of principal=User:app client_id=batch removed" in removed.stdout
-    assert [q["principal"] for q in json.loads(raftka("quota", "list", "--format", "json").stdout)] == ["", "User:old"]
-    nameless = raftka("quota", "set", "--produce-rate", "1MB/s")
+    assert [q["principal"] for q in json.loads(cli("quota", "list", "--format", "json").stdout)] == ["", "User:old"]
+    nameless = cli("quota", "set", "--produce-rate", "1MB/s")
     assert nameless.returncode == 2 and "name a principal" in nameless.stderr
-    bad = raftka("--client-id", "two words", "quota", "list")
+    bad = cli("--client-id", "two words", "quota", "list")
     assert bad.returncode == 2 and "visible ASCII" in bad.stderr
-    own = raftka("--client-id", "ops-cli", "quota", "list")
+    own = cli("--client-id", "ops-cli", "quota", "list")
     assert own.returncode == 0, own.stderr
 
 

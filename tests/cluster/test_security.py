@@ -15,14 +15,15 @@ import os
 import subprocess
 import sys
 import time
+from functools import partial
 
 import grpc
 import jwt
 import pytest
+from commands import raftka
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
-
 from raftka.client.admin import AclEntry, Admin
 from raftka.client.consumer import Consumer
 from raftka.client.producer import Producer
@@ -264,18 +265,16 @@ def test_cli_manages_acls_with_a_token_file(secured, tmp_path):
     token_file.write_text("static-admin-token\n")
     env = {**os.environ, "RAFTKA_BOOTSTRAP": secured.address, "RAFTKA_TOKEN_FILE": str(token_file)}
 
-    def raftka(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "raftka", *args], env=env, capture_output=True, text=True,
-                              timeout=60)
+    cli = partial(raftka, env=env)
 
-    added = raftka("acl", "add", "--principal", "User:bob", "--topic", "logs-", "--prefixed", "--operation", "read")
+    added = cli("acl", "add", "--principal", "User:bob", "--topic", "logs-", "--prefixed", "--operation", "read")
     assert added.returncode == 0, added.stderr
-    listed = raftka("acl", "list", "--format", "json")
+    listed = cli("acl", "list", "--format", "json")
     assert json.loads(listed.stdout) == [{"principal": "User:bob", "resource": "topic", "name": "logs-",
                                           "operation": "read", "permission": "allow", "pattern": "prefixed"}]
-    quota = raftka("quota", "set", "User:bob", "--produce-rate", "1MB/s")
+    quota = cli("quota", "set", "User:bob", "--produce-rate", "1MB/s")
     assert quota.returncode == 0, quota.stderr
-    assert json.loads(raftka("quota", "list", "--format", "json").stdout)[0]["produce_bytes_per_s"] == 1_000_000
+    assert json.loads(cli("quota", "list", "--format", "json").stdout)[0]["produce_bytes_per_s"] == 1_000_000
     without = subprocess.run([sys.executable, "-m", "raftka", "acl", "list"], capture_output=True, text=True,
                              env={**env, "RAFTKA_TOKEN_FILE": ""}, timeout=60)
     assert without.returncode == 1 and "AuthenticationFailedError" in without.stderr
