@@ -20,7 +20,8 @@ All integers are big-endian, so byte order is numeric order::
                                                            created_ms i64, file id u64, file end u64
     <id u32> 02 <segment base u64> <max_ts u64 biased>   time index: batch base_offset u64
     <id u32> 03 <batch base_offset u64>                  where the batch is: file id u64, position u64,
-                                                           size u32, next_offset u64
+                                                           size u32, next_offset u64, then the batch
+                                                           itself if the file id is 0 (inline)
     <id u32> 04 <raft index u64>                         Raft entry pointer: type u8, term u64,
                                                            base_offset u64, next_offset u64,
                                                            size u32, then the data of raft-only
@@ -36,7 +37,9 @@ The batches themselves live in segment files beside RocksDB (`raftka.partition.s
 per segment, named by a store-wide file id (never by base offset: a truncated segment's base can be
 reused by a new segment while the old file still awaits its unlink). A segment's `file end` is where
 its next batch goes; positions only grow, so truncated bytes stay as dead space until the segment
-goes, and bytes a durable pointer references are never overwritten. Version 1 stores kept each batch
+goes, and bytes a durable pointer references are never overwritten. A small batch (up to the store's
+`inline_max_bytes`) is kept inline in its pointer instead, under file id 0, and a segment that has no
+file batch yet has file id 0 (`raftka.partition.log` says why). Version 1 stores kept each batch
 as the value of its 03 key; `raftka.partition.store` upgrades them in place on open.
 
 The 04..06 records exist only for logs opened as Raft logs (`raftka.partition.raft_entries`). The
@@ -69,6 +72,7 @@ _POINTER = Struct(">BQQQI")
 _HARD_STATE = Struct(">QQQ")
 _SNAPSHOT = Struct(">QQQI")
 POINTER_SIZE = _POINTER.size
+BATCH_POINTER_SIZE = _BATCH_POINTER.size
 
 STORE_META = 0
 CATALOG = 1
@@ -184,13 +188,19 @@ def unpack_v1_segment(value: bytes) -> tuple[int, int, int]:
     return _V1_SEGMENT.unpack(value)
 
 
-def pack_batch_pointer(file_id: int, position: int, size: int, next_offset: int) -> bytes:
-    return _BATCH_POINTER.pack(file_id, position, size, next_offset)
+INLINE = 0
+"""The file id of a batch kept inline in its pointer, and of a segment without a file."""
+
+
+def pack_batch_pointer(file_id: int, position: int, size: int, next_offset: int,
+                       inline: bytes | bytearray | memoryview = b"") -> bytes:
+    return _BATCH_POINTER.pack(file_id, position, size, next_offset) + inline
 
 
 def unpack_batch_pointer(value: bytes) -> tuple[int, int, int, int]:
-    """(file_id, position, size, next_offset) of a batch in its segment file."""
-    return _BATCH_POINTER.unpack(value)
+    """(file_id, position, size, next_offset) of a batch in its segment file; an inline batch (file id
+    INLINE) follows at BATCH_POINTER_SIZE."""
+    return _BATCH_POINTER.unpack_from(value)
 
 
 def pack_meta(start_offset: int) -> bytes:

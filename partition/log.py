@@ -18,6 +18,16 @@ batches sit in one segment file (`raftka.partition.segments`), written at stage 
 end, which only grows (a truncation leaves dead bytes); RocksDB holds a pointer per batch. A segment
 deleted by retention, truncation or reset loses its file after the flush that commits the deletion.
 
+Small batches stay inline: a batch of at most `inline_max_bytes` is stored in its pointer, in
+RocksDB, as before segment files. Every file written in a round costs the flush an fdatasync of its
+own before the RocksDB write, and a trickle across many partitions (one small batch each per round)
+would pay one per partition: measured in-process on the development machine, 100 logs with one
+100 B batch each per flush went from 0.87 ms per flush (one WAL fsync) to 6-7 ms with 100 parallel
+fdatasyncs, and a lone log's flush from 0.21 to 0.43 ms (file, then WAL). Inline batches ride the WAL
+fsync the flush pays anyway; their bytes are few (a full-speed producer sends batches of up to 256
+KiB), so RocksDB's rewrites of them cost little. A segment's file is created at its first batch too
+big to inline.
+
 Threading: one thread at a time mutates a log and reads it (the broker's event loop); the store's
 flush runs on another thread and touches the log only under the store's staging lock.
 """
@@ -127,12 +137,13 @@ class PartitionLog:
     """The log of one partition. Do not construct directly: use `LogStore.open_log`."""
 
     def __init__(self, name: str, log_id: int, config: LogConfig, *, db: Rdict, files: SegmentFiles,
-                 staging: Staging, clock: Callable[[], int], create: bool) -> None:
+                 inline_max_bytes: int, staging: Staging, clock: Callable[[], int], create: bool) -> None:
         self.name = name
         self.log_id = log_id
         self.config = config
         self._db = db
         self._files = files
+        self._inline_max = inline_max_bytes
         self._staging = staging
         self._clock = clock
         self._keys = keys.LogKeys(log_id)
@@ -197,14 +208,19 @@ class PartitionLog:
                 or now - segment.created_ms >= self.config.segment_ms)
         with self._staging(self) as wb:
             if roll:
-                segment = _Segment(base, 0, _NO_TIMESTAMP, now, self._files.create(), 0)
+                segment = _Segment(base, 0, _NO_TIMESTAMP, now, keys.INLINE, 0)
                 self._segments.append(segment)
                 self._roll_next = False
             assert segment is not None, "roll is set whenever there is no segment"
-            position = segment.file_end
-            self._files.write(segment.file_id, position, stamped)
-            segment.file_end += size
-            wb.put(self._keys.batch(base), keys.pack_batch_pointer(segment.file_id, position, size, next_offset))
+            if size <= self._inline_max:
+                wb.put(self._keys.batch(base), keys.pack_batch_pointer(keys.INLINE, 0, size, next_offset, stamped))
+            else:
+                if segment.file_id == keys.INLINE:
+                    segment.file_id = self._files.create()
+                position = segment.file_end
+                self._files.write(segment.file_id, position, stamped)
+                segment.file_end += size
+                wb.put(self._keys.batch(base), keys.pack_batch_pointer(segment.file_id, position, size, next_offset))
             if max_ts > segment.max_ts:
                 segment.max_ts = max_ts
                 wb.put(self._keys.time(segment.base, max_ts), keys.pack_u64(base))
@@ -226,13 +242,13 @@ class PartitionLog:
         first = self._batch_key_at_or_before(offset)
         options = ReadOptions()
         options.set_iterate_upper_bound(self._keys.batch(bound))
-        spans: list[_Span] = []
+        spans: list[_Span | bytes] = []
         total = 0
         for value in self._db.values(from_key=first, read_opt=options):
             file_id, position, size, next_offset = keys.unpack_batch_pointer(value)
             if (spans and total + size > max_bytes) or next_offset > bound:
                 break
-            _add_span(spans, file_id, position, size)
+            _add_span(spans, value, file_id, position, size)
             total += size
         return self._read_spans(spans)
 
@@ -242,27 +258,29 @@ class PartitionLog:
         batch_keys: list[Any] = [self._keys.batch(b) for b in bases]
         # rocksdict types a multi-get as returning any picklable values; here all are bytes or None.
         pointers = cast(list[bytes | None], self._db.get(batch_keys))
-        found = [keys.unpack_batch_pointer(p) for p in pointers if p is not None]
-        spans: list[_Span] = []
-        for file_id, position, size, _ in found:
-            _add_span(spans, file_id, position, size)
+        spans: list[_Span | bytes] = []
+        sizes = []
+        for pointer in pointers:
+            if pointer is not None:
+                file_id, position, size, _ = keys.unpack_batch_pointer(pointer)
+                _add_span(spans, pointer, file_id, position, size)
+                sizes.append(size)
         data = memoryview(self._read_spans(spans))
         out: list[bytes | None] = []
         at = 0
-        batches = iter(found)
+        batch_sizes = iter(sizes)
         for pointer in pointers:
             if pointer is None:
                 out.append(None)
                 continue
-            size = next(batches)[2]
+            size = next(batch_sizes)
             out.append(bytes(data[at:at + size]))
             at += size
         return out
 
-    def _read_spans(self, spans: list[_Span]) -> bytes:
-        if len(spans) == 1:
-            return self._files.read(*spans[0])
-        return b"".join(self._files.read(*span) for span in spans)
+    def _read_spans(self, spans: list[_Span | bytes]) -> bytes:
+        parts = [self._files.read(*span) if isinstance(span, _Span) else span for span in spans]
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def offset_for_timestamp(self, timestamp_ms: int, *, upper_bound: int | None = None) -> int | None:
         """Base offset of the first durable batch below `upper_bound` whose max_timestamp >= timestamp_ms."""
@@ -306,8 +324,7 @@ class PartitionLog:
         with self._staging(self) as wb:
             wb.delete_range(self._keys.batch(offset), self._keys.batch_end)
             if cut < len(self._segments):
-                for segment in self._segments[cut:]:
-                    self._files.delete_after_flush(segment.file_id)
+                self._delete_files_after_flush(self._segments[cut:])
                 first_cut = self._segments[cut].base
                 wb.delete_range(self._keys.segment(first_cut), self._keys.segment_end)
                 wb.delete_range(self._keys.time_segment(first_cut), self._keys.time_end)
@@ -380,8 +397,7 @@ class PartitionLog:
                 wb.delete_range(self._keys.segment_prefix, self._keys.segment(new_start))
                 wb.delete_range(self._keys.time_prefix, self._keys.time_segment(new_start))
                 wb.put(self._keys.meta, keys.pack_meta(new_start))
-                for segment in segments[:doomed]:
-                    self._files.delete_after_flush(segment.file_id)
+                self._delete_files_after_flush(segments[:doomed])
                 del segments[:doomed]
                 self._start = new_start
         return doomed
@@ -396,8 +412,7 @@ class PartitionLog:
                                (self._keys.time_prefix, self._keys.time_end)):
                 wb.delete_range(begin, end)
             wb.put(self._keys.meta, keys.pack_meta(start_offset))
-            for segment in self._segments:
-                self._files.delete_after_flush(segment.file_id)
+            self._delete_files_after_flush(self._segments)
             self._segments.clear()
             self._unflushed.clear()
             self._start = self._end = self._durable_end = self._low_water = start_offset
@@ -418,7 +433,12 @@ class PartitionLog:
 
     def _file_ids(self) -> list[int]:
         """The segment files of the log, staged segments included (for `LogStore.drop_log`)."""
-        return [segment.file_id for segment in self._segments]
+        return [segment.file_id for segment in self._segments if segment.file_id != keys.INLINE]
+
+    def _delete_files_after_flush(self, segments: list[_Segment]) -> None:
+        for segment in segments:
+            if segment.file_id != keys.INLINE:
+                self._files.delete_after_flush(segment.file_id)
 
     def _out_of_range(self, offset: int) -> OffsetOutOfRangeError:
         return OffsetOutOfRangeError(f"offset {offset} is out of range: the log holds offsets {self._start} "
@@ -478,11 +498,15 @@ class PartitionLog:
         return total
 
 
-def _add_span(spans: list[_Span], file_id: int, position: int, size: int) -> None:
-    """Append a batch's bytes to `spans`, extending the last span when the batch follows it in its file."""
+def _add_span(spans: list[_Span | bytes], pointer: bytes, file_id: int, position: int, size: int) -> None:
+    """Append a batch to `spans`: its inline bytes, or its place in its file, extending the last span
+    when the batch follows it in the same file (one pread for both)."""
+    if file_id == keys.INLINE:
+        spans.append(pointer[keys.BATCH_POINTER_SIZE:])
+        return
     if spans:
         last = spans[-1]
-        if last.file_id == file_id and last.position + last.size == position:
+        if isinstance(last, _Span) and last.file_id == file_id and last.position + last.size == position:
             spans[-1] = _Span(file_id, last.position, last.size + size)
             return
     spans.append(_Span(file_id, position, size))

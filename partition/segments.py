@@ -46,7 +46,7 @@ from raftka.partition.errors import StorageFailedError
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_OPEN = 1024
-SYNC_THREADS = 8
+SYNC_THREADS = 100
 _SUFFIX = ".seg"
 
 

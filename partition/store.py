@@ -49,19 +49,25 @@ from raftka.wire.batch import read_header
 log = logging.getLogger(__name__)
 
 
+INLINE_MAX_BYTES = 4096
+
+
 def wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
 class LogStore:
     def __init__(self, path: str | Path, *, sync: bool = True, clock: Callable[[], int] = wall_clock_ms,
-                 max_open_files: int = DEFAULT_MAX_OPEN) -> None:
+                 max_open_files: int = DEFAULT_MAX_OPEN, inline_max_bytes: int = INLINE_MAX_BYTES) -> None:
+        """`inline_max_bytes`: batches up to this size stay inline in RocksDB (`raftka.partition.log`
+        says why); `max_open_files`: the segment files' descriptor bound (`raftka.partition.segments`)."""
         options = Options(raw_mode=True)
         options.create_if_missing(True)
         self.path = Path(path)
         self._db: Rdict | None = Rdict(str(self.path), options)
         self._files = SegmentFiles(self.path / "segments", sync=sync, max_open=max_open_files)
         self._sync = sync
+        self._inline_max = inline_max_bytes
         self._write_options = WriteOptions()
         self._write_options.sync = False
         self._clock = clock
@@ -96,12 +102,14 @@ class LogStore:
             return existing
         log_id = self._catalog.get(name)
         if log_id is not None:
-            partition_log = PartitionLog(name, log_id, config, db=db, files=self._files, staging=self._staging,
+            partition_log = PartitionLog(name, log_id, config, db=db, files=self._files,
+                                         inline_max_bytes=self._inline_max, staging=self._staging,
                                          clock=self._clock, create=False)
         else:
             log_id = self._next_id
             self._next_id += 1
-            partition_log = PartitionLog(name, log_id, config, db=db, files=self._files, staging=self._staging,
+            partition_log = PartitionLog(name, log_id, config, db=db, files=self._files,
+                                         inline_max_bytes=self._inline_max, staging=self._staging,
                                          clock=self._clock, create=True)
             with self._staging(partition_log) as wb:
                 wb.put(keys.catalog_key(name), keys.pack_id(log_id))
@@ -277,8 +285,9 @@ class LogStore:
         log_keys = keys.LogKeys(log_id)
         options = ReadOptions()
         options.set_iterate_upper_bound(log_keys.segment_end)
-        return [keys.unpack_segment(v)[3:5]
-                for v in db.values(from_key=log_keys.segment_prefix, read_opt=options)]
+        return [(file_id, file_end) for file_id, file_end in
+                (keys.unpack_segment(v)[3:5] for v in db.values(from_key=log_keys.segment_prefix, read_opt=options))
+                if file_id != keys.INLINE]
 
     def _recover_files(self) -> None:
         """Match the segment files to the durable records, then check each log's last batch."""
@@ -292,6 +301,8 @@ class LogStore:
             if last is None or not last[0].startswith(log_keys.batch_prefix):
                 continue
             file_id, position, size, _ = keys.unpack_batch_pointer(last[1])
+            if file_id == keys.INLINE:
+                continue
             try:
                 header = read_header(self._files.read(file_id, position, size))
             except CorruptBatchError as exc:

@@ -21,14 +21,16 @@ from raftka.partition.log import LogConfig
 from raftka.partition.store import LogStore
 from raftka.wire.batch import decode_batch, encode_batch, read_header, split_batches, stamp_replicated
 
-CONFIG = LogConfig(segment_bytes=4096, retention_bytes=-1, retention_ms=-1)
+CONFIG = LogConfig(segment_bytes=16384, retention_bytes=-1, retention_ms=-1)
+SIZE = 5000
+"""Batches of this many bytes go to segment files (the store keeps batches up to 4 KiB inline)."""
 
 
-def batch(tag: int, size: int = 1000) -> bytes:
+def batch(tag: int, size: int = SIZE) -> bytes:
     return encode_batch([(None, b"%d:" % tag + b"x" * size, (), 1_000_000 + tag)])
 
 
-def append(log, tag: int, size: int = 1000) -> int:
+def append(log, tag: int, size: int = SIZE) -> int:
     return log.append_stamped(stamp_replicated(batch(tag, size), log.end_offset, 0)).base_offset
 
 
@@ -79,7 +81,7 @@ def test_open_removes_orphan_files_and_cuts_unacknowledged_tails(tmp_path):
         assert segment_files(tmp_path) == acknowledged
         log = store.open_log("t/0", CONFIG)
         assert log.end_offset == 3
-        assert values(log) == [b"%d:" % t + b"x" * 1000 for t in range(3)]
+        assert values(log) == [b"%d:" % t + b"x" * SIZE for t in range(3)]
         append(log, 99)
         store.flush()
         assert values(log)[-1].startswith(b"99:")
@@ -141,7 +143,7 @@ def test_deleted_segments_lose_their_files_after_the_flush_not_before(tmp_path):
         store.flush()
         after = segment_files(tmp_path)
         assert len(after) == len(before) - 3
-        assert values(log) == [b"%d:" % t + b"x" * 1000 for t in range(segments[2].base_offset,
+        assert values(log) == [b"%d:" % t + b"x" * SIZE for t in range(segments[2].base_offset,
                                                                        segments[-1].base_offset)]
         store.drop_log("t/1")
         assert segment_files(tmp_path) == after
@@ -150,6 +152,26 @@ def test_deleted_segments_lose_their_files_after_the_flush_not_before(tmp_path):
         log.reset(100)
         store.flush()
         assert segment_files(tmp_path) == {}
+
+
+def test_small_batches_stay_inline_and_read_back_with_file_batches_in_order(tmp_path):
+    sizes = [10, 6000, 7000, 100, 3000, 9000, 8000, 20]
+    with LogStore(tmp_path) as store:
+        log = store.open_log("t/0", LogConfig(segment_bytes=1 << 20))
+        for tag, size in enumerate(sizes):
+            append(log, tag, size)
+        store.flush()
+        assert segment_files(tmp_path) == {"0000000000000001.seg": sum(len(batch(t, s)) for t, s in enumerate(sizes)
+                                                                        if s > 4096)}
+        expected = [b"%d:" % t + b"x" * s for t, s in enumerate(sizes)]
+        assert values(log) == expected
+        assert [read_header(log.read(n, 1)).base_offset for n in range(len(sizes))] == list(range(len(sizes)))
+        small = store.open_log("t/1", LogConfig(segment_bytes=1 << 20))
+        append(small, 0, 10)
+        store.flush()
+        assert len(segment_files(tmp_path)) == 1
+    with LogStore(tmp_path) as store:
+        assert values(store.open_log("t/0", CONFIG)) == expected
 
 
 def test_appends_after_a_truncation_never_overwrite_the_truncated_bytes(tmp_path):
@@ -175,7 +197,7 @@ WRITER = """
     from raftka.wire.batch import encode_batch, stamp_replicated
 
     store = LogStore(sys.argv[1])
-    logs = [store.open_log(name, LogConfig(segment_bytes=8192, retention_bytes=-1, retention_ms=-1))
+    logs = [store.open_log(name, LogConfig(segment_bytes=65536, retention_bytes=-1, retention_ms=-1))
             for name in ("c/0", "c/1", "c/2")]
     i = 0
     while True:
@@ -186,7 +208,7 @@ WRITER = """
                 log.truncate_suffix(log.end_offset - 1)
             if i % 41 == 0 and len(log.segments()) > 3:
                 log.delete_segments_before(log.segments()[1].base_offset)
-            batch = encode_batch([(None, b"%d:" % i + b"v" * (i % 2000), (), i)])
+            batch = encode_batch([(None, b"%d:" % i + b"v" * (3000 + i * 37 % 6000), (), i)])
             base = log.append_stamped(stamp_replicated(batch, log.end_offset, 0)).base_offset
             appended.append("%s:%d:%d" % (log.name, base, i))
             i += 1
