@@ -78,8 +78,13 @@ class LogStore:
         self._raft_logs: dict[str, RaftEntryLog] = {}
         self._failure: BaseException | None = None
         self._logs: dict[str, PartitionLog] = {}
-        self._catalog = self._load_catalog()
-        self._recover_files()
+        try:
+            self._catalog = self._load_catalog()
+            self._recover_files()
+        except BaseException:
+            self._files.close()
+            self._db.close()
+            raise
         self._next_id = max(self._catalog.values(), default=0) + 1
         log.info("log store opened path=%s logs=%d sync=%s", self.path, len(self._catalog), sync)
 
