@@ -5,7 +5,8 @@ memtable flush, and again by each leveled compaction, because all partitions of 
 key space and every flushed table spans all of them (4.2-7.4x the replicated payload, measured; see
 README "Sustained ingest"). A segment file receives each batch once, exactly as it is served; RocksDB
 keeps only small pointers to it (`raftka.partition.keys`), and retention deletes a segment by
-unlinking its file.
+unlinking its file. (Batches of up to the store's inline limit stay in their RocksDB pointer, and a
+segment gets its file at its first larger batch: `raftka.partition.log` says why.)
 
 Files live in `<store>/segments/` (RocksDB ignores a subdirectory in its directory) and are named by a
 store-wide file id, `<id as 16 hex digits>.seg`. Ids only grow while the store is open; after a
@@ -22,6 +23,13 @@ but not yet unlinked) and bytes past a segment's recorded file end (written but 
 acknowledged); `recover` removes both at open. Positions in a file only grow (a truncation leaves
 dead bytes, never overwrites them), so a write can never damage bytes a durable pointer references.
 
+A failed write or create (a full disk) is not raised where it happens, in the middle of one log's
+staging, but by the `sync` of the flush that covers it: the write is shared by every log as the
+RocksDB write was before segment files, so its failure fails the flush, which fails every waiter and
+poisons the store (the broker stops with status 1) instead of failing one Raft group after another.
+Nothing staged after it can become durable, and a restart cuts whatever was written past the
+recorded ends.
+
 File descriptors: at most `max_open` are kept, least recently used closed first, but never a file
 written since its last fdatasync: Linux reports a writeback error to the descriptors open when it
 happens, so closing one before its fsync could hide a lost write from the flush.
@@ -33,6 +41,7 @@ descriptors in use, so a descriptor is never closed (and its number reused) unde
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import threading
@@ -58,6 +67,7 @@ class FlushWork:
     written: frozenset[int]
     created: bool
     doomed: tuple[int, ...]
+    error: OSError | None
 
 
 class SegmentFiles:
@@ -75,6 +85,7 @@ class SegmentFiles:
         self._created = False
         self._doomed: list[int] = []
         self._next_id = 1
+        self._error: OSError | None = None
         self._pool: ThreadPoolExecutor | None = None
 
     @property
@@ -134,20 +145,27 @@ class SegmentFiles:
         with self._lock:
             file_id = self._next_id
             self._next_id += 1
-            fd = os.open(self.file_path(file_id), os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
-            self._fds[file_id] = fd
             self._created = True
+            try:
+                self._fds[file_id] = os.open(self.file_path(file_id), os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+            except OSError as exc:
+                self._failed(exc, file_id)
             self._evict()
         return file_id
 
     def write(self, file_id: int, position: int, data: bytes | bytearray | memoryview) -> None:
-        """Write `data` at `position` (page cache only; the next flush's `sync` makes it durable)."""
+        """Write `data` at `position` (page cache only; the next flush's `sync` makes it durable, or
+        raises this write's error)."""
         with self._lock:
             self._written.add(file_id)
-            fd = self._fd(file_id)
-            written = os.pwrite(fd, data, position)
-            if written != len(data):
-                raise OSError(f"short write to {self.file_path(file_id)}: {written} of {len(data)} bytes")
+            if self._error is not None:
+                return
+            try:
+                written = os.pwrite(self._fd(file_id), data, position)
+                if written != len(data):
+                    raise OSError(errno.ENOSPC, f"short write: {written} of {len(data)} bytes")
+            except OSError as exc:
+                self._failed(exc, file_id)
 
     def read(self, file_id: int, position: int, size: int) -> bytes:
         with self._lock:
@@ -166,7 +184,7 @@ class SegmentFiles:
         """What the next `sync`/`unlink` covers: everything written, created and deleted so far (call
         under the store's staging lock, as the pending RocksDB batch is taken)."""
         with self._lock:
-            work = FlushWork(frozenset(self._written), self._created, tuple(self._doomed))
+            work = FlushWork(frozenset(self._written), self._created, tuple(self._doomed), self._error)
             self._syncing |= self._written
             self._written = set()
             self._created = False
@@ -175,7 +193,10 @@ class SegmentFiles:
 
     def sync(self, work: FlushWork) -> None:
         """fdatasync the written files in parallel (each call releases the GIL), then the directory if
-        files were created; nothing when the store does not sync."""
+        files were created; nothing when the store does not sync. Raises the error of a failed write
+        or create that `work` covers, synced or not."""
+        if work.error is not None:
+            raise work.error
         if not self._sync:
             return
         with self._lock:
@@ -235,6 +256,12 @@ class SegmentFiles:
             excess -= 1
             if excess == 0:
                 return
+
+    def _failed(self, exc: OSError, file_id: int) -> None:
+        """Keep the first write failure for the flush to raise (under self._lock)."""
+        if self._error is None:
+            self._error = exc
+            log.error("segment file write failed path=%s error=%s; the next flush fails", self.file_path(file_id), exc)
 
     def _sync_directory(self) -> None:
         fd = os.open(self.directory, os.O_RDONLY)
