@@ -17,18 +17,30 @@ All integers are big-endian, so byte order is numeric order::
     00000000 01 <name, UTF-8>                            catalog: log id, u32
     <id u32> 00                                          log meta: start_offset u64
     <id u32> 01 <segment base_offset u64>                segment: size u64, max_timestamp i64,
-                                                           created_ms i64
+                                                           created_ms i64, file id u64, file end u64
     <id u32> 02 <segment base u64> <max_ts u64 biased>   time index: batch base_offset u64
-    <id u32> 03 <batch base_offset u64>                  the batch, exactly as served
+    <id u32> 03 <batch base_offset u64>                  where the batch is: file id u64, position u64,
+                                                           size u32, next_offset u64, then the batch
+                                                           itself if the file id is 0 (inline)
     <id u32> 04 <raft index u64>                         Raft entry pointer: type u8, term u64,
                                                            base_offset u64, next_offset u64,
                                                            size u32, then the data of raft-only
-                                                           entries (record entries keep theirs in 03)
+                                                           entries (record entries' batches are in
+                                                           segment files, found through 03)
     <id u32> 05 <raft index u64>                         (empty) the entry is a configuration change
     <id u32> 06 00                                       Raft hard state: term, vote, commit (u64s)
     <id u32> 06 01                                       Raft snapshot: index u64, term u64,
                                                            offset u64, conf length u32, conf, data
     <id u32> 07..ff                                      free
+
+The batches themselves live in segment files beside RocksDB (`raftka.partition.segments`): one file
+per segment, named by a store-wide file id (never by base offset: a truncated segment's base can be
+reused by a new segment while the old file still awaits its unlink). A segment's `file end` is where
+its next batch goes; positions only grow, so truncated bytes stay as dead space until the segment
+goes, and bytes a durable pointer references are never overwritten. A small batch (up to the store's
+`inline_max_bytes`) is kept inline in its pointer instead, under file id 0, and a segment that has no
+file batch yet has file id 0 (`raftka.partition.log` says why). Version 1 stores kept each batch
+as the value of its 03 key; `raftka.partition.store` upgrades them in place on open.
 
 The 04..06 records exist only for logs opened as Raft logs (`raftka.partition.raft_entries`). The
 pointer with the smallest index is the sentinel at the compaction point: its term and next_offset
@@ -46,17 +58,21 @@ from collections.abc import Iterator
 from struct import Struct
 from typing import Any, cast
 
-STORE_VERSION = 1
+STORE_VERSION = 2
+V1_STORE_VERSION = 1
 
 _ID = Struct(">I")
 _U64 = Struct(">Q")
-_SEGMENT = Struct(">Qqq")
+_SEGMENT = Struct(">QqqQQ")
+_V1_SEGMENT = Struct(">Qqq")
+_BATCH_POINTER = Struct(">QQIQ")
 _TS_BIAS = 1 << 63
 MAX_U64 = (1 << 64) - 1
 _POINTER = Struct(">BQQQI")
 _HARD_STATE = Struct(">QQQ")
 _SNAPSHOT = Struct(">QQQI")
 POINTER_SIZE = _POINTER.size
+BATCH_POINTER_SIZE = _BATCH_POINTER.size
 
 STORE_META = 0
 CATALOG = 1
@@ -158,12 +174,33 @@ def pack_u64(value: int) -> bytes:
     return _U64.pack(value)
 
 
-def pack_segment(size_bytes: int, max_timestamp: int, created_ms: int) -> bytes:
-    return _SEGMENT.pack(size_bytes, max_timestamp, created_ms)
+def pack_segment(size_bytes: int, max_timestamp: int, created_ms: int, file_id: int, file_end: int) -> bytes:
+    return _SEGMENT.pack(size_bytes, max_timestamp, created_ms, file_id, file_end)
 
 
-def unpack_segment(value: bytes) -> tuple[int, int, int]:
+def unpack_segment(value: bytes) -> tuple[int, int, int, int, int]:
+    """(size, max_timestamp, created_ms, file_id, file_end)."""
     return _SEGMENT.unpack(value)
+
+
+def unpack_v1_segment(value: bytes) -> tuple[int, int, int]:
+    """(size, max_timestamp, created_ms) of a version-1 segment record (no file: batches in RocksDB)."""
+    return _V1_SEGMENT.unpack(value)
+
+
+INLINE = 0
+"""The file id of a batch kept inline in its pointer, and of a segment without a file."""
+
+
+def pack_batch_pointer(file_id: int, position: int, size: int, next_offset: int,
+                       inline: bytes | bytearray | memoryview = b"") -> bytes:
+    return _BATCH_POINTER.pack(file_id, position, size, next_offset) + inline
+
+
+def unpack_batch_pointer(value: bytes) -> tuple[int, int, int, int]:
+    """(file_id, position, size, next_offset) of a batch in its segment file; an inline batch (file id
+    INLINE) follows at BATCH_POINTER_SIZE."""
+    return _BATCH_POINTER.unpack_from(value)
 
 
 def pack_meta(start_offset: int) -> bytes:

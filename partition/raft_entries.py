@@ -1,10 +1,11 @@
 """The Raft view of a partition log: the partition's record log IS its Raft log (one write per byte).
 
 A Raft entry is (index, term, type, data). A RECORDS entry carries exactly one record batch that
-the leader stamped with its base offset and term; the batch is stored once, in the log's batch
-keyspace, like any appended batch, and a small pointer record per index maps the entry to its
-offsets. NOOP and CONF_CHANGE entries have no offsets: their (small, rare) data lives inline in the
-pointer, and configuration changes are also indexed so that a restart finds them without a scan.
+the leader stamped with its base offset and term; the batch is stored once, in the log's segment
+file, like any appended batch (read back through `PartitionLog`), and a small pointer record per
+index maps the entry to its offsets. NOOP and CONF_CHANGE entries have no offsets: their (small,
+rare) data lives inline in the pointer, and configuration changes are also indexed so that a
+restart finds them without a scan.
 The hard state and the snapshot metadata are per-log records. Key layout: `raftka.partition.keys`.
 
 Invariants (`i` ranges over the pointers, which exist for exactly [first_index - 1, last_index]):
@@ -45,7 +46,7 @@ store, and a leader bug (a badly stamped batch) must be an error, not a dead bro
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, NamedTuple, Sequence, cast
+from typing import Callable, NamedTuple, Sequence
 
 from rocksdict import ReadOptions, Rdict, WriteBatch
 
@@ -392,9 +393,8 @@ class RaftEntryLog:
         return _unpack(raw)
 
     def _with_batches(self, pointers: list[tuple[int, _Pointer]]) -> list[StoredEntry]:
-        batch_keys = [self._keys.batch(p.base) for _, p in pointers if p.type == RECORDS]
-        # rocksdict types a multi-get as taking and returning any picklable values; here all are bytes.
-        batches = iter(cast(list[bytes], self._db.get(cast(list[Any], batch_keys))) if batch_keys else ())
+        bases = [p.base for _, p in pointers if p.type == RECORDS]
+        batches = iter(self.log._read_batches(bases) if bases else ())
         out = []
         for index, p in pointers:
             data = next(batches) if p.type == RECORDS else p.inline
