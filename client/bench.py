@@ -353,20 +353,26 @@ def _tls_workloads(cluster: BenchCluster, plan: Plan) -> Iterator[Result]:
         yield replace(result, system=SECURE_SYSTEM)
 
 
+DISTINCT_VALUES = 4096
+"""More than a producer batch (256 KiB) holds records of 100 B."""
+
+
 def publish(bootstrap: str, topic: str, count: int, size: int, setup: str,
             client: dict[str, Any] | None = None) -> Result:
     """Windowed publish: `count` unkeyed records, one `send` each, timed until all are acknowledged.
 
-    The futures are dropped, as a fire-and-forget publisher does (holding 200,000 of them mostly
+    The values are incompressible: DISTINCT_VALUES random values in turn, so no batch holds one twice
+    (one value repeated, as kafka-producer-perf-test sends, would let any compressing layer shrink
+    it). The futures are dropped, as a fire-and-forget publisher does (holding 200,000 of them mostly
     measures the garbage collector); the topic's end offsets afterwards prove every record landed.
     """
-    value = os.urandom(size)
+    values = [os.urandom(size) for _ in range(DISTINCT_VALUES)]
     client = client or {}
     with Producer(bootstrap, **client) as producer:
         send = producer.send
         started = time.perf_counter()
-        for _ in range(count):
-            send(topic, value)
+        for i in range(count):
+            send(topic, values[i % DISTINCT_VALUES])
         producer.flush()
         elapsed = time.perf_counter() - started
     with Consumer(bootstrap, **client) as consumer:
@@ -374,7 +380,8 @@ def publish(bootstrap: str, topic: str, count: int, size: int, setup: str,
     if stored != count:
         raise BenchError(f"published {count} records to {topic} but it holds {stored}")
     return Result("raftka", "publish", size, count / elapsed, count * size / elapsed / 1e6,
-                  notes=f"{count:,} records, unkeyed, linger 5 ms, window = 64 MiB producer buffer; {setup}")
+                  notes=f"{count:,} records of {DISTINCT_VALUES:,} distinct random values, unkeyed, linger 5 ms, "
+                        f"window = 64 MiB producer buffer; {setup}")
 
 
 PATHS_RECORDS_PER_REQUEST = 500
@@ -454,7 +461,9 @@ def sustained(cluster: BenchCluster, topic: str, seconds: float, window_s: float
     This is the workload that shows what storage costs: a repeated value fits in memtables and
     compresses at flush, distinct random ones do neither, and a longer run lets flushes and
     compactions catch up with the ingest. Write amplification is brokers' bytes written per replicated
-    payload byte (values x `replication`), per window and over the run."""
+    payload byte (values x `replication`), per window and over the run. The brokers' CPU per record
+    (user plus system, every thread) over the run says what the rate costs when the cores, not the
+    disk, are what caps it."""
     stop = threading.Event()
     errors: list[BaseException] = []
 
@@ -476,10 +485,12 @@ def sustained(cluster: BenchCluster, topic: str, seconds: float, window_s: float
 
         publisher = threading.Thread(target=publish_loop, args=(producer,), name="bench-sustained", daemon=True)
         samples = [sample()]
+        cpu_before = _brokers_cpu_s(cluster)
         publisher.start()
         while samples[-1][0] - samples[0][0] < seconds and not errors:
             time.sleep(window_s)
             samples.append(sample())
+        cpu_after = _brokers_cpu_s(cluster)
         stop.set()
         publisher.join(timeout=120)
         producer.flush()
@@ -489,9 +500,12 @@ def sustained(cluster: BenchCluster, topic: str, seconds: float, window_s: float
     windows = [_rate_and_amp(before, after, payload_per_record) for before, after in zip(samples, samples[1:])]
     rate, amp = _rate_and_amp(samples[0], samples[-1], payload_per_record)
     records = samples[-1][1] - samples[0][1]
+    cpu_us = (None if cpu_before is None or cpu_after is None or not records
+              else (cpu_after - cpu_before) * 1e6 / records)
     rates = " ".join(f"{window_rate / 1000:.1f}k" for window_rate, _ in windows)
     amps = " ".join(_cell(window_amp, "{:.2f}") for _, window_amp in windows)
-    return Result("raftka", "sustained", SUSTAINED_SIZE, rate, rate * SUSTAINED_SIZE / 1e6, write_amp=amp,
+    return Result("raftka", "sustained", SUSTAINED_SIZE, rate, rate * SUSTAINED_SIZE / 1e6,
+                  broker_cpu_us_per_msg=cpu_us, write_amp=amp,
                   notes=f"{records:,} distinct random values in {samples[-1][0] - samples[0][0]:.0f} s, "
                         f"{PARTITIONS} partitions, replication {replication}; per {window_s:.0f} s window msgs/s: "
                         f"{rates}; write amp: {amps}; write amp = brokers' /proc/<pid>/io write_bytes / "

@@ -35,6 +35,7 @@ def test_quick_bench_writes_one_json_line_per_measurement(tmp_path: Path) -> Non
     sustained = next(r for r in results if r["workload"] == "sustained")
     assert sustained["msgs_per_s"] > 0
     assert sustained["write_amp"] > 0, "the bench owns the brokers: their bytes written are read"
+    assert sustained["broker_cpu_us_per_msg"] > 0, "and their CPU"
     assert "WORKLOAD" in completed.stdout, "a readable table is printed too"
 
 
