@@ -276,8 +276,8 @@ def test_a_crash_after_the_write_before_the_unlink_leaves_orphans_that_open_remo
     from raftka.partition.segments import SegmentFiles
     def stop(self, work):
         print("MARKER", flush=True)
-        time.sleep(600)
-    import time
+        signal.pause()
+    import signal
     SegmentFiles.unlink = stop
     for log in logs:
         log.delete_segments_before(log.segments()[-1].base_offset)
@@ -298,8 +298,8 @@ def test_a_staged_deletion_not_yet_flushed_leaves_the_data_readable_after_a_cras
         log.delete_segments_before(log.segments()[-1].base_offset)
         log.truncate_suffix(log.segments()[-1].base_offset)
     print("MARKER", flush=True)
-    import time
-    time.sleep(600)
+    import signal
+    signal.pause()
 """
     lines = run_until_marker(script, str(data_dir))
     with LogStore(data_dir) as store:
@@ -365,14 +365,14 @@ def test_a_version_1_store_is_upgraded_in_place(tmp_path):
 def test_a_crash_during_the_upgrade_leaves_orphans_and_the_next_open_redoes_it(tmp_path):
     write_v1_store(tmp_path, V1_LOGS)
     run_until_marker("""
-        import sys, time
+        import signal, sys
         from raftka.partition.segments import SegmentFiles
         from raftka.partition.store import LogStore
         synced = SegmentFiles.sync
         def stop(self, work):
             synced(self, work)
             print("MARKER", flush=True)
-            time.sleep(600)
+            signal.pause()
         SegmentFiles.sync = stop
         LogStore(sys.argv[1])
     """, str(tmp_path))
