@@ -131,7 +131,7 @@ async def serve(config: BrokerConfig) -> int:
     config.validate()
     config.data_dir.mkdir(parents=True, exist_ok=True)
     metrics = BrokerMetrics(per_topic=config.metrics_per_topic)
-    store = LogStore(config.data_dir / "log")
+    store = LogStore(config.data_dir / "log", cache_bytes=config.segment_cache_bytes)
     committer = GroupCommitter(store, on_flushed=metrics.flush_latency.observe)
     driver: MultiRaft
     stop = asyncio.Event()

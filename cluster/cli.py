@@ -18,6 +18,7 @@ from pathlib import Path
 from raftka.cluster.authentication import AuthSettings, JwtSettings
 from raftka.cluster.config import BrokerConfig, parse_peers
 from raftka.cluster.principal_rules import PrincipalRule, parse_rules
+from raftka.partition.segments import DEFAULT_CACHE_BYTES
 from raftka.wire.settings import env, flag
 
 
@@ -82,6 +83,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="snapshot the metadata and group state once this many bytes of their log "
                              "(and twice the last snapshot's size) were applied since the last snapshot, and "
                              "truncate the log behind it (env RAFTKA_SNAPSHOT_BYTES; default 4194304)")
+    parser.add_argument("--segment-cache-bytes", type=int, default=env("SEGMENT_CACHE_BYTES", DEFAULT_CACHE_BYTES, int),
+                        help="how many of the newest fsynced segment bytes stay in the OS page cache; older "
+                             "ones are dropped, so readers further behind read the disk (env "
+                             f"RAFTKA_SEGMENT_CACHE_BYTES; default {DEFAULT_CACHE_BYTES})")
     parser.add_argument("--self-heal-after-s", type=float, default=env("SELF_HEAL_AFTER_S", 0.0, float),
                         help="move the replicas of a broker unreachable this long to the others "
                              "(env RAFTKA_SELF_HEAL_AFTER_S; default 0: off)")
@@ -160,6 +165,8 @@ def run(args: argparse.Namespace) -> int:
     if broker_id is None or args.data_dir is None:
         raise ValueError("raftka broker needs --id (or --id-from-hostname or --id-from-name) and --data-dir (or "
                          "RAFTKA_ID and RAFTKA_DATA_DIR)")
+    if args.segment_cache_bytes < 0:
+        raise ValueError(f"--segment-cache-bytes must be 0 or more, not {args.segment_cache_bytes}")
     peers, racks = parse_peers(args.peers)
     join = tuple(seed.strip() for seed in args.join.split(",") if seed.strip())
     return run_broker(BrokerConfig(broker_id=broker_id, listen=args.listen, advertise=args.advertise, join=join,
@@ -170,6 +177,7 @@ def run(args: argparse.Namespace) -> int:
                                    retention_check_interval_s=args.retention_check_ms / 1000,
                                    leader_balance_delay_s=args.leader_balance_delay_ms / 1000,
                                    offsets_partitions=args.offsets_partitions, snapshot_bytes=args.snapshot_bytes,
+                                   segment_cache_bytes=args.segment_cache_bytes,
                                    self_heal_after_s=args.self_heal_after_s, balance_on_join=args.balance_on_join,
                                    max_moves_per_broker=args.max_moves_per_broker, max_moves=args.max_moves,
                                    tls_cert=_path(args.tls_cert), tls_key=_path(args.tls_key),

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from raftka.cluster.authentication import AuthSettings
+from raftka.partition.segments import DEFAULT_CACHE_BYTES
 from raftka.wire.settings import parse_host_port
 
 _WILDCARDS = ("0.0.0.0", "::")
@@ -72,6 +73,9 @@ class BrokerConfig:
     """The metadata and group state machines are snapshotted (and their logs truncated behind) once this
     many bytes of log were applied since the last snapshot, and twice that snapshot's size
     (`raftka.cluster.state_machine.SnapshotPolicy`)."""
+    segment_cache_bytes: int = DEFAULT_CACHE_BYTES
+    """How many of the newest fsynced segment bytes the log store leaves in the OS page cache
+    (`raftka.partition.segments` says why it drops the older ones)."""
     self_heal_after_s: float = 0.0
     """When > 0: the metadata leader moves the replicas of a broker unreachable for this long to the
     other brokers (`raftka.cluster.balancing`); 0 leaves them (the default)."""

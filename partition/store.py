@@ -43,7 +43,7 @@ from raftka.partition import keys
 from raftka.partition.errors import LogClosedError, StorageFailedError
 from raftka.partition.log import FlushParticipant, LogConfig, PartitionLog
 from raftka.partition.raft_entries import RaftEntryLog
-from raftka.partition.segments import DEFAULT_MAX_OPEN, SegmentFiles
+from raftka.partition.segments import DEFAULT_CACHE_BYTES, DEFAULT_MAX_OPEN, SegmentFiles
 from raftka.wire.batch import read_header
 
 log = logging.getLogger(__name__)
@@ -58,14 +58,17 @@ def wall_clock_ms() -> int:
 
 class LogStore:
     def __init__(self, path: str | Path, *, sync: bool = True, clock: Callable[[], int] = wall_clock_ms,
-                 max_open_files: int = DEFAULT_MAX_OPEN, inline_max_bytes: int = INLINE_MAX_BYTES) -> None:
+                 max_open_files: int = DEFAULT_MAX_OPEN, inline_max_bytes: int = INLINE_MAX_BYTES,
+                 cache_bytes: int = DEFAULT_CACHE_BYTES) -> None:
         """`inline_max_bytes`: batches up to this size stay inline in RocksDB (`raftka.partition.log`
-        says why); `max_open_files`: the segment files' descriptor bound (`raftka.partition.segments`)."""
+        says why); `max_open_files`: the segment files' descriptor bound; `cache_bytes`: how many of
+        the newest synced segment bytes stay in the OS page cache (both `raftka.partition.segments`)."""
         options = Options(raw_mode=True)
         options.create_if_missing(True)
         self.path = Path(path)
         self._db: Rdict | None = Rdict(str(self.path), options)
-        self._files = SegmentFiles(self.path / "segments", sync=sync, max_open=max_open_files)
+        self._files = SegmentFiles(self.path / "segments", sync=sync, max_open=max_open_files,
+                                   cache_bytes=cache_bytes)
         self._sync = sync
         self._inline_max = inline_max_bytes
         self._write_options = WriteOptions()
@@ -93,6 +96,11 @@ class LogStore:
         """Segment file descriptors held now: at most max_open_files, plus files written since their
         last fdatasync (which are never closed before it)."""
         return self._files.open_count
+
+    @property
+    def cached_bytes(self) -> int:
+        """Synced segment bytes the store leaves in the page cache (at most cache_bytes after a flush)."""
+        return self._files.cached_bytes
 
     def log_names(self) -> list[str]:
         """Names of every log in the store (created ones included even before their first flush)."""

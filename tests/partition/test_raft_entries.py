@@ -247,3 +247,28 @@ def test_the_rejoining_flag_survives_a_reopen_and_old_hard_states_read_without_i
         assert store.open_raft_log("b/0", CONFIG).hard_state == (4, 1, 7, False)
     assert keys.pack_hard_state(4, 1, 7) == struct.pack(">QQQ", 4, 1, 7)
     assert keys.unpack_hard_state(struct.pack(">QQQ", 4, 1, 7)) == (4, 1, 7, False)
+
+
+def test_entries_above_the_previous_flushs_commit_are_applied_from_memory_not_read_back(tmp_path):
+    """The driver applies committed entries right after the flush that persists their commit index;
+    until a later flush has persisted a commit covering them, they stay cached however many bytes
+    they are (within UNAPPLIED_BYTES), so applying them reads no segment file. After that flush only
+    the newest few stay, and reading the older ones goes back to the files, with the same result."""
+    config = LogConfig(segment_bytes=1 << 20, retention_bytes=-1, retention_ms=-1)
+    with LogStore(tmp_path / "db", sync=False) as store:
+        raft_log = store.open_raft_log("t/0", config)
+        reads = []
+        read_file = store._files.read
+        store._files.read = lambda *span: reads.append(span) or read_file(*span)
+        entries = [(index, 1, RECORDS, stamp_replicated(encode_batch([(None, b"%d" % index * 8000, (), 1_000)]),
+                                                        index - 1, 1)) for index in range(1, 21)]
+        raft_log.append(entries)
+        raft_log.set_hard_state(1, 0, 0)
+        store.flush()
+        raft_log.set_hard_state(1, 0, 20)
+        store.flush()
+        applied = raft_log.entries(1, 21)
+        assert [entry.data for entry in applied] == [data for _, _, _, data in entries] and reads == []
+        raft_log.set_hard_state(1, 0, 20)
+        store.flush()
+        assert raft_log.entries(1, 21) == applied and reads

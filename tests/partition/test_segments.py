@@ -20,6 +20,7 @@ from raftka.partition.errors import StorageFailedError
 from raftka.partition.log import LogConfig
 from raftka.partition.store import LogStore
 from raftka.wire.batch import decode_batch, encode_batch, read_header, split_batches, stamp_replicated
+from residency import resident_bytes
 
 CONFIG = LogConfig(segment_bytes=16384, retention_bytes=-1, retention_ms=-1)
 SIZE = 5000
@@ -403,3 +404,28 @@ def test_open_descriptors_stay_within_the_bound_but_unsynced_files_stay_open(tmp
             assert len(values(log)) == 3
             assert store.open_file_count <= 4
         assert len(segment_files(tmp_path)) == 12
+
+
+def test_synced_bytes_beyond_the_cache_bound_leave_the_page_cache_and_still_read_back(tmp_path):
+    """After each flush only the newest `cache_bytes` synced bytes stay cached, across logs and files
+    (older files first); the same appends with a large bound leave every byte cached, so the bound,
+    not the kernel, dropped them. Data read back is the same either way."""
+    def cached_after_appends(directory, cache_bytes: int) -> tuple[int, int, int, list[bytes]]:
+        config = LogConfig(segment_bytes=64 << 10, retention_bytes=-1, retention_ms=-1)
+        with LogStore(directory, cache_bytes=cache_bytes) as store:
+            logs = [store.open_log(f"t/{n}", config) for n in range(3)]
+            for tag in range(40):
+                append(logs[tag % 3], tag)
+                store.flush()
+                assert store.cached_bytes <= cache_bytes
+            files = segment_files(directory)
+            resident = sum(resident_bytes(directory / "segments" / name) for name in files)
+            read = [value for log in logs for value in values(log)]
+            return store.cached_bytes, resident, sum(files.values()), read
+
+    kept, resident, written, read = cached_after_appends(tmp_path / "bounded", 32 << 10)
+    assert kept <= 32 << 10 and written > 6 * kept
+    assert resident <= (32 << 10) + 8 * 4096  # a partial page at each end of each file's kept range
+    everything, resident_all, written_all, read_all = cached_after_appends(tmp_path / "unbounded", 1 << 30)
+    assert everything == written_all == written and resident_all >= written
+    assert read == read_all and len(read) == 40
