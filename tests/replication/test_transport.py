@@ -17,9 +17,13 @@ from raftka.replication.entries import Entry
 from raftka.replication.messages import Message, MessageType
 from raftka.replication.transport import (
     FRAME_HEADER,
+    MAX_HELLO_BYTES,
+    STAGE_BYTES,
+    FrameTooLargeError,
     PeerState,
     RaftTransport,
     TransportOptions,
+    _FrameReceiver,
 )
 from waiting import until
 
@@ -367,6 +371,110 @@ def test_a_connection_that_ends_inside_a_frame_delivers_nothing_of_it_and_is_no_
         assert len(b.received) == 1 and b.transport.stats.refused_streams == 0
 
     run(scenario, free_port, "c1", "c1")
+
+
+def _append(i: int, size: int) -> bytes:
+    """A frame of one APPEND from broker 1 to 2 whose entry is `size` bytes of value i."""
+    message = Message(MessageType.APPEND, 1, 2, 1, index=i, entries=[Entry(i + 1, 1, data=bytes([i]) * size)])
+    return frame(encode_message_batch("c1", 1, 2, [("g", message)]).SerializeToString())
+
+
+LARGE = [10, 300_000, 70_000, 1, 65_536, 200_000, 5]
+
+
+@pytest.mark.parametrize("chunk, sizes", [(1, [0, 10, 3]), (3, [10, 5000, 5]), (4096, LARGE), (100_000, LARGE),
+                                          (1 << 22, LARGE)])
+def test_frames_split_anywhere_arrive_whole_and_in_order(free_port: Callable[[], int], chunk: int,
+                                                         sizes: list[int]) -> None:
+    """The receiver stages small frames several to a read and reads a large one straight into its own
+    buffer: wherever the sender's writes cut the stream (a header in two, a large frame behind a small
+    one in the same read, one byte at a time), every frame arrives whole and in order. The large
+    frames follow the first (small) one before the receiver has checked it: they are not held to the
+    first frame's size limit."""
+    async def scenario(a: Broker, b: Broker) -> None:
+        await b.serve()
+        stream = b"".join([frame(GOOD), *(_append(i, size) for i, size in enumerate(sizes))])
+        host, port = b.transport.address.rsplit(":", 1)
+        reader, writer = await asyncio.open_connection(host, int(port))
+        for start in range(0, len(stream), chunk):
+            writer.write(stream[start:start + chunk])
+            await writer.drain()
+        await until(lambda: len(b.received) == 1 + len(sizes))
+        appends = [m for _, _, m in b.messages() if m.type == MessageType.APPEND]
+        assert [m.entries[0].data for m in appends] == [bytes([i]) * size for i, size in enumerate(sizes)]
+        assert b.transport.stats.refused_streams == 0
+        writer.close()
+
+    run(scenario, free_port, "c1", "c1")
+
+
+class _Paused:
+    """The transport side `_FrameReceiver` drives: counts pauses and resumes."""
+
+    def __init__(self) -> None:
+        self.paused = False
+
+    def pause_reading(self) -> None:
+        assert not self.paused
+        self.paused = True
+
+    def resume_reading(self) -> None:
+        assert self.paused
+        self.paused = False
+
+    def is_closing(self) -> bool:
+        return False
+
+
+def _feed(receiver: _FrameReceiver, data: bytes, chunk: int) -> None:
+    """Deliver `data` the way a loop does: into the buffers the receiver hands out, `chunk` at most."""
+    at = 0
+    while at < len(data):
+        buffer = receiver.get_buffer(-1)
+        n = min(chunk, len(buffer), len(data) - at)
+        assert n > 0, "the receiver asked for bytes while its stage was full"
+        buffer[:n] = data[at:at + n]
+        receiver.buffer_updated(n)
+        at += n
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 5, 4095, 4096, 65_537, 1 << 20])
+def test_the_frame_receiver_reassembles_frames_from_any_reads(chunk: int) -> None:
+    """Every cut of the stream (headers and bodies split anywhere, many frames per read, frames larger
+    than the stage) yields the same frames; before `trust`, nothing past the first frame is parsed,
+    and after it frames of up to the trusted limit pass."""
+    async def scenario() -> None:
+        receiver = _FrameReceiver(MAX_HELLO_BYTES, lambda _: None)
+        transport = _Paused()
+        receiver.connection_made(transport)  # type: ignore[arg-type]
+        bodies = [b"hello", b"", bytes(range(256)) * 1200, b"x" * 70_000, b"y", bytes(STAGE_BYTES)]
+        stream = b"".join(frame(body) for body in bodies)
+        _feed(receiver, stream[:len(frame(bodies[0])) + 2], chunk)
+        assert transport.paused  # a stranger's first frame waits to be checked
+        assert await receiver.read_frame() == bodies[0]
+        receiver.trust(1 << 20)
+        assert not transport.paused
+        _feed(receiver, stream[len(frame(bodies[0])) + 2:], chunk)
+        assert [bytes(await receiver.read_frame()) for _ in bodies[1:]] == bodies[1:]
+        receiver.eof_received()
+        with pytest.raises(asyncio.IncompleteReadError) as ended:
+            await receiver.read_frame()
+        assert ended.value.partial == b""
+
+    asyncio.run(asyncio.wait_for(scenario(), 10))
+
+
+def test_the_frame_receiver_refuses_a_length_over_its_limit_after_the_frames_before_it() -> None:
+    async def scenario() -> None:
+        receiver = _FrameReceiver(MAX_HELLO_BYTES, lambda _: None)
+        receiver.connection_made(_Paused())  # type: ignore[arg-type]
+        _feed(receiver, frame(b"first") + FRAME_HEADER.pack(17) + b"z" * 17, 1 << 10)
+        assert await receiver.read_frame() == b"first"
+        receiver.trust(16)
+        with pytest.raises(FrameTooLargeError, match="17-byte frame is over the 16-byte limit"):
+            await receiver.read_frame()
+
+    asyncio.run(asyncio.wait_for(scenario(), 10))
 
 
 def test_a_refusal_after_the_first_batch_reaches_the_sender(free_port: Callable[[], int]) -> None:
