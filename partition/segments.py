@@ -39,7 +39,8 @@ memory runs out, so the kernel keeps taking never-used free pages for new writes
 VMs each costs the hypervisor a fault: a 256 KiB pwrite grew from about 55 us to 800 us of system time
 once the warm free memory was used up, and sustained ingest fell by a third; with the bound, pages
 freed by the drop are reused at once) and a container's memory accounting counts all of them. Drops
-follow sync order, a whole file's bytes at a time per flush, so the newest bytes of every log stay.
+follow sync order (the oldest synced bytes first, one call per file per flush), so the newest bytes of
+every log stay.
 
 File descriptors: at most `max_open` are kept, least recently used closed first, but never a file
 written since its last fdatasync: Linux reports a writeback error to the descriptors open when it
