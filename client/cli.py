@@ -20,6 +20,7 @@ import argparse
 import base64
 import binascii
 import json
+import os
 import signal
 import sys
 import threading
@@ -350,11 +351,23 @@ def main(extra: Mapping[str, Command], argv: Sequence[str] | None = None) -> int
     except RaftkaError as exc:
         print(f"raftka: {type(exc).__name__}: {exc.message}", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        return _output_closed()
     except (ValueError, OSError) as exc:
         print(f"raftka: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+
+
+def _output_closed() -> int:
+    """The reader of our output went away (`raftka consume ... | head`): stop without a word, with the
+    status a process killed by SIGPIPE has, as `cat` or `seq` would. Standard output is pointed at
+    /dev/null first, so flushing it at exit cannot fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 128 + signal.SIGPIPE
 
 
 def add_broker_admin_arguments(parser: argparse.ArgumentParser) -> None:

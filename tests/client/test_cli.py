@@ -97,6 +97,20 @@ def test_ten_thousand_lines_round_trip_exactly(cli_env) -> None:
     assert len(again.stdout.splitlines()) == 10_000, "--timeout-ms ends the consumer once it is idle"
 
 
+def test_a_consumer_whose_reader_goes_away_stops_quietly_as_a_pipe_writer_does(cli_env) -> None:
+    """`raftka consume ... | head -n 3`: once head exits, the consumer stops with SIGPIPE's status and
+    says nothing (it used to print `[Errno 32] Broken pipe` and exit 2)."""
+    assert raftka("topic", "create", "piped", "--partitions", "1", env=cli_env).returncode == 0
+    assert raftka("produce", "piped", env=cli_env, stdin="\n".join(map(str, range(5000))) + "\n").returncode == 0
+    consumer = subprocess.Popen([*RAFTKA, "consume", "piped", "--from-beginning"], env=cli_env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert consumer.stdout is not None and consumer.stderr is not None
+    assert [consumer.stdout.readline() for _ in range(3)] == [b"0\n", b"1\n", b"2\n"]
+    consumer.stdout.close()
+    assert consumer.wait(timeout=30) == 128 + signal.SIGPIPE
+    assert consumer.stderr.read() == b""
+
+
 def test_keys_partitions_offsets_and_json_records(cli_env) -> None:
     assert raftka("topic", "create", "keyed", "--partitions", "2", env=cli_env).returncode == 0
     produced = raftka("produce", "keyed", "--key-separator", ":", "--on-missing-key", "keyless", "--partition", "1",
