@@ -36,11 +36,11 @@ they are among the store's newest `cache_bytes` synced bytes; older ones are dro
 follower sends, tailing consumers) find them there; a consumer further behind reads the disk, like a
 Redpanda consumer missing its batch cache. Why bound it: written pages otherwise stay cached until
 memory runs out, so the kernel keeps taking never-used free pages for new writes (on this project's
-VMs each costs the hypervisor a fault: a 256 KiB pwrite grew from about 55 us to 800 us of system time
-once the warm free memory was used up, and sustained ingest fell by a third; with the bound, pages
-freed by the drop are reused at once) and a container's memory accounting counts all of them. Drops
-follow sync order (the oldest synced bytes first, one call per file per flush), so the newest bytes of
-every log stay.
+VMs each costs the hypervisor a fault: a 256 KiB pwrite took 114-149 us while the warm free memory
+lasted, then about 800 us of system time, and sustained ingest fell by a third; with the bound, pages
+freed by the drop are reused at once and the same pwrite took 49-57 us throughout), and a container's
+memory accounting counts all of them. Drops follow sync order (the oldest synced bytes first, one call
+per file per flush), so the newest bytes of every log stay.
 
 File descriptors: at most `max_open` are kept, least recently used closed first, but never a file
 written since its last fdatasync: Linux reports a writeback error to the descriptors open when it
