@@ -816,11 +816,7 @@ class _FrameReceiver(asyncio.BufferedProtocol):
         while not self._frames:
             if self._ended is not None:
                 raise self._ended
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
+            await self._news()
         frame = self._frames.popleft()
         self._queued -= len(frame)
         self._pause_if_full()
@@ -833,11 +829,15 @@ class _FrameReceiver(asyncio.BufferedProtocol):
         self._queued = 0
         self._pause_if_full()
         while not self._closed:
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
+            await self._news()
+
+    async def _news(self) -> None:
+        """Wait until a frame is queued or the connection ends (`_wake`)."""
+        self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
 
     def _parse(self) -> None:
         """Queue every whole frame staged; move a started large frame into its own buffer."""
@@ -847,7 +847,7 @@ class _FrameReceiver(asyncio.BufferedProtocol):
                 break
             (size,) = FRAME_HEADER.unpack_from(stage, at)
             if size > self.limit:
-                self._end(FrameTooLargeError(f"a {size}-byte frame is over the {self.limit}-byte limit"))
+                self._end(_too_large(size, self.limit))
                 break
             start = at + FRAME_HEADER.size
             available = self._staged - start
@@ -905,8 +905,12 @@ def _write_frame(writer: asyncio.StreamWriter | asyncio.WriteTransport, payload:
     writer.writelines((FRAME_HEADER.pack(len(payload)), payload))
 
 
+def _too_large(size: int, limit: int) -> FrameTooLargeError:
+    return FrameTooLargeError(f"a {size}-byte frame is over the {limit}-byte limit")
+
+
 async def _read_frame(reader: asyncio.StreamReader, limit: int) -> bytes:
     (size,) = FRAME_HEADER.unpack(await reader.readexactly(FRAME_HEADER.size))
     if size > limit:
-        raise FrameTooLargeError(f"a {size}-byte frame is over the {limit}-byte limit")
+        raise _too_large(size, limit)
     return await reader.readexactly(size)
